@@ -1,0 +1,53 @@
+-- reserve.lua: take units of one sku for a customer (add to cart, or one line of an order).
+-- KEYS: 1 meta, 2 stock, 3 users, 4 res, 5 exp, 6 the reservation's TTL key (<base><rid>)
+-- ARGV: 1 user_id, 2 count (> 0), 3 rid ('h:<user_id>' cart hold | 'o:<order_id>' order line),
+--       4 'ttl' (ARGV 5 = ms from now) or 'at' (ARGV 5 = deadline, unix ms),
+--       6 'add' (add to a live reservation, renewing it) | 'once' (an existing one is the answer)
+-- Returns: {'ok', units now in the reservation, deadline_ms, unit_price, available after}
+--        | {'out_of_stock', available} | {'limit_exceeded', units the customer has, limit}
+--        | {'sale_not_active'} | {'not_loaded'}
+-- A rejection changes nothing. An expired reservation found here (not yet swept) is given back
+-- first, in the same step, and its units count as available.
+local meta, stock, users, res, exp, ttl_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local user, n, rid, kind, ms, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+if not n or n <= 0 then return redis.error_reply('count must be positive') end
+
+local avail = redis.call('HGET', stock, 'avail')
+if not avail or redis.call('EXISTS', meta) == 0 then return { 'not_loaded' } end
+avail = tonumber(avail)
+
+local cur = redis.call('HGET', res, rid)
+-- Sold-out fast path: nothing to give back, nothing to take.
+if not cur and avail < n then return { 'out_of_stock', avail } end
+
+local now = now_ms()
+local state, price, limit = sale_state(meta, now)
+local live_count, list, expired = 0, {}, 0
+if cur then
+  local _, c, l = parse_entry(cur)
+  if redis.call('EXISTS', ttl_key) == 1 then
+    if mode == 'once' then
+      return { 'ok', c, tonumber(redis.call('ZSCORE', exp, rid)), price, avail }
+    end
+    live_count, list = c, l
+  else
+    expired = c
+  end
+end
+if state == 'inactive' then return { 'sale_not_active' } end
+if limit > 0 then
+  local mine = tonumber(redis.call('HGET', users, user) or '0') - expired
+  if mine + n > limit then return { 'limit_exceeded', mine, limit } end
+end
+if avail + expired < n then return { 'out_of_stock', avail + expired } end
+
+if expired > 0 then release_entry(stock, users, res, exp, rid, cur, ttl_key) end
+take_units(stock, n, bucket_of(rid), list)
+redis.call('HINCRBY', users, user, n)
+local total = live_count + n
+local deadline = ms
+if kind == 'ttl' then deadline = now + ms end
+redis.call('HSET', res, rid, format_entry(user, total, list))
+redis.call('SET', ttl_key, total, 'PXAT', string.format('%d', deadline))
+redis.call('ZADD', exp, string.format('%d', deadline), rid)
+return { 'ok', total, deadline, price, avail + expired - n }

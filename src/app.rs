@@ -1,0 +1,183 @@
+//! Application state, start-up (database, migrations, scripts, admin account) and the server.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::extract::FromRef;
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::MySqlPool;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::auth::{self, Jwt};
+use crate::config::{Config, DEV_ADMIN_PASSWORD};
+use crate::domain::{Password, Role, Username};
+use crate::error::AppError;
+use crate::store::mysql;
+use crate::store::redis::Redis;
+use crate::{http, telemetry, worker};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: MySqlPool,
+    pub redis: Redis,
+    pub jwt: Arc<Jwt>,
+    pub cfg: Arc<Config>,
+    pub metrics: PrometheusHandle,
+}
+
+impl FromRef<AppState> for MySqlPool {
+    fn from_ref(s: &AppState) -> Self {
+        s.db.clone()
+    }
+}
+
+impl AppState {
+    /// Connects to MySQL (creating and migrating the database) and Redis.
+    pub async fn connect(cfg: Config) -> anyhow::Result<Self> {
+        cfg.validate().map_err(|e| anyhow::anyhow!(e))?;
+        let secret = match &cfg.jwt_secret {
+            Some(s) => s.clone(),
+            None => {
+                tracing::warn!(
+                    "no FLASHSALE_JWT_SECRET: generated a random one for this run (dev mode). \
+                     Tokens die with this process and are not shared between instances; \
+                     set a secret and --production for real deployments"
+                );
+                auth::generate_secret()
+            }
+        };
+        let db = mysql::connect_and_migrate(&cfg).await?;
+        let redis = Redis::connect(&cfg)?;
+        let jwt = Arc::new(Jwt::new(secret.as_bytes(), cfg.token_ttl));
+        Ok(AppState {
+            db,
+            redis,
+            jwt,
+            cfg: Arc::new(cfg),
+            metrics: telemetry::metrics_handle(),
+        })
+    }
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Everything `serve` needs, ready: state connected, admin present, listener bound (port 0
+    /// picks a free port, for tests).
+    pub async fn build(cfg: Config) -> anyhow::Result<Self> {
+        let listen = cfg.listen;
+        let state = AppState::connect(cfg).await?;
+        bootstrap(&state).await?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        Ok(Application { listener, state })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// Serves until SIGTERM or ctrl-c.
+    pub async fn run(self) -> anyhow::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves the API and runs the sweeper until `shutdown` completes; then stops accepting,
+    /// lets in-flight requests finish, and stops the background work.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let sweeper = tokio::spawn(worker::sweeper::run(self.state.clone(), stop_rx.clone()));
+        let router = http::router(self.state.clone());
+        tracing::info!(addr = %self.listener.local_addr()?, "flashsale listening");
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        let _ = stop_tx.send(true);
+        let _ = sweeper.await;
+        tracing::info!("flashsale stopped");
+        Ok(())
+    }
+}
+
+/// Start-up work that needs both stores: scripts loaded, admin account, order id floor.
+async fn bootstrap(state: &AppState) -> anyhow::Result<()> {
+    if let Err(e) = state.redis.load_scripts().await {
+        tracing::warn!(error = %e, "could not load the Lua scripts now; they load on first use");
+    }
+    ensure_admin(state).await?;
+    let floor = mysql::catalog::max_order_id(&state.db).await?;
+    if let Err(e) = state.redis.raise_order_seq(floor).await {
+        tracing::warn!(error = %e, "could not check the order id sequence against MySQL");
+    }
+    Ok(())
+}
+
+/// Creates the configured admin account when it does not exist.
+async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
+    let cfg = &state.cfg;
+    let username = Username::parse(&cfg.admin_username)
+        .map_err(|e| anyhow::anyhow!("FLASHSALE_ADMIN_USERNAME: {e}"))?;
+    if let Some(u) = mysql::users::find_by_username(&state.db, username.as_str()).await? {
+        if u.role() != Role::Admin {
+            tracing::warn!(username = %u.username, "the configured admin exists but is not an admin");
+        }
+        return Ok(());
+    }
+    let password = match &cfg.admin_password {
+        Some(p) => p.clone(),
+        None => {
+            tracing::warn!(
+                username = %username.as_str(),
+                "no FLASHSALE_ADMIN_PASSWORD: the admin gets the dev password {DEV_ADMIN_PASSWORD:?}"
+            );
+            DEV_ADMIN_PASSWORD.to_string()
+        }
+    };
+    let password =
+        Password::parse(&password).map_err(|e| anyhow::anyhow!("FLASHSALE_ADMIN_PASSWORD: {e}"))?;
+    let hash = auth::hash_password(password, cfg.argon2_memory_kib).await?;
+    match mysql::users::insert_user(&state.db, &username, &hash, Role::Admin).await {
+        Ok(id) => {
+            tracing::info!(user.id = id, username = %username.as_str(), "created the admin account")
+        }
+        // Another instance created it at the same moment.
+        Err(AppError::AlreadyExists(_)) => {}
+        Err(e) => return Err(anyhow::anyhow!("creating the admin: {e}")),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,240 @@
+//! Every setting, from flags and `FLASHSALE_*` environment variables, with defaults that work on
+//! a developer machine (MariaDB/MySQL and Redis on localhost).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flashsale",
+    version,
+    about = "A flash-sale back end that cannot oversell"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API and its background workers (the default).
+    Serve,
+    /// Create the database if missing and apply the migrations, then exit.
+    Migrate,
+    /// Load a demo 12.12 catalog: products, two warehouses, stock, a sale window opening now.
+    Seed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// MySQL/MariaDB URL; the database is created at start-up when missing.
+    #[arg(
+        long,
+        env = "FLASHSALE_MYSQL_URL",
+        default_value = "mysql://root@127.0.0.1:3306/flashsale",
+        global = true
+    )]
+    pub mysql_url: String,
+
+    /// Redis URL.
+    #[arg(
+        long,
+        env = "FLASHSALE_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        global = true
+    )]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key, so several deployments (or tests) share one Redis.
+    #[arg(
+        long,
+        env = "FLASHSALE_REDIS_PREFIX",
+        default_value = "fs",
+        global = true
+    )]
+    pub redis_prefix: String,
+
+    /// Address the HTTP API listens on.
+    #[arg(
+        long,
+        env = "FLASHSALE_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    pub listen: SocketAddr,
+
+    /// Production mode: refuses to start without a JWT secret and an admin password.
+    #[arg(long, env = "FLASHSALE_PRODUCTION", global = true)]
+    pub production: bool,
+
+    /// HS256 secret for access tokens (at least 32 bytes). Generated per run in dev mode.
+    #[arg(
+        long,
+        env = "FLASHSALE_JWT_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// How long an access token is valid.
+    #[arg(long, env = "FLASHSALE_TOKEN_TTL", default_value = "1h", value_parser = parse_duration, global = true)]
+    pub token_ttl: Duration,
+
+    /// Username of the admin account created at start-up when missing.
+    #[arg(
+        long,
+        env = "FLASHSALE_ADMIN_USERNAME",
+        default_value = "admin",
+        global = true
+    )]
+    pub admin_username: String,
+
+    /// Password of that admin account. Dev mode falls back to `admin-dev-password`.
+    #[arg(
+        long,
+        env = "FLASHSALE_ADMIN_PASSWORD",
+        hide_env_values = true,
+        global = true
+    )]
+    pub admin_password: Option<String>,
+
+    /// How long a cart line holds its units; renewed whenever the line changes.
+    #[arg(long, env = "FLASHSALE_CART_HOLD_TTL", default_value = "10m", value_parser = parse_duration, global = true)]
+    pub cart_hold_ttl: Duration,
+
+    /// How long an order waits for payment before it is cancelled and its units come back.
+    #[arg(long, env = "FLASHSALE_PAYMENT_TTL", default_value = "10m", value_parser = parse_duration, global = true)]
+    pub payment_ttl: Duration,
+
+    /// How often the sweeper looks for expired reservations.
+    #[arg(long, env = "FLASHSALE_SWEEP_INTERVAL", default_value = "1s", value_parser = parse_duration, global = true)]
+    pub sweep_interval: Duration,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "FLASHSALE_BODY_LIMIT", default_value_t = 16 * 1024, global = true)]
+    pub body_limit: usize,
+
+    /// Deadline of one Redis command; past it the request answers 503 `unavailable`.
+    #[arg(long, env = "FLASHSALE_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration, global = true)]
+    pub redis_timeout: Duration,
+
+    /// Size of the MySQL connection pool.
+    #[arg(
+        long,
+        env = "FLASHSALE_MYSQL_POOL",
+        default_value_t = 16,
+        global = true
+    )]
+    pub mysql_pool: u32,
+
+    /// How long a request waits for a MySQL connection before answering 503.
+    #[arg(long, env = "FLASHSALE_MYSQL_TIMEOUT", default_value = "3s", value_parser = parse_duration, global = true)]
+    pub mysql_timeout: Duration,
+
+    /// Argon2 memory cost in KiB (the OWASP minimum, 19 MiB, by default).
+    #[arg(long, env = "FLASHSALE_ARGON2_MEMORY_KIB", default_value_t = 19 * 1024, global = true)]
+    pub argon2_memory_kib: u32,
+
+    /// Log format.
+    #[arg(long, env = "FLASHSALE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// Dev fallback for the admin password; never accepted with `--production`.
+pub const DEV_ADMIN_PASSWORD: &str = "admin-dev-password";
+
+impl Config {
+    /// Settings as the defaults give them, for tests and tools that build a config in code.
+    pub fn defaults() -> Self {
+        Cli::parse_from(["flashsale"]).config
+    }
+
+    /// Checks the settings that must hold before anything starts.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.production {
+            match &self.jwt_secret {
+                None => return Err("--production needs FLASHSALE_JWT_SECRET".into()),
+                Some(s) if s.len() < 32 => {
+                    return Err("FLASHSALE_JWT_SECRET must be at least 32 bytes".into());
+                }
+                Some(_) => {}
+            }
+            if self.admin_password.is_none() {
+                return Err("--production needs FLASHSALE_ADMIN_PASSWORD".into());
+            }
+        }
+        if self.redis_prefix.is_empty() || self.redis_prefix.contains(['{', '}', ' ']) {
+            return Err("the Redis prefix must be non-empty, without braces or spaces".into());
+        }
+        for (name, d) in [
+            ("cart hold ttl", self.cart_hold_ttl),
+            ("payment ttl", self.payment_ttl),
+            ("sweep interval", self.sweep_interval),
+        ] {
+            if d.is_zero() {
+                return Err(format!("the {name} must be above zero"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses `500ms`, `30s`, `10m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_locally() {
+        let c = Config::defaults();
+        assert_eq!(c.mysql_url, "mysql://root@127.0.0.1:3306/flashsale");
+        assert_eq!(c.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(c.payment_ttl, Duration::from_secs(600));
+        assert_eq!(c.cart_hold_ttl, Duration::from_secs(600));
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn production_needs_secrets() {
+        let mut c = Config::defaults();
+        c.production = true;
+        assert!(c.validate().is_err());
+        c.jwt_secret = Some("short".into());
+        c.admin_password = Some("x".repeat(12));
+        assert!(c.validate().is_err());
+        c.jwt_secret = Some("k".repeat(32));
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn prefix_without_braces() {
+        let mut c = Config::defaults();
+        c.redis_prefix = "a{b".into();
+        assert!(c.validate().is_err());
+    }
+}

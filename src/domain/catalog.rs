@@ -1,0 +1,224 @@
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::invalid;
+use crate::error::AppError;
+
+/// A product's stock-keeping unit: a positive 32-bit number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Sku(u32);
+
+impl Sku {
+    pub fn parse(v: u64) -> Result<Self, AppError> {
+        match u32::try_from(v) {
+            Ok(n) if n > 0 => Ok(Sku(n)),
+            _ => Err(invalid(format!("sku must be 1..={}, got {v}", u32::MAX))),
+        }
+    }
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for Sku {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Units in one request line: 1..=65535.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Count(u32);
+
+impl Count {
+    pub const MAX: u32 = 65_535;
+    pub fn parse(v: u64) -> Result<Self, AppError> {
+        match u32::try_from(v) {
+            Ok(n) if (1..=Self::MAX).contains(&n) => Ok(Count(n)),
+            _ => Err(invalid(format!("count must be 1..={}, got {v}", Self::MAX))),
+        }
+    }
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// Money in minor units (cents): 0..=10^13, so totals of many lines still fit in i64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Price(u64);
+
+impl Price {
+    pub const MAX: u64 = 10_000_000_000_000;
+    pub fn parse(v: u64) -> Result<Self, AppError> {
+        if v > Self::MAX {
+            return Err(invalid(format!("price must be 0..={}, got {v}", Self::MAX)));
+        }
+        Ok(Price(v))
+    }
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+fn bounded_text(what: &str, s: &str, max: usize) -> Result<String, AppError> {
+    let t = s.trim();
+    if t.is_empty() || t.chars().count() > max {
+        return Err(invalid(format!("{what} must be 1..={max} characters")));
+    }
+    if t.chars().any(char::is_control) {
+        return Err(invalid(format!(
+            "{what} must not contain control characters"
+        )));
+    }
+    Ok(t.to_string())
+}
+
+/// A product name: 1..=200 characters, trimmed, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductName(String);
+
+impl ProductName {
+    pub fn parse(s: &str) -> Result<Self, AppError> {
+        bounded_text("name", s, 200).map(ProductName)
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A warehouse name: 1..=100 characters, trimmed, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarehouseName(String);
+
+impl WarehouseName {
+    pub fn parse(s: &str) -> Result<Self, AppError> {
+        bounded_text("name", s, 100).map(WarehouseName)
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An admin's change of on-hand stock: non-zero, at most a billion units either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StockDelta(i64);
+
+impl StockDelta {
+    pub const MAX: i64 = 1_000_000_000;
+    pub fn parse(v: i64) -> Result<Self, AppError> {
+        if v == 0 || v.abs() > Self::MAX {
+            return Err(invalid(format!(
+                "delta must be non-zero and within ±{}, got {v}",
+                Self::MAX
+            )));
+        }
+        Ok(StockDelta(v))
+    }
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+/// A sale window: a sale price valid in [starts_at, ends_at), optionally a per-customer limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaleWindow {
+    pub sale_price: Price,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub per_customer_limit: Option<u32>,
+}
+
+impl SaleWindow {
+    pub fn parse(
+        sale_price: u64,
+        starts_at: DateTime<Utc>,
+        ends_at: DateTime<Utc>,
+        per_customer_limit: Option<u64>,
+    ) -> Result<Self, AppError> {
+        if ends_at <= starts_at {
+            return Err(invalid("ends_at must be after starts_at"));
+        }
+        let per_customer_limit = per_customer_limit
+            .map(|l| Count::parse(l).map(Count::get))
+            .transpose()
+            .map_err(|_| invalid(format!("per_customer_limit must be 1..={}", Count::MAX)))?;
+        Ok(SaleWindow {
+            sale_price: Price::parse(sale_price)?,
+            starts_at: truncate_ms(starts_at),
+            ends_at: truncate_ms(ends_at),
+            per_customer_limit,
+        })
+    }
+
+    pub fn is_active(&self, now: DateTime<Utc>) -> bool {
+        now >= self.starts_at && now < self.ends_at
+    }
+
+    /// The price charged at `now`: the sale price while the window is open.
+    pub fn price_at(&self, regular: Price, now: DateTime<Utc>) -> Price {
+        if self.is_active(now) {
+            self.sale_price
+        } else {
+            regular
+        }
+    }
+}
+
+/// Times are kept to the millisecond (MySQL DATETIME(3), Redis unix ms).
+pub fn truncate_ms(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    #[test]
+    fn sku_is_positive_u32() {
+        assert!(Sku::parse(0).is_err());
+        assert!(Sku::parse(u64::from(u32::MAX) + 1).is_err());
+        assert_eq!(Sku::parse(42).unwrap().get(), 42);
+    }
+
+    #[test]
+    fn count_bounds() {
+        assert!(Count::parse(0).is_err());
+        assert!(Count::parse(65_536).is_err());
+        assert_eq!(Count::parse(65_535).unwrap().get(), 65_535);
+    }
+
+    #[test]
+    fn names_are_trimmed_and_bounded() {
+        assert_eq!(ProductName::parse("  TV ").unwrap().as_str(), "TV");
+        assert!(ProductName::parse("   ").is_err());
+        assert!(ProductName::parse(&"x".repeat(201)).is_err());
+        assert!(ProductName::parse("a\u{0}b").is_err());
+        assert!(WarehouseName::parse(&"x".repeat(101)).is_err());
+    }
+
+    #[test]
+    fn price_and_delta_bounds() {
+        assert!(Price::parse(Price::MAX + 1).is_err());
+        assert_eq!(Price::parse(0).unwrap().get(), 0);
+        assert!(StockDelta::parse(0).is_err());
+        assert!(StockDelta::parse(-StockDelta::MAX - 1).is_err());
+        assert_eq!(StockDelta::parse(-5).unwrap().get(), -5);
+    }
+
+    #[test]
+    fn sale_window_rules() {
+        let now = Utc::now();
+        assert!(SaleWindow::parse(100, now, now, None).is_err());
+        assert!(SaleWindow::parse(100, now, now + Duration::hours(1), Some(0)).is_err());
+        let w = SaleWindow::parse(100, now, now + Duration::hours(1), Some(2)).unwrap();
+        assert!(w.is_active(now + Duration::minutes(1)));
+        assert!(!w.is_active(now + Duration::hours(1)));
+        let regular = Price::parse(500).unwrap();
+        assert_eq!(w.price_at(regular, now + Duration::minutes(1)).get(), 100);
+        assert_eq!(w.price_at(regular, now - Duration::minutes(1)).get(), 500);
+    }
+}

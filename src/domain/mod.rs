@@ -1,0 +1,16 @@
+//! Domain types and rules: validated newtypes, no I/O. Handlers parse raw input into these, so a
+//! value of one of these types is valid by construction.
+
+mod catalog;
+mod order;
+mod user;
+
+pub use catalog::{Count, Price, ProductName, SaleWindow, Sku, StockDelta, WarehouseName};
+pub use order::{CancelReason, OrderStatus};
+pub use user::{Password, Role, Username};
+
+use crate::error::AppError;
+
+fn invalid(msg: impl Into<String>) -> AppError {
+    AppError::InvalidRequest(msg.into())
+}

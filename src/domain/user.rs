@@ -1,0 +1,102 @@
+use serde::{Deserialize, Serialize};
+
+use super::invalid;
+use crate::error::AppError;
+
+/// A login name: 3..=32 of `A-Z a-z 0-9 _ . -`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Username(String);
+
+impl Username {
+    pub fn parse(s: &str) -> Result<Self, AppError> {
+        let ok_len = (3..=32).contains(&s.len());
+        let ok_chars = s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !ok_len || !ok_chars {
+            return Err(invalid(
+                "username must be 3..=32 characters of A-Z a-z 0-9 _ . -",
+            ));
+        }
+        Ok(Username(s.to_string()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A password: 8..=128 characters. Its Debug never shows it.
+#[derive(Clone)]
+pub struct Password(String);
+
+impl Password {
+    pub fn parse(s: &str) -> Result<Self, AppError> {
+        if !(8..=128).contains(&s.chars().count()) {
+            return Err(invalid("password must be 8..=128 characters"));
+        }
+        Ok(Password(s.to_string()))
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(***)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Customer,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Customer => "customer",
+            Role::Admin => "admin",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "customer" => Some(Role::Customer),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames() {
+        assert!(Username::parse("al").is_err());
+        assert!(Username::parse("al ice").is_err());
+        assert!(Username::parse(&"a".repeat(33)).is_err());
+        assert_eq!(
+            Username::parse("alice_1.x-y").unwrap().as_str(),
+            "alice_1.x-y"
+        );
+    }
+
+    #[test]
+    fn passwords_hide_in_debug() {
+        assert!(Password::parse("short").is_err());
+        let p = Password::parse("correct horse").unwrap();
+        assert_eq!(format!("{p:?}"), "Password(***)");
+        assert_eq!(p.expose(), "correct horse");
+    }
+
+    #[test]
+    fn roles() {
+        assert_eq!(Role::parse("admin"), Some(Role::Admin));
+        assert_eq!(Role::Customer.as_str(), "customer");
+        assert_eq!(Role::parse("root"), None);
+    }
+}

@@ -1,0 +1,115 @@
+//! Extractors whose failures answer with the error envelope, and the caller's identity.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+
+use crate::app::AppState;
+use crate::domain::Role;
+use crate::error::AppError;
+
+/// `axum::Json`, with malformed bodies answered as `invalid_json` / `invalid_request` / 413.
+#[derive(Debug, FromRequest)]
+#[from_request(via(axum::Json), rejection(AppError))]
+pub struct Json<T>(pub T);
+
+impl From<JsonRejection> for AppError {
+    fn from(r: JsonRejection) -> Self {
+        match r {
+            JsonRejection::JsonDataError(e) => AppError::InvalidRequest(e.body_text()),
+            JsonRejection::JsonSyntaxError(e) => AppError::InvalidJson(e.body_text()),
+            JsonRejection::MissingJsonContentType(_) => {
+                AppError::InvalidJson("expected a body with Content-Type: application/json".into())
+            }
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                AppError::PayloadTooLarge("request body too large".into())
+            }
+            other => AppError::InvalidJson(other.body_text()),
+        }
+    }
+}
+
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(AppError))]
+pub struct Path<T>(pub T);
+
+impl From<PathRejection> for AppError {
+    fn from(r: PathRejection) -> Self {
+        AppError::InvalidRequest(r.body_text())
+    }
+}
+
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(AppError))]
+pub struct Query<T>(pub T);
+
+impl From<QueryRejection> for AppError {
+    fn from(r: QueryRejection) -> Self {
+        AppError::InvalidRequest(r.body_text())
+    }
+}
+
+/// The caller, from a valid `Authorization: Bearer` token.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthUser {
+    pub user_id: u64,
+    pub role: Role,
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| AppError::Unauthenticated("missing Authorization header".into()))?;
+        let value = header
+            .to_str()
+            .map_err(|_| AppError::Unauthenticated("malformed Authorization header".into()))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or_else(|| AppError::Unauthenticated("expected a Bearer token".into()))?;
+        let (user_id, role) = state.jwt.verify(token.trim())?;
+        Ok(AuthUser { user_id, role })
+    }
+}
+
+/// An authenticated admin; a customer gets 403 `forbidden`.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminUser(pub AuthUser);
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        if user.role != Role::Admin {
+            return Err(AppError::Forbidden("this route is for admins".into()));
+        }
+        Ok(AdminUser(user))
+    }
+}
+
+/// The `Idempotency-Key` header, when sent: 1..=128 visible ASCII characters.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
+        let Some(v) = parts.headers.get("idempotency-key") else {
+            return Ok(IdempotencyKey(None));
+        };
+        let s = v.to_str().unwrap_or("");
+        if s.is_empty() || s.len() > 128 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(AppError::InvalidRequest(
+                "Idempotency-Key must be 1..=128 visible ASCII characters".into(),
+            ));
+        }
+        Ok(IdempotencyKey(Some(s.to_string())))
+    }
+}

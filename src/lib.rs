@@ -1,0 +1,13 @@
+//! flashsale: a flash-sale back end that cannot oversell. See DESIGN.md in the repository.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod seed;
+pub mod service;
+pub mod store;
+pub mod telemetry;
+pub mod worker;

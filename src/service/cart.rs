@@ -1,0 +1,232 @@
+//! The caller's cart: one hold per sku, reserved at once in Redis and alive for `cart_hold_ttl`.
+
+use chrono::{DateTime, Utc};
+use redis::AsyncCommands;
+use serde::Serialize;
+
+use super::{catalog, from_ms};
+use crate::app::AppState;
+use crate::domain::{Count, Sku};
+use crate::error::{AppError, AppResult};
+use crate::store::redis::{Deadline, ReserveOutcome, ReserveRequest, Rid, SkuMeta};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CartView {
+    pub items: Vec<CartLine>,
+    pub total_price: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CartLine {
+    pub sku: u32,
+    pub name: String,
+    pub count: u32,
+    pub unit_price: u64,
+    pub line_price: u64,
+    pub held_until: DateTime<Utc>,
+}
+
+/// The error a rejected reservation answers with.
+pub fn rejection(sku: Sku, requested: u32, outcome: &ReserveOutcome) -> AppError {
+    match outcome {
+        ReserveOutcome::OutOfStock { available } => AppError::OutOfStock(format!(
+            "sku {sku}: {available} available, {requested} requested"
+        )),
+        ReserveOutcome::LimitExceeded { has, limit } => AppError::LimitExceeded(format!(
+            "sku {sku}: at most {limit} per customer; you have {has}, {requested} requested"
+        )),
+        ReserveOutcome::SaleNotActive => {
+            AppError::SaleNotActive(format!("sku {sku}: its sale is not open now"))
+        }
+        ReserveOutcome::NotLoaded | ReserveOutcome::Reserved { .. } => AppError::internal(format!(
+            "sku {sku}: unexpected reservation outcome {outcome:?}"
+        )),
+    }
+}
+
+/// Reserves, loading the sku from MySQL once when Redis does not know it (404: no product).
+pub async fn reserve_loading(
+    state: &AppState,
+    req: impl Fn() -> ReserveRequest,
+) -> AppResult<ReserveOutcome> {
+    let outcome = state.redis.reserve(req()).await?;
+    if outcome != ReserveOutcome::NotLoaded {
+        return Ok(outcome);
+    }
+    let sku = req().sku;
+    if !catalog::ensure_loaded(state, sku).await? {
+        return Err(AppError::NotFound(format!("no product with sku {sku}")));
+    }
+    state.redis.reserve(req()).await
+}
+
+pub async fn add_item(
+    state: &AppState,
+    user_id: u64,
+    sku: Sku,
+    count: Count,
+) -> AppResult<CartView> {
+    let outcome = reserve_loading(state, || ReserveRequest {
+        sku,
+        user_id,
+        count: count.get(),
+        rid: Rid::Hold { user_id },
+        deadline: Deadline::In(state.cfg.cart_hold_ttl),
+        once: false,
+    })
+    .await?;
+    record("cart", &outcome);
+    match outcome {
+        ReserveOutcome::Reserved { .. } => {
+            // Indexed after the hold exists; see forget_lines for why this order is safe.
+            let _: () = state
+                .redis
+                .conn()
+                .sadd(state.redis.keys.cart(user_id), sku.get())
+                .await?;
+            view(state, user_id).await
+        }
+        other => Err(rejection(sku, count.get(), &other)),
+    }
+}
+
+/// Drops skus from the caller's cart index, then puts back any whose hold is live after all (a
+/// concurrent add: it indexes after reserving, so one of the two steps always sees the other).
+pub async fn forget_lines(state: &AppState, user_id: u64, skus: &[Sku]) -> AppResult<()> {
+    if skus.is_empty() {
+        return Ok(());
+    }
+    let key = state.redis.keys.cart(user_id);
+    let raw: Vec<u32> = skus.iter().map(|s| s.get()).collect();
+    let _: () = state.redis.conn().srem(&key, &raw).await?;
+    let live: Vec<u32> = state
+        .redis
+        .holds(user_id, skus)
+        .await?
+        .iter()
+        .zip(&raw)
+        .filter_map(|(h, sku)| h.map(|_| *sku))
+        .collect();
+    if !live.is_empty() {
+        let _: () = state.redis.conn().sadd(&key, live).await?;
+    }
+    Ok(())
+}
+
+/// Counts a reservation attempt by kind and outcome.
+pub fn record(kind: &'static str, outcome: &ReserveOutcome) {
+    let o = match outcome {
+        ReserveOutcome::Reserved { .. } => "reserved",
+        ReserveOutcome::OutOfStock { .. } => "out_of_stock",
+        ReserveOutcome::LimitExceeded { .. } => "limit_exceeded",
+        ReserveOutcome::SaleNotActive => "sale_not_active",
+        ReserveOutcome::NotLoaded => "not_loaded",
+    };
+    metrics::counter!("flashsale_reservations_total", "kind" => kind, "outcome" => o).increment(1);
+}
+
+/// Releases `count` units of the caller's line (all when `None`).
+pub async fn remove_item(
+    state: &AppState,
+    user_id: u64,
+    sku: Sku,
+    count: Option<Count>,
+) -> AppResult<CartView> {
+    let (released, left) = state
+        .redis
+        .release(
+            sku,
+            Rid::Hold { user_id },
+            count.map(Count::get),
+            state.cfg.cart_hold_ttl,
+        )
+        .await?;
+    if released > 0 {
+        metrics::counter!("flashsale_units_released_total", "reason" => "cart_remove")
+            .increment(u64::from(released));
+    }
+    if left == 0 {
+        forget_lines(state, user_id, &[sku]).await?;
+    }
+    view(state, user_id).await
+}
+
+/// Releases every hold of the caller.
+pub async fn clear(state: &AppState, user_id: u64) -> AppResult<()> {
+    let skus = cart_skus(state, user_id).await?;
+    for &sku in &skus {
+        let (released, _) = state
+            .redis
+            .release(sku, Rid::Hold { user_id }, None, state.cfg.cart_hold_ttl)
+            .await?;
+        if released > 0 {
+            metrics::counter!("flashsale_units_released_total", "reason" => "cart_remove")
+                .increment(u64::from(released));
+        }
+    }
+    forget_lines(state, user_id, &skus).await
+}
+
+async fn cart_skus(state: &AppState, user_id: u64) -> AppResult<Vec<Sku>> {
+    let raw: Vec<u64> = state
+        .redis
+        .conn()
+        .smembers(state.redis.keys.cart(user_id))
+        .await?;
+    let mut skus: Vec<Sku> = raw.into_iter().filter_map(|n| Sku::parse(n).ok()).collect();
+    skus.sort_unstable();
+    Ok(skus)
+}
+
+/// A live cart line: a hold and the sku's catalog entry.
+pub struct LiveLine {
+    pub sku: Sku,
+    pub count: u32,
+    pub deadline_ms: i64,
+    pub meta: SkuMeta,
+}
+
+/// The caller's live lines, ascending by sku; the index forgets lines whose hold expired.
+pub async fn live_lines(state: &AppState, user_id: u64) -> AppResult<Vec<LiveLine>> {
+    let skus = cart_skus(state, user_id).await?;
+    let holds = state.redis.holds(user_id, &skus).await?;
+    let metas = state.redis.metas(&skus).await?;
+    let mut lines = Vec::new();
+    let mut gone = Vec::new();
+    for ((sku, hold), meta) in skus.iter().zip(holds).zip(metas) {
+        match (hold, meta) {
+            (Some((count, deadline_ms)), Some(meta)) => lines.push(LiveLine {
+                sku: *sku,
+                count,
+                deadline_ms,
+                meta,
+            }),
+            _ => gone.push(*sku),
+        }
+    }
+    // Expired holds: the sweeper gives their units back; the index forgets them.
+    forget_lines(state, user_id, &gone).await?;
+    Ok(lines)
+}
+
+/// The caller's cart with the catalog's current names and prices.
+pub async fn view(state: &AppState, user_id: u64) -> AppResult<CartView> {
+    let now = Utc::now().timestamp_millis();
+    let items: Vec<CartLine> = live_lines(state, user_id)
+        .await?
+        .into_iter()
+        .map(|l| {
+            let unit_price = l.meta.price_at(now);
+            CartLine {
+                sku: l.sku.get(),
+                name: l.meta.name,
+                count: l.count,
+                unit_price,
+                line_price: unit_price * u64::from(l.count),
+                held_until: from_ms(l.deadline_ms),
+            }
+        })
+        .collect();
+    let total_price = items.iter().map(|l| l.line_price).sum();
+    Ok(CartView { items, total_price })
+}

@@ -1,0 +1,334 @@
+//! Products, warehouses, stock and sale windows: MySQL first, mirrored into Redis under the
+//! product's row lock so the two never disagree about what an admin changed.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::MySqlConnection;
+
+use crate::app::AppState;
+use crate::domain::{Price, ProductName, SaleWindow, Sku, StockDelta, WarehouseName};
+use crate::error::{AppError, AppResult};
+use crate::store::mysql::catalog::{self as db, ProductRow};
+use crate::store::redis::{AdjustOutcome, SaleMeta, SkuMeta, StockSnapshot};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProductView {
+    pub sku: u32,
+    pub name: String,
+    pub price: u64,
+    pub available: i64,
+    pub sale: Option<SaleView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SaleView {
+    pub sale_price: u64,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub per_customer_limit: Option<u32>,
+    pub active: bool,
+}
+
+impl SaleView {
+    fn of(w: &SaleWindow) -> Self {
+        SaleView {
+            sale_price: w.sale_price.get(),
+            starts_at: w.starts_at,
+            ends_at: w.ends_at,
+            per_customer_limit: w.per_customer_limit,
+            active: w.is_active(Utc::now()),
+        }
+    }
+}
+
+fn view(row: &ProductRow, available: i64) -> ProductView {
+    ProductView {
+        sku: row.sku,
+        name: row.name.clone(),
+        price: row.price,
+        available,
+        sale: row.sale().as_ref().map(SaleView::of),
+    }
+}
+
+/// What the scripts need to know of a product.
+pub fn meta_of(row: &ProductRow) -> SkuMeta {
+    SkuMeta {
+        name: row.name.clone(),
+        price: row.price,
+        sale: row.sale().map(|w| SaleMeta {
+            sale_price: w.sale_price.get(),
+            start_ms: w.starts_at.timestamp_millis(),
+            end_ms: w.ends_at.timestamp_millis(),
+            limit: w.per_customer_limit.unwrap_or(0),
+        }),
+    }
+}
+
+fn no_product(sku: Sku) -> AppError {
+    AppError::NotFound(format!("no product with sku {sku}"))
+}
+
+/// Loads a sku into Redis from MySQL where Redis lacks it. `false`: no such product.
+pub async fn ensure_loaded(state: &AppState, sku: Sku) -> AppResult<bool> {
+    let mut conn = state.db.acquire().await?;
+    let Some(row) = db::get_product(&state.db, sku).await? else {
+        return Ok(false);
+    };
+    let stock = db::stock_of(&mut conn, sku).await?;
+    state.redis.load_sku(sku, &meta_of(&row), &stock).await?;
+    Ok(true)
+}
+
+/// The sku's Redis counters, loading them from MySQL first when missing.
+pub async fn counters(state: &AppState, sku: Sku) -> AppResult<StockSnapshot> {
+    if let Some(s) = state.redis.stock(sku).await? {
+        return Ok(s);
+    }
+    if !ensure_loaded(state, sku).await? {
+        return Err(no_product(sku));
+    }
+    state
+        .redis
+        .stock(sku)
+        .await?
+        .ok_or_else(|| AppError::internal(format!("sku {sku}: counters vanished after loading")))
+}
+
+pub async fn create_product(
+    state: &AppState,
+    sku: Option<Sku>,
+    name: &ProductName,
+    price: Price,
+) -> AppResult<ProductView> {
+    let sku = db::insert_product(&state.db, sku, name, price).await?;
+    get_product(state, sku).await
+}
+
+pub async fn get_product(state: &AppState, sku: Sku) -> AppResult<ProductView> {
+    let row = db::get_product(&state.db, sku)
+        .await?
+        .ok_or_else(|| no_product(sku))?;
+    let c = counters(state, sku).await?;
+    Ok(view(&row, c.available))
+}
+
+/// A page of products by ascending sku; the next page starts after `next_after_sku`.
+pub async fn list_products(
+    state: &AppState,
+    after_sku: u32,
+    limit: u32,
+) -> AppResult<(Vec<ProductView>, Option<u32>)> {
+    let rows = db::list_products(&state.db, after_sku, limit + 1).await?;
+    let more = rows.len() > limit as usize;
+    let mut items = Vec::with_capacity(limit as usize);
+    for row in rows.iter().take(limit as usize) {
+        let sku = Sku::parse(u64::from(row.sku))?;
+        items.push(view(row, counters(state, sku).await?.available));
+    }
+    let next = if more {
+        items.last().map(|p| p.sku)
+    } else {
+        None
+    };
+    Ok((items, next))
+}
+
+/// Runs `change` on a sku inside a MySQL transaction that holds the product's row lock, then
+/// mirrors the product's new catalog entry into Redis before committing. If Redis fails, MySQL
+/// rolls back: nothing changed. If the commit fails, the old entry goes back into Redis.
+async fn change_product<F>(state: &AppState, sku: Sku, change: F) -> AppResult<ProductRow>
+where
+    F: for<'c> FnOnce(
+        &'c mut MySqlConnection,
+    ) -> std::pin::Pin<Box<dyn Future<Output = AppResult<()>> + Send + 'c>>,
+{
+    let mut tx = state.db.begin().await?;
+    let old = db::lock_product(&mut tx, sku)
+        .await?
+        .ok_or_else(|| no_product(sku))?;
+    change(&mut tx).await?;
+    let new = db::lock_product(&mut tx, sku)
+        .await?
+        .ok_or_else(|| no_product(sku))?;
+    state.redis.set_meta(sku, &meta_of(&new)).await?;
+    if let Err(e) = tx.commit().await {
+        if let Err(e2) = state.redis.set_meta(sku, &meta_of(&old)).await {
+            tracing::error!(%sku, error = %e2, "could not restore the Redis catalog entry");
+        }
+        return Err(e.into());
+    }
+    Ok(new)
+}
+
+pub async fn update_product(
+    state: &AppState,
+    sku: Sku,
+    name: Option<ProductName>,
+    price: Option<Price>,
+) -> AppResult<ProductView> {
+    let row = change_product(state, sku, |c| {
+        Box::pin(async move { db::update_product(c, sku, name.as_ref(), price).await })
+    })
+    .await?;
+    Ok(view(&row, counters(state, sku).await?.available))
+}
+
+pub async fn put_sale(state: &AppState, sku: Sku, sale: SaleWindow) -> AppResult<SaleView> {
+    let row = change_product(state, sku, |c| {
+        Box::pin(async move { db::put_sale(c, sku, &sale).await })
+    })
+    .await?;
+    row.sale()
+        .as_ref()
+        .map(SaleView::of)
+        .ok_or_else(|| AppError::internal("sale missing after it was written"))
+}
+
+pub async fn delete_sale(state: &AppState, sku: Sku) -> AppResult<()> {
+    change_product(state, sku, |c| {
+        Box::pin(async move { db::delete_sale(c, sku).await.map(|_| ()) })
+    })
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WarehouseView {
+    pub warehouse_id: u32,
+    pub name: String,
+}
+
+pub async fn create_warehouse(state: &AppState, name: WarehouseName) -> AppResult<WarehouseView> {
+    let id = db::insert_warehouse(&state.db, &name).await?;
+    Ok(WarehouseView {
+        warehouse_id: id,
+        name: name.as_str().to_string(),
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StockAdjusted {
+    pub sku: u32,
+    pub warehouse_id: u32,
+    /// On-hand units in that warehouse (MySQL).
+    pub on_hand: u64,
+    /// Units of that warehouse that can still be bought (Redis).
+    pub available: i64,
+}
+
+/// Adds or removes on-hand units. Only available units can be removed: what is held, reserved
+/// or sold stays, so stock never goes below what is spoken for.
+pub async fn adjust_stock(
+    state: &AppState,
+    sku: Sku,
+    warehouse_id: u32,
+    delta: StockDelta,
+) -> AppResult<StockAdjusted> {
+    let mut tx = state.db.begin().await?;
+    let row = db::lock_product(&mut tx, sku)
+        .await?
+        .ok_or_else(|| no_product(sku))?;
+    if !db::warehouse_exists(&mut tx, warehouse_id).await? {
+        return Err(AppError::NotFound(format!("no warehouse {warehouse_id}")));
+    }
+    let stock = db::stock_of(&mut tx, sku).await?;
+    let on_hand = stock
+        .iter()
+        .find(|(w, _)| *w == warehouse_id)
+        .map_or(0, |(_, n)| *n);
+    let d = delta.get();
+    let new_on_hand = i128::from(on_hand) + i128::from(d);
+    state.redis.load_sku(sku, &meta_of(&row), &stock).await?;
+    let here = match state.redis.adjust_stock(sku, warehouse_id, d).await? {
+        AdjustOutcome::Adjusted { here, .. } => here,
+        AdjustOutcome::Short { available_here } => {
+            return Err(AppError::OutOfStock(format!(
+                "sku {sku}, warehouse {warehouse_id}: {available_here} available units, \
+                 cannot remove {}; held, reserved and sold units stay",
+                -d
+            )));
+        }
+        AdjustOutcome::NotLoaded => {
+            return Err(AppError::Unavailable(format!(
+                "sku {sku}: Redis lost its counters during the change"
+            )));
+        }
+    };
+    let undo = async |e: AppError| {
+        if let Err(e2) = state.redis.adjust_stock(sku, warehouse_id, -d).await {
+            tracing::error!(%sku, warehouse_id, delta = d, error = %e2,
+                "could not undo a Redis stock change; run reconcile");
+        }
+        e
+    };
+    if new_on_hand < 0 {
+        return Err(undo(AppError::internal(format!(
+            "sku {sku}: Redis had more available than MySQL on hand; run reconcile"
+        )))
+        .await);
+    }
+    if let Err(e) = db::set_on_hand(&mut tx, sku, warehouse_id, new_on_hand as u64).await {
+        return Err(undo(e).await);
+    }
+    if let Err(e) = tx.commit().await {
+        return Err(undo(e.into()).await);
+    }
+    metrics::counter!("flashsale_stock_adjustments_total").increment(1);
+    Ok(StockAdjusted {
+        sku: sku.get(),
+        warehouse_id,
+        on_hand: new_on_hand as u64,
+        available: here,
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WarehouseStock {
+    pub warehouse_id: u32,
+    pub count: i64,
+}
+
+/// Units that can still be bought, per warehouse.
+pub async fn stocks(state: &AppState, sku: Sku) -> AppResult<Vec<WarehouseStock>> {
+    let c = counters(state, sku).await?;
+    Ok(c.warehouses
+        .into_iter()
+        .map(|(warehouse_id, count)| WarehouseStock {
+            warehouse_id,
+            count,
+        })
+        .collect())
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SalesReport {
+    pub sku: u32,
+    pub on_hand: u64,
+    pub available: i64,
+    pub held: i64,
+    pub reserved: i64,
+    /// Sold and not yet written back to `on_hand`: on_hand = available + held + reserved + sold.
+    pub sold: i64,
+    /// Sold since the counters were loaded into Redis.
+    pub sold_total: i64,
+}
+
+pub async fn sales_report(state: &AppState, sku: Sku) -> AppResult<SalesReport> {
+    let c = counters(state, sku).await?;
+    let mut conn = state.db.acquire().await?;
+    let on_hand = db::stock_of(&mut conn, sku)
+        .await?
+        .iter()
+        .map(|(_, n)| *n)
+        .sum();
+    Ok(SalesReport {
+        sku: sku.get(),
+        on_hand,
+        available: c.available,
+        held: c.held,
+        reserved: c.reserved,
+        sold: c.sold,
+        sold_total: c.sold_total,
+    })
+}

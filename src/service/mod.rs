@@ -1,0 +1,13 @@
+//! The sale's operations: each one a sequence of single-slot Redis steps and MySQL writes,
+//! decided in one place and followed up idempotently (DESIGN.md). Handlers call these.
+
+pub mod cart;
+pub mod catalog;
+pub mod orders;
+
+use chrono::{DateTime, Utc};
+
+/// Unix ms to a UTC time (Redis keeps times as unix ms).
+pub fn from_ms(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}

@@ -1,0 +1,498 @@
+//! Orders: checkout, buy-now, pay, cancel and expiry. An order's fate is decided by its record
+//! (lua/decide_order.lua); what follows (units sold or given back) is idempotent per sku line
+//! and is finished by the sweeper if a crash interrupts it.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::cart::{self, rejection, reserve_loading};
+use super::{catalog, from_ms};
+use crate::app::AppState;
+use crate::domain::{CancelReason, Count, OrderStatus, Sku};
+use crate::error::{AppError, AppResult};
+use crate::store::redis::{
+    ConvertOutcome, Deadline, Decision, OrderAction, OrderRecord, ReserveOutcome, ReserveRequest,
+    Rid,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderItem {
+    pub sku: u32,
+    pub name: String,
+    pub count: u32,
+    pub unit_price: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OrderView {
+    pub order_id: u64,
+    pub user_id: u64,
+    pub status: OrderStatus,
+    pub items: Vec<OrderItem>,
+    pub total_price: u64,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub cancelled_at: Option<DateTime<Utc>>,
+    pub cancel_reason: Option<CancelReason>,
+}
+
+fn items_of(rec: &OrderRecord) -> AppResult<Vec<OrderItem>> {
+    serde_json::from_str(&rec.items_json)
+        .map_err(|e| AppError::internal(format!("order {}: items unreadable: {e}", rec.order_id)))
+}
+
+impl OrderView {
+    fn of(rec: &OrderRecord) -> AppResult<Self> {
+        Ok(OrderView {
+            order_id: rec.order_id,
+            user_id: rec.user_id,
+            status: rec.status,
+            items: items_of(rec)?,
+            total_price: rec.total,
+            created_at: from_ms(rec.created_at_ms),
+            expires_at: from_ms(rec.expires_at_ms),
+            paid_at: rec.paid_at_ms.map(from_ms),
+            cancelled_at: rec.cancelled_at_ms.map(from_ms),
+            cancel_reason: rec.cancel_reason.as_deref().and_then(CancelReason::parse),
+        })
+    }
+}
+
+fn total(items: &[OrderItem]) -> u64 {
+    items
+        .iter()
+        .map(|i| i.unit_price * u64::from(i.count))
+        .sum()
+}
+
+fn to_json(items: &[OrderItem]) -> AppResult<String> {
+    serde_json::to_string(items).map_err(|e| AppError::internal(format!("items: {e}")))
+}
+
+fn not_found(order_id: u64) -> AppError {
+    AppError::NotFound(format!("no order {order_id}"))
+}
+
+/// One line the customer asks for.
+struct Want {
+    sku: Sku,
+    count: u32,
+    name: String,
+    unit_price: u64,
+    /// Convert the customer's cart hold (checkout) rather than reserve afresh (buy-now).
+    from_cart: bool,
+}
+
+/// Checkout of the caller's whole cart.
+pub async fn checkout(state: &AppState, user_id: u64) -> AppResult<OrderView> {
+    let now = Utc::now().timestamp_millis();
+    let wants: Vec<Want> = cart::live_lines(state, user_id)
+        .await?
+        .into_iter()
+        .map(|l| Want {
+            sku: l.sku,
+            count: l.count,
+            unit_price: l.meta.price_at(now),
+            name: l.meta.name,
+            from_cart: true,
+        })
+        .collect();
+    if wants.is_empty() {
+        return Err(AppError::CartEmpty("the cart is empty".into()));
+    }
+    place(state, user_id, wants).await
+}
+
+/// An order of one sku, without touching the cart.
+pub async fn buy_now(
+    state: &AppState,
+    user_id: u64,
+    sku: Sku,
+    count: Count,
+) -> AppResult<OrderView> {
+    let mut meta = state.redis.metas(&[sku]).await?.pop().flatten();
+    if meta.is_none() {
+        if !catalog::ensure_loaded(state, sku).await? {
+            return Err(AppError::NotFound(format!("no product with sku {sku}")));
+        }
+        meta = state.redis.metas(&[sku]).await?.pop().flatten();
+    }
+    let meta = meta.ok_or_else(|| AppError::Unavailable(format!("sku {sku}: not in Redis")))?;
+    let want = Want {
+        sku,
+        count: count.get(),
+        unit_price: meta.price_at(Utc::now().timestamp_millis()),
+        name: meta.name,
+        from_cart: false,
+    };
+    place(state, user_id, vec![want]).await
+}
+
+/// Creates the order, reserves each line (one sku slot at a time), then activates it; if a line
+/// cannot be had, the lines taken are released and the order is recorded as `failed`.
+async fn place(state: &AppState, user_id: u64, wants: Vec<Want>) -> AppResult<OrderView> {
+    let order_id = state.redis.next_order_id().await?;
+    let requested: Vec<OrderItem> = wants
+        .iter()
+        .map(|w| OrderItem {
+            sku: w.sku.get(),
+            name: w.name.clone(),
+            count: w.count,
+            unit_price: w.unit_price,
+        })
+        .collect();
+    let requested_json = to_json(&requested)?;
+    let (_, expires_at) = state
+        .redis
+        .create_order(
+            order_id,
+            user_id,
+            state.cfg.payment_ttl,
+            &requested_json,
+            total(&requested),
+        )
+        .await?;
+    metrics::counter!("flashsale_orders_total", "status" => "new").increment(1);
+
+    let mut taken = Vec::with_capacity(wants.len());
+    let mut failure = None;
+    for w in &wants {
+        match take_line(state, user_id, order_id, expires_at, w).await {
+            Ok(Ok(units_and_price)) => taken.push((w, units_and_price)),
+            Ok(Err(rejected)) => {
+                failure = Some(rejected);
+                break;
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+
+    if let Some(err) = failure {
+        for (w, _) in &taken {
+            // Best effort: what fails here, the sweeper releases at the payment deadline.
+            if let Err(e) = release_line(state, w.sku, order_id, "failed").await {
+                tracing::warn!(order.id = order_id, sku = %w.sku, error = %e, "release after a failed checkout");
+            }
+        }
+        let is_rejection = matches!(
+            err,
+            AppError::OutOfStock(_) | AppError::LimitExceeded(_) | AppError::SaleNotActive(_)
+        );
+        if !is_rejection {
+            return Err(err);
+        }
+        state
+            .redis
+            .decide_order(
+                order_id,
+                OrderAction::Fail {
+                    items_json: &requested_json,
+                    total: total(&requested),
+                },
+            )
+            .await?;
+        metrics::counter!("flashsale_orders_total", "status" => "failed").increment(1);
+        return Err(AppError::CheckoutFailed {
+            code: err.code(),
+            message: format!("{err}; order {order_id} failed and holds nothing"),
+            order_id,
+        });
+    }
+
+    let items: Vec<OrderItem> = taken
+        .iter()
+        .map(|(w, (count, unit_price))| OrderItem {
+            sku: w.sku.get(),
+            name: w.name.clone(),
+            count: *count,
+            unit_price: *unit_price,
+        })
+        .collect();
+    let decision = state
+        .redis
+        .decide_order(
+            order_id,
+            OrderAction::Activate {
+                items_json: &to_json(&items)?,
+                total: total(&items),
+            },
+        )
+        .await?;
+    match decision {
+        Decision::Moved(_) => {
+            metrics::counter!("flashsale_orders_total", "status" => "awaiting_payment").increment(1)
+        }
+        // Cancelled or expired while its lines were being reserved: give them back.
+        _ => settle(state, order_id).await?,
+    }
+    let from_cart: Vec<Sku> = wants
+        .iter()
+        .filter(|w| w.from_cart)
+        .map(|w| w.sku)
+        .collect();
+    cart::forget_lines(state, user_id, &from_cart).await?;
+    load_view(state, order_id).await
+}
+
+/// Reserves one line for the order: (units, unit price), or the rejection.
+async fn take_line(
+    state: &AppState,
+    user_id: u64,
+    order_id: u64,
+    expires_at: i64,
+    w: &Want,
+) -> AppResult<Result<(u32, u64), AppError>> {
+    if w.from_cart {
+        match state
+            .redis
+            .convert_hold(w.sku, user_id, order_id, expires_at)
+            .await?
+        {
+            ConvertOutcome::Converted { units, unit_price } => return Ok(Ok((units, unit_price))),
+            ConvertOutcome::SaleNotActive => {
+                return Ok(Err(rejection(
+                    w.sku,
+                    w.count,
+                    &ReserveOutcome::SaleNotActive,
+                )));
+            }
+            // The hold was swept (or Redis lost it): reserve the line afresh.
+            ConvertOutcome::NoHold | ConvertOutcome::NotLoaded => {}
+        }
+    }
+    let outcome = reserve_loading(state, || ReserveRequest {
+        sku: w.sku,
+        user_id,
+        count: w.count,
+        rid: Rid::OrderLine { order_id },
+        deadline: Deadline::At(expires_at),
+        once: true,
+    })
+    .await?;
+    cart::record("order", &outcome);
+    Ok(match outcome {
+        ReserveOutcome::Reserved {
+            units, unit_price, ..
+        } => Ok((units, unit_price)),
+        other => Err(rejection(w.sku, w.count, &other)),
+    })
+}
+
+async fn release_line(
+    state: &AppState,
+    sku: Sku,
+    order_id: u64,
+    reason: &'static str,
+) -> AppResult<()> {
+    let (released, _) = state
+        .redis
+        .release(
+            sku,
+            Rid::OrderLine { order_id },
+            None,
+            state.cfg.payment_ttl,
+        )
+        .await?;
+    if released > 0 {
+        metrics::counter!("flashsale_units_released_total", "reason" => reason)
+            .increment(u64::from(released));
+    }
+    Ok(())
+}
+
+/// Follows up an order's decided status on every line: paid lines become sold, lines of a
+/// cancelled or failed order go back to available. Idempotent; an open order is left alone.
+pub async fn settle(state: &AppState, order_id: u64) -> AppResult<()> {
+    let Some(rec) = state.redis.order_record(order_id).await? else {
+        return Ok(());
+    };
+    for item in items_of(&rec)? {
+        let sku = Sku::parse(u64::from(item.sku))?;
+        settle_line(state, &rec, sku).await?;
+    }
+    Ok(())
+}
+
+async fn settle_line(state: &AppState, rec: &OrderRecord, sku: Sku) -> AppResult<()> {
+    match rec.status {
+        OrderStatus::Paid => {
+            state.redis.commit_sold(sku, rec.order_id).await?;
+        }
+        OrderStatus::Cancelled | OrderStatus::Failed => {
+            let reason = match rec.cancel_reason.as_deref() {
+                Some("expired") => "expired",
+                Some("customer") => "cancelled",
+                _ => "failed",
+            };
+            release_line(state, sku, rec.order_id, reason).await?;
+        }
+        OrderStatus::New | OrderStatus::AwaitingPayment => {}
+    }
+    Ok(())
+}
+
+/// The sweeper found the order's line on `sku` past its deadline: let the record decide.
+pub async fn expire_due(state: &AppState, order_id: u64, sku: Sku) -> AppResult<()> {
+    match state
+        .redis
+        .decide_order(order_id, OrderAction::Expire)
+        .await?
+    {
+        // No record: nothing can ever pay for this line.
+        Decision::Missing => release_line(state, sku, order_id, "expired").await,
+        Decision::Moved(_) | Decision::Same(_) | Decision::Rejected(_) => {
+            let Some(rec) = state.redis.order_record(order_id).await? else {
+                return Ok(());
+            };
+            if rec.status.is_open() {
+                return Ok(());
+            }
+            if rec.cancel_reason.as_deref() == Some("expired") {
+                metrics::counter!("flashsale_orders_total", "status" => "expired").increment(1);
+            }
+            settle(state, order_id).await?;
+            settle_line(state, &rec, sku).await
+        }
+    }
+}
+
+/// The caller's own order record (another customer's is "not found").
+async fn own_record(state: &AppState, user_id: u64, order_id: u64) -> AppResult<OrderRecord> {
+    match state.redis.order_record(order_id).await? {
+        Some(rec) if rec.user_id == user_id => Ok(rec),
+        _ => Err(not_found(order_id)),
+    }
+}
+
+async fn load_view(state: &AppState, order_id: u64) -> AppResult<OrderView> {
+    let rec = state
+        .redis
+        .order_record(order_id)
+        .await?
+        .ok_or_else(|| not_found(order_id))?;
+    OrderView::of(&rec)
+}
+
+/// An open order past its payment window is expired on read, so nobody sees a stale status.
+async fn expire_if_due(state: &AppState, rec: OrderRecord) -> AppResult<OrderRecord> {
+    if rec.status.is_open() && Utc::now().timestamp_millis() >= rec.expires_at_ms {
+        if let Decision::Moved(_) = state
+            .redis
+            .decide_order(rec.order_id, OrderAction::Expire)
+            .await?
+        {
+            metrics::counter!("flashsale_orders_total", "status" => "expired").increment(1);
+        }
+        settle(state, rec.order_id).await?;
+        return state
+            .redis
+            .order_record(rec.order_id)
+            .await?
+            .ok_or_else(|| not_found(rec.order_id));
+    }
+    Ok(rec)
+}
+
+pub async fn get(state: &AppState, user_id: u64, order_id: u64) -> AppResult<OrderView> {
+    let rec = own_record(state, user_id, order_id).await?;
+    OrderView::of(&expire_if_due(state, rec).await?)
+}
+
+/// The caller's orders, newest first, optionally of one status.
+pub async fn list(
+    state: &AppState,
+    user_id: u64,
+    status: Option<OrderStatus>,
+    limit: usize,
+    before_id: Option<u64>,
+) -> AppResult<(Vec<OrderView>, Option<u64>)> {
+    const BATCH: usize = 100;
+    const MAX_SCANNED: usize = 1_000;
+    let mut items = Vec::new();
+    let mut cursor = before_id;
+    let mut scanned = 0;
+    loop {
+        let ids = state.redis.user_order_ids(user_id, cursor, BATCH).await?;
+        let exhausted = ids.len() < BATCH;
+        scanned += ids.len();
+        cursor = ids.last().copied().or(cursor);
+        for rec in state.redis.order_records(&ids).await?.into_iter().flatten() {
+            let rec = expire_if_due(state, rec).await?;
+            if status.is_none_or(|s| s == rec.status) {
+                items.push(OrderView::of(&rec)?);
+            }
+        }
+        if items.len() > limit {
+            items.truncate(limit);
+            let next = items.last().map(|o| o.order_id);
+            return Ok((items, next));
+        }
+        if exhausted {
+            return Ok((items, None));
+        }
+        if scanned >= MAX_SCANNED {
+            // A selective filter: hand back a cursor instead of scanning on.
+            return Ok((items, cursor));
+        }
+    }
+}
+
+pub async fn pay(
+    state: &AppState,
+    user_id: u64,
+    order_id: u64,
+    payment_ref: &str,
+) -> AppResult<OrderView> {
+    own_record(state, user_id, order_id).await?;
+    let decision = state
+        .redis
+        .decide_order(order_id, OrderAction::Pay { payment_ref })
+        .await?;
+    settle(state, order_id).await?;
+    match decision {
+        Decision::Moved(OrderStatus::Paid) => {
+            metrics::counter!("flashsale_orders_total", "status" => "paid").increment(1);
+        }
+        Decision::Same(OrderStatus::Paid) => {}
+        Decision::Missing => return Err(not_found(order_id)),
+        Decision::Moved(s) | Decision::Same(s) | Decision::Rejected(s) => {
+            return Err(AppError::OrderNotPayable(format!(
+                "order {order_id} is {}{}",
+                s.as_str(),
+                if s == OrderStatus::New {
+                    " (checkout in progress)"
+                } else {
+                    ""
+                }
+            )));
+        }
+    }
+    load_view(state, order_id).await
+}
+
+pub async fn cancel(state: &AppState, user_id: u64, order_id: u64) -> AppResult<OrderView> {
+    own_record(state, user_id, order_id).await?;
+    let decision = state
+        .redis
+        .decide_order(order_id, OrderAction::Cancel)
+        .await?;
+    settle(state, order_id).await?;
+    match decision {
+        Decision::Moved(OrderStatus::Cancelled) => {
+            metrics::counter!("flashsale_orders_total", "status" => "cancelled").increment(1);
+        }
+        Decision::Same(OrderStatus::Cancelled) => {}
+        Decision::Missing => return Err(not_found(order_id)),
+        Decision::Moved(s) | Decision::Same(s) | Decision::Rejected(s) => {
+            return Err(AppError::OrderNotCancellable(format!(
+                "order {order_id} is {}",
+                s.as_str()
+            )));
+        }
+    }
+    load_view(state, order_id).await
+}

@@ -1,0 +1,213 @@
+//! The `products`, `warehouses`, `stock` and `sales` tables.
+
+use chrono::{DateTime, Utc};
+use sqlx::{MySqlConnection, MySqlPool};
+
+use crate::domain::{Price, ProductName, SaleWindow, Sku, WarehouseName};
+use crate::error::{AppError, AppResult, OnConflict};
+
+/// A product with its sale window, if one is set.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ProductRow {
+    pub sku: u32,
+    pub name: String,
+    pub price: u64,
+    pub sale_price: Option<u64>,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+    pub per_customer_limit: Option<u32>,
+}
+
+impl ProductRow {
+    pub fn sale(&self) -> Option<SaleWindow> {
+        Some(SaleWindow {
+            sale_price: Price::parse(self.sale_price?).ok()?,
+            starts_at: self.starts_at?,
+            ends_at: self.ends_at?,
+            per_customer_limit: self.per_customer_limit,
+        })
+    }
+}
+
+macro_rules! select_product {
+    ($tail:literal) => {
+        concat!(
+            "SELECT p.sku, p.name, p.price, s.sale_price, s.starts_at, s.ends_at, ",
+            "s.per_customer_limit FROM products p LEFT JOIN sales s ON s.sku = p.sku ",
+            $tail
+        )
+    };
+}
+
+#[tracing::instrument(skip(pool))]
+pub async fn insert_product(
+    pool: &MySqlPool,
+    sku: Option<Sku>,
+    name: &ProductName,
+    price: Price,
+) -> AppResult<Sku> {
+    let r = sqlx::query("INSERT INTO products (sku, name, price) VALUES (?, ?, ?)")
+        .bind(sku.map(Sku::get))
+        .bind(name.as_str())
+        .bind(price.get())
+        .execute(pool)
+        .await
+        .on_duplicate(|| {
+            AppError::AlreadyExists(format!(
+                "sku {} exists",
+                sku.map(|s| s.to_string()).unwrap_or_default()
+            ))
+        })?;
+    Sku::parse(r.last_insert_id())
+}
+
+#[tracing::instrument(skip(pool))]
+pub async fn get_product(pool: &MySqlPool, sku: Sku) -> AppResult<Option<ProductRow>> {
+    Ok(
+        sqlx::query_as::<_, ProductRow>(select_product!("WHERE p.sku = ?"))
+            .bind(sku.get())
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
+#[tracing::instrument(skip(pool))]
+pub async fn list_products(
+    pool: &MySqlPool,
+    after_sku: u32,
+    limit: u32,
+) -> AppResult<Vec<ProductRow>> {
+    Ok(
+        sqlx::query_as::<_, ProductRow>(select_product!("WHERE p.sku > ? ORDER BY p.sku LIMIT ?"))
+            .bind(after_sku)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+/// Skus whose sale window is open at `now` (for the live views and the seed).
+#[tracing::instrument(skip(pool))]
+pub async fn active_sale_skus(pool: &MySqlPool, now: DateTime<Utc>) -> AppResult<Vec<u32>> {
+    Ok(sqlx::query_scalar::<_, u32>(
+        "SELECT sku FROM sales WHERE starts_at <= ? AND ends_at > ? ORDER BY sku",
+    )
+    .bind(now)
+    .bind(now)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Locks the product row for the rest of the transaction: every stock or catalog change of one
+/// sku goes through this lock, so loading Redis from MySQL never races a change.
+pub async fn lock_product(conn: &mut MySqlConnection, sku: Sku) -> AppResult<Option<ProductRow>> {
+    Ok(
+        sqlx::query_as::<_, ProductRow>(select_product!("WHERE p.sku = ? FOR UPDATE"))
+            .bind(sku.get())
+            .fetch_optional(conn)
+            .await?,
+    )
+}
+
+pub async fn update_product(
+    conn: &mut MySqlConnection,
+    sku: Sku,
+    name: Option<&ProductName>,
+    price: Option<Price>,
+) -> AppResult<()> {
+    sqlx::query(
+        "UPDATE products SET name = COALESCE(?, name), price = COALESCE(?, price) WHERE sku = ?",
+    )
+    .bind(name.map(ProductName::as_str))
+    .bind(price.map(Price::get))
+    .bind(sku.get())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn put_sale(conn: &mut MySqlConnection, sku: Sku, sale: &SaleWindow) -> AppResult<()> {
+    sqlx::query(
+        "INSERT INTO sales (sku, sale_price, starts_at, ends_at, per_customer_limit) \
+         VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE sale_price = VALUES(sale_price), \
+         starts_at = VALUES(starts_at), ends_at = VALUES(ends_at), \
+         per_customer_limit = VALUES(per_customer_limit)",
+    )
+    .bind(sku.get())
+    .bind(sale.sale_price.get())
+    .bind(sale.starts_at)
+    .bind(sale.ends_at)
+    .bind(sale.per_customer_limit)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn delete_sale(conn: &mut MySqlConnection, sku: Sku) -> AppResult<bool> {
+    let r = sqlx::query("DELETE FROM sales WHERE sku = ?")
+        .bind(sku.get())
+        .execute(conn)
+        .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+#[tracing::instrument(skip(pool))]
+pub async fn insert_warehouse(pool: &MySqlPool, name: &WarehouseName) -> AppResult<u32> {
+    let r = sqlx::query("INSERT INTO warehouses (name) VALUES (?)")
+        .bind(name.as_str())
+        .execute(pool)
+        .await
+        .on_duplicate(|| {
+            AppError::AlreadyExists(format!("warehouse {:?} exists", name.as_str()))
+        })?;
+    Ok(r.last_insert_id() as u32)
+}
+
+pub async fn warehouse_exists(conn: &mut MySqlConnection, id: u32) -> AppResult<bool> {
+    Ok(
+        sqlx::query_scalar::<_, u32>("SELECT id FROM warehouses WHERE id = ?")
+            .bind(id)
+            .fetch_optional(conn)
+            .await?
+            .is_some(),
+    )
+}
+
+/// (warehouse_id, on_hand) of a sku, ascending by warehouse.
+pub async fn stock_of(conn: &mut MySqlConnection, sku: Sku) -> AppResult<Vec<(u32, u64)>> {
+    Ok(sqlx::query_as::<_, (u32, u64)>(
+        "SELECT warehouse_id, on_hand FROM stock WHERE sku = ? ORDER BY warehouse_id",
+    )
+    .bind(sku.get())
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Sets a sku's on-hand units in one warehouse (the row is created when missing).
+pub async fn set_on_hand(
+    conn: &mut MySqlConnection,
+    sku: Sku,
+    warehouse_id: u32,
+    on_hand: u64,
+) -> AppResult<()> {
+    sqlx::query(
+        "INSERT INTO stock (sku, warehouse_id, on_hand) VALUES (?, ?, ?) \
+         ON DUPLICATE KEY UPDATE on_hand = VALUES(on_hand)",
+    )
+    .bind(sku.get())
+    .bind(warehouse_id)
+    .bind(on_hand)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The largest order id MySQL knows (0 when none): the floor of the Redis id sequence.
+pub async fn max_order_id(pool: &MySqlPool) -> AppResult<u64> {
+    Ok(
+        sqlx::query_scalar::<_, Option<u64>>("SELECT MAX(id) FROM orders")
+            .fetch_one(pool)
+            .await?
+            .unwrap_or(0),
+    )
+}

@@ -1,0 +1,59 @@
+//! The `users` table.
+
+use sqlx::MySqlPool;
+
+use crate::domain::{Role, Username};
+use crate::error::{AppError, AppResult, OnConflict};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UserRow {
+    pub id: u64,
+    pub username: String,
+    pub password_hash: String,
+    pub role: String,
+}
+
+impl UserRow {
+    pub fn role(&self) -> Role {
+        Role::parse(&self.role).unwrap_or(Role::Customer)
+    }
+}
+
+#[tracing::instrument(skip(pool, password_hash))]
+pub async fn insert_user(
+    pool: &MySqlPool,
+    username: &Username,
+    password_hash: &str,
+    role: Role,
+) -> AppResult<u64> {
+    let r = sqlx::query("INSERT INTO users (username, password_hash, role) VALUES (?, ?, ?)")
+        .bind(username.as_str())
+        .bind(password_hash)
+        .bind(role.as_str())
+        .execute(pool)
+        .await
+        .on_duplicate(|| {
+            AppError::AlreadyExists(format!("username {:?} is taken", username.as_str()))
+        })?;
+    Ok(r.last_insert_id())
+}
+
+#[tracing::instrument(skip(pool))]
+pub async fn find_by_username(pool: &MySqlPool, username: &str) -> AppResult<Option<UserRow>> {
+    Ok(sqlx::query_as::<_, UserRow>(
+        "SELECT id, username, password_hash, role FROM users WHERE username = ?",
+    )
+    .bind(username)
+    .fetch_optional(pool)
+    .await?)
+}
+
+#[tracing::instrument(skip(pool))]
+pub async fn find_by_id(pool: &MySqlPool, id: u64) -> AppResult<Option<UserRow>> {
+    Ok(sqlx::query_as::<_, UserRow>(
+        "SELECT id, username, password_hash, role FROM users WHERE id = ?",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?)
+}

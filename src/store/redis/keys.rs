@@ -1,0 +1,140 @@
+//! Every Redis key flashsale uses, in one place. Keys that one script touches share a hash tag,
+//! so each script runs in one slot and the layout works unchanged on Redis Cluster:
+//! `{sku:<n>}` for a sku's counters and reservations, `{ord:<p>}` for an order partition,
+//! `{user:<id>}` for a customer's cart index, order index and idempotency records.
+
+use crate::domain::Sku;
+
+/// Orders are spread over this many partitions (`{ord:<order_id % N>}`).
+pub const ORDER_PARTITIONS: u64 = 16;
+
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn sku(&self, sku: Sku) -> SkuKeys {
+        SkuKeys {
+            base: format!("{}:{{sku:{sku}}}:", self.prefix),
+        }
+    }
+
+    /// The order's record (a hash): status, items, deadlines.
+    pub fn order(&self, order_id: u64) -> String {
+        format!(
+            "{}:{{ord:{}}}:o:{order_id}",
+            self.prefix,
+            order_id % ORDER_PARTITIONS
+        )
+    }
+
+    /// The skus in a customer's cart (a set; a line is live while its hold is).
+    pub fn cart(&self, user_id: u64) -> String {
+        format!("{}:{{user:{user_id}}}:cart", self.prefix)
+    }
+
+    /// A customer's orders (a sorted set, score = order id).
+    pub fn user_orders(&self, user_id: u64) -> String {
+        format!("{}:{{user:{user_id}}}:orders", self.prefix)
+    }
+
+    /// The stored answer to a request made with an `Idempotency-Key`.
+    pub fn idempotency(&self, user_id: u64, scope: &str, key: &str) -> String {
+        format!("{}:{{user:{user_id}}}:idem:{scope}:{key}", self.prefix)
+    }
+
+    /// Every sku loaded into Redis: what the sweeper walks.
+    pub fn skus(&self) -> String {
+        format!("{}:skus", self.prefix)
+    }
+
+    /// The order id sequence.
+    pub fn order_seq(&self) -> String {
+        format!("{}:seq:order", self.prefix)
+    }
+
+    /// A SCAN pattern matching every key of this prefix.
+    pub fn pattern(&self) -> String {
+        format!("{}:*", self.prefix)
+    }
+}
+
+/// The keys of one sku; see lua/lib.lua for what each holds.
+#[derive(Debug, Clone)]
+pub struct SkuKeys {
+    base: String,
+}
+
+impl SkuKeys {
+    pub fn meta(&self) -> String {
+        format!("{}meta", self.base)
+    }
+    pub fn stock(&self) -> String {
+        format!("{}stock", self.base)
+    }
+    pub fn users(&self) -> String {
+        format!("{}users", self.base)
+    }
+    pub fn res(&self) -> String {
+        format!("{}res", self.base)
+    }
+    pub fn exp(&self) -> String {
+        format!("{}exp", self.base)
+    }
+    /// The TTL key of a reservation id (`h:<user>` or `o:<order>`).
+    pub fn ttl(&self, rid: &Rid) -> String {
+        format!("{}{rid}", self.base)
+    }
+}
+
+/// A reservation's id within its sku: a customer's cart hold or an order's line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rid {
+    Hold { user_id: u64 },
+    OrderLine { order_id: u64 },
+}
+
+impl std::fmt::Display for Rid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rid::Hold { user_id } => write!(f, "h:{user_id}"),
+            Rid::OrderLine { order_id } => write!(f, "o:{order_id}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_one_sku_share_a_slot_tag() {
+        let k = Keys::new("fs");
+        let s = k.sku(Sku::parse(42).unwrap());
+        for key in [s.meta(), s.stock(), s.users(), s.res(), s.exp()] {
+            assert!(key.starts_with("fs:{sku:42}:"), "{key}");
+        }
+        assert_eq!(s.ttl(&Rid::Hold { user_id: 7 }), "fs:{sku:42}:h:7");
+        assert_eq!(s.ttl(&Rid::OrderLine { order_id: 9 }), "fs:{sku:42}:o:9");
+        // lua/lib.lua's key_base() strips "stock" from the stock key to name TTL keys.
+        assert_eq!(s.stock().strip_suffix("stock").unwrap(), "fs:{sku:42}:");
+    }
+
+    #[test]
+    fn orders_are_partitioned() {
+        let k = Keys::new("fs");
+        assert_eq!(k.order(33), "fs:{ord:1}:o:33");
+        assert_eq!(k.cart(5), "fs:{user:5}:cart");
+    }
+}

@@ -1,0 +1,769 @@
+//! Redis access: one shared multiplexed connection for every request (concurrent requests are
+//! pipelined onto it), the Lua scripts, and typed outcomes of each script.
+
+pub mod keys;
+pub mod scripts;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script, Value};
+
+pub use keys::{Keys, Rid, SkuKeys};
+use scripts::Scripts;
+
+use crate::config::Config;
+use crate::domain::Sku;
+use crate::error::{AppError, AppResult};
+
+#[derive(Clone)]
+pub struct Redis {
+    conn: ConnectionManager,
+    pub keys: Keys,
+    scripts: Arc<Scripts>,
+}
+
+impl Redis {
+    /// Connects lazily: the service starts while Redis is down and answers 503 until it is up.
+    pub fn connect(cfg: &Config) -> anyhow::Result<Self> {
+        let client = redis::Client::open(cfg.redis_url.as_str())?;
+        let mgr = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(cfg.redis_timeout))
+            .set_connection_timeout(Some(cfg.redis_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(std::time::Duration::from_millis(200));
+        let conn = ConnectionManager::new_lazy_with_config(client, mgr)?;
+        Ok(Redis {
+            conn,
+            keys: Keys::new(&cfg.redis_prefix),
+            scripts: Arc::new(Scripts::new()),
+        })
+    }
+
+    /// A handle on the shared connection (cheap: clones share one socket).
+    pub fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Loads every script, so the first requests do not pay for it.
+    pub async fn load_scripts(&self) -> AppResult<()> {
+        let mut conn = self.conn();
+        for (_, s) in self.scripts.all() {
+            s.load_async(&mut conn).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> AppResult<()> {
+        let mut conn = self.conn();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    async fn eval(
+        &self,
+        name: &'static str,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> AppResult<Reply> {
+        let mut inv = script.prepare_invoke();
+        for k in keys {
+            inv.key(*k);
+        }
+        for a in args {
+            inv.arg(*a);
+        }
+        let started = Instant::now();
+        let r: Result<Value, redis::RedisError> = inv.invoke_async(&mut self.conn()).await;
+        metrics::histogram!("flashsale_lua_duration_seconds", "script" => name)
+            .record(started.elapsed().as_secs_f64());
+        if r.is_err() {
+            metrics::counter!("flashsale_lua_errors_total", "script" => name).increment(1);
+        }
+        Reply::parse(name, r?)
+    }
+
+    // ---- stock and catalog -------------------------------------------------------------
+
+    /// Loads a sku's catalog entry and stock into Redis, each only where missing.
+    pub async fn load_sku(&self, sku: Sku, meta: &SkuMeta, stock: &[(u32, u64)]) -> AppResult<()> {
+        let k = self.keys.sku(sku);
+        let pairs = meta.pairs();
+        let mut args: Vec<String> = vec![(pairs.len()).to_string()];
+        for (f, v) in pairs {
+            args.push(f.to_string());
+            args.push(v);
+        }
+        for (w, n) in stock {
+            args.push(w.to_string());
+            args.push(n.to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.eval(
+            "load_sku",
+            &self.scripts.load_sku,
+            &[&k.meta(), &k.stock()],
+            &args,
+        )
+        .await?;
+        let _: () = self.conn().sadd(self.keys.skus(), sku.get()).await?;
+        Ok(())
+    }
+
+    /// Replaces a sku's catalog entry (after MySQL committed the change).
+    pub async fn set_meta(&self, sku: Sku, meta: &SkuMeta) -> AppResult<()> {
+        let mut args = Vec::new();
+        for (f, v) in meta.pairs() {
+            args.push(f.to_string());
+            args.push(v);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.eval(
+            "set_meta",
+            &self.scripts.set_meta,
+            &[&self.keys.sku(sku).meta()],
+            &args,
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn adjust_stock(
+        &self,
+        sku: Sku,
+        warehouse_id: u32,
+        delta: i64,
+    ) -> AppResult<AdjustOutcome> {
+        let r = self
+            .eval(
+                "adjust_stock",
+                &self.scripts.adjust_stock,
+                &[&self.keys.sku(sku).stock()],
+                &[&warehouse_id.to_string(), &delta.to_string()],
+            )
+            .await?;
+        Ok(match r.tag() {
+            "ok" => AdjustOutcome::Adjusted {
+                here: r.int(1)?,
+                available: r.int(2)?,
+            },
+            "short" => AdjustOutcome::Short {
+                available_here: r.int(1)?,
+            },
+            "not_loaded" => AdjustOutcome::NotLoaded,
+            other => return Err(r.unexpected(other)),
+        })
+    }
+
+    /// The sku's counters, or `None` when not loaded.
+    pub async fn stock(&self, sku: Sku) -> AppResult<Option<StockSnapshot>> {
+        let flat: Vec<(String, i64)> = self.conn().hgetall(self.keys.sku(sku).stock()).await?;
+        if flat.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(StockSnapshot::from_fields(flat)))
+    }
+
+    // ---- reservations ------------------------------------------------------------------
+
+    pub async fn reserve(&self, req: ReserveRequest) -> AppResult<ReserveOutcome> {
+        let k = self.keys.sku(req.sku);
+        let (kind, ms) = match req.deadline {
+            Deadline::In(d) => ("ttl", d.as_millis().to_string()),
+            Deadline::At(ms) => ("at", ms.to_string()),
+        };
+        let mode = if req.once { "once" } else { "add" };
+        let r = self
+            .eval(
+                "reserve",
+                &self.scripts.reserve,
+                &[
+                    &k.meta(),
+                    &k.stock(),
+                    &k.users(),
+                    &k.res(),
+                    &k.exp(),
+                    &k.ttl(&req.rid),
+                ],
+                &[
+                    &req.user_id.to_string(),
+                    &req.count.to_string(),
+                    &req.rid.to_string(),
+                    kind,
+                    &ms,
+                    mode,
+                ],
+            )
+            .await?;
+        Ok(match r.tag() {
+            "ok" => ReserveOutcome::Reserved {
+                units: r.int(1)? as u32,
+                deadline_ms: r.int(2)?,
+                unit_price: r.int(3)? as u64,
+                available: r.int(4)?,
+            },
+            "out_of_stock" => ReserveOutcome::OutOfStock {
+                available: r.int(1)?,
+            },
+            "limit_exceeded" => ReserveOutcome::LimitExceeded {
+                has: r.int(1)?,
+                limit: r.int(2)?,
+            },
+            "sale_not_active" => ReserveOutcome::SaleNotActive,
+            "not_loaded" => ReserveOutcome::NotLoaded,
+            other => return Err(r.unexpected(other)),
+        })
+    }
+
+    pub async fn convert_hold(
+        &self,
+        sku: Sku,
+        user_id: u64,
+        order_id: u64,
+        deadline_ms: i64,
+    ) -> AppResult<ConvertOutcome> {
+        let k = self.keys.sku(sku);
+        let r = self
+            .eval(
+                "convert_hold",
+                &self.scripts.convert_hold,
+                &[
+                    &k.meta(),
+                    &k.stock(),
+                    &k.users(),
+                    &k.res(),
+                    &k.exp(),
+                    &k.ttl(&Rid::Hold { user_id }),
+                    &k.ttl(&Rid::OrderLine { order_id }),
+                ],
+                &[
+                    &user_id.to_string(),
+                    &order_id.to_string(),
+                    &deadline_ms.to_string(),
+                ],
+            )
+            .await?;
+        Ok(match r.tag() {
+            "ok" => ConvertOutcome::Converted {
+                units: r.int(1)? as u32,
+                unit_price: r.int(2)? as u64,
+            },
+            "no_hold" => ConvertOutcome::NoHold,
+            "sale_not_active" => ConvertOutcome::SaleNotActive,
+            "not_loaded" => ConvertOutcome::NotLoaded,
+            other => return Err(r.unexpected(other)),
+        })
+    }
+
+    /// Gives back `count` units of a reservation (`None`: all). Returns (released, left).
+    pub async fn release(
+        &self,
+        sku: Sku,
+        rid: Rid,
+        count: Option<u32>,
+        renew: std::time::Duration,
+    ) -> AppResult<(u32, u32)> {
+        let k = self.keys.sku(sku);
+        let r = self
+            .eval(
+                "release",
+                &self.scripts.release,
+                &[&k.stock(), &k.users(), &k.res(), &k.exp(), &k.ttl(&rid)],
+                &[
+                    &rid.to_string(),
+                    &count.unwrap_or(0).to_string(),
+                    &renew.as_millis().to_string(),
+                ],
+            )
+            .await?;
+        Ok((r.int(1)? as u32, r.int(2)? as u32))
+    }
+
+    /// Turns a paid order's line into sold units. Returns the units (0: done before).
+    pub async fn commit_sold(&self, sku: Sku, order_id: u64) -> AppResult<u32> {
+        let k = self.keys.sku(sku);
+        let rid = Rid::OrderLine { order_id };
+        let r = self
+            .eval(
+                "commit_sold",
+                &self.scripts.commit_sold,
+                &[&k.stock(), &k.res(), &k.exp(), &k.ttl(&rid)],
+                &[&rid.to_string()],
+            )
+            .await?;
+        Ok(r.int(1)? as u32)
+    }
+
+    /// Gives back expired cart holds of a sku; returns (units released, due order ids).
+    pub async fn sweep(&self, sku: Sku, limit: u32) -> AppResult<(u64, Vec<u64>)> {
+        let k = self.keys.sku(sku);
+        let r = self
+            .eval(
+                "sweep",
+                &self.scripts.sweep,
+                &[&k.stock(), &k.users(), &k.res(), &k.exp()],
+                &[&limit.to_string()],
+            )
+            .await?;
+        let released = r.int(0)? as u64;
+        let orders = r.ints_at(1)?.into_iter().map(|n| n as u64).collect();
+        Ok((released, orders))
+    }
+
+    /// The units of each live reservation of a customer on a sku's cart hold: (count, deadline).
+    pub async fn holds(&self, user_id: u64, skus: &[Sku]) -> AppResult<Vec<Option<(u32, i64)>>> {
+        if skus.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rid = Rid::Hold { user_id };
+        let mut pipe = redis::pipe();
+        for sku in skus {
+            let ttl = self.keys.sku(*sku).ttl(&rid);
+            pipe.get(&ttl).cmd("PEXPIRETIME").arg(&ttl);
+        }
+        let raw: Vec<(Option<u32>, i64)> = pipe.query_async(&mut self.conn()).await?;
+        Ok(raw
+            .into_iter()
+            .map(|(count, at)| count.filter(|_| at > 0).map(|c| (c, at)))
+            .collect())
+    }
+
+    pub async fn metas(&self, skus: &[Sku]) -> AppResult<Vec<Option<SkuMeta>>> {
+        if skus.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for sku in skus {
+            pipe.hgetall(self.keys.sku(*sku).meta());
+        }
+        let raw: Vec<Vec<(String, String)>> = pipe.query_async(&mut self.conn()).await?;
+        Ok(raw.into_iter().map(SkuMeta::from_fields).collect())
+    }
+
+    // ---- orders ------------------------------------------------------------------------
+
+    /// A new order id, unique even after Redis lost its data (see `raise_order_seq`).
+    pub async fn next_order_id(&self) -> AppResult<u64> {
+        Ok(self.conn().incr(self.keys.order_seq(), 1u64).await?)
+    }
+
+    /// Raises the order id sequence to at least `floor` (the largest id MySQL knows).
+    pub async fn raise_order_seq(&self, floor: u64) -> AppResult<u64> {
+        let r = self
+            .eval(
+                "raise_seq",
+                &self.scripts.raise_seq,
+                &[&self.keys.order_seq()],
+                &[&floor.to_string()],
+            )
+            .await?;
+        Ok(r.int(0)? as u64)
+    }
+
+    /// Records a new order (status `new`); returns (created_at, expires_at) in unix ms.
+    pub async fn create_order(
+        &self,
+        order_id: u64,
+        user_id: u64,
+        payment_ttl: std::time::Duration,
+        items_json: &str,
+        total: u64,
+    ) -> AppResult<(i64, i64)> {
+        let r = self
+            .eval(
+                "create_order",
+                &self.scripts.create_order,
+                &[&self.keys.order(order_id)],
+                &[
+                    &user_id.to_string(),
+                    &payment_ttl.as_millis().to_string(),
+                    items_json,
+                    &total.to_string(),
+                ],
+            )
+            .await?;
+        let _: () = self
+            .conn()
+            .zadd(self.keys.user_orders(user_id), order_id, order_id as f64)
+            .await?;
+        Ok((r.int(1)?, r.int(2)?))
+    }
+
+    pub async fn decide_order(
+        &self,
+        order_id: u64,
+        action: OrderAction<'_>,
+    ) -> AppResult<Decision> {
+        let (name, payload, total) = match action {
+            OrderAction::Activate { items_json, total } => ("activate", items_json, total),
+            OrderAction::Fail { items_json, total } => ("fail", items_json, total),
+            OrderAction::Pay { payment_ref } => ("pay", payment_ref, 0),
+            OrderAction::Cancel => ("cancel", "", 0),
+            OrderAction::Expire => ("expire", "", 0),
+        };
+        let r = self
+            .eval(
+                "decide_order",
+                &self.scripts.decide_order,
+                &[&self.keys.order(order_id)],
+                &[name, payload, &total.to_string()],
+            )
+            .await?;
+        let status = || -> AppResult<crate::domain::OrderStatus> {
+            let s = r.str_at(1)?;
+            crate::domain::OrderStatus::parse(&s)
+                .ok_or_else(|| AppError::internal(format!("order {order_id}: bad status {s:?}")))
+        };
+        Ok(match r.tag() {
+            "ok" => Decision::Moved(status()?),
+            "same" => Decision::Same(status()?),
+            "reject" => Decision::Rejected(status()?),
+            "missing" => Decision::Missing,
+            other => return Err(r.unexpected(other)),
+        })
+    }
+
+    /// The records of several orders, in the order asked (`None`: no such record).
+    pub async fn order_records(&self, order_ids: &[u64]) -> AppResult<Vec<Option<OrderRecord>>> {
+        if order_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in order_ids {
+            pipe.hgetall(self.keys.order(*id));
+        }
+        let raw: Vec<Vec<(String, String)>> = pipe.query_async(&mut self.conn()).await?;
+        order_ids
+            .iter()
+            .zip(raw)
+            .map(|(id, flat)| {
+                if flat.is_empty() {
+                    Ok(None)
+                } else {
+                    OrderRecord::from_fields(*id, flat).map(Some)
+                }
+            })
+            .collect()
+    }
+
+    /// A customer's order ids below `before` (exclusive), newest first.
+    pub async fn user_order_ids(
+        &self,
+        user_id: u64,
+        before: Option<u64>,
+        count: usize,
+    ) -> AppResult<Vec<u64>> {
+        let max = match before {
+            Some(b) => format!("({b}"),
+            None => "+inf".to_string(),
+        };
+        Ok(self
+            .conn()
+            .zrevrangebyscore_limit(
+                self.keys.user_orders(user_id),
+                max,
+                "-inf",
+                0,
+                count as isize,
+            )
+            .await?)
+    }
+
+    /// The order's record as stored, or `None`.
+    pub async fn order_record(&self, order_id: u64) -> AppResult<Option<OrderRecord>> {
+        let flat: Vec<(String, String)> = self.conn().hgetall(self.keys.order(order_id)).await?;
+        if flat.is_empty() {
+            return Ok(None);
+        }
+        OrderRecord::from_fields(order_id, flat).map(Some)
+    }
+}
+
+// ---- typed values --------------------------------------------------------------------------
+
+/// A sku's catalog entry as the scripts read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkuMeta {
+    pub name: String,
+    pub price: u64,
+    pub sale: Option<SaleMeta>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaleMeta {
+    pub sale_price: u64,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    /// 0: no per-customer limit.
+    pub limit: u32,
+}
+
+impl SkuMeta {
+    fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut v = vec![
+            ("name", self.name.clone()),
+            ("price", self.price.to_string()),
+        ];
+        if let Some(s) = &self.sale {
+            v.push(("sale_price", s.sale_price.to_string()));
+            v.push(("sale_start", s.start_ms.to_string()));
+            v.push(("sale_end", s.end_ms.to_string()));
+            v.push(("limit", s.limit.to_string()));
+        }
+        v
+    }
+
+    fn from_fields(flat: Vec<(String, String)>) -> Option<Self> {
+        if flat.is_empty() {
+            return None;
+        }
+        let get = |f: &str| flat.iter().find(|(k, _)| k == f).map(|(_, v)| v.as_str());
+        let num = |f: &str| get(f).and_then(|v| v.parse::<i64>().ok());
+        let sale = match (num("sale_price"), num("sale_start"), num("sale_end")) {
+            (Some(p), Some(s), Some(e)) => Some(SaleMeta {
+                sale_price: p as u64,
+                start_ms: s,
+                end_ms: e,
+                limit: num("limit").unwrap_or(0) as u32,
+            }),
+            _ => None,
+        };
+        Some(SkuMeta {
+            name: get("name").unwrap_or_default().to_string(),
+            price: num("price").unwrap_or(0) as u64,
+            sale,
+        })
+    }
+
+    /// The unit price at `now_ms`: the sale price while the sale window is open.
+    pub fn price_at(&self, now_ms: i64) -> u64 {
+        match &self.sale {
+            Some(s) if now_ms >= s.start_ms && now_ms < s.end_ms => s.sale_price,
+            _ => self.price,
+        }
+    }
+}
+
+/// A sku's counters: the buckets of DESIGN.md's identity.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StockSnapshot {
+    /// (warehouse_id, available there), ascending by warehouse.
+    pub warehouses: Vec<(u32, i64)>,
+    pub available: i64,
+    pub held: i64,
+    pub reserved: i64,
+    /// Sold and not yet written back to MySQL's on_hand.
+    pub sold: i64,
+    /// Sold since this counter was loaded.
+    pub sold_total: i64,
+}
+
+impl StockSnapshot {
+    fn from_fields(flat: Vec<(String, i64)>) -> Self {
+        let mut s = StockSnapshot::default();
+        for (f, v) in flat {
+            match f.as_str() {
+                "avail" => s.available = v,
+                "held" => s.held = v,
+                "reserved" => s.reserved = v,
+                "sold" => s.sold = v,
+                "sold_total" => s.sold_total = v,
+                w => {
+                    if let Some(id) = w.strip_prefix('w').and_then(|n| n.parse().ok()) {
+                        s.warehouses.push((id, v));
+                    }
+                }
+            }
+        }
+        s.warehouses.sort_unstable();
+        s
+    }
+}
+
+pub enum Deadline {
+    /// From now (Redis time).
+    In(std::time::Duration),
+    /// At this unix ms.
+    At(i64),
+}
+
+pub struct ReserveRequest {
+    pub sku: Sku,
+    pub user_id: u64,
+    pub count: u32,
+    pub rid: Rid,
+    pub deadline: Deadline,
+    /// An existing live reservation is the answer (an order line), instead of growing (a cart hold).
+    pub once: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    Reserved {
+        units: u32,
+        deadline_ms: i64,
+        unit_price: u64,
+        available: i64,
+    },
+    OutOfStock {
+        available: i64,
+    },
+    LimitExceeded {
+        has: i64,
+        limit: i64,
+    },
+    SaleNotActive,
+    NotLoaded,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConvertOutcome {
+    Converted { units: u32, unit_price: u64 },
+    NoHold,
+    SaleNotActive,
+    NotLoaded,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdjustOutcome {
+    Adjusted { here: i64, available: i64 },
+    Short { available_here: i64 },
+    NotLoaded,
+}
+
+pub enum OrderAction<'a> {
+    Activate { items_json: &'a str, total: u64 },
+    Fail { items_json: &'a str, total: u64 },
+    Pay { payment_ref: &'a str },
+    Cancel,
+    Expire,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// This call moved the order to the status.
+    Moved(crate::domain::OrderStatus),
+    /// The order was already there (or nothing was due).
+    Same(crate::domain::OrderStatus),
+    /// Not allowed from the order's status.
+    Rejected(crate::domain::OrderStatus),
+    Missing,
+}
+
+impl Decision {
+    pub fn status(self) -> Option<crate::domain::OrderStatus> {
+        match self {
+            Decision::Moved(s) | Decision::Same(s) | Decision::Rejected(s) => Some(s),
+            Decision::Missing => None,
+        }
+    }
+}
+
+/// An order as its Redis record holds it.
+#[derive(Debug, Clone)]
+pub struct OrderRecord {
+    pub order_id: u64,
+    pub user_id: u64,
+    pub status: crate::domain::OrderStatus,
+    pub items_json: String,
+    pub total: u64,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub paid_at_ms: Option<i64>,
+    pub cancelled_at_ms: Option<i64>,
+    pub cancel_reason: Option<String>,
+}
+
+impl OrderRecord {
+    fn from_fields(order_id: u64, flat: Vec<(String, String)>) -> AppResult<Self> {
+        let get = |f: &str| flat.iter().find(|(k, _)| k == f).map(|(_, v)| v.clone());
+        let num = |f: &str| get(f).and_then(|v| v.parse::<i64>().ok());
+        let bad = |what: &str| AppError::internal(format!("order {order_id}: bad record ({what})"));
+        Ok(OrderRecord {
+            order_id,
+            user_id: num("user").ok_or_else(|| bad("user"))? as u64,
+            status: get("status")
+                .and_then(|s| crate::domain::OrderStatus::parse(&s))
+                .ok_or_else(|| bad("status"))?,
+            items_json: get("items").unwrap_or_else(|| "[]".into()),
+            total: num("total").unwrap_or(0) as u64,
+            created_at_ms: num("created_at").ok_or_else(|| bad("created_at"))?,
+            expires_at_ms: num("expires_at").ok_or_else(|| bad("expires_at"))?,
+            paid_at_ms: num("paid_at"),
+            cancelled_at_ms: num("cancelled_at"),
+            cancel_reason: get("cancel_reason"),
+        })
+    }
+}
+
+/// A script's reply: `{tag, values...}` (or a bare array of values).
+struct Reply {
+    script: &'static str,
+    items: Vec<Value>,
+}
+
+impl Reply {
+    fn parse(script: &'static str, v: Value) -> AppResult<Self> {
+        match v {
+            Value::Array(items) => Ok(Reply { script, items }),
+            other => Err(AppError::internal(format!(
+                "script {script}: expected an array, got {other:?}"
+            ))),
+        }
+    }
+
+    fn tag(&self) -> &str {
+        match self.items.first() {
+            Some(Value::BulkString(b)) => std::str::from_utf8(b).unwrap_or(""),
+            Some(Value::SimpleString(s)) => s,
+            _ => "",
+        }
+    }
+
+    fn int(&self, i: usize) -> AppResult<i64> {
+        match self.items.get(i) {
+            Some(Value::Int(n)) => Ok(*n),
+            Some(Value::BulkString(b)) => std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| self.malformed(i)),
+            _ => Err(self.malformed(i)),
+        }
+    }
+
+    fn str_at(&self, i: usize) -> AppResult<String> {
+        match self.items.get(i) {
+            Some(Value::BulkString(b)) => Ok(String::from_utf8_lossy(b).into_owned()),
+            Some(Value::SimpleString(s)) => Ok(s.clone()),
+            _ => Err(self.malformed(i)),
+        }
+    }
+
+    fn ints_at(&self, i: usize) -> AppResult<Vec<i64>> {
+        match self.items.get(i) {
+            Some(Value::Array(vs)) => vs
+                .iter()
+                .map(|v| match v {
+                    Value::Int(n) => Some(*n),
+                    Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| self.malformed(i)),
+            _ => Err(self.malformed(i)),
+        }
+    }
+
+    fn malformed(&self, i: usize) -> AppError {
+        AppError::internal(format!(
+            "script {}: reply item {i} malformed: {:?}",
+            self.script, self.items
+        ))
+    }
+
+    fn unexpected(&self, tag: &str) -> AppError {
+        AppError::internal(format!("script {}: unexpected reply {tag:?}", self.script))
+    }
+}

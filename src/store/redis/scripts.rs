@@ -1,0 +1,64 @@
+//! The Lua scripts of lua/, each prefixed with lua/lib.lua, built once and called by SHA
+//! (EVALSHA, loading the script on NOSCRIPT).
+
+use redis::Script;
+
+const LIB: &str = include_str!("../../../lua/lib.lua");
+
+fn with_lib(body: &str) -> Script {
+    Script::new(&format!("{LIB}\n{body}"))
+}
+
+pub struct Scripts {
+    pub reserve: Script,
+    pub convert_hold: Script,
+    pub release: Script,
+    pub commit_sold: Script,
+    pub sweep: Script,
+    pub create_order: Script,
+    pub decide_order: Script,
+    pub load_sku: Script,
+    pub set_meta: Script,
+    pub adjust_stock: Script,
+    pub raise_seq: Script,
+}
+
+impl Scripts {
+    pub fn new() -> Self {
+        Scripts {
+            reserve: with_lib(include_str!("../../../lua/reserve.lua")),
+            convert_hold: with_lib(include_str!("../../../lua/convert_hold.lua")),
+            release: with_lib(include_str!("../../../lua/release.lua")),
+            commit_sold: with_lib(include_str!("../../../lua/commit_sold.lua")),
+            sweep: with_lib(include_str!("../../../lua/sweep.lua")),
+            create_order: with_lib(include_str!("../../../lua/create_order.lua")),
+            decide_order: with_lib(include_str!("../../../lua/decide_order.lua")),
+            load_sku: with_lib(include_str!("../../../lua/load_sku.lua")),
+            set_meta: with_lib(include_str!("../../../lua/set_meta.lua")),
+            adjust_stock: with_lib(include_str!("../../../lua/adjust_stock.lua")),
+            raise_seq: with_lib(include_str!("../../../lua/raise_seq.lua")),
+        }
+    }
+
+    pub fn all(&self) -> [(&'static str, &Script); 11] {
+        [
+            ("reserve", &self.reserve),
+            ("convert_hold", &self.convert_hold),
+            ("release", &self.release),
+            ("commit_sold", &self.commit_sold),
+            ("sweep", &self.sweep),
+            ("create_order", &self.create_order),
+            ("decide_order", &self.decide_order),
+            ("load_sku", &self.load_sku),
+            ("set_meta", &self.set_meta),
+            ("adjust_stock", &self.adjust_stock),
+            ("raise_seq", &self.raise_seq),
+        ]
+    }
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,3 @@
+//! Background work of the serve process.
+
+pub mod sweeper;
