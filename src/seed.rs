@@ -12,7 +12,7 @@ const PRODUCTS: &[(u32, &str, u64, u64, u32)] = &[
     // sku, name, price, sale price (minor units), per-customer limit
     (1001, "Phone X 256 GB", 699_900, 499_900, 1),
     (1002, "Noise-cancelling headphones", 199_900, 99_900, 2),
-    (1003, "Robot vacuum", 2_99_900, 149_900, 1),
+    (1003, "Robot vacuum", 299_900, 149_900, 1),
     (1004, "Smart watch", 149_900, 79_900, 2),
 ];
 

@@ -708,6 +708,10 @@ impl Reply {
     fn parse(script: &'static str, v: Value) -> AppResult<Self> {
         match v {
             Value::Array(items) => Ok(Reply { script, items }),
+            Value::Int(n) => Ok(Reply {
+                script,
+                items: vec![Value::Int(n)],
+            }),
             other => Err(AppError::internal(format!(
                 "script {script}: expected an array, got {other:?}"
             ))),

@@ -1,0 +1,361 @@
+//! `spawn_app()` and friends: a real app on 127.0.0.1:0 against the real Redis and MySQL.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::Utc;
+use flashsale::app::{AppState, Application};
+use flashsale::config::Config;
+use flashsale::domain::{Role, Sku};
+use rand::Rng;
+use redis::AsyncCommands;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+pub const ADMIN_PASSWORD: &str = "admin-test-password";
+
+fn mysql_base() -> String {
+    std::env::var("FLASHSALE_TEST_MYSQL_BASE").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+fn redis_url() -> String {
+    std::env::var("FLASHSALE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub struct TestApp {
+    pub addr: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    pub admin_token: String,
+    pub db_name: String,
+    pub prefix: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+pub struct Resp {
+    pub status: StatusCode,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Resp {
+    /// The error code of an error envelope ("" when there is none).
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts the app with the test defaults, changed by `tweak`.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let id: u64 = rand::rng().random();
+    let id = format!("{id:016x}");
+    let db_name = format!("fs_test_{id}");
+    let prefix = format!("fst{id}");
+    let mut cfg = Config::defaults();
+    cfg.mysql_url = format!("{}/{db_name}", mysql_base());
+    cfg.redis_url = redis_url();
+    cfg.redis_prefix = prefix.clone();
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.jwt_secret = Some(format!("test-secret-{id}-0123456789abcdef"));
+    cfg.admin_password = Some(ADMIN_PASSWORD.into());
+    cfg.argon2_memory_kib = 1024;
+    cfg.sweep_interval = Duration::from_millis(100);
+    cfg.mysql_pool = 8;
+    tweak(&mut cfg);
+    let app = Application::build(cfg).await.expect("the app builds");
+    let addr = format!("http://127.0.0.1:{}", app.port());
+    let state = app.state();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async {
+        let _ = rx.await;
+    }));
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let mut t = TestApp {
+        addr,
+        client,
+        state,
+        admin_token: String::new(),
+        db_name,
+        prefix,
+        shutdown: Some(tx),
+    };
+    t.admin_token = t.login("admin", ADMIN_PASSWORD).await;
+    t
+}
+
+impl TestApp {
+    pub async fn request(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Resp {
+        let mut req = self.client.request(method, format!("{}{path}", self.addr));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap_or_default();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Resp { status, body, headers }
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Resp {
+        self.request(Method::GET, path, token, None).await
+    }
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Resp {
+        self.request(Method::POST, path, token, Some(body)).await
+    }
+    pub async fn post_empty(&self, path: &str, token: Option<&str>) -> Resp {
+        self.request(Method::POST, path, token, None).await
+    }
+    pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> Resp {
+        self.request(Method::PUT, path, token, Some(body)).await
+    }
+    pub async fn patch(&self, path: &str, token: Option<&str>, body: Value) -> Resp {
+        self.request(Method::PATCH, path, token, Some(body)).await
+    }
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> Resp {
+        self.request(Method::DELETE, path, token, None).await
+    }
+
+    /// POST with a raw body and content type (malformed-input tests).
+    pub async fn post_raw(&self, path: &str, token: Option<&str>, content_type: &str, body: impl Into<reqwest::Body>) -> Resp {
+        let mut req = self
+            .client
+            .post(format!("{}{path}", self.addr))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.json().await.unwrap_or(Value::Null);
+        Resp { status, body, headers }
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> String {
+        let r = self
+            .post("/v1/auth/token", None, json!({"username": username, "password": password}))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "login of {username}: {:?}", r.body);
+        r.body["access_token"].as_str().unwrap().to_string()
+    }
+
+    /// Registers a customer through the API; returns (user_id, token).
+    pub async fn register(&self, username: &str) -> (u64, String) {
+        let password = format!("{username}-password");
+        let r = self
+            .post("/v1/users", None, json!({"username": username, "password": password}))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "register {username}: {:?}", r.body);
+        let id = r.body["user_id"].as_u64().unwrap();
+        (id, self.login(username, &password).await)
+    }
+
+    /// A token for a customer id without an account row: what load tests use, since the sale
+    /// routes trust the token and argon2 for thousands of logins would only test argon2.
+    pub fn customer_token(&self, user_id: u64) -> String {
+        self.state.jwt.issue(user_id, Role::Customer).unwrap()
+    }
+
+    pub async fn warehouse(&self, name: &str) -> u64 {
+        let r = self
+            .post("/v1/warehouses", Some(&self.admin_token), json!({"name": name}))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        r.body["warehouse_id"].as_u64().unwrap()
+    }
+
+    pub async fn product(&self, name: &str, price: u64) -> u64 {
+        let r = self
+            .post("/v1/products", Some(&self.admin_token), json!({"name": name, "price": price}))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        r.body["sku"].as_u64().unwrap()
+    }
+
+    pub async fn add_stock(&self, sku: u64, warehouse_id: u64, delta: i64) -> Resp {
+        self.post(
+            &format!("/v1/products/{sku}/stock"),
+            Some(&self.admin_token),
+            json!({"warehouse_id": warehouse_id, "delta": delta}),
+        )
+        .await
+    }
+
+    /// Opens a sale on `sku` from an hour ago to an hour from now.
+    pub async fn open_sale(&self, sku: u64, sale_price: u64, limit: Option<u64>) {
+        let now = Utc::now();
+        let r = self
+            .put(
+                &format!("/v1/products/{sku}/sale"),
+                Some(&self.admin_token),
+                json!({
+                    "sale_price": sale_price,
+                    "starts_at": (now - chrono::Duration::hours(1)).to_rfc3339(),
+                    "ends_at": (now + chrono::Duration::hours(1)).to_rfc3339(),
+                    "per_customer_limit": limit,
+                }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    }
+
+    /// A product on sale now with `units` in one new warehouse; returns its sku.
+    pub async fn sale_product(&self, units: i64, limit: Option<u64>) -> u64 {
+        let sku = self.product("Flash item", 10_000).await;
+        let w = self.warehouse(&format!("wh-{sku}")).await;
+        let r = self.add_stock(sku, w, units).await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        self.open_sale(sku, 5_000, limit).await;
+        sku
+    }
+
+    pub async fn available(&self, sku: u64) -> i64 {
+        let r = self.get(&format!("/v1/products/{sku}"), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        r.body["available"].as_i64().unwrap()
+    }
+
+    /// Drains expiry now, as the background sweeper would.
+    pub async fn sweep(&self) {
+        flashsale::worker::sweeper::run_once(&self.state).await.expect("sweep");
+    }
+
+    /// Checks DESIGN.md's identity for `sku` from MySQL and from every Redis structure, and that
+    /// Redis's derived counters agree with its ledger. Returns the buckets.
+    pub async fn assert_identity(&self, sku: u64) -> Buckets {
+        let on_hand: u64 = sqlx::query_scalar::<_, Option<u64>>(
+            "SELECT CAST(SUM(on_hand) AS UNSIGNED) FROM stock WHERE sku = ?",
+        )
+        .bind(sku as u32)
+        .fetch_one(&self.state.db)
+        .await
+        .unwrap()
+        .unwrap_or(0);
+        let keys = self.state.redis.keys.sku(Sku::parse(sku).unwrap());
+        let mut conn = self.state.redis.conn();
+        let stock: HashMap<String, i64> = conn.hgetall(keys.stock()).await.unwrap();
+        let ledger: HashMap<String, String> = conn.hgetall(keys.res()).await.unwrap();
+        let users: HashMap<String, i64> = conn.hgetall(keys.users()).await.unwrap();
+        let exp: Vec<String> = conn.zrange(keys.exp(), 0, -1).await.unwrap();
+
+        let b = Buckets {
+            on_hand: on_hand as i64,
+            available: stock["avail"],
+            held: stock["held"],
+            reserved: stock["reserved"],
+            sold: stock["sold"],
+            sold_total: stock["sold_total"],
+        };
+        assert!(b.available >= 0 && b.held >= 0 && b.reserved >= 0, "sku {sku}: negative bucket {b:?}");
+        assert_eq!(
+            b.on_hand,
+            b.available + b.held + b.reserved + b.sold,
+            "sku {sku}: on_hand != available + held + reserved + sold: {b:?}"
+        );
+        let by_warehouse: i64 = stock.iter().filter(|(k, _)| k.starts_with('w')).map(|(_, v)| *v).sum();
+        assert_eq!(by_warehouse, b.available, "sku {sku}: warehouses do not add up to available");
+        assert!(stock.iter().filter(|(k, _)| k.starts_with('w')).all(|(_, v)| *v >= 0));
+        let (mut held, mut reserved) = (0, 0);
+        for (rid, v) in &ledger {
+            let parts: Vec<&str> = v.split('|').collect();
+            let count: i64 = parts[1].parse().unwrap();
+            let alloc: i64 = parts[2]
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|a| a.split(':').nth(1).unwrap().parse::<i64>().unwrap())
+                .sum();
+            assert_eq!(count, alloc, "sku {sku}: ledger entry {rid} allocates {alloc} of {count}");
+            if rid.starts_with("h:") {
+                held += count;
+            } else {
+                reserved += count;
+            }
+            assert!(exp.contains(rid), "sku {sku}: {rid} missing from the deadline index");
+        }
+        assert_eq!(held, b.held, "sku {sku}: ledger holds != held counter");
+        assert_eq!(reserved, b.reserved, "sku {sku}: ledger order lines != reserved counter");
+        assert_eq!(exp.len(), ledger.len(), "sku {sku}: index and ledger differ");
+        let per_user: i64 = users.values().sum();
+        assert_eq!(
+            per_user,
+            b.held + b.reserved + b.sold_total,
+            "sku {sku}: per-customer counts != held + reserved + bought"
+        );
+        b
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buckets {
+    pub on_hand: i64,
+    pub available: i64,
+    pub held: i64,
+    pub reserved: i64,
+    pub sold: i64,
+    pub sold_total: i64,
+}
+
+impl Drop for TestApp {
+    /// Stops the app and drops the test's database and Redis keys, even when the test failed.
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let db_name = self.db_name.clone();
+        let pattern = format!("{}:*", self.prefix);
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                if let Ok(mut conn) =
+                    <sqlx::MySqlConnection as sqlx::Connection>::connect(&mysql_base()).await
+                {
+                    let sql = format!("DROP DATABASE IF EXISTS `{db_name}`");
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
+                }
+                if let Ok(client) = redis::Client::open(redis_url()) {
+                    if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                        let mut cursor: u64 = 0;
+                        loop {
+                            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                                .arg(cursor)
+                                .arg("MATCH")
+                                .arg(&pattern)
+                                .arg("COUNT")
+                                .arg(1000)
+                                .query_async(&mut conn)
+                                .await
+                                .unwrap_or((0, Vec::new()));
+                            if !keys.is_empty() {
+                                let _: Result<(), _> = conn.del(keys).await;
+                            }
+                            if next == 0 {
+                                break;
+                            }
+                            cursor = next;
+                        }
+                    }
+                }
+            });
+        })
+        .join();
+    }
+}

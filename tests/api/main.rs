@@ -1,0 +1,11 @@
+//! API tests: each test starts the app on a random port with its own MySQL database and Redis
+//! key prefix (dropped afterwards), and talks to it over real HTTP.
+
+mod helpers;
+
+mod auth;
+mod cart;
+mod catalog;
+mod concurrency;
+mod ops;
+mod orders;
