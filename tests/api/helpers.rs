@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 pub const ADMIN_PASSWORD: &str = "admin-test-password";
 
 fn mysql_base() -> String {
-    std::env::var("FLASHSALE_TEST_MYSQL_BASE").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+    std::env::var("FLASHSALE_TEST_MYSQL_BASE")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
 }
 
 fn redis_url() -> String {
@@ -94,7 +95,13 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
 }
 
 impl TestApp {
-    pub async fn request(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Resp {
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Resp {
         let mut req = self.client.request(method, format!("{}{path}", self.addr));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -111,7 +118,11 @@ impl TestApp {
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
-        Resp { status, body, headers }
+        Resp {
+            status,
+            body,
+            headers,
+        }
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Resp {
@@ -134,7 +145,13 @@ impl TestApp {
     }
 
     /// POST with a raw body and content type (malformed-input tests).
-    pub async fn post_raw(&self, path: &str, token: Option<&str>, content_type: &str, body: impl Into<reqwest::Body>) -> Resp {
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Resp {
         let mut req = self
             .client
             .post(format!("{}{path}", self.addr))
@@ -147,14 +164,27 @@ impl TestApp {
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp.json().await.unwrap_or(Value::Null);
-        Resp { status, body, headers }
+        Resp {
+            status,
+            body,
+            headers,
+        }
     }
 
     pub async fn login(&self, username: &str, password: &str) -> String {
         let r = self
-            .post("/v1/auth/token", None, json!({"username": username, "password": password}))
+            .post(
+                "/v1/auth/token",
+                None,
+                json!({"username": username, "password": password}),
+            )
             .await;
-        assert_eq!(r.status, StatusCode::OK, "login of {username}: {:?}", r.body);
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "login of {username}: {:?}",
+            r.body
+        );
         r.body["access_token"].as_str().unwrap().to_string()
     }
 
@@ -162,9 +192,18 @@ impl TestApp {
     pub async fn register(&self, username: &str) -> (u64, String) {
         let password = format!("{username}-password");
         let r = self
-            .post("/v1/users", None, json!({"username": username, "password": password}))
+            .post(
+                "/v1/users",
+                None,
+                json!({"username": username, "password": password}),
+            )
             .await;
-        assert_eq!(r.status, StatusCode::CREATED, "register {username}: {:?}", r.body);
+        assert_eq!(
+            r.status,
+            StatusCode::CREATED,
+            "register {username}: {:?}",
+            r.body
+        );
         let id = r.body["user_id"].as_u64().unwrap();
         (id, self.login(username, &password).await)
     }
@@ -177,7 +216,11 @@ impl TestApp {
 
     pub async fn warehouse(&self, name: &str) -> u64 {
         let r = self
-            .post("/v1/warehouses", Some(&self.admin_token), json!({"name": name}))
+            .post(
+                "/v1/warehouses",
+                Some(&self.admin_token),
+                json!({"name": name}),
+            )
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
         r.body["warehouse_id"].as_u64().unwrap()
@@ -185,7 +228,11 @@ impl TestApp {
 
     pub async fn product(&self, name: &str, price: u64) -> u64 {
         let r = self
-            .post("/v1/products", Some(&self.admin_token), json!({"name": name, "price": price}))
+            .post(
+                "/v1/products",
+                Some(&self.admin_token),
+                json!({"name": name, "price": price}),
+            )
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
         r.body["sku"].as_u64().unwrap()
@@ -236,7 +283,9 @@ impl TestApp {
 
     /// Drains expiry now, as the background sweeper would.
     pub async fn sweep(&self) {
-        flashsale::worker::sweeper::run_once(&self.state).await.expect("sweep");
+        flashsale::worker::sweeper::run_once(&self.state)
+            .await
+            .expect("sweep");
     }
 
     /// Checks DESIGN.md's identity for `sku` from MySQL and from every Redis structure, and that
@@ -265,15 +314,30 @@ impl TestApp {
             sold: stock["sold"],
             sold_total: stock["sold_total"],
         };
-        assert!(b.available >= 0 && b.held >= 0 && b.reserved >= 0, "sku {sku}: negative bucket {b:?}");
+        assert!(
+            b.available >= 0 && b.held >= 0 && b.reserved >= 0,
+            "sku {sku}: negative bucket {b:?}"
+        );
         assert_eq!(
             b.on_hand,
             b.available + b.held + b.reserved + b.sold,
             "sku {sku}: on_hand != available + held + reserved + sold: {b:?}"
         );
-        let by_warehouse: i64 = stock.iter().filter(|(k, _)| k.starts_with('w')).map(|(_, v)| *v).sum();
-        assert_eq!(by_warehouse, b.available, "sku {sku}: warehouses do not add up to available");
-        assert!(stock.iter().filter(|(k, _)| k.starts_with('w')).all(|(_, v)| *v >= 0));
+        let by_warehouse: i64 = stock
+            .iter()
+            .filter(|(k, _)| k.starts_with('w'))
+            .map(|(_, v)| *v)
+            .sum();
+        assert_eq!(
+            by_warehouse, b.available,
+            "sku {sku}: warehouses do not add up to available"
+        );
+        assert!(
+            stock
+                .iter()
+                .filter(|(k, _)| k.starts_with('w'))
+                .all(|(_, v)| *v >= 0)
+        );
         let (mut held, mut reserved) = (0, 0);
         for (rid, v) in &ledger {
             let parts: Vec<&str> = v.split('|').collect();
@@ -283,17 +347,30 @@ impl TestApp {
                 .filter(|s| !s.is_empty())
                 .map(|a| a.split(':').nth(1).unwrap().parse::<i64>().unwrap())
                 .sum();
-            assert_eq!(count, alloc, "sku {sku}: ledger entry {rid} allocates {alloc} of {count}");
+            assert_eq!(
+                count, alloc,
+                "sku {sku}: ledger entry {rid} allocates {alloc} of {count}"
+            );
             if rid.starts_with("h:") {
                 held += count;
             } else {
                 reserved += count;
             }
-            assert!(exp.contains(rid), "sku {sku}: {rid} missing from the deadline index");
+            assert!(
+                exp.contains(rid),
+                "sku {sku}: {rid} missing from the deadline index"
+            );
         }
         assert_eq!(held, b.held, "sku {sku}: ledger holds != held counter");
-        assert_eq!(reserved, b.reserved, "sku {sku}: ledger order lines != reserved counter");
-        assert_eq!(exp.len(), ledger.len(), "sku {sku}: index and ledger differ");
+        assert_eq!(
+            reserved, b.reserved,
+            "sku {sku}: ledger order lines != reserved counter"
+        );
+        assert_eq!(
+            exp.len(),
+            ledger.len(),
+            "sku {sku}: index and ledger differ"
+        );
         let per_user: i64 = users.values().sum();
         assert_eq!(
             per_user,
@@ -323,13 +400,18 @@ impl Drop for TestApp {
         let db_name = self.db_name.clone();
         let pattern = format!("{}:*", self.prefix);
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 if let Ok(mut conn) =
                     <sqlx::MySqlConnection as sqlx::Connection>::connect(&mysql_base()).await
                 {
                     let sql = format!("DROP DATABASE IF EXISTS `{db_name}`");
-                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut conn)
+                        .await;
                 }
                 if let Ok(client) = redis::Client::open(redis_url()) {
                     if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
