@@ -138,6 +138,8 @@ impl SaleWindow {
         ends_at: DateTime<Utc>,
         per_customer_limit: Option<u64>,
     ) -> Result<Self, AppError> {
+        // Kept to the millisecond, so compared as kept.
+        let (starts_at, ends_at) = (truncate_ms(starts_at), truncate_ms(ends_at));
         if ends_at <= starts_at {
             return Err(invalid("ends_at must be after starts_at"));
         }
@@ -147,8 +149,8 @@ impl SaleWindow {
             .map_err(|_| invalid(format!("per_customer_limit must be 1..={}", Count::MAX)))?;
         Ok(SaleWindow {
             sale_price: Price::parse(sale_price)?,
-            starts_at: truncate_ms(starts_at),
-            ends_at: truncate_ms(ends_at),
+            starts_at,
+            ends_at,
             per_customer_limit,
         })
     }

@@ -144,8 +144,15 @@ async fn pay_order(
     user: AuthUser,
     IdempotencyKey(key): IdempotencyKey,
     Path(order_id): Path<u64>,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> AppResult<Response> {
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            AppError::PayloadTooLarge("request body too large".into())
+        } else {
+            AppError::InvalidRequest(r.body_text())
+        }
+    })?;
     // The body is optional: none, or `{"payment_ref": "..."}`.
     let body: PayRequest = if body.iter().all(u8::is_ascii_whitespace) {
         PayRequest::default()

@@ -92,8 +92,8 @@ pub async fn active_sale_skus(pool: &MySqlPool, now: DateTime<Utc>) -> AppResult
     Ok(sqlx::query_scalar::<_, u32>(
         "SELECT sku FROM sales WHERE starts_at <= ? AND ends_at > ? ORDER BY sku",
     )
-    .bind(now)
-    .bind(now)
+    .bind(now.naive_utc())
+    .bind(now.naive_utc())
     .fetch_all(pool)
     .await?)
 }
@@ -135,8 +135,10 @@ pub async fn put_sale(conn: &mut MySqlConnection, sku: Sku, sale: &SaleWindow) -
     )
     .bind(sku.get())
     .bind(sale.sale_price.get())
-    .bind(sale.starts_at)
-    .bind(sale.ends_at)
+    // Bound as DATETIME (naive UTC): a DateTime<Utc> goes over the wire as a TIMESTAMP, which
+    // MySQL cannot hold past 2038.
+    .bind(sale.starts_at.naive_utc())
+    .bind(sale.ends_at.naive_utc())
     .bind(sale.per_customer_limit)
     .execute(conn)
     .await?;
