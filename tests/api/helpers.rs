@@ -413,27 +413,27 @@ impl Drop for TestApp {
                         .execute(&mut conn)
                         .await;
                 }
-                if let Ok(client) = redis::Client::open(redis_url()) {
-                    if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                        let mut cursor: u64 = 0;
-                        loop {
-                            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                                .arg(cursor)
-                                .arg("MATCH")
-                                .arg(&pattern)
-                                .arg("COUNT")
-                                .arg(1000)
-                                .query_async(&mut conn)
-                                .await
-                                .unwrap_or((0, Vec::new()));
-                            if !keys.is_empty() {
-                                let _: Result<(), _> = conn.del(keys).await;
-                            }
-                            if next == 0 {
-                                break;
-                            }
-                            cursor = next;
+                if let Ok(client) = redis::Client::open(redis_url())
+                    && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                {
+                    let mut cursor: u64 = 0;
+                    loop {
+                        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(&pattern)
+                            .arg("COUNT")
+                            .arg(1000)
+                            .query_async(&mut conn)
+                            .await
+                            .unwrap_or((0, Vec::new()));
+                        if !keys.is_empty() {
+                            let _: Result<(), _> = conn.del(keys).await;
                         }
+                        if next == 0 {
+                            break;
+                        }
+                        cursor = next;
                     }
                 }
             });
