@@ -9,10 +9,58 @@ use crate::app::AppState;
 use crate::domain::Role;
 use crate::error::AppError;
 
-/// `axum::Json`, with malformed bodies answered as `invalid_json` / `invalid_request` / 413.
-#[derive(Debug, FromRequest)]
-#[from_request(via(axum::Json), rejection(AppError))]
+/// A JSON object body, with malformed bodies answered as `invalid_json` / `invalid_request` /
+/// 413 `payload_too_large` in the error envelope.
+#[derive(Debug)]
 pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = AppError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, AppError> {
+        let is_json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|ct| {
+                let mime = ct
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
+                mime == "application/json"
+                    || (mime.starts_with("application/") && mime.ends_with("+json"))
+            })
+            .unwrap_or(false);
+        if !is_json {
+            return Err(AppError::InvalidJson(
+                "expected a body with Content-Type: application/json".into(),
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|r| {
+                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    AppError::PayloadTooLarge("request body too large".into())
+                } else {
+                    AppError::InvalidRequest(r.body_text())
+                }
+            })?;
+        let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes)?;
+        // serde reads a struct from an array too; the API speaks objects only.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(AppError::InvalidRequest(
+                "the body must be a JSON object".into(),
+            ));
+        }
+        Ok(Json(value))
+    }
+}
 
 impl From<JsonRejection> for AppError {
     fn from(r: JsonRejection) -> Self {

@@ -420,3 +420,30 @@ async fn token_of_an_unknown_user_is_unauthenticated_on_me() {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{:?}", r.body);
     assert_eq!(r.code(), "unauthenticated");
 }
+
+#[tokio::test]
+async fn a_json_array_is_not_an_object() {
+    let app = spawn_app().await;
+    let r = app
+        .post_raw(
+            "/v1/users",
+            None,
+            "application/json",
+            r#"["arrayuser","array-password"]"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.code(), "invalid_request");
+    let login = app
+        .post(
+            "/v1/auth/token",
+            None,
+            json!({"username": "arrayuser", "password": "array-password"}),
+        )
+        .await;
+    assert_eq!(
+        login.status,
+        StatusCode::UNAUTHORIZED,
+        "no account was created"
+    );
+}
