@@ -8,6 +8,7 @@
 --   <base>res     hash  the reservation ledger: h:<user_id> (cart hold) or o:<order_id> (order line)
 --                       = "<user_id>|<count>|<alloc>", alloc = "<warehouse_id>:<units>,..." in taking order
 --   <base>exp     zset  reservation id -> deadline (unix ms): the sweeper's index
+--   <base>sold    hash  o:<order_id> = entry: paid lines not yet written back to MySQL's on_hand
 --   <base>h:<user_id>, <base>o:<order_id>   the reservation's TTL key (value = count), gone at its deadline
 -- The ledger outlives the TTL key on purpose: the units of an expired reservation stay accounted
 -- for until a script gives them back (the sweeper, or the next touch of that reservation).

@@ -3,6 +3,8 @@
 -- ARGV: 1 user_id, 2 count (> 0), 3 rid ('h:<user_id>' cart hold | 'o:<order_id>' order line),
 --       4 'ttl' (ARGV 5 = ms from now) or 'at' (ARGV 5 = deadline, unix ms),
 --       6 'add' (add to a live reservation, renewing it) | 'once' (an existing one is the answer)
+--         | 'restore' (as 'once', without the sale window and limit checks: rebuild-cache puts
+--           back an order that passed them before Redis lost it)
 -- Returns: {'ok', units now in the reservation, deadline_ms, unit_price, available after}
 --        | {'out_of_stock', available} | {'limit_exceeded', units the customer has, limit}
 --        | {'sale_not_active'} | {'not_loaded'}
@@ -26,7 +28,7 @@ local live_count, list, expired = 0, {}, 0
 if cur then
   local _, c, l = parse_entry(cur)
   if redis.call('EXISTS', ttl_key) == 1 then
-    if mode == 'once' then
+    if mode ~= 'add' then
       return { 'ok', c, tonumber(redis.call('ZSCORE', exp, rid)), price, avail }
     end
     live_count, list = c, l
@@ -34,6 +36,7 @@ if cur then
     expired = c
   end
 end
+if mode == 'restore' then state, limit = 'none', 0 end
 if state == 'inactive' then return { 'sale_not_active' } end
 if limit > 0 then
   local mine = tonumber(redis.call('HGET', users, user) or '0') - expired

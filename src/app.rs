@@ -22,6 +22,11 @@ use crate::{http, telemetry, worker};
 pub struct AppState {
     pub db: MySqlPool,
     pub redis: Redis,
+    /// Connections that one task holds alone: blocking stream reads (the outbox worker, the
+    /// webhook sender), which must not stall the shared multiplexed connection.
+    pub blocking: deadpool_redis::Pool,
+    /// This instance's name among the outbox consumers.
+    pub instance: Arc<str>,
     pub jwt: Arc<Jwt>,
     pub cfg: Arc<Config>,
     pub metrics: PrometheusHandle,
@@ -50,10 +55,25 @@ impl AppState {
         };
         let db = mysql::connect_and_migrate(&cfg).await?;
         let redis = Redis::connect(&cfg)?;
+        let blocking = deadpool_redis::Config::from_url(cfg.redis_url.clone())
+            .builder()
+            .map_err(|e| anyhow::anyhow!("redis pool: {e}"))?
+            .max_size(4)
+            .runtime(deadpool_redis::Runtime::Tokio1)
+            .build()
+            .map_err(|e| anyhow::anyhow!("redis pool: {e}"))?;
         let jwt = Arc::new(Jwt::new(secret.as_bytes(), cfg.token_ttl));
+        let instance = format!(
+            "{}-{}-{:04x}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "flashsale".into()),
+            std::process::id(),
+            rand::random::<u16>()
+        );
         Ok(AppState {
             db,
             redis,
+            blocking,
+            instance: instance.into(),
             jwt,
             cfg: Arc::new(cfg),
             metrics: telemetry::metrics_handle(),
@@ -100,6 +120,17 @@ impl Application {
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let sweeper = tokio::spawn(worker::sweeper::run(self.state.clone(), stop_rx.clone()));
+        let writer = self
+            .state
+            .cfg
+            .worker
+            .then(|| tokio::spawn(worker::writer::run(self.state.clone(), stop_rx.clone())));
+        let webhooks = self
+            .state
+            .cfg
+            .webhook_url
+            .is_some()
+            .then(|| tokio::spawn(worker::webhooks::run(self.state.clone(), stop_rx.clone())));
         let router = http::router(self.state.clone());
         tracing::info!(addr = %self.listener.local_addr()?, "flashsale listening");
         axum::serve(self.listener, router)
@@ -107,6 +138,9 @@ impl Application {
             .await?;
         let _ = stop_tx.send(true);
         let _ = sweeper.await;
+        for task in [writer, webhooks].into_iter().flatten() {
+            let _ = task.await;
+        }
         tracing::info!("flashsale stopped");
         Ok(())
     }

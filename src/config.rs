@@ -27,6 +27,10 @@ pub enum Command {
     Migrate,
     /// Load a demo 12.12 catalog: products, two warehouses, stock, a sale window opening now.
     Seed,
+    /// Compare Redis with MySQL per sku; exits 1 on a mismatch.
+    Reconcile,
+    /// Rebuild Redis from MySQL after Redis lost its data (before the service takes traffic).
+    RebuildCache,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -145,6 +149,54 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_ARGON2_MEMORY_KIB", default_value_t = 19 * 1024, global = true)]
     pub argon2_memory_kib: u32,
 
+    /// Run the outbox worker (write-back to MySQL) in this serve process.
+    #[arg(long, env = "FLASHSALE_WORKER", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub worker: bool,
+
+    /// Outbox events written to MySQL per transaction.
+    #[arg(
+        long,
+        env = "FLASHSALE_WORKER_BATCH",
+        default_value_t = 256,
+        global = true
+    )]
+    pub worker_batch: usize,
+
+    /// Outbox events pending this long at another consumer (a crashed instance) are claimed.
+    #[arg(long, env = "FLASHSALE_CLAIM_IDLE", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub claim_idle: Duration,
+
+    /// How long Redis keeps a finished order's record after it reached MySQL (reads then come
+    /// from MySQL).
+    #[arg(long, env = "FLASHSALE_ORDER_CACHE_TTL", default_value = "1h", value_parser = parse_duration, global = true)]
+    pub order_cache_ttl: Duration,
+
+    /// Deliver order events to this URL (POST, JSON, HMAC-SHA256 signed). Off when unset.
+    #[arg(long, env = "FLASHSALE_WEBHOOK_URL", global = true)]
+    pub webhook_url: Option<String>,
+
+    /// Secret of the webhook signature.
+    #[arg(
+        long,
+        env = "FLASHSALE_WEBHOOK_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub webhook_secret: Option<String>,
+
+    /// Attempts per webhook delivery before the event is set aside.
+    #[arg(
+        long,
+        env = "FLASHSALE_WEBHOOK_MAX_ATTEMPTS",
+        default_value_t = 8,
+        global = true
+    )]
+    pub webhook_max_attempts: u32,
+
+    /// Delay before the first webhook retry; doubled for each further one (at most 60 s).
+    #[arg(long, env = "FLASHSALE_WEBHOOK_RETRY", default_value = "500ms", value_parser = parse_duration, global = true)]
+    pub webhook_retry: Duration,
+
     /// Log format.
     #[arg(long, env = "FLASHSALE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -172,6 +224,12 @@ impl Config {
             if self.admin_password.is_none() {
                 return Err("--production needs FLASHSALE_ADMIN_PASSWORD".into());
             }
+        }
+        if self.webhook_url.is_some() && self.webhook_secret.as_deref().is_none_or(str::is_empty) {
+            return Err("FLASHSALE_WEBHOOK_URL needs FLASHSALE_WEBHOOK_SECRET".into());
+        }
+        if self.worker_batch == 0 {
+            return Err("the worker batch must be at least 1".into());
         }
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(['{', '}', ' ']) {
             return Err("the Redis prefix must be non-empty, without braces or spaces".into());

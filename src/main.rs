@@ -2,7 +2,7 @@ use clap::Parser;
 
 use flashsale::app::{AppState, Application};
 use flashsale::config::{Cli, Command};
-use flashsale::{seed, store, telemetry};
+use flashsale::{reconcile, seed, store, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -19,6 +19,33 @@ async fn main() -> anyhow::Result<()> {
         Command::Seed => {
             let state = AppState::connect(cli.config).await?;
             seed::run(&state).await
+        }
+        Command::Reconcile => {
+            let state = AppState::connect(cli.config).await?;
+            let checks = reconcile::check(&state).await?;
+            print!("{}", reconcile::table(&checks));
+            let bad = checks.iter().filter(|c| !c.ok()).count();
+            if bad > 0 {
+                eprintln!("{bad} sku(s) do not reconcile");
+                std::process::exit(1);
+            }
+            println!("all {} sku(s) reconcile", checks.len());
+            Ok(())
+        }
+        Command::RebuildCache => {
+            let state = AppState::connect(cli.config).await?;
+            let r = reconcile::rebuild_cache(&state).await?;
+            println!(
+                "loaded {} sku(s), restored {} open order(s) with {} unit(s)",
+                r.skus_loaded, r.orders_restored, r.units_reserved
+            );
+            for p in &r.problems {
+                eprintln!("problem: {p}");
+            }
+            if !r.problems.is_empty() {
+                std::process::exit(1);
+            }
+            Ok(())
         }
     }
 }

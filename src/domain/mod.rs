@@ -6,7 +6,7 @@ mod order;
 mod user;
 
 pub use catalog::{Count, Price, ProductName, SaleWindow, Sku, StockDelta, WarehouseName};
-pub use order::{CancelReason, OrderStatus};
+pub use order::{CancelReason, OrderEventKind, OrderItem, OrderStatus};
 pub use user::{Password, Role, Username};
 
 use crate::error::AppError;

@@ -1,4 +1,46 @@
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+/// One line of an order: what was bought, at which unit price.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderItem {
+    pub sku: u32,
+    pub name: String,
+    pub count: u32,
+    pub unit_price: u64,
+}
+
+/// What an outbox event says happened to an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderEventKind {
+    Created,
+    Failed,
+    Paid,
+    Cancelled,
+    Expired,
+}
+
+impl OrderEventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderEventKind::Created => "created",
+            OrderEventKind::Failed => "failed",
+            OrderEventKind::Paid => "paid",
+            OrderEventKind::Cancelled => "cancelled",
+            OrderEventKind::Expired => "expired",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "created" => OrderEventKind::Created,
+            "failed" => OrderEventKind::Failed,
+            "paid" => OrderEventKind::Paid,
+            "cancelled" => OrderEventKind::Cancelled,
+            "expired" => OrderEventKind::Expired,
+            _ => return None,
+        })
+    }
+}
 
 /// An order's status. `new` lives only while checkout reserves its lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -49,6 +91,14 @@ pub enum CancelReason {
 }
 
 impl CancelReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CancelReason::Customer => "customer",
+            CancelReason::Expired => "expired",
+            CancelReason::Failed => "failed",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "customer" => CancelReason::Customer,
@@ -77,6 +127,14 @@ mod tests {
         assert_eq!(OrderStatus::parse("shipped"), None);
         assert!(OrderStatus::AwaitingPayment.is_open());
         assert!(!OrderStatus::Paid.is_open());
+    }
+
+    #[test]
+    fn event_kinds_round_trip() {
+        for k in ["created", "failed", "paid", "cancelled", "expired"] {
+            assert_eq!(OrderEventKind::parse(k).unwrap().as_str(), k);
+        }
+        assert!(OrderEventKind::parse("shipped").is_none());
     }
 
     #[test]

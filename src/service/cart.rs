@@ -8,7 +8,7 @@ use super::{catalog, from_ms};
 use crate::app::AppState;
 use crate::domain::{Count, Sku};
 use crate::error::{AppError, AppResult};
-use crate::store::redis::{Deadline, ReserveOutcome, ReserveRequest, Rid, SkuMeta};
+use crate::store::redis::{Deadline, ReserveMode, ReserveOutcome, ReserveRequest, Rid, SkuMeta};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CartView {
@@ -72,7 +72,7 @@ pub async fn add_item(
         count: count.get(),
         rid: Rid::Hold { user_id },
         deadline: Deadline::In(state.cfg.cart_hold_ttl),
-        once: false,
+        mode: ReserveMode::Add,
     })
     .await?;
     record("cart", &outcome);

@@ -3,25 +3,19 @@
 //! and is finished by the sweeper if a crash interrupts it.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::cart::{self, rejection, reserve_loading};
 use super::{catalog, from_ms};
 use crate::app::AppState;
+pub use crate::domain::OrderItem;
 use crate::domain::{CancelReason, Count, OrderStatus, Sku};
 use crate::error::{AppError, AppResult};
+use crate::store::mysql::orders as mysql_orders;
 use crate::store::redis::{
-    ConvertOutcome, Deadline, Decision, OrderAction, OrderRecord, ReserveOutcome, ReserveRequest,
-    Rid,
+    ConvertOutcome, Deadline, Decision, OrderAction, OrderRecord, ReserveMode, ReserveOutcome,
+    ReserveRequest, Rid,
 };
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OrderItem {
-    pub sku: u32,
-    pub name: String,
-    pub count: u32,
-    pub unit_price: u64,
-}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct OrderView {
@@ -55,6 +49,31 @@ impl OrderView {
             paid_at: rec.paid_at_ms.map(from_ms),
             cancelled_at: rec.cancelled_at_ms.map(from_ms),
             cancel_reason: rec.cancel_reason.as_deref().and_then(CancelReason::parse),
+        })
+    }
+}
+
+impl OrderView {
+    fn of_row(
+        row: crate::store::mysql::orders::OrderRow,
+        items: Vec<OrderItem>,
+    ) -> AppResult<Self> {
+        Ok(OrderView {
+            order_id: row.id,
+            user_id: row.user_id,
+            status: OrderStatus::parse(&row.status).ok_or_else(|| {
+                AppError::internal(format!(
+                    "order {}: bad status {:?} in MySQL",
+                    row.id, row.status
+                ))
+            })?,
+            items,
+            total_price: row.total_price,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+            paid_at: row.paid_at,
+            cancelled_at: row.cancelled_at,
+            cancel_reason: row.cancel_reason.as_deref().and_then(CancelReason::parse),
         })
     }
 }
@@ -270,7 +289,7 @@ async fn take_line(
         count: w.count,
         rid: Rid::OrderLine { order_id },
         deadline: Deadline::At(expires_at),
-        once: true,
+        mode: ReserveMode::Once,
     })
     .await?;
     cart::record("order", &outcome);
@@ -320,6 +339,7 @@ pub async fn settle(state: &AppState, order_id: u64) -> AppResult<()> {
 async fn settle_line(state: &AppState, rec: &OrderRecord, sku: Sku) -> AppResult<()> {
     match rec.status {
         OrderStatus::Paid => {
+            // Sold in Redis at once; the write-back worker lowers MySQL's on_hand after.
             state.redis.commit_sold(sku, rec.order_id).await?;
         }
         OrderStatus::Cancelled | OrderStatus::Failed => {
@@ -368,6 +388,14 @@ async fn own_record(state: &AppState, user_id: u64, order_id: u64) -> AppResult<
     }
 }
 
+/// An order that Redis no longer holds, from MySQL (finished and written back).
+async fn from_mysql(state: &AppState, user_id: u64, order_id: u64) -> AppResult<OrderView> {
+    match mysql_orders::get_order(&state.db, order_id).await? {
+        Some((row, items)) if row.user_id == user_id => OrderView::of_row(row, items),
+        _ => Err(not_found(order_id)),
+    }
+}
+
 async fn load_view(state: &AppState, order_id: u64) -> AppResult<OrderView> {
     let rec = state
         .redis
@@ -397,12 +425,17 @@ async fn expire_if_due(state: &AppState, rec: OrderRecord) -> AppResult<OrderRec
     Ok(rec)
 }
 
+/// Redis's record while it has one (the freshest), else MySQL's row.
 pub async fn get(state: &AppState, user_id: u64, order_id: u64) -> AppResult<OrderView> {
-    let rec = own_record(state, user_id, order_id).await?;
-    OrderView::of(&expire_if_due(state, rec).await?)
+    match state.redis.order_record(order_id).await? {
+        Some(rec) if rec.user_id == user_id => OrderView::of(&expire_if_due(state, rec).await?),
+        Some(_) => Err(not_found(order_id)),
+        None => from_mysql(state, user_id, order_id).await,
+    }
 }
 
-/// The caller's orders, newest first, optionally of one status.
+/// The caller's orders, newest first, optionally of one status: Redis's records for what is in
+/// flight, MySQL's rows for what Redis no longer holds (so history survives a flushed Redis).
 pub async fn list(
     state: &AppState,
     user_id: u64,
@@ -412,33 +445,76 @@ pub async fn list(
 ) -> AppResult<(Vec<OrderView>, Option<u64>)> {
     const BATCH: usize = 100;
     const MAX_SCANNED: usize = 1_000;
-    let mut items = Vec::new();
+    let mut found: std::collections::BTreeMap<u64, OrderView> = Default::default();
+    // From Redis: scan the customer's index.
     let mut cursor = before_id;
     let mut scanned = 0;
-    loop {
+    let mut redis_exhausted = false;
+    while found.len() <= limit && scanned < MAX_SCANNED {
         let ids = state.redis.user_order_ids(user_id, cursor, BATCH).await?;
-        let exhausted = ids.len() < BATCH;
         scanned += ids.len();
+        let batch_full = ids.len() == BATCH;
         cursor = ids.last().copied().or(cursor);
         for rec in state.redis.order_records(&ids).await?.into_iter().flatten() {
             let rec = expire_if_due(state, rec).await?;
             if status.is_none_or(|s| s == rec.status) {
-                items.push(OrderView::of(&rec)?);
+                found.insert(rec.order_id, OrderView::of(&rec)?);
             }
         }
-        if items.len() > limit {
-            items.truncate(limit);
-            let next = items.last().map(|o| o.order_id);
-            return Ok((items, next));
-        }
-        if exhausted {
-            return Ok((items, None));
-        }
-        if scanned >= MAX_SCANNED {
-            // A selective filter: hand back a cursor instead of scanning on.
-            return Ok((items, cursor));
+        if !batch_full {
+            redis_exhausted = true;
+            break;
         }
     }
+    // From MySQL: rows of the same window, where Redis has no record (any more).
+    let rows = mysql_orders::user_orders(
+        &state.db,
+        user_id,
+        before_id,
+        status.map(OrderStatus::as_str),
+        (limit + 1) as u32,
+    )
+    .await?;
+    for (row, items) in rows {
+        if !found.contains_key(&row.id) {
+            found.insert(row.id, OrderView::of_row(row, items)?);
+        }
+    }
+    let mut items: Vec<OrderView> = found.into_values().rev().collect();
+    if items.len() > limit {
+        items.truncate(limit);
+        let next = items.last().map(|o| o.order_id);
+        return Ok((items, next));
+    }
+    if !redis_exhausted {
+        // A selective filter: hand back a cursor instead of scanning on.
+        return Ok((items, cursor));
+    }
+    Ok((items, None))
+}
+
+/// An order that only MySQL still holds is finished; what pay or cancel of it answers.
+async fn settled_elsewhere(
+    state: &AppState,
+    user_id: u64,
+    order_id: u64,
+    wanted: OrderStatus,
+) -> AppResult<OrderView> {
+    let view = from_mysql(state, user_id, order_id).await?;
+    if view.status == wanted {
+        return Ok(view);
+    }
+    if view.status.is_open() {
+        // MySQL says open, Redis has no record: Redis lost its data and awaits rebuild-cache.
+        return Err(AppError::Unavailable(format!(
+            "order {order_id} is being restored"
+        )));
+    }
+    let s = view.status.as_str();
+    Err(match wanted {
+        OrderStatus::Paid => AppError::OrderNotPayable(format!("order {order_id} is {s}")),
+        _ => AppError::OrderNotCancellable(format!("order {order_id} is {s}")),
+    })
 }
 
 pub async fn pay(
@@ -447,7 +523,13 @@ pub async fn pay(
     order_id: u64,
     payment_ref: &str,
 ) -> AppResult<OrderView> {
-    own_record(state, user_id, order_id).await?;
+    match own_record(state, user_id, order_id).await {
+        Ok(_) => {}
+        Err(AppError::NotFound(_)) => {
+            return settled_elsewhere(state, user_id, order_id, OrderStatus::Paid).await;
+        }
+        Err(e) => return Err(e),
+    }
     let decision = state
         .redis
         .decide_order(order_id, OrderAction::Pay { payment_ref })
@@ -475,7 +557,13 @@ pub async fn pay(
 }
 
 pub async fn cancel(state: &AppState, user_id: u64, order_id: u64) -> AppResult<OrderView> {
-    own_record(state, user_id, order_id).await?;
+    match own_record(state, user_id, order_id).await {
+        Ok(_) => {}
+        Err(AppError::NotFound(_)) => {
+            return settled_elsewhere(state, user_id, order_id, OrderStatus::Cancelled).await;
+        }
+        Err(e) => return Err(e),
+    }
     let decision = state
         .redis
         .decide_order(order_id, OrderAction::Cancel)

@@ -1,3 +1,5 @@
 //! Background work of the serve process.
 
 pub mod sweeper;
+pub mod webhooks;
+pub mod writer;

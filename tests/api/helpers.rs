@@ -68,6 +68,8 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     cfg.argon2_memory_kib = 1024;
     cfg.sweep_interval = Duration::from_millis(100);
     cfg.mysql_pool = 8;
+    // Tests drive the write-back themselves (`write_back()`), so they can look in between.
+    cfg.worker = false;
     tweak(&mut cfg);
     let app = Application::build(cfg).await.expect("the app builds");
     let addr = format!("http://127.0.0.1:{}", app.port());
@@ -281,6 +283,14 @@ impl TestApp {
         r.body["available"].as_i64().unwrap()
     }
 
+    /// Writes the outbox back to MySQL now, as the background worker would.
+    pub async fn write_back(&self) -> flashsale::worker::writer::WriteStats {
+        flashsale::worker::writer::Writer::new(self.state.clone())
+            .run_once(&self.state.db, flashsale::worker::writer::Fault::None)
+            .await
+            .expect("write-back")
+    }
+
     /// Drains expiry now, as the background sweeper would.
     pub async fn sweep(&self) {
         flashsale::worker::sweeper::run_once(&self.state)
@@ -305,6 +315,7 @@ impl TestApp {
         let ledger: HashMap<String, String> = conn.hgetall(keys.res()).await.unwrap();
         let users: HashMap<String, i64> = conn.hgetall(keys.users()).await.unwrap();
         let exp: Vec<String> = conn.zrange(keys.exp(), 0, -1).await.unwrap();
+        let sold_ledger: HashMap<String, String> = conn.hgetall(keys.sold()).await.unwrap();
 
         let b = Buckets {
             on_hand: on_hand as i64,
@@ -371,6 +382,11 @@ impl TestApp {
             ledger.len(),
             "sku {sku}: index and ledger differ"
         );
+        let unwritten: i64 = sold_ledger
+            .values()
+            .map(|v| v.split('|').nth(1).unwrap().parse::<i64>().unwrap())
+            .sum();
+        assert_eq!(unwritten, b.sold, "sku {sku}: sold ledger != sold counter");
         let per_user: i64 = users.values().sum();
         assert_eq!(
             per_user,

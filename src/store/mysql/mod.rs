@@ -1,6 +1,7 @@
 //! MySQL/MariaDB access: pool, database creation, migrations, and queries by table.
 
 pub mod catalog;
+pub mod orders;
 pub mod users;
 
 use std::str::FromStr;

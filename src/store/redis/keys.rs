@@ -39,6 +39,26 @@ impl Keys {
         )
     }
 
+    /// The outbox stream of an order's partition: decision events for the write-back worker.
+    pub fn outbox_of(&self, order_id: u64) -> String {
+        self.outbox(order_id % ORDER_PARTITIONS)
+    }
+
+    /// The outbox stream of partition `p`.
+    pub fn outbox(&self, partition: u64) -> String {
+        format!("{}:{{ord:{partition}}}:outbox", self.prefix)
+    }
+
+    /// Where events that could not be written (malformed) are kept for a person to look at.
+    pub fn dead_letters(&self) -> String {
+        format!("{}:outbox-dead", self.prefix)
+    }
+
+    /// The public stream of order status events, for other systems (and the webhooks).
+    pub fn order_events(&self) -> String {
+        format!("{}:order-events", self.prefix)
+    }
+
     /// The skus in a customer's cart (a set; a line is live while its hold is).
     pub fn cart(&self, user_id: u64) -> String {
         format!("{}:{{user:{user_id}}}:cart", self.prefix)
@@ -92,6 +112,10 @@ impl SkuKeys {
     pub fn exp(&self) -> String {
         format!("{}exp", self.base)
     }
+    /// Paid lines not yet written back to MySQL.
+    pub fn sold(&self) -> String {
+        format!("{}sold", self.base)
+    }
     /// The TTL key of a reservation id (`h:<user>` or `o:<order>`).
     pub fn ttl(&self, rid: &Rid) -> String {
         format!("{}{rid}", self.base)
@@ -122,7 +146,7 @@ mod tests {
     fn keys_of_one_sku_share_a_slot_tag() {
         let k = Keys::new("fs");
         let s = k.sku(Sku::parse(42).unwrap());
-        for key in [s.meta(), s.stock(), s.users(), s.res(), s.exp()] {
+        for key in [s.meta(), s.stock(), s.users(), s.res(), s.exp(), s.sold()] {
             assert!(key.starts_with("fs:{sku:42}:"), "{key}");
         }
         assert_eq!(s.ttl(&Rid::Hold { user_id: 7 }), "fs:{sku:42}:h:7");
@@ -135,6 +159,11 @@ mod tests {
     fn orders_are_partitioned() {
         let k = Keys::new("fs");
         assert_eq!(k.order(33), "fs:{ord:1}:o:33");
+        assert_eq!(
+            k.outbox_of(33),
+            "fs:{ord:1}:outbox",
+            "an order and its outbox share a slot"
+        );
         assert_eq!(k.cart(5), "fs:{user:5}:cart");
     }
 }

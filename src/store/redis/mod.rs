@@ -2,6 +2,7 @@
 //! pipelined onto it), the Lua scripts, and typed outcomes of each script.
 
 pub mod keys;
+pub mod outbox;
 pub mod scripts;
 
 use std::sync::Arc;
@@ -174,7 +175,11 @@ impl Redis {
             Deadline::In(d) => ("ttl", d.as_millis().to_string()),
             Deadline::At(ms) => ("at", ms.to_string()),
         };
-        let mode = if req.once { "once" } else { "add" };
+        let mode = match req.mode {
+            ReserveMode::Add => "add",
+            ReserveMode::Once => "once",
+            ReserveMode::Restore => "restore",
+        };
         let r = self
             .eval(
                 "reserve",
@@ -281,19 +286,39 @@ impl Redis {
         Ok((r.int(1)? as u32, r.int(2)? as u32))
     }
 
-    /// Turns a paid order's line into sold units. Returns the units (0: done before).
-    pub async fn commit_sold(&self, sku: Sku, order_id: u64) -> AppResult<u32> {
+    /// Turns a paid order's line into sold units (idempotent): the units and where they came from.
+    pub async fn commit_sold(&self, sku: Sku, order_id: u64) -> AppResult<Committed> {
         let k = self.keys.sku(sku);
         let rid = Rid::OrderLine { order_id };
         let r = self
             .eval(
                 "commit_sold",
                 &self.scripts.commit_sold,
-                &[&k.stock(), &k.res(), &k.exp(), &k.ttl(&rid)],
+                &[&k.stock(), &k.res(), &k.exp(), &k.ttl(&rid), &k.sold()],
                 &[&rid.to_string()],
             )
             .await?;
-        Ok(r.int(1)? as u32)
+        let alloc = parse_alloc(&r.str_at(2)?);
+        Ok(match r.tag() {
+            "ok" => Committed::Now(alloc),
+            "sold" => Committed::Before(alloc),
+            "none" => Committed::WrittenBack,
+            other => return Err(r.unexpected(other)),
+        })
+    }
+
+    /// The write-back lowered MySQL's on_hand for this line: its units leave `sold`.
+    pub async fn mark_written(&self, sku: Sku, order_id: u64) -> AppResult<u32> {
+        let k = self.keys.sku(sku);
+        let r = self
+            .eval(
+                "mark_written",
+                &self.scripts.mark_written,
+                &[&k.stock(), &k.sold()],
+                &[&Rid::OrderLine { order_id }.to_string()],
+            )
+            .await?;
+        Ok(r.int(0)? as u32)
     }
 
     /// Gives back expired cart holds of a sku; returns (units released, due order ids).
@@ -407,7 +432,7 @@ impl Redis {
             .eval(
                 "decide_order",
                 &self.scripts.decide_order,
-                &[&self.keys.order(order_id)],
+                &[&self.keys.order(order_id), &self.keys.outbox_of(order_id)],
                 &[name, payload, &total.to_string()],
             )
             .await?;
@@ -469,6 +494,25 @@ impl Redis {
                 count as isize,
             )
             .await?)
+    }
+
+    /// Puts back an open order's record (rebuild-cache); `false` when one exists.
+    pub async fn restore_order(&self, order_id: u64, fields: &[(&str, String)]) -> AppResult<bool> {
+        let mut args = Vec::new();
+        for (f, v) in fields {
+            args.push(f.to_string());
+            args.push(v.clone());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = self
+            .eval(
+                "restore_order",
+                &self.scripts.restore_order,
+                &[&self.keys.order(order_id)],
+                &args,
+            )
+            .await?;
+        Ok(r.int(0)? == 1)
     }
 
     /// The order's record as stored, or `None`.
@@ -595,8 +639,17 @@ pub struct ReserveRequest {
     pub count: u32,
     pub rid: Rid,
     pub deadline: Deadline,
-    /// An existing live reservation is the answer (an order line), instead of growing (a cart hold).
-    pub once: bool,
+    pub mode: ReserveMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReserveMode {
+    /// Grow a live reservation (a cart hold), renewing its deadline.
+    Add,
+    /// An existing live reservation is the answer (an order line).
+    Once,
+    /// As `Once`, without the sale window and limit checks (rebuild-cache).
+    Restore,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -616,6 +669,36 @@ pub enum ReserveOutcome {
     },
     SaleNotActive,
     NotLoaded,
+}
+
+/// What `commit_sold` found: the line's allocation as (warehouse_id, units).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Committed {
+    /// Moved from reserved to sold by this call.
+    Now(Vec<(u32, u32)>),
+    /// Sold before, not yet written back.
+    Before(Vec<(u32, u32)>),
+    /// Written back already (or never reserved): nothing left to do on this line.
+    WrittenBack,
+}
+
+impl Committed {
+    pub fn alloc(&self) -> &[(u32, u32)] {
+        match self {
+            Committed::Now(a) | Committed::Before(a) => a,
+            Committed::WrittenBack => &[],
+        }
+    }
+}
+
+/// "w:n,w:n" -> [(w, n)]
+pub fn parse_alloc(s: &str) -> Vec<(u32, u32)> {
+    s.split(',')
+        .filter_map(|p| {
+            let (w, n) = p.split_once(':')?;
+            Some((w.parse().ok()?, n.parse().ok()?))
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,6 +21,8 @@ pub struct Scripts {
     pub set_meta: Script,
     pub adjust_stock: Script,
     pub raise_seq: Script,
+    pub mark_written: Script,
+    pub restore_order: Script,
 }
 
 impl Scripts {
@@ -37,10 +39,12 @@ impl Scripts {
             set_meta: with_lib(include_str!("../../../lua/set_meta.lua")),
             adjust_stock: with_lib(include_str!("../../../lua/adjust_stock.lua")),
             raise_seq: with_lib(include_str!("../../../lua/raise_seq.lua")),
+            mark_written: with_lib(include_str!("../../../lua/mark_written.lua")),
+            restore_order: with_lib(include_str!("../../../lua/restore_order.lua")),
         }
     }
 
-    pub fn all(&self) -> [(&'static str, &Script); 11] {
+    pub fn all(&self) -> [(&'static str, &Script); 13] {
         [
             ("reserve", &self.reserve),
             ("convert_hold", &self.convert_hold),
@@ -53,6 +57,8 @@ impl Scripts {
             ("set_meta", &self.set_meta),
             ("adjust_stock", &self.adjust_stock),
             ("raise_seq", &self.raise_seq),
+            ("mark_written", &self.mark_written),
+            ("restore_order", &self.restore_order),
         ]
     }
 }

@@ -1,0 +1,286 @@
+//! `flashsale reconcile` and `flashsale rebuild-cache`: Redis checked against MySQL per sku, and
+//! Redis rebuilt from MySQL after it lost its data.
+
+use std::collections::HashMap;
+
+use redis::AsyncCommands;
+
+use crate::app::AppState;
+use crate::domain::Sku;
+use crate::error::AppResult;
+use crate::service::catalog::meta_of;
+use crate::store::mysql::{catalog as catalog_db, orders as orders_db};
+use crate::store::redis::{Deadline, ReserveMode, ReserveOutcome, ReserveRequest, Rid};
+use crate::worker::writer::Writer;
+
+/// One sku's buckets and what disagrees.
+#[derive(Debug, Clone, Default)]
+pub struct SkuCheck {
+    pub sku: u32,
+    pub loaded: bool,
+    pub on_hand: i64,
+    /// Sold units MySQL already took off on_hand that Redis still counts as sold (a write-back
+    /// between its MySQL commit and its Redis mark).
+    pub in_flight: i64,
+    pub available: i64,
+    pub held: i64,
+    pub reserved: i64,
+    pub sold: i64,
+    pub problems: Vec<String>,
+}
+
+impl SkuCheck {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+fn entry_count(v: &str) -> i64 {
+    v.split('|')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Checks DESIGN.md's identity for every product, and Redis's counters against its ledgers.
+pub async fn check(state: &AppState) -> AppResult<Vec<SkuCheck>> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let rows = catalog_db::list_products(&state.db, after, 500).await?;
+        let Some(last) = rows.last() else { break };
+        after = last.sku;
+        for row in rows {
+            out.push(check_sku(state, Sku::parse(u64::from(row.sku))?).await?);
+        }
+    }
+    Ok(out)
+}
+
+pub async fn check_sku(state: &AppState, sku: Sku) -> AppResult<SkuCheck> {
+    let mut c = SkuCheck {
+        sku: sku.get(),
+        ..Default::default()
+    };
+    let mut conn = state.db.acquire().await?;
+    c.on_hand = catalog_db::stock_of(&mut conn, sku)
+        .await?
+        .iter()
+        .map(|(_, n)| *n as i64)
+        .sum();
+    drop(conn);
+    let Some(stock) = state.redis.stock(sku).await? else {
+        return Ok(c);
+    };
+    c.loaded = true;
+    c.available = stock.available;
+    c.held = stock.held;
+    c.reserved = stock.reserved;
+    c.sold = stock.sold;
+    let k = state.redis.keys.sku(sku);
+    let mut r = state.redis.conn();
+    let ledger: HashMap<String, String> = r.hgetall(k.res()).await?;
+    let sold_ledger: HashMap<String, String> = r.hgetall(k.sold()).await?;
+    let (mut held, mut reserved) = (0, 0);
+    for (rid, v) in &ledger {
+        if rid.starts_with("h:") {
+            held += entry_count(v);
+        } else {
+            reserved += entry_count(v);
+        }
+    }
+    let sold: i64 = sold_ledger.values().map(|v| entry_count(v)).sum();
+    let sold_orders: Vec<u64> = sold_ledger
+        .keys()
+        .filter_map(|rid| rid.strip_prefix("o:")?.parse().ok())
+        .collect();
+    let written = orders_db::written_back(&state.db, sku, &sold_orders).await?;
+    c.in_flight = written
+        .iter()
+        .filter_map(|o| sold_ledger.get(&format!("o:{o}")))
+        .map(|v| entry_count(v))
+        .sum();
+    let by_warehouse: i64 = stock.warehouses.iter().map(|(_, n)| n).sum();
+    let mut problem = |p: String| c.problems.push(p);
+    if stock.available < 0 || stock.held < 0 || stock.reserved < 0 || stock.sold < 0 {
+        problem("a negative bucket".into());
+    }
+    if stock.warehouses.iter().any(|(_, n)| *n < 0) {
+        problem("a warehouse below zero".into());
+    }
+    if by_warehouse != stock.available {
+        problem(format!(
+            "warehouses add up to {by_warehouse}, available is {}",
+            stock.available
+        ));
+    }
+    if held != stock.held {
+        problem(format!(
+            "cart holds add up to {held}, held is {}",
+            stock.held
+        ));
+    }
+    if reserved != stock.reserved {
+        problem(format!(
+            "order lines add up to {reserved}, reserved is {}",
+            stock.reserved
+        ));
+    }
+    if sold != stock.sold {
+        problem(format!(
+            "unwritten sold lines add up to {sold}, sold is {}",
+            stock.sold
+        ));
+    }
+    let redis_total = stock.available + stock.held + stock.reserved + stock.sold;
+    if c.on_hand + c.in_flight != redis_total {
+        problem(format!(
+            "on_hand {} (+{} in flight) != available + held + reserved + sold = {redis_total}",
+            c.on_hand, c.in_flight
+        ));
+    }
+    Ok(c)
+}
+
+/// The table `flashsale reconcile` prints.
+pub fn table(checks: &[SkuCheck]) -> String {
+    let mut s = format!(
+        "{:>8} {:>9} {:>9} {:>9} {:>6} {:>8} {:>6} {:>9}  {}\n",
+        "sku",
+        "on_hand",
+        "in_flight",
+        "available",
+        "held",
+        "reserved",
+        "sold",
+        "identity",
+        "problems"
+    );
+    for c in checks {
+        if !c.loaded {
+            s += &format!(
+                "{:>8} {:>9} {:>9}  (not loaded in Redis)\n",
+                c.sku, c.on_hand, "-"
+            );
+            continue;
+        }
+        s += &format!(
+            "{:>8} {:>9} {:>9} {:>9} {:>6} {:>8} {:>6} {:>9}  {}\n",
+            c.sku,
+            c.on_hand,
+            c.in_flight,
+            c.available,
+            c.held,
+            c.reserved,
+            c.sold,
+            if c.ok() { "ok" } else { "MISMATCH" },
+            c.problems.join("; ")
+        );
+    }
+    s
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RebuildReport {
+    pub skus_loaded: usize,
+    pub orders_restored: usize,
+    pub units_reserved: u64,
+    pub problems: Vec<String>,
+}
+
+/// Rebuilds Redis from MySQL after Redis lost its data: counters from on_hand, the customers'
+/// bought units, and every open order (record and reservations) with its deadline. Only what
+/// Redis lacks is written, so running it twice, or on a Redis that kept some data, is safe.
+/// Run it before the service takes traffic again.
+pub async fn rebuild_cache(state: &AppState) -> AppResult<RebuildReport> {
+    let mut report = RebuildReport::default();
+    state
+        .redis
+        .raise_order_seq(catalog_db::max_order_id(&state.db).await?)
+        .await?;
+    Writer::new(state.clone()).ensure_groups().await?;
+
+    let bought = orders_db::bought_units(&state.db).await?;
+    let mut after = 0;
+    loop {
+        let rows = catalog_db::list_products(&state.db, after, 500).await?;
+        let Some(last) = rows.last() else { break };
+        after = last.sku;
+        for row in rows {
+            let sku = Sku::parse(u64::from(row.sku))?;
+            if state.redis.stock(sku).await?.is_some() {
+                continue;
+            }
+            let mut conn = state.db.acquire().await?;
+            let stock = catalog_db::stock_of(&mut conn, sku).await?;
+            drop(conn);
+            state.redis.load_sku(sku, &meta_of(&row), &stock).await?;
+            let users: Vec<(u64, u64)> = bought
+                .iter()
+                .filter(|(s, _, _)| *s == row.sku)
+                .map(|(_, u, n)| (*u, *n))
+                .collect();
+            if !users.is_empty() {
+                let _: () = state
+                    .redis
+                    .conn()
+                    .hset_multiple(state.redis.keys.sku(sku).users(), &users)
+                    .await?;
+            }
+            report.skus_loaded += 1;
+        }
+    }
+
+    for (order, items) in orders_db::open_orders(&state.db).await? {
+        let items_json = serde_json::to_string(&items).unwrap_or_else(|_| "[]".into());
+        let fields = [
+            ("user", order.user_id.to_string()),
+            ("status", "awaiting_payment".to_string()),
+            (
+                "created_at",
+                order.created_at.timestamp_millis().to_string(),
+            ),
+            (
+                "expires_at",
+                order.expires_at.timestamp_millis().to_string(),
+            ),
+            ("items", items_json),
+            ("total", order.total_price.to_string()),
+        ];
+        if !state.redis.restore_order(order.id, &fields).await? {
+            continue;
+        }
+        let _: () = state
+            .redis
+            .conn()
+            .zadd(
+                state.redis.keys.user_orders(order.user_id),
+                order.id,
+                order.id as f64,
+            )
+            .await?;
+        report.orders_restored += 1;
+        for item in items {
+            let sku = Sku::parse(u64::from(item.sku))?;
+            let outcome = state
+                .redis
+                .reserve(ReserveRequest {
+                    sku,
+                    user_id: order.user_id,
+                    count: item.count,
+                    rid: Rid::OrderLine { order_id: order.id },
+                    deadline: Deadline::At(order.expires_at.timestamp_millis()),
+                    mode: ReserveMode::Restore,
+                })
+                .await?;
+            match outcome {
+                ReserveOutcome::Reserved { .. } => report.units_reserved += u64::from(item.count),
+                other => report.problems.push(format!(
+                    "order {}: sku {sku} could not be reserved again: {other:?}",
+                    order.id
+                )),
+            }
+        }
+    }
+    Ok(report)
+}
