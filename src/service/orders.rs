@@ -476,8 +476,8 @@ pub async fn list(
     )
     .await?;
     for (row, items) in rows {
-        if !found.contains_key(&row.id) {
-            found.insert(row.id, OrderView::of_row(row, items)?);
+        if let std::collections::btree_map::Entry::Vacant(slot) = found.entry(row.id) {
+            slot.insert(OrderView::of_row(row, items)?);
         }
     }
     let mut items: Vec<OrderView> = found.into_values().rev().collect();
