@@ -9,3 +9,5 @@ mod catalog;
 mod concurrency;
 mod ops;
 mod orders;
+mod webhooks;
+mod writeback;
