@@ -8,7 +8,7 @@ use redis::AsyncCommands;
 use crate::app::AppState;
 use crate::domain::Sku;
 use crate::error::AppResult;
-use crate::service::catalog::meta_of;
+use crate::service::catalog::{meta_of, sku_load};
 use crate::store::mysql::{catalog as catalog_db, orders as orders_db};
 use crate::store::redis::{Deadline, ReserveMode, ReserveOutcome, ReserveRequest, Rid};
 use crate::worker::writer::Writer;
@@ -200,7 +200,6 @@ pub async fn rebuild_cache(state: &AppState) -> AppResult<RebuildReport> {
         .await?;
     Writer::new(state.clone()).ensure_groups().await?;
 
-    let bought = orders_db::bought_units(&state.db).await?;
     let mut after = 0;
     loop {
         let rows = catalog_db::list_products(&state.db, after, 500).await?;
@@ -212,21 +211,9 @@ pub async fn rebuild_cache(state: &AppState) -> AppResult<RebuildReport> {
                 continue;
             }
             let mut conn = state.db.acquire().await?;
-            let stock = catalog_db::stock_of(&mut conn, sku).await?;
+            let load = sku_load(&mut conn, sku).await?;
             drop(conn);
-            state.redis.load_sku(sku, &meta_of(&row), &stock).await?;
-            let users: Vec<(u64, u64)> = bought
-                .iter()
-                .filter(|(s, _, _)| *s == row.sku)
-                .map(|(_, u, n)| (*u, *n))
-                .collect();
-            if !users.is_empty() {
-                let _: () = state
-                    .redis
-                    .conn()
-                    .hset_multiple(state.redis.keys.sku(sku).users(), &users)
-                    .await?;
-            }
+            state.redis.load_sku(sku, &meta_of(&row), &load).await?;
             report.skus_loaded += 1;
         }
     }

@@ -9,7 +9,8 @@ use crate::app::AppState;
 use crate::domain::{Price, ProductName, SaleWindow, Sku, StockDelta, WarehouseName};
 use crate::error::{AppError, AppResult};
 use crate::store::mysql::catalog::{self as db, ProductRow};
-use crate::store::redis::{AdjustOutcome, SaleMeta, SkuMeta, StockSnapshot};
+use crate::store::mysql::orders as orders_db;
+use crate::store::redis::{AdjustOutcome, SaleMeta, SkuLoad, SkuMeta, StockSnapshot};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ProductView {
@@ -69,14 +70,23 @@ fn no_product(sku: Sku) -> AppError {
     AppError::NotFound(format!("no product with sku {sku}"))
 }
 
+/// What MySQL knows of a sku's stock: on hand, sold, bought per customer.
+pub async fn sku_load(conn: &mut MySqlConnection, sku: Sku) -> AppResult<SkuLoad> {
+    Ok(SkuLoad {
+        stock: db::stock_of(conn, sku).await?,
+        sold_total: orders_db::sold_units(conn, sku).await?,
+        bought: orders_db::bought_units(conn, sku).await?,
+    })
+}
+
 /// Loads a sku into Redis from MySQL where Redis lacks it. `false`: no such product.
 pub async fn ensure_loaded(state: &AppState, sku: Sku) -> AppResult<bool> {
     let mut conn = state.db.acquire().await?;
     let Some(row) = db::get_product(&state.db, sku).await? else {
         return Ok(false);
     };
-    let stock = db::stock_of(&mut conn, sku).await?;
-    state.redis.load_sku(sku, &meta_of(&row), &stock).await?;
+    let load = sku_load(&mut conn, sku).await?;
+    state.redis.load_sku(sku, &meta_of(&row), &load).await?;
     Ok(true)
 }
 
@@ -232,14 +242,15 @@ pub async fn adjust_stock(
     if !db::warehouse_exists(&mut tx, warehouse_id).await? {
         return Err(AppError::NotFound(format!("no warehouse {warehouse_id}")));
     }
-    let stock = db::stock_of(&mut tx, sku).await?;
-    let on_hand = stock
+    let load = sku_load(&mut tx, sku).await?;
+    let on_hand = load
+        .stock
         .iter()
         .find(|(w, _)| *w == warehouse_id)
         .map_or(0, |(_, n)| *n);
     let d = delta.get();
     let new_on_hand = i128::from(on_hand) + i128::from(d);
-    state.redis.load_sku(sku, &meta_of(&row), &stock).await?;
+    state.redis.load_sku(sku, &meta_of(&row), &load).await?;
     let here = match state.redis.adjust_stock(sku, warehouse_id, d).await? {
         AdjustOutcome::Adjusted { here, .. } => here,
         AdjustOutcome::Short { available_here } => {

@@ -236,12 +236,26 @@ pub async fn open_orders(pool: &MySqlPool) -> AppResult<Vec<(OrderRow, Vec<Order
         .collect())
 }
 
-/// Units each customer bought of each sku (paid orders): the per-customer limit's memory.
-pub async fn bought_units(pool: &MySqlPool) -> AppResult<Vec<(u32, u64, u64)>> {
-    Ok(sqlx::query_as::<_, (u32, u64, u64)>(
-        "SELECT i.sku, o.user_id, CAST(SUM(i.count) AS UNSIGNED) FROM orders o \
-         JOIN order_items i ON i.order_id = o.id WHERE o.status = 'paid' GROUP BY i.sku, o.user_id",
+/// Units each customer bought of a sku (paid orders written back): the per-customer limit's
+/// memory.
+pub async fn bought_units(conn: &mut MySqlConnection, sku: Sku) -> AppResult<Vec<(u64, u64)>> {
+    Ok(sqlx::query_as::<_, (u64, u64)>(
+        "SELECT o.user_id, CAST(SUM(i.count) AS UNSIGNED) FROM orders o \
+         JOIN order_items i ON i.order_id = o.id WHERE o.status = 'paid' AND i.sku = ? \
+         GROUP BY o.user_id",
     )
-    .fetch_all(pool)
+    .bind(sku.get())
+    .fetch_all(conn)
     .await?)
+}
+
+/// Units of a sku sold and taken off on_hand so far.
+pub async fn sold_units(conn: &mut MySqlConnection, sku: Sku) -> AppResult<u64> {
+    Ok(sqlx::query_scalar::<_, Option<u64>>(
+        "SELECT CAST(SUM(units) AS UNSIGNED) FROM stock_movements WHERE sku = ?",
+    )
+    .bind(sku.get())
+    .fetch_one(conn)
+    .await?
+    .unwrap_or(0))
 }

@@ -88,24 +88,33 @@ impl Redis {
 
     // ---- stock and catalog -------------------------------------------------------------
 
-    /// Loads a sku's catalog entry and stock into Redis, each only where missing.
-    pub async fn load_sku(&self, sku: Sku, meta: &SkuMeta, stock: &[(u32, u64)]) -> AppResult<()> {
+    /// Loads a sku's catalog entry and stock into Redis, each only where missing; with the
+    /// stock, the units sold so far and what each customer bought.
+    pub async fn load_sku(&self, sku: Sku, meta: &SkuMeta, load: &SkuLoad) -> AppResult<()> {
         let k = self.keys.sku(sku);
         let pairs = meta.pairs();
-        let mut args: Vec<String> = vec![(pairs.len()).to_string()];
+        let mut args: Vec<String> = vec![
+            pairs.len().to_string(),
+            load.stock.len().to_string(),
+            load.sold_total.to_string(),
+        ];
         for (f, v) in pairs {
             args.push(f.to_string());
             args.push(v);
         }
-        for (w, n) in stock {
+        for (w, n) in &load.stock {
             args.push(w.to_string());
+            args.push(n.to_string());
+        }
+        for (u, n) in &load.bought {
+            args.push(u.to_string());
             args.push(n.to_string());
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.eval(
             "load_sku",
             &self.scripts.load_sku,
-            &[&k.meta(), &k.stock()],
+            &[&k.meta(), &k.stock(), &k.users()],
             &args,
         )
         .await?;
@@ -526,6 +535,17 @@ impl Redis {
 }
 
 // ---- typed values --------------------------------------------------------------------------
+
+/// What MySQL knows of a sku's stock, for loading it into Redis.
+#[derive(Debug, Clone, Default)]
+pub struct SkuLoad {
+    /// (warehouse_id, on_hand)
+    pub stock: Vec<(u32, u64)>,
+    /// Units sold and written back so far.
+    pub sold_total: u64,
+    /// (customer, units bought)
+    pub bought: Vec<(u64, u64)>,
+}
 
 /// A sku's catalog entry as the scripts read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
