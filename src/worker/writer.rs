@@ -17,7 +17,6 @@ use crate::app::AppState;
 use crate::domain::{OrderEventKind, Sku};
 use crate::error::{AppError, AppResult};
 use crate::store::mysql::orders as db;
-use crate::store::redis::Rid;
 use crate::store::redis::keys::ORDER_PARTITIONS;
 use crate::store::redis::outbox::OutboxEvent;
 
@@ -286,45 +285,41 @@ impl Writer {
         fault: Fault,
     ) -> AppResult<()> {
         let redis = &self.state.redis;
-        // Units of paid lines: sold in Redis (idempotent), and where they came from.
-        let mut movements: Vec<(u64, Sku, u32, u32)> = Vec::new();
+        let mut paid_lines: Vec<(Sku, u64)> = Vec::new();
+        let mut dropped_lines: Vec<(Sku, u64)> = Vec::new();
         for (_, _, ev) in events {
             for item in &ev.items {
-                let sku = Sku::parse(u64::from(item.sku))?;
+                let line = (Sku::parse(u64::from(item.sku))?, ev.order_id);
                 match ev.kind {
-                    OrderEventKind::Paid => {
-                        let c = redis.commit_sold(sku, ev.order_id).await?;
-                        movements.extend(c.alloc().iter().map(|(w, n)| (ev.order_id, sku, *w, *n)));
-                    }
+                    OrderEventKind::Paid => paid_lines.push(line),
                     OrderEventKind::Cancelled
                     | OrderEventKind::Expired
-                    | OrderEventKind::Failed => {
-                        redis
-                            .release(
-                                sku,
-                                Rid::OrderLine {
-                                    order_id: ev.order_id,
-                                },
-                                None,
-                                Duration::ZERO,
-                            )
-                            .await?;
-                    }
+                    | OrderEventKind::Failed => dropped_lines.push(line),
                     OrderEventKind::Created => {}
                 }
             }
         }
-        // A stable lock order across concurrent writers.
-        movements.sort_by_key(|(o, s, w, _)| (*s, *w, *o));
+        // Redis first (idempotent): paid lines sold, with where their units came from; lines of
+        // cancelled orders given back (the request or the sweeper usually did it already).
+        let mut movements: Vec<db::Movement> = Vec::new();
+        for ((sku, order_id), c) in paid_lines
+            .iter()
+            .zip(redis.commit_sold_many(&paid_lines).await?)
+        {
+            movements.extend(c.alloc().iter().map(|(w, n)| db::Movement {
+                order_id: *order_id,
+                sku: *sku,
+                warehouse_id: *w,
+                units: *n,
+            }));
+        }
+        redis.release_lines(&dropped_lines).await?;
 
         let started = Instant::now();
         let mut tx = db.begin().await?;
-        for (_, _, ev) in events {
-            db::apply_event(&mut tx, ev).await?;
-        }
-        for (order_id, sku, w, n) in &movements {
-            db::apply_movement(&mut tx, *order_id, *sku, *w, *n).await?;
-        }
+        let evs: Vec<&OutboxEvent> = events.iter().map(|(_, _, ev)| ev).collect();
+        db::apply_events(&mut tx, &evs).await?;
+        db::apply_movements(&mut tx, &movements).await?;
         tx.commit().await?;
         metrics::histogram!("flashsale_outbox_write_duration_seconds")
             .record(started.elapsed().as_secs_f64());
@@ -334,28 +329,19 @@ impl Writer {
             ));
         }
 
+        // Then Redis again: the written-back units leave `sold`; finished records get a TTL
+        // (reads fall back to MySQL after); the public events go out.
+        redis.mark_written_many(&paid_lines).await?;
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let mut conn = redis.conn();
+        let ttl = self.state.cfg.order_cache_ttl.as_secs().max(1) as i64;
+        let mut pipe = redis::pipe();
         for (_, _, ev) in events {
-            if ev.kind == OrderEventKind::Paid {
-                for item in &ev.items {
-                    redis
-                        .mark_written(Sku::parse(u64::from(item.sku))?, ev.order_id)
-                        .await?;
-                }
-            }
             if !ev.status.is_open() {
-                // The record stays a while for fast reads; MySQL answers after.
-                let _: () = conn
-                    .expire(
-                        redis.keys.order(ev.order_id),
-                        self.state.cfg.order_cache_ttl.as_secs() as i64,
-                    )
-                    .await?;
+                pipe.expire(redis.keys.order(ev.order_id), ttl).ignore();
             }
             let payload = serde_json::to_string(&PublicEvent::of(ev))
                 .map_err(|e| AppError::internal(format!("event json: {e}")))?;
-            let _: String = redis::cmd("XADD")
+            pipe.cmd("XADD")
                 .arg(redis.keys.order_events())
                 .arg("MAXLEN")
                 .arg("~")
@@ -363,13 +349,13 @@ impl Writer {
                 .arg("*")
                 .arg("event")
                 .arg(payload)
-                .query_async(&mut conn)
-                .await?;
+                .ignore();
             metrics::counter!("flashsale_outbox_events_written_total", "type" => ev.kind.as_str())
                 .increment(1);
             metrics::histogram!("flashsale_outbox_lag_seconds")
                 .record((now_ms - ev.at_ms).max(0) as f64 / 1000.0);
         }
+        let _: () = pipe.query_async(&mut redis.conn()).await?;
         Ok(())
     }
 
@@ -454,12 +440,16 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(100);
     let mut last_claim = Instant::now();
     let mut last_gauges = Instant::now() - Duration::from_secs(60);
+    let mut groups_ready = false;
     loop {
         if *stop.borrow() {
             break;
         }
         let step = async {
-            writer.ensure_groups().await?;
+            if !groups_ready {
+                writer.ensure_groups().await?;
+                groups_ready = true;
+            }
             let mut entries = writer.read("0", None).await?;
             if entries.is_empty() && last_claim.elapsed() >= state.cfg.claim_idle / 2 {
                 last_claim = Instant::now();
@@ -483,6 +473,8 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         match step.await {
             Ok(()) => backoff = Duration::from_millis(100),
             Err(e) => {
+                // A Redis that lost its data lost the consumer groups too.
+                groups_ready = false;
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "outbox write-back failed; the events stay pending");
                 metrics::counter!("flashsale_outbox_retries_total").increment(1);
                 tokio::select! {

@@ -14,98 +14,162 @@ fn naive(ms: i64) -> NaiveDateTime {
         .naive_utc()
 }
 
-/// Writes what an event says: the order row (a final status is never overwritten, so events
-/// may arrive in any order or twice), its items, and the event in the history.
-pub async fn apply_event(conn: &mut MySqlConnection, ev: &OutboxEvent) -> AppResult<()> {
-    sqlx::query(
-        "INSERT INTO orders (id, user_id, status, total_price, created_at, expires_at, paid_at, \
-         cancelled_at, cancel_reason, payment_ref, written_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, CURRENT_TIMESTAMP(3)) \
-         ON DUPLICATE KEY UPDATE \
-         paid_at = COALESCE(paid_at, VALUES(paid_at)), \
-         cancelled_at = COALESCE(cancelled_at, VALUES(cancelled_at)), \
-         cancel_reason = COALESCE(cancel_reason, VALUES(cancel_reason)), \
-         payment_ref = COALESCE(payment_ref, VALUES(payment_ref)), \
-         written_at = CURRENT_TIMESTAMP(3), \
-         status = IF(status IN ('paid', 'cancelled', 'failed'), status, VALUES(status))",
-    )
-    .bind(ev.order_id)
-    .bind(ev.user_id)
-    .bind(ev.status.as_str())
-    .bind(ev.total_price)
-    .bind(naive(ev.created_at_ms))
-    .bind(naive(ev.expires_at_ms))
-    .bind(ev.paid_at_ms.map(naive))
-    .bind(ev.cancelled_at_ms.map(naive))
-    .bind(ev.cancel_reason.as_deref())
-    .bind(ev.payment_ref.as_deref())
-    .execute(&mut *conn)
-    .await?;
-    for item in &ev.items {
-        sqlx::query(
-            "INSERT IGNORE INTO order_items (order_id, sku, name, count, unit_price) \
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(ev.order_id)
-        .bind(item.sku)
-        .bind(&item.name)
-        .bind(item.count)
-        .bind(item.unit_price)
-        .execute(&mut *conn)
-        .await?;
+/// Placeholders for `rows` rows of `cols` columns: "(?, ?), (?, ?)".
+fn rows_of(rows: usize, cols: usize) -> String {
+    let one = format!("({})", vec!["?"; cols].join(", "));
+    vec![one; rows].join(", ")
+}
+
+/// Writes what a batch of events says, in a few multi-row statements: the order rows (a final
+/// status is never overwritten, so events may arrive in any order or twice), their items, and
+/// each event in the history.
+pub async fn apply_events(conn: &mut MySqlConnection, events: &[&OutboxEvent]) -> AppResult<()> {
+    for chunk in events.chunks(200) {
+        let sql = format!(
+            "INSERT INTO orders (id, user_id, status, total_price, created_at, expires_at, paid_at, \
+             cancelled_at, cancel_reason, payment_ref, written_at) VALUES {} \
+             ON DUPLICATE KEY UPDATE \
+             paid_at = COALESCE(paid_at, VALUES(paid_at)), \
+             cancelled_at = COALESCE(cancelled_at, VALUES(cancelled_at)), \
+             cancel_reason = COALESCE(cancel_reason, VALUES(cancel_reason)), \
+             payment_ref = COALESCE(payment_ref, VALUES(payment_ref)), \
+             written_at = VALUES(written_at), \
+             status = IF(status IN ('paid', 'cancelled', 'failed'), status, VALUES(status))",
+            rows_of(chunk.len(), 11)
+        );
+        let now = Utc::now().naive_utc();
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for ev in chunk {
+            q = q
+                .bind(ev.order_id)
+                .bind(ev.user_id)
+                .bind(ev.status.as_str())
+                .bind(ev.total_price)
+                .bind(naive(ev.created_at_ms))
+                .bind(naive(ev.expires_at_ms))
+                .bind(ev.paid_at_ms.map(naive))
+                .bind(ev.cancelled_at_ms.map(naive))
+                .bind(ev.cancel_reason.as_deref())
+                .bind(ev.payment_ref.as_deref())
+                .bind(now);
+        }
+        q.execute(&mut *conn).await?;
+
+        let items: Vec<(u64, &OrderItem)> = chunk
+            .iter()
+            .flat_map(|ev| ev.items.iter().map(|i| (ev.order_id, i)))
+            .collect();
+        for part in items.chunks(500) {
+            let sql = format!(
+                "INSERT IGNORE INTO order_items (order_id, sku, name, count, unit_price) VALUES {}",
+                rows_of(part.len(), 5)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (order_id, i) in part {
+                q = q
+                    .bind(order_id)
+                    .bind(i.sku)
+                    .bind(&i.name)
+                    .bind(i.count)
+                    .bind(i.unit_price);
+            }
+            q.execute(&mut *conn).await?;
+        }
+
+        let sql = format!(
+            "INSERT IGNORE INTO order_status_history (order_id, event, status, at, event_id) VALUES {}",
+            rows_of(chunk.len(), 5)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for ev in chunk {
+            q = q
+                .bind(ev.order_id)
+                .bind(ev.kind.as_str())
+                .bind(ev.status.as_str())
+                .bind(naive(ev.at_ms))
+                .bind(&ev.event_id);
+        }
+        q.execute(&mut *conn).await?;
     }
-    sqlx::query(
-        "INSERT IGNORE INTO order_status_history (order_id, event, status, at, event_id) \
-         VALUES (?, ?, ?, ?, ?)",
-    )
-    .bind(ev.order_id)
-    .bind(ev.kind.as_str())
-    .bind(ev.status.as_str())
-    .bind(naive(ev.at_ms))
-    .bind(&ev.event_id)
-    .execute(&mut *conn)
-    .await?;
     Ok(())
 }
 
-/// Lowers on_hand by the units a paid order took from one warehouse, once per (order, sku,
-/// warehouse). Returns whether this call applied it.
-pub async fn apply_movement(
-    conn: &mut MySqlConnection,
-    order_id: u64,
-    sku: Sku,
-    warehouse_id: u32,
-    units: u32,
-) -> AppResult<bool> {
-    let inserted = sqlx::query(
-        "INSERT IGNORE INTO stock_movements (order_id, sku, warehouse_id, units) VALUES (?, ?, ?, ?)",
-    )
-    .bind(order_id)
-    .bind(sku.get())
-    .bind(warehouse_id)
-    .bind(units)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
-        return Ok(false);
+/// One paid order line's units taken from one warehouse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Movement {
+    pub order_id: u64,
+    pub sku: Sku,
+    pub warehouse_id: u32,
+    pub units: u32,
+}
+
+/// Lowers on_hand by the units paid orders took, once per (order, sku, warehouse): movements
+/// recorded before are skipped; a concurrent writer recording the same one makes this
+/// transaction fail (primary key) rather than count it twice. Returns the units applied now.
+pub async fn apply_movements(conn: &mut MySqlConnection, movements: &[Movement]) -> AppResult<u64> {
+    if movements.is_empty() {
+        return Ok(0);
     }
-    let updated = sqlx::query(
-        "UPDATE stock SET on_hand = on_hand - ? WHERE sku = ? AND warehouse_id = ? AND on_hand >= ?",
-    )
-    .bind(units)
-    .bind(sku.get())
-    .bind(warehouse_id)
-    .bind(units)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if updated != 1 {
-        return Err(AppError::internal(format!(
-            "order {order_id}: sku {sku} warehouse {warehouse_id} has less on hand than the {units} sold"
-        )));
+    let mut orders: Vec<u64> = movements.iter().map(|m| m.order_id).collect();
+    orders.sort_unstable();
+    orders.dedup();
+    let sql = format!(
+        "SELECT order_id, sku, warehouse_id FROM stock_movements WHERE order_id IN ({})",
+        vec!["?"; orders.len()].join(", ")
+    );
+    let mut q = sqlx::query_as::<_, (u64, u32, u32)>(sqlx::AssertSqlSafe(sql));
+    for o in &orders {
+        q = q.bind(o);
     }
-    Ok(true)
+    let done: std::collections::HashSet<(u64, u32, u32)> =
+        q.fetch_all(&mut *conn).await?.into_iter().collect();
+    let new: Vec<&Movement> = movements
+        .iter()
+        .filter(|m| !done.contains(&(m.order_id, m.sku.get(), m.warehouse_id)))
+        .collect();
+    if new.is_empty() {
+        return Ok(0);
+    }
+    for part in new.chunks(500) {
+        let sql = format!(
+            "INSERT INTO stock_movements (order_id, sku, warehouse_id, units) VALUES {}",
+            rows_of(part.len(), 4)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for m in part {
+            q = q
+                .bind(m.order_id)
+                .bind(m.sku.get())
+                .bind(m.warehouse_id)
+                .bind(m.units);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    // One update per (sku, warehouse), in a stable order across writers.
+    let mut sums: std::collections::BTreeMap<(u32, u32), u64> = Default::default();
+    for m in &new {
+        *sums.entry((m.sku.get(), m.warehouse_id)).or_default() += u64::from(m.units);
+    }
+    let mut applied = 0;
+    for ((sku, warehouse_id), units) in sums {
+        let updated = sqlx::query(
+            "UPDATE stock SET on_hand = on_hand - ? WHERE sku = ? AND warehouse_id = ? AND on_hand >= ?",
+        )
+        .bind(units)
+        .bind(sku)
+        .bind(warehouse_id)
+        .bind(units)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if updated != 1 {
+            return Err(AppError::internal(format!(
+                "sku {sku} warehouse {warehouse_id} has less on hand than the {units} sold"
+            )));
+        }
+        applied += units;
+    }
+    Ok(applied)
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

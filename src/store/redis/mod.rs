@@ -86,6 +86,114 @@ impl Redis {
         Reply::parse(name, r?)
     }
 
+    /// Runs one script over many key/arg sets in a single pipeline (EVALSHA; the scripts are
+    /// loaded again once if Redis lost them). Every use is idempotent, so a retry is safe.
+    async fn eval_many(
+        &self,
+        name: &'static str,
+        script: &Script,
+        calls: &[(Vec<String>, Vec<String>)],
+    ) -> AppResult<Vec<Reply>> {
+        if calls.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (keys, args) in calls {
+            pipe.cmd("EVALSHA")
+                .arg(script.get_hash())
+                .arg(keys.len())
+                .arg(keys)
+                .arg(args);
+        }
+        let started = Instant::now();
+        let mut r: Result<Vec<Value>, redis::RedisError> = pipe.query_async(&mut self.conn()).await;
+        if matches!(&r, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+        {
+            self.load_scripts().await?;
+            r = pipe.query_async(&mut self.conn()).await;
+        }
+        metrics::histogram!("flashsale_lua_duration_seconds", "script" => name)
+            .record(started.elapsed().as_secs_f64() / calls.len() as f64);
+        r?.into_iter().map(|v| Reply::parse(name, v)).collect()
+    }
+
+    /// `commit_sold` for many paid lines at once: (sku, order_id) -> what was found.
+    pub async fn commit_sold_many(&self, lines: &[(Sku, u64)]) -> AppResult<Vec<Committed>> {
+        let calls: Vec<_> = lines
+            .iter()
+            .map(|(sku, order_id)| {
+                let k = self.keys.sku(*sku);
+                let rid = Rid::OrderLine {
+                    order_id: *order_id,
+                };
+                (
+                    vec![k.stock(), k.res(), k.exp(), k.ttl(&rid), k.sold()],
+                    vec![rid.to_string()],
+                )
+            })
+            .collect();
+        self.eval_many("commit_sold", &self.scripts.commit_sold, &calls)
+            .await?
+            .into_iter()
+            .map(|r| {
+                let alloc = parse_alloc(&r.str_at(2)?);
+                Ok(match r.tag() {
+                    "ok" => Committed::Now(alloc),
+                    "sold" => Committed::Before(alloc),
+                    "none" => Committed::WrittenBack,
+                    other => return Err(r.unexpected(other)),
+                })
+            })
+            .collect()
+    }
+
+    /// `release` of whole order lines, many at once (follow-up of cancelled or failed orders).
+    pub async fn release_lines(&self, lines: &[(Sku, u64)]) -> AppResult<u64> {
+        let calls: Vec<_> = lines
+            .iter()
+            .map(|(sku, order_id)| {
+                let k = self.keys.sku(*sku);
+                let rid = Rid::OrderLine {
+                    order_id: *order_id,
+                };
+                (
+                    vec![k.stock(), k.users(), k.res(), k.exp(), k.ttl(&rid)],
+                    vec![rid.to_string(), "0".into(), "0".into()],
+                )
+            })
+            .collect();
+        let mut released = 0;
+        for r in self
+            .eval_many("release", &self.scripts.release, &calls)
+            .await?
+        {
+            released += r.int(1)? as u64;
+        }
+        Ok(released)
+    }
+
+    /// `mark_written` for many paid lines at once.
+    pub async fn mark_written_many(&self, lines: &[(Sku, u64)]) -> AppResult<()> {
+        let calls: Vec<_> = lines
+            .iter()
+            .map(|(sku, order_id)| {
+                let k = self.keys.sku(*sku);
+                (
+                    vec![k.stock(), k.sold()],
+                    vec![
+                        Rid::OrderLine {
+                            order_id: *order_id,
+                        }
+                        .to_string(),
+                    ],
+                )
+            })
+            .collect();
+        self.eval_many("mark_written", &self.scripts.mark_written, &calls)
+            .await?;
+        Ok(())
+    }
+
     // ---- stock and catalog -------------------------------------------------------------
 
     /// Loads a sku's catalog entry and stock into Redis, each only where missing; with the
