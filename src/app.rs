@@ -120,6 +120,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let sweeper = tokio::spawn(worker::sweeper::run(self.state.clone(), stop_rx.clone()));
+        let gauges = tokio::spawn(worker::gauges::run(self.state.clone(), stop_rx.clone()));
         let writer = self
             .state
             .cfg
@@ -138,6 +139,7 @@ impl Application {
             .await?;
         let _ = stop_tx.send(true);
         let _ = sweeper.await;
+        let _ = gauges.await;
         for task in [writer, webhooks].into_iter().flatten() {
             let _ = task.await;
         }

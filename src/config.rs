@@ -197,6 +197,10 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_WEBHOOK_RETRY", default_value = "500ms", value_parser = parse_duration, global = true)]
     pub webhook_retry: Duration,
 
+    /// How often state gauges (outbox backlog, pools, stock of open sales) are refreshed.
+    #[arg(long, env = "FLASHSALE_METRICS_INTERVAL", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub metrics_interval: Duration,
+
     /// Log format.
     #[arg(long, env = "FLASHSALE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,

@@ -43,19 +43,70 @@ pub fn metrics_handle() -> PrometheusHandle {
                         &lua,
                     )
                 })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Prefix("flashsale_outbox_".into()), &latency)
+                })
                 .expect("valid buckets")
                 .build_recorder();
             let handle = recorder.handle();
             // Another recorder may exist already (a test harness); then ours only renders.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            register_series();
             handle
         })
         .clone()
 }
 
+/// Series that exist from the start at zero, so dashboards and `rate()` see them before the
+/// first event (labels are the closed sets the code uses).
+fn register_series() {
+    for kind in ["cart", "order"] {
+        for outcome in [
+            "reserved",
+            "out_of_stock",
+            "limit_exceeded",
+            "sale_not_active",
+        ] {
+            metrics::counter!("flashsale_reservations_total", "kind" => kind, "outcome" => outcome)
+                .increment(0);
+        }
+    }
+    for reason in [
+        "cart_remove",
+        "hold_expired",
+        "cancelled",
+        "expired",
+        "failed",
+    ] {
+        metrics::counter!("flashsale_units_released_total", "reason" => reason).increment(0);
+    }
+    for status in [
+        "new",
+        "awaiting_payment",
+        "paid",
+        "cancelled",
+        "expired",
+        "failed",
+    ] {
+        metrics::counter!("flashsale_orders_total", "status" => status).increment(0);
+    }
+    for outcome in ["ok", "failed", "gave_up"] {
+        metrics::counter!("flashsale_webhook_deliveries_total", "outcome" => outcome).increment(0);
+    }
+    for name in [
+        "flashsale_http_internal_errors_total",
+        "flashsale_outbox_retries_total",
+        "flashsale_outbox_dead_letters_total",
+        "flashsale_outbox_claimed_total",
+        "flashsale_stock_adjustments_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+}
+
 fn describe() {
-    use metrics::{describe_counter, describe_histogram};
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         "flashsale_http_requests_total",
         "HTTP requests answered, by method, route and status"
@@ -85,5 +136,76 @@ fn describe() {
     describe_counter!(
         "flashsale_units_released_total",
         "Units given back to available, by reason"
+    );
+    describe_counter!(
+        "flashsale_http_internal_errors_total",
+        "Answers with status 500"
+    );
+    describe_counter!("flashsale_logins_total", "Token requests, by outcome");
+    describe_counter!(
+        "flashsale_stock_adjustments_total",
+        "Admin stock changes applied"
+    );
+    describe_gauge!(
+        "flashsale_stock_units",
+        "Units of skus whose sale is open, by bucket (available, held, reserved, sold)"
+    );
+    describe_gauge!(
+        "flashsale_outbox_length",
+        "Outbox events not yet written to MySQL"
+    );
+    describe_gauge!(
+        "flashsale_outbox_pending",
+        "Outbox events delivered to a writer and not yet acknowledged"
+    );
+    describe_gauge!(
+        "flashsale_outbox_oldest_age_seconds",
+        "Age of the oldest outbox event not yet written"
+    );
+    describe_histogram!(
+        "flashsale_outbox_lag_seconds",
+        metrics::Unit::Seconds,
+        "From an order decision in Redis to its row in MySQL"
+    );
+    describe_histogram!(
+        "flashsale_outbox_write_duration_seconds",
+        metrics::Unit::Seconds,
+        "One write-back transaction"
+    );
+    describe_counter!(
+        "flashsale_outbox_events_written_total",
+        "Events written back, by type"
+    );
+    describe_counter!(
+        "flashsale_outbox_retries_total",
+        "Write-back attempts that failed"
+    );
+    describe_counter!(
+        "flashsale_outbox_dead_letters_total",
+        "Events set aside as unwritable"
+    );
+    describe_counter!(
+        "flashsale_outbox_claimed_total",
+        "Events taken over from a consumer that stopped"
+    );
+    describe_gauge!(
+        "flashsale_mysql_pool_connections",
+        "MySQL pool connections, by state"
+    );
+    describe_gauge!(
+        "flashsale_mysql_pool_max_connections",
+        "MySQL pool size limit"
+    );
+    describe_gauge!(
+        "flashsale_redis_pool_connections",
+        "Dedicated Redis connections (stream readers), by state"
+    );
+    describe_gauge!(
+        "flashsale_redis_pool_max_connections",
+        "Dedicated Redis pool size limit"
+    );
+    describe_counter!(
+        "flashsale_webhook_deliveries_total",
+        "Webhook delivery attempts, by outcome"
     );
 }

@@ -80,7 +80,7 @@ async fn track_metrics(req: Request, next: Next) -> Response {
         ("status", status.as_u16().to_string()),
     ];
     metrics::counter!("flashsale_http_requests_total", &labels).increment(1);
-    metrics::histogram!("flashsale_http_request_duration_seconds", &labels[..2])
+    metrics::histogram!("flashsale_http_request_duration_seconds", &labels)
         .record(started.elapsed().as_secs_f64());
     if status == StatusCode::INTERNAL_SERVER_ERROR {
         metrics::counter!("flashsale_http_internal_errors_total").increment(1);

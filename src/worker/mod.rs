@@ -1,5 +1,6 @@
 //! Background work of the serve process.
 
+pub mod gauges;
 pub mod sweeper;
 pub mod webhooks;
 pub mod writer;

@@ -378,6 +378,31 @@ impl Writer {
         Ok(())
     }
 
+    /// Age of the oldest event not yet written back (0 when the outbox is empty): the worker's
+    /// lag as it stands, whatever the reason.
+    pub async fn oldest_age(&self) -> AppResult<Duration> {
+        let mut pipe = redis::pipe();
+        for p in 0..ORDER_PARTITIONS {
+            pipe.cmd("XRANGE")
+                .arg(self.state.redis.keys.outbox(p))
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(1);
+        }
+        let firsts: Vec<redis::streams::StreamRangeReply> =
+            pipe.query_async(&mut self.state.redis.conn()).await?;
+        let now = chrono::Utc::now().timestamp_millis();
+        let oldest = firsts
+            .iter()
+            .flat_map(|r| r.ids.first())
+            .filter_map(|e| e.id.split_once('-')?.0.parse::<i64>().ok())
+            .min();
+        Ok(oldest.map_or(Duration::ZERO, |ms| {
+            Duration::from_millis((now - ms).max(0) as u64)
+        }))
+    }
+
     /// Outbox backlog (entries not yet written) and entries delivered but not acknowledged.
     pub async fn backlog(&self) -> AppResult<(u64, u64)> {
         let mut pipe = redis::pipe();
@@ -439,7 +464,6 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     let writer = Writer::new(state.clone());
     let mut backoff = Duration::from_millis(100);
     let mut last_claim = Instant::now();
-    let mut last_gauges = Instant::now() - Duration::from_secs(60);
     let mut groups_ready = false;
     loop {
         if *stop.borrow() {
@@ -460,12 +484,6 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             }
             if !entries.is_empty() {
                 writer.process(&state.db, entries, Fault::None).await?;
-            }
-            if last_gauges.elapsed() >= Duration::from_secs(2) {
-                last_gauges = Instant::now();
-                let (len, pending) = writer.backlog().await?;
-                metrics::gauge!("flashsale_outbox_length").set(len as f64);
-                metrics::gauge!("flashsale_outbox_pending").set(pending as f64);
             }
             AppResult::Ok(())
         };

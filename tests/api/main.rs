@@ -8,6 +8,7 @@ mod cart;
 mod catalog;
 mod concurrency;
 mod ops;
+mod metrics;
 mod orders;
 mod webhooks;
 mod writeback;

@@ -1,0 +1,73 @@
+//! Gauges that describe state rather than events, refreshed every `metrics_interval`: the
+//! outbox backlog and its age, connection pool use, and the stock of skus whose sale is open.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::app::AppState;
+use crate::domain::Sku;
+use crate::error::AppResult;
+use crate::store::mysql::catalog;
+use crate::worker::writer::Writer;
+
+/// At most this many skus get per-sku gauges (bounded label cardinality).
+const MAX_SKU_GAUGES: usize = 50;
+
+pub async fn refresh(state: &AppState) -> AppResult<()> {
+    let writer = Writer::new(state.clone());
+    let (len, pending) = writer.backlog().await?;
+    metrics::gauge!("flashsale_outbox_length").set(len as f64);
+    metrics::gauge!("flashsale_outbox_pending").set(pending as f64);
+    metrics::gauge!("flashsale_outbox_oldest_age_seconds")
+        .set(writer.oldest_age().await?.as_secs_f64());
+
+    let size = state.db.size() as f64;
+    let idle = state.db.num_idle() as f64;
+    metrics::gauge!("flashsale_mysql_pool_connections", "state" => "in_use").set(size - idle);
+    metrics::gauge!("flashsale_mysql_pool_connections", "state" => "idle").set(idle);
+    metrics::gauge!("flashsale_mysql_pool_max_connections").set(f64::from(state.cfg.mysql_pool));
+    let s = state.blocking.status();
+    metrics::gauge!("flashsale_redis_pool_connections", "state" => "in_use")
+        .set((s.size.saturating_sub(s.available)) as f64);
+    metrics::gauge!("flashsale_redis_pool_connections", "state" => "idle").set(s.available as f64);
+    metrics::gauge!("flashsale_redis_pool_max_connections").set(s.max_size as f64);
+
+    let now = chrono::Utc::now();
+    for sku in catalog::active_sale_skus(&state.db, now)
+        .await?
+        .into_iter()
+        .take(MAX_SKU_GAUGES)
+    {
+        let Some(c) = state.redis.stock(Sku::parse(u64::from(sku))?).await? else {
+            continue;
+        };
+        let sku = sku.to_string();
+        for (bucket, v) in [
+            ("available", c.available),
+            ("held", c.held),
+            ("reserved", c.reserved),
+            ("sold", c.sold_total),
+        ] {
+            metrics::gauge!("flashsale_stock_units", "sku" => sku.clone(), "bucket" => bucket)
+                .set(v as f64);
+        }
+    }
+    Ok(())
+}
+
+/// Refreshes the gauges until `stop` turns true.
+pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(state.cfg.metrics_interval.max(Duration::from_millis(50)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = refresh(&state).await {
+                    tracing::debug!(error = %e, "gauges not refreshed");
+                }
+            }
+            _ = stop.changed() => break,
+        }
+    }
+}

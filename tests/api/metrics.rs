@@ -1,0 +1,262 @@
+//! The metrics tell the sale's story: a short sale, then every metric the dashboard and the
+//! README catalogue name is on `/metrics`; the ops files parse and fit together.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// Every `flashsale_*` name in a text.
+fn metric_names(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("flashsale_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        out.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    out
+}
+
+/// The metric names `/metrics` exposes (series lines, not comments).
+fn exposed(text: &str) -> HashSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_string)
+        .collect()
+}
+
+fn repo_file(path: &str) -> String {
+    std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[tokio::test]
+async fn a_short_sale_exposes_every_metric_the_dashboard_and_readme_name() {
+    let app = spawn_app_with(|c| c.payment_ttl = Duration::from_millis(300)).await;
+    let sku = app.sale_product(3, Some(2)).await;
+    let (a, b) = (app.customer_token(1), app.customer_token(2));
+    assert_eq!(
+        app.post("/v1/cart/items", Some(&a), json!({"sku": sku, "count": 2}))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.post("/v1/cart/items", Some(&a), json!({"sku": sku, "count": 1}))
+            .await
+            .code(),
+        "limit_exceeded"
+    );
+    let order = app.post_empty("/v1/orders", Some(&a)).await.body["order_id"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        app.post_empty(&format!("/v1/orders/{order}/pay"), Some(&a))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.post("/v1/cart/items", Some(&b), json!({"sku": sku, "count": 2}))
+            .await
+            .code(),
+        "out_of_stock"
+    );
+    let r = app
+        .post(
+            "/v1/orders/buy-now",
+            Some(&b),
+            json!({"sku": sku, "count": 1}),
+        )
+        .await;
+    let expiring = r.body["order_id"].as_u64().unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    app.sweep().await;
+    assert_eq!(
+        app.get(&format!("/v1/orders/{expiring}"), Some(&b))
+            .await
+            .body["cancel_reason"],
+        "expired"
+    );
+    app.write_back().await;
+    flashsale::worker::gauges::refresh(&app.state)
+        .await
+        .unwrap();
+
+    let r = app
+        .client
+        .get(format!("{}/metrics", app.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let text = r.text().await.unwrap();
+    let have = exposed(&text);
+    assert!(
+        text.contains(&format!(
+            "flashsale_stock_units{{sku=\"{sku}\",bucket=\"sold\"}}"
+        )) || text.contains(&format!(
+            "flashsale_stock_units{{bucket=\"sold\",sku=\"{sku}\"}}"
+        )),
+        "per-sku gauges of the open sale"
+    );
+    assert!(
+        text.contains("route=\"/v1/orders/{order_id}/pay\""),
+        "routes are templates"
+    );
+
+    let dashboard: Value =
+        serde_json::from_str(&repo_file("grafana/dashboards/flash-sale-live.json")).unwrap();
+    let mut named = HashSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().unwrap() {
+            named.extend(metric_names(t["expr"].as_str().unwrap()));
+        }
+    }
+    assert!(named.len() >= 10, "the dashboard names {named:?}");
+    let missing: Vec<_> = named.iter().filter(|n| !have.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics /metrics lacks: {missing:?}"
+    );
+
+    let readme = repo_file("README.md");
+    let section = readme
+        .split("## Metrics")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let mut catalogue = HashSet::new();
+    for row in section.lines().filter(|l| l.starts_with("| `flashsale_")) {
+        let name = metric_names(row).remove(0);
+        if row.contains("appears on the first") {
+            continue;
+        }
+        let kind = row.split('|').nth(2).unwrap().trim();
+        // A histogram is exposed as its _bucket, _sum and _count series.
+        let series = if kind == "histogram" {
+            format!("{name}_bucket")
+        } else {
+            name.clone()
+        };
+        catalogue.insert(series);
+    }
+    assert!(catalogue.len() >= 20, "{catalogue:?}");
+    let missing: Vec<_> = catalogue.iter().filter(|n| !have.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "the README catalogues metrics /metrics lacks: {missing:?}"
+    );
+    // And the other way round: nothing is exported that the catalogue does not describe.
+    let undocumented: Vec<_> = have
+        .iter()
+        .map(|n| {
+            n.trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count")
+                .to_string()
+        })
+        .filter(|n| n.starts_with("flashsale_") && !section.contains(&format!("`{n}`")))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "exported but not in the README catalogue: {undocumented:?}"
+    );
+}
+
+#[test]
+fn the_ops_files_parse_and_fit_together() {
+    let compose: serde_yaml::Value =
+        serde_yaml::from_str(&repo_file("docker-compose.yml")).unwrap();
+    let services = compose["services"].as_mapping().unwrap();
+    for s in ["mysql", "redis", "app", "prometheus", "grafana"] {
+        assert!(services.contains_key(s), "docker-compose.yml has no {s}");
+    }
+    for s in ["mysql", "redis", "app"] {
+        assert!(
+            compose["services"][s]["healthcheck"]["test"].is_sequence(),
+            "{s} has a health check"
+        );
+    }
+    assert_eq!(
+        compose["services"]["app"]["depends_on"]["mysql"]["condition"],
+        "service_healthy"
+    );
+    assert_eq!(
+        compose["services"]["app"]["depends_on"]["redis"]["condition"],
+        "service_healthy"
+    );
+    // Every file or folder the stack mounts exists in the repository.
+    for s in services.values() {
+        for v in s["volumes"].as_sequence().into_iter().flatten() {
+            let src = v.as_str().unwrap().split(':').next().unwrap();
+            if let Some(path) = src.strip_prefix("./") {
+                let full = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
+                assert!(
+                    std::path::Path::new(&full).exists(),
+                    "mounted {src} is missing"
+                );
+            }
+        }
+    }
+    assert!(std::path::Path::new(&format!("{}/Dockerfile", env!("CARGO_MANIFEST_DIR"))).exists());
+
+    let prom: serde_yaml::Value =
+        serde_yaml::from_str(&repo_file("deploy/prometheus/prometheus.yml")).unwrap();
+    let job = &prom["scrape_configs"][0];
+    assert_eq!(job["metrics_path"], "/metrics");
+    assert_eq!(job["static_configs"][0]["targets"][0], "app:8080");
+
+    let ds: serde_yaml::Value = serde_yaml::from_str(&repo_file(
+        "grafana/provisioning/datasources/prometheus.yml",
+    ))
+    .unwrap();
+    let uid = ds["datasources"][0]["uid"].as_str().unwrap().to_string();
+    assert_eq!(ds["datasources"][0]["url"], "http://prometheus:9090");
+    let provider: serde_yaml::Value =
+        serde_yaml::from_str(&repo_file("grafana/provisioning/dashboards/flashsale.yml")).unwrap();
+    assert_eq!(
+        provider["providers"][0]["options"]["path"],
+        "/var/lib/grafana/dashboards"
+    );
+
+    let dashboard: Value =
+        serde_json::from_str(&repo_file("grafana/dashboards/flash-sale-live.json")).unwrap();
+    assert_eq!(dashboard["title"], "Flash sale live");
+    let mut ids = HashSet::new();
+    for p in dashboard["panels"].as_array().unwrap() {
+        assert!(
+            ids.insert(p["id"].as_u64().unwrap()),
+            "panel ids are unique"
+        );
+        assert_eq!(
+            p["datasource"]["uid"],
+            uid.as_str(),
+            "panel {} uses the provisioned data source",
+            p["title"]
+        );
+        for t in p["targets"].as_array().unwrap() {
+            let e = t["expr"].as_str().unwrap();
+            assert_eq!(
+                e.matches('(').count(),
+                e.matches(')').count(),
+                "balanced: {e}"
+            );
+            assert_eq!(
+                e.matches('{').count(),
+                e.matches('}').count(),
+                "balanced: {e}"
+            );
+        }
+    }
+}
