@@ -102,14 +102,15 @@ local function release_entry(stock, users, res, exp, rid, v, ttl_key)
   return count
 end
 
--- Sale state at `now`: 'none' (no sale set), 'active', or 'inactive'; and the unit price.
+-- Sale state at `now`: 'none' (no sale set), 'active', or 'inactive'; the unit price, the
+-- per-customer limit (0: none) and the product's name.
 local function sale_state(meta, now)
-  local m = redis.call('HMGET', meta, 'price', 'sale_price', 'sale_start', 'sale_end', 'limit')
-  if not m[3] then return 'none', tonumber(m[1]), 0 end
+  local m = redis.call('HMGET', meta, 'price', 'sale_price', 'sale_start', 'sale_end', 'limit', 'name')
+  if not m[3] then return 'none', tonumber(m[1]), 0, m[6] end
   if now >= tonumber(m[3]) and now < tonumber(m[4]) then
-    return 'active', tonumber(m[2]), tonumber(m[5] or '0')
+    return 'active', tonumber(m[2]), tonumber(m[5] or '0'), m[6]
   end
-  return 'inactive', tonumber(m[1]), tonumber(m[5] or '0')
+  return 'inactive', tonumber(m[1]), tonumber(m[5] or '0'), m[6]
 end
 
 local function key_base(stock_key)

@@ -5,7 +5,7 @@
 --       6 'add' (add to a live reservation, renewing it) | 'once' (an existing one is the answer)
 --         | 'restore' (as 'once', without the sale window and limit checks: rebuild-cache puts
 --           back an order that passed them before Redis lost it)
--- Returns: {'ok', units now in the reservation, deadline_ms, unit_price, available after}
+-- Returns: {'ok', units now in the reservation, deadline_ms, unit_price, available after, name}
 --        | {'out_of_stock', available} | {'limit_exceeded', units the customer has, limit}
 --        | {'sale_not_active'} | {'not_loaded'}
 -- A rejection changes nothing. An expired reservation found here (not yet swept) is given back
@@ -23,13 +23,13 @@ local cur = redis.call('HGET', res, rid)
 if not cur and avail < n then return { 'out_of_stock', avail } end
 
 local now = now_ms()
-local state, price, limit = sale_state(meta, now)
+local state, price, limit, name = sale_state(meta, now)
 local live_count, list, expired = 0, {}, 0
 if cur then
   local _, c, l = parse_entry(cur)
   if redis.call('EXISTS', ttl_key) == 1 then
     if mode ~= 'add' then
-      return { 'ok', c, tonumber(redis.call('ZSCORE', exp, rid)), price, avail }
+      return { 'ok', c, tonumber(redis.call('ZSCORE', exp, rid)), price, avail, name }
     end
     live_count, list = c, l
   else
@@ -53,4 +53,4 @@ if kind == 'ttl' then deadline = now + ms end
 redis.call('HSET', res, rid, format_entry(user, total, list))
 redis.call('SET', ttl_key, total, 'PXAT', string.format('%d', deadline))
 redis.call('ZADD', exp, string.format('%d', deadline), rid)
-return { 'ok', total, deadline, price, avail + expired - n }
+return { 'ok', total, deadline, price, avail + expired - n, name }

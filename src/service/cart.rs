@@ -76,18 +76,42 @@ pub async fn add_item(
     })
     .await?;
     record("cart", &outcome);
-    match outcome {
-        ReserveOutcome::Reserved { .. } => {
-            // Indexed after the hold exists; see forget_lines for why this order is safe.
-            let _: () = state
-                .redis
-                .conn()
-                .sadd(state.redis.keys.cart(user_id), sku.get())
-                .await?;
-            view(state, user_id).await
-        }
-        other => Err(rejection(sku, count.get(), &other)),
+    let ReserveOutcome::Reserved {
+        units,
+        deadline_ms,
+        unit_price,
+        name,
+        ..
+    } = outcome
+    else {
+        return Err(rejection(sku, count.get(), &outcome));
+    };
+    // Indexed after the hold exists (see forget_lines for why this order is safe), and the
+    // index read back in the same round trip.
+    let key = state.redis.keys.cart(user_id);
+    let (_, members): ((), Vec<u32>) = redis::pipe()
+        .sadd(&key, sku.get())
+        .ignore()
+        .smembers(&key)
+        .query_async(&mut state.redis.conn())
+        .await
+        .map(|m: (Vec<u32>,)| ((), m.0))?;
+    if members == [sku.get()] {
+        // The common case of a flash sale: one line, all known from the script's answer.
+        let line_price = unit_price * u64::from(units);
+        return Ok(CartView {
+            items: vec![CartLine {
+                sku: sku.get(),
+                name,
+                count: units,
+                unit_price,
+                line_price,
+                held_until: from_ms(deadline_ms),
+            }],
+            total_price: line_price,
+        });
     }
+    view(state, user_id).await
 }
 
 /// Drops skus from the caller's cart index, then puts back any whose hold is live after all (a

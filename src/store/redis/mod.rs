@@ -325,6 +325,7 @@ impl Redis {
                 deadline_ms: r.int(2)?,
                 unit_price: r.int(3)? as u64,
                 available: r.int(4)?,
+                name: r.str_at(5).unwrap_or_default(),
             },
             "out_of_stock" => ReserveOutcome::OutOfStock {
                 available: r.int(1)?,
@@ -787,6 +788,7 @@ pub enum ReserveOutcome {
         deadline_ms: i64,
         unit_price: u64,
         available: i64,
+        name: String,
     },
     OutOfStock {
         available: i64,
