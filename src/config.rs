@@ -31,6 +31,17 @@ pub enum Command {
     Reconcile,
     /// Rebuild Redis from MySQL after Redis lost its data (before the service takes traffic).
     RebuildCache,
+    /// A 12.12 sale from the buyers' side, with a report (against --url, or a service of its own).
+    Simulate(crate::simulate::SimulateArgs),
+    /// Print customer access tokens signed with FLASHSALE_JWT_SECRET, one a line (load tests).
+    MintTokens {
+        /// How many.
+        #[arg(long, default_value_t = 1_000)]
+        count: u64,
+        /// The first customer id; the others follow.
+        #[arg(long, default_value_t = 1_000_000)]
+        first_user_id: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -9,6 +9,7 @@ pub mod http;
 pub mod reconcile;
 pub mod seed;
 pub mod service;
+pub mod simulate;
 pub mod store;
 pub mod telemetry;
 pub mod worker;

@@ -2,7 +2,7 @@ use clap::Parser;
 
 use flashsale::app::{AppState, Application};
 use flashsale::config::{Cli, Command};
-use flashsale::{reconcile, seed, store, telemetry};
+use flashsale::{auth, domain::Role, reconcile, seed, simulate, store, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -30,6 +30,39 @@ async fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
             println!("all {} sku(s) reconcile", checks.len());
+            Ok(())
+        }
+        Command::Simulate(args) => {
+            let json = args.json;
+            let report = simulate::run(cli.config, args).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                simulate::print(&report);
+            }
+            if report.oversold_units > 0
+                || !report.identity_ok
+                || report.reconcile_ok == Some(false)
+            {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::MintTokens {
+            count,
+            first_user_id,
+        } => {
+            let secret = cli
+                .config
+                .jwt_secret
+                .ok_or_else(|| anyhow::anyhow!("mint-tokens needs FLASHSALE_JWT_SECRET"))?;
+            let jwt = auth::Jwt::new(secret.as_bytes(), cli.config.token_ttl);
+            let mut out = String::new();
+            for id in first_user_id..first_user_id + count {
+                out.push_str(&jwt.issue(id, Role::Customer)?);
+                out.push('\n');
+            }
+            print!("{out}");
             Ok(())
         }
         Command::RebuildCache => {

@@ -1,7 +1,8 @@
 use serde::{Deserialize, Serialize};
 
 /// One line of an order: what was bought, at which unit price.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(examples(json!({"sku": 1002, "name": "Headphones", "count": 2, "unit_price": 15000})))]
 pub struct OrderItem {
     pub sku: u32,
     pub name: String,
@@ -43,7 +44,7 @@ impl OrderEventKind {
 }
 
 /// An order's status. `new` lives only while checkout reserves its lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     New,
@@ -82,7 +83,7 @@ impl OrderStatus {
 }
 
 /// Why an order was cancelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CancelReason {
     Customer,

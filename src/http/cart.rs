@@ -1,24 +1,44 @@
 //! The caller's cart.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::extract::{AuthUser, Json, Path, Query};
+use super::openapi::{E400_BODY, E401, E413, E500, E503, ErrorEnvelope};
 use crate::app::AppState;
 use crate::domain::{Count, Sku};
 use crate::error::AppResult;
 use crate::service::cart::{self, CartView};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/cart", get(get_cart).delete(clear_cart))
-        .route("/v1/cart/items", post(add_cart_item))
-        .route("/v1/cart/items/{sku}", delete(remove_cart_item))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(get_cart, clear_cart))
+        .routes(routes!(add_cart_item))
+        .routes(routes!(remove_cart_item))
 }
 
+/// The caller's cart
+///
+/// Auth: a bearer token of any signed-in user (customer or admin); the cart is the caller's own. A
+/// line whose hold expired is gone at once.
+#[utoipa::path(
+    get,
+    path = "/v1/cart",
+    tag = "Cart",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The cart, with the catalog's current names and prices.",
+            body = CartView),
+        (status = 401, description = E401, body = ErrorEnvelope),
+        (status = 500, description = E500, body = ErrorEnvelope),
+        (status = 503, description = E503, body = ErrorEnvelope,
+            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+    )
+)]
 async fn get_cart(
     State(state): State<AppState>,
     user: AuthUser,
@@ -26,13 +46,49 @@ async fn get_cart(
     Ok(axum::Json(cart::view(&state, user.user_id).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"sku": 1002, "count": 2})))]
 pub struct AddItemRequest {
+    #[schema(minimum = 1, maximum = 4294967295_u64)]
     sku: u64,
+    /// Units to add to the line, 1..=65535.
+    #[schema(minimum = 1, maximum = 65535)]
     count: u64,
 }
 
+/// Add units to the cart, reserving them at once
+///
+/// Auth: a bearer token of any signed-in user (customer or admin); the cart is the caller's own.
+/// The line's hold lasts `cart_hold_ttl` (default 10 min) and is renewed when the line changes.
+#[utoipa::path(
+    post,
+    path = "/v1/cart/items",
+    tag = "Cart",
+    security(("bearer" = [])),
+    request_body(
+        content = AddItemRequest,
+        description = "The sku and how many units to add.",
+        example = json!({"sku": 1002, "count": 2})
+    ),
+    responses(
+        (status = 200, description = "The cart after the change.", body = CartView),
+        (status = 400, description = E400_BODY, body = ErrorEnvelope),
+        (status = 401, description = E401, body = ErrorEnvelope),
+        (status = 404, description = "`not_found`: no product with that sku.",
+            body = ErrorEnvelope),
+        (status = 409, description = "`out_of_stock`: fewer units available than asked; \
+            `limit_exceeded`: the sale's per-customer limit would be passed (units in the cart, \
+            in open orders and bought count); `sale_not_active`: the product has a sale window \
+            and it is not open now. Nothing was reserved.", body = ErrorEnvelope,
+            example = json!({"error": {"code": "out_of_stock",
+                "message": "sku 1002: 0 available, 2 requested"}})),
+        (status = 413, description = E413, body = ErrorEnvelope),
+        (status = 500, description = E500, body = ErrorEnvelope),
+        (status = 503, description = E503, body = ErrorEnvelope,
+            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+    )
+)]
 async fn add_cart_item(
     State(state): State<AppState>,
     user: AuthUser,
@@ -45,12 +101,39 @@ async fn add_cart_item(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct RemoveParams {
+    /// Units to release, 1..=65535; all of the line when absent or above the line's count.
+    #[param(minimum = 1, maximum = 65535, example = 1)]
     count: Option<u64>,
 }
 
+/// Release units of a cart line
+///
+/// Auth: a bearer token of any signed-in user (customer or admin); the cart is the caller's own.
+/// Answers 200 with the cart (unchanged) when the sku is not in the cart.
+#[utoipa::path(
+    delete,
+    path = "/v1/cart/items/{sku}",
+    tag = "Cart",
+    security(("bearer" = [])),
+    params(
+        ("sku" = u32, Path, minimum = 1, description = "The line's sku.", example = 1002),
+        RemoveParams,
+    ),
+    responses(
+        (status = 200, description = "The cart after the release.", body = CartView),
+        (status = 400, description = "`invalid_request`: the sku is not a number in \
+            1..=4294967295, `count` outside 1..=65535, or an unknown parameter.",
+            body = ErrorEnvelope),
+        (status = 401, description = E401, body = ErrorEnvelope),
+        (status = 500, description = E500, body = ErrorEnvelope),
+        (status = 503, description = E503, body = ErrorEnvelope,
+            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+    )
+)]
 async fn remove_cart_item(
     State(state): State<AppState>,
     user: AuthUser,
@@ -64,6 +147,23 @@ async fn remove_cart_item(
     ))
 }
 
+/// Empty the cart
+///
+/// Auth: a bearer token of any signed-in user (customer or admin); the cart is the caller's own.
+/// Every hold is released.
+#[utoipa::path(
+    delete,
+    path = "/v1/cart",
+    tag = "Cart",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "The cart is empty; every hold was released."),
+        (status = 401, description = E401, body = ErrorEnvelope),
+        (status = 500, description = E500, body = ErrorEnvelope),
+        (status = 503, description = E503, body = ErrorEnvelope,
+            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+    )
+)]
 async fn clear_cart(State(state): State<AppState>, user: AuthUser) -> AppResult<StatusCode> {
     cart::clear(&state, user.user_id).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -3,6 +3,7 @@
 pub mod cart;
 pub mod extract;
 pub mod idempotency;
+pub mod openapi;
 pub mod ops;
 pub mod orders;
 pub mod products;
@@ -19,19 +20,28 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::AppState;
 use crate::error::AppError;
 
-pub fn router(state: AppState) -> Router {
-    let request_id = HeaderName::from_static("x-request-id");
-    let body_limit = state.cfg.body_limit;
-    Router::new()
+/// Every route, each registered with its OpenAPI operation (`utoipa_axum::routes!`): the router
+/// and the document at `GET /openapi.json` come from these same registrations.
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
         .merge(users::router())
         .merge(products::router())
         .merge(cart::router())
         .merge(orders::router())
         .merge(ops::router())
+}
+
+pub fn router(state: AppState) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    let body_limit = state.cfg.body_limit;
+    let (routes, doc) = api().split_for_parts();
+    openapi::publish(&doc);
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -1,29 +1,81 @@
-//! Operations: liveness, readiness, metrics.
+//! Operations: liveness, readiness, metrics, the OpenAPI document.
 
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
 use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::openapi::{E500, ErrorEnvelope};
 use crate::app::AppState;
 use crate::error::{AppError, AppResult};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
 }
 
+/// What `GET /healthz` answers (documentation only: the handler builds it as JSON).
+#[derive(ToSchema)]
+#[schema(examples(json!({"status": "ok"})))]
+pub struct Health {
+    /// Always `ok`.
+    #[schema(examples("ok"))]
+    pub status: String,
+}
+
+/// What `GET /readyz` answers when ready (documentation only).
+#[derive(ToSchema)]
+#[schema(examples(json!({"status": "ready", "redis": "ok", "mysql": "ok"})))]
+pub struct Readiness {
+    /// Always `ready`.
+    pub status: String,
+    /// Always `ok`.
+    pub redis: String,
+    /// Always `ok`.
+    pub mysql: String,
+}
+
+/// Liveness
+///
+/// 200 while the process runs. No auth.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "Operations",
+    responses(
+        (status = 200, description = "The process runs.", body = Health),
+        (status = 500, description = E500, body = ErrorEnvelope),
+    )
+)]
 async fn healthz() -> axum::Json<serde_json::Value> {
     axum::Json(json!({"status": "ok"}))
 }
 
-/// 200 when Redis and MySQL both answer within a second, else 503 `unavailable`.
+/// Readiness
+///
+/// 200 when Redis and MySQL both answer within a second, else 503 `unavailable`. No auth.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "Operations",
+    responses(
+        (status = 200, description = "Redis and MySQL answer.", body = Readiness),
+        (status = 500, description = E500, body = ErrorEnvelope),
+        (status = 503, description = "`unavailable`: Redis, MySQL or both did not answer \
+            within a second (the message names which).", body = ErrorEnvelope,
+            headers(("Retry-After" = u32, description = "Seconds to wait: 1.")),
+            example = json!({"error": {"code": "unavailable",
+                "message": "not ready: redis down; nothing was changed, retry shortly"}})),
+    )
+)]
 async fn readyz(State(state): State<AppState>) -> AppResult<axum::Json<serde_json::Value>> {
     let limit = Duration::from_secs(1);
     let redis = tokio::time::timeout(limit, state.redis.ping()).await;
@@ -50,9 +102,45 @@ async fn readyz(State(state): State<AppState>) -> AppResult<axum::Json<serde_jso
     )))
 }
 
+/// Prometheus metrics
+///
+/// The Prometheus text exposition format. No auth.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "Operations",
+    responses(
+        (status = 200, description = "Metrics in the Prometheus text format.", body = String,
+            content_type = "text/plain; version=0.0.4",
+            example = "# TYPE flashsale_http_requests_total counter\n\
+                flashsale_http_requests_total\
+                {method=\"GET\",route=\"/healthz\",status=\"200\"} 1\n"),
+        (status = 500, description = E500, body = ErrorEnvelope),
+    )
+)]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
+    )
+}
+
+/// This OpenAPI document
+///
+/// Generated from the code: the same registrations build the router and this document. No auth.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "Operations",
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document of this API.", body = Object,
+            content_type = "application/json"),
+        (status = 500, description = E500, body = ErrorEnvelope),
+    )
+)]
+async fn openapi_json() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        super::openapi::document_json(),
     )
 }

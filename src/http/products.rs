@@ -1,13 +1,15 @@
 //! Catalog, warehouses, stock and sale windows.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::extract::{AdminUser, Json, Path, Query};
+use super::openapi::{E400_BODY, E400_SKU, E401, E403, E404_SKU, E413, E500, E503, ErrorEnvelope};
 use crate::app::AppState;
 use crate::domain::{Price, ProductName, SaleWindow, Sku, StockDelta, WarehouseName};
 use crate::error::{AppError, AppResult};
@@ -15,32 +17,65 @@ use crate::service::catalog::{
     self, ProductView, SaleView, SalesReport, StockAdjusted, WarehouseStock, WarehouseView,
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/products", post(create_product).get(list_products))
-        .route("/v1/products/{sku}", get(get_product).patch(update_product))
-        .route("/v1/warehouses", post(create_warehouse))
-        .route("/v1/products/{sku}/stock", post(adjust_stock))
-        .route("/v1/products/{sku}/stocks", get(get_stocks))
-        .route(
-            "/v1/products/{sku}/sale",
-            axum::routing::put(put_sale).delete(delete_sale),
-        )
-        .route("/v1/products/{sku}/sales-report", get(get_sales_report))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(create_product, list_products))
+        .routes(routes!(get_product, update_product))
+        .routes(routes!(create_warehouse))
+        .routes(routes!(adjust_stock))
+        .routes(routes!(get_stocks))
+        .routes(routes!(put_sale, delete_sale))
+        .routes(routes!(get_sales_report))
 }
 
 fn sku(raw: u64) -> AppResult<Sku> {
     Sku::parse(raw)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"sku": 1002, "name": "Headphones", "price": 20000})))]
 pub struct CreateProductRequest {
+    /// The sku to use (1..=4294967295); assigned when absent or null.
+    #[schema(minimum = 1, maximum = 4294967295_u64)]
     sku: Option<u64>,
+    /// 1..=200 characters (trimmed), no control characters.
+    #[schema(min_length = 1, max_length = 200)]
     name: String,
+    /// The regular price in minor units, 0..=10^13.
+    #[schema(maximum = 10000000000000_u64)]
     price: u64,
 }
 
+/// Create a product
+///
+/// Auth: an **admin**'s bearer token (a customer's gets 403 `forbidden`). The product starts with
+/// no stock and no sale window.
+#[utoipa::path(
+    post,
+    path = "/v1/products",
+    tag = "Catalog and stock",
+    security(("bearer" = [])),
+    request_body(
+        content = CreateProductRequest,
+        description = "The product; omit `sku` to have one assigned.",
+        example = json!({"sku": 1002, "name": "Headphones", "price": 20000})
+    ),
+    responses(
+        (status = 201, description = "The product was created.", body = ProductView,
+            example = json!({"sku": 1002, "name": "Headphones", "price": 20000, "available": 0,
+                "sale": null})),
+        (status = 400, description = E400_BODY, body = ErrorEnvelope),
+        (status = 401, description = E401, body = ErrorEnvelope),
+        (status = 403, description = E403, body = ErrorEnvelope),
+        (status = 409, description = "`already_exists`: a product has that sku.",
+            body = ErrorEnvelope),
+        (status = 413, description = E413, body = ErrorEnvelope),
+        (status = 500, description = E500, body = ErrorEnvelope),
+        (status = 503, description = E503, body = ErrorEnvelope,
+            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+    )
+)]
 async fn create_product(
     State(state): State<AppState>,
     _admin: AdminUser,
@@ -53,19 +88,48 @@ async fn create_product(
     Ok((StatusCode::CREATED, axum::Json(p)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// List the products with a sku above this one (the previous page's `next_after_sku`).
+    #[param(example = 1002)]
     after_sku: Option<u32>,
+    /// Page size, 1..=200 (default 50).
+    #[param(minimum = 1, maximum = 200, example = 50)]
     limit: Option<u32>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(examples(json!({
+    "items": [{"sku": 1002, "name": "Headphones", "price": 20000, "available": 37, "sale": null}],
+    "next_after_sku": null
+})))]
 pub struct ProductPage {
+    /// Products by ascending sku.
     items: Vec<ProductView>,
+    /// Pass as `after_sku` for the next page; null on the last page.
+    #[schema(required = true)]
     next_after_sku: Option<u32>,
 }
 
+/// List products
+///
+/// No auth. Pages by ascending sku.
+#[utoipa::path(
+    get,
+    path = "/v1/products",
+    tag = "Catalog and stock",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of products.", body = ProductPage),
+        (status = 400, description = "`invalid_request`: `limit` outside 1..=200, a parameter \
+            that is not a number, or an unknown parameter.", body = ErrorEnvelope),
+        (status = 500, description = E500, body = ErrorEnvelope),
+        (status = 503, description = E503, body = ErrorEnvelope,
+            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+    )
+)]
 async fn list_products(
     State(state): State<AppState>,
     Query(q): Query<ListParams>,
@@ -82,6 +146,26 @@ async fn list_products(
     }))
 }
 
+/// A product
+///
+/// No auth.
+#[utoipa::path(
+    get,
+    path = "/v1/products/{sku}",
+    tag = "Catalog and stock",
+    params(
+        ("sku" = u32, Path, minimum = 1, example = 1002,
+            description = "The product's sku (1..=4294967295)."),
+    ),
+    responses(
+        (status = 200, description = "The product.", body = ProductView),
+        (status = 400, description = E400_SKU, body = ErrorEnvelope),
+        (status = 404, description = E404_SKU, body = ErrorEnvelope),
+        (status = 500, description = E500, body = ErrorEnvelope),
+        (status = 503, description = E503, body = ErrorEnvelope,
+            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+    )
+)]
 async fn get_product(
     State(state): State<AppState>,
     Path(raw): Path<u64>,
@@ -89,13 +173,52 @@ async fn get_product(
     Ok(axum::Json(catalog::get_product(&state, sku(raw)?).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"name": "Headphones Pro", "price": 22000})))]
 pub struct UpdateProductRequest {
+    /// The new name: 1..=200 characters (trimmed), no control characters.
+    #[schema(min_length = 1, max_length = 200)]
     name: Option<String>,
+    /// The new regular price in minor units, 0..=10^13.
+    #[schema(maximum = 10000000000000_u64)]
     price: Option<u64>,
 }
 
+/// Rename or reprice a product
+///
+/// Auth: an **admin**'s bearer token (a customer's gets 403 `forbidden`). Give `name`, `price` or
+/// both.
+#[utoipa::path(
+    patch,
+    path = "/v1/products/{sku}",
+    tag = "Catalog and stock",
+    security(("bearer" = [])),
+    params(
+        ("sku" = u32, Path, minimum = 1, example = 1002,
+            description = "The product's sku (1..=4294967295)."),
+    ),
+    request_body(
+        content = UpdateProductRequest,
+        description = "What changes: `name`, `price` or both.",
+        example = json!({"price": 22000})
+    ),
+    responses(
+        (status = 200, description = "The changed product.", body = ProductView),
+        (status = 400, description = "`invalid_json`: the body is not JSON or not sent as \
+            `Content-Type: application/json`; `invalid_request`: the sku is not a number in \
+            1..=4294967295, or a field is missing, unknown, out of range or malformed, or the body \
+            is not a JSON object. Neither `name` nor `price` given is \
+            `invalid_request` too.", body = ErrorEnvelope),
+        (status = 401, description = E401, body = ErrorEnvelope),
+        (status = 403, description = E403, body = ErrorEnvelope),
+        (status = 404, description = E404_SKU, body = ErrorEnvelope),
+        (status = 413, description = E413, body = ErrorEnvelope),
+        (status = 500, description = E500, body = ErrorEnvelope),
+        (status = 503, description = E503, body = ErrorEnvelope,
+            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+    )
+)]
 async fn update_product(
     State(state): State<AppState>,
     _admin: AdminUser,
@@ -113,12 +236,41 @@ async fn update_product(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"name": "Berlin North"})))]
 pub struct CreateWarehouseRequest {
+    /// 1..=100 characters (trimmed), no control characters; unique.
+    #[schema(min_length = 1, max_length = 100)]
     name: String,
 }
 
+/// Create a warehouse
+///
+/// Auth: an **admin**'s bearer token (a customer's gets 403 `forbidden`).
+#[utoipa::path(
+    post,
+    path = "/v1/warehouses",
+    tag = "Catalog and stock",
+    security(("bearer" = [])),
+    request_body(
+        content = CreateWarehouseRequest,
+        description = "The warehouse.",
+        example = json!({"name": "Berlin North"})
+    ),
+    responses(
+        (status = 201, description = "The warehouse was created.", body = WarehouseView),
+        (status = 400, description = E400_BODY, body = ErrorEnvelope),
+        (status = 401, description = E401, body = ErrorEnvelope),
+        (status = 403, description = E403, body = ErrorEnvelope),
+        (status = 409, description = "`already_exists`: a warehouse has that name.",
+            body = ErrorEnvelope),
+        (status = 413, description = E413, body = ErrorEnvelope),
+        (status = 500, description = E500, body = ErrorEnvelope),
+        (status = 503, description = E503, body = ErrorEnvelope,
+            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+    )
+)]
 async fn create_warehouse(
     State(state): State<AppState>,
     _admin: AdminUser,
@@ -131,13 +283,55 @@ async fn create_warehouse(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"warehouse_id": 3, "delta": 100})))]
 pub struct AdjustStockRequest {
     warehouse_id: u32,
+    /// Units to add (positive) or remove (negative): non-zero, within ±10^9. Only available
+    /// units can be removed.
+    #[schema(minimum = -1000000000_i64, maximum = 1000000000_i64, examples(100, -5))]
     delta: i64,
 }
 
+/// Add or remove on-hand stock in one warehouse
+///
+/// Auth: an **admin**'s bearer token (a customer's gets 403 `forbidden`). Only available units can
+/// be removed: held, reserved and sold units stay. Answers with that warehouse's counts.
+#[utoipa::path(
+    post,
+    path = "/v1/products/{sku}/stock",
+    tag = "Catalog and stock",
+    security(("bearer" = [])),
+    params(
+        ("sku" = u32, Path, minimum = 1, example = 1002,
+            description = "The product's sku (1..=4294967295)."),
+    ),
+    request_body(
+        content = AdjustStockRequest,
+        description = "The warehouse and the change.",
+        example = json!({"warehouse_id": 3, "delta": 100})
+    ),
+    responses(
+        (status = 200, description = "The warehouse's stock of the product after the change.",
+            body = StockAdjusted),
+        (status = 400, description = "`invalid_json`: the body is not JSON or not sent as \
+            `Content-Type: application/json`; `invalid_request`: the sku is not a number in \
+            1..=4294967295, or a field is missing, unknown, out of range or malformed, or the body \
+            is not a JSON object. A `delta` of 0 or beyond ±10^9 is `invalid_request` \
+            too.", body = ErrorEnvelope),
+        (status = 401, description = E401, body = ErrorEnvelope),
+        (status = 403, description = E403, body = ErrorEnvelope),
+        (status = 404, description = "`not_found`: no product with that sku, or no such warehouse.",
+            body = ErrorEnvelope),
+        (status = 409, description = "`out_of_stock`: the removal asks for more units than are \
+            available in that warehouse; nothing changed.", body = ErrorEnvelope),
+        (status = 413, description = E413, body = ErrorEnvelope),
+        (status = 500, description = E500, body = ErrorEnvelope),
+        (status = 503, description = E503, body = ErrorEnvelope,
+            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+    )
+)]
 async fn adjust_stock(
     State(state): State<AppState>,
     _admin: AdminUser,
@@ -151,12 +345,34 @@ async fn adjust_stock(
     ))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(examples(json!({"sku": 1002, "stocks": [{"warehouse_id": 3, "count": 100}]})))]
 pub struct Stocks {
     sku: u32,
+    /// Units that can still be bought, per warehouse.
     stocks: Vec<WarehouseStock>,
 }
 
+/// Units that can still be bought, per warehouse
+///
+/// No auth.
+#[utoipa::path(
+    get,
+    path = "/v1/products/{sku}/stocks",
+    tag = "Catalog and stock",
+    params(
+        ("sku" = u32, Path, minimum = 1, example = 1002,
+            description = "The product's sku (1..=4294967295)."),
+    ),
+    responses(
+        (status = 200, description = "Available units per warehouse.", body = Stocks),
+        (status = 400, description = E400_SKU, body = ErrorEnvelope),
+        (status = 404, description = E404_SKU, body = ErrorEnvelope),
+        (status = 500, description = E500, body = ErrorEnvelope),
+        (status = 503, description = E503, body = ErrorEnvelope,
+            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+    )
+)]
 async fn get_stocks(
     State(state): State<AppState>,
     Path(raw): Path<u64>,
@@ -168,15 +384,67 @@ async fn get_stocks(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({
+    "sale_price": 15000,
+    "starts_at": "2026-11-22T20:00:00Z",
+    "ends_at": "2026-11-22T22:00:00Z",
+    "per_customer_limit": 2
+})))]
 pub struct PutSaleRequest {
+    /// The price charged inside the window, in minor units, 0..=10^13.
+    #[schema(maximum = 10000000000000_u64)]
     sale_price: u64,
+    /// The window opens (kept to the millisecond).
     starts_at: DateTime<Utc>,
+    /// The window closes: after `starts_at`.
     ends_at: DateTime<Utc>,
+    /// Units one customer may buy, 1..=65535; absent or null: no limit.
+    #[schema(minimum = 1, maximum = 65535)]
     per_customer_limit: Option<u64>,
 }
 
+/// Set the product's sale window
+///
+/// Auth: an **admin**'s bearer token (a customer's gets 403 `forbidden`). Replaces any window the
+/// product had. Inside the window `sale_price` is charged; outside it the product cannot be bought.
+#[utoipa::path(
+    put,
+    path = "/v1/products/{sku}/sale",
+    tag = "Catalog and stock",
+    security(("bearer" = [])),
+    params(
+        ("sku" = u32, Path, minimum = 1, example = 1002,
+            description = "The product's sku (1..=4294967295)."),
+    ),
+    request_body(
+        content = PutSaleRequest,
+        description = "The sale window.",
+        example = json!({
+            "sale_price": 15000,
+            "starts_at": "2026-11-22T20:00:00Z",
+            "ends_at": "2026-11-22T22:00:00Z",
+            "per_customer_limit": 2
+        })
+    ),
+    responses(
+        (status = 200, description = "The sale window as set.", body = SaleView),
+        (status = 400, description = "`invalid_json`: the body is not JSON or not sent as \
+            `Content-Type: application/json`; `invalid_request`: the sku is not a number in \
+            1..=4294967295, or a field is missing, unknown, out of range or malformed, or the body \
+            is not a JSON object. `ends_at` not after `starts_at` or a \
+            `per_customer_limit` outside 1..=65535 is `invalid_request` too.",
+            body = ErrorEnvelope),
+        (status = 401, description = E401, body = ErrorEnvelope),
+        (status = 403, description = E403, body = ErrorEnvelope),
+        (status = 404, description = E404_SKU, body = ErrorEnvelope),
+        (status = 413, description = E413, body = ErrorEnvelope),
+        (status = 500, description = E500, body = ErrorEnvelope),
+        (status = 503, description = E503, body = ErrorEnvelope,
+            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+    )
+)]
 async fn put_sale(
     State(state): State<AppState>,
     _admin: AdminUser,
@@ -193,6 +461,30 @@ async fn put_sale(
     Ok(axum::Json(catalog::put_sale(&state, sku, window).await?))
 }
 
+/// Remove the product's sale window
+///
+/// Auth: an **admin**'s bearer token (a customer's gets 403 `forbidden`). Answers 204 also when
+/// there was none.
+#[utoipa::path(
+    delete,
+    path = "/v1/products/{sku}/sale",
+    tag = "Catalog and stock",
+    security(("bearer" = [])),
+    params(
+        ("sku" = u32, Path, minimum = 1, example = 1002,
+            description = "The product's sku (1..=4294967295)."),
+    ),
+    responses(
+        (status = 204, description = "The product has no sale window now."),
+        (status = 400, description = E400_SKU, body = ErrorEnvelope),
+        (status = 401, description = E401, body = ErrorEnvelope),
+        (status = 403, description = E403, body = ErrorEnvelope),
+        (status = 404, description = E404_SKU, body = ErrorEnvelope),
+        (status = 500, description = E500, body = ErrorEnvelope),
+        (status = 503, description = E503, body = ErrorEnvelope,
+            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+    )
+)]
 async fn delete_sale(
     State(state): State<AppState>,
     _admin: AdminUser,
@@ -202,6 +494,31 @@ async fn delete_sale(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The product's stock buckets and sales
+///
+/// Auth: an **admin**'s bearer token (a customer's gets 403 `forbidden`). `on_hand = available +
+/// held + reserved + sold`, where `sold` is sold and not yet written back to `on_hand`;
+/// `sold_total` counts every unit sold since the counters were loaded.
+#[utoipa::path(
+    get,
+    path = "/v1/products/{sku}/sales-report",
+    tag = "Catalog and stock",
+    security(("bearer" = [])),
+    params(
+        ("sku" = u32, Path, minimum = 1, example = 1002,
+            description = "The product's sku (1..=4294967295)."),
+    ),
+    responses(
+        (status = 200, description = "The product's buckets.", body = SalesReport),
+        (status = 400, description = E400_SKU, body = ErrorEnvelope),
+        (status = 401, description = E401, body = ErrorEnvelope),
+        (status = 403, description = E403, body = ErrorEnvelope),
+        (status = 404, description = E404_SKU, body = ErrorEnvelope),
+        (status = 500, description = E500, body = ErrorEnvelope),
+        (status = 503, description = E503, body = ErrorEnvelope,
+            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+    )
+)]
 async fn get_sales_report(
     State(state): State<AppState>,
     _admin: AdminUser,

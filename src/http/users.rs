@@ -1,38 +1,71 @@
 //! Accounts and tokens.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::extract::{AuthUser, Json};
+use super::openapi::{E400_BODY, E413, E500, E503, ErrorEnvelope};
 use crate::app::AppState;
 use crate::auth;
 use crate::domain::{Password, Role, Username};
 use crate::error::{AppError, AppResult};
 use crate::store::mysql::users;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/users", post(create_user))
-        .route("/v1/auth/token", post(create_token))
-        .route("/v1/users/me", get(get_me))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(create_user))
+        .routes(routes!(create_token))
+        .routes(routes!(get_me))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"username": "alice", "password": "correct horse battery"})))]
 pub struct Credentials {
+    /// 3..=32 characters of `A-Z a-z 0-9 _ . -`.
+    #[schema(min_length = 3, max_length = 32, pattern = "^[A-Za-z0-9_.-]{3,32}$")]
     username: String,
+    /// 8..=128 characters.
+    #[schema(min_length = 8, max_length = 128)]
     password: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(examples(json!({"user_id": 42, "username": "alice"})))]
 pub struct UserCreated {
     user_id: u64,
     username: String,
 }
 
+/// Register a customer account
+///
+/// Anyone may register; the account's role is `customer`.
+#[utoipa::path(
+    post,
+    path = "/v1/users",
+    tag = "Auth",
+    request_body(
+        content = Credentials,
+        description = "The new account's credentials.",
+        example = json!({"username": "alice", "password": "correct horse battery"})
+    ),
+    responses(
+        (status = 201, description = "The account was created.", body = UserCreated),
+        (status = 400, description = E400_BODY, body = ErrorEnvelope),
+        (status = 409, description = "`already_exists`: the username is taken.",
+            body = ErrorEnvelope,
+            example = json!({"error": {"code": "already_exists",
+                "message": "username \"alice\" is taken"}})),
+        (status = 413, description = E413, body = ErrorEnvelope),
+        (status = 500, description = E500, body = ErrorEnvelope),
+        (status = 503, description = E503, body = ErrorEnvelope,
+            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+    )
+)]
 async fn create_user(
     State(state): State<AppState>,
     Json(body): Json<Credentials>,
@@ -51,13 +84,46 @@ async fn create_user(
     ))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(examples(json!({
+    "access_token": "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI0MiJ9.c2lnbmF0dXJl",
+    "token_type": "Bearer",
+    "expires_in": 3600
+})))]
 pub struct Token {
+    /// A JWT for `Authorization: Bearer <token>`.
     access_token: String,
+    /// Always `Bearer`.
+    #[schema(value_type = String, examples("Bearer"))]
     token_type: &'static str,
+    /// Seconds until the token expires.
     expires_in: u64,
 }
 
+/// Log in: exchange credentials for a bearer token
+///
+/// Anyone may call it. Wrong and malformed credentials get the same 401, with no hint which part
+/// was off.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/token",
+    tag = "Auth",
+    request_body(
+        content = Credentials,
+        description = "The account's credentials.",
+        example = json!({"username": "alice", "password": "correct horse battery"})
+    ),
+    responses(
+        (status = 200, description = "A bearer token.", body = Token),
+        (status = 400, description = E400_BODY, body = ErrorEnvelope),
+        (status = 401, description = "`unauthenticated`: wrong username or password.",
+            body = ErrorEnvelope),
+        (status = 413, description = E413, body = ErrorEnvelope),
+        (status = 500, description = E500, body = ErrorEnvelope),
+        (status = 503, description = E503, body = ErrorEnvelope,
+            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+    )
+)]
 async fn create_token(
     State(state): State<AppState>,
     Json(body): Json<Credentials>,
@@ -88,13 +154,31 @@ async fn create_token(
     }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(examples(json!({"user_id": 42, "username": "alice", "role": "customer"})))]
 pub struct Me {
     user_id: u64,
     username: String,
     role: Role,
 }
 
+/// The caller's account
+///
+/// Auth: a bearer token of any signed-in user (customer or admin).
+#[utoipa::path(
+    get,
+    path = "/v1/users/me",
+    tag = "Auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's account.", body = Me),
+        (status = 401, description = "`unauthenticated`: no, malformed, bad or expired bearer \
+            token, or the token's user no longer exists.", body = ErrorEnvelope),
+        (status = 500, description = E500, body = ErrorEnvelope),
+        (status = 503, description = E503, body = ErrorEnvelope,
+            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+    )
+)]
 async fn get_me(State(state): State<AppState>, user: AuthUser) -> AppResult<axum::Json<Me>> {
     let row = users::find_by_id(&state.db, user.user_id)
         .await?

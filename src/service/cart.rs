@@ -10,13 +10,26 @@ use crate::domain::{Count, Sku};
 use crate::error::{AppError, AppResult};
 use crate::store::redis::{Deadline, ReserveMode, ReserveOutcome, ReserveRequest, Rid, SkuMeta};
 
-#[derive(Debug, Clone, Serialize)]
+/// The caller's cart, with the catalog's current names and prices.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(examples(json!({
+    "items": [{
+        "sku": 1002,
+        "name": "Headphones",
+        "count": 2,
+        "unit_price": 15000,
+        "line_price": 30000,
+        "held_until": "2026-11-22T21:30:00.123Z"
+    }],
+    "total_price": 30000
+})))]
 pub struct CartView {
     pub items: Vec<CartLine>,
     pub total_price: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// One held line of the cart; the hold lapses at `held_until` unless the line changes.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CartLine {
     pub sku: u32,
     pub name: String,

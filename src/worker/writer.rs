@@ -480,14 +480,15 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
                 entries = writer.claim(state.cfg.claim_idle).await?;
             }
             if entries.is_empty() {
-                entries = writer.read(">", Some(Duration::from_millis(500))).await?;
+                // Below the 500 ms response timeout redis-rs gives a connection by default.
+                entries = writer.read(">", Some(Duration::from_millis(250))).await?;
             }
             if !entries.is_empty() {
                 writer.process(&state.db, entries, Fault::None).await?;
             }
             AppResult::Ok(())
         };
-        // A batch under way is finished before stopping (reads block half a second at most).
+        // A batch under way is finished before stopping (reads block a quarter second at most).
         match step.await {
             Ok(()) => backoff = Duration::from_millis(100),
             Err(e) => {
