@@ -1,1 +1,518 @@
-//! (being written)
+//! Webhooks: order events reach a receiver signed, in order, retried on failure, set aside after
+//! the last attempt, and taken over from an instance that died; the sale never waits for them.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode as AxumStatus};
+use flashsale::app::AppState;
+use flashsale::config::Config;
+use flashsale::worker::webhooks::{self, GROUP, Webhooks};
+use hmac::{Hmac, Mac};
+use redis::AsyncCommands;
+use redis::streams::StreamRangeReply;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::helpers::*;
+
+const SECRET: &str = "whsec-test";
+
+/// One request the receiver got, and what it answered.
+#[derive(Debug, Clone)]
+struct Hit {
+    at: Instant,
+    headers: HeaderMap,
+    body: String,
+    answered: u16,
+}
+
+impl Hit {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+    fn event_id(&self) -> &str {
+        self.header("x-flashsale-event-id")
+    }
+}
+
+#[derive(Clone)]
+struct Receiver {
+    hits: Arc<Mutex<Vec<Hit>>>,
+    /// Requests answered 500 before the receiver starts answering 200.
+    fail_first: usize,
+    /// How long each answer takes.
+    delay: Duration,
+}
+
+impl Receiver {
+    fn hits(&self) -> Vec<Hit> {
+        self.hits.lock().unwrap().clone()
+    }
+}
+
+async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: String) -> AxumStatus {
+    let answer = {
+        let mut hits = r.hits.lock().unwrap();
+        let answer = if hits.len() < r.fail_first {
+            AxumStatus::INTERNAL_SERVER_ERROR
+        } else {
+            AxumStatus::OK
+        };
+        hits.push(Hit {
+            at: Instant::now(),
+            headers,
+            body,
+            answered: answer.as_u16(),
+        });
+        answer
+    };
+    tokio::time::sleep(r.delay).await;
+    answer
+}
+
+/// A webhook receiver on 127.0.0.1:0 (POST /hooks) that records every request; returns its
+/// URL.
+async fn receiver(fail_first: usize, delay: Duration) -> (String, Receiver) {
+    let r = Receiver {
+        hits: Arc::default(),
+        fail_first,
+        delay,
+    };
+    let router = axum::Router::new()
+        .route("/hooks", axum::routing::post(receive))
+        .with_state(r.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (format!("http://127.0.0.1:{port}/hooks"), r)
+}
+
+/// Buys `count` units with buy-now and pays; returns the order id.
+async fn buy_and_pay(app: &TestApp, user: u64, sku: u64, count: u64) -> u64 {
+    let t = app.customer_token(user);
+    let r = app
+        .post(
+            "/v1/orders/buy-now",
+            Some(&t),
+            json!({"sku": sku, "count": count}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let id = r.body["order_id"].as_u64().unwrap();
+    let r = app
+        .post_empty(&format!("/v1/orders/{id}/pay"), Some(&t))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    id
+}
+
+/// Checks the signature header against an HMAC-SHA256 computed here, not by the code under test.
+fn assert_signed(hit: &Hit) {
+    let ts = hit.header("x-flashsale-timestamp");
+    let ts_secs: u64 = ts.parse().unwrap_or_else(|_| panic!("timestamp {ts:?}"));
+    let now = chrono::Utc::now().timestamp() as u64;
+    assert!(
+        ts_secs.abs_diff(now) < 120,
+        "timestamp {ts_secs} vs now {now}"
+    );
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(format!("{ts}.{}", hit.body).as_bytes());
+    let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    assert_eq!(hit.header("x-flashsale-signature"), expected, "{hit:?}");
+    assert_eq!(
+        webhooks::sign(SECRET.as_bytes(), ts_secs, hit.body.as_bytes()),
+        expected
+    );
+    let mut wrong = Hmac::<Sha256>::new_from_slice(b"another secret").unwrap();
+    wrong.update(format!("{ts}.{}", hit.body).as_bytes());
+    assert_ne!(
+        hit.header("x-flashsale-signature"),
+        format!("sha256={}", hex::encode(wrong.finalize().into_bytes()))
+    );
+}
+
+/// Entries of the order-events stream delivered to the webhook group and not acknowledged.
+async fn unacked(app: &TestApp) -> u64 {
+    let (count, _, _, _): (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+        .arg(app.state.redis.keys.order_events())
+        .arg(GROUP)
+        .query_async(&mut app.state.redis.conn())
+        .await
+        .unwrap();
+    count
+}
+
+/// Waits (at most 10 s) until every entry is acknowledged.
+async fn wait_acked(app: &TestApp) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while unacked(app).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "webhook entries stay unacknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn dead_key(app: &TestApp) -> String {
+    format!("{}:webhook-dead", app.prefix)
+}
+
+async fn dead_letters(app: &TestApp) -> StreamRangeReply {
+    app.state
+        .redis
+        .conn()
+        .xrange_all(dead_key(app))
+        .await
+        .unwrap()
+}
+
+/// The value of `flashsale_webhook_deliveries_total{outcome}` (shared by every test in this
+/// process, so only ever compared with `>=`).
+fn deliveries(app: &TestApp, outcome: &str) -> f64 {
+    let needle = format!("flashsale_webhook_deliveries_total{{outcome=\"{outcome}\"}} ");
+    app.state
+        .metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A copy of the app's state set up for webhooks, for driving `Webhooks` by hand while the
+/// app itself runs none.
+fn webhook_state(app: &TestApp, url: &str, tweak: impl FnOnce(&mut Config)) -> AppState {
+    let mut cfg = (*app.state.cfg).clone();
+    cfg.webhook_url = Some(url.to_string());
+    cfg.webhook_secret = Some(SECRET.into());
+    cfg.webhook_retry = Duration::from_millis(20);
+    tweak(&mut cfg);
+    AppState {
+        cfg: Arc::new(cfg),
+        ..app.state.clone()
+    }
+}
+
+#[tokio::test]
+async fn order_events_are_signed_retried_and_delivered_once_acknowledged() {
+    let (url, hook) = receiver(2, Duration::ZERO).await;
+    let app = spawn_app_with(|c| {
+        c.webhook_url = Some(url.clone());
+        c.webhook_secret = Some(SECRET.into());
+        c.webhook_retry = Duration::from_millis(50);
+    })
+    .await;
+    let sku = app.sale_product(10, None).await;
+    let order = buy_and_pay(&app, 9101, sku, 2).await;
+    let s = app.write_back().await;
+    assert!(s.events >= 2, "{s:?}");
+
+    let of_order = |h: &Hit, kind: &str| {
+        let j = h.json();
+        j["order_id"].as_u64() == Some(order) && j["type"] == kind
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let hits = loop {
+        let hits = hook.hits();
+        let ok = |kind| hits.iter().any(|h| h.answered == 200 && of_order(h, kind));
+        if ok("created") && ok("paid") {
+            break hits;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "created and paid not both delivered: {hits:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    wait_acked(&app).await;
+
+    for h in &hits {
+        assert_signed(h);
+        assert_eq!(h.header("content-type"), "application/json");
+        let j = h.json();
+        for field in ["type", "order_id", "user_id", "status", "items", "event_id"] {
+            assert!(!j[field].is_null(), "{field} missing from {j}");
+        }
+        assert_eq!(h.event_id(), j["event_id"].as_str().unwrap());
+        assert_eq!(j["user_id"], 9101);
+        assert_eq!(j["items"][0]["sku"], sku);
+        assert_eq!(j["items"][0]["count"], 2);
+    }
+    // The first event was refused twice and retried after 50 ms, then 100 ms.
+    assert_eq!(
+        hits.iter().map(|h| h.answered).collect::<Vec<_>>(),
+        [500, 500, 200, 200],
+        "{hits:#?}"
+    );
+    assert!(of_order(&hits[0], "created"), "{:?}", hits[0].body);
+    assert_eq!(hits[1].event_id(), hits[0].event_id());
+    assert_eq!(hits[2].event_id(), hits[0].event_id());
+    assert_eq!(hits[2].body, hits[0].body, "the same event, verbatim");
+    assert!(hits[1].at - hits[0].at >= Duration::from_millis(50));
+    assert!(hits[2].at - hits[1].at >= Duration::from_millis(100));
+    // Then the paid event, in stream order, with an id of its own.
+    assert!(of_order(&hits[3], "paid"), "{:?}", hits[3].body);
+    assert_ne!(hits[3].event_id(), hits[0].event_id());
+    assert_eq!(hits[0].json()["status"], "awaiting_payment");
+    assert_eq!(hits[3].json()["status"], "paid");
+
+    // Delivered means acknowledged, and nothing was set aside.
+    assert_eq!(unacked(&app).await, 0);
+    assert!(dead_letters(&app).await.ids.is_empty());
+    assert!(deliveries(&app, "ok") >= 2.0);
+    assert!(deliveries(&app, "failed") >= 2.0);
+    // The stream keeps its entries for its other readers.
+    let len: u64 = app
+        .state
+        .redis
+        .conn()
+        .xlen(app.state.redis.keys.order_events())
+        .await
+        .unwrap();
+    assert_eq!(len, 2);
+}
+
+#[tokio::test]
+async fn a_receiver_that_keeps_failing_gets_events_set_aside_while_the_sale_goes_on() {
+    // Slow and failing: each attempt takes 200 ms and is answered 500.
+    let (url, hook) = receiver(usize::MAX, Duration::from_millis(200)).await;
+    let app = spawn_app_with(|c| {
+        c.webhook_url = Some(url.clone());
+        c.webhook_secret = Some(SECRET.into());
+        c.webhook_retry = Duration::from_millis(50);
+        c.webhook_max_attempts = 2;
+    })
+    .await;
+    let sku = app.sale_product(20, None).await;
+    let order = buy_and_pay(&app, 9201, sku, 1).await;
+    app.write_back().await;
+
+    // While the sender retries, the sale answers as usual.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hook.hits().is_empty() {
+        assert!(Instant::now() < deadline, "no delivery attempt");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for user in 9202..9207 {
+        let t = Instant::now();
+        buy_and_pay(&app, user, sku, 1).await;
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "a purchase took {:?}",
+            t.elapsed()
+        );
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let dead = loop {
+        let dead = dead_letters(&app).await;
+        if dead.ids.len() >= 2 {
+            break dead;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "events not set aside: {:?}",
+            hook.hits()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    wait_acked(&app).await;
+
+    assert_eq!(dead.ids.len(), 2, "{dead:?}");
+    let hits = hook.hits();
+    let mut kinds = Vec::new();
+    for d in &dead.ids {
+        let event_id: String = d.get("event_id").unwrap();
+        let event: String = d.get("event").unwrap();
+        let error: String = d.get("error").unwrap();
+        let attempts: u32 = d.get("attempts").unwrap();
+        let j: Value = serde_json::from_str(&event).unwrap();
+        assert_eq!(j["event_id"], event_id.as_str());
+        assert_eq!(j["order_id"], order);
+        assert!(error.contains("500"), "{error}");
+        assert_eq!(attempts, 2);
+        let tried: Vec<&Hit> = hits.iter().filter(|h| h.event_id() == event_id).collect();
+        assert_eq!(tried.len(), 2, "two attempts at {event_id}: {hits:#?}");
+        assert!(tried.iter().all(|h| h.answered == 500 && h.body == event));
+        kinds.push(j["type"].as_str().unwrap().to_string());
+    }
+    assert_eq!(kinds, ["created", "paid"]);
+    hits.iter().for_each(assert_signed);
+    assert!(deliveries(&app, "gave_up") >= 2.0);
+
+    // The purchases made meanwhile are all there.
+    let b = app.assert_identity(sku).await;
+    assert_eq!(b.sold_total, 6);
+}
+
+#[tokio::test]
+async fn deliveries_left_by_a_dead_instance_are_taken_over() {
+    let (url, hook) = receiver(0, Duration::ZERO).await;
+    // The app runs no sender; this test drives two by hand.
+    let app = spawn_app().await;
+    let state = webhook_state(&app, &url, |c| c.claim_idle = Duration::from_millis(300));
+    let sku = app.sale_product(5, None).await;
+    buy_and_pay(&app, 9301, sku, 1).await;
+    app.write_back().await;
+
+    // An instance reads both events and dies before delivering them.
+    let live = Webhooks::named(state.clone(), "live").unwrap();
+    live.ensure_group().await.unwrap();
+    let mut conn = app.state.redis.conn();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUP)
+        .arg("died")
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg(app.state.redis.keys.order_events())
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(unacked(&app).await, 2);
+
+    // Not idle long enough yet: a live instance leaves them alone.
+    let (_stop_tx, mut stop) = tokio::sync::watch::channel(false);
+    let s = live.run_once(&mut stop).await.unwrap();
+    assert_eq!((s.delivered, s.gave_up), (0, 0));
+    assert!(hook.hits().is_empty());
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let s = live.run_once(&mut stop).await.unwrap();
+    assert_eq!((s.delivered, s.gave_up), (2, 0));
+    assert_eq!(unacked(&app).await, 0);
+    let hits = hook.hits();
+    assert_eq!(
+        hits.iter()
+            .map(|h| h.json()["type"].as_str().unwrap_or("").to_string())
+            .collect::<Vec<_>>(),
+        ["created", "paid"]
+    );
+    hits.iter().for_each(assert_signed);
+
+    // A stop that is already given ends a run before it delivers anything.
+    let _: String = conn
+        .xadd(
+            app.state.redis.keys.order_events(),
+            "*",
+            &[("event", r#"{"event_id":"x-1","type":"paid"}"#)],
+        )
+        .await
+        .unwrap();
+    let (stop_tx, mut stopped) = tokio::sync::watch::channel(false);
+    stop_tx.send(true).unwrap();
+    let s = live.run_once(&mut stopped).await.unwrap();
+    assert_eq!((s.delivered, s.gave_up), (0, 0));
+    assert_eq!(hook.hits().len(), 2);
+    assert_eq!(unacked(&app).await, 1, "left pending for the next run");
+    let s = live.run_once(&mut stop).await.unwrap();
+    assert_eq!((s.delivered, s.gave_up), (1, 0));
+    assert_eq!(hook.hits()[2].event_id(), "x-1");
+}
+
+#[tokio::test]
+async fn unreadable_entries_are_set_aside_at_once() {
+    let (url, hook) = receiver(0, Duration::ZERO).await;
+    let app = spawn_app().await;
+    let state = webhook_state(&app, &url, |_| {});
+    let hooks = Webhooks::new(state).unwrap();
+    hooks.ensure_group().await.unwrap();
+    let key = app.state.redis.keys.order_events();
+    let mut conn = app.state.redis.conn();
+    let _: String = conn
+        .xadd(&key, "*", &[("event", "not json")])
+        .await
+        .unwrap();
+    let _: String = conn.xadd(&key, "*", &[("other", "1")]).await.unwrap();
+    let _: String = conn
+        .xadd(&key, "*", &[("event", r#"{"event_id":"ok-1"}"#)])
+        .await
+        .unwrap();
+
+    let (_tx, mut stop) = tokio::sync::watch::channel(false);
+    let s = hooks.run_once(&mut stop).await.unwrap();
+    assert_eq!((s.delivered, s.gave_up), (1, 2));
+    assert_eq!(hook.hits().len(), 1);
+    assert_eq!(hook.hits()[0].event_id(), "ok-1");
+    assert_eq!(unacked(&app).await, 0);
+    let dead = dead_letters(&app).await;
+    let errors: Vec<String> = dead
+        .ids
+        .iter()
+        .map(|d| d.get::<String>("error").unwrap())
+        .collect();
+    assert_eq!(errors.len(), 2);
+    assert!(errors[0].starts_with("not an order event"), "{errors:?}");
+    assert!(errors[1].contains("no `event` field"), "{errors:?}");
+    let attempts: Vec<u32> = dead
+        .ids
+        .iter()
+        .map(|d| d.get("attempts").unwrap())
+        .collect();
+    assert_eq!(attempts, [0, 0]);
+}
+
+#[tokio::test]
+async fn a_long_retry_is_not_taken_for_a_dead_instance() {
+    let (url, hook) = receiver(2, Duration::ZERO).await;
+    let app = spawn_app().await;
+    // Retries wait longer than `claim_idle`: the entries held meanwhile must not look abandoned.
+    let state = webhook_state(&app, &url, |c| {
+        c.claim_idle = Duration::from_millis(300);
+        c.webhook_retry = Duration::from_millis(400);
+        c.webhook_max_attempts = 3;
+    });
+    let sku = app.sale_product(5, None).await;
+    buy_and_pay(&app, 9401, sku, 1).await;
+    app.write_back().await;
+
+    let busy = Webhooks::named(state.clone(), "busy").unwrap();
+    let other = Webhooks::named(state, "other").unwrap();
+    busy.ensure_group().await.unwrap();
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let mut busy_stop = stop.clone();
+    let busy = tokio::spawn(async move { busy.run_once(&mut busy_stop).await });
+    // Once the busy instance has both events, another one keeps looking for abandoned entries.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hook.hits().is_empty() {
+        assert!(Instant::now() < deadline, "no delivery attempt");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut other_stop = stop.clone();
+    let mut taken = 0;
+    while !busy.is_finished() {
+        let s = other.run_once(&mut other_stop).await.unwrap();
+        taken += s.delivered + s.gave_up;
+        assert!(
+            Instant::now() < deadline,
+            "the busy instance never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = busy.await.unwrap().unwrap();
+    assert_eq!((s.delivered, s.gave_up), (2, 0));
+    assert_eq!(
+        taken, 0,
+        "the other instance took over entries still being retried"
+    );
+    let hits = hook.hits();
+    assert_eq!(
+        hits.iter().map(|h| h.answered).collect::<Vec<_>>(),
+        [500, 500, 200, 200],
+        "{hits:#?}"
+    );
+    assert!(hits[2].at - hits[1].at >= Duration::from_millis(800));
+    assert_eq!(unacked(&app).await, 0);
+}
