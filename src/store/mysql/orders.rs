@@ -225,6 +225,14 @@ pub async fn user_orders(
     .bind(limit)
     .fetch_all(pool)
     .await?;
+    with_items(pool, rows).await
+}
+
+/// Each order row with its items.
+async fn with_items(
+    pool: &MySqlPool,
+    rows: Vec<OrderRow>,
+) -> AppResult<Vec<(OrderRow, Vec<OrderItem>)>> {
     let ids: Vec<u64> = rows.iter().map(|r| r.id).collect();
     let mut items = items_of(pool, &ids).await?;
     Ok(rows
@@ -289,15 +297,7 @@ pub async fn open_orders(pool: &MySqlPool) -> AppResult<Vec<(OrderRow, Vec<Order
     .bind(Utc::now().naive_utc())
     .fetch_all(pool)
     .await?;
-    let ids: Vec<u64> = rows.iter().map(|r| r.id).collect();
-    let mut items = items_of(pool, &ids).await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            let i = items.remove(&r.id).unwrap_or_default();
-            (r, i)
-        })
-        .collect())
+    with_items(pool, rows).await
 }
 
 /// Units each customer bought of a sku (paid orders written back): the per-customer limit's
