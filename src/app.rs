@@ -113,7 +113,8 @@ impl Application {
     }
 
     /// Serves the API and runs the sweeper until `shutdown` completes; then stops accepting,
-    /// lets in-flight requests finish, and stops the background work.
+    /// lets in-flight requests finish (at most `shutdown_grace`), and stops the background work:
+    /// the outbox writer finishes the batch it is writing.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -134,9 +135,14 @@ impl Application {
             .then(|| tokio::spawn(worker::webhooks::run(self.state.clone(), stop_rx.clone())));
         let router = http::router(self.state.clone());
         tracing::info!(addr = %self.listener.local_addr()?, "flashsale listening");
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        let cfg = &self.state.cfg;
+        let limits = crate::server::ServeLimits {
+            max_connections: cfg.max_connections,
+            header_limit: cfg.header_limit,
+            header_timeout: cfg.header_timeout,
+            shutdown_grace: cfg.shutdown_grace,
+        };
+        crate::server::serve(self.listener, router, limits, shutdown).await;
         let _ = stop_tx.send(true);
         let _ = sweeper.await;
         let _ = gauges.await;

@@ -212,6 +212,116 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_METRICS_INTERVAL", default_value = "5s", value_parser = parse_duration, global = true)]
     pub metrics_interval: Duration,
 
+    /// Rate limiting of the sale routes and of logins (token buckets in Redis). Off: no limits.
+    #[arg(long, env = "FLASHSALE_RATE_LIMITS", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub rate_limits: bool,
+
+    /// Requests per second one customer may make on the cart and order routes, sustained.
+    #[arg(
+        long,
+        env = "FLASHSALE_RATE_CUSTOMER_PER_SEC",
+        default_value_t = 5.0,
+        global = true
+    )]
+    pub rate_customer_per_sec: f64,
+
+    /// Requests one customer may make at once on those routes before the rate applies.
+    #[arg(
+        long,
+        env = "FLASHSALE_RATE_CUSTOMER_BURST",
+        default_value_t = 20,
+        global = true
+    )]
+    pub rate_customer_burst: u32,
+
+    /// Requests per second one client address may make on the cart and order routes (shoppers
+    /// behind one NAT share it: keep it well above the customer rate).
+    #[arg(
+        long,
+        env = "FLASHSALE_RATE_IP_PER_SEC",
+        default_value_t = 200.0,
+        global = true
+    )]
+    pub rate_ip_per_sec: f64,
+
+    /// Burst of one client address on those routes.
+    #[arg(
+        long,
+        env = "FLASHSALE_RATE_IP_BURST",
+        default_value_t = 400,
+        global = true
+    )]
+    pub rate_ip_burst: u32,
+
+    /// Login and sign-up attempts per minute from one client address (password hashing is
+    /// costly: this also bounds the CPU one address can take).
+    #[arg(
+        long,
+        env = "FLASHSALE_LOGIN_IP_PER_MIN",
+        default_value_t = 60.0,
+        global = true
+    )]
+    pub login_ip_per_min: f64,
+
+    /// Failed logins per minute for one username (whoever sends them), after a burst of as many.
+    #[arg(
+        long,
+        env = "FLASHSALE_LOGIN_FAILURES_PER_MIN",
+        default_value_t = 10.0,
+        global = true
+    )]
+    pub login_failures_per_min: f64,
+
+    /// Take the client address from the last `X-Forwarded-For` entry (the one your proxy
+    /// appended) instead of the TCP peer. Only behind a proxy that sets it.
+    #[arg(long, env = "FLASHSALE_TRUST_FORWARDED_FOR", default_value_t = false, action = clap::ArgAction::Set, global = true)]
+    pub trust_forwarded_for: bool,
+
+    /// Deadline of a whole request, body included; past it the answer is 408 `request_timeout`.
+    #[arg(long, env = "FLASHSALE_REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration, global = true)]
+    pub request_timeout: Duration,
+
+    /// Requests handled at once; more answer 503 `unavailable` at once (Server-Sent Event
+    /// streams do not count).
+    #[arg(
+        long,
+        env = "FLASHSALE_MAX_IN_FLIGHT",
+        default_value_t = 4096,
+        global = true
+    )]
+    pub max_in_flight: usize,
+
+    /// Open client connections; beyond it new ones wait in the listen queue.
+    #[arg(
+        long,
+        env = "FLASHSALE_MAX_CONNECTIONS",
+        default_value_t = 25_000,
+        global = true
+    )]
+    pub max_connections: usize,
+
+    /// Largest request head (request line and headers) in bytes; larger ones get 431. At least
+    /// 8192.
+    #[arg(long, env = "FLASHSALE_HEADER_LIMIT", default_value_t = 16 * 1024, global = true)]
+    pub header_limit: usize,
+
+    /// How long a client may take to send the request head (slow-client protection).
+    #[arg(long, env = "FLASHSALE_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub header_timeout: Duration,
+
+    /// Distinct skus in one cart; adding another answers 409 `cart_full`.
+    #[arg(
+        long,
+        env = "FLASHSALE_MAX_CART_LINES",
+        default_value_t = 20,
+        global = true
+    )]
+    pub max_cart_lines: usize,
+
+    /// On shutdown, how long in-flight requests and open streams get before they are cut.
+    #[arg(long, env = "FLASHSALE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub shutdown_grace: Duration,
+
     /// Log format.
     #[arg(long, env = "FLASHSALE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -242,6 +352,26 @@ impl Config {
         }
         if self.webhook_url.is_some() && self.webhook_secret.as_deref().is_none_or(str::is_empty) {
             return Err("FLASHSALE_WEBHOOK_URL needs FLASHSALE_WEBHOOK_SECRET".into());
+        }
+        let rates = [
+            self.rate_customer_per_sec,
+            self.rate_ip_per_sec,
+            self.login_ip_per_min,
+            self.login_failures_per_min,
+        ];
+        if rates.iter().any(|r| !r.is_finite() || *r <= 0.0) {
+            return Err("rate limits must be positive numbers (turn them off with FLASHSALE_RATE_LIMITS=false)".into());
+        }
+        if self.rate_customer_burst == 0 || self.rate_ip_burst == 0 {
+            return Err("rate-limit bursts must be at least 1".into());
+        }
+        if self.header_limit < 8192 {
+            return Err("FLASHSALE_HEADER_LIMIT must be at least 8192".into());
+        }
+        if self.max_in_flight == 0 || self.max_connections == 0 || self.max_cart_lines == 0 {
+            return Err(
+                "max in-flight requests, connections and cart lines must be at least 1".into(),
+            );
         }
         if self.worker_batch == 0 {
             return Err("the worker batch must be at least 1".into());

@@ -35,6 +35,10 @@ pub enum AppError {
     #[error("{0}")]
     RequestInProgress(String),
     #[error("{0}")]
+    CartFull(String),
+    #[error("{0}")]
+    RequestTimeout(String),
+    #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{message}")]
     RateLimited {
@@ -85,6 +89,8 @@ impl AppError {
             AppError::AlreadyExists(_) => "already_exists",
             AppError::CartEmpty(_) => "cart_empty",
             AppError::RequestInProgress(_) => "request_in_progress",
+            AppError::CartFull(_) => "cart_full",
+            AppError::RequestTimeout(_) => "request_timeout",
             AppError::PayloadTooLarge(_) => "payload_too_large",
             AppError::RateLimited { .. } => "rate_limited",
             AppError::Unavailable(_) => "unavailable",
@@ -108,7 +114,9 @@ impl AppError {
             | AppError::AlreadyExists(_)
             | AppError::CartEmpty(_)
             | AppError::RequestInProgress(_)
+            | AppError::CartFull(_)
             | AppError::CheckoutFailed { .. } => StatusCode::CONFLICT,
+            AppError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -8,6 +8,7 @@ pub mod error;
 pub mod http;
 pub mod reconcile;
 pub mod seed;
+pub mod server;
 pub mod service;
 pub mod simulate;
 pub mod store;

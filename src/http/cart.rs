@@ -8,7 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::{AuthUser, Json, Path, Query};
-use super::openapi::{E400_BODY, E401, E413, E500, E503, ErrorEnvelope};
+use super::openapi::{E400_BODY, E401, E413, E429, E500, E503, ErrorEnvelope};
 use crate::app::AppState;
 use crate::domain::{Count, Sku};
 use crate::error::AppResult;
@@ -34,6 +34,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 200, description = "The cart, with the catalog's current names and prices.",
             body = CartView),
         (status = 401, description = E401, body = ErrorEnvelope),
+        (status = 429, description = E429, body = ErrorEnvelope,
+            headers(("Retry-After" = u32, description = "Seconds to wait."))),
         (status = 500, description = E500, body = ErrorEnvelope),
         (status = 503, description = E503, body = ErrorEnvelope,
             headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
@@ -80,10 +82,13 @@ pub struct AddItemRequest {
         (status = 409, description = "`out_of_stock`: fewer units available than asked; \
             `limit_exceeded`: the sale's per-customer limit would be passed (units in the cart, \
             in open orders and bought count); `sale_not_active`: the product has a sale window \
-            and it is not open now. Nothing was reserved.", body = ErrorEnvelope,
+            and it is not open now; `cart_full`: the cart already holds the most different \
+            products allowed (`max_cart_lines`, default 20). Nothing was reserved.", body = ErrorEnvelope,
             example = json!({"error": {"code": "out_of_stock",
                 "message": "sku 1002: 0 available, 2 requested"}})),
         (status = 413, description = E413, body = ErrorEnvelope),
+        (status = 429, description = E429, body = ErrorEnvelope,
+            headers(("Retry-After" = u32, description = "Seconds to wait."))),
         (status = 500, description = E500, body = ErrorEnvelope),
         (status = 503, description = E503, body = ErrorEnvelope,
             headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
@@ -129,6 +134,8 @@ pub struct RemoveParams {
             1..=4294967295, `count` outside 1..=65535, or an unknown parameter.",
             body = ErrorEnvelope),
         (status = 401, description = E401, body = ErrorEnvelope),
+        (status = 429, description = E429, body = ErrorEnvelope,
+            headers(("Retry-After" = u32, description = "Seconds to wait."))),
         (status = 500, description = E500, body = ErrorEnvelope),
         (status = 503, description = E503, body = ErrorEnvelope,
             headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
@@ -159,6 +166,8 @@ async fn remove_cart_item(
     responses(
         (status = 204, description = "The cart is empty; every hold was released."),
         (status = 401, description = E401, body = ErrorEnvelope),
+        (status = 429, description = E429, body = ErrorEnvelope,
+            headers(("Retry-After" = u32, description = "Seconds to wait."))),
         (status = 500, description = E500, body = ErrorEnvelope),
         (status = 503, description = E503, body = ErrorEnvelope,
             headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),

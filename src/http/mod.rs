@@ -3,6 +3,7 @@
 pub mod cart;
 pub mod extract;
 pub mod idempotency;
+pub mod limits;
 pub mod openapi;
 pub mod ops;
 pub mod orders;
@@ -39,12 +40,25 @@ pub fn api() -> OpenApiRouter<AppState> {
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let body_limit = state.cfg.body_limit;
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(state.cfg.max_in_flight));
     let (routes, doc) = api().split_for_parts();
     openapi::publish(&doc);
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::sale_rate_limit,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.cfg.request_timeout,
+            limits::deadline,
+        ))
+        .layer(middleware::from_fn_with_state(
+            in_flight,
+            limits::in_flight_cap,
+        ))
         .layer(middleware::from_fn(track_metrics))
         .layer(CatchPanicLayer::custom(|_| {
             AppError::internal("a handler panicked").into_response()

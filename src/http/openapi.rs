@@ -23,6 +23,11 @@ pub const E403: &str = "`forbidden`: the token is a customer's; this route is fo
 pub const E413: &str = "`payload_too_large`: the body is larger than the configured limit.";
 pub const E404_SKU: &str = "`not_found`: no product with that sku.";
 pub const E500: &str = "`internal`: a bug; logged with its cause, answered without it.";
+pub const E429: &str = "`rate_limited`: too many requests from this customer or client \
+     address; nothing was changed. Retry after the `Retry-After` seconds.";
+pub const E429_LOGIN: &str = "`rate_limited`: too many attempts from this client address, or \
+     too many failed logins for this username; nothing was changed. Retry after the \
+     `Retry-After` seconds.";
 pub const E503: &str = "`unavailable`: Redis or MySQL is unreachable; nothing was changed. \
      Retry after the `Retry-After` seconds.";
 
@@ -37,8 +42,8 @@ and `user_id` are unsigned 64-bit integers.
 `{\"error\": {\"code\", \"message\", \"order_id\"?}}`; `code` is stable (clients switch on it). \
 Each operation lists the statuses and codes it can answer with. Besides those, any path that is \
 not served answers 404 `not_found`, and a served path asked with another method answers \
-405 `method_not_allowed`. The code `rate_limited` (429, with `Retry-After`) is reserved: this \
-version does not rate-limit.
+405 `method_not_allowed`, and any request that is not complete within the configured deadline \
+(a body sent too slowly, say) answers 408 `request_timeout`.
 
 **Auth.** `Authorization: Bearer <token>` from `POST /v1/auth/token`. Roles: `customer` and \
 `admin`; routes for admins answer a customer's token with 403 `forbidden`; routes for customers \
@@ -163,6 +168,8 @@ pub enum ErrorCode {
     AlreadyExists,
     CartEmpty,
     RequestInProgress,
+    CartFull,
+    RequestTimeout,
     PayloadTooLarge,
     RateLimited,
     Unavailable,
@@ -193,6 +200,8 @@ mod tests {
             AppError::AlreadyExists(m()),
             AppError::CartEmpty(m()),
             AppError::RequestInProgress(m()),
+            AppError::CartFull(m()),
+            AppError::RequestTimeout(m()),
             AppError::PayloadTooLarge(m()),
             AppError::RateLimited {
                 message: m(),

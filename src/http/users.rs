@@ -8,7 +8,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::{AuthUser, Json};
-use super::openapi::{E400_BODY, E413, E500, E503, ErrorEnvelope};
+use super::limits::{self, ClientIp};
+use super::openapi::{E400_BODY, E413, E429_LOGIN, E500, E503, ErrorEnvelope};
 use crate::app::AppState;
 use crate::auth;
 use crate::domain::{Password, Role, Username};
@@ -61,6 +62,8 @@ pub struct UserCreated {
             example = json!({"error": {"code": "already_exists",
                 "message": "username \"alice\" is taken"}})),
         (status = 413, description = E413, body = ErrorEnvelope),
+        (status = 429, description = E429_LOGIN, body = ErrorEnvelope,
+            headers(("Retry-After" = u32, description = "Seconds to wait."))),
         (status = 500, description = E500, body = ErrorEnvelope),
         (status = 503, description = E503, body = ErrorEnvelope,
             headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
@@ -68,8 +71,10 @@ pub struct UserCreated {
 )]
 async fn create_user(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     Json(body): Json<Credentials>,
 ) -> AppResult<(StatusCode, axum::Json<UserCreated>)> {
+    limits::check_login(&state, ip, None).await?;
     let username = Username::parse(&body.username)?;
     let password = Password::parse(&body.password)?;
     let hash = auth::hash_password(password, state.cfg.argon2_memory_kib).await?;
@@ -119,6 +124,8 @@ pub struct Token {
         (status = 401, description = "`unauthenticated`: wrong username or password.",
             body = ErrorEnvelope),
         (status = 413, description = E413, body = ErrorEnvelope),
+        (status = 429, description = E429_LOGIN, body = ErrorEnvelope,
+            headers(("Retry-After" = u32, description = "Seconds to wait."))),
         (status = 500, description = E500, body = ErrorEnvelope),
         (status = 503, description = E503, body = ErrorEnvelope,
             headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
@@ -126,13 +133,16 @@ pub struct Token {
 )]
 async fn create_token(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     Json(body): Json<Credentials>,
 ) -> AppResult<axum::Json<Token>> {
     let bad = || AppError::Unauthenticated("wrong username or password".into());
     // Malformed credentials are wrong credentials: no hint which part was off.
     if body.username.len() > 64 || body.password.len() > 512 {
+        limits::check_login(&state, ip, None).await?;
         return Err(bad());
     }
+    limits::check_login(&state, ip, Some(&body.username)).await?;
     let user = users::find_by_username(&state.db, &body.username).await?;
     let ok = auth::verify_password(
         body.password,
@@ -143,6 +153,7 @@ async fn create_token(
         Some(u) if ok => u,
         _ => {
             metrics::counter!("flashsale_logins_total", "outcome" => "rejected").increment(1);
+            limits::charge_failed_login(&state, &body.username).await;
             return Err(bad());
         }
     };

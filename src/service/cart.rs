@@ -109,6 +109,30 @@ pub async fn add_item(
         .query_async(&mut state.redis.conn())
         .await
         .map(|m: (Vec<u32>,)| ((), m.0))?;
+    let max_lines = state.cfg.max_cart_lines;
+    if members.len() > max_lines && units == count.get() {
+        // A new line past the limit (the index may still name lapsed lines: count live ones).
+        let skus: Vec<Sku> = members
+            .iter()
+            .filter_map(|m| Sku::parse(u64::from(*m)).ok())
+            .collect();
+        let live = state.redis.holds(user_id, &skus).await?;
+        if live.iter().flatten().count() > max_lines {
+            state
+                .redis
+                .release(
+                    sku,
+                    Rid::Hold { user_id },
+                    Some(count.get()),
+                    state.cfg.cart_hold_ttl,
+                )
+                .await?;
+            forget_lines(state, user_id, &[sku]).await?;
+            return Err(AppError::CartFull(format!(
+                "a cart holds at most {max_lines} different products; remove one first"
+            )));
+        }
+    }
     if members == [sku.get()] {
         // The common case of a flash sale: one line, all known from the script's answer.
         let line_price = unit_price * u64::from(units);

@@ -70,6 +70,8 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     cfg.mysql_pool = 8;
     // Tests drive the write-back themselves (`write_back()`), so they can look in between.
     cfg.worker = false;
+    // Every test comes from 127.0.0.1; the rate-limit tests turn the limits on.
+    cfg.rate_limits = false;
     tweak(&mut cfg);
     let app = Application::build(cfg).await.expect("the app builds");
     let addr = format!("http://127.0.0.1:{}", app.port());

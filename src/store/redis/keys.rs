@@ -74,6 +74,12 @@ impl Keys {
         format!("{}:{{user:{user_id}}}:idem:{scope}:{key}", self.prefix)
     }
 
+    /// A rate-limit token bucket: `scope` names the limit (`customer`, `ip`, `login-ip`,
+    /// `login-user`), `who` the caller within it. Each bucket is its own slot.
+    pub fn rate_bucket(&self, scope: &str, who: &str) -> String {
+        format!("{}:{{rl:{scope}:{who}}}", self.prefix)
+    }
+
     /// Every sku loaded into Redis: what the sweeper walks.
     pub fn skus(&self) -> String {
         format!("{}:skus", self.prefix)

@@ -23,6 +23,7 @@ pub struct Scripts {
     pub raise_seq: Script,
     pub mark_written: Script,
     pub restore_order: Script,
+    pub rate_limit: Script,
 }
 
 impl Scripts {
@@ -41,10 +42,11 @@ impl Scripts {
             raise_seq: with_lib(include_str!("../../../lua/raise_seq.lua")),
             mark_written: with_lib(include_str!("../../../lua/mark_written.lua")),
             restore_order: with_lib(include_str!("../../../lua/restore_order.lua")),
+            rate_limit: with_lib(include_str!("../../../lua/rate_limit.lua")),
         }
     }
 
-    pub fn all(&self) -> [(&'static str, &Script); 13] {
+    pub fn all(&self) -> [(&'static str, &Script); 14] {
         [
             ("reserve", &self.reserve),
             ("convert_hold", &self.convert_hold),
@@ -59,6 +61,7 @@ impl Scripts {
             ("raise_seq", &self.raise_seq),
             ("mark_written", &self.mark_written),
             ("restore_order", &self.restore_order),
+            ("rate_limit", &self.rate_limit),
         ]
     }
 }
