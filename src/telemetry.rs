@@ -94,7 +94,12 @@ fn register_series() {
     for outcome in ["ok", "failed", "gave_up"] {
         metrics::counter!("flashsale_webhook_deliveries_total", "outcome" => outcome).increment(0);
     }
+    for scope in ["ip", "customer", "login_ip", "login_user"] {
+        metrics::counter!("flashsale_rate_limited_total", "scope" => scope).increment(0);
+    }
     for name in [
+        "flashsale_rate_limit_errors_total",
+        "flashsale_http_overloaded_total",
         "flashsale_http_internal_errors_total",
         "flashsale_outbox_retries_total",
         "flashsale_outbox_dead_letters_total",
@@ -142,6 +147,18 @@ fn describe() {
         "Answers with status 500"
     );
     describe_counter!("flashsale_logins_total", "Token requests, by outcome");
+    describe_counter!(
+        "flashsale_rate_limited_total",
+        "Requests refused with 429 rate_limited, by the bucket that refused them"
+    );
+    describe_counter!(
+        "flashsale_rate_limit_errors_total",
+        "Rate-limit checks that could not ask Redis (the request was let through)"
+    );
+    describe_counter!(
+        "flashsale_http_overloaded_total",
+        "Requests refused with 503 because the in-flight cap was reached"
+    );
     describe_counter!(
         "flashsale_stock_adjustments_total",
         "Admin stock changes applied"

@@ -33,6 +33,7 @@ pub struct TestApp {
     pub db_name: String,
     pub prefix: String,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 pub struct Resp {
@@ -77,7 +78,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let addr = format!("http://127.0.0.1:{}", app.port());
     let state = app.state();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until(async {
+    let server = tokio::spawn(app.run_until(async {
         let _ = rx.await;
     }));
     let client = reqwest::Client::builder()
@@ -93,12 +94,22 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         db_name,
         prefix,
         shutdown: Some(tx),
+        server: Some(server),
     };
     t.admin_token = t.login("admin", ADMIN_PASSWORD).await;
     t
 }
 
 impl TestApp {
+    /// Sends the shutdown signal (as SIGTERM would) and returns the server task, which ends when
+    /// the app has finished its requests in flight and stopped its background work.
+    pub fn begin_shutdown(&mut self) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.server.take().expect("the server runs")
+    }
+
     pub async fn request(
         &self,
         method: Method,

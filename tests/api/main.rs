@@ -7,6 +7,7 @@ mod auth;
 mod cart;
 mod catalog;
 mod concurrency;
+mod limits;
 mod metrics;
 mod openapi;
 mod ops;
