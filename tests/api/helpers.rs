@@ -53,18 +53,20 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
-/// Starts the app with the test defaults, changed by `tweak`.
-pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+/// A fresh test identity: its database name and Redis prefix.
+pub fn test_names() -> (String, String) {
     let id: u64 = rand::rng().random();
-    let id = format!("{id:016x}");
-    let db_name = format!("fs_test_{id}");
-    let prefix = format!("fst{id}");
+    (format!("fs_test_{id:016x}"), format!("fst{id:016x}"))
+}
+
+/// The test defaults for a database and a prefix.
+pub fn test_config(db_name: &str, prefix: &str) -> Config {
     let mut cfg = Config::defaults();
     cfg.mysql_url = format!("{}/{db_name}", mysql_base());
     cfg.redis_url = redis_url();
-    cfg.redis_prefix = prefix.clone();
+    cfg.redis_prefix = prefix.to_string();
     cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.jwt_secret = Some(format!("test-secret-{id}-0123456789abcdef"));
+    cfg.jwt_secret = Some(format!("test-secret-{prefix}-0123456789abcdef"));
     cfg.admin_password = Some(ADMIN_PASSWORD.into());
     cfg.argon2_memory_kib = 1024;
     cfg.sweep_interval = Duration::from_millis(100);
@@ -73,6 +75,13 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     cfg.worker = false;
     // Every test comes from 127.0.0.1; the rate-limit tests turn the limits on.
     cfg.rate_limits = false;
+    cfg
+}
+
+/// Starts the app with the test defaults, changed by `tweak`.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let (db_name, prefix) = test_names();
+    let mut cfg = test_config(&db_name, &prefix);
     tweak(&mut cfg);
     let app = Application::build(cfg).await.expect("the app builds");
     let addr = format!("http://127.0.0.1:{}", app.port());
@@ -101,6 +110,28 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
 }
 
 impl TestApp {
+    /// A handle on a service that runs elsewhere (a child process) at `addr`, with `state`
+    /// connected to its stores; dropping it drops the test's database and Redis keys.
+    pub async fn attach(addr: String, state: AppState, db_name: String, prefix: String) -> TestApp {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let mut t = TestApp {
+            addr,
+            client,
+            state,
+            admin_token: String::new(),
+            db_name,
+            prefix,
+            shutdown: None,
+            server: None,
+        };
+        t.admin_token = t.login("admin", ADMIN_PASSWORD).await;
+        t
+    }
+
     /// Sends the shutdown signal (as SIGTERM would) and returns the server task, which ends when
     /// the app has finished its requests in flight and stopped its background work.
     pub fn begin_shutdown(&mut self) -> tokio::task::JoinHandle<anyhow::Result<()>> {

@@ -12,6 +12,7 @@ mod metrics;
 mod openapi;
 mod ops;
 mod orders;
+mod process;
 mod simulate;
 mod webhooks;
 mod writeback;

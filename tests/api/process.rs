@@ -1,0 +1,610 @@
+//! The service as a process, and its stores failing under it: SIGKILL in the middle of a sale,
+//! SIGTERM with a request in flight, Redis killed and restarted in the middle of a sale.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flashsale::app::AppState;
+use flashsale::config::Config;
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{TestApp, spawn_app_with, test_config, test_names};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The service binary, run with `cfg` as environment (none of the caller's FLASHSALE_*).
+struct Service {
+    child: Child,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+}
+
+impl Service {
+    fn env_of(cfg: &Config, port: u16) -> Vec<(String, String)> {
+        let d = |d: Duration| format!("{}ms", d.as_millis());
+        [
+            ("FLASHSALE_MYSQL_URL", cfg.mysql_url.clone()),
+            ("FLASHSALE_REDIS_URL", cfg.redis_url.clone()),
+            ("FLASHSALE_REDIS_PREFIX", cfg.redis_prefix.clone()),
+            ("FLASHSALE_LISTEN", format!("127.0.0.1:{port}")),
+            ("FLASHSALE_JWT_SECRET", cfg.jwt_secret.clone().unwrap()),
+            (
+                "FLASHSALE_ADMIN_PASSWORD",
+                cfg.admin_password.clone().unwrap(),
+            ),
+            (
+                "FLASHSALE_ARGON2_MEMORY_KIB",
+                cfg.argon2_memory_kib.to_string(),
+            ),
+            ("FLASHSALE_CART_HOLD_TTL", d(cfg.cart_hold_ttl)),
+            ("FLASHSALE_PAYMENT_TTL", d(cfg.payment_ttl)),
+            ("FLASHSALE_SWEEP_INTERVAL", d(cfg.sweep_interval)),
+            ("FLASHSALE_CLAIM_IDLE", d(cfg.claim_idle)),
+            ("FLASHSALE_WORKER", cfg.worker.to_string()),
+            ("FLASHSALE_RATE_LIMITS", cfg.rate_limits.to_string()),
+            ("RUST_LOG", "debug,sqlx=info,hyper=info,h2=info".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    async fn start(env: Vec<(String, String)>, log: PathBuf, port: u16) -> Service {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flashsale"));
+        cmd.arg("serve");
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("FLASHSALE_")) {
+            cmd.env_remove(k);
+        }
+        let child = cmd
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("the flashsale binary starts");
+        let svc = Service { child, env, log };
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = client
+                .get(format!("http://127.0.0.1:{port}/readyz"))
+                .send()
+                .await
+                .map(|r| r.status() == StatusCode::OK)
+                .unwrap_or(false);
+            if ready {
+                return svc;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the service did not get ready: {}",
+                std::fs::read_to_string(&svc.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary on a fresh database and prefix; returns it and a handle for checks.
+async fn start_service(tweak: impl FnOnce(&mut Config)) -> (Service, TestApp, u16) {
+    let (db_name, prefix) = test_names();
+    let mut cfg = test_config(&db_name, &prefix);
+    cfg.worker = true;
+    tweak(&mut cfg);
+    let port = free_port();
+    let log = std::env::temp_dir().join(format!("{prefix}.log"));
+    let svc = Service::start(Service::env_of(&cfg, port), log, port).await;
+    let state = AppState::connect(cfg).await.unwrap();
+    let app = TestApp::attach(format!("http://127.0.0.1:{port}"), state, db_name, prefix).await;
+    (svc, app, port)
+}
+
+/// Waits until `check` holds (polling), or panics with `what`.
+async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn outbox_backlog(app: &TestApp) -> u64 {
+    let mut conn = app.state.redis.conn();
+    let mut n = 0;
+    for p in 0..flashsale::store::redis::keys::ORDER_PARTITIONS {
+        let len: u64 = redis::cmd("XLEN")
+            .arg(app.state.redis.keys.outbox(p))
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(0);
+        n += len;
+    }
+    n
+}
+
+/// Buyers: each buys one unit at a time and pays, until it has been told "sold out" `enough`
+/// times. Records every order the service said was paid, and every status seen.
+struct Buyers {
+    paid: Arc<Mutex<BTreeSet<u64>>>,
+    statuses: Arc<Mutex<Vec<u16>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Buyers {
+    fn start(base: &str, sku: u64, tokens: Vec<String>) -> Buyers {
+        let paid = Arc::new(Mutex::new(BTreeSet::new()));
+        let statuses = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let tasks = tokens
+            .into_iter()
+            .enumerate()
+            .map(|(i, token)| {
+                let (paid, statuses, stop) = (paid.clone(), statuses.clone(), stop.clone());
+                let (client, base) = (client.clone(), base.to_string());
+                tokio::spawn(async move {
+                    let mut sold_out = 0;
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) && sold_out < 3 {
+                        n += 1;
+                        let r = client
+                            .post(format!("{base}/v1/orders/buy-now"))
+                            .bearer_auth(&token)
+                            .header("idempotency-key", format!("buyer{i}-{n}"))
+                            .json(&json!({"sku": sku, "count": 1}))
+                            .send()
+                            .await;
+                        let Ok(r) = r else {
+                            // The service is down: try again shortly.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        };
+                        let status = r.status();
+                        statuses.lock().unwrap().push(status.as_u16());
+                        let body: serde_json::Value = r.json().await.unwrap_or_default();
+                        if status == StatusCode::CONFLICT {
+                            sold_out += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                        if status != StatusCode::CREATED {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                        let id = body["order_id"].as_u64().unwrap();
+                        // Pay, retrying through an outage (pay is idempotent).
+                        for _ in 0..100 {
+                            match client
+                                .post(format!("{base}/v1/orders/{id}/pay"))
+                                .bearer_auth(&token)
+                                .send()
+                                .await
+                            {
+                                Ok(r) => {
+                                    let s = r.status();
+                                    statuses.lock().unwrap().push(s.as_u16());
+                                    if s == StatusCode::OK {
+                                        paid.lock().unwrap().insert(id);
+                                        break;
+                                    }
+                                    if s == StatusCode::CONFLICT {
+                                        break; // expired meanwhile
+                                    }
+                                }
+                                Err(_) => {}
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Buyers {
+            paid,
+            statuses,
+            stop,
+            tasks,
+        }
+    }
+
+    async fn finish(self, within: Duration) -> (BTreeSet<u64>, Vec<u16>) {
+        let stop = self.stop.clone();
+        let all = futures::future::join_all(self.tasks);
+        if tokio::time::timeout(within, all).await.is_err() {
+            stop.store(true, Ordering::Relaxed);
+            panic!("the buyers did not finish the sale in {within:?}");
+        }
+        let paid = self.paid.lock().unwrap().clone();
+        let statuses = self.statuses.lock().unwrap().clone();
+        (paid, statuses)
+    }
+}
+
+/// Units in paid orders according to MySQL, and the orders MySQL has as paid.
+async fn mysql_paid(app: &TestApp, sku: u64) -> (i64, BTreeSet<u64>) {
+    let ids: Vec<u64> = sqlx::query_scalar("SELECT id FROM orders WHERE status = 'paid'")
+        .fetch_all(&app.state.db)
+        .await
+        .unwrap();
+    let units: Option<i64> = sqlx::query_scalar(
+        "SELECT CAST(SUM(i.count) AS SIGNED) FROM order_items i JOIN orders o ON o.id = i.order_id \
+         WHERE o.status = 'paid' AND i.sku = ?",
+    )
+    .bind(sku as u32)
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap();
+    (units.unwrap_or(0), ids.into_iter().collect())
+}
+
+async fn mysql_on_hand(app: &TestApp, sku: u64) -> i64 {
+    sqlx::query_scalar::<_, Option<i64>>(
+        "SELECT CAST(SUM(on_hand) AS SIGNED) FROM stock WHERE sku = ?",
+    )
+    .bind(sku as u32)
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap()
+    .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn sigkill_in_the_middle_of_a_sale_loses_no_paid_order() {
+    const UNITS: i64 = 600;
+    let (svc, app, port) = start_service(|c| {
+        c.payment_ttl = Duration::from_secs(2);
+        c.claim_idle = Duration::from_millis(500);
+    })
+    .await;
+    let sku = app.sale_product(UNITS, None).await;
+    let mut tokens = Vec::new();
+    for i in 0..24 {
+        tokens.push(app.register(&format!("buyer{i}")).await.1);
+    }
+    let buyers = Buyers::start(&app.addr, sku, tokens);
+
+    // Let the sale run, then kill the service without warning, mid-request.
+    eventually("the first paid orders", Duration::from_secs(20), || async {
+        buyers.paid.lock().unwrap().len() >= 20
+    })
+    .await;
+    let paid_before_kill = buyers.paid.lock().unwrap().len();
+    let (env, log) = (svc.env.clone(), svc.log.clone());
+    svc.signal("-KILL");
+    drop(svc);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The same service, started again; the buyers carry on.
+    let svc = Service::start(env.clone(), log.clone(), port).await;
+    let (paid, statuses) = buyers.finish(Duration::from_secs(90)).await;
+    assert!(
+        paid.len() > paid_before_kill,
+        "the sale went on after the restart"
+    );
+    assert!(
+        statuses.iter().all(|s| [200, 201, 409].contains(s)),
+        "unexpected statuses: {:?}",
+        statuses
+            .iter()
+            .filter(|s| ![200, 201, 409].contains(*s))
+            .collect::<Vec<_>>()
+    );
+
+    // Orders whose answers were lost in the crash expire; the write-back drains.
+    eventually(
+        "no units held or reserved",
+        Duration::from_secs(30),
+        || async {
+            let b = app.assert_identity(sku).await;
+            b.held == 0 && b.reserved == 0
+        },
+    )
+    .await;
+    eventually("the outbox drained", Duration::from_secs(30), || async {
+        outbox_backlog(&app).await == 0
+    })
+    .await;
+    eventually(
+        "every paid unit written to on_hand",
+        Duration::from_secs(30),
+        || async { app.assert_identity(sku).await.sold == 0 },
+    )
+    .await;
+
+    let (units_paid, paid_in_mysql) = mysql_paid(&app, sku).await;
+    eprintln!(
+        "sigkill: {} answers, {paid_before_kill} orders paid before the kill, {} after; \
+         {} paid in MySQL ({units_paid} units of {UNITS}); {} orders in MySQL in all",
+        statuses.len(),
+        paid.len() - paid_before_kill,
+        paid_in_mysql.len(),
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM orders")
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap()
+    );
+    let missing: Vec<_> = paid.difference(&paid_in_mysql).collect();
+    assert!(
+        missing.is_empty(),
+        "paid orders missing in MySQL: {missing:?}"
+    );
+    assert!(units_paid <= UNITS, "oversold: {units_paid} of {UNITS}");
+    assert_eq!(
+        mysql_on_hand(&app, sku).await,
+        UNITS - units_paid,
+        "on_hand lowered exactly by the paid units"
+    );
+    let b = app.assert_identity(sku).await;
+    assert_eq!(
+        b.sold_total, units_paid,
+        "Redis and MySQL agree on units sold"
+    );
+    // And the operator's check agrees.
+    let status = Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .arg("reconcile")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "flashsale reconcile found a mismatch");
+    drop(svc);
+}
+
+#[tokio::test]
+async fn sigterm_finishes_the_request_in_flight_and_exits_zero_without_logging_secrets() {
+    let (mut svc, app, port) = start_service(|_| {}).await;
+    let canary = "Canary-Password-7f3a9";
+    let r = app
+        .post(
+            "/v1/users",
+            None,
+            json!({"username": "canary", "password": canary}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let r = app
+        .post(
+            "/v1/auth/token",
+            None,
+            json!({"username": "canary", "password": "Wrong-Canary-Guess-42"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let token = app.login("canary", canary).await;
+    assert_eq!(
+        app.get("/v1/users/me", Some(&token)).await.status,
+        StatusCode::OK
+    );
+
+    // A request whose body is still coming when SIGTERM arrives.
+    let body = br#"{"username": "latecomer", "password": "latecomer-password"}"#;
+    let mut s = TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    svc.signal("-TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        svc.child.try_wait().unwrap().is_none(),
+        "it waits for the request"
+    );
+    s.write_all(&body[10..]).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(st) = svc.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the service did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status:?}");
+    let log = std::fs::read_to_string(&svc.log).unwrap();
+    assert!(log.contains("shutdown signal received"), "{log}");
+    for secret in [
+        canary,
+        "Wrong-Canary-Guess-42",
+        "latecomer-password",
+        token.as_str(),
+    ] {
+        assert!(!log.contains(secret), "the log contains a secret: {secret}");
+    }
+    let _ = std::fs::remove_file(&svc.log);
+}
+
+/// A Redis server of the test's own, with an append-only file fsynced on every write, as a
+/// production Redis would run, so that a restart keeps what was acknowledged.
+struct OwnRedis {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl OwnRedis {
+    async fn start(port: u16, dir: &Path) -> OwnRedis {
+        std::fs::create_dir_all(dir).unwrap();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        let r = OwnRedis {
+            child,
+            port,
+            dir: dir.to_path_buf(),
+        };
+        let client = redis::Client::open(r.url()).unwrap();
+        eventually("redis-server up", Duration::from_secs(10), || async {
+            match client.get_multiplexed_async_connection().await {
+                Ok(mut c) => redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            }
+        })
+        .await;
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn redis_restarted_in_the_middle_of_a_sale_gives_503s_then_no_oversell() {
+    const UNITS: i64 = 80;
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("flashsale-redis-{port}"));
+    let mut redis_server = OwnRedis::start(port, &dir).await;
+    let url = redis_server.url();
+    let app = spawn_app_with(|c| {
+        c.redis_url = url.clone();
+        c.redis_timeout = Duration::from_millis(500);
+        c.payment_ttl = Duration::from_secs(2);
+    })
+    .await;
+    let sku = app.sale_product(UNITS, None).await;
+    let mut tokens = Vec::new();
+    for i in 0..16 {
+        tokens.push(app.register(&format!("shopper{i}")).await.1);
+    }
+    let buyers = Buyers::start(&app.addr, sku, tokens);
+    eventually("the first paid orders", Duration::from_secs(20), || async {
+        buyers.paid.lock().unwrap().len() >= 10
+    })
+    .await;
+
+    // Redis goes away (SIGKILL) for a second, then comes back with its append-only file.
+    redis_server.kill();
+    let outage_started = buyers.statuses.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let during: Vec<u16> = buyers.statuses.lock().unwrap()[outage_started..].to_vec();
+    redis_server = OwnRedis::start(port, &dir).await;
+
+    let (paid, statuses) = buyers.finish(Duration::from_secs(90)).await;
+    assert!(
+        during.contains(&503),
+        "requests during the outage got 503: {during:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| [200, 201, 409, 503].contains(s)),
+        "only answers of the contract: {:?}",
+        statuses
+            .iter()
+            .filter(|s| ![200, 201, 409, 503].contains(*s))
+            .collect::<Vec<_>>()
+    );
+
+    // Let unpaid orders expire, write everything back, then count.
+    eventually(
+        "no units held or reserved",
+        Duration::from_secs(30),
+        || async {
+            app.sweep().await;
+            let b = app.assert_identity(sku).await;
+            b.held == 0 && b.reserved == 0
+        },
+    )
+    .await;
+    app.write_back().await;
+    let b = app.assert_identity(sku).await;
+    let (units_paid, paid_in_mysql) = mysql_paid(&app, sku).await;
+    eprintln!(
+        "redis restart: {} answers, {} during the 1 s outage ({} of them 503), {} 503s in all; \
+         {units_paid} units paid of {UNITS}",
+        statuses.len(),
+        during.len(),
+        during.iter().filter(|s| **s == 503).count(),
+        statuses.iter().filter(|s| **s == 503).count(),
+    );
+    assert!(units_paid <= UNITS, "oversold: {units_paid} of {UNITS}");
+    assert_eq!(
+        b.sold_total, units_paid,
+        "units sold in Redis = units paid in MySQL"
+    );
+    assert!(
+        paid.is_subset(&paid_in_mysql),
+        "every paid order is in MySQL"
+    );
+    assert_eq!(mysql_on_hand(&app, sku).await, UNITS - units_paid);
+    drop(app);
+    drop(redis_server);
+}
