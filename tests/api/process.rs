@@ -215,24 +215,21 @@ impl Buyers {
                         let id = body["order_id"].as_u64().unwrap();
                         // Pay, retrying through an outage (pay is idempotent).
                         for _ in 0..100 {
-                            match client
+                            if let Ok(r) = client
                                 .post(format!("{base}/v1/orders/{id}/pay"))
                                 .bearer_auth(&token)
                                 .send()
                                 .await
                             {
-                                Ok(r) => {
-                                    let s = r.status();
-                                    statuses.lock().unwrap().push(s.as_u16());
-                                    if s == StatusCode::OK {
-                                        paid.lock().unwrap().insert(id);
-                                        break;
-                                    }
-                                    if s == StatusCode::CONFLICT {
-                                        break; // expired meanwhile
-                                    }
+                                let s = r.status();
+                                statuses.lock().unwrap().push(s.as_u16());
+                                if s == StatusCode::OK {
+                                    paid.lock().unwrap().insert(id);
+                                    break;
                                 }
-                                Err(_) => {}
+                                if s == StatusCode::CONFLICT {
+                                    break; // expired meanwhile
+                                }
                             }
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
