@@ -93,7 +93,7 @@ async fn create_product(
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// List the products with a sku above this one (the previous page's `next_after_sku`).
-    #[param(example = 1002)]
+    #[param(maximum = 4294967295_u64, example = 1002)]
     after_sku: Option<u32>,
     /// Page size, 1..=200 (default 50).
     #[param(minimum = 1, maximum = 200, example = 50)]
@@ -154,7 +154,7 @@ async fn list_products(
     path = "/v1/products/{sku}",
     tag = "Catalog and stock",
     params(
-        ("sku" = u32, Path, minimum = 1, example = 1002,
+        ("sku" = u32, Path, minimum = 1, maximum = 4294967295_u64, example = 1002,
             description = "The product's sku (1..=4294967295)."),
     ),
     responses(
@@ -195,7 +195,7 @@ pub struct UpdateProductRequest {
     tag = "Catalog and stock",
     security(("bearer" = [])),
     params(
-        ("sku" = u32, Path, minimum = 1, example = 1002,
+        ("sku" = u32, Path, minimum = 1, maximum = 4294967295_u64, example = 1002,
             description = "The product's sku (1..=4294967295)."),
     ),
     request_body(
@@ -287,6 +287,7 @@ async fn create_warehouse(
 #[serde(deny_unknown_fields)]
 #[schema(examples(json!({"warehouse_id": 3, "delta": 100})))]
 pub struct AdjustStockRequest {
+    #[schema(maximum = 4294967295_u64)]
     warehouse_id: u32,
     /// Units to add (positive) or remove (negative): non-zero, within ±10^9. Only available
     /// units can be removed.
@@ -304,7 +305,7 @@ pub struct AdjustStockRequest {
     tag = "Catalog and stock",
     security(("bearer" = [])),
     params(
-        ("sku" = u32, Path, minimum = 1, example = 1002,
+        ("sku" = u32, Path, minimum = 1, maximum = 4294967295_u64, example = 1002,
             description = "The product's sku (1..=4294967295)."),
     ),
     request_body(
@@ -361,7 +362,7 @@ pub struct Stocks {
     path = "/v1/products/{sku}/stocks",
     tag = "Catalog and stock",
     params(
-        ("sku" = u32, Path, minimum = 1, example = 1002,
+        ("sku" = u32, Path, minimum = 1, maximum = 4294967295_u64, example = 1002,
             description = "The product's sku (1..=4294967295)."),
     ),
     responses(
@@ -415,7 +416,7 @@ pub struct PutSaleRequest {
     tag = "Catalog and stock",
     security(("bearer" = [])),
     params(
-        ("sku" = u32, Path, minimum = 1, example = 1002,
+        ("sku" = u32, Path, minimum = 1, maximum = 4294967295_u64, example = 1002,
             description = "The product's sku (1..=4294967295)."),
     ),
     request_body(
@@ -471,7 +472,7 @@ async fn put_sale(
     tag = "Catalog and stock",
     security(("bearer" = [])),
     params(
-        ("sku" = u32, Path, minimum = 1, example = 1002,
+        ("sku" = u32, Path, minimum = 1, maximum = 4294967295_u64, example = 1002,
             description = "The product's sku (1..=4294967295)."),
     ),
     responses(
@@ -505,7 +506,7 @@ async fn delete_sale(
     tag = "Catalog and stock",
     security(("bearer" = [])),
     params(
-        ("sku" = u32, Path, minimum = 1, example = 1002,
+        ("sku" = u32, Path, minimum = 1, maximum = 4294967295_u64, example = 1002,
             description = "The product's sku (1..=4294967295)."),
     ),
     responses(
