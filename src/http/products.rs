@@ -39,8 +39,9 @@ pub struct CreateProductRequest {
     /// The sku to use (1..=4294967295); assigned when absent or null.
     #[schema(minimum = 1, maximum = 4294967295_u64)]
     sku: Option<u64>,
-    /// 1..=200 characters (trimmed), no control characters.
-    #[schema(min_length = 1, max_length = 200)]
+    /// 1..=200 characters once surrounding whitespace is trimmed (and stored trimmed), no
+    /// control characters. (No `maxLength`: the limit is on the trimmed name.)
+    #[schema(min_length = 1)]
     name: String,
     /// The regular price in minor units, 0..=10^13.
     #[schema(maximum = 10000000000000_u64)]
@@ -177,8 +178,9 @@ async fn get_product(
 #[serde(deny_unknown_fields)]
 #[schema(examples(json!({"name": "Headphones Pro", "price": 22000})))]
 pub struct UpdateProductRequest {
-    /// The new name: 1..=200 characters (trimmed), no control characters.
-    #[schema(min_length = 1, max_length = 200)]
+    /// The new name: 1..=200 characters once surrounding whitespace is trimmed (and stored
+    /// trimmed), no control characters. (No `maxLength`: the limit is on the trimmed name.)
+    #[schema(min_length = 1)]
     name: Option<String>,
     /// The new regular price in minor units, 0..=10^13.
     #[schema(maximum = 10000000000000_u64)]
@@ -240,8 +242,9 @@ async fn update_product(
 #[serde(deny_unknown_fields)]
 #[schema(examples(json!({"name": "Berlin North"})))]
 pub struct CreateWarehouseRequest {
-    /// 1..=100 characters (trimmed), no control characters; unique.
-    #[schema(min_length = 1, max_length = 100)]
+    /// 1..=100 characters once surrounding whitespace is trimmed (and stored trimmed), no
+    /// control characters; unique. (No `maxLength`: the limit is on the trimmed name.)
+    #[schema(min_length = 1)]
     name: String,
 }
 
