@@ -125,7 +125,7 @@ pub struct RemoveParams {
     tag = "Cart",
     security(("bearer" = [])),
     params(
-        ("sku" = u32, Path, minimum = 1, description = "The line's sku.", example = 1002),
+        ("sku" = u32, Path, minimum = 1, maximum = 4294967295_u64, description = "The line's sku.", example = 1002),
         RemoveParams,
     ),
     responses(

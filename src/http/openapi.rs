@@ -107,8 +107,20 @@ pub fn document() -> utoipa::openapi::OpenApi {
 
 static JSON: OnceLock<Bytes> = OnceLock::new();
 
+/// Unsigned integers are documented with the registry's formats `uint8`..`uint64` (utoipa's
+/// `non_strict_integers`), so that a u32 sku above 2147483647 or a u64 id above 2^63-1 is not
+/// out of its documented `int32`/`int64` range. utoipa 6 spells them `u-int32` and the like
+/// (its format names are kebab-cased); this puts the registry's names in. The replacement is
+/// exact: an unescaped `"format":"u-int32"` cannot occur inside a JSON string.
 fn to_bytes(doc: &utoipa::openapi::OpenApi) -> Bytes {
-    Bytes::from(doc.to_json().expect("the OpenAPI document serializes"))
+    let mut json = doc.to_json().expect("the OpenAPI document serializes");
+    for bits in ["8", "16", "32", "64"] {
+        json = json.replace(
+            &format!("\"format\":\"u-int{bits}\""),
+            &format!("\"format\":\"uint{bits}\""),
+        );
+    }
+    Bytes::from(json)
 }
 
 /// Keeps the document split off the router being built (`super::router`) for serving. Every
@@ -229,6 +241,22 @@ mod tests {
                 matches!(e, AppError::CheckoutFailed { .. })
             );
         }
+    }
+
+    #[test]
+    fn unsigned_integers_have_the_registry_formats() {
+        let doc: serde_json::Value = serde_json::from_slice(&to_bytes(&document())).unwrap();
+        let text = doc.to_string();
+        assert!(!text.contains("u-int"), "utoipa's format names left over");
+        let sku = &doc["paths"]["/v1/products/{sku}"]["get"]["parameters"][0]["schema"];
+        assert_eq!(sku["format"], "uint32", "{sku}");
+        assert_eq!(sku["minimum"], 1, "{sku}");
+        assert_eq!(sku["maximum"], 4294967295_u64, "{sku}");
+        let order_id = &doc["paths"]["/v1/orders/{order_id}"]["get"]["parameters"][0]["schema"];
+        assert_eq!(order_id["format"], "uint64", "{order_id}");
+        let product = &doc["components"]["schemas"]["ProductView"]["properties"];
+        assert_eq!(product["sku"]["format"], "uint32");
+        assert_eq!(product["price"]["format"], "uint64");
     }
 
     #[test]

@@ -422,7 +422,7 @@ async fn pay_order(
         })?
     };
     let payment_ref = body.payment_ref.unwrap_or_default();
-    if payment_ref.len() > 128 || payment_ref.chars().any(char::is_control) {
+    if payment_ref.chars().count() > 128 || payment_ref.chars().any(char::is_control) {
         return Err(AppError::InvalidRequest(
             "payment_ref must be at most 128 characters, without control characters".into(),
         ));

@@ -39,8 +39,9 @@ pub struct CreateProductRequest {
     /// The sku to use (1..=4294967295); assigned when absent or null.
     #[schema(minimum = 1, maximum = 4294967295_u64)]
     sku: Option<u64>,
-    /// 1..=200 characters (trimmed), no control characters.
-    #[schema(min_length = 1, max_length = 200)]
+    /// 1..=200 characters once surrounding whitespace is trimmed (and stored trimmed), no
+    /// control characters. (No `maxLength`: the limit is on the trimmed name.)
+    #[schema(min_length = 1)]
     name: String,
     /// The regular price in minor units, 0..=10^13.
     #[schema(maximum = 10000000000000_u64)]
@@ -93,7 +94,7 @@ async fn create_product(
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// List the products with a sku above this one (the previous page's `next_after_sku`).
-    #[param(example = 1002)]
+    #[param(maximum = 4294967295_u64, example = 1002)]
     after_sku: Option<u32>,
     /// Page size, 1..=200 (default 50).
     #[param(minimum = 1, maximum = 200, example = 50)]
@@ -154,7 +155,7 @@ async fn list_products(
     path = "/v1/products/{sku}",
     tag = "Catalog and stock",
     params(
-        ("sku" = u32, Path, minimum = 1, example = 1002,
+        ("sku" = u32, Path, minimum = 1, maximum = 4294967295_u64, example = 1002,
             description = "The product's sku (1..=4294967295)."),
     ),
     responses(
@@ -177,8 +178,9 @@ async fn get_product(
 #[serde(deny_unknown_fields)]
 #[schema(examples(json!({"name": "Headphones Pro", "price": 22000})))]
 pub struct UpdateProductRequest {
-    /// The new name: 1..=200 characters (trimmed), no control characters.
-    #[schema(min_length = 1, max_length = 200)]
+    /// The new name: 1..=200 characters once surrounding whitespace is trimmed (and stored
+    /// trimmed), no control characters. (No `maxLength`: the limit is on the trimmed name.)
+    #[schema(min_length = 1)]
     name: Option<String>,
     /// The new regular price in minor units, 0..=10^13.
     #[schema(maximum = 10000000000000_u64)]
@@ -195,7 +197,7 @@ pub struct UpdateProductRequest {
     tag = "Catalog and stock",
     security(("bearer" = [])),
     params(
-        ("sku" = u32, Path, minimum = 1, example = 1002,
+        ("sku" = u32, Path, minimum = 1, maximum = 4294967295_u64, example = 1002,
             description = "The product's sku (1..=4294967295)."),
     ),
     request_body(
@@ -240,8 +242,9 @@ async fn update_product(
 #[serde(deny_unknown_fields)]
 #[schema(examples(json!({"name": "Berlin North"})))]
 pub struct CreateWarehouseRequest {
-    /// 1..=100 characters (trimmed), no control characters; unique.
-    #[schema(min_length = 1, max_length = 100)]
+    /// 1..=100 characters once surrounding whitespace is trimmed (and stored trimmed), no
+    /// control characters; unique. (No `maxLength`: the limit is on the trimmed name.)
+    #[schema(min_length = 1)]
     name: String,
 }
 
@@ -287,6 +290,7 @@ async fn create_warehouse(
 #[serde(deny_unknown_fields)]
 #[schema(examples(json!({"warehouse_id": 3, "delta": 100})))]
 pub struct AdjustStockRequest {
+    #[schema(maximum = 4294967295_u64)]
     warehouse_id: u32,
     /// Units to add (positive) or remove (negative): non-zero, within ±10^9. Only available
     /// units can be removed.
@@ -304,7 +308,7 @@ pub struct AdjustStockRequest {
     tag = "Catalog and stock",
     security(("bearer" = [])),
     params(
-        ("sku" = u32, Path, minimum = 1, example = 1002,
+        ("sku" = u32, Path, minimum = 1, maximum = 4294967295_u64, example = 1002,
             description = "The product's sku (1..=4294967295)."),
     ),
     request_body(
@@ -361,7 +365,7 @@ pub struct Stocks {
     path = "/v1/products/{sku}/stocks",
     tag = "Catalog and stock",
     params(
-        ("sku" = u32, Path, minimum = 1, example = 1002,
+        ("sku" = u32, Path, minimum = 1, maximum = 4294967295_u64, example = 1002,
             description = "The product's sku (1..=4294967295)."),
     ),
     responses(
@@ -415,7 +419,7 @@ pub struct PutSaleRequest {
     tag = "Catalog and stock",
     security(("bearer" = [])),
     params(
-        ("sku" = u32, Path, minimum = 1, example = 1002,
+        ("sku" = u32, Path, minimum = 1, maximum = 4294967295_u64, example = 1002,
             description = "The product's sku (1..=4294967295)."),
     ),
     request_body(
@@ -471,7 +475,7 @@ async fn put_sale(
     tag = "Catalog and stock",
     security(("bearer" = [])),
     params(
-        ("sku" = u32, Path, minimum = 1, example = 1002,
+        ("sku" = u32, Path, minimum = 1, maximum = 4294967295_u64, example = 1002,
             description = "The product's sku (1..=4294967295)."),
     ),
     responses(
@@ -505,7 +509,7 @@ async fn delete_sale(
     tag = "Catalog and stock",
     security(("bearer" = [])),
     params(
-        ("sku" = u32, Path, minimum = 1, example = 1002,
+        ("sku" = u32, Path, minimum = 1, maximum = 4294967295_u64, example = 1002,
             description = "The product's sku (1..=4294967295)."),
     ),
     responses(

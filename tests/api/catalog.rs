@@ -95,6 +95,34 @@ async fn create_product_with_and_without_sku() {
     assert_eq!(r.body["name"], "Radio");
 }
 
+/// Once a product has the largest sku the AUTO_INCREMENT counter has nowhere to go: products
+/// without a sku get the lowest free one instead of a 500 (found by scripts/fuzz).
+#[tokio::test]
+async fn skus_are_still_assigned_once_the_largest_is_taken() {
+    let app = spawn_app().await;
+    let admin = Some(app.admin_token.as_str());
+    for sku in [1, 2, u64::from(u32::MAX)] {
+        let r = app
+            .post(
+                "/v1/products",
+                admin,
+                json!({"sku": sku, "name": "Taken", "price": 1}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    }
+    for expected in [3, 4] {
+        let r = app
+            .post("/v1/products", admin, json!({"name": "Next", "price": 1}))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        assert_eq!(r.body["sku"], expected, "{:?}", r.body);
+        assert_eq!(r.body["name"], "Next");
+    }
+    let r = app.get("/v1/products/3", None).await;
+    assert_eq!(r.body["name"], "Next", "{:?}", r.body);
+}
+
 #[tokio::test]
 async fn duplicate_sku_conflicts() {
     let app = spawn_app().await;

@@ -399,6 +399,47 @@ async fn order_input_errors() {
     assert_eq!(app.available(sku).await, 5);
 }
 
+/// `payment_ref` is limited to 128 characters, as documented (`maxLength` counts characters),
+/// not 128 bytes.
+#[tokio::test]
+async fn payment_ref_counts_characters() {
+    let app = spawn_app().await;
+    let sku = app.sale_product(5, None).await;
+    let t = app.customer_token(611);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let r = app
+            .post(
+                "/v1/orders/buy-now",
+                Some(&t),
+                json!({"sku": sku, "count": 1}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        ids.push(r.body["order_id"].as_u64().unwrap());
+    }
+    let r = app
+        .post(
+            &format!("/v1/orders/{}/pay", ids[0]),
+            Some(&t),
+            json!({"payment_ref": "é".repeat(129)}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    let r = app
+        .post(
+            &format!("/v1/orders/{}/pay", ids[1]),
+            Some(&t),
+            json!({"payment_ref": "é".repeat(128)}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["status"], "paid");
+}
+
 #[tokio::test]
 async fn listing_is_newest_first_and_pages() {
     let app = spawn_app().await;

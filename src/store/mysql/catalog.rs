@@ -39,6 +39,9 @@ macro_rules! select_product {
     };
 }
 
+/// Inserts a product with the given sku, or with one assigned: the next after the highest
+/// (AUTO_INCREMENT) or, once a product has the largest sku (4294967295) and the counter has
+/// nowhere to go, the lowest free one.
 #[tracing::instrument(skip(pool))]
 pub async fn insert_product(
     pool: &MySqlPool,
@@ -46,19 +49,63 @@ pub async fn insert_product(
     name: &ProductName,
     price: Price,
 ) -> AppResult<Sku> {
-    let r = sqlx::query("INSERT INTO products (sku, name, price) VALUES (?, ?, ?)")
-        .bind(sku.map(Sku::get))
-        .bind(name.as_str())
-        .bind(price.get())
-        .execute(pool)
-        .await
-        .on_duplicate(|| {
-            AppError::AlreadyExists(format!(
-                "sku {} exists",
-                sku.map(|s| s.to_string()).unwrap_or_default()
-            ))
-        })?;
-    Sku::parse(r.last_insert_id())
+    let insert = |sku: Option<u32>| {
+        sqlx::query("INSERT INTO products (sku, name, price) VALUES (?, ?, ?)")
+            .bind(sku)
+            .bind(name.as_str())
+            .bind(price.get())
+            .execute(pool)
+    };
+    if let Some(sku) = sku {
+        let r = insert(Some(sku.get()))
+            .await
+            .on_duplicate(|| AppError::AlreadyExists(format!("sku {sku} exists")))?;
+        return Sku::parse(r.last_insert_id());
+    }
+    match insert(None).await {
+        Ok(r) => return Sku::parse(r.last_insert_id()),
+        Err(e) if !auto_increment_exhausted(&e) => return Err(e.into()),
+        Err(_) => {}
+    }
+    // Each lost race means another product took the free sku: try the next lowest.
+    for _ in 0..20 {
+        let free: Option<u64> = sqlx::query_scalar(
+            "SELECT CAST(CASE \
+               WHEN NOT EXISTS (SELECT 1 FROM products WHERE sku = 1) THEN 1 \
+               ELSE (SELECT MIN(p.sku) + 1 FROM products p WHERE p.sku < 4294967295 \
+                     AND NOT EXISTS (SELECT 1 FROM products q WHERE q.sku = p.sku + 1)) \
+             END AS UNSIGNED)",
+        )
+        .fetch_one(pool)
+        .await?;
+        let Some(free) = free else {
+            return Err(AppError::AlreadyExists("every sku is taken".into()));
+        };
+        let free = Sku::parse(free)?;
+        match insert(Some(free.get())).await {
+            Ok(_) => return Ok(free),
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(AppError::AlreadyExists(
+        "other products took every free sku found; retry".into(),
+    ))
+}
+
+/// The AUTO_INCREMENT counter is past the column's range: MariaDB answers "out of range"
+/// (167, SQLSTATE 22003), MySQL "failed to read auto-increment value" (1467) or a duplicate of
+/// the largest value.
+fn auto_increment_exhausted(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    let number = db
+        .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+        .map(|e| e.number());
+    db.is_unique_violation()
+        || db.code().as_deref() == Some("22003")
+        || matches!(number, Some(167 | 1467))
 }
 
 #[tracing::instrument(skip(pool))]
