@@ -4,6 +4,7 @@
 mod helpers;
 
 mod auth;
+mod authz;
 mod cart;
 mod catalog;
 mod concurrency;

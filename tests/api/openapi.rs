@@ -15,8 +15,8 @@ const METHODS: [&str; 8] = [
 
 /// A route of docs/API.md: who may call it ("anyone", "customer" or "admin").
 #[derive(Debug, Clone)]
-struct DocRoute {
-    who: String,
+pub(crate) struct DocRoute {
+    pub(crate) who: String,
 }
 
 fn api_md() -> String {
@@ -34,7 +34,7 @@ fn cells(line: &str) -> Vec<String> {
 /// The route tables of docs/API.md (sections Auth, Catalog and stock, Cart, Orders, Operations):
 /// `(METHOD, /path/{param})` without the query, and who may call it (Cart and Orders are the
 /// caller's own: "customer"; Operations: "anyone").
-fn documented_routes() -> BTreeMap<(String, String), DocRoute> {
+pub(crate) fn documented_routes() -> BTreeMap<(String, String), DocRoute> {
     const SECTIONS: [&str; 5] = ["Auth", "Catalog and stock", "Cart", "Orders", "Operations"];
     let mut routes = BTreeMap::new();
     let mut section: Option<&str> = None;
