@@ -322,6 +322,21 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration, global = true)]
     pub shutdown_grace: Duration,
 
+    /// Origins allowed to call the API from a browser (CORS), comma-separated, each exactly as
+    /// browsers send it (`https://shop.example`, `http://localhost:3000`), or `*` for any.
+    /// Empty (the default): no CORS headers at all.
+    #[arg(
+        long,
+        env = "FLASHSALE_CORS_ORIGINS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub cors_origins: Vec<String>,
+
+    /// How long browsers may cache a CORS preflight answer.
+    #[arg(long, env = "FLASHSALE_CORS_MAX_AGE", default_value = "1h", value_parser = parse_duration, global = true)]
+    pub cors_max_age: Duration,
+
     /// Log format.
     #[arg(long, env = "FLASHSALE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -388,7 +403,48 @@ impl Config {
                 return Err(format!("the {name} must be above zero"));
             }
         }
+        for origin in self.cors_origins() {
+            check_cors_origin(origin)?;
+        }
         Ok(())
+    }
+
+    /// The CORS origins, trimmed, without empty entries.
+    pub fn cors_origins(&self) -> impl Iterator<Item = &str> {
+        self.cors_origins
+            .iter()
+            .map(|o| o.trim())
+            .filter(|o| !o.is_empty())
+    }
+}
+
+/// `*`, or an origin as browsers send it: `http(s)://host[:port]`, no path, query or slash.
+fn check_cors_origin(origin: &str) -> Result<(), String> {
+    if origin == "*" {
+        return Ok(());
+    }
+    let bad = |why: &str| {
+        Err(format!(
+            "FLASHSALE_CORS_ORIGINS: {origin:?} {why} (expected `*` or an origin like https://shop.example)"
+        ))
+    };
+    if axum::http::HeaderValue::from_str(origin).is_err() {
+        return bad("is not a valid header value");
+    }
+    let Some(rest) = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+    else {
+        return bad("is not http:// or https://");
+    };
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ', '*']) {
+        return bad(
+            "must be a scheme and a host (and port) only, without a path or trailing slash",
+        );
+    }
+    match origin.parse::<axum::http::Uri>() {
+        Ok(uri) if uri.host().is_some_and(|h| !h.is_empty()) => Ok(()),
+        _ => bad("does not parse as an origin"),
     }
 }
 
@@ -432,6 +488,41 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn cors_origins_are_checked() {
+        let mut c = Config::defaults();
+        assert!(c.cors_origins.is_empty());
+        assert_eq!(c.cors_max_age, Duration::from_secs(3600));
+        for ok in [
+            "*",
+            "https://shop.example",
+            "http://localhost:3000",
+            " https://a.example ",
+        ] {
+            c.cors_origins = vec![ok.into()];
+            assert!(c.validate().is_ok(), "{ok}");
+        }
+        for bad in [
+            "shop.example",
+            "https://shop.example/",
+            "https://shop.example/app",
+            "ftp://shop.example",
+            "https://",
+            "https://a.example?x=1",
+            "https://*.example",
+        ] {
+            c.cors_origins = vec![bad.into()];
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        let c = Cli::parse_from([
+            "flashsale",
+            "--cors-origins",
+            "https://a.example,https://b.example",
+        ])
+        .config;
+        assert_eq!(c.cors_origins, ["https://a.example", "https://b.example"]);
     }
 
     #[test]

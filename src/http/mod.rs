@@ -14,16 +14,18 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderName, Method, StatusCode};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::AppState;
+use crate::config::Config;
 use crate::error::AppError;
 
 /// Every route, each registered with its OpenAPI operation (`utoipa_axum::routes!`): the router
@@ -41,9 +43,10 @@ pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let body_limit = state.cfg.body_limit;
     let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(state.cfg.max_in_flight));
+    let cors = cors(&state.cfg);
     let (routes, doc) = api().split_for_parts();
     openapi::publish(&doc);
-    routes
+    let routes = routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -62,7 +65,14 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(track_metrics))
         .layer(CatchPanicLayer::custom(|_| {
             AppError::internal("a handler panicked").into_response()
-        }))
+        }));
+    // Outside every answer of ours (404, 405, 401, 408, 429, 503, a panic's 500), so a browser
+    // can read them all, and so preflights are answered here, before routing.
+    let routes = match cors {
+        Some(cors) => routes.layer(cors),
+        None => routes,
+    };
+    routes
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let id = req
                 .headers()
@@ -77,6 +87,44 @@ pub fn router(state: AppState) -> Router {
             axum::http::header::AUTHORIZATION,
         ]))
         .with_state(state)
+}
+
+/// CORS from `FLASHSALE_CORS_ORIGINS` (none when empty): exact origins or any (`*`), without
+/// credentials (the API takes bearer tokens, never cookies).
+fn cors(cfg: &Config) -> Option<CorsLayer> {
+    let origins: Vec<&str> = cfg.cors_origins().collect();
+    if origins.is_empty() {
+        return None;
+    }
+    let allow_origin = if origins.contains(&"*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow_origin)
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("idempotency-key"),
+                HeaderName::from_static("last-event-id"),
+            ])
+            .expose_headers([
+                header::RETRY_AFTER,
+                HeaderName::from_static("idempotent-replayed"),
+                HeaderName::from_static("x-request-id"),
+            ])
+            .allow_credentials(false)
+            .max_age(cfg.cors_max_age),
+    )
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> AppError {

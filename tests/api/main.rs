@@ -8,6 +8,7 @@ mod authz;
 mod cart;
 mod catalog;
 mod concurrency;
+mod cors;
 mod limits;
 mod metrics;
 mod openapi;
