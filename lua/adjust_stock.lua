@@ -10,4 +10,6 @@ local f, d = 'w' .. ARGV[1], tonumber(ARGV[2])
 local cur = tonumber(redis.call('HGET', stock, f) or '0')
 if cur + d < 0 then return { 'short', cur } end
 local now_there = redis.call('HINCRBY', stock, f, d)
-return { 'ok', now_there, redis.call('HINCRBY', stock, 'avail', d) }
+local avail = redis.call('HINCRBY', stock, 'avail', d)
+live_changed(stock, avail)
+return { 'ok', now_there, avail }

@@ -13,6 +13,24 @@
 -- The ledger outlives the TTL key on purpose: the units of an expired reservation stay accounted
 -- for until a script gives them back (the sweeper, or the next touch of that reservation).
 
+-- Live stock: a script that changes a sku's `avail` notes it with live_changed(stock, new avail);
+-- after the script's body has run, the wrapper (src/store/redis/scripts.rs) calls live_publish(),
+-- which PUBLISHes "<sku> <avail>" once on "<prefix>:stock-live" (the channel of the deployment
+-- whose stock key it is). One message per script call, whatever the number of changes in it.
+local live_stock_key, live_avail = nil, nil
+
+local function live_changed(stock, avail)
+  live_stock_key, live_avail = stock, avail
+end
+
+local function live_publish()
+  if not live_stock_key then return end
+  local prefix, sku = string.match(live_stock_key, '^(.*):{sku:(%d+)}:stock$')
+  if prefix then
+    redis.call('PUBLISH', prefix .. ':stock-live', sku .. ' ' .. string.format('%d', live_avail))
+  end
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -65,7 +83,7 @@ local function take_units(stock, n, bucket, list)
   if left ~= 0 then
     return redis.error_reply('stock hash inconsistent: avail above the sum of warehouses')
   end
-  redis.call('HINCRBY', stock, 'avail', -n)
+  if n ~= 0 then live_changed(stock, redis.call('HINCRBY', stock, 'avail', -n)) end
   redis.call('HINCRBY', stock, bucket, n)
 end
 
@@ -81,7 +99,7 @@ local function give_back(stock, n, bucket, list)
     left = left - t
     if a[2] == 0 then table.remove(list, i) end
   end
-  redis.call('HINCRBY', stock, 'avail', n)
+  if n ~= 0 then live_changed(stock, redis.call('HINCRBY', stock, 'avail', n)) end
   redis.call('HINCRBY', stock, bucket, -n)
 end
 

@@ -28,5 +28,6 @@ if redis.call('EXISTS', stock) == 0 then
   for i = 4 + 2 * m + 2 * w, #ARGV do pairs_[#pairs_ + 1] = ARGV[i] end
   if #pairs_ > 0 then redis.call('HSET', users, unpack(pairs_)) end
   loaded_stock = 1
+  live_changed(stock, sum)
 end
 return { loaded_meta, loaded_stock }

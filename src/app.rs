@@ -16,7 +16,7 @@ use crate::domain::{Password, Role, Username};
 use crate::error::AppError;
 use crate::store::mysql;
 use crate::store::redis::Redis;
-use crate::{http, telemetry, worker};
+use crate::{http, live, telemetry, worker};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -30,6 +30,8 @@ pub struct AppState {
     pub jwt: Arc<Jwt>,
     pub cfg: Arc<Config>,
     pub metrics: PrometheusHandle,
+    /// Live stock for the SSE streams (`live::run` feeds it).
+    pub live: Arc<live::Hub>,
 }
 
 impl FromRef<AppState> for MySqlPool {
@@ -75,8 +77,10 @@ impl AppState {
             blocking,
             instance: instance.into(),
             jwt,
-            cfg: Arc::new(cfg),
+            // The recorder first: the hub registers its metrics.
             metrics: telemetry::metrics_handle(),
+            live: Arc::new(live::Hub::new(cfg.live_max_watchers, cfg.live_resync)),
+            cfg: Arc::new(cfg),
         })
     }
 }
@@ -133,6 +137,14 @@ impl Application {
             .webhook_url
             .is_some()
             .then(|| tokio::spawn(worker::webhooks::run(self.state.clone(), stop_rx.clone())));
+        let live = tokio::spawn(live::run(self.state.clone(), stop_rx.clone()));
+        // Live streams never end by themselves: end them when the shutdown starts, so the
+        // graceful shutdown does not wait for them.
+        let hub = self.state.live.clone();
+        let shutdown = async move {
+            shutdown.await;
+            hub.close();
+        };
         let router = http::router(self.state.clone());
         tracing::info!(addr = %self.listener.local_addr()?, "flashsale listening");
         let cfg = &self.state.cfg;
@@ -146,6 +158,7 @@ impl Application {
         let _ = stop_tx.send(true);
         let _ = sweeper.await;
         let _ = gauges.await;
+        let _ = live.await;
         for task in [writer, webhooks].into_iter().flatten() {
             let _ = task.await;
         }

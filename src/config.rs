@@ -337,6 +337,28 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_CORS_MAX_AGE", default_value = "1h", value_parser = parse_duration, global = true)]
     pub cors_max_age: Duration,
 
+    /// Live stock streams: changes are gathered and sent at most once per this interval per sku.
+    #[arg(long, env = "FLASHSALE_LIVE_TICK", default_value = "250ms", value_parser = parse_duration, global = true)]
+    pub live_tick: Duration,
+
+    /// Live stock streams: a heartbeat comment after this much silence.
+    #[arg(long, env = "FLASHSALE_LIVE_HEARTBEAT", default_value = "15s", value_parser = parse_duration, global = true)]
+    pub live_heartbeat: Duration,
+
+    /// Live stock streams: how often the watched skus' counts (and the list of sales) are read
+    /// afresh, in case a change announcement was lost.
+    #[arg(long, env = "FLASHSALE_LIVE_RESYNC", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub live_resync: Duration,
+
+    /// Live stock streams open at once in this process; more answer 503 `unavailable`.
+    #[arg(
+        long,
+        env = "FLASHSALE_LIVE_MAX_WATCHERS",
+        default_value_t = 20_000,
+        global = true
+    )]
+    pub live_max_watchers: usize,
+
     /// Log format.
     #[arg(long, env = "FLASHSALE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -398,6 +420,9 @@ impl Config {
             ("cart hold ttl", self.cart_hold_ttl),
             ("payment ttl", self.payment_ttl),
             ("sweep interval", self.sweep_interval),
+            ("live tick", self.live_tick),
+            ("live heartbeat", self.live_heartbeat),
+            ("live resync", self.live_resync),
         ] {
             if d.is_zero() {
                 return Err(format!("the {name} must be above zero"));

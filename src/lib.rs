@@ -6,6 +6,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod live;
 pub mod reconcile;
 pub mod seed;
 pub mod server;

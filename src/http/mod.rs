@@ -4,6 +4,7 @@ pub mod cart;
 pub mod extract;
 pub mod idempotency;
 pub mod limits;
+pub mod live;
 pub mod openapi;
 pub mod ops;
 pub mod orders;
@@ -31,6 +32,11 @@ use crate::error::AppError;
 /// Every route, each registered with its OpenAPI operation (`utoipa_axum::routes!`): the router
 /// and the document at `GET /openapi.json` come from these same registrations.
 pub fn api() -> OpenApiRouter<AppState> {
+    requests().merge(streams())
+}
+
+/// Routes that answer and are done.
+fn requests() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::base())
         .merge(users::router())
         .merge(products::router())
@@ -39,17 +45,23 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(ops::router())
 }
 
+/// Routes that stay open (Server-Sent Events): the per-request deadline, in-flight cap and rate
+/// limits do not apply to them; they have their own cap (`live_max_watchers`).
+fn streams() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().merge(live::router())
+}
+
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let body_limit = state.cfg.body_limit;
     let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(state.cfg.max_in_flight));
     let cors = cors(&state.cfg);
-    let (routes, doc) = api().split_for_parts();
+    let (requests, mut doc) = requests().split_for_parts();
+    let (streams, streams_doc) = streams().split_for_parts();
+    doc.merge(streams_doc);
     openapi::publish(&doc);
-    let routes = routes
+    let routes = requests
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             limits::sale_rate_limit,
@@ -62,6 +74,10 @@ pub fn router(state: AppState) -> Router {
             in_flight,
             limits::in_flight_cap,
         ))
+        // The streams join after the per-request limits.
+        .merge(streams)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(track_metrics))
         .layer(CatchPanicLayer::custom(|_| {
             AppError::internal("a handler panicked").into_response()

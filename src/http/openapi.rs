@@ -63,6 +63,8 @@ accept any valid token (an admin's too) and act on the caller's own cart and ord
             description = "The caller's cart: adding a line reserves its units at once."),
         (name = "Orders", description = "The caller's orders: checkout, buy-now, pay, cancel. \
             Every POST accepts an `Idempotency-Key`."),
+        (name = "Live stock", description = "Available counts pushed to shoppers' pages as \
+            they change (Server-Sent Events)."),
         (name = "Operations", description = "Liveness, readiness, metrics and this document."),
     ),
     components(schemas(ErrorEnvelope, ErrorBody, ErrorCode)),

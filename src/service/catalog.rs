@@ -72,7 +72,8 @@ impl SaleView {
     }
 }
 
-fn view(row: &ProductRow, available: i64) -> ProductView {
+/// A product row as the catalog shows it, with its available count.
+pub fn view(row: &ProductRow, available: i64) -> ProductView {
     ProductView {
         sku: row.sku,
         name: row.name.clone(),

@@ -10,6 +10,7 @@ mod catalog;
 mod concurrency;
 mod cors;
 mod limits;
+mod live;
 mod metrics;
 mod openapi;
 mod ops;

@@ -35,7 +35,14 @@ fn cells(line: &str) -> Vec<String> {
 /// `(METHOD, /path/{param})` without the query, and who may call it (Cart and Orders are the
 /// caller's own: "customer"; Operations: "anyone").
 pub(crate) fn documented_routes() -> BTreeMap<(String, String), DocRoute> {
-    const SECTIONS: [&str; 5] = ["Auth", "Catalog and stock", "Cart", "Orders", "Operations"];
+    const SECTIONS: [&str; 6] = [
+        "Auth",
+        "Catalog and stock",
+        "Cart",
+        "Orders",
+        "Live stock",
+        "Operations",
+    ];
     let mut routes = BTreeMap::new();
     let mut section: Option<&str> = None;
     let mut who_column: Option<usize> = None;

@@ -7,7 +7,7 @@ use crate::domain::{Price, ProductName, SaleWindow, Sku, WarehouseName};
 use crate::error::{AppError, AppResult, OnConflict};
 
 /// A product with its sale window, if one is set.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct ProductRow {
     pub sku: u32,
     pub name: String,
@@ -131,6 +131,23 @@ pub async fn list_products(
             .fetch_all(pool)
             .await?,
     )
+}
+
+/// Products whose sale has not ended at `now` (open or upcoming), soonest start first: the live
+/// sales stream's list.
+#[tracing::instrument(skip(pool))]
+pub async fn unfinished_sales(
+    pool: &MySqlPool,
+    now: DateTime<Utc>,
+    limit: u32,
+) -> AppResult<Vec<ProductRow>> {
+    Ok(sqlx::query_as::<_, ProductRow>(select_product!(
+        "WHERE s.ends_at > ? ORDER BY s.starts_at, p.sku LIMIT ?"
+    ))
+    .bind(now.naive_utc())
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
 }
 
 /// Skus whose sale window is open at `now` (for the live views and the seed).

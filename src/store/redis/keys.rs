@@ -85,6 +85,12 @@ impl Keys {
         format!("{}:skus", self.prefix)
     }
 
+    /// The pub/sub channel on which the scripts announce a sku's new available count
+    /// (`"<sku> <avail>"`, lua/lib.lua's `live_publish`): what the live stock streams follow.
+    pub fn stock_live(&self) -> String {
+        format!("{}:stock-live", self.prefix)
+    }
+
     /// The order id sequence.
     pub fn order_seq(&self) -> String {
         format!("{}:seq:order", self.prefix)

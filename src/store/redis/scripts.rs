@@ -1,12 +1,22 @@
 //! The Lua scripts of lua/, each prefixed with lua/lib.lua, built once and called by SHA
-//! (EVALSHA, loading the script on NOSCRIPT).
+//! (EVALSHA, loading the script on NOSCRIPT). Each script's body runs inside a function, after
+//! which `live_publish()` (lua/lib.lua) announces the sku's new `avail` once if the body changed
+//! it: the live stock streams (src/live.rs) follow those announcements.
 
 use redis::Script;
 
 const LIB: &str = include_str!("../../../lua/lib.lua");
 
 fn with_lib(body: &str) -> Script {
-    Script::new(&format!("{LIB}\n{body}"))
+    Script::new(&wrap(body))
+}
+
+/// lib + the body as a function + the live stock announcement after it.
+fn wrap(body: &str) -> String {
+    format!(
+        "{LIB}\nlocal function script_body()\n{body}\nend\n\
+         local reply = script_body()\nlive_publish()\nreturn reply\n"
+    )
 }
 
 pub struct Scripts {

@@ -1,0 +1,555 @@
+//! Live stock for shoppers' pages: available counts pushed as they change (Server-Sent Events,
+//! served by `http::live`).
+//!
+//! The Lua scripts announce every change of a sku's `avail` on one Redis pub/sub channel per
+//! deployment (`<prefix>:stock-live`, message `"<sku> <avail>"`, see lua/lib.lua). One task per
+//! process ([`run`]) subscribes to it and keeps the latest count of each *watched* sku in the
+//! [`Hub`]; every `live_tick` it gathers what changed since the last tick into one [`Batch`] and
+//! broadcasts it in-process. Watchers (the SSE streams) only ever read the hub: 10,000 watchers
+//! cost Redis one subscription and, every `live_resync`, one read per watched sku (in case an
+//! announcement was lost, e.g. while the subscription was down), never anything per watcher.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio::sync::{broadcast, watch};
+
+use crate::app::AppState;
+use crate::domain::Sku;
+use crate::error::{AppError, AppResult};
+use crate::store::mysql::catalog::{self as db, ProductRow};
+
+/// Batches kept for a slow watcher; one that falls further behind gets the current counts.
+const BATCH_BUFFER: usize = 64;
+/// At most this many sales on the live sales stream.
+pub const MAX_LIVE_SALES: u32 = 100;
+
+/// What changed during one tick: (sku, available) pairs, each sku once.
+#[derive(Debug)]
+pub struct Batch {
+    /// Increases by one per batch in this process (the SSE event id).
+    pub seq: u64,
+    pub changes: Vec<(u32, i64)>,
+}
+
+/// The sales that have not ended (active or upcoming), as the live sales stream shows them.
+#[derive(Debug, PartialEq)]
+pub struct SalesList {
+    pub rows: Vec<ProductRow>,
+}
+
+impl SalesList {
+    pub fn skus(&self) -> HashSet<u32> {
+        self.rows.iter().map(|r| r.sku).collect()
+    }
+}
+
+#[derive(Default)]
+struct SkuState {
+    /// Per-sku streams watching it.
+    refs: usize,
+    /// On the live sales list while someone watches that.
+    pinned: bool,
+    /// The newest count known (announced or read).
+    latest: Option<i64>,
+    /// The count last broadcast.
+    sent: Option<i64>,
+    /// Announcements received: a read that overlapped one is not applied (it may be older).
+    version: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    seq: u64,
+    skus: HashMap<u32, SkuState>,
+    dirty: HashSet<u32>,
+    sales_watchers: usize,
+}
+
+impl Inner {
+    fn forget_if_unwatched(&mut self, sku: u32) {
+        if self
+            .skus
+            .get(&sku)
+            .is_some_and(|s| s.refs == 0 && !s.pinned)
+        {
+            self.skus.remove(&sku);
+            self.dirty.remove(&sku);
+        }
+    }
+}
+
+/// The process's live stock state, shared by the subscriber task and every stream.
+pub struct Hub {
+    inner: Mutex<Inner>,
+    batches: broadcast::Sender<Arc<Batch>>,
+    sales: watch::Sender<Arc<SalesList>>,
+    /// When `sales` was last read from MySQL (None: never).
+    sales_read: Mutex<Option<Instant>>,
+    sales_refresh: tokio::sync::Mutex<()>,
+    closed: watch::Sender<bool>,
+    watchers: AtomicUsize,
+    max_watchers: usize,
+    resync: Duration,
+}
+
+impl Hub {
+    pub fn new(max_watchers: usize, resync: Duration) -> Self {
+        metrics::gauge!("flashsale_live_watchers").set(0.0);
+        metrics::counter!("flashsale_live_events_total").increment(0);
+        metrics::counter!("flashsale_live_announcements_total").increment(0);
+        Hub {
+            inner: Mutex::new(Inner::default()),
+            batches: broadcast::channel(BATCH_BUFFER).0,
+            sales: watch::channel(Arc::new(SalesList { rows: Vec::new() })).0,
+            sales_read: Mutex::new(None),
+            sales_refresh: tokio::sync::Mutex::new(()),
+            closed: watch::channel(false).0,
+            watchers: AtomicUsize::new(0),
+            max_watchers,
+            resync,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Streams open now.
+    pub fn watchers(&self) -> usize {
+        self.watchers.load(Ordering::Relaxed)
+    }
+
+    fn admit(self: &Arc<Self>) -> AppResult<()> {
+        if self.watchers.fetch_add(1, Ordering::AcqRel) >= self.max_watchers {
+            self.watchers.fetch_sub(1, Ordering::AcqRel);
+            return Err(AppError::Unavailable(format!(
+                "{} live streams are open, the most this instance holds",
+                self.max_watchers
+            )));
+        }
+        metrics::gauge!("flashsale_live_watchers").increment(1.0);
+        Ok(())
+    }
+
+    /// Registers a stream of one sku (503 `unavailable` beyond `live_max_watchers`).
+    pub fn watch_sku(self: &Arc<Self>, sku: u32) -> AppResult<WatchGuard> {
+        self.admit()?;
+        self.lock().skus.entry(sku).or_default().refs += 1;
+        Ok(WatchGuard {
+            hub: self.clone(),
+            sku: Some(sku),
+        })
+    }
+
+    /// Registers a stream of the live sales list.
+    pub fn watch_sales(self: &Arc<Self>) -> AppResult<WatchGuard> {
+        self.admit()?;
+        self.lock().sales_watchers += 1;
+        Ok(WatchGuard {
+            hub: self.clone(),
+            sku: None,
+        })
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Batch>> {
+        self.batches.subscribe()
+    }
+
+    pub fn sales_changes(&self) -> watch::Receiver<Arc<SalesList>> {
+        self.sales.subscribe()
+    }
+
+    /// Turns true when the service shuts down: streams end.
+    pub fn closed(&self) -> watch::Receiver<bool> {
+        self.closed.subscribe()
+    }
+
+    pub fn close(&self) {
+        self.closed.send_replace(true);
+    }
+
+    /// The id of the last batch sent.
+    pub fn seq(&self) -> u64 {
+        self.lock().seq
+    }
+
+    /// The count a watched sku's streams have (or are about to have) been told.
+    pub fn current(&self, sku: u32) -> Option<i64> {
+        let g = self.lock();
+        let s = g.skus.get(&sku)?;
+        s.sent.or(s.latest)
+    }
+
+    /// An announcement from the scripts (ignored for skus nobody watches).
+    pub fn announce(&self, sku: u32, available: i64) {
+        metrics::counter!("flashsale_live_announcements_total").increment(1);
+        let mut g = self.lock();
+        if let Some(s) = g.skus.get_mut(&sku) {
+            s.version += 1;
+            s.latest = Some(available);
+            g.dirty.insert(sku);
+        }
+    }
+
+    /// The watched skus with their announcement version, before reading them afresh.
+    pub fn watched(&self) -> Vec<(u32, u64)> {
+        self.lock()
+            .skus
+            .iter()
+            .map(|(sku, s)| (*sku, s.version))
+            .collect()
+    }
+
+    fn version(&self, sku: u32) -> Option<u64> {
+        self.lock().skus.get(&sku).map(|s| s.version)
+    }
+
+    /// A count read from Redis when the sku's announcement version was `version`: applied
+    /// unless an announcement came in meanwhile (which is at least as new).
+    pub fn apply_read(&self, sku: u32, available: i64, version: u64) {
+        let mut g = self.lock();
+        let Some(s) = g.skus.get_mut(&sku) else {
+            return;
+        };
+        if s.version != version {
+            return;
+        }
+        s.latest = Some(available);
+        if s.sent.is_none() {
+            // The first count of a newly watched sku: its streams start with it.
+            s.sent = Some(available);
+        } else if s.sent != Some(available) {
+            g.dirty.insert(sku);
+        }
+    }
+
+    /// Broadcasts what changed since the last call, as one batch. Returns the changes sent.
+    pub fn flush(&self) -> usize {
+        let mut g = self.lock();
+        if g.dirty.is_empty() {
+            return 0;
+        }
+        let dirty: Vec<u32> = g.dirty.drain().collect();
+        let mut changes = Vec::new();
+        for sku in dirty {
+            if let Some(s) = g.skus.get_mut(&sku)
+                && let Some(v) = s.latest
+                && s.sent != Some(v)
+            {
+                s.sent = Some(v);
+                changes.push((sku, v));
+            }
+        }
+        if changes.is_empty() {
+            return 0;
+        }
+        changes.sort_unstable();
+        g.seq += 1;
+        let n = changes.len();
+        let batch = Arc::new(Batch {
+            seq: g.seq,
+            changes,
+        });
+        drop(g);
+        let _ = self.batches.send(batch);
+        n
+    }
+
+    /// The current count of a sku for a stream that starts watching it: the hub's when it
+    /// follows the sku already, else read from Redis (loading the sku from MySQL if needed;
+    /// 404 `not_found` for an unknown sku).
+    pub async fn first_count(&self, state: &AppState, sku: Sku) -> AppResult<i64> {
+        if let Some(v) = self.current(sku.get()) {
+            return Ok(v);
+        }
+        let version = self.version(sku.get()).unwrap_or(0);
+        let v = crate::service::catalog::counters(state, sku)
+            .await?
+            .available;
+        self.apply_read(sku.get(), v, version);
+        Ok(self.current(sku.get()).unwrap_or(v))
+    }
+
+    /// The sales that have not ended, read from MySQL at most once per `live_resync` (however
+    /// many streams start), with their skus followed while anyone watches the list.
+    pub async fn sales_list(&self, state: &AppState) -> AppResult<Arc<SalesList>> {
+        let fresh = |read: &Mutex<Option<Instant>>| {
+            read.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some_and(|t| t.elapsed() < self.resync)
+        };
+        if fresh(&self.sales_read) {
+            return Ok(self.sales.borrow().clone());
+        }
+        let _one = self.sales_refresh.lock().await;
+        if fresh(&self.sales_read) {
+            return Ok(self.sales.borrow().clone());
+        }
+        self.refresh_sales(state).await
+    }
+
+    async fn refresh_sales(&self, state: &AppState) -> AppResult<Arc<SalesList>> {
+        let rows = db::unfinished_sales(&state.db, chrono::Utc::now(), MAX_LIVE_SALES).await?;
+        let list = SalesList { rows };
+        let skus = list.skus();
+        {
+            let mut g = self.lock();
+            let unpinned: Vec<u32> = g
+                .skus
+                .iter()
+                .filter(|(sku, s)| s.pinned && !skus.contains(sku))
+                .map(|(sku, _)| *sku)
+                .collect();
+            for sku in unpinned {
+                if let Some(s) = g.skus.get_mut(&sku) {
+                    s.pinned = false;
+                }
+                g.forget_if_unwatched(sku);
+            }
+            for sku in &skus {
+                g.skus.entry(*sku).or_default().pinned = true;
+            }
+        }
+        for sku in &skus {
+            if self.current(*sku).is_none() {
+                let sku = Sku::parse(u64::from(*sku))?;
+                self.first_count(state, sku).await?;
+            }
+        }
+        *self.sales_read.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        let list = Arc::new(list);
+        self.sales.send_if_modified(|cur| {
+            if **cur == *list {
+                false
+            } else {
+                *cur = list.clone();
+                true
+            }
+        });
+        Ok(self.sales.borrow().clone())
+    }
+
+    /// Lets go of the sales list's skus when nobody watches it any more.
+    fn unpin_if_unwatched(&self) {
+        let mut g = self.lock();
+        if g.sales_watchers > 0 {
+            return;
+        }
+        let pinned: Vec<u32> = g
+            .skus
+            .iter()
+            .filter(|(_, s)| s.pinned)
+            .map(|(sku, _)| *sku)
+            .collect();
+        for sku in pinned {
+            if let Some(s) = g.skus.get_mut(&sku) {
+                s.pinned = false;
+            }
+            g.forget_if_unwatched(sku);
+        }
+        drop(g);
+        *self.sales_read.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn sales_watched(&self) -> bool {
+        self.lock().sales_watchers > 0
+    }
+}
+
+/// One open stream: counted while it lives, its sku followed.
+pub struct WatchGuard {
+    hub: Arc<Hub>,
+    sku: Option<u32>,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        let mut g = self.hub.lock();
+        match self.sku {
+            Some(sku) => {
+                if let Some(s) = g.skus.get_mut(&sku) {
+                    s.refs = s.refs.saturating_sub(1);
+                }
+                g.forget_if_unwatched(sku);
+            }
+            None => g.sales_watchers = g.sales_watchers.saturating_sub(1),
+        }
+        drop(g);
+        self.hub.watchers.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!("flashsale_live_watchers").decrement(1.0);
+    }
+}
+
+/// Reads every watched sku's count from Redis (one pipeline) and applies it.
+async fn resync(state: &AppState) -> AppResult<()> {
+    let hub = &state.live;
+    let watched = hub.watched();
+    if watched.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for (sku, _) in &watched {
+        let sku = Sku::parse(u64::from(*sku))?;
+        pipe.cmd("HGET")
+            .arg(state.redis.keys.sku(sku).stock())
+            .arg("avail");
+    }
+    let counts: Vec<Option<i64>> = pipe.query_async(&mut state.redis.conn()).await?;
+    for ((sku, version), count) in watched.into_iter().zip(counts) {
+        if let Some(v) = count {
+            hub.apply_read(sku, v, version);
+        }
+    }
+    Ok(())
+}
+
+/// `"<sku> <avail>"`
+fn parse_announcement(payload: &[u8]) -> Option<(u32, i64)> {
+    let s = std::str::from_utf8(payload).ok()?;
+    let (sku, avail) = s.split_once(' ')?;
+    Some((sku.parse().ok()?, avail.parse().ok()?))
+}
+
+async fn subscribe(
+    client: &redis::Client,
+    channel: &str,
+) -> redis::RedisResult<redis::aio::PubSub> {
+    let mut ps = client.get_async_pubsub().await?;
+    ps.subscribe(channel).await?;
+    Ok(ps)
+}
+
+/// The subscriber: follows the announcements until `stop` turns true, then ends every stream.
+pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
+    let hub = state.live.clone();
+    let cfg = state.cfg.clone();
+    let channel = state.redis.keys.stock_live();
+    let client = match redis::Client::open(cfg.redis_url.as_str()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "live stock: bad Redis URL; live streams stay still");
+            let _ = stop.changed().await;
+            hub.close();
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(cfg.live_tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut resync_tick = tokio::time::interval(cfg.live_resync);
+    resync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut backoff = Duration::from_millis(100);
+    'connect: loop {
+        let connected = tokio::select! {
+            r = tokio::time::timeout(cfg.redis_timeout, subscribe(&client, &channel)) => r,
+            _ = stop.changed() => break 'connect,
+        };
+        let pubsub = match connected {
+            Ok(Ok(p)) => p,
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".into(),
+                };
+                tracing::warn!(error = %why, "live stock: cannot subscribe; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => break 'connect,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        tracing::debug!(%channel, "live stock: subscribed");
+        let mut messages = pubsub.into_on_message();
+        // Announcements made while unsubscribed are lost: read the watched skus afresh.
+        if let Err(e) = resync(&state).await {
+            tracing::debug!(error = %e, "live stock: resync failed");
+        }
+        loop {
+            tokio::select! {
+                m = messages.next() => match m {
+                    Some(msg) => {
+                        if let Some((sku, avail)) = parse_announcement(msg.get_payload_bytes()) {
+                            hub.announce(sku, avail);
+                        }
+                    }
+                    None => {
+                        tracing::warn!("live stock: the subscription was lost; resubscribing");
+                        continue 'connect;
+                    }
+                },
+                _ = tick.tick() => {
+                    hub.flush();
+                }
+                _ = resync_tick.tick() => {
+                    if hub.sales_watched() {
+                        if let Err(e) = hub.refresh_sales(&state).await {
+                            tracing::debug!(error = %e, "live stock: sales list not refreshed");
+                        }
+                    } else {
+                        hub.unpin_if_unwatched();
+                    }
+                    if let Err(e) = resync(&state).await {
+                        tracing::debug!(error = %e, "live stock: resync failed");
+                    }
+                }
+                _ = stop.changed() => break 'connect,
+            }
+        }
+    }
+    hub.close();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcements_parse() {
+        assert_eq!(parse_announcement(b"42 3"), Some((42, 3)));
+        assert_eq!(parse_announcement(b"42 -1"), Some((42, -1)));
+        assert_eq!(parse_announcement(b"42"), None);
+        assert_eq!(parse_announcement(b"x 1"), None);
+    }
+
+    #[test]
+    fn changes_are_coalesced_per_tick_and_only_for_watched_skus() {
+        let hub = Arc::new(Hub::new(10, Duration::from_secs(5)));
+        let mut rx = hub.subscribe();
+        let guard = hub.watch_sku(7).unwrap();
+        hub.apply_read(7, 100, 0);
+        assert_eq!(hub.current(7), Some(100));
+        for v in (90..100).rev() {
+            hub.announce(7, v);
+        }
+        hub.announce(8, 5); // nobody watches 8
+        assert_eq!(hub.flush(), 1);
+        let b = rx.try_recv().unwrap();
+        assert_eq!(b.changes, vec![(7, 90)]);
+        assert_eq!(hub.flush(), 0, "nothing new");
+        // A read that overlapped an announcement is not applied.
+        let v = hub.watched()[0].1;
+        hub.announce(7, 80);
+        hub.apply_read(7, 85, v);
+        hub.flush();
+        assert_eq!(rx.try_recv().unwrap().changes, vec![(7, 80)]);
+        drop(guard);
+        assert!(hub.watched().is_empty(), "forgotten once unwatched");
+        assert_eq!(hub.watchers(), 0);
+    }
+
+    #[test]
+    fn the_watcher_cap_holds() {
+        let hub = Arc::new(Hub::new(2, Duration::from_secs(5)));
+        let a = hub.watch_sku(1).unwrap();
+        let _b = hub.watch_sales().unwrap();
+        assert!(matches!(hub.watch_sku(1), Err(AppError::Unavailable(_))));
+        drop(a);
+        assert!(hub.watch_sku(1).is_ok());
+    }
+}
