@@ -10,6 +10,7 @@ pub mod ops;
 pub mod orders;
 pub mod products;
 pub mod users;
+pub mod web;
 
 use std::time::Instant;
 
@@ -61,6 +62,7 @@ pub fn router(state: AppState) -> Router {
     doc.merge(streams_doc);
     openapi::publish(&doc);
     let routes = requests
+        .merge(web::router())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),

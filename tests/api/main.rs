@@ -17,5 +17,6 @@ mod ops;
 mod orders;
 mod process;
 mod simulate;
+mod web;
 mod webhooks;
 mod writeback;
