@@ -406,3 +406,71 @@ async fn streams_beyond_the_cap_are_refused_with_503() {
         3
     );
 }
+
+#[tokio::test]
+async fn streams_carry_cors_headers_for_allowed_origins() {
+    let app = spawn_app_with(|c| c.cors_origins = vec!["https://shop.example".into()]).await;
+    let sku = app.sale_product(3, None).await;
+    for path in [
+        format!("/v1/products/{sku}/stock/stream"),
+        "/v1/sales/live".into(),
+    ] {
+        let resp = reqwest::Client::new()
+            .get(format!("{}{path}", app.addr))
+            .header("origin", "https://shop.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        assert_eq!(
+            resp.headers()["access-control-allow-origin"],
+            "https://shop.example",
+            "{path}"
+        );
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+    }
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_streams_at_once() {
+    let app = spawn_app().await;
+    let sku = app.sale_product(3, None).await;
+    // A second instance on the same stores, whose shutdown this test drives.
+    let mut cfg = (*app.state.cfg).clone();
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.shutdown_grace = Duration::from_secs(30);
+    let server = flashsale::app::Application::build(cfg).await.unwrap();
+    let addr = format!("http://127.0.0.1:{}", server.port());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run_until(async {
+        let _ = rx.await;
+    }));
+    let mut resp = reqwest::Client::new()
+        .get(format!("{addr}/v1/products/{sku}/stock/stream"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let first = resp.chunk().await.unwrap().unwrap();
+    assert!(
+        std::str::from_utf8(&first)
+            .unwrap()
+            .contains("event: stock")
+    );
+    let started = Instant::now();
+    tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("the shutdown does not wait for the stream's grace period")
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The stream ended cleanly.
+    let rest = tokio::time::timeout(Duration::from_secs(2), resp.chunk()).await;
+    assert!(matches!(rest, Ok(Ok(None)) | Ok(Err(_))), "{rest:?}");
+}
