@@ -16,6 +16,8 @@ use crate::domain::Role;
 use crate::error::AppError;
 use crate::store::redis::{Bucket, BucketMode};
 
+use super::extract::{AuthUser, bearer_token};
+
 /// Long-lived streams (Server-Sent Events) are neither timed out nor counted as in flight.
 fn is_stream(path: &str) -> bool {
     path.ends_with("/stream") || path == "/v1/sales/live"
@@ -48,12 +50,53 @@ fn rate_limited(scope: &'static str, wait: Duration, what: &str) -> AppError {
     }
 }
 
-/// The cart and order routes (`/v1/cart*`, `/v1/orders*`): one bucket per client address and one per customer. Admins are
-/// not limited. An invalid token only meets the address's bucket (the route answers 401).
+/// One bucket a request must get through: the limit's scope (the metric label), how a refusal
+/// reads, and the bucket itself.
+struct Check {
+    scope: &'static str,
+    refusal: &'static str,
+    key: String,
+    bucket: Bucket,
+    mode: BucketMode,
+}
+
+/// Runs the checks in one round trip. Refused when any bucket refuses, with the longest wait as
+/// `Retry-After`. When Redis cannot be asked the request is let through: the limiter never takes
+/// the sale down by itself (the route's own Redis work answers 503).
+async fn enforce(state: &AppState, checks: Vec<Check>) -> Result<(), AppError> {
+    if checks.is_empty() {
+        return Ok(());
+    }
+    let calls: Vec<_> = checks
+        .iter()
+        .map(|c| (c.key.clone(), c.bucket, c.mode))
+        .collect();
+    match state.redis.rate_limit(&calls).await {
+        Ok(waits) => match checks
+            .iter()
+            .zip(waits)
+            .filter_map(|(c, w)| w.map(|w| (c, w)))
+            .max_by_key(|(_, w)| *w)
+        {
+            Some((c, wait)) => Err(rate_limited(c.scope, wait, c.refusal)),
+            None => Ok(()),
+        },
+        Err(e) => {
+            metrics::counter!("flashsale_rate_limit_errors_total").increment(1);
+            tracing::warn!(error = %e, "rate limiter unavailable; request let through");
+            Ok(())
+        }
+    }
+}
+
+/// The cart and order routes (`/v1/cart*`, `/v1/orders*`): one bucket per client address and
+/// one per customer. Admins are not limited. An invalid token only meets the address's bucket
+/// (the route answers 401). The verified caller is handed on to the `AuthUser` extractor, so
+/// the token is checked once.
 pub async fn sale_rate_limit(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
     let cfg = &state.cfg;
@@ -62,70 +105,46 @@ pub async fn sale_rate_limit(
     if !cfg.rate_limits || !sale_route {
         return next.run(req).await;
     }
-    let caller = bearer(&req).and_then(|t| state.jwt.verify(t).ok());
-    if matches!(caller, Some((_, Role::Admin))) {
-        return next.run(req).await;
+    let caller = bearer_token(req.headers())
+        .and_then(|t| state.jwt.verify(t))
+        .ok()
+        .map(|(user_id, role)| AuthUser { user_id, role });
+    if let Some(user) = caller {
+        req.extensions_mut().insert(user);
+        if user.role == Role::Admin {
+            return next.run(req).await;
+        }
     }
     let keys = &state.redis.keys;
     let mut checks = Vec::with_capacity(2);
-    let mut scopes = Vec::with_capacity(2);
     if let Some(ip) = ip {
-        checks.push((
-            keys.rate_bucket("ip", &ip.to_string()),
-            Bucket {
+        checks.push(Check {
+            scope: "ip",
+            refusal: "too many requests from this address",
+            key: keys.rate_bucket("ip", &ip.to_string()),
+            bucket: Bucket {
                 per_second: cfg.rate_ip_per_sec,
                 burst: cfg.rate_ip_burst,
             },
-            BucketMode::Take,
-        ));
-        scopes.push("ip");
+            mode: BucketMode::Take,
+        });
     }
-    if let Some((user_id, _)) = caller {
-        checks.push((
-            keys.rate_bucket("customer", &user_id.to_string()),
-            Bucket {
+    if let Some(user) = caller {
+        checks.push(Check {
+            scope: "customer",
+            refusal: "too many requests from this customer",
+            key: keys.rate_bucket("customer", &user.user_id.to_string()),
+            bucket: Bucket {
                 per_second: cfg.rate_customer_per_sec,
                 burst: cfg.rate_customer_burst,
             },
-            BucketMode::Take,
-        ));
-        scopes.push("customer");
+            mode: BucketMode::Take,
+        });
     }
-    match state.redis.rate_limit(&checks).await {
-        Ok(waits) => {
-            if let Some((scope, wait)) = scopes
-                .iter()
-                .zip(waits)
-                .filter_map(|(s, w)| w.map(|w| (*s, w)))
-                .max_by_key(|(_, w)| *w)
-            {
-                let what = if scope == "ip" {
-                    "too many requests from this address"
-                } else {
-                    "too many requests from this customer"
-                };
-                return rate_limited(scope, wait, what).into_response();
-            }
-        }
-        // The limiter never takes the sale down by itself: when Redis is unreachable the route's
-        // own Redis work answers 503.
-        Err(e) => {
-            metrics::counter!("flashsale_rate_limit_errors_total").increment(1);
-            tracing::warn!(error = %e, "rate limiter unavailable; request let through");
-        }
+    if let Err(refused) = enforce(&state, checks).await {
+        return refused.into_response();
     }
     next.run(req).await
-}
-
-fn bearer(req: &Request) -> Option<&str> {
-    let v = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    v.strip_prefix("Bearer ")
-        .or_else(|| v.strip_prefix("bearer "))
-        .map(str::trim)
 }
 
 /// Login and sign-up: before the password is looked at, the address's bucket (every attempt
@@ -141,43 +160,25 @@ pub async fn check_login(
     }
     let keys = &state.redis.keys;
     let mut checks = Vec::with_capacity(2);
-    let mut scopes = Vec::with_capacity(2);
     if let Some(ip) = ip {
-        checks.push((
-            keys.rate_bucket("login-ip", &ip.to_string()),
-            per_minute(cfg.login_ip_per_min),
-            BucketMode::Take,
-        ));
-        scopes.push("login_ip");
+        checks.push(Check {
+            scope: "login_ip",
+            refusal: "too many sign-in attempts from this address",
+            key: keys.rate_bucket("login-ip", &ip.to_string()),
+            bucket: per_minute(cfg.login_ip_per_min),
+            mode: BucketMode::Take,
+        });
     }
     if let Some(name) = username {
-        checks.push((
-            keys.rate_bucket("login-user", &name.to_ascii_lowercase()),
-            per_minute(cfg.login_failures_per_min),
-            BucketMode::Peek,
-        ));
-        scopes.push("login_user");
+        checks.push(Check {
+            scope: "login_user",
+            refusal: "too many failed sign-ins for this username",
+            key: keys.rate_bucket("login-user", &name.to_ascii_lowercase()),
+            bucket: per_minute(cfg.login_failures_per_min),
+            mode: BucketMode::Peek,
+        });
     }
-    match state.redis.rate_limit(&checks).await {
-        Ok(waits) => {
-            for (scope, wait) in scopes.into_iter().zip(waits) {
-                if let Some(wait) = wait {
-                    let what = if scope == "login_ip" {
-                        "too many sign-in attempts from this address"
-                    } else {
-                        "too many failed sign-ins for this username"
-                    };
-                    return Err(rate_limited(scope, wait, what));
-                }
-            }
-            Ok(())
-        }
-        Err(e) => {
-            metrics::counter!("flashsale_rate_limit_errors_total").increment(1);
-            tracing::warn!(error = %e, "login limiter unavailable; attempt let through");
-            Ok(())
-        }
-    }
+    enforce(state, checks).await
 }
 
 /// A failed login costs its username one token.
