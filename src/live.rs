@@ -80,6 +80,23 @@ impl Inner {
             self.dirty.remove(&sku);
         }
     }
+
+    /// Unpins the pinned skus that `keep` rejects (the sales list no longer names them) and
+    /// forgets those nobody watches.
+    fn unpin_where(&mut self, keep: impl Fn(u32) -> bool) {
+        let unpinned: Vec<u32> = self
+            .skus
+            .iter()
+            .filter(|(sku, s)| s.pinned && !keep(**sku))
+            .map(|(sku, _)| *sku)
+            .collect();
+        for sku in unpinned {
+            if let Some(s) = self.skus.get_mut(&sku) {
+                s.pinned = false;
+            }
+            self.forget_if_unwatched(sku);
+        }
+    }
 }
 
 /// The process's live stock state, shared by the subscriber task and every stream.
@@ -298,18 +315,7 @@ impl Hub {
         let skus = list.skus();
         {
             let mut g = self.lock();
-            let unpinned: Vec<u32> = g
-                .skus
-                .iter()
-                .filter(|(sku, s)| s.pinned && !skus.contains(sku))
-                .map(|(sku, _)| *sku)
-                .collect();
-            for sku in unpinned {
-                if let Some(s) = g.skus.get_mut(&sku) {
-                    s.pinned = false;
-                }
-                g.forget_if_unwatched(sku);
-            }
+            g.unpin_where(|sku| skus.contains(&sku));
             for sku in &skus {
                 g.skus.entry(*sku).or_default().pinned = true;
             }
@@ -339,18 +345,7 @@ impl Hub {
         if g.sales_watchers > 0 {
             return;
         }
-        let pinned: Vec<u32> = g
-            .skus
-            .iter()
-            .filter(|(_, s)| s.pinned)
-            .map(|(sku, _)| *sku)
-            .collect();
-        for sku in pinned {
-            if let Some(s) = g.skus.get_mut(&sku) {
-                s.pinned = false;
-            }
-            g.forget_if_unwatched(sku);
-        }
+        g.unpin_where(|_| false);
         drop(g);
         *self.sales_read.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
