@@ -90,34 +90,34 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let server = tokio::spawn(app.run_until(async {
         let _ = rx.await;
     }));
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap();
-    let mut t = TestApp {
-        addr,
-        client,
-        state,
-        admin_token: String::new(),
-        db_name,
-        prefix,
-        shutdown: Some(tx),
-        server: Some(server),
-    };
-    t.admin_token = t.login("admin", ADMIN_PASSWORD).await;
-    t
+    TestApp::signed_in(addr, state, db_name, prefix, Some((tx, server))).await
 }
 
 impl TestApp {
     /// A handle on a service that runs elsewhere (a child process) at `addr`, with `state`
     /// connected to its stores; dropping it drops the test's database and Redis keys.
     pub async fn attach(addr: String, state: AppState, db_name: String, prefix: String) -> TestApp {
+        TestApp::signed_in(addr, state, db_name, prefix, None).await
+    }
+
+    /// The handle with its HTTP client and the admin's token; `server` is the in-process
+    /// server's stop signal and task, when the test runs one.
+    async fn signed_in(
+        addr: String,
+        state: AppState,
+        db_name: String,
+        prefix: String,
+        server: Option<(
+            tokio::sync::oneshot::Sender<()>,
+            tokio::task::JoinHandle<anyhow::Result<()>>,
+        )>,
+    ) -> TestApp {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
             .timeout(Duration::from_secs(60))
             .build()
             .unwrap();
+        let (shutdown, server) = server.unzip();
         let mut t = TestApp {
             addr,
             client,
@@ -125,8 +125,8 @@ impl TestApp {
             admin_token: String::new(),
             db_name,
             prefix,
-            shutdown: None,
-            server: None,
+            shutdown,
+            server,
         };
         t.admin_token = t.login("admin", ADMIN_PASSWORD).await;
         t

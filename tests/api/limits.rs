@@ -19,7 +19,7 @@ fn retry_after(r: &crate::helpers::Resp) -> u64 {
 }
 
 /// Opens a raw connection and sends `head` plus the first `sent` bytes of a body of `len`.
-async fn partial_request(
+pub(crate) async fn partial_request(
     app: &TestApp,
     method_path: &str,
     token: Option<&str>,

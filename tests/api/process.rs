@@ -13,9 +13,9 @@ use flashsale::config::Config;
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::helpers::{TestApp, spawn_app_with, test_config, test_names};
+use crate::limits::partial_request;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -258,6 +258,22 @@ impl Buyers {
     }
 }
 
+/// A sale of `units` on a new product with `buyers` registered buyers at it; returns once the
+/// first `first_paid` orders are paid.
+async fn start_sale(app: &TestApp, units: i64, buyers: usize, first_paid: usize) -> (u64, Buyers) {
+    let sku = app.sale_product(units, None).await;
+    let mut tokens = Vec::new();
+    for i in 0..buyers {
+        tokens.push(app.register(&format!("buyer{i}")).await.1);
+    }
+    let buyers = Buyers::start(&app.addr, sku, tokens);
+    eventually("the first paid orders", Duration::from_secs(20), || async {
+        buyers.paid.lock().unwrap().len() >= first_paid
+    })
+    .await;
+    (sku, buyers)
+}
+
 /// Units in paid orders according to MySQL, and the orders MySQL has as paid.
 async fn mysql_paid(app: &TestApp, sku: u64) -> (i64, BTreeSet<u64>) {
     let ids: Vec<u64> = sqlx::query_scalar("SELECT id FROM orders WHERE status = 'paid'")
@@ -294,18 +310,8 @@ async fn sigkill_in_the_middle_of_a_sale_loses_no_paid_order() {
         c.claim_idle = Duration::from_millis(500);
     })
     .await;
-    let sku = app.sale_product(UNITS, None).await;
-    let mut tokens = Vec::new();
-    for i in 0..24 {
-        tokens.push(app.register(&format!("buyer{i}")).await.1);
-    }
-    let buyers = Buyers::start(&app.addr, sku, tokens);
-
     // Let the sale run, then kill the service without warning, mid-request.
-    eventually("the first paid orders", Duration::from_secs(20), || async {
-        buyers.paid.lock().unwrap().len() >= 20
-    })
-    .await;
+    let (sku, buyers) = start_sale(&app, UNITS, 24, 20).await;
     let paid_before_kill = buyers.paid.lock().unwrap().len();
     let (env, log) = (svc.env.clone(), svc.log.clone());
     svc.signal("-KILL");
@@ -389,7 +395,7 @@ async fn sigkill_in_the_middle_of_a_sale_loses_no_paid_order() {
 
 #[tokio::test]
 async fn sigterm_finishes_the_request_in_flight_and_exits_zero_without_logging_secrets() {
-    let (mut svc, app, port) = start_service(|_| {}).await;
+    let (mut svc, app, _) = start_service(|_| {}).await;
     let canary = "Canary-Password-7f3a9";
     let r = app
         .post(
@@ -415,15 +421,7 @@ async fn sigterm_finishes_the_request_in_flight_and_exits_zero_without_logging_s
 
     // A request whose body is still coming when SIGTERM arrives.
     let body = br#"{"username": "latecomer", "password": "latecomer-password"}"#;
-    let mut s = TcpStream::connect(format!("127.0.0.1:{port}"))
-        .await
-        .unwrap();
-    let head = format!(
-        "POST /v1/users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(&body[..10]).await.unwrap();
+    let mut s = partial_request(&app, "POST /v1/users", None, body.len(), &body[..10]).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     svc.signal("-TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -538,16 +536,7 @@ async fn redis_restarted_in_the_middle_of_a_sale_gives_503s_then_no_oversell() {
         c.payment_ttl = Duration::from_secs(2);
     })
     .await;
-    let sku = app.sale_product(UNITS, None).await;
-    let mut tokens = Vec::new();
-    for i in 0..16 {
-        tokens.push(app.register(&format!("shopper{i}")).await.1);
-    }
-    let buyers = Buyers::start(&app.addr, sku, tokens);
-    eventually("the first paid orders", Duration::from_secs(20), || async {
-        buyers.paid.lock().unwrap().len() >= 10
-    })
-    .await;
+    let (sku, buyers) = start_sale(&app, UNITS, 16, 10).await;
 
     // Redis goes away (SIGKILL) for a second, then comes back with its append-only file.
     redis_server.kill();
