@@ -172,6 +172,17 @@ async fn bootstrap(state: &AppState) -> anyhow::Result<()> {
     if let Err(e) = state.redis.load_scripts().await {
         tracing::warn!(error = %e, "could not load the Lua scripts now; they load on first use");
     }
+    match state.redis.check_eviction_policy().await {
+        Ok(()) => {}
+        Err(e) if state.redis.eviction_refusal().is_some() => anyhow::bail!(
+            "{e}. Set `maxmemory-policy noeviction` in redis.conf (or CONFIG SET) and start again"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "could not read Redis's maxmemory-policy now; it is checked every metrics interval \
+             and nothing is sold while it is not noeviction"
+        ),
+    }
     ensure_admin(state).await?;
     let floor = mysql::catalog::max_order_id(&state.db).await?;
     if let Err(e) = state.redis.raise_order_seq(floor).await {

@@ -194,7 +194,16 @@ impl From<sqlx::Error> for AppError {
 
 impl From<redis::RedisError> for AppError {
     fn from(e: redis::RedisError) -> Self {
-        if e.is_io_error()
+        // A full Redis (OOM under noeviction), one loading its data, a read-only replica or a
+        // cluster between masters cannot take the write now: a 503, retried later.
+        let busy = matches!(
+            e.code(),
+            Some(
+                "OOM" | "LOADING" | "READONLY" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN"
+            )
+        );
+        if busy
+            || e.is_io_error()
             || e.is_timeout()
             || e.is_connection_dropped()
             || e.is_connection_refusal()

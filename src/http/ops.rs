@@ -61,7 +61,8 @@ async fn healthz() -> axum::Json<serde_json::Value> {
 
 /// Readiness
 ///
-/// 200 when Redis and MySQL both answer within a second, else 503 `unavailable`. No auth.
+/// 200 when Redis and MySQL both answer within a second and Redis's `maxmemory-policy` is
+/// `noeviction`, else 503 `unavailable`. No auth.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -70,7 +71,8 @@ async fn healthz() -> axum::Json<serde_json::Value> {
         (status = 200, description = "Redis and MySQL answer.", body = Readiness),
         (status = 500, description = E500, body = ErrorEnvelope),
         (status = 503, description = "`unavailable`: Redis, MySQL or both did not answer \
-            within a second (the message names which).", body = ErrorEnvelope,
+            within a second (the message names which), or Redis may evict keys (its \
+            maxmemory-policy is not noeviction).", body = ErrorEnvelope,
             headers(("Retry-After" = u32, description = "Seconds to wait: 1.")),
             example = json!({"error": {"code": "unavailable",
                 "message": "not ready: redis down; nothing was changed, retry shortly"}})),
@@ -78,7 +80,13 @@ async fn healthz() -> axum::Json<serde_json::Value> {
 )]
 async fn readyz(State(state): State<AppState>) -> AppResult<axum::Json<serde_json::Value>> {
     let limit = Duration::from_secs(1);
-    let redis = tokio::time::timeout(limit, state.redis.ping()).await;
+    // INFO answers like PING and also tells the eviction policy, which must be noeviction.
+    let redis = tokio::time::timeout(limit, state.redis.check_eviction_policy()).await;
+    if let Ok(Err(e)) = &redis
+        && state.redis.eviction_refusal().is_some()
+    {
+        return Err(AppError::Unavailable(format!("not ready: {e}")));
+    }
     let mysql = tokio::time::timeout(
         limit,
         sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.db),

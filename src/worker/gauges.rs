@@ -56,6 +56,24 @@ pub async fn refresh(state: &AppState) -> AppResult<()> {
     Ok(())
 }
 
+/// Redis's maxmemory-policy can be changed at run time (CONFIG SET, a restart with another
+/// config): looked at on every tick; sales stop with 503 while it lets Redis evict keys.
+async fn watch_eviction_policy(state: &AppState) {
+    let was_refusing = state.redis.eviction_refusal().is_some();
+    match state.redis.check_eviction_policy().await {
+        Err(e) if state.redis.eviction_refusal().is_some() => {
+            if !was_refusing {
+                tracing::error!(error = %e, "Redis may evict keys: refusing sales until it may not");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "Redis's maxmemory-policy not read"),
+        Ok(()) if was_refusing => {
+            tracing::warn!("Redis's maxmemory-policy is noeviction again: selling")
+        }
+        Ok(()) => {}
+    }
+}
+
 /// Refreshes the gauges until `stop` turns true.
 pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(state.cfg.metrics_interval.max(Duration::from_millis(50)));
@@ -63,6 +81,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                watch_eviction_policy(&state).await;
                 if let Err(e) = refresh(&state).await {
                     tracing::debug!(error = %e, "gauges not refreshed");
                 }

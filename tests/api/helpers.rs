@@ -49,6 +49,17 @@ impl Resp {
     }
 }
 
+/// Drops a test's database (best effort: a test that never made it has nothing to drop).
+pub async fn drop_database(db_name: &str) {
+    if let Ok(mut conn) = <sqlx::MySqlConnection as sqlx::Connection>::connect(&mysql_base()).await
+    {
+        let sql = format!("DROP DATABASE IF EXISTS `{db_name}`");
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await;
+    }
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
@@ -475,14 +486,7 @@ impl Drop for TestApp {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                if let Ok(mut conn) =
-                    <sqlx::MySqlConnection as sqlx::Connection>::connect(&mysql_base()).await
-                {
-                    let sql = format!("DROP DATABASE IF EXISTS `{db_name}`");
-                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                        .execute(&mut conn)
-                        .await;
-                }
+                drop_database(&db_name).await;
                 if let Ok(client) = redis::Client::open(redis_url())
                     && let Ok(mut conn) = client.get_multiplexed_async_connection().await
                 {

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::helpers::{TestApp, spawn_app_with, test_config, test_names};
 use crate::limits::partial_request;
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -133,7 +133,7 @@ async fn start_service(tweak: impl FnOnce(&mut Config)) -> (Service, TestApp, u1
 }
 
 /// Waits until `check` holds (polling), or panics with `what`.
-async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -462,14 +462,14 @@ async fn sigterm_finishes_the_request_in_flight_and_exits_zero_without_logging_s
 
 /// A Redis server of the test's own, with an append-only file fsynced on every write, as a
 /// production Redis would run, so that a restart keeps what was acknowledged.
-struct OwnRedis {
+pub(crate) struct OwnRedis {
     child: Child,
     port: u16,
     dir: PathBuf,
 }
 
 impl OwnRedis {
-    async fn start(port: u16, dir: &Path) -> OwnRedis {
+    pub(crate) async fn start(port: u16, dir: &Path) -> OwnRedis {
         std::fs::create_dir_all(dir).unwrap();
         let child = Command::new("redis-server")
             .args([
@@ -506,7 +506,7 @@ impl OwnRedis {
         r
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 

@@ -6,6 +6,7 @@ pub mod outbox;
 pub mod scripts;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Instant;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -23,6 +24,53 @@ pub struct Redis {
     conn: ConnectionManager,
     pub keys: Keys,
     scripts: Arc<Scripts>,
+    eviction: Arc<EvictionGuard>,
+}
+
+/// The only `maxmemory-policy` under which Redis never drops a key by itself. Any other policy
+/// may evict stock counters, ledgers or order records: oversell and lost orders.
+pub const REQUIRED_POLICY: &str = "noeviction";
+
+/// What this instance last saw of Redis's `maxmemory-policy`.
+struct EvictionGuard {
+    /// 0: not seen yet, 1: `noeviction`, 2: another policy.
+    state: AtomicU8,
+    policy: std::sync::Mutex<String>,
+}
+
+impl EvictionGuard {
+    const UNKNOWN: u8 = 0;
+    const SAFE: u8 = 1;
+    const UNSAFE: u8 = 2;
+
+    fn record(&self, policy: &str) {
+        let safe = policy == REQUIRED_POLICY;
+        if let Ok(mut p) = self.policy.lock() {
+            p.clear();
+            p.push_str(policy);
+        }
+        self.state.store(
+            if safe { Self::SAFE } else { Self::UNSAFE },
+            Ordering::Relaxed,
+        );
+        metrics::gauge!("flashsale_redis_eviction_safe").set(if safe { 1.0 } else { 0.0 });
+    }
+
+    /// The refusal while the last policy seen lets Redis evict keys.
+    fn refusal(&self) -> Option<AppError> {
+        if self.state.load(Ordering::Relaxed) != Self::UNSAFE {
+            return None;
+        }
+        let policy = self.policy.lock().map(|p| p.clone()).unwrap_or_default();
+        Some(unsafe_policy(&policy))
+    }
+}
+
+fn unsafe_policy(policy: &str) -> AppError {
+    AppError::Unavailable(format!(
+        "redis maxmemory-policy is {policy}: it may evict stock and orders, so nothing is sold \
+         until it is {REQUIRED_POLICY}"
+    ))
 }
 
 impl Redis {
@@ -39,7 +87,36 @@ impl Redis {
             conn,
             keys: Keys::new(&cfg.redis_prefix),
             scripts: Arc::new(Scripts::new()),
+            eviction: Arc::new(EvictionGuard {
+                state: AtomicU8::new(EvictionGuard::UNKNOWN),
+                policy: std::sync::Mutex::new(String::new()),
+            }),
         })
+    }
+
+    /// Reads Redis's `maxmemory-policy` (from INFO, which managed services that rename CONFIG
+    /// still answer) and remembers it: while it is not `noeviction`, every script that changes
+    /// stock or orders answers 503 without running. Err(Unavailable) names an unsafe policy.
+    pub async fn check_eviction_policy(&self) -> AppResult<()> {
+        let mut conn = self.conn();
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut conn)
+            .await?;
+        let policy = info
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("maxmemory_policy:"))
+            .ok_or_else(|| AppError::internal("redis INFO memory has no maxmemory_policy"))?;
+        self.eviction.record(policy);
+        match self.eviction.refusal() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The 503 to answer while Redis may evict keys (the last check saw another policy).
+    pub fn eviction_refusal(&self) -> Option<AppError> {
+        self.eviction.refusal()
     }
 
     /// A handle on the shared connection (cheap: clones share one socket).
@@ -56,10 +133,13 @@ impl Redis {
         Ok(())
     }
 
-    pub async fn ping(&self) -> AppResult<()> {
-        let mut conn = self.conn();
-        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-        Ok(())
+    /// Scripts keep the sale's state; none runs while Redis may evict it. Rate-limit buckets
+    /// are exempt: losing one only forgets a count.
+    fn refuse_if_evicting(&self, script: &'static str) -> AppResult<()> {
+        match self.eviction.refusal() {
+            Some(e) if script != "rate_limit" => Err(e),
+            _ => Ok(()),
+        }
     }
 
     async fn eval(
@@ -69,6 +149,7 @@ impl Redis {
         keys: &[&str],
         args: &[&str],
     ) -> AppResult<Reply> {
+        self.refuse_if_evicting(name)?;
         let mut inv = script.prepare_invoke();
         for k in keys {
             inv.key(*k);
@@ -97,6 +178,7 @@ impl Redis {
         if calls.is_empty() {
             return Ok(Vec::new());
         }
+        self.refuse_if_evicting(name)?;
         let mut pipe = redis::pipe();
         for (keys, args) in calls {
             pipe.cmd("EVALSHA")
