@@ -40,6 +40,49 @@ async fn order_footprint(app: &TestApp) -> (usize, i64, i64) {
     (records, orders, failed)
 }
 
+/// Moves `sku`'s sale window to tomorrow: it cannot be bought now.
+pub async fn close_sale(app: &TestApp, sku: u64) {
+    let now = chrono::Utc::now();
+    let r = app
+        .put(
+            &format!("/v1/products/{sku}/sale"),
+            Some(&app.admin_token),
+            json!({"sale_price": 5_000,
+                "starts_at": (now + chrono::Duration::days(1)).to_rfc3339(),
+                "ends_at": (now + chrono::Duration::days(2)).to_rfc3339()}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+}
+
+/// A `failed` order of `user`: a checkout that reserves `count` units of `sku` and is then
+/// refused on a second line (a sale product whose window closes); returns its id.
+pub async fn failed_order(app: &TestApp, user: u64, sku: u64, count: u64) -> u64 {
+    let t = app.customer_token(user);
+    let closing = app.sale_product(1, None).await;
+    assert!(
+        closing > sku,
+        "the refused line must come after the taken one"
+    );
+    for (s, n) in [(sku, count), (closing, 1)] {
+        let r = app
+            .post("/v1/cart/items", Some(&t), json!({"sku": s, "count": n}))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    }
+    close_sale(app, closing).await;
+    let r = app.post_empty("/v1/orders", Some(&t)).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "sale_not_active"),
+        "{:?}",
+        r.body
+    );
+    r.body["error"]["order_id"]
+        .as_u64()
+        .expect("the failed order's id")
+}
+
 // ---- 12.5: concurrent checkouts of one cart ------------------------------------------------
 
 #[tokio::test]
@@ -325,17 +368,7 @@ async fn checkout_of_a_line_whose_window_moved_away_is_refused() {
         .await;
     assert_eq!(r.status, StatusCode::OK);
     // The admin moves the window to tomorrow: the product cannot be bought now.
-    let now = chrono::Utc::now();
-    let r = app
-        .put(
-            &format!("/v1/products/{sku}/sale"),
-            Some(&app.admin_token),
-            json!({"sale_price": 5_000,
-                "starts_at": (now + chrono::Duration::days(1)).to_rfc3339(),
-                "ends_at": (now + chrono::Duration::days(2)).to_rfc3339()}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    close_sale(&app, sku).await;
     let r = app.post_empty("/v1/orders", Some(&t)).await;
     assert_eq!(
         (r.status, r.code()),
@@ -361,17 +394,7 @@ async fn a_partly_reserved_checkout_is_recorded_as_failed() {
             .await;
         assert_eq!(r.status, StatusCode::OK);
     }
-    let now = chrono::Utc::now();
-    let r = app
-        .put(
-            &format!("/v1/products/{b}/sale"),
-            Some(&app.admin_token),
-            json!({"sale_price": 5_000,
-                "starts_at": (now + chrono::Duration::days(1)).to_rfc3339(),
-                "ends_at": (now + chrono::Duration::days(2)).to_rfc3339()}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK);
+    close_sale(&app, b).await;
     let r = app.post_empty("/v1/orders", Some(&t)).await;
     assert_eq!(
         (r.status, r.code()),
