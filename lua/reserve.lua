@@ -49,15 +49,17 @@ if limit > 0 then
   if mine + n > limit then return { 'limit_exceeded', mine, limit } end
 end
 if avail + expired < n then return { 'out_of_stock', avail + expired } end
+local deadline = ms
+if kind == 'ttl' then deadline = now + ms end
+-- Adding to a live reservation keeps its deadline (the TTL key's, should the index lack it).
+if live_count > 0 then
+  deadline = tonumber(redis.call('ZSCORE', exp, rid)) or redis.call('PEXPIRETIME', ttl_key)
+end
 
 if expired > 0 then release_entry(stock, users, res, exp, rid, cur, ttl_key) end
 take_units(stock, n, bucket_of(rid), list)
 redis.call('HINCRBY', users, user, n)
 local total = live_count + n
-local deadline = ms
-if kind == 'ttl' then deadline = now + ms end
--- Adding to a live reservation keeps its deadline.
-if live_count > 0 then deadline = tonumber(redis.call('ZSCORE', exp, rid)) end
 redis.call('HSET', res, rid, format_entry(user, total, list))
 redis.call('SET', ttl_key, total, 'PXAT', string.format('%d', deadline))
 redis.call('ZADD', exp, string.format('%d', deadline), rid)

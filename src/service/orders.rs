@@ -13,8 +13,8 @@ use crate::domain::{CancelReason, Count, MAX_ORDER_TOTAL, OrderStatus, Sku, orde
 use crate::error::{AppError, AppResult};
 use crate::store::mysql::orders as mysql_orders;
 use crate::store::redis::{
-    ConvertOutcome, Deadline, Decision, OrderAction, OrderRecord, ReserveMode, ReserveOutcome,
-    ReserveRequest, Rid,
+    ConvertOutcome, Created, Deadline, Decision, OrderAction, OrderRecord, ReserveMode,
+    ReserveOutcome, ReserveRequest, Rid,
 };
 
 /// An order of the caller's; unpaid at `expires_at`, it is cancelled with reason `expired`.
@@ -140,12 +140,49 @@ pub async fn checkout(state: &AppState, user_id: u64) -> AppResult<OrderView> {
             "another checkout of this cart is running; see your orders".into(),
         ));
     }
+    let lock = CheckoutLock {
+        state: state.clone(),
+        user_id,
+        token: order_id,
+        held: true,
+    };
     let placed = checkout_locked(state, user_id, order_id).await;
-    if let Err(e) = state.redis.unlock_checkout(user_id, order_id).await {
-        // The lease ends it anyway.
-        tracing::warn!(order.id = order_id, error = %e, "could not release the checkout lock");
-    }
+    lock.release().await;
     placed
+}
+
+/// A customer's checkout lock: let go once the checkout answered, or when the checkout is
+/// abandoned half-way (the request timed out) by a task of its own; the lease ends it anyway.
+struct CheckoutLock {
+    state: AppState,
+    user_id: u64,
+    token: u64,
+    held: bool,
+}
+
+impl CheckoutLock {
+    async fn release(mut self) {
+        self.held = false;
+        unlock(&self.state, self.user_id, self.token).await;
+    }
+}
+
+impl Drop for CheckoutLock {
+    fn drop(&mut self) {
+        if !self.held {
+            return;
+        }
+        let (state, user_id, token) = (self.state.clone(), self.user_id, self.token);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { unlock(&state, user_id, token).await });
+        }
+    }
+}
+
+async fn unlock(state: &AppState, user_id: u64, token: u64) {
+    if let Err(e) = state.redis.unlock_checkout(user_id, token).await {
+        tracing::warn!(order.id = token, error = %e, "could not release the checkout lock; its lease ends it");
+    }
 }
 
 async fn checkout_locked(state: &AppState, user_id: u64, order_id: u64) -> AppResult<OrderView> {
@@ -257,7 +294,7 @@ async fn place(
         // Lines were reserved and given back: the order is recorded as failed.
         let requested_json = to_json(&requested)?;
         let failed_total = order_total(&requested).unwrap_or(0);
-        if state
+        let recorded = state
             .redis
             .create_order(
                 order_id,
@@ -267,20 +304,22 @@ async fn place(
                 &requested_json,
                 failed_total,
             )
-            .await?
-        {
-            state
-                .redis
-                .decide_order(
-                    order_id,
-                    OrderAction::Fail {
-                        items_json: &requested_json,
-                        total: failed_total,
-                    },
-                )
-                .await?;
-            metrics::counter!("flashsale_orders_total", "status" => "failed").increment(1);
+            .await?;
+        if recorded != Created::Recorded {
+            // Past the lines' deadline (or an id taken): no record to name.
+            return Err(err);
         }
+        state
+            .redis
+            .decide_order(
+                order_id,
+                OrderAction::Fail {
+                    items_json: &requested_json,
+                    total: failed_total,
+                },
+            )
+            .await?;
+        metrics::counter!("flashsale_orders_total", "status" => "failed").increment(1);
         return Err(AppError::CheckoutFailed {
             code: err.code(),
             message: format!("{err}; order {order_id} failed and holds nothing"),
@@ -308,11 +347,20 @@ async fn place(
             return Err(e);
         }
     };
-    if !created {
-        give_back(state, order_id, &taken).await;
-        return Err(AppError::internal(format!(
-            "order {order_id}: a record with this id exists already"
-        )));
+    match created {
+        Created::Recorded => {}
+        Created::Exists => {
+            give_back(state, order_id, &taken).await;
+            return Err(AppError::internal(format!(
+                "order {order_id}: a record with this id exists already"
+            )));
+        }
+        Created::Late => {
+            give_back(state, order_id, &taken).await;
+            return Err(AppError::Unavailable(format!(
+                "order {order_id}: reserving its lines took longer than the payment window"
+            )));
+        }
     }
     metrics::counter!("flashsale_orders_total", "status" => "new").increment(1);
     let decision = state

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use flashsale::domain::Sku;
-use flashsale::store::redis::{Deadline, ReserveMode, ReserveRequest, Rid};
+use flashsale::store::redis::{Created, Deadline, ReserveMode, ReserveRequest, Rid};
 use redis::AsyncCommands;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -81,6 +81,24 @@ pub async fn failed_order(app: &TestApp, user: u64, sku: u64, count: u64) -> u64
     r.body["error"]["order_id"]
         .as_u64()
         .expect("the failed order's id")
+}
+
+/// Every Redis key of the test's prefix with its serialized size (what a refusal must not grow).
+async fn prefix_keys(app: &TestApp) -> Vec<(String, u64)> {
+    let mut conn = app.state.redis.conn();
+    let mut keys: Vec<String> = conn.keys(format!("{}:*", app.prefix)).await.unwrap();
+    keys.sort();
+    let mut out = Vec::new();
+    for k in keys {
+        let size: Option<u64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(&k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        out.push((k, size.unwrap_or(0)));
+    }
+    out
 }
 
 // ---- 12.5: concurrent checkouts of one cart ------------------------------------------------
@@ -428,6 +446,7 @@ async fn sold_out_buy_now_writes_no_order() {
         )
         .await;
     assert_eq!(first.status, StatusCode::CREATED);
+    let keys_before = prefix_keys(&app).await;
     let tasks: Vec<_> = (0..50u64)
         .map(|i| {
             let (client, url, t) = (
@@ -453,6 +472,11 @@ async fn sold_out_buy_now_writes_no_order() {
         assert_eq!(body["error"]["code"], "out_of_stock");
         assert!(body["error"]["order_id"].is_null(), "{body}");
     }
+    assert_eq!(
+        prefix_keys(&app).await,
+        keys_before,
+        "a refusal for lack of stock stores nothing"
+    );
     // The customer at the limit: refused, no order either.
     let r = app
         .post(
@@ -505,4 +529,65 @@ async fn the_sweeper_gives_back_a_line_without_an_order_record() {
         .await
         .unwrap();
     assert!(users.is_empty(), "{users:?}");
+}
+
+/// An order is never recorded once its lines' deadline passed (the sweeper may be giving those
+/// lines back as lines without a record): `create_order` refuses, nothing is written.
+#[tokio::test]
+async fn an_order_is_not_recorded_after_its_lines_deadline() {
+    let app = spawn_app().await;
+    let redis = &app.state.redis;
+    let now = redis.now_ms().await.unwrap();
+    let id = redis.next_order_id().await.unwrap();
+    let late = redis
+        .create_order(id, 7_600, now - 10, now - 1, "[]", 0)
+        .await
+        .unwrap();
+    assert_eq!(late, Created::Late);
+    assert!(redis.order_record(id).await.unwrap().is_none());
+    let ok = redis
+        .create_order(id, 7_600, now, now + 60_000, "[]", 0)
+        .await
+        .unwrap();
+    assert_eq!(ok, Created::Recorded);
+    let again = redis
+        .create_order(id, 7_600, now, now + 60_000, "[]", 0)
+        .await
+        .unwrap();
+    assert_eq!(again, Created::Exists);
+}
+
+/// While a checkout of the cart holds its lock (here: one abandoned by a crashed instance,
+/// until its lease ends), another checkout is refused and changes nothing.
+#[tokio::test]
+async fn a_held_checkout_lock_refuses_a_second_checkout() {
+    let app = spawn_app().await;
+    let sku = app.sale_product(5, None).await;
+    let t = app.customer_token(7_700);
+    let r = app
+        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let lock = app.state.redis.keys.checkout_lock(7_700);
+    let mut conn = app.state.redis.conn();
+    let _: () = conn.set_ex(&lock, "999999", 30).await.unwrap();
+    let r = app.post_empty("/v1/orders", Some(&t)).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "cart_changed"),
+        "{:?}",
+        r.body
+    );
+    let bk = app.assert_identity(sku).await;
+    assert_eq!((bk.held, bk.reserved), (2, 0), "the cart is untouched");
+    let held: String = conn.get(&lock).await.unwrap();
+    assert_eq!(
+        held, "999999",
+        "another checkout's lock is not ours to release"
+    );
+    let _: () = conn.del(&lock).await.unwrap();
+    let r = app.post_empty("/v1/orders", Some(&t)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let exists: bool = conn.exists(&lock).await.unwrap();
+    assert!(!exists, "the lock is let go once the checkout answered");
 }

@@ -13,16 +13,16 @@ use crate::helpers::*;
 const BUYERS: u64 = 100_000;
 const FIRST_BUYER: u64 = 1_000_000;
 
-/// `BUYERS` paid orders of one unit each by different customers, plus one customer (`at_limit`)
+/// `buyers` paid orders of one unit each by different customers, plus one customer (`at_limit`)
 /// who bought 2; the write-back's stock movement for them, so the identity holds.
-async fn past_buyers(app: &TestApp, sku: u64, warehouse: u64, at_limit: u64) {
+async fn past_buyers(app: &TestApp, sku: u64, warehouse: u64, at_limit: u64, buyers: u64) {
     let db = &app.state.db;
     let mut id = 1u64;
-    let buyers: Vec<(u64, u32)> = (0..BUYERS)
+    let list: Vec<(u64, u32)> = (0..buyers)
         .map(|i| (FIRST_BUYER + i, 1))
         .chain([(at_limit, 2)])
         .collect();
-    for chunk in buyers.chunks(5_000) {
+    for chunk in list.chunks(5_000) {
         let mut orders = String::from(
             "INSERT INTO orders (id, user_id, status, total_price, created_at, expires_at) VALUES ",
         );
@@ -56,7 +56,7 @@ async fn past_buyers(app: &TestApp, sku: u64, warehouse: u64, at_limit: u64) {
     )
     .bind(sku as u32)
     .bind(warehouse as u32)
-    .bind((BUYERS + 2) as u32)
+    .bind((buyers + 2) as u32)
     .execute(db)
     .await
     .unwrap();
@@ -87,10 +87,12 @@ async fn a_sku_with_100k_past_buyers_loads_whole() {
     let w = app.warehouse("wh-big").await;
     assert_eq!(app.add_stock(sku, w, 10).await.status, StatusCode::OK);
     app.open_sale(sku, 5_000, Some(2)).await;
-    past_buyers(&app, sku, w, 42).await;
+    past_buyers(&app, sku, w, 42, BUYERS).await;
     forget_sku(&app, sku).await;
 
+    let started = std::time::Instant::now();
     let r = app.get(&format!("/v1/products/{sku}"), None).await;
+    println!("loading {BUYERS} past buyers took {:?}", started.elapsed());
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.body["available"], 10);
 
@@ -151,7 +153,7 @@ async fn rebuild_cache_goes_on_past_a_sku_it_cannot_load() {
     let w = app.warehouse("wh-rb").await;
     assert_eq!(app.add_stock(big, w, 10).await.status, StatusCode::OK);
     app.open_sale(big, 5_000, Some(2)).await;
-    past_buyers(&app, big, w, 42).await;
+    past_buyers(&app, big, w, 42, BUYERS).await;
     let broken = app.sale_product(5, None).await;
     let small = app.sale_product(7, None).await;
     for sku in [big, broken, small] {
@@ -187,4 +189,40 @@ async fn rebuild_cache_goes_on_past_a_sku_it_cannot_load() {
         app.assert_identity(sku).await;
     }
     assert_eq!(app.available(small).await, 7);
+}
+
+/// Loaders racing on one sku (every request that finds it missing loads it): one load wins
+/// whole, the others drop their staging; nothing is counted twice.
+#[tokio::test]
+async fn concurrent_loads_of_one_sku_agree() {
+    let app = spawn_app().await;
+    let sku = app.product("Flash item", 10_000).await;
+    let w = app.warehouse("wh-race").await;
+    assert_eq!(app.add_stock(sku, w, 10).await.status, StatusCode::OK);
+    app.open_sale(sku, 5_000, Some(2)).await;
+    past_buyers(&app, sku, w, 42, 5_000).await;
+    forget_sku(&app, sku).await;
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, url) = (
+                app.client.clone(),
+                format!("{}/v1/products/{sku}", app.addr),
+            );
+            tokio::spawn(async move { client.get(url).send().await.unwrap().status() })
+        })
+        .collect();
+    for h in tasks {
+        assert_eq!(h.await.unwrap(), StatusCode::OK);
+    }
+    let keys = app.state.redis.keys.sku(Sku::parse(sku).unwrap());
+    let mut conn = app.state.redis.conn();
+    let n: u64 = conn.hlen(keys.users()).await.unwrap();
+    assert_eq!(n, 5_001);
+    let staging: Vec<String> = conn
+        .keys(format!("{}:{{sku:{sku}}}:load:*", app.prefix))
+        .await
+        .unwrap();
+    assert!(staging.is_empty(), "{staging:?}");
+    let bk = app.assert_identity(sku).await;
+    assert_eq!(bk.available, 10);
 }

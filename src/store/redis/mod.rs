@@ -574,8 +574,7 @@ impl Redis {
         Ok(secs * 1000 + micros / 1000)
     }
 
-    /// Records a new order (status `new`) whose lines are reserved; `false` when a record with
-    /// that id exists already.
+    /// Records a new order (status `new`) whose lines are reserved.
     pub async fn create_order(
         &self,
         order_id: u64,
@@ -584,7 +583,7 @@ impl Redis {
         expires_at_ms: i64,
         items_json: &str,
         total: u64,
-    ) -> AppResult<bool> {
+    ) -> AppResult<Created> {
         let r = self
             .eval(
                 "create_order",
@@ -599,14 +598,17 @@ impl Redis {
                 ],
             )
             .await?;
-        if r.tag() != "ok" {
-            return Ok(false);
+        match r.tag() {
+            "ok" => {}
+            "exists" => return Ok(Created::Exists),
+            "late" => return Ok(Created::Late),
+            other => return Err(r.unexpected(other)),
         }
         let _: () = self
             .conn()
             .zadd(self.keys.user_orders(user_id), order_id, order_id as f64)
             .await?;
-        Ok(true)
+        Ok(Created::Recorded)
     }
 
     /// Takes the customer's checkout lock for `lease` (token: the checkout's order id); `false`
@@ -1004,6 +1006,16 @@ pub fn parse_alloc(s: &str) -> Vec<(u32, u32)> {
             Some((w.parse().ok()?, n.parse().ok()?))
         })
         .collect()
+}
+
+/// What `create_order` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    Recorded,
+    /// A record with that id exists already: nothing written.
+    Exists,
+    /// The lines' deadline had passed: nothing written (the sweeper may be giving them back).
+    Late,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
