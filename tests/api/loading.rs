@@ -100,6 +100,10 @@ async fn a_sku_with_100k_past_buyers_loads_whole() {
     let mut conn = app.state.redis.conn();
     let n: u64 = conn.hlen(keys.users()).await.unwrap();
     assert_eq!(n, BUYERS + 1, "every past buyer is known");
+    for key in [keys.users(), keys.stock()] {
+        let ttl: i64 = conn.pttl(&key).await.unwrap();
+        assert_eq!(ttl, -1, "{key} keeps no staging lifetime");
+    }
     let indexed: bool = conn
         .sismember(app.state.redis.keys.skus(), sku)
         .await
