@@ -8,7 +8,9 @@
 --        | {'too_large', units, unit_price} (the line's total at today's price passes MAX_TOTAL;
 --          nothing changed) | {'not_loaded'}
 local meta, stock, res, exp, hold_key, order_key = KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local user, oid, deadline = ARGV[1], ARGV[2], ARGV[3]
+local user, oid, deadline = ARGV[1], ARGV[2], tonumber(ARGV[3])
+if not deadline then return redis.error_reply('deadline must be unix ms') end
+deadline = string.format('%d', deadline)
 if redis.call('EXISTS', stock) == 0 or redis.call('EXISTS', meta) == 0 then return { 'not_loaded' } end
 local orid, hrid = 'o:' .. oid, 'h:' .. user
 local state, price = sale_state(meta, now_ms())

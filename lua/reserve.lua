@@ -16,6 +16,12 @@
 local meta, stock, users, res, exp, ttl_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local user, n, rid, kind, ms, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
 if not n or n <= 0 then return redis.error_reply('count must be positive') end
+if (kind ~= 'ttl' and kind ~= 'at') or not ms then
+  return redis.error_reply("ARGV 4 must be 'ttl' or 'at' and ARGV 5 a number of ms")
+end
+if mode ~= 'add' and mode ~= 'once' and mode ~= 'restore' then
+  return redis.error_reply("ARGV 6 must be 'add', 'once' or 'restore'")
+end
 
 local avail = redis.call('HGET', stock, 'avail')
 if not avail or redis.call('EXISTS', meta) == 0 then return { 'not_loaded' } end

@@ -591,3 +591,35 @@ async fn a_held_checkout_lock_refuses_a_second_checkout() {
     let exists: bool = conn.exists(&lock).await.unwrap();
     assert!(!exists, "the lock is let go once the checkout answered");
 }
+
+/// A script validates its arguments before it writes (Redis keeps the writes of a script that
+/// fails half-way): a malformed deadline leaves the hold as it was.
+#[tokio::test]
+async fn a_malformed_call_of_convert_hold_changes_nothing() {
+    let app = spawn_app().await;
+    let sku = app.sale_product(5, None).await;
+    let t = app.customer_token(7_800);
+    let r = app
+        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let k = app.state.redis.keys.sku(Sku::parse(sku).unwrap());
+    let scripts = flashsale::store::redis::scripts::Scripts::new();
+    let mut inv = scripts.convert_hold.prepare_invoke();
+    for key in [
+        k.meta(),
+        k.stock(),
+        k.users(),
+        k.res(),
+        k.exp(),
+        k.ttl(&Rid::Hold { user_id: 7_800 }),
+        k.ttl(&Rid::OrderLine { order_id: 1 }),
+    ] {
+        inv.key(key);
+    }
+    inv.arg("7800").arg("1").arg("not-a-deadline");
+    let r: Result<redis::Value, _> = inv.invoke_async(&mut app.state.redis.conn()).await;
+    assert!(r.is_err(), "{r:?}");
+    let bk = app.assert_identity(sku).await;
+    assert_eq!((bk.held, bk.reserved), (2, 0), "the hold is as it was");
+}
