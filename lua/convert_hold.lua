@@ -2,10 +2,15 @@
 -- order's reservation, with the order's payment deadline. Idempotent per order.
 -- KEYS: 1 meta, 2 stock, 3 users, 4 res, 5 exp, 6 the hold's TTL key, 7 the order line's TTL key
 -- ARGV: 1 user_id, 2 order_id, 3 deadline (unix ms)
--- Returns: {'ok', units, unit_price} | {'no_hold'} (swept already: reserve afresh)
---        | {'sale_not_active'} (the hold had expired and the sale is over) | {'not_loaded'}
+-- Returns: {'ok', units, unit_price} | {'no_hold'} (converted by another checkout, or swept)
+--        | {'sale_not_active', units given back} (the product has a sale window and it is not
+--          open now: a sale product is bought only inside its window; the hold is released)
+--        | {'too_large', units, unit_price} (the line's total at today's price passes MAX_TOTAL;
+--          nothing changed) | {'not_loaded'}
 local meta, stock, res, exp, hold_key, order_key = KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local user, oid, deadline = ARGV[1], ARGV[2], ARGV[3]
+local user, oid, deadline = ARGV[1], ARGV[2], tonumber(ARGV[3])
+if not deadline then return redis.error_reply('deadline must be unix ms') end
+deadline = string.format('%d', deadline)
 if redis.call('EXISTS', stock) == 0 or redis.call('EXISTS', meta) == 0 then return { 'not_loaded' } end
 local orid, hrid = 'o:' .. oid, 'h:' .. user
 local state, price = sale_state(meta, now_ms())
@@ -17,11 +22,13 @@ if done then
 end
 local h = redis.call('HGET', res, hrid)
 if not h then return { 'no_hold' } end
--- An expired hold's units are available again in all but bookkeeping: taking them over is a
--- fresh reservation, which the sale window must allow. (The count, hence the limit, is unchanged.)
-if redis.call('EXISTS', hold_key) == 0 and state == 'inactive' then return { 'sale_not_active' } end
-
 local _, c, list = parse_entry(h)
+-- Outside its sale window a sale product cannot be bought, whatever the hold: its units go back.
+if state == 'inactive' then
+  return { 'sale_not_active', release_entry(stock, KEYS[3], res, exp, hrid, h, hold_key) }
+end
+if not line_fits(c, price) then return { 'too_large', c, price } end
+
 redis.call('HDEL', res, hrid)
 redis.call('ZREM', exp, hrid)
 redis.call('DEL', hold_key)

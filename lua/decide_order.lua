@@ -9,6 +9,8 @@
 -- Returns: {'ok', status} (this call moved it) | {'same', status} (already there, or nothing due)
 --        | {'reject', status} (not allowed from status) | {'missing'}
 local key, outbox, action = KEYS[1], KEYS[2], ARGV[1]
+local known = { activate = true, fail = true, pay = true, cancel = true, expire = true }
+if not known[action] then return redis.error_reply('unknown action ' .. tostring(action)) end
 if redis.call('EXISTS', key) == 0 then return { 'missing' } end
 
 local function emit(kind)

@@ -13,6 +13,19 @@
 -- The ledger outlives the TTL key on purpose: the units of an expired reservation stay accounted
 -- for until a script gives them back (the sweeper, or the next touch of that reservation).
 
+-- Bounds of what one reservation and one order may hold (src/domain/order.rs has the same):
+-- units in one reservation (a cart line grows by adds), and a line's or order's total price,
+-- kept at most 2^53 - 1 so it is an exact integer in Lua's doubles, in JSON clients and in
+-- MySQL's BIGINT UNSIGNED.
+local MAX_LINE_UNITS = 65535
+local MAX_TOTAL = 9007199254740991
+
+-- Whether `units` at `price` stay within the bounds above (the product is compared as a
+-- double: rounding is monotonic, so the comparison with 2^53 - 1 is exact).
+local function line_fits(units, price)
+  return units <= MAX_LINE_UNITS and units * price <= MAX_TOTAL
+end
+
 -- Live stock: a script that changes a sku's `avail` notes it with live_changed(stock, new avail);
 -- after the script's body has run, the wrapper (src/store/redis/scripts.rs) calls live_publish(),
 -- which PUBLISHes "<sku> <avail>" once on "<prefix>:stock-live" (the channel of the deployment

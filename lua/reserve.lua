@@ -2,17 +2,26 @@
 -- KEYS: 1 meta, 2 stock, 3 users, 4 res, 5 exp, 6 the reservation's TTL key (<base><rid>)
 -- ARGV: 1 user_id, 2 count (> 0), 3 rid ('h:<user_id>' cart hold | 'o:<order_id>' order line),
 --       4 'ttl' (ARGV 5 = ms from now) or 'at' (ARGV 5 = deadline, unix ms),
---       6 'add' (add to a live reservation, renewing it) | 'once' (an existing one is the answer)
+--       6 'add' (add to a live reservation, which keeps its deadline: a hold's life is bounded
+--           from its creation) | 'once' (an existing one is the answer)
 --         | 'restore' (as 'once', without the sale window and limit checks: rebuild-cache puts
 --           back an order that passed them before Redis lost it)
 -- Returns: {'ok', units now in the reservation, deadline_ms, unit_price, available after, name}
 --        | {'out_of_stock', available} | {'limit_exceeded', units the customer has, limit}
---        | {'sale_not_active'} | {'not_loaded'}
+--        | {'sale_not_active'} | {'too_large', units the reservation would hold, unit_price}
+--          (more than MAX_LINE_UNITS units, or a line total above MAX_TOTAL: lua/lib.lua)
+--        | {'not_loaded'}
 -- A rejection changes nothing. An expired reservation found here (not yet swept) is given back
 -- first, in the same step, and its units count as available.
 local meta, stock, users, res, exp, ttl_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local user, n, rid, kind, ms, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
 if not n or n <= 0 then return redis.error_reply('count must be positive') end
+if (kind ~= 'ttl' and kind ~= 'at') or not ms then
+  return redis.error_reply("ARGV 4 must be 'ttl' or 'at' and ARGV 5 a number of ms")
+end
+if mode ~= 'add' and mode ~= 'once' and mode ~= 'restore' then
+  return redis.error_reply("ARGV 6 must be 'add', 'once' or 'restore'")
+end
 
 local avail = redis.call('HGET', stock, 'avail')
 if not avail or redis.call('EXISTS', meta) == 0 then return { 'not_loaded' } end
@@ -38,18 +47,25 @@ if cur then
 end
 if mode == 'restore' then state, limit = 'none', 0 end
 if state == 'inactive' then return { 'sale_not_active' } end
+if mode ~= 'restore' and not line_fits(live_count + n, price) then
+  return { 'too_large', live_count + n, price }
+end
 if limit > 0 then
   local mine = tonumber(redis.call('HGET', users, user) or '0') - expired
   if mine + n > limit then return { 'limit_exceeded', mine, limit } end
 end
 if avail + expired < n then return { 'out_of_stock', avail + expired } end
+local deadline = ms
+if kind == 'ttl' then deadline = now + ms end
+-- Adding to a live reservation keeps its deadline (the TTL key's, should the index lack it).
+if live_count > 0 then
+  deadline = tonumber(redis.call('ZSCORE', exp, rid)) or redis.call('PEXPIRETIME', ttl_key)
+end
 
 if expired > 0 then release_entry(stock, users, res, exp, rid, cur, ttl_key) end
 take_units(stock, n, bucket_of(rid), list)
 redis.call('HINCRBY', users, user, n)
 local total = live_count + n
-local deadline = ms
-if kind == 'ttl' then deadline = now + ms end
 redis.call('HSET', res, rid, format_entry(user, total, list))
 redis.call('SET', ttl_key, total, 'PXAT', string.format('%d', deadline))
 redis.call('ZADD', exp, string.format('%d', deadline), rid)

@@ -123,7 +123,7 @@ pub struct Config {
     )]
     pub admin_password: Option<String>,
 
-    /// How long a cart line holds its units; renewed whenever the line changes.
+    /// How long a cart line holds its units, from when it was first added (never renewed).
     #[arg(long, env = "FLASHSALE_CART_HOLD_TTL", default_value = "10m", value_parser = parse_duration, global = true)]
     pub cart_hold_ttl: Duration,
 

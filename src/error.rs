@@ -36,6 +36,9 @@ pub enum AppError {
     RequestInProgress(String),
     #[error("{0}")]
     CartFull(String),
+    /// The cart changed under a checkout: another checkout of it runs or took its lines.
+    #[error("{0}")]
+    CartChanged(String),
     #[error("{0}")]
     RequestTimeout(String),
     #[error("{0}")]
@@ -47,7 +50,8 @@ pub enum AppError {
     },
     #[error("{0}")]
     Unavailable(String),
-    /// A checkout that failed on stock: the `failed` order stays listed, and its id is told.
+    /// A checkout that reserved part of its lines and then met a refusal: the lines were given
+    /// back, the `failed` order stays listed, and its id is told.
     #[error("{message}")]
     CheckoutFailed {
         code: &'static str,
@@ -90,6 +94,7 @@ impl AppError {
             AppError::CartEmpty(_) => "cart_empty",
             AppError::RequestInProgress(_) => "request_in_progress",
             AppError::CartFull(_) => "cart_full",
+            AppError::CartChanged(_) => "cart_changed",
             AppError::RequestTimeout(_) => "request_timeout",
             AppError::PayloadTooLarge(_) => "payload_too_large",
             AppError::RateLimited { .. } => "rate_limited",
@@ -115,6 +120,7 @@ impl AppError {
             | AppError::CartEmpty(_)
             | AppError::RequestInProgress(_)
             | AppError::CartFull(_)
+            | AppError::CartChanged(_)
             | AppError::CheckoutFailed { .. } => StatusCode::CONFLICT,
             AppError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

@@ -188,10 +188,24 @@ pub struct RebuildReport {
     pub problems: Vec<String>,
 }
 
+/// Loads one sku into Redis unless its counters are there; `true` when it loaded them.
+async fn rebuild_sku(state: &AppState, row: &catalog_db::ProductRow) -> AppResult<bool> {
+    let sku = Sku::parse(u64::from(row.sku))?;
+    if state.redis.stock(sku).await?.is_some() {
+        return Ok(false);
+    }
+    let mut conn = state.db.acquire().await?;
+    let load = sku_load(&mut conn, sku).await?;
+    drop(conn);
+    state.redis.load_sku(sku, &meta_of(row), &load).await?;
+    Ok(true)
+}
+
 /// Rebuilds Redis from MySQL after Redis lost its data: counters from on_hand, the customers'
 /// bought units, and every open order (record and reservations) with its deadline. Only what
 /// Redis lacks is written, so running it twice, or on a Redis that kept some data, is safe.
-/// Run it before the service takes traffic again.
+/// Run it before the service takes traffic again. A sku that cannot be loaded is listed in
+/// `problems` and the rebuild goes on (the command then exits non-zero).
 pub async fn rebuild_cache(state: &AppState) -> AppResult<RebuildReport> {
     let mut report = RebuildReport::default();
     state
@@ -206,15 +220,14 @@ pub async fn rebuild_cache(state: &AppState) -> AppResult<RebuildReport> {
         let Some(last) = rows.last() else { break };
         after = last.sku;
         for row in rows {
-            let sku = Sku::parse(u64::from(row.sku))?;
-            if state.redis.stock(sku).await?.is_some() {
-                continue;
+            // One sku that cannot be loaded is reported; the others are still restored.
+            match rebuild_sku(state, &row).await {
+                Ok(true) => report.skus_loaded += 1,
+                Ok(false) => {}
+                Err(e) => report
+                    .problems
+                    .push(format!("sku {}: could not be loaded: {e}", row.sku)),
             }
-            let mut conn = state.db.acquire().await?;
-            let load = sku_load(&mut conn, sku).await?;
-            drop(conn);
-            state.redis.load_sku(sku, &meta_of(&row), &load).await?;
-            report.skus_loaded += 1;
         }
     }
 

@@ -6,7 +6,10 @@ mod order;
 mod user;
 
 pub use catalog::{Count, Price, ProductName, SaleWindow, Sku, StockDelta, WarehouseName};
-pub use order::{CancelReason, OrderEventKind, OrderItem, OrderStatus};
+pub use order::{
+    CancelReason, MAX_LINE_UNITS, MAX_ORDER_TOTAL, OrderEventKind, OrderItem, OrderStatus,
+    order_total,
+};
 pub use user::{Password, Role, Username};
 
 use crate::error::AppError;

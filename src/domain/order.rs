@@ -10,6 +10,26 @@ pub struct OrderItem {
     pub unit_price: u64,
 }
 
+/// The largest total price of an order line or a whole order: 2^53 - 1, so every total is an
+/// exact integer in Lua's doubles (lua/lib.lua has the same bound), in JSON clients and in
+/// MySQL's BIGINT UNSIGNED.
+pub const MAX_ORDER_TOTAL: u64 = (1 << 53) - 1;
+
+/// The most units one order line (or cart line) holds: lua/lib.lua's `MAX_LINE_UNITS`.
+pub const MAX_LINE_UNITS: u32 = crate::domain::Count::MAX;
+
+/// The total price of `items`, or `None` when it passes [`MAX_ORDER_TOTAL`] (no wrapping).
+pub fn order_total(items: &[OrderItem]) -> Option<u64> {
+    items
+        .iter()
+        .try_fold(0u64, |sum, i| {
+            i.unit_price
+                .checked_mul(u64::from(i.count))
+                .and_then(|line| sum.checked_add(line))
+        })
+        .filter(|t| *t <= MAX_ORDER_TOTAL)
+}
+
 /// What an outbox event says happened to an order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -113,6 +133,37 @@ impl CancelReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn item(count: u32, unit_price: u64) -> OrderItem {
+        OrderItem {
+            sku: 1,
+            name: "x".into(),
+            count,
+            unit_price,
+        }
+    }
+
+    #[test]
+    fn order_totals_are_exact_or_refused() {
+        assert_eq!(order_total(&[]), Some(0));
+        assert_eq!(order_total(&[item(2, 5), item(3, 7)]), Some(31));
+        assert_eq!(
+            order_total(&[item(1, MAX_ORDER_TOTAL)]),
+            Some(MAX_ORDER_TOTAL)
+        );
+        assert_eq!(order_total(&[item(1, MAX_ORDER_TOTAL), item(1, 1)]), None);
+        // 15 lines of 65,535 units at the largest price: past i64::MAX, never wrapped to 0.
+        let big = vec![item(65_535, 10_000_000_000_000); 15];
+        assert_eq!(order_total(&big), None);
+        assert_eq!(order_total(&[item(u32::MAX, u64::MAX)]), None);
+    }
+
+    #[test]
+    fn the_bounds_match_lua() {
+        let lib = include_str!("../../lua/lib.lua");
+        assert!(lib.contains(&format!("local MAX_TOTAL = {MAX_ORDER_TOTAL}\n")));
+        assert!(lib.contains(&format!("local MAX_LINE_UNITS = {MAX_LINE_UNITS}\n")));
+    }
 
     #[test]
     fn status_round_trips() {

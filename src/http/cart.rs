@@ -8,7 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::{AuthUser, Json, Path, Query};
-use super::openapi::{E400_BODY, E401, E413, E429, E500, E503, ErrorEnvelope};
+use super::openapi::{E401, E413, E429, E500, E503, ErrorEnvelope};
 use crate::app::AppState;
 use crate::domain::{Count, Sku};
 use crate::error::AppResult;
@@ -62,7 +62,8 @@ pub struct AddItemRequest {
 /// Add units to the cart, reserving them at once
 ///
 /// Auth: a bearer token of any signed-in user (customer or admin); the cart is the caller's own.
-/// The line's hold lasts `cart_hold_ttl` (default 10 min) and is renewed when the line changes.
+/// The line's hold lasts `cart_hold_ttl` (default 10 min) from when the line was first added;
+/// adding to the line keeps that deadline.
 #[utoipa::path(
     post,
     path = "/v1/cart/items",
@@ -75,7 +76,10 @@ pub struct AddItemRequest {
     ),
     responses(
         (status = 200, description = "The cart after the change.", body = CartView),
-        (status = 400, description = E400_BODY, body = ErrorEnvelope),
+        (status = 400, description = "`invalid_json`: the body is not JSON or not sent as \
+            `Content-Type: application/json`; `invalid_request`: a field is missing, unknown, out \
+            of range or malformed, the body is not a JSON object, or the line would hold more \
+            than 65,535 units or total more than 2^53 - 1.", body = ErrorEnvelope),
         (status = 401, description = E401, body = ErrorEnvelope),
         (status = 404, description = "`not_found`: no product with that sku.",
             body = ErrorEnvelope),

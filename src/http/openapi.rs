@@ -157,8 +157,8 @@ pub struct ErrorBody {
     pub code: ErrorCode,
     /// For people: its wording may change.
     pub message: String,
-    /// Only on a checkout or buy-now that failed on stock, limit or sale window: the order it
-    /// recorded as `failed`.
+    /// Only on a checkout that had reserved some of its lines when one was refused (stock, limit
+    /// or sale window): the order it recorded as `failed`, which holds nothing.
     #[serde(default)]
     #[schema(value_type = u64, required = false)]
     pub order_id: Option<u64>,
@@ -183,6 +183,7 @@ pub enum ErrorCode {
     CartEmpty,
     RequestInProgress,
     CartFull,
+    CartChanged,
     RequestTimeout,
     PayloadTooLarge,
     RateLimited,
@@ -215,6 +216,7 @@ mod tests {
             AppError::CartEmpty(m()),
             AppError::RequestInProgress(m()),
             AppError::CartFull(m()),
+            AppError::CartChanged(m()),
             AppError::RequestTimeout(m()),
             AppError::PayloadTooLarge(m()),
             AppError::RateLimited {

@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 
 use super::extract::{AuthUser, IdempotencyKey, Json, Path, Query};
 use super::idempotency;
-use super::openapi::{E400_KEY, E401, E413, E429, E500, E503, ErrorEnvelope};
+use super::openapi::{E401, E413, E429, E500, E503, ErrorEnvelope};
 use crate::app::AppState;
 use crate::domain::{Count, OrderStatus, Sku};
 use crate::error::{AppError, AppResult};
@@ -84,15 +84,20 @@ fn json_of(
                 "expires_at": "2026-11-22T21:30:00.123Z",
                 "paid_at": null, "cancelled_at": null, "cancel_reason": null
             })),
-        (status = 400, description = E400_KEY, body = ErrorEnvelope),
+        (status = 400, description = "`invalid_request`: a malformed `Idempotency-Key`, a key \
+            reused with a different request, or the order's total would pass 2^53 - 1 (the cart \
+            is unchanged).", body = ErrorEnvelope),
         (status = 401, description = E401, body = ErrorEnvelope),
         (status = 409, description = "`out_of_stock`, `limit_exceeded` or `sale_not_active`: a \
-            line could not be reserved; the order was recorded as `failed` and the error names it \
-            in `order_id`; `cart_empty`: the cart has no live line; `request_in_progress`: a \
-            repeat of an `Idempotency-Key` whose first request is still running after 15 s.",
+            line could not be reserved (a sale line outside its window also gives its units \
+            back); when other lines had been reserved they were given back, the order was \
+            recorded as `failed` and the error names it in `order_id`; `cart_empty`: the cart \
+            has no live line; `cart_changed`: another checkout of this cart is running or took \
+            its lines (one cart, one order); `request_in_progress`: a repeat of an \
+            `Idempotency-Key` whose first request is still running after 15 s.",
             body = ErrorEnvelope,
             example = json!({"error": {"code": "out_of_stock",
-                "message": "sku 1002: 0 available, 2 requested; order 17 failed and holds nothing",
+                "message": "sku 1003: 0 available, 2 requested; order 17 failed and holds nothing",
                 "order_id": 17}})),
         (status = 429, description = E429, body = ErrorEnvelope,
             headers(("Retry-After" = u32, description = "Seconds to wait."))),
@@ -161,15 +166,15 @@ pub struct BuyNowRequest {
                     the same `Idempotency-Key`."))),
         (status = 400, description = "`invalid_json`: the body is not JSON or not sent as \
             `Content-Type: application/json`; `invalid_request`: a field is missing, unknown or \
-            out of range, the body is not a JSON object, a malformed `Idempotency-Key`, or a key \
-            reused with a different request.", body = ErrorEnvelope),
+            out of range, the body is not a JSON object, a malformed `Idempotency-Key`, a key \
+            reused with a different request, or a total above 2^53 - 1.", body = ErrorEnvelope),
         (status = 401, description = E401, body = ErrorEnvelope),
         (status = 404, description = "`not_found`: no product with that sku.",
             body = ErrorEnvelope),
-        (status = 409, description = "`out_of_stock`, `limit_exceeded` or `sale_not_active`: a \
-            line could not be reserved; the order was recorded as `failed` and the error names it \
-            in `order_id`; `request_in_progress`: a repeat of an `Idempotency-Key` whose first \
-            request is still running after 15 s.", body = ErrorEnvelope),
+        (status = 409, description = "`out_of_stock`, `limit_exceeded` or `sale_not_active`: the \
+            units could not be reserved; nothing was recorded; `request_in_progress`: a repeat of \
+            an `Idempotency-Key` whose first request is still running after 15 s.",
+            body = ErrorEnvelope),
         (status = 413, description = E413, body = ErrorEnvelope),
         (status = 429, description = E429, body = ErrorEnvelope,
             headers(("Retry-After" = u32, description = "Seconds to wait."))),

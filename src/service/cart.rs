@@ -1,4 +1,5 @@
-//! The caller's cart: one hold per sku, reserved at once in Redis and alive for `cart_hold_ttl`.
+//! The caller's cart: one hold per sku, reserved at once in Redis and alive for `cart_hold_ttl`
+//! from its creation (changes of the line never extend it).
 
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
@@ -6,7 +7,7 @@ use serde::Serialize;
 
 use super::{catalog, from_ms};
 use crate::app::AppState;
-use crate::domain::{Count, Sku};
+use crate::domain::{Count, MAX_LINE_UNITS, MAX_ORDER_TOTAL, Sku};
 use crate::error::{AppError, AppResult};
 use crate::store::redis::{Deadline, ReserveMode, ReserveOutcome, ReserveRequest, Rid, SkuMeta};
 
@@ -28,7 +29,8 @@ pub struct CartView {
     pub total_price: u64,
 }
 
-/// One held line of the cart; the hold lapses at `held_until` unless the line changes.
+/// One held line of the cart; the hold lapses at `held_until`, fixed when the line was first
+/// added (adding to it or removing from it keeps it).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CartLine {
     pub sku: u32,
@@ -51,10 +53,20 @@ pub fn rejection(sku: Sku, requested: u32, outcome: &ReserveOutcome) -> AppError
         ReserveOutcome::SaleNotActive => {
             AppError::SaleNotActive(format!("sku {sku}: its sale is not open now"))
         }
+        ReserveOutcome::TooLarge { units, unit_price } => too_large(sku, *units, *unit_price),
         ReserveOutcome::NotLoaded | ReserveOutcome::Reserved { .. } => AppError::internal(format!(
             "sku {sku}: unexpected reservation outcome {outcome:?}"
         )),
     }
+}
+
+/// A line past the bounds of one line: more than `MAX_LINE_UNITS` units, or a total that is not
+/// an exact integer everywhere.
+pub fn too_large(sku: Sku, units: i64, unit_price: u64) -> AppError {
+    AppError::InvalidRequest(format!(
+        "sku {sku}: a line holds at most {MAX_LINE_UNITS} units and totals at most \
+         {MAX_ORDER_TOTAL}; {units} units at {unit_price} would not fit"
+    ))
 }
 
 /// Reserves, loading the sku from MySQL once when Redis does not know it (404: no product).
@@ -120,12 +132,7 @@ pub async fn add_item(
         if live.iter().flatten().count() > max_lines {
             state
                 .redis
-                .release(
-                    sku,
-                    Rid::Hold { user_id },
-                    Some(count.get()),
-                    state.cfg.cart_hold_ttl,
-                )
+                .release(sku, Rid::Hold { user_id }, Some(count.get()))
                 .await?;
             forget_lines(state, user_id, &[sku]).await?;
             return Err(AppError::CartFull(format!(
@@ -135,7 +142,7 @@ pub async fn add_item(
     }
     if members == [sku.get()] {
         // The common case of a flash sale: one line, all known from the script's answer.
-        let line_price = unit_price * u64::from(units);
+        let line_price = unit_price.saturating_mul(u64::from(units));
         return Ok(CartView {
             items: vec![CartLine {
                 sku: sku.get(),
@@ -181,6 +188,7 @@ pub fn record(kind: &'static str, outcome: &ReserveOutcome) {
         ReserveOutcome::OutOfStock { .. } => "out_of_stock",
         ReserveOutcome::LimitExceeded { .. } => "limit_exceeded",
         ReserveOutcome::SaleNotActive => "sale_not_active",
+        ReserveOutcome::TooLarge { .. } => "too_large",
         ReserveOutcome::NotLoaded => "not_loaded",
     };
     metrics::counter!("flashsale_reservations_total", "kind" => kind, "outcome" => o).increment(1);
@@ -195,12 +203,7 @@ pub async fn remove_item(
 ) -> AppResult<CartView> {
     let (released, left) = state
         .redis
-        .release(
-            sku,
-            Rid::Hold { user_id },
-            count.map(Count::get),
-            state.cfg.cart_hold_ttl,
-        )
+        .release(sku, Rid::Hold { user_id }, count.map(Count::get))
         .await?;
     if released > 0 {
         metrics::counter!("flashsale_units_released_total", "reason" => "cart_remove")
@@ -218,7 +221,7 @@ pub async fn clear(state: &AppState, user_id: u64) -> AppResult<()> {
     for &sku in &skus {
         let (released, _) = state
             .redis
-            .release(sku, Rid::Hold { user_id }, None, state.cfg.cart_hold_ttl)
+            .release(sku, Rid::Hold { user_id }, None)
             .await?;
         if released > 0 {
             metrics::counter!("flashsale_units_released_total", "reason" => "cart_remove")
@@ -283,11 +286,14 @@ pub async fn view(state: &AppState, user_id: u64) -> AppResult<CartView> {
                 name: l.meta.name,
                 count: l.count,
                 unit_price,
-                line_price: unit_price * u64::from(l.count),
+                // A price raised after the add may pass the bound: checkout refuses such a line.
+                line_price: unit_price.saturating_mul(u64::from(l.count)),
                 held_until: from_ms(l.deadline_ms),
             }
         })
         .collect();
-    let total_price = items.iter().map(|l| l.line_price).sum();
+    let total_price = items
+        .iter()
+        .fold(0u64, |sum, l| sum.saturating_add(l.line_price));
     Ok(CartView { items, total_price })
 }

@@ -5,16 +5,16 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::cart::{self, rejection, reserve_loading};
+use super::cart::{self, rejection, reserve_loading, too_large};
 use super::{catalog, from_ms};
 use crate::app::AppState;
 pub use crate::domain::OrderItem;
-use crate::domain::{CancelReason, Count, OrderStatus, Sku};
+use crate::domain::{CancelReason, Count, MAX_ORDER_TOTAL, OrderStatus, Sku, order_total};
 use crate::error::{AppError, AppResult};
 use crate::store::mysql::orders as mysql_orders;
 use crate::store::redis::{
-    ConvertOutcome, Deadline, Decision, OrderAction, OrderRecord, ReserveMode, ReserveOutcome,
-    ReserveRequest, Rid,
+    ConvertOutcome, Created, Deadline, Decision, OrderAction, OrderRecord, ReserveMode,
+    ReserveOutcome, ReserveRequest, Rid,
 };
 
 /// An order of the caller's; unpaid at `expires_at`, it is cancelled with reason `expired`.
@@ -95,11 +95,13 @@ impl OrderView {
     }
 }
 
-fn total(items: &[OrderItem]) -> u64 {
-    items
-        .iter()
-        .map(|i| i.unit_price * u64::from(i.count))
-        .sum()
+/// The order's total, or 400 when it cannot be represented exactly (see `MAX_ORDER_TOTAL`).
+fn total(items: &[OrderItem]) -> AppResult<u64> {
+    order_total(items).ok_or_else(|| {
+        AppError::InvalidRequest(format!(
+            "an order totals at most {MAX_ORDER_TOTAL} (minor units); split it into smaller orders"
+        ))
+    })
 }
 
 fn to_json(items: &[OrderItem]) -> AppResult<String> {
@@ -120,8 +122,70 @@ struct Want {
     from_cart: bool,
 }
 
-/// Checkout of the caller's whole cart.
+/// How long a checkout may hold its cart's lock: past it (a crashed instance), the cart can be
+/// checked out again. Longer than any request may run.
+const CHECKOUT_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Checkout of the caller's whole cart: one cart, one order. Concurrent checkouts of the same
+/// cart are refused with `cart_changed` while one runs (a lock per customer), and a cart line
+/// whose hold is gone by the time it is converted is never reserved afresh.
 pub async fn checkout(state: &AppState, user_id: u64) -> AppResult<OrderView> {
+    let order_id = state.redis.next_order_id().await?;
+    if !state
+        .redis
+        .lock_checkout(user_id, order_id, CHECKOUT_LEASE)
+        .await?
+    {
+        return Err(AppError::CartChanged(
+            "another checkout of this cart is running; see your orders".into(),
+        ));
+    }
+    let lock = CheckoutLock {
+        state: state.clone(),
+        user_id,
+        token: order_id,
+        held: true,
+    };
+    let placed = checkout_locked(state, user_id, order_id).await;
+    lock.release().await;
+    placed
+}
+
+/// A customer's checkout lock: let go once the checkout answered, or when the checkout is
+/// abandoned half-way (the request timed out) by a task of its own; the lease ends it anyway.
+struct CheckoutLock {
+    state: AppState,
+    user_id: u64,
+    token: u64,
+    held: bool,
+}
+
+impl CheckoutLock {
+    async fn release(mut self) {
+        self.held = false;
+        unlock(&self.state, self.user_id, self.token).await;
+    }
+}
+
+impl Drop for CheckoutLock {
+    fn drop(&mut self) {
+        if !self.held {
+            return;
+        }
+        let (state, user_id, token) = (self.state.clone(), self.user_id, self.token);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { unlock(&state, user_id, token).await });
+        }
+    }
+}
+
+async fn unlock(state: &AppState, user_id: u64, token: u64) {
+    if let Err(e) = state.redis.unlock_checkout(user_id, token).await {
+        tracing::warn!(order.id = token, error = %e, "could not release the checkout lock; its lease ends it");
+    }
+}
+
+async fn checkout_locked(state: &AppState, user_id: u64, order_id: u64) -> AppResult<OrderView> {
     let now = Utc::now().timestamp_millis();
     let wants: Vec<Want> = cart::live_lines(state, user_id)
         .await?
@@ -137,7 +201,7 @@ pub async fn checkout(state: &AppState, user_id: u64) -> AppResult<OrderView> {
     if wants.is_empty() {
         return Err(AppError::CartEmpty("the cart is empty".into()));
     }
-    place(state, user_id, wants).await
+    place(state, user_id, order_id, wants).await
 }
 
 /// An order of one sku, without touching the cart.
@@ -162,13 +226,21 @@ pub async fn buy_now(
         name: meta.name,
         from_cart: false,
     };
-    place(state, user_id, vec![want]).await
+    let order_id = state.redis.next_order_id().await?;
+    place(state, user_id, order_id, vec![want]).await
 }
 
-/// Creates the order, reserves each line (one sku slot at a time), then activates it; if a line
-/// cannot be had, the lines taken are released and the order is recorded as `failed`.
-async fn place(state: &AppState, user_id: u64, wants: Vec<Want>) -> AppResult<OrderView> {
-    let order_id = state.redis.next_order_id().await?;
+/// Reserves each line (one sku slot at a time) under the pre-allocated order id, then records
+/// the order and activates it. A refusal before any line was taken costs nothing: no record, no
+/// event. If a later line is refused, the lines taken are given back and the order is recorded
+/// as `failed`. A line whose record never comes (a crash in between) is given back by the
+/// sweeper at its deadline (`expire_due`: no record, nothing can pay for it).
+async fn place(
+    state: &AppState,
+    user_id: u64,
+    order_id: u64,
+    wants: Vec<Want>,
+) -> AppResult<OrderView> {
     let requested: Vec<OrderItem> = wants
         .iter()
         .map(|w| OrderItem {
@@ -178,18 +250,10 @@ async fn place(state: &AppState, user_id: u64, wants: Vec<Want>) -> AppResult<Or
             unit_price: w.unit_price,
         })
         .collect();
-    let requested_json = to_json(&requested)?;
-    let (_, expires_at) = state
-        .redis
-        .create_order(
-            order_id,
-            user_id,
-            state.cfg.payment_ttl,
-            &requested_json,
-            total(&requested),
-        )
-        .await?;
-    metrics::counter!("flashsale_orders_total", "status" => "new").increment(1);
+    // At the catalog's prices; checked again at the prices the lines are taken at.
+    total(&requested)?;
+    let created_at = state.redis.now_ms().await?;
+    let expires_at = created_at + state.cfg.payment_ttl.as_millis() as i64;
 
     let mut taken = Vec::with_capacity(wants.len());
     let mut failure = None;
@@ -206,19 +270,43 @@ async fn place(state: &AppState, user_id: u64, wants: Vec<Want>) -> AppResult<Or
             }
         }
     }
+    let items: Vec<OrderItem> = taken
+        .iter()
+        .map(|(w, (count, unit_price))| OrderItem {
+            sku: w.sku.get(),
+            name: w.name.clone(),
+            count: *count,
+            unit_price: *unit_price,
+        })
+        .collect();
+    let failure = failure.or_else(|| total(&items).err());
 
     if let Some(err) = failure {
-        for (w, _) in &taken {
-            // Best effort: what fails here, the sweeper releases at the payment deadline.
-            if let Err(e) = release_line(state, w.sku, order_id, "failed").await {
-                tracing::warn!(order.id = order_id, sku = %w.sku, error = %e, "release after a failed checkout");
-            }
-        }
+        give_back(state, order_id, &taken).await;
         let is_rejection = matches!(
             err,
             AppError::OutOfStock(_) | AppError::LimitExceeded(_) | AppError::SaleNotActive(_)
         );
-        if !is_rejection {
+        if !is_rejection || taken.is_empty() {
+            // Nothing was reserved (or the request itself is at fault): no order, no event.
+            return Err(err);
+        }
+        // Lines were reserved and given back: the order is recorded as failed.
+        let requested_json = to_json(&requested)?;
+        let failed_total = order_total(&requested).unwrap_or(0);
+        let recorded = state
+            .redis
+            .create_order(
+                order_id,
+                user_id,
+                created_at,
+                expires_at,
+                &requested_json,
+                failed_total,
+            )
+            .await?;
+        if recorded != Created::Recorded {
+            // Past the lines' deadline (or an id taken): no record to name.
             return Err(err);
         }
         state
@@ -227,7 +315,7 @@ async fn place(state: &AppState, user_id: u64, wants: Vec<Want>) -> AppResult<Or
                 order_id,
                 OrderAction::Fail {
                     items_json: &requested_json,
-                    total: total(&requested),
+                    total: failed_total,
                 },
             )
             .await?;
@@ -239,22 +327,49 @@ async fn place(state: &AppState, user_id: u64, wants: Vec<Want>) -> AppResult<Or
         });
     }
 
-    let items: Vec<OrderItem> = taken
-        .iter()
-        .map(|(w, (count, unit_price))| OrderItem {
-            sku: w.sku.get(),
-            name: w.name.clone(),
-            count: *count,
-            unit_price: *unit_price,
-        })
-        .collect();
+    let items_json = to_json(&items)?;
+    let order_total = total(&items)?;
+    let created = match state
+        .redis
+        .create_order(
+            order_id,
+            user_id,
+            created_at,
+            expires_at,
+            &items_json,
+            order_total,
+        )
+        .await
+    {
+        Ok(created) => created,
+        Err(e) => {
+            give_back(state, order_id, &taken).await;
+            return Err(e);
+        }
+    };
+    match created {
+        Created::Recorded => {}
+        Created::Exists => {
+            give_back(state, order_id, &taken).await;
+            return Err(AppError::internal(format!(
+                "order {order_id}: a record with this id exists already"
+            )));
+        }
+        Created::Late => {
+            give_back(state, order_id, &taken).await;
+            return Err(AppError::Unavailable(format!(
+                "order {order_id}: reserving its lines took longer than the payment window"
+            )));
+        }
+    }
+    metrics::counter!("flashsale_orders_total", "status" => "new").increment(1);
     let decision = state
         .redis
         .decide_order(
             order_id,
             OrderAction::Activate {
-                items_json: &to_json(&items)?,
-                total: total(&items),
+                items_json: &items_json,
+                total: order_total,
             },
         )
         .await?;
@@ -274,6 +389,16 @@ async fn place(state: &AppState, user_id: u64, wants: Vec<Want>) -> AppResult<Or
     load_view(state, order_id).await
 }
 
+/// Gives back the lines an order took before it could be recorded. Best effort: what fails
+/// here, the sweeper gives back at the lines' deadline.
+async fn give_back(state: &AppState, order_id: u64, taken: &[(&Want, (u32, u64))]) {
+    for (w, _) in taken {
+        if let Err(e) = release_line(state, w.sku, order_id, "failed").await {
+            tracing::warn!(order.id = order_id, sku = %w.sku, error = %e, "release after a failed checkout");
+        }
+    }
+}
+
 /// Reserves one line for the order: (units, unit price), or the rejection.
 async fn take_line(
     state: &AppState,
@@ -289,15 +414,31 @@ async fn take_line(
             .await?
         {
             ConvertOutcome::Converted { units, unit_price } => return Ok(Ok((units, unit_price))),
-            ConvertOutcome::SaleNotActive => {
+            ConvertOutcome::SaleNotActive { released } => {
+                if released > 0 {
+                    metrics::counter!("flashsale_units_released_total", "reason" => "sale_ended")
+                        .increment(u64::from(released));
+                }
                 return Ok(Err(rejection(
                     w.sku,
                     w.count,
                     &ReserveOutcome::SaleNotActive,
                 )));
             }
-            // The hold was swept (or Redis lost it): reserve the line afresh.
-            ConvertOutcome::NoHold | ConvertOutcome::NotLoaded => {}
+            ConvertOutcome::TooLarge { units, unit_price } => {
+                return Ok(Err(too_large(w.sku, units, unit_price)));
+            }
+            // Another checkout took the hold, or it lapsed after the cart was read: the cart is
+            // not what was checked out. Never reserve a cart line afresh (one cart, one order).
+            ConvertOutcome::NoHold => {
+                return Ok(Err(AppError::CartChanged(format!(
+                    "sku {}: the cart's hold is gone (another checkout took it, or it lapsed); \
+                     see your cart and orders",
+                    w.sku
+                ))));
+            }
+            // Redis lost the sku's counters (and the hold with them): reserve the line afresh.
+            ConvertOutcome::NotLoaded => {}
         }
     }
     let outcome = reserve_loading(state, || ReserveRequest {
@@ -326,12 +467,7 @@ async fn release_line(
 ) -> AppResult<()> {
     let (released, _) = state
         .redis
-        .release(
-            sku,
-            Rid::OrderLine { order_id },
-            None,
-            state.cfg.payment_ttl,
-        )
+        .release(sku, Rid::OrderLine { order_id }, None)
         .await?;
     if released > 0 {
         metrics::counter!("flashsale_units_released_total", "reason" => reason)

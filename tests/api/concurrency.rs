@@ -222,6 +222,7 @@ async fn mixed_run_keeps_the_identity() {
                                 "out_of_stock",
                                 "limit_exceeded",
                                 "cart_empty",
+                                "cart_changed",
                                 "order_not_payable",
                                 "order_not_cancellable",
                                 "not_found",

@@ -63,14 +63,7 @@ async fn every_outcome_reaches_mysql_once() {
         )
         .await;
     let expiring = r.body["order_id"].as_u64().unwrap();
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&t),
-            json!({"sku": sku, "count": 99}),
-        )
-        .await;
-    let failed = r.body["error"]["order_id"].as_u64().unwrap();
+    let failed = crate::checkout::failed_order(&app, 702, sku, 1).await;
 
     // Before the write-back: sold in Redis, not yet off MySQL's on_hand.
     let b = app.assert_identity(sku).await;

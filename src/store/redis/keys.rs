@@ -80,6 +80,12 @@ impl Keys {
         format!("{}:{{rl:{scope}:{who}}}", self.prefix)
     }
 
+    /// The lock a checkout of the customer's cart holds while it runs (value: its order id), so
+    /// one cart makes one order.
+    pub fn checkout_lock(&self, user_id: u64) -> String {
+        format!("{}:{{user:{user_id}}}:checkout", self.prefix)
+    }
+
     /// Every sku loaded into Redis: what the sweeper walks.
     pub fn skus(&self) -> String {
         format!("{}:skus", self.prefix)
@@ -127,6 +133,11 @@ impl SkuKeys {
     /// Paid lines not yet written back to MySQL.
     pub fn sold(&self) -> String {
         format!("{}sold", self.base)
+    }
+    /// A staging hash of one load from MySQL (`what`: `stock` or `users`), moved into place by
+    /// lua/load_sku.lua once complete.
+    pub fn staging(&self, token: u64, what: &str) -> String {
+        format!("{}load:{token:016x}:{what}", self.base)
     }
     /// The TTL key of a reservation id (`h:<user>` or `o:<order>`).
     pub fn ttl(&self, rid: &Rid) -> String {

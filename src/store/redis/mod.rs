@@ -19,6 +19,13 @@ use crate::config::Config;
 use crate::domain::Sku;
 use crate::error::{AppError, AppResult};
 
+/// Field/value pairs per staging call of a load (lua/stage_hash.lua takes at most 2,000).
+const STAGE_CHUNK: usize = 1_000;
+/// Staging calls sent in one pipeline.
+const STAGE_CALLS_PER_PIPELINE: usize = 16;
+/// How long a load's staged lists live without a new chunk (a loader that died leaves nothing).
+const STAGE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[derive(Clone)]
 pub struct Redis {
     conn: ConnectionManager,
@@ -240,7 +247,7 @@ impl Redis {
                 };
                 (
                     vec![k.stock(), k.users(), k.res(), k.exp(), k.ttl(&rid)],
-                    vec![rid.to_string(), "0".into(), "0".into()],
+                    vec![rid.to_string(), "0".into()],
                 )
             })
             .collect();
@@ -279,36 +286,91 @@ impl Redis {
     // ---- stock and catalog -------------------------------------------------------------
 
     /// Loads a sku's catalog entry and stock into Redis, each only where missing; with the
-    /// stock, the units sold so far and what each customer bought.
+    /// stock, the units sold so far and what each customer bought. Lists of any length: the
+    /// warehouses and buyers are staged in bounded chunks first, and the stock hash, whose
+    /// existence means "loaded", is written last (lua/load_sku.lua).
     pub async fn load_sku(&self, sku: Sku, meta: &SkuMeta, load: &SkuLoad) -> AppResult<()> {
+        // While the stock is loaded nothing needs staging; the script says when it must be.
+        if self.try_load_sku(sku, meta, load, None).await? {
+            let token: u64 = rand::random();
+            self.stage_load(sku, token, load).await?;
+            if self.try_load_sku(sku, meta, load, Some(token)).await? {
+                return Err(AppError::Unavailable(format!(
+                    "sku {sku}: its staged load expired before it completed"
+                )));
+            }
+        }
+        let _: () = self.conn().sadd(self.keys.skus(), sku.get()).await?;
+        Ok(())
+    }
+
+    /// One call of lua/load_sku.lua; `true` when it wants (again) staged lists.
+    async fn try_load_sku(
+        &self,
+        sku: Sku,
+        meta: &SkuMeta,
+        load: &SkuLoad,
+        staged: Option<u64>,
+    ) -> AppResult<bool> {
         let k = self.keys.sku(sku);
+        let token = staged.unwrap_or(0);
         let pairs = meta.pairs();
+        let available: u64 = load.stock.iter().map(|(_, n)| *n).sum();
         let mut args: Vec<String> = vec![
             pairs.len().to_string(),
+            if staged.is_some() { "1" } else { "0" }.into(),
             load.stock.len().to_string(),
+            load.bought.len().to_string(),
+            available.to_string(),
             load.sold_total.to_string(),
         ];
         for (f, v) in pairs {
             args.push(f.to_string());
             args.push(v);
         }
-        for (w, n) in &load.stock {
-            args.push(w.to_string());
-            args.push(n.to_string());
-        }
-        for (u, n) in &load.bought {
-            args.push(u.to_string());
-            args.push(n.to_string());
-        }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.eval(
-            "load_sku",
-            &self.scripts.load_sku,
-            &[&k.meta(), &k.stock(), &k.users()],
-            &args,
-        )
-        .await?;
-        let _: () = self.conn().sadd(self.keys.skus(), sku.get()).await?;
+        let r = self
+            .eval(
+                "load_sku",
+                &self.scripts.load_sku,
+                &[
+                    &k.meta(),
+                    &k.stock(),
+                    &k.users(),
+                    &k.staging(token, "stock"),
+                    &k.staging(token, "users"),
+                ],
+                &args,
+            )
+            .await?;
+        Ok(matches!(r.tag(), "stage" | "incomplete"))
+    }
+
+    /// Writes a load's warehouses and buyers into its staging hashes, `STAGE_CHUNK` pairs a call.
+    async fn stage_load(&self, sku: Sku, token: u64, load: &SkuLoad) -> AppResult<()> {
+        let k = self.keys.sku(sku);
+        let ttl = STAGE_TTL.as_millis().to_string();
+        let mut calls: Vec<(Vec<String>, Vec<String>)> = Vec::new();
+        for chunk in load.stock.chunks(STAGE_CHUNK) {
+            let mut args = vec![ttl.clone()];
+            for (w, n) in chunk {
+                args.push(format!("w{w}"));
+                args.push(n.to_string());
+            }
+            calls.push((vec![k.staging(token, "stock")], args));
+        }
+        for chunk in load.bought.chunks(STAGE_CHUNK) {
+            let mut args = vec![ttl.clone()];
+            for (u, n) in chunk {
+                args.push(u.to_string());
+                args.push(n.to_string());
+            }
+            calls.push((vec![k.staging(token, "users")], args));
+        }
+        for batch in calls.chunks(STAGE_CALLS_PER_PIPELINE) {
+            self.eval_many("stage_hash", &self.scripts.stage_hash, batch)
+                .await?;
+        }
         Ok(())
     }
 
@@ -417,6 +479,10 @@ impl Redis {
                 limit: r.int(2)?,
             },
             "sale_not_active" => ReserveOutcome::SaleNotActive,
+            "too_large" => ReserveOutcome::TooLarge {
+                units: r.int(1)?,
+                unit_price: r.int(2)? as u64,
+            },
             "not_loaded" => ReserveOutcome::NotLoaded,
             other => return Err(r.unexpected(other)),
         })
@@ -456,31 +522,28 @@ impl Redis {
                 unit_price: r.int(2)? as u64,
             },
             "no_hold" => ConvertOutcome::NoHold,
-            "sale_not_active" => ConvertOutcome::SaleNotActive,
+            "sale_not_active" => ConvertOutcome::SaleNotActive {
+                released: r.int(1)? as u32,
+            },
+            "too_large" => ConvertOutcome::TooLarge {
+                units: r.int(1)?,
+                unit_price: r.int(2)? as u64,
+            },
             "not_loaded" => ConvertOutcome::NotLoaded,
             other => return Err(r.unexpected(other)),
         })
     }
 
-    /// Gives back `count` units of a reservation (`None`: all). Returns (released, left).
-    pub async fn release(
-        &self,
-        sku: Sku,
-        rid: Rid,
-        count: Option<u32>,
-        renew: std::time::Duration,
-    ) -> AppResult<(u32, u32)> {
+    /// Gives back `count` units of a reservation (`None`: all); what is left keeps its deadline.
+    /// Returns (released, left).
+    pub async fn release(&self, sku: Sku, rid: Rid, count: Option<u32>) -> AppResult<(u32, u32)> {
         let k = self.keys.sku(sku);
         let r = self
             .eval(
                 "release",
                 &self.scripts.release,
                 &[&k.stock(), &k.users(), &k.res(), &k.exp(), &k.ttl(&rid)],
-                &[
-                    &rid.to_string(),
-                    &count.unwrap_or(0).to_string(),
-                    &renew.as_millis().to_string(),
-                ],
+                &[&rid.to_string(), &count.unwrap_or(0).to_string()],
             )
             .await?;
         Ok((r.int(1)? as u32, r.int(2)? as u32))
@@ -587,15 +650,22 @@ impl Redis {
         Ok(r.int(0)? as u64)
     }
 
-    /// Records a new order (status `new`); returns (created_at, expires_at) in unix ms.
+    /// Redis's clock (unix ms): the one every deadline is measured by.
+    pub async fn now_ms(&self) -> AppResult<i64> {
+        let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut self.conn()).await?;
+        Ok(secs * 1000 + micros / 1000)
+    }
+
+    /// Records a new order (status `new`) whose lines are reserved.
     pub async fn create_order(
         &self,
         order_id: u64,
         user_id: u64,
-        payment_ttl: std::time::Duration,
+        created_at_ms: i64,
+        expires_at_ms: i64,
         items_json: &str,
         total: u64,
-    ) -> AppResult<(i64, i64)> {
+    ) -> AppResult<Created> {
         let r = self
             .eval(
                 "create_order",
@@ -603,17 +673,55 @@ impl Redis {
                 &[&self.keys.order(order_id)],
                 &[
                     &user_id.to_string(),
-                    &payment_ttl.as_millis().to_string(),
+                    &created_at_ms.to_string(),
+                    &expires_at_ms.to_string(),
                     items_json,
                     &total.to_string(),
                 ],
             )
             .await?;
+        match r.tag() {
+            "ok" => {}
+            "exists" => return Ok(Created::Exists),
+            "late" => return Ok(Created::Late),
+            other => return Err(r.unexpected(other)),
+        }
         let _: () = self
             .conn()
             .zadd(self.keys.user_orders(user_id), order_id, order_id as f64)
             .await?;
-        Ok((r.int(1)?, r.int(2)?))
+        Ok(Created::Recorded)
+    }
+
+    /// Takes the customer's checkout lock for `lease` (token: the checkout's order id); `false`
+    /// when another checkout of the cart holds it.
+    pub async fn lock_checkout(
+        &self,
+        user_id: u64,
+        token: u64,
+        lease: std::time::Duration,
+    ) -> AppResult<bool> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.keys.checkout_lock(user_id))
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(lease.as_millis() as u64)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Lets go of the customer's checkout lock if `token` still holds it.
+    pub async fn unlock_checkout(&self, user_id: u64, token: u64) -> AppResult<()> {
+        self.eval(
+            "unlock",
+            &self.scripts.unlock,
+            &[&self.keys.checkout_lock(user_id)],
+            &[&token.to_string()],
+        )
+        .await?;
+        Ok(())
     }
 
     pub async fn decide_order(
@@ -918,7 +1026,7 @@ pub struct ReserveRequest {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReserveMode {
-    /// Grow a live reservation (a cart hold), renewing its deadline.
+    /// Grow a live reservation (a cart hold); it keeps its deadline.
     Add,
     /// An existing live reservation is the answer (an order line).
     Once,
@@ -943,6 +1051,12 @@ pub enum ReserveOutcome {
         limit: i64,
     },
     SaleNotActive,
+    /// The reservation would pass a bound of lua/lib.lua: too many units, or a line total that
+    /// is not an exact integer everywhere.
+    TooLarge {
+        units: i64,
+        unit_price: u64,
+    },
     NotLoaded,
 }
 
@@ -976,11 +1090,33 @@ pub fn parse_alloc(s: &str) -> Vec<(u32, u32)> {
         .collect()
 }
 
+/// What `create_order` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    Recorded,
+    /// A record with that id exists already: nothing written.
+    Exists,
+    /// The lines' deadline had passed: nothing written (the sweeper may be giving them back).
+    Late,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConvertOutcome {
-    Converted { units: u32, unit_price: u64 },
+    Converted {
+        units: u32,
+        unit_price: u64,
+    },
+    /// No hold: another checkout converted it, or it lapsed and was swept.
     NoHold,
-    SaleNotActive,
+    /// The sale window is not open: the hold was released.
+    SaleNotActive {
+        released: u32,
+    },
+    /// The line's total at today's price passes the bound; nothing changed.
+    TooLarge {
+        units: i64,
+        unit_price: u64,
+    },
     NotLoaded,
 }
 
@@ -1046,7 +1182,9 @@ impl OrderRecord {
                 .and_then(|s| crate::domain::OrderStatus::parse(&s))
                 .ok_or_else(|| bad("status"))?,
             items_json: get("items").unwrap_or_else(|| "[]".into()),
-            total: num("total").unwrap_or(0) as u64,
+            total: get("total")
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| bad("total"))?,
             created_at_ms: num("created_at").ok_or_else(|| bad("created_at"))?,
             expires_at_ms: num("expires_at").ok_or_else(|| bad("expires_at"))?,
             paid_at_ms: num("paid_at"),
