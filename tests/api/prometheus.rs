@@ -318,10 +318,10 @@ async fn a_real_prometheus_sees_every_dashboard_query_and_fires_the_write_back_a
 
     // The oldest event passes 10 s at fault_at + 10 s at the earliest; the rule then waits its
     // `for` (30 s). Prometheus scrapes and evaluates every 5 s, the gauge is refreshed every
-    // 0.5 s: firing by fault_at + 40 s + 5 + 5 + 1, plus slack for a loaded machine.
+    // 0.5 s: firing by fault_at + 40 s + 5 + 5 + 1, plus slack for a loaded machine (80 s in all).
     let state = loop {
         let state = prom.alert_state(&client, "FlashsaleWriteBackStalled").await;
-        if state.as_deref() == Some("firing") || fault_at.elapsed() > Duration::from_secs(70) {
+        if state.as_deref() == Some("firing") || fault_at.elapsed() > Duration::from_secs(80) {
             break state;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
