@@ -5,6 +5,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY lua ./lua
 COPY migrations ./migrations
+# The storefront page is compiled into the binary (src/http/web.rs include_str!s web/).
+COPY web ./web
 RUN cargo build --release --locked && strip target/release/flashsale
 
 FROM debian:bookworm-slim

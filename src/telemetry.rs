@@ -225,4 +225,8 @@ fn describe() {
         "flashsale_webhook_deliveries_total",
         "Webhook delivery attempts, by outcome"
     );
+    describe_gauge!(
+        "flashsale_live_max_watchers",
+        "Live stock streams an instance accepts (FLASHSALE_LIVE_MAX_WATCHERS)"
+    );
 }

@@ -32,6 +32,8 @@ pub async fn refresh(state: &AppState) -> AppResult<()> {
         .set((s.size.saturating_sub(s.available)) as f64);
     metrics::gauge!("flashsale_redis_pool_connections", "state" => "idle").set(s.available as f64);
     metrics::gauge!("flashsale_redis_pool_max_connections").set(s.max_size as f64);
+    // The cap beside the count, so an alert can say "near the cap" whatever it is set to.
+    metrics::gauge!("flashsale_live_max_watchers").set(state.cfg.live_max_watchers as f64);
 
     let now = chrono::Utc::now();
     for sku in catalog::active_sale_skus(&state.db, now)

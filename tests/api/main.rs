@@ -18,6 +18,7 @@ mod openapi;
 mod ops;
 mod orders;
 mod process;
+mod prometheus;
 mod redis_policy;
 mod simulate;
 mod web;

@@ -33,9 +33,39 @@ fn exposed(text: &str) -> HashSet<String> {
         .collect()
 }
 
-fn repo_file(path: &str) -> String {
+pub fn repo_file(path: &str) -> String {
     std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR")))
         .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Every query of the dashboard's panels (rows hold none).
+pub fn dashboard_queries(dashboard: &Value) -> Vec<String> {
+    dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["type"] != "row")
+        .flat_map(|p| p["targets"].as_array().unwrap())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// (alert name, expression) of every rule in deploy/prometheus/alerts.yml.
+pub fn alert_rules() -> Vec<(String, String)> {
+    let rules: serde_yaml::Value =
+        serde_yaml::from_str(&repo_file("deploy/prometheus/alerts.yml")).unwrap();
+    rules["groups"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_sequence().unwrap())
+        .filter_map(|r| {
+            Some((
+                r["alert"].as_str()?.to_string(),
+                r["expr"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -115,18 +145,33 @@ async fn a_short_sale_exposes_every_metric_the_dashboard_and_readme_name() {
 
     let dashboard: Value =
         serde_json::from_str(&repo_file("grafana/dashboards/flash-sale-live.json")).unwrap();
-    let mut named = HashSet::new();
-    for panel in dashboard["panels"].as_array().unwrap() {
-        for t in panel["targets"].as_array().unwrap() {
-            named.extend(metric_names(t["expr"].as_str().unwrap()));
-        }
-    }
+    let named: HashSet<String> = dashboard_queries(&dashboard)
+        .iter()
+        .flat_map(|q| metric_names(q))
+        .collect();
     assert!(named.len() >= 10, "the dashboard names {named:?}");
     let missing: Vec<_> = named.iter().filter(|n| !have.contains(*n)).collect();
     assert!(
         missing.is_empty(),
         "the dashboard queries metrics /metrics lacks: {missing:?}"
     );
+    // The alert rules too (a renamed metric would silence an alert without a sound).
+    let alerts = alert_rules();
+    assert!(alerts.len() >= 12, "{alerts:?}");
+    for (alert, expr) in &alerts {
+        let names = metric_names(expr);
+        assert!(
+            !names.is_empty() || expr.contains("up{"),
+            "{alert} names no metric"
+        );
+        for n in names {
+            // A histogram's quantile reads its _bucket series; the rest are exposed as named.
+            assert!(
+                have.contains(&n) || n == "flashsale_lua_errors_total",
+                "alert {alert} reads {n}, which /metrics lacks"
+            );
+        }
+    }
 
     let readme = repo_file("README.md");
     let section = readme
@@ -213,6 +258,20 @@ fn the_ops_files_parse_and_fit_together() {
 
     let prom: serde_yaml::Value =
         serde_yaml::from_str(&repo_file("deploy/prometheus/prometheus.yml")).unwrap();
+    assert_eq!(
+        prom["rule_files"][0], "alerts.yml",
+        "prometheus.yml loads the alert rules"
+    );
+    // The compose file mounts the folder, so the rules file travels with prometheus.yml.
+    let prom_volumes = compose["services"]["prometheus"]["volumes"]
+        .as_sequence()
+        .unwrap();
+    assert!(
+        prom_volumes
+            .iter()
+            .any(|v| v.as_str() == Some("./deploy/prometheus:/etc/prometheus:ro")),
+        "{prom_volumes:?}"
+    );
     let job = &prom["scrape_configs"][0];
     assert_eq!(job["metrics_path"], "/metrics");
     assert_eq!(job["static_configs"][0]["targets"][0], "app:8080");
@@ -233,12 +292,32 @@ fn the_ops_files_parse_and_fit_together() {
     let dashboard: Value =
         serde_json::from_str(&repo_file("grafana/dashboards/flash-sale-live.json")).unwrap();
     assert_eq!(dashboard["title"], "Flash sale live");
+    // On top, the row an operator reads at a glance: stat panels with thresholds.
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert_eq!(panels[0]["type"], "row");
+    assert_eq!(panels[0]["title"], "Is the sale healthy");
+    let glance: Vec<_> = panels[1..]
+        .iter()
+        .take_while(|p| p["type"] != "row")
+        .collect();
+    assert!(glance.len() >= 4, "{} stat panels on top", glance.len());
+    for p in glance {
+        assert_eq!(p["type"], "stat", "{}", p["title"]);
+        assert_eq!(p["gridPos"]["y"], 1, "{}", p["title"]);
+        let steps = p["fieldConfig"]["defaults"]["thresholds"]["steps"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{} has thresholds", p["title"]));
+        assert!(steps.len() >= 2, "{} has thresholds", p["title"]);
+    }
     let mut ids = HashSet::new();
     for p in dashboard["panels"].as_array().unwrap() {
         assert!(
             ids.insert(p["id"].as_u64().unwrap()),
             "panel ids are unique"
         );
+        if p["type"] == "row" {
+            continue;
+        }
         assert_eq!(
             p["datasource"]["uid"],
             uid.as_str(),
