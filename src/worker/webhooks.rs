@@ -3,35 +3,39 @@
 //! task of its own, started only when that URL is set; nothing on the sale path waits for it.
 //!
 //! **Reading.** A consumer group `webhooks` on the stream (created from its start, `0`,
-//! `MKSTREAM`; an existing group is kept), one consumer per instance (`AppState::instance`). Each
-//! round it first re-reads this consumer's own pending entries (id `0`: the ones an error
-//! interrupted), then takes over entries left pending at another consumer for `claim_idle` (an
-//! instance that died: instance names change at every start), then blocks up to half a second
-//! for new ones (`>`) on a connection of the dedicated pool, never on the shared multiplexed one.
-//! The stream is shared with other readers, so delivered entries are only acknowledged (XACK),
-//! never deleted.
+//! `MKSTREAM`; an existing group is kept), one consumer per instance (`AppState::instance`). A
+//! sender first reads this consumer's own pending entries (the ones a crash or an error
+//! interrupted), takes over entries left pending at another consumer for `claim_idle` (an
+//! instance that died: instance names change at every start) every `claim_idle / 2`, and reads
+//! new ones (`>`), as many as it has free delivery slots; with nothing under way it blocks up to
+//! half a second for new ones on a connection of the dedicated pool, never on the shared
+//! multiplexed one. The stream is shared with other readers, so delivered entries are only
+//! acknowledged (XACK), never deleted.
 //!
-//! **Delivering.** Entries are posted one at a time, in stream order: the `event` field's JSON
+//! **Delivering.** Up to `webhook_concurrency` events are under way at once (default 16), so a
+//! slow receiver answer holds up one slot, not the events behind it: the `event` field's JSON
 //! verbatim as the body (`Content-Type: application/json`), with the headers
 //! `X-Flashsale-Event-Id` (the event's `event_id`), `X-Flashsale-Timestamp` (unix seconds, taken
 //! at each attempt) and `X-Flashsale-Signature: sha256=<hex>`, the HMAC-SHA256 of
-//! `<timestamp>.<body>` under `FLASHSALE_WEBHOOK_SECRET` (see [`sign`]). Each request has 5 s;
-//! redirects are not followed.
+//! `<timestamp>.<body>` under `FLASHSALE_WEBHOOK_SECRET` (see [`sign`]). Each request has
+//! `webhook_timeout` (5 s); redirects are not followed. Events are not kept in stream order.
 //!
-//! **Retrying.** A 2xx answer acknowledges the entry. Any other answer, or a transport error, is
-//! retried after `webhook_retry`, the delay doubling after each further failure (at most 60 s),
-//! until `webhook_max_attempts` attempts were made; then the event is set aside in
-//! `<p>:webhook-dead` (fields `event_id`, `stream_id`, `event`, `error`, `attempts`), acknowledged
-//! and logged as an error, and the next event goes. An event blocks the ones behind it while it
-//! is retried (order is kept per instance). While it waits, this consumer re-claims the entries it
-//! still holds now and then, so another instance does not take them over as abandoned. The
-//! attempt count lives in memory: a restart starts it again. An entry without a readable event (or
-//! trimmed from the stream before delivery) is set aside at once.
+//! **Retrying.** A 2xx answer acknowledges the entry. Any other answer, or a transport error,
+//! schedules that event alone for another attempt after `webhook_retry`, the delay doubling after
+//! each further failure (at most 60 s), while the other events go on; after
+//! `webhook_max_attempts` attempts the event is set aside in `<p>:webhook-dead` (fields
+//! `event_id`, `stream_id`, `event`, `error`, `attempts`), acknowledged and logged as an error.
+//! Events waiting for a retry are held in memory (at most `MAX_WAITING`; past it no new entries
+//! are read until some are settled: the stream keeps them) and their entries re-claimed now and
+//! then, so another instance does not take them over as abandoned. The attempt count lives in
+//! memory: a restart starts it again. An entry without a readable event (or trimmed from the
+//! stream before delivery) is set aside at once.
 //!
 //! **At least once.** An entry is acknowledged only after its delivery (or setting aside), so a
 //! crash, a Redis error or a shutdown in between means it is delivered again: receivers
-//! deduplicate by `event_id`. With several instances, or after a takeover, events of one order
-//! may arrive out of order (`at` tells their order). Waits and requests end at once on shutdown.
+//! deduplicate by `event_id`, and check that `X-Flashsale-Timestamp` is recent (a replay window,
+//! e.g. 5 minutes) before trusting a signature. Events of one order may arrive out of order
+//! (`at` tells their order). Waits and requests end at once on shutdown.
 //!
 //! **Metrics.** `flashsale_webhook_deliveries_total{outcome}`: `ok` (delivered), `failed` (each
 //! failed attempt), `gave_up` (set aside).
