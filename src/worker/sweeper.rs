@@ -3,8 +3,9 @@
 //!
 //! **What it visits.** The due index (`<p>:{due}:skus`, a sorted set sku -> a time at or before
 //! that sku's earliest reservation deadline) names the skus with something held or reserved.
-//! Every script that adds a deadline to a sku's `exp` is followed by a note (lua/note_due.lua:
-//! `ZADD LT` and a version bump, in the index's own slot). Each tick reads the skus due by
+//! Every script that adds a deadline to a sku's `exp` is followed by a note, kept in memory
+//! (the earliest per sku) and written at the start of each pass (lua/note_due.lua: `ZADD LT`
+//! and a version bump, in the index's own slot). Each tick reads the skus due by
 //! Redis's clock and sweeps only those: an idle catalog costs two cheap reads per tick, however
 //! many skus are loaded. After sweeping a sku the sweeper moves its entry to the earliest
 //! deadline left, or drops it (lua/settle_due.lua), unless a note came in the meantime.
@@ -64,6 +65,7 @@ impl SweepStats {
 
 /// One pass over the skus with something due: what tests call to drain expiry deterministically.
 pub async fn run_once(state: &AppState) -> AppResult<SweepStats> {
+    state.redis.flush_due_notes().await?;
     let now = state.redis.now_ms().await?;
     let mut visited: HashSet<Sku> = HashSet::new();
     let mut stats = SweepStats::default();
@@ -167,5 +169,9 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             }
             _ = stop.changed() => break,
         }
+    }
+    // Notes of this instance's last reservations go out before it stops (else the audit).
+    if let Err(e) = state.redis.flush_due_notes().await {
+        tracing::warn!(error = %e, "could not write the last due notes; the audit will");
     }
 }

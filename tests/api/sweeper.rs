@@ -172,7 +172,7 @@ async fn idle_skus_cost_the_sweeper_nothing() {
     assert_eq!(after.skus, 0, "the swept sku left the index: {after:?}");
 }
 
-/// A crash between a reservation's script and its note leaves the sku out of the due index:
+/// A crash before a reservation's note is written leaves the sku out of the due index:
 /// the sweep does not see it, the audit puts it back, and the next sweep gives the units back.
 #[tokio::test]
 async fn the_audit_puts_back_a_sku_whose_note_was_lost() {
@@ -180,6 +180,7 @@ async fn the_audit_puts_back_a_sku_whose_note_was_lost() {
     let sku_n = app.sale_product(10, None).await;
     let sku = Sku::parse(sku_n).unwrap();
     let deadline = hold(&app, sku, 7, 4, Duration::from_millis(200)).await;
+    assert_eq!(app.state.redis.flush_due_notes().await.unwrap(), 1);
     let keys = &app.state.redis.keys;
     let _: () = app
         .state
@@ -213,6 +214,7 @@ async fn a_note_during_a_sweep_keeps_the_due_entry() {
     let seen = redis.due_version(sku).await.unwrap();
     // Meanwhile a customer reserves (script + note) ...
     hold(&app, sku, 9, 1, Duration::from_secs(600)).await;
+    redis.flush_due_notes().await.unwrap();
     // ... and the sweeper, having seen nothing, would drop the entry: refused.
     assert!(!redis.settle_due(sku, &seen, None).await.unwrap());
     let score: Option<f64> = redis.conn().zscore(redis.keys.due(), sku_n).await.unwrap();
@@ -244,4 +246,34 @@ async fn orphan_index_entries_neither_stall_nor_loop_the_sweep() {
     let left: u64 = app.state.redis.conn().zcard(&exp).await.unwrap();
     assert_eq!(left, 0);
     assert_eq!(app.assert_identity(sku_n).await.available, 10);
+}
+
+/// Notes wait in memory, the earliest per sku: thousands of reservations on a sku cost one note
+/// at the next pass; a reservation made after a pass began is noted at the next one.
+#[tokio::test]
+async fn notes_are_coalesced_per_sku_until_the_next_pass() {
+    let app = spawn_app_with(|c| c.sweep_interval = Duration::from_secs(3600)).await;
+    let sku_n = app.sale_product(1_000, None).await;
+    let sku = Sku::parse(sku_n).unwrap();
+    let redis = &app.state.redis;
+    redis.flush_due_notes().await.unwrap();
+    let mut first = i64::MAX;
+    for user in 1..=300 {
+        first = first.min(hold(&app, sku, user, 1, Duration::from_secs(600)).await);
+    }
+    let v0 = redis.due_version(sku).await.unwrap();
+    assert_eq!(
+        redis.flush_due_notes().await.unwrap(),
+        1,
+        "one note for 300 holds"
+    );
+    assert_eq!(
+        redis.flush_due_notes().await.unwrap(),
+        0,
+        "nothing left to note"
+    );
+    let v1 = redis.due_version(sku).await.unwrap();
+    assert_ne!(v0, v1);
+    let score: Option<f64> = redis.conn().zscore(redis.keys.due(), sku_n).await.unwrap();
+    assert_eq!(score, Some(first as f64), "the earliest deadline of them");
 }

@@ -5,7 +5,8 @@ pub mod keys;
 pub mod outbox;
 pub mod scripts;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -23,6 +24,8 @@ pub struct Redis {
     conn: ConnectionManager,
     pub keys: Keys,
     scripts: Arc<Scripts>,
+    /// Deadlines noted since the last flush, earliest per sku (see [`Redis::note_due`]).
+    due_notes: Arc<Mutex<HashMap<Sku, i64>>>,
 }
 
 impl Redis {
@@ -39,6 +42,7 @@ impl Redis {
             conn,
             keys: Keys::new(&cfg.redis_prefix),
             scripts: Arc::new(Scripts::new()),
+            due_notes: Arc::default(),
         })
     }
 
@@ -320,7 +324,7 @@ impl Redis {
             )
             .await?;
         if r.tag() == "ok" {
-            self.note_due(req.sku, r.int(2)?).await;
+            self.note_due(req.sku, r.int(2)?);
         }
         Ok(match r.tag() {
             "ok" => ReserveOutcome::Reserved {
@@ -372,7 +376,7 @@ impl Redis {
             )
             .await?;
         if r.tag() == "ok" {
-            self.note_due(sku, deadline_ms).await;
+            self.note_due(sku, deadline_ms);
         }
         Ok(match r.tag() {
             "ok" => ConvertOutcome::Converted {
@@ -411,7 +415,7 @@ impl Redis {
         if left > 0 {
             // A partly released hold lives on `renew` from Redis's now: note it no later.
             let at = chrono::Utc::now().timestamp_millis() + renew.as_millis() as i64;
-            self.note_due(sku, at).await;
+            self.note_due(sku, at);
         }
         Ok((released, left))
     }
@@ -473,22 +477,49 @@ impl Redis {
 
     // ---- the sweeper's due index -------------------------------------------------------
 
-    /// Notes that `sku` has a reservation due at `deadline_ms` (after the script that added it
-    /// to the sku's `exp`). Best effort: a note lost to an error or a crash is made good by the
-    /// sweeper's audit ([`Redis::audit_due`]); the reservation itself is already in place.
-    pub async fn note_due(&self, sku: Sku, deadline_ms: i64) {
-        let r = self
-            .eval(
-                "note_due",
-                &self.scripts.note_due,
-                &[&self.keys.due(), &self.keys.due_version()],
-                &[&sku.to_string(), &deadline_ms.to_string()],
-            )
-            .await;
-        if let Err(e) = r {
-            metrics::counter!("flashsale_due_notes_failed_total").increment(1);
-            tracing::warn!(%sku, error = %e, "could not note a deadline in the due index; the sweeper's audit will");
+    /// Notes that `sku` has a reservation due at `deadline_ms`, after the script that added it
+    /// to the sku's `exp`. The note waits in memory (the earliest per sku) until
+    /// [`Redis::flush_due_notes`], which the sweeper calls at the start of every pass: a sale's
+    /// thousands of reservations a second on a sku cost one note per sku and tick, not one more
+    /// script call each. A note lost in a crash is made good by the sweeper's audit
+    /// ([`Redis::audit_due`]); the reservation itself is in place either way.
+    pub fn note_due(&self, sku: Sku, deadline_ms: i64) {
+        let mut notes = self.due_notes.lock().unwrap_or_else(|p| p.into_inner());
+        notes
+            .entry(sku)
+            .and_modify(|d| *d = (*d).min(deadline_ms))
+            .or_insert(deadline_ms);
+    }
+
+    /// Writes the noted deadlines into the due index (lua/note_due.lua, in pipelines of 500).
+    /// On an error the notes not written are kept for the next flush. Returns the skus noted.
+    pub async fn flush_due_notes(&self) -> AppResult<usize> {
+        let notes: Vec<(Sku, i64)> = {
+            let mut pending = self.due_notes.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::take(&mut *pending).into_iter().collect()
+        };
+        for (i, chunk) in notes.chunks(500).enumerate() {
+            let calls: Vec<_> = chunk
+                .iter()
+                .map(|(sku, at)| {
+                    (
+                        vec![self.keys.due(), self.keys.due_version()],
+                        vec![sku.to_string(), at.to_string()],
+                    )
+                })
+                .collect();
+            if let Err(e) = self
+                .eval_many("note_due", &self.scripts.note_due, &calls)
+                .await
+            {
+                metrics::counter!("flashsale_due_notes_failed_total").increment(1);
+                for (sku, at) in &notes[i * 500..] {
+                    self.note_due(*sku, *at);
+                }
+                return Err(e);
+            }
         }
+        Ok(notes.len())
     }
 
     /// Redis's clock (unix ms): the scripts' "now", hence the clock of every deadline.
