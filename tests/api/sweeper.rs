@@ -277,3 +277,56 @@ async fn notes_are_coalesced_per_sku_until_the_next_pass() {
     let score: Option<f64> = redis.conn().zscore(redis.keys.due(), sku_n).await.unwrap();
     assert_eq!(score, Some(first as f64), "the earliest deadline of them");
 }
+
+/// Two instances sweeping the same due orders and holds at once: every unit comes back exactly
+/// once (the identity holds, nothing is released twice), every order is expired.
+#[tokio::test]
+async fn two_sweepers_at_once_give_back_each_unit_once() {
+    const ORDERS: u64 = 1_000;
+    const HOLDS: u64 = 700;
+    let app = spawn_app_with(|c| {
+        c.sweep_interval = Duration::from_secs(3600);
+        c.payment_ttl = Duration::from_secs(2);
+    })
+    .await;
+    let sku_n = app.sale_product((ORDERS + HOLDS) as i64, None).await;
+    let sku = Sku::parse(sku_n).unwrap();
+    let placed: Vec<(u64, i64)> = futures::stream::iter(1..=ORDERS)
+        .map(|user| {
+            let state = app.state.clone();
+            async move {
+                let o = orders::buy_now(&state, user, sku, Count::parse(1).unwrap())
+                    .await
+                    .expect("buy-now");
+                (o.order_id, o.expires_at.timestamp_millis())
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let mut last = placed.iter().map(|p| p.1).max().unwrap();
+    for user in ORDERS + 1..=ORDERS + HOLDS {
+        last = last.max(hold(&app, sku, user, 1, Duration::from_secs(2)).await);
+    }
+    assert_eq!(app.assert_identity(sku_n).await.available, 0);
+    wait_past(&app, last).await;
+
+    let (a, b) = tokio::join!(sweeper::run_once(&app.state), sweeper::run_once(&app.state));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(
+        a.holds_units_released + b.holds_units_released,
+        HOLDS,
+        "{a:?} {b:?}"
+    );
+    let after = app.assert_identity(sku_n).await;
+    assert_eq!(
+        (after.available, after.held, after.reserved),
+        ((ORDERS + HOLDS) as i64, 0, 0)
+    );
+    let ids: Vec<u64> = placed.iter().map(|p| p.0).collect();
+    for rec in app.state.redis.order_records(&ids).await.unwrap() {
+        assert_eq!(rec.unwrap().status, OrderStatus::Cancelled);
+    }
+    // Nothing is left due: the next pass visits nothing.
+    assert_eq!(sweeper::run_once(&app.state).await.unwrap().skus, 0);
+}

@@ -675,3 +675,49 @@ async fn slow_and_failing_events_do_not_hold_up_the_others() {
     let most = p.now.lock().unwrap().1;
     assert!((2..=4).contains(&most), "{most} requests at once (bound 4)");
 }
+
+/// A receiver slower than `webhook_timeout`: each attempt at that event times out and it is set
+/// aside after its attempts, while the events behind it are delivered meanwhile.
+#[tokio::test]
+async fn an_answer_slower_than_the_timeout_fails_that_event_only() {
+    let p = Picky::default();
+    let router = axum::Router::new()
+        .route("/hooks", axum::routing::post(picky))
+        .with_state(p.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://127.0.0.1:{}/hooks",
+        listener.local_addr().unwrap().port()
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let app = spawn_app().await;
+    let state = webhook_state(&app, &url, |c| {
+        c.webhook_retry = Duration::from_millis(50);
+        c.webhook_max_attempts = 2;
+        c.webhook_concurrency = 2;
+        c.webhook_timeout = Duration::from_millis(300);
+    });
+    let hooks = Webhooks::new(state).unwrap();
+    hooks.ensure_group().await.unwrap();
+    let key = app.state.redis.keys.order_events();
+    let mut conn = app.state.redis.conn();
+    for id in ["slow-0", "ok-0", "ok-1", "ok-2"] {
+        let event = json!({"event_id": id, "type": "paid"}).to_string();
+        let _: String = conn.xadd(&key, "*", &[("event", event)]).await.unwrap();
+    }
+    let (_tx, mut stop) = tokio::sync::watch::channel(false);
+    let s = hooks.run_once(&mut stop).await.unwrap();
+    assert_eq!((s.delivered, s.gave_up), (3, 1), "{s:?}");
+    let dead = dead_letters(&app).await;
+    assert_eq!(dead.ids.len(), 1);
+    let event_id: String = dead.ids[0].get("event_id").unwrap();
+    let error: String = dead.ids[0].get("error").unwrap();
+    let attempts: u32 = dead.ids[0].get("attempts").unwrap();
+    assert_eq!((event_id.as_str(), attempts), ("slow-0", 2));
+    assert!(
+        error.contains("timed out") || error.contains("timeout"),
+        "{error}"
+    );
+    assert_eq!(unacked(&app).await, 0);
+}
