@@ -149,6 +149,11 @@ async fn idle_skus_cost_the_sweeper_nothing() {
 
     let idle = sweeper::run_once(&app.state).await.unwrap();
     assert_eq!(idle.skus, 0, "idle skus are not swept: {idle:?}");
+    // The audit (once a minute) reads them all with plain commands and notes none.
+    let started = Instant::now();
+    let (looked, noted) = app.state.redis.audit_due(500).await.unwrap();
+    eprintln!("audit of {looked} idle skus: {:?}", started.elapsed());
+    assert_eq!((looked, noted), (IDLE as usize, 0));
 
     let busy = Sku::parse(1_000_007).unwrap();
     let deadline = hold(&app, busy, 42, 3, Duration::from_millis(300)).await;
