@@ -135,6 +135,11 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_SWEEP_INTERVAL", default_value = "1s", value_parser = parse_duration, global = true)]
     pub sweep_interval: Duration,
 
+    /// How often the sweeper audits its due index against every loaded sku (cheap reads; puts
+    /// back what a crash between a reservation and its note left out).
+    #[arg(long, env = "FLASHSALE_SWEEP_AUDIT_INTERVAL", default_value = "1m", value_parser = parse_duration, global = true)]
+    pub sweep_audit_interval: Duration,
+
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "FLASHSALE_BODY_LIMIT", default_value_t = 16 * 1024, global = true)]
     pub body_limit: usize,
@@ -207,6 +212,20 @@ pub struct Config {
     /// Delay before the first webhook retry; doubled for each further one (at most 60 s).
     #[arg(long, env = "FLASHSALE_WEBHOOK_RETRY", default_value = "500ms", value_parser = parse_duration, global = true)]
     pub webhook_retry: Duration,
+
+    /// Webhook deliveries under way at once per instance; a slow or failing event does not hold
+    /// up the others.
+    #[arg(
+        long,
+        env = "FLASHSALE_WEBHOOK_CONCURRENCY",
+        default_value_t = 16,
+        global = true
+    )]
+    pub webhook_concurrency: usize,
+
+    /// Deadline of one webhook request (connecting included).
+    #[arg(long, env = "FLASHSALE_WEBHOOK_TIMEOUT", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub webhook_timeout: Duration,
 
     /// How often state gauges (outbox backlog, pools, stock of open sales) are refreshed.
     #[arg(long, env = "FLASHSALE_METRICS_INTERVAL", default_value = "5s", value_parser = parse_duration, global = true)]
@@ -410,6 +429,9 @@ impl Config {
                 "max in-flight requests, connections and cart lines must be at least 1".into(),
             );
         }
+        if self.webhook_concurrency == 0 || self.webhook_concurrency > 1024 {
+            return Err("FLASHSALE_WEBHOOK_CONCURRENCY must be between 1 and 1024".into());
+        }
         if self.worker_batch == 0 {
             return Err("the worker batch must be at least 1".into());
         }
@@ -420,6 +442,8 @@ impl Config {
             ("cart hold ttl", self.cart_hold_ttl),
             ("payment ttl", self.payment_ttl),
             ("sweep interval", self.sweep_interval),
+            ("sweep audit interval", self.sweep_audit_interval),
+            ("webhook timeout", self.webhook_timeout),
             ("live tick", self.live_tick),
             ("live heartbeat", self.live_heartbeat),
             ("live resync", self.live_resync),

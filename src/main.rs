@@ -68,6 +68,8 @@ async fn main() -> anyhow::Result<()> {
         Command::RebuildCache => {
             let state = AppState::connect(cli.config).await?;
             let r = reconcile::rebuild_cache(&state).await?;
+            // The restored reservations' deadlines, for the sweeper's due index.
+            state.redis.flush_due_notes().await?;
             println!(
                 "loaded {} sku(s), restored {} open order(s) with {} unit(s)",
                 r.skus_loaded, r.orders_restored, r.units_reserved

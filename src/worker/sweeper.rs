@@ -1,60 +1,164 @@
 //! The sweeper: gives back the units of expired cart holds and settles orders whose payment
-//! window passed. Key-space notifications are not reliable, so it walks each sku's deadline
-//! index instead. Every step is idempotent: several instances may sweep at once.
+//! window passed. Key-space notifications are not reliable, so it keeps an index of its own.
+//!
+//! **What it visits.** The due index (`<p>:{due}:skus`, a sorted set sku -> a time at or before
+//! that sku's earliest reservation deadline) names the skus with something held or reserved.
+//! Every script that adds a deadline to a sku's `exp` is followed by a note, kept in memory
+//! (the earliest per sku) and written at the start of each pass (lua/note_due.lua: `ZADD LT`
+//! and a version bump, in the index's own slot). Each tick reads the skus due by
+//! Redis's clock and sweeps only those: an idle catalog costs two cheap reads per tick, however
+//! many skus are loaded. After sweeping a sku the sweeper moves its entry to the earliest
+//! deadline left, or drops it (lua/settle_due.lua), unless a note came in the meantime.
+//!
+//! **Draining.** A sku is swept in bounded batches (`BATCH` due entries per script call, so no
+//! call holds Redis for long) until nothing due is left, its due orders settled `SETTLE_AT_ONCE`
+//! at a time: whatever is due goes back within a tick, whatever the number.
+//!
+//! **Audit.** A crash between a script and its note leaves a sku out of the index. Every
+//! `sweep_audit_interval` (and at start) the sweeper reads the earliest deadline of every
+//! loaded sku (SSCAN + pipelined ZRANGE, no scripts) and notes those that hold something.
+//!
+//! Every step is idempotent: several instances may sweep at once.
 
-use redis::AsyncCommands;
+use std::collections::HashSet;
+
+use futures::{StreamExt, TryStreamExt};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::app::AppState;
 use crate::domain::Sku;
 use crate::error::AppResult;
 use crate::service::orders;
 
-/// Due entries looked at per sku and pass.
-const BATCH: u32 = 500;
+/// Due entries looked at per sweep script call.
+pub const BATCH: u32 = 500;
+/// Due skus read from the index at a time.
+const SKUS_PER_READ: usize = 256;
+/// Skus swept at once.
+const SKUS_AT_ONCE: usize = 4;
+/// Due orders settled at once (per sku).
+const SETTLE_AT_ONCE: usize = 32;
+/// Batches per sku and pass at most (what is left goes at the next tick).
+const MAX_ROUNDS: usize = 400;
+/// Skus per SSCAN / pipeline of the audit.
+const AUDIT_CHUNK: usize = 500;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SweepStats {
+    /// Skus swept (those the due index named).
     pub skus: usize,
+    /// Sweep script calls made.
+    pub calls: usize,
     pub holds_units_released: u64,
     pub orders_due: usize,
 }
 
-/// One pass over every sku: what tests call to drain expiry deterministically.
+impl SweepStats {
+    fn add(&mut self, o: SweepStats) {
+        self.skus += o.skus;
+        self.calls += o.calls;
+        self.holds_units_released += o.holds_units_released;
+        self.orders_due += o.orders_due;
+    }
+}
+
+/// One pass over the skus with something due: what tests call to drain expiry deterministically.
 pub async fn run_once(state: &AppState) -> AppResult<SweepStats> {
-    let raw: Vec<u64> = state.redis.conn().smembers(state.redis.keys.skus()).await?;
+    state.redis.flush_due_notes().await?;
+    let now = state.redis.now_ms().await?;
+    let mut visited: HashSet<Sku> = HashSet::new();
     let mut stats = SweepStats::default();
-    for sku in raw.into_iter().filter_map(|n| Sku::parse(n).ok()) {
-        stats.skus += 1;
-        loop {
-            let (released, due) = state.redis.sweep(sku, BATCH).await?;
-            stats.holds_units_released += released;
-            stats.orders_due += due.len();
-            if released > 0 {
-                metrics::counter!("flashsale_units_released_total", "reason" => "hold_expired")
-                    .increment(released);
-            }
-            for order_id in &due {
-                if let Err(e) = orders::expire_due(state, *order_id, sku).await {
-                    tracing::warn!(order.id = order_id, %sku, error = %e, "could not settle a due order; retrying next pass");
-                }
-            }
-            // A full batch of released holds may hide more behind it; due orders were settled.
-            if released < u64::from(BATCH) || !due.is_empty() {
-                break;
-            }
+    loop {
+        // Skus swept in this pass may still be due (something could not be settled): read
+        // past them.
+        let asked = visited.len() + SKUS_PER_READ;
+        let due = state.redis.due_skus(now, asked).await?;
+        let all_read = due.len() < asked;
+        let fresh: Vec<Sku> = due.into_iter().filter(|s| visited.insert(*s)).collect();
+        if fresh.is_empty() {
+            break;
+        }
+        let per_sku: Vec<SweepStats> = futures::stream::iter(fresh)
+            .map(|sku| sweep_sku(state, sku))
+            .buffer_unordered(SKUS_AT_ONCE)
+            .try_collect()
+            .await?;
+        per_sku.into_iter().for_each(|s| stats.add(s));
+        if all_read {
+            break;
         }
     }
+    metrics::counter!("flashsale_sweep_skus_total").increment(stats.skus as u64);
     Ok(stats)
 }
 
-/// Sweeps every `sweep_interval` until `stop` turns true.
+/// Sweeps one sku until nothing due is left in it, then moves its due-index entry.
+async fn sweep_sku(state: &AppState, sku: Sku) -> AppResult<SweepStats> {
+    let seen = state.redis.due_version(sku).await?;
+    let mut stats = SweepStats {
+        skus: 1,
+        ..SweepStats::default()
+    };
+    // Due orders already tried in this pass, and how many due entries to skip: those tried but
+    // still there (not settled: an error, or an order that is still open) and live holds.
+    let mut tried: HashSet<u64> = HashSet::new();
+    let mut skip: u32 = 0;
+    for _ in 0..MAX_ROUNDS {
+        let b = state.redis.sweep(sku, BATCH, skip).await?;
+        stats.calls += 1;
+        stats.holds_units_released += b.released;
+        if b.released > 0 {
+            metrics::counter!("flashsale_units_released_total", "reason" => "hold_expired")
+                .increment(b.released);
+        }
+        let fresh: Vec<u64> = b
+            .orders
+            .iter()
+            .copied()
+            .filter(|o| tried.insert(*o))
+            .collect();
+        skip += b.kept + (b.orders.len() - fresh.len()) as u32;
+        stats.orders_due += fresh.len();
+        futures::stream::iter(fresh)
+            .for_each_concurrent(SETTLE_AT_ONCE, |order_id| async move {
+                if let Err(e) = orders::expire_due(state, order_id, sku).await {
+                    tracing::warn!(order.id = order_id, %sku, error = %e, "could not settle a due order; retrying next pass");
+                }
+            })
+            .await;
+        if b.looked_at < BATCH {
+            break;
+        }
+    }
+    let next = state
+        .redis
+        .earliest_deadlines(&[sku])
+        .await?
+        .pop()
+        .flatten();
+    state.redis.settle_due(sku, &seen, next).await?;
+    Ok(stats)
+}
+
+/// Sweeps every `sweep_interval` until `stop` turns true; audits the due index at start and
+/// every `sweep_audit_interval`.
 pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(state.cfg.sweep_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_audit: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                if last_audit.is_none_or(|t| t.elapsed() >= state.cfg.sweep_audit_interval) {
+                    match state.redis.audit_due(AUDIT_CHUNK).await {
+                        Ok((skus, noted)) => {
+                            last_audit = Some(Instant::now());
+                            tracing::debug!(skus, noted, "due index audited");
+                        }
+                        Err(e) => tracing::warn!(error = %e, "due index audit failed; retrying next tick"),
+                    }
+                }
                 match run_once(&state).await {
                     Ok(s) if s.holds_units_released > 0 || s.orders_due > 0 => {
                         tracing::debug!(?s, "sweep");
@@ -65,5 +169,9 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             }
             _ = stop.changed() => break,
         }
+    }
+    // Notes of this instance's last reservations go out before it stops (else the audit).
+    if let Err(e) = state.redis.flush_due_notes().await {
+        tracing::warn!(error = %e, "could not write the last due notes; the audit will");
     }
 }

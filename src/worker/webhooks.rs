@@ -3,40 +3,50 @@
 //! task of its own, started only when that URL is set; nothing on the sale path waits for it.
 //!
 //! **Reading.** A consumer group `webhooks` on the stream (created from its start, `0`,
-//! `MKSTREAM`; an existing group is kept), one consumer per instance (`AppState::instance`). Each
-//! round it first re-reads this consumer's own pending entries (id `0`: the ones an error
-//! interrupted), then takes over entries left pending at another consumer for `claim_idle` (an
-//! instance that died: instance names change at every start), then blocks up to half a second
-//! for new ones (`>`) on a connection of the dedicated pool, never on the shared multiplexed one.
-//! The stream is shared with other readers, so delivered entries are only acknowledged (XACK),
-//! never deleted.
+//! `MKSTREAM`; an existing group is kept), one consumer per instance (`AppState::instance`). A
+//! sender first reads this consumer's own pending entries (the ones a crash or an error
+//! interrupted), takes over entries left pending at another consumer for `claim_idle` (an
+//! instance that died: instance names change at every start) every `claim_idle / 2`, and reads
+//! new ones (`>`), as many as it has free delivery slots; with nothing under way it blocks up to
+//! half a second for new ones on a connection of the dedicated pool, never on the shared
+//! multiplexed one. The stream is shared with other readers, so delivered entries are only
+//! acknowledged (XACK), never deleted.
 //!
-//! **Delivering.** Entries are posted one at a time, in stream order: the `event` field's JSON
+//! **Delivering.** Up to `webhook_concurrency` events are under way at once (default 16), so a
+//! slow receiver answer holds up one slot, not the events behind it: the `event` field's JSON
 //! verbatim as the body (`Content-Type: application/json`), with the headers
 //! `X-Flashsale-Event-Id` (the event's `event_id`), `X-Flashsale-Timestamp` (unix seconds, taken
 //! at each attempt) and `X-Flashsale-Signature: sha256=<hex>`, the HMAC-SHA256 of
-//! `<timestamp>.<body>` under `FLASHSALE_WEBHOOK_SECRET` (see [`sign`]). Each request has 5 s;
-//! redirects are not followed.
+//! `<timestamp>.<body>` under `FLASHSALE_WEBHOOK_SECRET` (see [`sign`]). Each request has
+//! `webhook_timeout` (5 s); redirects are not followed. Events are not kept in stream order.
 //!
-//! **Retrying.** A 2xx answer acknowledges the entry. Any other answer, or a transport error, is
-//! retried after `webhook_retry`, the delay doubling after each further failure (at most 60 s),
-//! until `webhook_max_attempts` attempts were made; then the event is set aside in
-//! `<p>:webhook-dead` (fields `event_id`, `stream_id`, `event`, `error`, `attempts`), acknowledged
-//! and logged as an error, and the next event goes. An event blocks the ones behind it while it
-//! is retried (order is kept per instance). While it waits, this consumer re-claims the entries it
-//! still holds now and then, so another instance does not take them over as abandoned. The
-//! attempt count lives in memory: a restart starts it again. An entry without a readable event (or
-//! trimmed from the stream before delivery) is set aside at once.
+//! **Retrying.** A 2xx answer acknowledges the entry. Any other answer, or a transport error,
+//! schedules that event alone for another attempt after `webhook_retry`, the delay doubling after
+//! each further failure (at most 60 s), while the other events go on; after
+//! `webhook_max_attempts` attempts the event is set aside in `<p>:webhook-dead` (fields
+//! `event_id`, `stream_id`, `event`, `error`, `attempts`), acknowledged and logged as an error.
+//! Events waiting for a retry are held in memory (at most `MAX_WAITING`; past it no new entries
+//! are read until some are settled: the stream keeps them) and their entries re-claimed now and
+//! then, so another instance does not take them over as abandoned. The attempt count lives in
+//! memory: a restart starts it again. An entry without a readable event (or trimmed from the
+//! stream before delivery) is set aside at once.
 //!
 //! **At least once.** An entry is acknowledged only after its delivery (or setting aside), so a
 //! crash, a Redis error or a shutdown in between means it is delivered again: receivers
-//! deduplicate by `event_id`. With several instances, or after a takeover, events of one order
-//! may arrive out of order (`at` tells their order). Waits and requests end at once on shutdown.
+//! deduplicate by `event_id`, and check that `X-Flashsale-Timestamp` is recent (a replay window,
+//! e.g. 5 minutes) before trusting a signature. Events of one order may arrive out of order
+//! (`at` tells their order). Waits and requests end at once on shutdown.
 //!
 //! **Metrics.** `flashsale_webhook_deliveries_total{outcome}`: `ok` (delivered), `failed` (each
 //! failed attempt), `gave_up` (set aside).
 
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 
 use hmac::{Hmac, Mac};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
@@ -49,12 +59,13 @@ use crate::error::{AppError, AppResult};
 
 /// The consumer group of the webhook senders on the order-events stream.
 pub const GROUP: &str = "webhooks";
-/// Deadline of one delivery request (connecting included).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest delay between two attempts at one event.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
-/// Entries read at a time.
-const BATCH: usize = 64;
+/// Failed events waiting for their retry at most; past it no new entries are read (the
+/// stream keeps them) until some are delivered or set aside.
+const MAX_WAITING: usize = 1024;
+/// How often a sender with deliveries under way looks for new entries.
+const POLL: Duration = Duration::from_millis(200);
 /// How long one read waits for new entries.
 const BLOCK: Duration = Duration::from_millis(500);
 
@@ -84,22 +95,18 @@ pub struct DeliveryStats {
     pub gave_up: usize,
 }
 
-enum Outcome {
-    Delivered,
-    GaveUp,
-    Stopped,
-}
-
 /// The part of an order event the sender reads; the body goes out as it is.
 #[derive(serde::Deserialize)]
 struct EventHead {
     event_id: String,
 }
 
-/// The entries of one read still held by this consumer, and when they were last re-claimed.
-struct Held {
-    ids: Vec<String>,
-    touched: Instant,
+/// One event to deliver: its stream entry, its event id, the body, and the attempts made.
+struct Job {
+    id: String,
+    event_id: String,
+    body: String,
+    attempts: u32,
 }
 
 pub struct Webhooks {
@@ -131,8 +138,8 @@ impl Webhooks {
             .unwrap_or_default()
             .into_bytes();
         let client = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(REQUEST_TIMEOUT)
+            .timeout(state.cfg.webhook_timeout)
+            .connect_timeout(state.cfg.webhook_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("flashsale/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -175,30 +182,25 @@ impl Webhooks {
     /// their delays included). Returns early when `stop` turns true. What tests call.
     pub async fn run_once(&self, stop: &mut watch::Receiver<bool>) -> AppResult<DeliveryStats> {
         self.ensure_group().await?;
-        let mut stats = DeliveryStats::default();
-        loop {
-            let mut entries = self.read("0", None).await?;
-            if entries.is_empty() {
-                entries = self.claim().await?;
-            }
-            if entries.is_empty() {
-                entries = self.read(">", None).await?;
-            }
-            if entries.is_empty() || !self.deliver_all(entries, &mut stats, stop).await? {
-                return Ok(stats);
-            }
-        }
+        let mut d = Dispatch::new(self);
+        d.drive(stop, false).await?;
+        Ok(d.stats)
     }
 
-    /// Reads up to a batch: `id` "0" for this consumer's pending entries, ">" for new ones;
-    /// `block` waits for new ones on a pooled connection of its own.
-    async fn read(&self, id: &str, block: Option<Duration>) -> AppResult<Vec<StreamId>> {
+    /// Reads up to `count`: `id` "0" (or the last id seen) for this consumer's pending
+    /// entries, ">" for new ones; `block` waits for new ones on a pooled connection of its own.
+    async fn read(
+        &self,
+        id: &str,
+        count: usize,
+        block: Option<Duration>,
+    ) -> AppResult<Vec<StreamId>> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(GROUP)
             .arg(&self.consumer)
             .arg("COUNT")
-            .arg(BATCH);
+            .arg(count.max(1));
         if let Some(b) = block {
             cmd.arg("BLOCK").arg(b.as_millis() as u64);
         }
@@ -224,8 +226,9 @@ impl Webhooks {
             .unwrap_or_default())
     }
 
-    /// Takes over entries that sat unacknowledged at any consumer for `claim_idle`.
-    async fn claim(&self) -> AppResult<Vec<StreamId>> {
+    /// Takes over up to `count` entries that sat unacknowledged at any consumer for
+    /// `claim_idle`.
+    async fn claim(&self, count: usize) -> AppResult<Vec<StreamId>> {
         let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
             .arg(self.stream())
             .arg(GROUP)
@@ -233,7 +236,7 @@ impl Webhooks {
             .arg(self.state.cfg.claim_idle.as_millis() as u64)
             .arg("0")
             .arg("COUNT")
-            .arg(BATCH)
+            .arg(count.max(1))
             .query_async(&mut self.state.redis.conn())
             .await?;
         if !reply.claimed.is_empty() {
@@ -245,92 +248,49 @@ impl Webhooks {
         Ok(reply.claimed)
     }
 
-    /// Delivers entries in order; false when `stop` interrupted (the rest stay pending).
-    async fn deliver_all(
-        &self,
-        entries: Vec<StreamId>,
-        stats: &mut DeliveryStats,
-        stop: &mut watch::Receiver<bool>,
-    ) -> AppResult<bool> {
-        let mut held = Held {
-            ids: entries.iter().rev().map(|e| e.id.clone()).collect(),
-            touched: Instant::now(),
-        };
-        for entry in &entries {
-            match self.deliver(entry, &mut held, stop).await? {
-                Outcome::Delivered => stats.delivered += 1,
-                Outcome::GaveUp => stats.gave_up += 1,
-                Outcome::Stopped => return Ok(false),
-            }
-            held.ids.pop();
-        }
-        Ok(true)
-    }
-
-    /// Delivers one entry, retrying until it succeeds, is given up, or `stop` turns true.
-    async fn deliver(
-        &self,
-        entry: &StreamId,
-        held: &mut Held,
-        stop: &mut watch::Receiver<bool>,
-    ) -> AppResult<Outcome> {
+    /// Reads an entry into a delivery job; an entry without a readable event is set aside at
+    /// once (None).
+    async fn job(&self, entry: StreamId) -> AppResult<Option<Job>> {
         let Some(body) = entry.get::<String>("event") else {
             let why = if entry.map.is_empty() {
                 "the entry left the stream before it was delivered"
             } else {
                 "the entry has no `event` field"
             };
-            self.give_up(entry, "", "", why, 0).await?;
-            return Ok(Outcome::GaveUp);
+            self.give_up(&entry.id, "", "", why, 0).await?;
+            return Ok(None);
         };
-        let event_id = match serde_json::from_str::<EventHead>(&body) {
-            Ok(h) => h.event_id,
+        match serde_json::from_str::<EventHead>(&body) {
+            Ok(h) => Ok(Some(Job {
+                id: entry.id,
+                event_id: h.event_id,
+                body,
+                attempts: 0,
+            })),
             Err(e) => {
                 let why = format!("not an order event: {e}");
-                self.give_up(entry, "", &body, &why, 0).await?;
-                return Ok(Outcome::GaveUp);
-            }
-        };
-        let max_attempts = self.state.cfg.webhook_max_attempts.max(1);
-        let mut attempt = 0;
-        loop {
-            if *stop.borrow() {
-                return Ok(Outcome::Stopped);
-            }
-            attempt += 1;
-            self.keep_held(held).await;
-            let result = tokio::select! {
-                r = self.post(&event_id, &body) => r,
-                _ = stopped(stop) => return Ok(Outcome::Stopped),
-            };
-            let why = match result {
-                Ok(()) => {
-                    let _: () = redis::cmd("XACK")
-                        .arg(self.stream())
-                        .arg(GROUP)
-                        .arg(&entry.id)
-                        .query_async(&mut self.state.redis.conn())
-                        .await?;
-                    metrics::counter!("flashsale_webhook_deliveries_total", "outcome" => "ok")
-                        .increment(1);
-                    tracing::debug!(event.id = %event_id, attempt, "webhook delivered");
-                    return Ok(Outcome::Delivered);
-                }
-                Err(why) => why,
-            };
-            metrics::counter!("flashsale_webhook_deliveries_total", "outcome" => "failed")
-                .increment(1);
-            if attempt >= max_attempts {
-                tracing::error!(event.id = %event_id, attempts = attempt, error = %why, "webhook delivery failed every attempt; the event is set aside in webhook-dead");
-                self.give_up(entry, &event_id, &body, &why, attempt).await?;
-                return Ok(Outcome::GaveUp);
-            }
-            let delay = retry_delay(self.state.cfg.webhook_retry, attempt);
-            tracing::warn!(event.id = %event_id, attempt, error = %why, retry_in_ms = delay.as_millis() as u64, "webhook delivery failed; will retry");
-            if !self.wait(delay, held, stop).await {
-                return Ok(Outcome::Stopped);
+                self.give_up(&entry.id, "", &body, &why, 0).await?;
+                Ok(None)
             }
         }
+    }
+
+    /// One attempt at a job, counted; gives the job back with the outcome.
+    async fn attempt(&self, mut job: Job) -> (Job, Result<(), String>) {
+        job.attempts += 1;
+        let r = self.post(&job.event_id, &job.body).await;
+        (job, r)
+    }
+
+    /// Acknowledges a delivered entry.
+    async fn ack(&self, id: &str) -> AppResult<()> {
+        let _: () = redis::cmd("XACK")
+            .arg(self.stream())
+            .arg(GROUP)
+            .arg(id)
+            .query_async(&mut self.state.redis.conn())
+            .await?;
+        Ok(())
     }
 
     /// One attempt: Ok on a 2xx answer, else what went wrong.
@@ -361,14 +321,14 @@ impl Webhooks {
     /// repeats the dead letter, never loses the event).
     async fn give_up(
         &self,
-        entry: &StreamId,
+        stream_id: &str,
         event_id: &str,
         body: &str,
         why: &str,
         attempts: u32,
     ) -> AppResult<()> {
         if attempts == 0 {
-            tracing::error!(stream.id = %entry.id, error = %why, "unreadable order event set aside in webhook-dead");
+            tracing::error!(stream.id = %stream_id, error = %why, "unreadable order event set aside in webhook-dead");
         }
         let mut pipe = redis::pipe();
         pipe.cmd("XADD")
@@ -377,7 +337,7 @@ impl Webhooks {
             .arg("event_id")
             .arg(event_id)
             .arg("stream_id")
-            .arg(&entry.id)
+            .arg(stream_id)
             .arg("event")
             .arg(body)
             .arg("error")
@@ -388,7 +348,7 @@ impl Webhooks {
         pipe.cmd("XACK")
             .arg(self.stream())
             .arg(GROUP)
-            .arg(&entry.id)
+            .arg(stream_id)
             .ignore();
         let _: () = pipe.query_async(&mut self.state.redis.conn()).await?;
         metrics::counter!("flashsale_webhook_deliveries_total", "outcome" => "gave_up")
@@ -396,51 +356,27 @@ impl Webhooks {
         Ok(())
     }
 
-    /// Waits `delay` (re-claiming the held entries meanwhile); false when `stop` turned true.
-    async fn wait(
-        &self,
-        delay: Duration,
-        held: &mut Held,
-        stop: &mut watch::Receiver<bool>,
-    ) -> bool {
-        let deadline = Instant::now() + delay;
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return true;
-            }
-            let slice = (deadline - now).min(self.keep_every());
-            tokio::select! {
-                _ = tokio::time::sleep(slice) => {}
-                _ = stopped(stop) => return false,
-            }
-            self.keep_held(held).await;
-        }
-    }
-
     fn keep_every(&self) -> Duration {
         (self.state.cfg.claim_idle / 3).max(Duration::from_millis(100))
     }
 
-    /// Re-claims the entries this consumer still holds when due, resetting their idle time, so
-    /// that a long retry does not look like a dead instance to the others. Best effort: a miss
-    /// only risks a duplicate delivery.
-    async fn keep_held(&self, held: &mut Held) {
-        if held.ids.is_empty() || held.touched.elapsed() < self.keep_every() {
-            return;
-        }
-        held.touched = Instant::now();
-        let r: Result<Vec<String>, redis::RedisError> = redis::cmd("XCLAIM")
-            .arg(self.stream())
-            .arg(GROUP)
-            .arg(&self.consumer)
-            .arg(0)
-            .arg(&held.ids)
-            .arg("JUSTID")
-            .query_async(&mut self.state.redis.conn())
-            .await;
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "could not re-claim the webhook deliveries under way");
+    /// Re-claims the entries this consumer holds (under way or waiting for a retry),
+    /// resetting their idle time, so that a long retry does not look like a dead instance to
+    /// the others. Best effort: a miss only risks a duplicate delivery.
+    async fn keep_held(&self, ids: &[&str]) {
+        for chunk in ids.chunks(500) {
+            let r: Result<Vec<String>, redis::RedisError> = redis::cmd("XCLAIM")
+                .arg(self.stream())
+                .arg(GROUP)
+                .arg(&self.consumer)
+                .arg(0)
+                .arg(chunk)
+                .arg("JUSTID")
+                .query_async(&mut self.state.redis.conn())
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "could not re-claim the webhook deliveries under way");
+            }
         }
     }
 }
@@ -462,6 +398,186 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+type Attempt<'a> = Pin<Box<dyn Future<Output = (Job, Result<(), String>)> + Send + 'a>>;
+
+/// What a wait in [`Dispatch::drive`] ended with.
+enum Woke {
+    Done(Job, Result<(), String>),
+    Timer,
+    Stop,
+}
+
+/// The deliveries of one sender: up to `webhook_concurrency` attempts under way, failed events
+/// waiting for their own retry time (the others go on meanwhile), and where reading stands.
+struct Dispatch<'a> {
+    hooks: &'a Webhooks,
+    in_flight: FuturesUnordered<Attempt<'a>>,
+    /// Failed events by retry time (and arrival, to keep keys apart).
+    waiting: BTreeMap<(Instant, u64), Job>,
+    seq: u64,
+    /// Stream ids under way or waiting: re-claimed now and then, never read twice.
+    held: HashSet<String>,
+    /// This consumer's pending entries not read yet: read after this id (None: all read).
+    pending_after: Option<String>,
+    last_claim: Option<Instant>,
+    touched: Instant,
+    stats: DeliveryStats,
+}
+
+impl<'a> Dispatch<'a> {
+    fn new(hooks: &'a Webhooks) -> Self {
+        Dispatch {
+            hooks,
+            in_flight: FuturesUnordered::new(),
+            waiting: BTreeMap::new(),
+            seq: 0,
+            held: HashSet::new(),
+            pending_after: Some("0".into()),
+            last_claim: None,
+            touched: Instant::now(),
+            stats: DeliveryStats::default(),
+        }
+    }
+
+    fn concurrency(&self) -> usize {
+        self.hooks.state.cfg.webhook_concurrency.max(1)
+    }
+
+    fn start(&mut self, job: Job) {
+        self.held.insert(job.id.clone());
+        self.in_flight.push(Box::pin(self.hooks.attempt(job)));
+    }
+
+    /// Fills the free slots: retries that are due first, then entries read (this consumer's
+    /// pending ones, then abandoned ones now and then, then new ones; `block`: wait for new
+    /// ones when nothing is under way). Returns the entries read.
+    async fn fill(&mut self, block: bool) -> AppResult<usize> {
+        let now = Instant::now();
+        while self.in_flight.len() < self.concurrency() {
+            let Some(first) = self.waiting.first_entry() else {
+                break;
+            };
+            if first.key().0 > now {
+                break;
+            }
+            let job = first.remove();
+            self.start(job);
+        }
+        let free = self.concurrency() - self.in_flight.len();
+        if free == 0 || self.waiting.len() >= MAX_WAITING {
+            return Ok(0);
+        }
+        let hooks = self.hooks;
+        let mut entries = Vec::new();
+        if let Some(after) = self.pending_after.take() {
+            entries = hooks.read(&after, free, None).await?;
+            self.pending_after = entries.last().map(|e| e.id.clone());
+        } else if self
+            .last_claim
+            .is_none_or(|t| t.elapsed() >= hooks.state.cfg.claim_idle / 2)
+        {
+            self.last_claim = Some(Instant::now());
+            entries = hooks.claim(free).await?;
+        }
+        if entries.is_empty() && self.pending_after.is_none() {
+            let idle = self.in_flight.is_empty() && self.waiting.is_empty();
+            entries = hooks
+                .read(">", free, (block && idle).then_some(BLOCK))
+                .await?;
+        }
+        let read = entries.len();
+        for entry in entries {
+            if self.held.contains(&entry.id) {
+                continue;
+            }
+            match hooks.job(entry).await? {
+                Some(job) => self.start(job),
+                None => self.stats.gave_up += 1,
+            }
+        }
+        Ok(read)
+    }
+
+    /// Follows up an attempt: acknowledge, schedule its retry, or set it aside.
+    async fn finish(&mut self, job: Job, result: Result<(), String>) -> AppResult<()> {
+        let hooks = self.hooks;
+        let why = match result {
+            Ok(()) => {
+                hooks.ack(&job.id).await?;
+                self.held.remove(&job.id);
+                self.stats.delivered += 1;
+                metrics::counter!("flashsale_webhook_deliveries_total", "outcome" => "ok")
+                    .increment(1);
+                tracing::debug!(event.id = %job.event_id, attempt = job.attempts, "webhook delivered");
+                return Ok(());
+            }
+            Err(why) => why,
+        };
+        metrics::counter!("flashsale_webhook_deliveries_total", "outcome" => "failed").increment(1);
+        if job.attempts >= hooks.state.cfg.webhook_max_attempts.max(1) {
+            tracing::error!(event.id = %job.event_id, attempts = job.attempts, error = %why, "webhook delivery failed every attempt; the event is set aside in webhook-dead");
+            hooks
+                .give_up(&job.id, &job.event_id, &job.body, &why, job.attempts)
+                .await?;
+            self.held.remove(&job.id);
+            self.stats.gave_up += 1;
+            return Ok(());
+        }
+        let delay = retry_delay(hooks.state.cfg.webhook_retry, job.attempts);
+        tracing::warn!(event.id = %job.event_id, attempt = job.attempts, error = %why, retry_in_ms = delay.as_millis() as u64, "webhook delivery failed; will retry");
+        self.seq += 1;
+        self.waiting.insert((Instant::now() + delay, self.seq), job);
+        Ok(())
+    }
+
+    async fn keep_held(&mut self) {
+        if self.held.is_empty() || self.touched.elapsed() < self.hooks.keep_every() {
+            return;
+        }
+        self.touched = Instant::now();
+        let ids: Vec<&str> = self.held.iter().map(String::as_str).collect();
+        self.hooks.keep_held(&ids).await;
+    }
+
+    /// Delivers until `stop` (Ok(false): what is under way stays pending) or, unless `block`,
+    /// until nothing is left to deliver or retry (Ok(true)). `block`: run for good, waiting
+    /// for new entries.
+    async fn drive(&mut self, stop: &mut watch::Receiver<bool>, block: bool) -> AppResult<bool> {
+        loop {
+            if *stop.borrow() {
+                return Ok(false);
+            }
+            let read = self.fill(block).await?;
+            self.keep_held().await;
+            if self.in_flight.is_empty() && self.waiting.is_empty() {
+                let drained =
+                    read == 0 && self.pending_after.is_none() && self.last_claim.is_some();
+                if drained && !block {
+                    return Ok(true);
+                }
+                continue;
+            }
+            if read > 0 && self.in_flight.len() < self.concurrency() {
+                continue; // there may be more to read right away
+            }
+            let mut wake = (Instant::now() + POLL).min(self.touched + self.hooks.keep_every());
+            if let Some((at, _)) = self.waiting.keys().next() {
+                wake = wake.min(*at);
+            }
+            let woke = tokio::select! {
+                Some((job, r)) = self.in_flight.next(), if !self.in_flight.is_empty() => Woke::Done(job, r),
+                _ = tokio::time::sleep_until(wake) => Woke::Timer,
+                _ = stopped(stop) => Woke::Stop,
+            };
+            match woke {
+                Woke::Done(job, r) => self.finish(job, r).await?,
+                Woke::Timer => {}
+                Woke::Stop => return Ok(false),
+            }
+        }
+    }
+}
+
 /// Delivers order events until `stop` turns true.
 pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     let hooks = match Webhooks::new(state.clone()) {
@@ -472,34 +588,22 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         }
     };
     let mut backoff = Duration::from_millis(100);
-    let mut group_ready = false;
-    let mut last_claim: Option<Instant> = None;
     let mut stats = DeliveryStats::default();
     while !*stop.borrow() {
-        let step = async {
-            if !group_ready {
-                hooks.ensure_group().await?;
-                group_ready = true;
-            }
-            let mut entries = hooks.read("0", None).await?;
-            if entries.is_empty()
-                && last_claim.is_none_or(|t| t.elapsed() >= state.cfg.claim_idle / 2)
-            {
-                last_claim = Some(Instant::now());
-                entries = hooks.claim().await?;
-            }
-            if entries.is_empty() {
-                entries = hooks.read(">", Some(BLOCK)).await?;
-            }
-            hooks.deliver_all(entries, &mut stats, &mut stop).await
+        let mut d = Dispatch::new(&hooks);
+        let r = match hooks.ensure_group().await {
+            Ok(()) => d.drive(&mut stop, true).await,
+            Err(e) => Err(e),
         };
-        match step.await {
-            Ok(true) => backoff = Duration::from_millis(100),
-            Ok(false) => break,
+        stats.delivered += d.stats.delivered;
+        stats.gave_up += d.stats.gave_up;
+        match r {
+            Ok(_) => break,
             Err(e) => {
-                // A Redis that lost its data lost the consumer group too.
-                group_ready = false;
+                // A Redis that lost its data lost the consumer group too; the deliveries under
+                // way are dropped and stay pending (read again, delivered at least once).
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "webhook sender: Redis failed; the events stay pending");
+                drop(d);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stopped(&mut stop) => break,

@@ -356,8 +356,10 @@ impl TestApp {
             .expect("write-back")
     }
 
-    /// Drains expiry now, as the background sweeper would.
+    /// Drains expiry now, as the background sweeper would (its due-index audit first: some
+    /// tests fake an expiry by writing a past deadline straight into a sku's `exp`).
     pub async fn sweep(&self) {
+        self.state.redis.audit_due(500).await.expect("audit");
         flashsale::worker::sweeper::run_once(&self.state)
             .await
             .expect("sweep");

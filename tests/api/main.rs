@@ -21,6 +21,7 @@ mod process;
 mod prometheus;
 mod redis_policy;
 mod simulate;
+mod sweeper;
 mod web;
 mod webhooks;
 mod writeback;

@@ -1,5 +1,6 @@
-//! Webhooks: order events reach a receiver signed, in order, retried on failure, set aside after
-//! the last attempt, and taken over from an instance that died; the sale never waits for them.
+//! Webhooks: order events reach a receiver signed, concurrently, each retried on failure with its
+//! own backoff and set aside after the last attempt, taken over from an instance that died; the
+//! sale never waits for them, and a slow or failing event never holds up the others.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -248,19 +249,33 @@ async fn order_events_are_signed_retried_and_delivered_once_acknowledged() {
         assert_eq!(j["items"][0]["sku"], sku);
         assert_eq!(j["items"][0]["count"], 2);
     }
-    // The first event was refused twice and retried after 50 ms, then 100 ms.
+    // Both events went out at once (deliveries are concurrent); the receiver refused its first
+    // two requests, one per event, and each event was retried on its own 50 ms later.
+    assert_eq!(hits.len(), 4, "{hits:#?}");
     assert_eq!(
-        hits.iter().map(|h| h.answered).collect::<Vec<_>>(),
-        [500, 500, 200, 200],
+        hits[..2].iter().map(|h| h.answered).collect::<Vec<_>>(),
+        [500, 500],
         "{hits:#?}"
     );
+    for first in &hits[..2] {
+        let again: Vec<&Hit> = hits[2..]
+            .iter()
+            .filter(|h| h.event_id() == first.event_id())
+            .collect();
+        assert_eq!(
+            again.len(),
+            1,
+            "one retry of {}: {hits:#?}",
+            first.event_id()
+        );
+        assert_eq!(again[0].answered, 200);
+        assert_eq!(again[0].body, first.body, "the same event, verbatim");
+        assert!(again[0].at - first.at >= Duration::from_millis(50));
+    }
+    let mut hits = hits;
+    hits.sort_by_key(|h| h.json()["status"] != "awaiting_payment");
     assert!(of_order(&hits[0], "created"), "{:?}", hits[0].body);
-    assert_eq!(hits[1].event_id(), hits[0].event_id());
-    assert_eq!(hits[2].event_id(), hits[0].event_id());
-    assert_eq!(hits[2].body, hits[0].body, "the same event, verbatim");
-    assert!(hits[1].at - hits[0].at >= Duration::from_millis(50));
-    assert!(hits[2].at - hits[1].at >= Duration::from_millis(100));
-    // Then the paid event, in stream order, with an id of its own.
+    // And the paid event, with an id of its own.
     assert!(of_order(&hits[3], "paid"), "{:?}", hits[3].body);
     assert_ne!(hits[3].event_id(), hits[0].event_id());
     assert_eq!(hits[0].json()["status"], "awaiting_payment");
@@ -346,6 +361,7 @@ async fn a_receiver_that_keeps_failing_gets_events_set_aside_while_the_sale_goes
         assert!(tried.iter().all(|h| h.answered == 500 && h.body == event));
         kinds.push(j["type"].as_str().unwrap().to_string());
     }
+    kinds.sort();
     assert_eq!(kinds, ["created", "paid"]);
     hits.iter().for_each(assert_signed);
     assert!(deliveries(&app, "gave_up") >= 2.0);
@@ -394,12 +410,12 @@ async fn deliveries_left_by_a_dead_instance_are_taken_over() {
     assert_eq!((s.delivered, s.gave_up), (2, 0));
     assert_eq!(unacked(&app).await, 0);
     let hits = hook.hits();
-    assert_eq!(
-        hits.iter()
-            .map(|h| h.json()["type"].as_str().unwrap_or("").to_string())
-            .collect::<Vec<_>>(),
-        ["created", "paid"]
-    );
+    let mut kinds: Vec<String> = hits
+        .iter()
+        .map(|h| h.json()["type"].as_str().unwrap_or("").to_string())
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["created", "paid"]);
     hits.iter().for_each(assert_signed);
 
     // A stop that is already given ends a run before it delivers anything.
@@ -416,7 +432,11 @@ async fn deliveries_left_by_a_dead_instance_are_taken_over() {
     let s = live.run_once(&mut stopped).await.unwrap();
     assert_eq!((s.delivered, s.gave_up), (0, 0));
     assert_eq!(hook.hits().len(), 2);
-    assert_eq!(unacked(&app).await, 1, "left pending for the next run");
+    assert_eq!(
+        unacked(&app).await,
+        0,
+        "not even read: it waits in the stream"
+    );
     let s = live.run_once(&mut stop).await.unwrap();
     assert_eq!((s.delivered, s.gave_up), (1, 0));
     assert_eq!(hook.hits()[2].event_id(), "x-1");
@@ -513,6 +533,191 @@ async fn a_long_retry_is_not_taken_for_a_dead_instance() {
         [500, 500, 200, 200],
         "{hits:#?}"
     );
-    assert!(hits[2].at - hits[1].at >= Duration::from_millis(800));
+    // Each event failed once (the receiver's first two requests) and was retried 400 ms later.
+    for first in &hits[..2] {
+        let again = hits[2..]
+            .iter()
+            .find(|h| h.event_id() == first.event_id())
+            .expect("retried");
+        assert!(again.at - first.at >= Duration::from_millis(400));
+    }
+    assert_eq!(unacked(&app).await, 0);
+}
+
+/// What the receiver of `slow_and_failing_events_do_not_hold_up_the_others` saw of one request.
+#[derive(Debug, Clone)]
+struct Seen {
+    event_id: String,
+    began: Instant,
+    ended: Instant,
+    answered: u16,
+}
+
+#[derive(Clone, Default)]
+struct Picky {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    now: Arc<Mutex<(usize, usize)>>,
+}
+
+/// `slow-*` events take 2 s and succeed, `bad-*` ones fail at once, the others succeed at once;
+/// counts requests under way (and the most at once).
+async fn picky(State(p): State<Picky>, headers: HeaderMap) -> AxumStatus {
+    let event_id = headers
+        .get("x-flashsale-event-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let began = Instant::now();
+    {
+        let mut n = p.now.lock().unwrap();
+        n.0 += 1;
+        n.1 = n.1.max(n.0);
+    }
+    if event_id.starts_with("slow-") {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let answer = if event_id.starts_with("bad-") {
+        AxumStatus::INTERNAL_SERVER_ERROR
+    } else {
+        AxumStatus::OK
+    };
+    p.now.lock().unwrap().0 -= 1;
+    p.seen.lock().unwrap().push(Seen {
+        event_id,
+        began,
+        ended: Instant::now(),
+        answered: answer.as_u16(),
+    });
+    answer
+}
+
+/// 13.10: deliveries go concurrently (within the bound): a slow receiver answer and events that
+/// keep failing hold up nothing behind them; each failing event is retried on its own doubling
+/// backoff and set aside after its last attempt; every other event is delivered once.
+#[tokio::test]
+async fn slow_and_failing_events_do_not_hold_up_the_others() {
+    let p = Picky::default();
+    let router = axum::Router::new()
+        .route("/hooks", axum::routing::post(picky))
+        .with_state(p.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://127.0.0.1:{}/hooks",
+        listener.local_addr().unwrap().port()
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let app = spawn_app().await;
+    let state = webhook_state(&app, &url, |c| {
+        c.webhook_retry = Duration::from_millis(100);
+        c.webhook_max_attempts = 3;
+        c.webhook_concurrency = 4;
+    });
+    let hooks = Webhooks::new(state).unwrap();
+    hooks.ensure_group().await.unwrap();
+    let key = app.state.redis.keys.order_events();
+    let mut conn = app.state.redis.conn();
+    let ids: Vec<String> = ["slow-0", "bad-0", "bad-1"]
+        .into_iter()
+        .map(String::from)
+        .chain((0..12).map(|i| format!("ok-{i}")))
+        .collect();
+    for id in &ids {
+        let event = json!({"event_id": id, "type": "paid"}).to_string();
+        let _: String = conn.xadd(&key, "*", &[("event", event)]).await.unwrap();
+    }
+
+    let (_tx, mut stop) = tokio::sync::watch::channel(false);
+    let s = hooks.run_once(&mut stop).await.unwrap();
+    assert_eq!((s.delivered, s.gave_up), (13, 2), "{s:?}");
+    assert_eq!(unacked(&app).await, 0);
+
+    let seen = p.seen.lock().unwrap().clone();
+    let of =
+        |id: &str| -> Vec<Seen> { seen.iter().filter(|h| h.event_id == id).cloned().collect() };
+    let slow = of("slow-0");
+    assert_eq!(slow.len(), 1, "{seen:#?}");
+    // Every later good event was delivered, once, while the slow answer was still under way.
+    for i in 0..12 {
+        let ok = of(&format!("ok-{i}"));
+        assert_eq!(ok.len(), 1, "ok-{i}: {seen:#?}");
+        assert_eq!(ok[0].answered, 200);
+        assert!(
+            ok[0].ended < slow[0].ended,
+            "ok-{i} waited for the slow event: {seen:#?}"
+        );
+    }
+    // Each failing event: 3 attempts, 100 ms then 200 ms apart, the others going on meanwhile;
+    // then set aside.
+    for bad in ["bad-0", "bad-1"] {
+        let tries = of(bad);
+        assert_eq!(tries.len(), 3, "{bad}: {seen:#?}");
+        assert!(tries[1].began - tries[0].ended >= Duration::from_millis(100));
+        assert!(tries[2].began - tries[1].ended >= Duration::from_millis(200));
+        assert!(
+            seen.iter().any(|h| h.event_id.starts_with("ok-")
+                && h.began > tries[0].ended
+                && h.ended < tries[1].began),
+            "nothing was delivered while {bad} waited for its retry: {seen:#?}"
+        );
+    }
+    let dead = dead_letters(&app).await;
+    let mut set_aside: Vec<(String, u32)> = dead
+        .ids
+        .iter()
+        .map(|d| (d.get("event_id").unwrap(), d.get("attempts").unwrap()))
+        .collect();
+    set_aside.sort();
+    assert_eq!(
+        set_aside,
+        [("bad-0".to_string(), 3), ("bad-1".to_string(), 3)]
+    );
+    let most = p.now.lock().unwrap().1;
+    assert!((2..=4).contains(&most), "{most} requests at once (bound 4)");
+}
+
+/// A receiver slower than `webhook_timeout`: each attempt at that event times out and it is set
+/// aside after its attempts, while the events behind it are delivered meanwhile.
+#[tokio::test]
+async fn an_answer_slower_than_the_timeout_fails_that_event_only() {
+    let p = Picky::default();
+    let router = axum::Router::new()
+        .route("/hooks", axum::routing::post(picky))
+        .with_state(p.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://127.0.0.1:{}/hooks",
+        listener.local_addr().unwrap().port()
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let app = spawn_app().await;
+    let state = webhook_state(&app, &url, |c| {
+        c.webhook_retry = Duration::from_millis(50);
+        c.webhook_max_attempts = 2;
+        c.webhook_concurrency = 2;
+        c.webhook_timeout = Duration::from_millis(300);
+    });
+    let hooks = Webhooks::new(state).unwrap();
+    hooks.ensure_group().await.unwrap();
+    let key = app.state.redis.keys.order_events();
+    let mut conn = app.state.redis.conn();
+    for id in ["slow-0", "ok-0", "ok-1", "ok-2"] {
+        let event = json!({"event_id": id, "type": "paid"}).to_string();
+        let _: String = conn.xadd(&key, "*", &[("event", event)]).await.unwrap();
+    }
+    let (_tx, mut stop) = tokio::sync::watch::channel(false);
+    let s = hooks.run_once(&mut stop).await.unwrap();
+    assert_eq!((s.delivered, s.gave_up), (3, 1), "{s:?}");
+    let dead = dead_letters(&app).await;
+    assert_eq!(dead.ids.len(), 1);
+    let event_id: String = dead.ids[0].get("event_id").unwrap();
+    let error: String = dead.ids[0].get("error").unwrap();
+    let attempts: u32 = dead.ids[0].get("attempts").unwrap();
+    assert_eq!((event_id.as_str(), attempts), ("slow-0", 2));
+    assert!(
+        error.contains("timed out") || error.contains("timeout"),
+        "{error}"
+    );
     assert_eq!(unacked(&app).await, 0);
 }

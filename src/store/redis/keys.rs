@@ -86,9 +86,21 @@ impl Keys {
         format!("{}:{{user:{user_id}}}:checkout", self.prefix)
     }
 
-    /// Every sku loaded into Redis: what the sweeper walks.
+    /// Every sku loaded into Redis: what the sweeper's audit walks (rarely, with cheap reads).
     pub fn skus(&self) -> String {
         format!("{}:skus", self.prefix)
+    }
+
+    /// The sweeper's due index (a sorted set): sku -> a time (unix ms) at or before the earliest
+    /// deadline in that sku's `exp`. Only skus with something held or reserved are in it.
+    pub fn due(&self) -> String {
+        format!("{}:{{due}}:skus", self.prefix)
+    }
+
+    /// A version per sku of its due-index entry (a hash, sku -> counter), raised by every note
+    /// of a new deadline: the sweeper lowers or drops an entry only if no note came meanwhile.
+    pub fn due_version(&self) -> String {
+        format!("{}:{{due}}:ver", self.prefix)
     }
 
     /// The pub/sub channel on which the scripts announce a sku's new available count

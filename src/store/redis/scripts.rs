@@ -36,6 +36,8 @@ pub struct Scripts {
     pub rate_limit: Script,
     pub stage_hash: Script,
     pub unlock: Script,
+    pub note_due: Script,
+    pub settle_due: Script,
 }
 
 impl Scripts {
@@ -57,10 +59,12 @@ impl Scripts {
             rate_limit: with_lib(include_str!("../../../lua/rate_limit.lua")),
             stage_hash: with_lib(include_str!("../../../lua/stage_hash.lua")),
             unlock: with_lib(include_str!("../../../lua/unlock.lua")),
+            note_due: with_lib(include_str!("../../../lua/note_due.lua")),
+            settle_due: with_lib(include_str!("../../../lua/settle_due.lua")),
         }
     }
 
-    pub fn all(&self) -> [(&'static str, &Script); 16] {
+    pub fn all(&self) -> [(&'static str, &Script); 18] {
         [
             ("reserve", &self.reserve),
             ("convert_hold", &self.convert_hold),
@@ -78,6 +82,8 @@ impl Scripts {
             ("rate_limit", &self.rate_limit),
             ("stage_hash", &self.stage_hash),
             ("unlock", &self.unlock),
+            ("note_due", &self.note_due),
+            ("settle_due", &self.settle_due),
         ]
     }
 }
