@@ -147,6 +147,7 @@ async fn create_token(
     let ok = auth::verify_password(
         body.password,
         user.as_ref().map(|u| u.password_hash.clone()),
+        state.cfg.argon2_memory_kib,
     )
     .await?;
     let user = match user {

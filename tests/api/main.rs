@@ -17,6 +17,7 @@ mod ops;
 mod orders;
 mod process;
 mod simulate;
+mod validation;
 mod web;
 mod webhooks;
 mod writeback;
