@@ -263,7 +263,9 @@ pub struct Config {
     )]
     pub login_ip_per_min: f64,
 
-    /// Failed logins per minute for one username (whoever sends them), after a burst of as many.
+    /// Failed logins per minute for one username from one client address (an IPv6 address
+    /// counts by its /64), after a burst of as many. Guesses from one place never lock the
+    /// account out elsewhere.
     #[arg(
         long,
         env = "FLASHSALE_LOGIN_FAILURES_PER_MIN",
@@ -271,6 +273,17 @@ pub struct Config {
         global = true
     )]
     pub login_failures_per_min: f64,
+
+    /// Failed logins per minute for one username from all addresses together, after a burst of
+    /// as many: the ceiling on guessing spread over many addresses (keep it well above
+    /// `login_failures_per_min`: reaching it refuses the owner too).
+    #[arg(
+        long,
+        env = "FLASHSALE_LOGIN_USER_FAILURES_PER_MIN",
+        default_value_t = 200.0,
+        global = true
+    )]
+    pub login_user_failures_per_min: f64,
 
     /// Take the client address from the last `X-Forwarded-For` entry (the one your proxy
     /// appended) instead of the TCP peer. Only behind a proxy that sets it.
@@ -395,6 +408,7 @@ impl Config {
             self.rate_ip_per_sec,
             self.login_ip_per_min,
             self.login_failures_per_min,
+            self.login_user_failures_per_min,
         ];
         if rates.iter().any(|r| !r.is_finite() || *r <= 0.0) {
             return Err("rate limits must be positive numbers (turn them off with FLASHSALE_RATE_LIMITS=false)".into());

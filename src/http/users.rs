@@ -9,7 +9,7 @@ use utoipa_axum::routes;
 
 use super::extract::{AuthUser, Json};
 use super::limits::{self, ClientIp};
-use super::openapi::{E400_BODY, E413, E429_LOGIN, E500, E503, ErrorEnvelope};
+use super::openapi::{E400_BODY, E413, E429_LOGIN, E500, E503, E503_LOGIN, ErrorEnvelope};
 use crate::app::AppState;
 use crate::auth;
 use crate::domain::{Password, Role, Username};
@@ -65,7 +65,7 @@ pub struct UserCreated {
         (status = 429, description = E429_LOGIN, body = ErrorEnvelope,
             headers(("Retry-After" = u32, description = "Seconds to wait."))),
         (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
+        (status = 503, description = E503_LOGIN, body = ErrorEnvelope,
             headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
     )
 )]
@@ -127,7 +127,7 @@ pub struct Token {
         (status = 429, description = E429_LOGIN, body = ErrorEnvelope,
             headers(("Retry-After" = u32, description = "Seconds to wait."))),
         (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
+        (status = 503, description = E503_LOGIN, body = ErrorEnvelope,
             headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
     )
 )]
@@ -154,7 +154,7 @@ async fn create_token(
         Some(u) if ok => u,
         _ => {
             metrics::counter!("flashsale_logins_total", "outcome" => "rejected").increment(1);
-            limits::charge_failed_login(&state, &body.username).await;
+            limits::charge_failed_login(&state, ip, &body.username).await;
             return Err(bad());
         }
     };
