@@ -290,6 +290,11 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_TRUST_FORWARDED_FOR", default_value_t = false, action = clap::ArgAction::Set, global = true)]
     pub trust_forwarded_for: bool,
 
+    /// How long an `Idempotency-Key` stays claimed by a request that stops renewing it (its
+    /// process died); renewed every third of it while the request works.
+    #[arg(long, env = "FLASHSALE_IDEMPOTENCY_LEASE", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub idempotency_lease: Duration,
+
     /// Deadline of a whole request, body included; past it the answer is 408 `request_timeout`.
     #[arg(long, env = "FLASHSALE_REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration, global = true)]
     pub request_timeout: Duration,
@@ -423,6 +428,9 @@ impl Config {
             return Err(
                 "max in-flight requests, connections and cart lines must be at least 1".into(),
             );
+        }
+        if self.idempotency_lease < Duration::from_millis(100) {
+            return Err("FLASHSALE_IDEMPOTENCY_LEASE must be at least 100ms".into());
         }
         if self.worker_batch == 0 {
             return Err("the worker batch must be at least 1".into());

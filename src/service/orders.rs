@@ -120,8 +120,70 @@ struct Want {
     from_cart: bool,
 }
 
+/// Told an order's id before the order exists: an `Idempotency-Key` binds it, so that a retry
+/// after its request vanished resumes that order (`resume`) rather than making a second one.
+pub trait BindOrder: Sync {
+    fn bind_order(&self, order_id: u64) -> impl Future<Output = AppResult<()>> + Send;
+}
+
+/// No key: nothing to bind.
+impl BindOrder for () {
+    async fn bind_order(&self, _order_id: u64) -> AppResult<()> {
+        Ok(())
+    }
+}
+
+/// The order a request with the same `Idempotency-Key` was creating when it vanished (its
+/// process died; its lease ran out). `Some`: the order was placed (awaiting payment, or decided
+/// since), the answer that request would have given. `None`: there is nothing to resume, and the
+/// caller places the order afresh: it never got as far as a record, it failed (it holds
+/// nothing), or it was still `new`, half-way through its lines; such an order is failed here,
+/// exactly one decision wins, so a holder still alive cannot activate it after this, and its
+/// lines go back to available.
+pub async fn resume(state: &AppState, user_id: u64, order_id: u64) -> AppResult<Option<OrderView>> {
+    let Some(rec) = state.redis.order_record(order_id).await? else {
+        // Finished and gone to MySQL, or never created.
+        return match mysql_orders::get_order(&state.db, order_id).await? {
+            Some((row, items)) if row.user_id == user_id && row.status != "failed" => {
+                Ok(Some(OrderView::of_row(row, items)?))
+            }
+            _ => Ok(None),
+        };
+    };
+    if rec.user_id != user_id {
+        return Ok(None);
+    }
+    if rec.status == OrderStatus::New {
+        let decision = state
+            .redis
+            .decide_order(
+                order_id,
+                OrderAction::Fail {
+                    items_json: &rec.items_json,
+                    total: rec.total,
+                },
+            )
+            .await?;
+        if let Decision::Moved(_) = decision {
+            metrics::counter!("flashsale_orders_total", "status" => "failed").increment(1);
+        }
+        settle(state, order_id).await?;
+    }
+    let Some(rec) = state.redis.order_record(order_id).await? else {
+        return Ok(None);
+    };
+    match rec.status {
+        OrderStatus::New | OrderStatus::Failed => Ok(None),
+        _ => Ok(Some(OrderView::of(&expire_if_due(state, rec).await?)?)),
+    }
+}
+
 /// Checkout of the caller's whole cart.
-pub async fn checkout(state: &AppState, user_id: u64) -> AppResult<OrderView> {
+pub async fn checkout(
+    state: &AppState,
+    user_id: u64,
+    binder: &impl BindOrder,
+) -> AppResult<OrderView> {
     let now = Utc::now().timestamp_millis();
     let wants: Vec<Want> = cart::live_lines(state, user_id)
         .await?
@@ -137,7 +199,7 @@ pub async fn checkout(state: &AppState, user_id: u64) -> AppResult<OrderView> {
     if wants.is_empty() {
         return Err(AppError::CartEmpty("the cart is empty".into()));
     }
-    place(state, user_id, wants).await
+    place(state, user_id, wants, binder).await
 }
 
 /// An order of one sku, without touching the cart.
@@ -146,6 +208,7 @@ pub async fn buy_now(
     user_id: u64,
     sku: Sku,
     count: Count,
+    binder: &impl BindOrder,
 ) -> AppResult<OrderView> {
     let mut meta = state.redis.metas(&[sku]).await?.pop().flatten();
     if meta.is_none() {
@@ -162,13 +225,19 @@ pub async fn buy_now(
         name: meta.name,
         from_cart: false,
     };
-    place(state, user_id, vec![want]).await
+    place(state, user_id, vec![want], binder).await
 }
 
 /// Creates the order, reserves each line (one sku slot at a time), then activates it; if a line
 /// cannot be had, the lines taken are released and the order is recorded as `failed`.
-async fn place(state: &AppState, user_id: u64, wants: Vec<Want>) -> AppResult<OrderView> {
+async fn place(
+    state: &AppState,
+    user_id: u64,
+    wants: Vec<Want>,
+    binder: &impl BindOrder,
+) -> AppResult<OrderView> {
     let order_id = state.redis.next_order_id().await?;
+    binder.bind_order(order_id).await?;
     let requested: Vec<OrderItem> = wants
         .iter()
         .map(|w| OrderItem {

@@ -9,6 +9,7 @@ mod cart;
 mod catalog;
 mod concurrency;
 mod cors;
+mod idempotency;
 mod limits;
 mod live;
 mod login;

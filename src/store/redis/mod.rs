@@ -1,6 +1,7 @@
 //! Redis access: one shared multiplexed connection for every request (concurrent requests are
 //! pipelined onto it), the Lua scripts, and typed outcomes of each script.
 
+pub mod idempotency;
 pub mod keys;
 pub mod outbox;
 pub mod scripts;

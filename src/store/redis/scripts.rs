@@ -34,6 +34,8 @@ pub struct Scripts {
     pub mark_written: Script,
     pub restore_order: Script,
     pub rate_limit: Script,
+    pub claim_idempotency: Script,
+    pub settle_idempotency: Script,
 }
 
 impl Scripts {
@@ -53,10 +55,12 @@ impl Scripts {
             mark_written: with_lib(include_str!("../../../lua/mark_written.lua")),
             restore_order: with_lib(include_str!("../../../lua/restore_order.lua")),
             rate_limit: with_lib(include_str!("../../../lua/rate_limit.lua")),
+            claim_idempotency: with_lib(include_str!("../../../lua/claim_idempotency.lua")),
+            settle_idempotency: with_lib(include_str!("../../../lua/settle_idempotency.lua")),
         }
     }
 
-    pub fn all(&self) -> [(&'static str, &Script); 14] {
+    pub fn all(&self) -> [(&'static str, &Script); 16] {
         [
             ("reserve", &self.reserve),
             ("convert_hold", &self.convert_hold),
@@ -72,6 +76,8 @@ impl Scripts {
             ("mark_written", &self.mark_written),
             ("restore_order", &self.restore_order),
             ("rate_limit", &self.rate_limit),
+            ("claim_idempotency", &self.claim_idempotency),
+            ("settle_idempotency", &self.settle_idempotency),
         ]
     }
 }
