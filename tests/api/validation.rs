@@ -174,3 +174,83 @@ async fn unknown_and_known_usernames_take_the_same_time() {
         "known {known:?} vs unknown {unknown:?}: the dummy hash must cost what a real one does"
     );
 }
+
+/// Siblings of the i64::MIN delta: every integer a client can send, at and past its limits,
+/// answers what the contract says (never 500).
+#[tokio::test]
+async fn integers_at_their_limits_never_answer_500() {
+    let app = spawn_app().await;
+    let admin = Some(app.admin_token.as_str());
+    let sku = app.sale_product(5, None).await;
+    let t = app.customer_token(9_001);
+    let max = u64::MAX;
+    let gets = [
+        format!("/v1/orders?before_id={max}"),
+        "/v1/orders?before_id=0".to_string(),
+        format!("/v1/orders/{max}"),
+        "/v1/products?after_sku=4294967295".to_string(),
+        "/v1/products?after_sku=4294967296".to_string(),
+        format!("/v1/products/{max}"),
+        "/v1/products/4294967295/stocks".to_string(),
+    ];
+    for path in &gets {
+        let r = app.get(path, Some(&t)).await;
+        assert!(
+            [200, 400, 404].contains(&r.status.as_u16()),
+            "{path}: {} {:?}",
+            r.status,
+            r.body
+        );
+    }
+    let posts = [
+        (format!("/v1/orders/{max}/pay"), json!({})),
+        (format!("/v1/orders/{max}/cancel"), json!({})),
+        (
+            "/v1/orders/buy-now".into(),
+            json!({"sku": 4294967295u64, "count": 65535}),
+        ),
+        ("/v1/cart/items".into(), json!({"sku": sku, "count": 65535})),
+        ("/v1/cart/items".into(), json!({"sku": sku, "count": -1})),
+        ("/v1/cart/items".into(), json!({"sku": sku, "count": max})),
+    ];
+    for (path, body) in &posts {
+        let r = app.post(path, Some(&t), body.clone()).await;
+        assert!(
+            [200, 201, 400, 404, 409].contains(&r.status.as_u16()),
+            "{path} {body}: {} {:?}",
+            r.status,
+            r.body
+        );
+    }
+    let admin_posts = [
+        (
+            "/v1/products",
+            json!({"sku": 4294967295u64, "name": "Max", "price": 10_000_000_000_000u64}),
+        ),
+        ("/v1/products", json!({"name": "Over", "price": max})),
+        ("/v1/warehouses", json!({"name": "x".repeat(100)})),
+    ];
+    for (path, body) in &admin_posts {
+        let r = app.post(path, admin, body.clone()).await;
+        assert!(
+            [201, 400, 409].contains(&r.status.as_u16()),
+            "{path} {body}: {} {:?}",
+            r.status,
+            r.body
+        );
+    }
+    let r = app
+        .post(
+            &format!("/v1/products/{sku}/stock"),
+            admin,
+            json!({"warehouse_id": 4294967295u64, "delta": 1}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.body);
+    let r = app
+        .delete(&format!("/v1/cart/items/{sku}?count={max}"), Some(&t))
+        .await;
+    assert!([200, 400].contains(&r.status.as_u16()), "{:?}", r.body);
+    let b = app.assert_identity(sku).await;
+    assert_eq!(b.on_hand, 5);
+}
