@@ -215,7 +215,9 @@ fn failure_buckets(
 }
 
 /// Login and sign-up: before the password is looked at, the address's bucket (every attempt
-/// takes a token) and, for a login, the username's failure buckets (looked at, not taken).
+/// takes a token) and, for a login, the username's failure buckets: the attempt takes a token
+/// of each while its password is checked (so guesses sent at once cannot all pass a bucket
+/// that holds fewer), and `refund_login` gives them back unless the password was wrong.
 /// When Redis cannot be asked the attempt is refused (503): see [`Outage::Refuse`].
 pub async fn check_login(
     state: &AppState,
@@ -237,22 +239,23 @@ pub async fn check_login(
         });
     }
     if let Some(name) = username {
-        checks.extend(failure_buckets(state, ip, name, BucketMode::Peek));
+        checks.extend(failure_buckets(state, ip, name, BucketMode::Take));
     }
     enforce(state, checks, Outage::Refuse).await
 }
 
-/// A failed login costs its username a token in each of its failure buckets.
-pub async fn charge_failed_login(state: &AppState, ip: Option<IpAddr>, username: &str) {
+/// A login that was not a wrong password (right, or not decided: an error) gives back the
+/// tokens `check_login` took from the username's failure buckets; a wrong one keeps them spent.
+pub async fn refund_login(state: &AppState, ip: Option<IpAddr>, username: &str) {
     if !state.cfg.rate_limits {
         return;
     }
-    let calls: Vec<_> = failure_buckets(state, ip, username, BucketMode::Charge)
+    let calls: Vec<_> = failure_buckets(state, ip, username, BucketMode::Refund)
         .into_iter()
         .map(|c| (c.key, c.bucket, c.mode))
         .collect();
     if let Err(e) = state.redis.rate_limit(&calls).await {
-        tracing::warn!(error = %e, "could not count a failed login");
+        tracing::warn!(error = %e, "could not give back a login's tokens");
     }
 }
 

@@ -224,3 +224,41 @@ async fn logins_fail_closed_while_redis_is_down() {
         StatusCode::TOO_MANY_REQUESTS
     );
 }
+
+/// Guesses sent all at once cannot slip past the failure bucket while the earlier ones are
+/// still being checked: each attempt holds a token while its password is checked.
+#[tokio::test]
+async fn concurrent_guesses_get_no_more_tries_than_the_bucket_holds() {
+    let app = spawn_app_with(|c| {
+        c.rate_limits = true;
+        c.trust_forwarded_for = true;
+        c.login_failures_per_min = 3.0;
+        c.login_user_failures_per_min = 1_000.0;
+        c.login_ip_per_min = 1_000.0;
+        // Argon2 as costly as in production: the window between look and charge is real.
+        c.argon2_memory_kib = 19 * 1024;
+    })
+    .await;
+    app.register("crowded").await;
+    let guesses = (0..24).map(|_| login_from(&app, "203.0.113.9", "crowded", "wrong-password"));
+    let answers = futures::future::join_all(guesses).await;
+    let checked = answers
+        .iter()
+        .filter(|r| r.status == StatusCode::UNAUTHORIZED)
+        .count();
+    let refused = answers
+        .iter()
+        .filter(|r| r.status == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!(checked + refused, 24, "only 401s and 429s");
+    assert!(
+        checked <= 3,
+        "{checked} passwords checked, the bucket holds 3"
+    );
+    // A correct password elsewhere is not refused, and does not use up a token: the owner can
+    // sign in again and again.
+    for _ in 0..5 {
+        let r = login_from(&app, "198.51.100.1", "crowded", "crowded-password").await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    }
+}

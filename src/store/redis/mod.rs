@@ -708,6 +708,8 @@ pub enum BucketMode {
     Peek,
     /// Take one if any is left (a failed login), never below zero.
     Charge,
+    /// Give one back, never above the burst (a login taken for a failure turned out right).
+    Refund,
 }
 
 impl BucketMode {
@@ -716,6 +718,7 @@ impl BucketMode {
             BucketMode::Take => "take",
             BucketMode::Peek => "peek",
             BucketMode::Charge => "charge",
+            BucketMode::Refund => "refund",
         }
     }
 }
