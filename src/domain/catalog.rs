@@ -63,53 +63,62 @@ impl Price {
     }
 }
 
-/// Characters no name needs and that hide or reorder text: control characters, line and
+/// Characters no name needs, that hide, fake or reorder text: control characters, line and
 /// paragraph separators, bidirectional controls, zero-width space, word joiner and invisible
-/// operators, the byte-order mark, interlinear annotation marks.
+/// operators, the byte-order mark, interlinear annotation marks, soft hyphen, blank fillers
+/// (Hangul fillers, Khmer inherent vowels, braille blank).
 fn is_forbidden_in_name(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            '\u{2028}'
-                | '\u{2029}'
-                | '\u{061C}'
-                | '\u{200B}'
-                | '\u{200E}'
-                | '\u{200F}'
-                | '\u{202A}'..='\u{202E}'
-                | '\u{2060}'..='\u{2064}'
-                | '\u{2066}'..='\u{206F}'
-                | '\u{FEFF}'
-                | '\u{FFF9}'..='\u{FFFB}'
-        )
-}
-
-/// Characters that show nothing by themselves (allowed inside a name, where joiners and
-/// variation selectors shape scripts and emoji, but a name must have something else): blanks,
-/// format characters, joiners, variation selectors, fillers, tags.
-fn is_invisible(c: char) -> bool {
-    c.is_whitespace()
-        || matches!(
-            c,
             '\u{00AD}'
-                | '\u{034F}'
-                | '\u{0600}'..='\u{0605}'
-                | '\u{06DD}'
-                | '\u{070F}'
+                | '\u{061C}'
                 | '\u{115F}'
                 | '\u{1160}'
                 | '\u{17B4}'
                 | '\u{17B5}'
-                | '\u{180B}'..='\u{180F}'
-                | '\u{200C}'
-                | '\u{200D}'
+                | '\u{200B}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206F}'
                 | '\u{2800}'
                 | '\u{3164}'
-                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FEFF}'
                 | '\u{FFA0}'
-                | '\u{1D173}'..='\u{1D17A}'
-                | '\u{E0000}'..='\u{E007F}'
-                | '\u{E0100}'..='\u{E01EF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+        )
+}
+
+/// Characters that show nothing by themselves but shape the characters around them: joiners
+/// (Persian, Indic scripts, emoji sequences), the grapheme joiner, variation selectors, tags
+/// (flag sequences). Allowed only after a non-ASCII character (joiners: between two), so that
+/// they cannot make `Berlin` and `Ber<joiner>lin` two names that look the same; a name must
+/// have more than them.
+fn is_shaping_mark(c: char) -> bool {
+    matches!(
+        c,
+        '\u{034F}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200C}'
+            | '\u{200D}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{E0000}'..='\u{E007F}'
+            | '\u{E0100}'..='\u{E01EF}'
+    )
+}
+
+/// Other format characters that show nothing by themselves (prepended number signs, musical
+/// formatting): allowed, but a name must have a visible character besides them.
+fn is_invisible(c: char) -> bool {
+    c.is_whitespace()
+        || is_shaping_mark(c)
+        || matches!(
+            c,
+            '\u{0600}'..='\u{0605}' | '\u{06DD}' | '\u{070F}' | '\u{1D173}'..='\u{1D17A}'
         )
 }
 
@@ -120,7 +129,25 @@ fn bounded_text(what: &str, s: &str, max: usize) -> Result<String, AppError> {
     }
     if t.chars().any(is_forbidden_in_name) {
         return Err(invalid(format!(
-            "{what} must not contain control, bidirectional or zero-width characters"
+            "{what} must not contain control, bidirectional, zero-width or blank-filler \
+             characters"
+        )));
+    }
+    let chars: Vec<char> = t.chars().collect();
+    // A mark modifies the character before it (a joiner also joins the one after): that
+    // character must not be ASCII.
+    let stray_mark = chars.iter().enumerate().any(|(i, &c)| {
+        let after_non_ascii = i > 0 && !chars[i - 1].is_ascii();
+        let joins_non_ascii = chars.get(i + 1).is_some_and(|n| !n.is_ascii());
+        match c {
+            '\u{200C}' | '\u{200D}' => !(after_non_ascii && joins_non_ascii),
+            _ => is_shaping_mark(c) && !after_non_ascii,
+        }
+    });
+    if stray_mark {
+        return Err(invalid(format!(
+            "{what}: joiners only between, and variation selectors only after, non-ASCII \
+             characters"
         )));
     }
     if t.chars().all(is_invisible) {
@@ -276,6 +303,8 @@ mod tests {
             assert!(ProductName::parse(name).is_err(), "{name:?}");
         }
         assert!(ProductName::parse("\u{1F469}\u{200D}\u{1F4BB}").is_ok());
+        assert!(ProductName::parse("\u{0645}\u{06CC}\u{200C}\u{062E}\u{0648}").is_ok());
+        assert!(ProductName::parse("\u{2764}\u{FE0F}\u{1F381} Mug").is_ok());
     }
 
     #[test]

@@ -40,7 +40,8 @@ pub struct CreateProductRequest {
     #[schema(minimum = 1, maximum = 4294967295_u64)]
     sku: Option<u64>,
     /// 1..=200 characters once surrounding whitespace is trimmed (and stored trimmed), at least
-    /// one of them visible; no control, bidirectional-control or zero-width-space characters.
+    /// one of them visible; no control, bidirectional-control, zero-width-space or filler
+    /// characters (docs/API.md lists them).
     /// (No `maxLength`: the limit is on the trimmed name.)
     #[schema(min_length = 1)]
     name: String,
@@ -180,8 +181,9 @@ async fn get_product(
 #[schema(examples(json!({"name": "Headphones Pro", "price": 22000})))]
 pub struct UpdateProductRequest {
     /// The new name: 1..=200 characters once surrounding whitespace is trimmed (and stored
-    /// trimmed), at least one of them visible; no control, bidirectional-control or
-    /// zero-width-space characters. (No `maxLength`: the limit is on the trimmed name.)
+    /// trimmed), at least one of them visible; no control, bidirectional-control,
+    /// zero-width-space or filler characters (docs/API.md lists them). (No `maxLength`: the
+    /// limit is on the trimmed name.)
     #[schema(min_length = 1)]
     name: Option<String>,
     /// The new regular price in minor units, 0..=10^13.
@@ -245,8 +247,9 @@ async fn update_product(
 #[schema(examples(json!({"name": "Berlin North"})))]
 pub struct CreateWarehouseRequest {
     /// 1..=100 characters once surrounding whitespace is trimmed (and stored trimmed), at least
-    /// one of them visible; no control, bidirectional-control or zero-width-space characters;
-    /// unique. (No `maxLength`: the limit is on the trimmed name.)
+    /// one of them visible; no control, bidirectional-control, zero-width-space or filler
+    /// characters (docs/API.md lists them); unique. (No `maxLength`: the limit is on the
+    /// trimmed name.)
     #[schema(min_length = 1)]
     name: String,
 }

@@ -81,7 +81,7 @@ async fn a_delta_of_i64_min_is_an_invalid_request() {
 
 /// Names that show nothing: only zero-width, format, or blank characters; and names carrying
 /// characters that hide or reorder text.
-const INVISIBLE_NAMES: [&str; 12] = [
+const INVISIBLE_NAMES: [&str; 16] = [
     "\u{200B}",
     "\u{200B}\u{200B}\u{200B}",
     " \u{200B} ",
@@ -94,6 +94,10 @@ const INVISIBLE_NAMES: [&str; 12] = [
     "\u{FE0F}",
     "TV\u{202E}gnp.exe",
     "Ber\u{200B}lin",
+    "Ber\u{200C}lin",
+    "Ber\u{00AD}lin",
+    "Ber\u{3164}lin",
+    "Mug\u{FE0F}",
 ];
 
 #[tokio::test]
