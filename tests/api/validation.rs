@@ -46,6 +46,16 @@ async fn sale_times_outside_the_storable_range_are_invalid_requests() {
     assert_eq!(r.body["ends_at"], "9999-12-31T23:59:59.999Z");
     let p = app.get(&format!("/v1/products/{sku}"), None).await;
     assert_eq!(p.body["sale"]["ends_at"], "9999-12-31T23:59:59.999Z");
+    assert_eq!(p.body["sale"]["active"], true);
+    // Redis keeps and compares those times exactly: the window is open, the sale price charged.
+    let w = app.warehouse("Far future").await;
+    assert_eq!(app.add_stock(sku, w, 1).await.status, StatusCode::OK);
+    let t = app.customer_token(9_002);
+    let r = app
+        .post("/v1/orders/buy-now", Some(&t), json!({"sku": sku, "count": 1}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.body["items"][0]["unit_price"], 1);
 }
 
 #[tokio::test]
