@@ -72,8 +72,14 @@ enum Outage {
 }
 
 /// Runs the checks in one round trip. Refused when any bucket refuses, with the longest wait as
-/// `Retry-After`. When Redis cannot be asked, `outage` decides.
-async fn enforce(state: &AppState, checks: Vec<Check>, outage: Outage) -> Result<(), AppError> {
+/// `Retry-After`; the tokens that the refused request took from buckets that let it through are
+/// given back when `refund` says so. When Redis cannot be asked, `outage` decides.
+async fn enforce(
+    state: &AppState,
+    checks: Vec<Check>,
+    outage: Outage,
+    refund: impl Fn(&Check) -> bool,
+) -> Result<(), AppError> {
     if checks.is_empty() {
         return Ok(());
     }
@@ -81,19 +87,11 @@ async fn enforce(state: &AppState, checks: Vec<Check>, outage: Outage) -> Result
         .iter()
         .map(|c| (c.key.clone(), c.bucket, c.mode))
         .collect();
-    match state.redis.rate_limit(&calls).await {
-        Ok(waits) => match checks
-            .iter()
-            .zip(waits)
-            .filter_map(|(c, w)| w.map(|w| (c, w)))
-            .max_by_key(|(_, w)| *w)
-        {
-            Some((c, wait)) => Err(rate_limited(c.scope, wait, c.refusal)),
-            None => Ok(()),
-        },
+    let waits = match state.redis.rate_limit(&calls).await {
+        Ok(waits) => waits,
         Err(e) => {
             metrics::counter!("flashsale_rate_limit_errors_total").increment(1);
-            match outage {
+            return match outage {
                 Outage::LetThrough => {
                     tracing::warn!(error = %e, "rate limiter unavailable; request let through");
                     Ok(())
@@ -104,9 +102,30 @@ async fn enforce(state: &AppState, checks: Vec<Check>, outage: Outage) -> Result
                         "sign-in attempts cannot be counted right now; retry shortly".into(),
                     ))
                 }
-            }
+            };
         }
+    };
+    let Some((c, wait)) = checks
+        .iter()
+        .zip(&waits)
+        .filter_map(|(c, w)| w.map(|w| (c, w)))
+        .max_by_key(|(_, w)| *w)
+    else {
+        return Ok(());
+    };
+    let refused = rate_limited(c.scope, wait, c.refusal);
+    let refunds: Vec<_> = checks
+        .iter()
+        .zip(&waits)
+        .filter(|(c, w)| w.is_none() && c.mode == BucketMode::Take && refund(c))
+        .map(|(c, _)| (c.key.clone(), c.bucket, BucketMode::Refund))
+        .collect();
+    if !refunds.is_empty()
+        && let Err(e) = state.redis.rate_limit(&refunds).await
+    {
+        tracing::warn!(error = %e, "could not give back a refused request's tokens");
     }
+    Err(refused)
 }
 
 /// The cart and order routes (`/v1/cart*`, `/v1/orders*`): one bucket per client address and
@@ -161,7 +180,7 @@ pub async fn sale_rate_limit(
             mode: BucketMode::Take,
         });
     }
-    if let Err(refused) = enforce(&state, checks, Outage::LetThrough).await {
+    if let Err(refused) = enforce(&state, checks, Outage::LetThrough, |_| false).await {
         return refused.into_response();
     }
     next.run(req).await
@@ -241,7 +260,9 @@ pub async fn check_login(
     if let Some(name) = username {
         checks.extend(failure_buckets(state, ip, name, BucketMode::Take));
     }
-    enforce(state, checks, Outage::Refuse).await
+    // A refused attempt checks no password: it gives back what it took of the username's
+    // failure buckets (the address's attempt bucket counts every attempt).
+    enforce(state, checks, Outage::Refuse, |c| c.scope != "login_ip").await
 }
 
 /// A login that was not a wrong password (right, or not decided: an error) gives back the

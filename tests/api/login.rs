@@ -262,3 +262,46 @@ async fn concurrent_guesses_get_no_more_tries_than_the_bucket_holds() {
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     }
 }
+
+/// A refused attempt takes nothing: an attacker who keeps hammering past their own
+/// (username, address) bucket does not drain the username's ceiling, and the owner elsewhere
+/// still signs in.
+#[tokio::test]
+async fn refused_attempts_do_not_drain_the_username_ceiling() {
+    let app = spawn_app_with(|c| {
+        c.rate_limits = true;
+        c.trust_forwarded_for = true;
+        c.login_failures_per_min = 3.0;
+        c.login_user_failures_per_min = 8.0;
+        c.login_ip_per_min = 1_000.0;
+    })
+    .await;
+    app.register("hammered").await;
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        let r = login_from(&app, "203.0.113.50", "hammered", "wrong-password").await;
+        statuses.push(r.status.as_u16());
+    }
+    assert_eq!(statuses[..3], [401, 401, 401]);
+    assert!(statuses[3..].iter().all(|s| *s == 429), "{statuses:?}");
+    let r = login_from(&app, "198.51.100.20", "hammered", "hammered-password").await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+
+    // Nor does a refusal by the address's attempt bucket take the username's tokens.
+    let app = spawn_app_with(|c| {
+        c.rate_limits = true;
+        c.trust_forwarded_for = true;
+        c.login_failures_per_min = 10.0;
+        c.login_user_failures_per_min = 4.0;
+        // spawn_app's admin login and the sign-up and login of `register` come from 127.0.0.1.
+        c.login_ip_per_min = 3.0;
+    })
+    .await;
+    app.register("quiet").await;
+    for _ in 0..10 {
+        // The address's 3 attempts go, the rest are refused before any password is checked.
+        login_from(&app, "203.0.113.51", "quiet", "wrong-password").await;
+    }
+    let r = login_from(&app, "203.0.113.52", "quiet", "quiet-password").await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+}

@@ -52,7 +52,11 @@ async fn sale_times_outside_the_storable_range_are_invalid_requests() {
     assert_eq!(app.add_stock(sku, w, 1).await.status, StatusCode::OK);
     let t = app.customer_token(9_002);
     let r = app
-        .post("/v1/orders/buy-now", Some(&t), json!({"sku": sku, "count": 1}))
+        .post(
+            "/v1/orders/buy-now",
+            Some(&t),
+            json!({"sku": sku, "count": 1}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     assert_eq!(r.body["items"][0]["unit_price"], 1);
