@@ -347,3 +347,43 @@ async fn a_slow_request_keeps_its_key_past_the_lease_length() {
     let b = app.assert_identity(sku).await;
     assert_eq!((b.reserved, b.available), (1, 9));
 }
+
+/// An operation that dies without an answer (a panic) gives its key back at once, through the
+/// lease's guard: the retry runs, it does not wait for a lease of a minute to run out.
+#[tokio::test]
+async fn an_operation_that_panics_releases_its_key() {
+    use flashsale::http::idempotency::once;
+    let app = spawn_app_with(|c| c.idempotency_lease = Duration::from_secs(60)).await;
+    let state = &app.state;
+    let r = once(
+        state,
+        7_007,
+        "test",
+        Some("k-panic".into()),
+        "fp".into(),
+        |_| async { panic!("the operation dies") },
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let started = Instant::now();
+    let r = loop {
+        let r = once(
+            state,
+            7_007,
+            "test",
+            Some("k-panic".into()),
+            "fp".into(),
+            |_| async { Ok((axum::http::StatusCode::OK, json!({"ran": true}))) },
+        )
+        .await;
+        // The release is sent by a task of its own: it may land a moment later.
+        if r.status() != StatusCode::CONFLICT || started.elapsed() > Duration::from_secs(5) {
+            break r;
+        }
+    };
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "released, not run out"
+    );
+}
