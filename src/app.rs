@@ -184,6 +184,8 @@ async fn bootstrap(state: &AppState) -> anyhow::Result<()> {
         ),
     }
     ensure_admin(state).await?;
+    // Unknown usernames are checked against it: made now, so no login pays for it.
+    auth::dummy_hash(state.cfg.argon2_memory_kib).await?;
     let floor = mysql::catalog::max_order_id(&state.db).await?;
     if let Err(e) = state.redis.raise_order_seq(floor).await {
         tracing::warn!(error = %e, "could not check the order id sequence against MySQL");

@@ -1,5 +1,7 @@
 //! Access tokens (HS256 JWT, algorithm pinned) and password hashing (argon2id).
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use argon2::password_hash::rand_core::OsRng;
@@ -114,25 +116,54 @@ pub async fn hash_password(password: Password, memory_kib: u32) -> AppResult<Str
     .map_err(|e| AppError::internal(format!("hashing task: {e}")))?
 }
 
-/// Checks a password against a stored hash. With no stored hash (unknown user) a dummy hash is
-/// checked instead, so the answer takes as long either way.
-pub async fn verify_password(password: String, stored: Option<String>) -> AppResult<bool> {
+/// Checks a password against a stored hash. With no stored hash (unknown user) a dummy hash
+/// made with the configured parameters (`memory_kib`) is checked instead, so the answer takes as
+/// long either way.
+pub async fn verify_password(
+    password: String,
+    stored: Option<String>,
+    memory_kib: u32,
+) -> AppResult<bool> {
+    let known = stored.is_some();
+    let stored = match stored {
+        Some(s) => s,
+        None => dummy_hash(memory_kib).await?,
+    };
     tokio::task::spawn_blocking(move || {
-        let stored = stored.unwrap_or_else(|| DUMMY_HASH.to_string());
         let parsed = PasswordHash::new(&stored)
             .map_err(|e| AppError::internal(format!("stored hash unreadable: {e}")))?;
         // The parameters come from the stored hash itself.
-        Ok(Argon2::default()
+        let matches = Argon2::default()
             .verify_password(password.as_bytes(), &parsed)
-            .is_ok()
-            && stored != DUMMY_HASH)
+            .is_ok();
+        Ok(matches && known)
     })
     .await
     .map_err(|e| AppError::internal(format!("verifying task: {e}")))?
 }
 
-/// argon2id of a random password nobody knows, with the default parameters.
-const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$cRh1oO6Mu1gb0WjIRvlPUpBLcTL0jg8vKgS1J2mZ5EQ";
+/// The argon2id hash of a random password nobody knows, made with the parameters real hashes
+/// get (`memory_kib`), once per process and setting. `Application::build` makes it at start-up,
+/// so no login pays for it.
+pub async fn dummy_hash(memory_kib: u32) -> AppResult<String> {
+    static DUMMIES: OnceLock<Mutex<HashMap<u32, String>>> = OnceLock::new();
+    let dummies = DUMMIES.get_or_init(Default::default);
+    if let Some(h) = dummies
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&memory_kib)
+    {
+        return Ok(h.clone());
+    }
+    let secret = Password::parse(&generate_secret())?;
+    let hash = hash_password(secret, memory_kib).await?;
+    Ok(dummies
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(memory_kib)
+        .or_insert(hash)
+        .clone())
+}
 
 #[cfg(test)]
 mod tests {
@@ -164,15 +195,37 @@ mod tests {
             .await
             .unwrap();
         assert!(
-            verify_password("correct horse".into(), Some(h.clone()))
+            verify_password("correct horse".into(), Some(h.clone()), 1024)
                 .await
                 .unwrap()
         );
         assert!(
-            !verify_password("wrong horse".into(), Some(h))
+            !verify_password("wrong horse".into(), Some(h), 1024)
                 .await
                 .unwrap()
         );
-        assert!(!verify_password("anything".into(), None).await.unwrap());
+        assert!(
+            !verify_password("anything".into(), None, 1024)
+                .await
+                .unwrap()
+        );
+    }
+
+    /// An unknown username costs what a known one does: the dummy hash has the parameters a
+    /// real hash made with the same setting has.
+    #[tokio::test]
+    async fn the_dummy_hash_has_the_configured_parameters() {
+        for memory_kib in [1024, 19 * 1024, 24 * 1024] {
+            let real = hash_password(Password::parse("correct horse").unwrap(), memory_kib)
+                .await
+                .unwrap();
+            let dummy = dummy_hash(memory_kib).await.unwrap();
+            let params = |h: &str| {
+                let p = PasswordHash::new(h).unwrap();
+                (p.algorithm.to_string(), p.version, p.params.to_string())
+            };
+            assert_eq!(params(&dummy), params(&real), "memory {memory_kib} KiB");
+            assert_eq!(dummy_hash(memory_kib).await.unwrap(), dummy, "made once");
+        }
     }
 }

@@ -282,7 +282,9 @@ pub struct Config {
     )]
     pub login_ip_per_min: f64,
 
-    /// Failed logins per minute for one username (whoever sends them), after a burst of as many.
+    /// Failed logins per minute for one username from one client address (an IPv6 address
+    /// counts by its /64), after a burst of as many. Guesses from one place never lock the
+    /// account out elsewhere.
     #[arg(
         long,
         env = "FLASHSALE_LOGIN_FAILURES_PER_MIN",
@@ -291,10 +293,26 @@ pub struct Config {
     )]
     pub login_failures_per_min: f64,
 
+    /// Failed logins per minute for one username from all addresses together, after a burst of
+    /// as many: the ceiling on guessing spread over many addresses (keep it well above
+    /// `login_failures_per_min`: reaching it refuses the owner too).
+    #[arg(
+        long,
+        env = "FLASHSALE_LOGIN_USER_FAILURES_PER_MIN",
+        default_value_t = 200.0,
+        global = true
+    )]
+    pub login_user_failures_per_min: f64,
+
     /// Take the client address from the last `X-Forwarded-For` entry (the one your proxy
     /// appended) instead of the TCP peer. Only behind a proxy that sets it.
     #[arg(long, env = "FLASHSALE_TRUST_FORWARDED_FOR", default_value_t = false, action = clap::ArgAction::Set, global = true)]
     pub trust_forwarded_for: bool,
+
+    /// How long an `Idempotency-Key` stays claimed by a request that stops renewing it (its
+    /// process died); renewed every third of it while the request works.
+    #[arg(long, env = "FLASHSALE_IDEMPOTENCY_LEASE", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub idempotency_lease: Duration,
 
     /// Deadline of a whole request, body included; past it the answer is 408 `request_timeout`.
     #[arg(long, env = "FLASHSALE_REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration, global = true)]
@@ -414,6 +432,7 @@ impl Config {
             self.rate_ip_per_sec,
             self.login_ip_per_min,
             self.login_failures_per_min,
+            self.login_user_failures_per_min,
         ];
         if rates.iter().any(|r| !r.is_finite() || *r <= 0.0) {
             return Err("rate limits must be positive numbers (turn them off with FLASHSALE_RATE_LIMITS=false)".into());
@@ -431,6 +450,9 @@ impl Config {
         }
         if self.webhook_concurrency == 0 || self.webhook_concurrency > 1024 {
             return Err("FLASHSALE_WEBHOOK_CONCURRENCY must be between 1 and 1024".into());
+        }
+        if self.idempotency_lease < Duration::from_millis(100) {
+            return Err("FLASHSALE_IDEMPOTENCY_LEASE must be at least 100ms".into());
         }
         if self.worker_batch == 0 {
             return Err("the worker batch must be at least 1".into());

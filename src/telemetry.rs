@@ -94,8 +94,17 @@ fn register_series() {
     for outcome in ["ok", "failed", "gave_up"] {
         metrics::counter!("flashsale_webhook_deliveries_total", "outcome" => outcome).increment(0);
     }
-    for scope in ["ip", "customer", "login_ip", "login_user"] {
+    for scope in [
+        "ip",
+        "customer",
+        "login_ip",
+        "login_user_address",
+        "login_user",
+    ] {
         metrics::counter!("flashsale_rate_limited_total", "scope" => scope).increment(0);
+    }
+    for step in ["renew", "bind", "answer"] {
+        metrics::counter!("flashsale_idempotency_lease_lost_total", "step" => step).increment(0);
     }
     for name in [
         "flashsale_rate_limit_errors_total",
@@ -153,7 +162,13 @@ fn describe() {
     );
     describe_counter!(
         "flashsale_rate_limit_errors_total",
-        "Rate-limit checks that could not ask Redis (the request was let through)"
+        "Rate-limit checks that could not ask Redis (sale routes: let through; logins and \
+         sign-ups: refused with 503)"
+    );
+    describe_counter!(
+        "flashsale_idempotency_lease_lost_total",
+        "Idempotency-Key leases found taken by another request while their holder still worked, \
+         by the step that found it (renew, bind, answer)"
     );
     describe_counter!(
         "flashsale_http_overloaded_total",

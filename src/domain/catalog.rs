@@ -63,15 +63,95 @@ impl Price {
     }
 }
 
+/// Characters no name needs, that hide, fake or reorder text: control characters, line and
+/// paragraph separators, bidirectional controls, zero-width space, word joiner and invisible
+/// operators, the byte-order mark, interlinear annotation marks, soft hyphen, blank fillers
+/// (Hangul fillers, Khmer inherent vowels, braille blank).
+fn is_forbidden_in_name(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{17B4}'
+                | '\u{17B5}'
+                | '\u{200B}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206F}'
+                | '\u{2800}'
+                | '\u{3164}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{FFF9}'..='\u{FFFB}'
+        )
+}
+
+/// Characters that show nothing by themselves but shape the characters around them: joiners
+/// (Persian, Indic scripts, emoji sequences), the grapheme joiner, variation selectors, tags
+/// (flag sequences). Allowed only after a non-ASCII character (joiners: between two), so that
+/// they cannot make `Berlin` and `Ber<joiner>lin` two names that look the same; a name must
+/// have more than them.
+fn is_shaping_mark(c: char) -> bool {
+    matches!(
+        c,
+        '\u{034F}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200C}'
+            | '\u{200D}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{E0000}'..='\u{E007F}'
+            | '\u{E0100}'..='\u{E01EF}'
+    )
+}
+
+/// Other format characters that show nothing by themselves (prepended number signs, musical
+/// formatting): allowed, but a name must have a visible character besides them.
+fn is_invisible(c: char) -> bool {
+    c.is_whitespace()
+        || is_shaping_mark(c)
+        || matches!(
+            c,
+            '\u{0600}'..='\u{0605}' | '\u{06DD}' | '\u{070F}' | '\u{1D173}'..='\u{1D17A}'
+        )
+}
+
 fn bounded_text(what: &str, s: &str, max: usize) -> Result<String, AppError> {
     let t = s.trim();
     if t.is_empty() || t.chars().count() > max {
         return Err(invalid(format!("{what} must be 1..={max} characters")));
     }
-    if t.chars().any(char::is_control) {
+    if t.chars().any(is_forbidden_in_name) {
         return Err(invalid(format!(
-            "{what} must not contain control characters"
+            "{what} must not contain control, bidirectional, zero-width or blank-filler \
+             characters"
         )));
+    }
+    let chars: Vec<char> = t.chars().collect();
+    // A mark modifies the character before it (a joiner also joins the one after): that
+    // character must not be ASCII.
+    let stray_mark = chars.iter().enumerate().any(|(i, &c)| {
+        let after_non_ascii = i > 0 && !chars[i - 1].is_ascii();
+        let joins_non_ascii = chars.get(i + 1).is_some_and(|n| !n.is_ascii());
+        match c {
+            '\u{200C}' | '\u{200D}' => !(after_non_ascii && joins_non_ascii),
+            _ => is_shaping_mark(c) && !after_non_ascii,
+        }
+    });
+    if stray_mark {
+        return Err(invalid(format!(
+            "{what}: joiners only between, and variation selectors only after, non-ASCII \
+             characters"
+        )));
+    }
+    if t.chars().all(is_invisible) {
+        return Err(invalid(format!("{what} must contain a visible character")));
     }
     Ok(t.to_string())
 }
@@ -109,7 +189,8 @@ pub struct StockDelta(i64);
 impl StockDelta {
     pub const MAX: i64 = 1_000_000_000;
     pub fn parse(v: i64) -> Result<Self, AppError> {
-        if v == 0 || v.abs() > Self::MAX {
+        // `unsigned_abs`: `i64::MIN.abs()` overflows (and wraps to itself in release builds).
+        if v == 0 || v.unsigned_abs() > Self::MAX.unsigned_abs() {
             return Err(invalid(format!(
                 "delta must be non-zero and within ±{}, got {v}",
                 Self::MAX
@@ -121,6 +202,11 @@ impl StockDelta {
         self.0
     }
 }
+
+/// The earliest sale time kept: the unix epoch (Redis keeps sale times in unix milliseconds).
+pub const SALE_TIME_MIN_MS: i64 = 0;
+/// The latest: 9999-12-31T23:59:59.999Z, the end of MySQL's DATETIME.
+pub const SALE_TIME_MAX_MS: i64 = 253_402_300_799_999;
 
 /// A sale window: a sale price valid in [starts_at, ends_at), optionally a per-customer limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +226,13 @@ impl SaleWindow {
     ) -> Result<Self, AppError> {
         // Kept to the millisecond, so compared as kept.
         let (starts_at, ends_at) = (truncate_ms(starts_at), truncate_ms(ends_at));
+        for (name, t) in [("starts_at", starts_at), ("ends_at", ends_at)] {
+            if !(SALE_TIME_MIN_MS..=SALE_TIME_MAX_MS).contains(&t.timestamp_millis()) {
+                return Err(invalid(format!(
+                    "{name} must be within 1970-01-01T00:00:00Z..=9999-12-31T23:59:59.999Z"
+                )));
+            }
+        }
         if ends_at <= starts_at {
             return Err(invalid("ends_at must be after starts_at"));
         }
@@ -200,6 +293,18 @@ mod tests {
         assert!(ProductName::parse(&"x".repeat(201)).is_err());
         assert!(ProductName::parse("a\u{0}b").is_err());
         assert!(WarehouseName::parse(&"x".repeat(101)).is_err());
+        for name in [
+            "\u{200B}",
+            "\u{2060}\u{FEFF}",
+            "\u{200D}",
+            "a\u{202E}b",
+            "\u{E0041}",
+        ] {
+            assert!(ProductName::parse(name).is_err(), "{name:?}");
+        }
+        assert!(ProductName::parse("\u{1F469}\u{200D}\u{1F4BB}").is_ok());
+        assert!(ProductName::parse("\u{0645}\u{06CC}\u{200C}\u{062E}\u{0648}").is_ok());
+        assert!(ProductName::parse("\u{2764}\u{FE0F}\u{1F381} Mug").is_ok());
     }
 
     #[test]
@@ -209,12 +314,24 @@ mod tests {
         assert!(StockDelta::parse(0).is_err());
         assert!(StockDelta::parse(-StockDelta::MAX - 1).is_err());
         assert_eq!(StockDelta::parse(-5).unwrap().get(), -5);
+        assert!(StockDelta::parse(i64::MIN).is_err());
+        assert!(StockDelta::parse(i64::MAX).is_err());
+        assert_eq!(
+            StockDelta::parse(-StockDelta::MAX).unwrap().get(),
+            -StockDelta::MAX
+        );
     }
 
     #[test]
     fn sale_window_rules() {
         let now = Utc::now();
         assert!(SaleWindow::parse(100, now, now, None).is_err());
+        let min = DateTime::from_timestamp_millis(SALE_TIME_MIN_MS).unwrap();
+        let max = DateTime::from_timestamp_millis(SALE_TIME_MAX_MS).unwrap();
+        assert_eq!(max.to_rfc3339(), "9999-12-31T23:59:59.999+00:00");
+        assert!(SaleWindow::parse(1, min, max, None).is_ok());
+        assert!(SaleWindow::parse(1, min - Duration::milliseconds(1), max, None).is_err());
+        assert!(SaleWindow::parse(1, min, max + Duration::milliseconds(1), None).is_err());
         assert!(SaleWindow::parse(100, now, now + Duration::hours(1), Some(0)).is_err());
         let w = SaleWindow::parse(100, now, now + Duration::hours(1), Some(2)).unwrap();
         assert!(w.is_active(now + Duration::minutes(1)));

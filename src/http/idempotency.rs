@@ -1,32 +1,148 @@
 //! `Idempotency-Key`: the first answer to a (customer, route, key) is stored for 24 hours and
 //! replayed to every repeat; a repeat that arrives while the first is still running waits for it.
+//!
+//! A request claims its key with a short lease (`idempotency_lease`), renewed while it works.
+//! The work runs in a task of its own, to its end: a request cut off by its deadline (408) or by
+//! the client hanging up no longer drops the operation half-way, so its retry waits for and
+//! gets the one answer instead of running it a second time. If the task ends without an answer
+//! (a panic, the runtime stopping), a guard releases the lease; if the whole process dies, the
+//! lease runs out by itself within `idempotency_lease`, and the retry runs: an order the
+//! vanished request was creating is bound to the key first, so the retry resumes it
+//! (`Progress::resume_order`) instead of making a second one.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use redis::AsyncCommands;
-use serde::{Deserialize, Serialize};
 
 use crate::app::AppState;
 use crate::error::AppError;
+use crate::store::redis::idempotency::{Claim, Settle};
 
-const KEEP_SECS: u64 = 24 * 3600;
+const KEEP: Duration = Duration::from_secs(24 * 3600);
 const WAIT_STEP: Duration = Duration::from_millis(25);
 const WAIT_MAX: Duration = Duration::from_secs(15);
 
-#[derive(Serialize, Deserialize)]
-struct Stored {
-    /// What the request asked (route parameters and body), so a reused key with another
-    /// request is refused instead of answered with the wrong thing.
-    fingerprint: String,
-    /// `None` while the first request runs.
-    status: Option<u16>,
-    body: Option<serde_json::Value>,
+/// What the operation's answer is.
+pub type Outcome = Result<(StatusCode, serde_json::Value), AppError>;
+
+/// What the operation may tell its key while it runs, and what it should resume.
+pub struct Progress {
+    holder: Option<(AppState, String, String)>,
+    /// The order a request with this key was creating when it vanished (its process died): the
+    /// operation resumes it rather than making another.
+    pub resume_order: Option<u64>,
 }
 
-/// Runs `f` at most once per key; without a key, just runs it.
+impl crate::service::orders::BindOrder for Progress {
+    /// Binds the order this request is about to create to its key, before it reserves anything.
+    async fn bind_order(&self, order_id: u64) -> Result<(), AppError> {
+        let Some((state, record, owner)) = &self.holder else {
+            return Ok(());
+        };
+        if !state
+            .redis
+            .settle_idempotency(record, owner, Settle::Bind(order_id))
+            .await?
+        {
+            lease_lost("bind");
+        }
+        Ok(())
+    }
+}
+
+fn lease_lost(what: &'static str) {
+    metrics::counter!("flashsale_idempotency_lease_lost_total", "step" => what).increment(1);
+    tracing::warn!(
+        step = what,
+        "an Idempotency-Key lease ran out while its request still worked"
+    );
+}
+
+/// Holds the lease of a running operation; dropped without `finish` (a panic, the runtime
+/// stopping), it releases the lease at once in a task of its own.
+struct Holder {
+    state: AppState,
+    record: String,
+    owner: String,
+    done: bool,
+}
+
+impl Holder {
+    async fn renew(&self) {
+        let lease = self.state.cfg.idempotency_lease;
+        match self
+            .state
+            .redis
+            .settle_idempotency(&self.record, &self.owner, Settle::Renew(lease))
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => lease_lost("renew"),
+            Err(e) => tracing::warn!(error = %e, "could not renew an Idempotency-Key lease"),
+        }
+    }
+
+    /// Stores the answer, or (nothing was changed: 503, 500) releases the key so that a retry
+    /// runs again.
+    async fn finish(mut self, result: &Outcome) {
+        self.done = true;
+        let stored = match result {
+            Ok((status, body)) => Some((status.as_u16(), body.to_string())),
+            Err(AppError::Unavailable(_) | AppError::Internal(_)) => None,
+            Err(e) => Some((e.status().as_u16(), e.to_body().to_string())),
+        };
+        let action = match &stored {
+            Some((status, body)) => Settle::Answer {
+                status: *status,
+                body,
+                keep: KEEP,
+            },
+            None => Settle::Release,
+        };
+        match self
+            .state
+            .redis
+            .settle_idempotency(&self.record, &self.owner, action)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => lease_lost("answer"),
+            Err(e) => {
+                // The lease runs out by itself; the retry then runs (and resumes a bound order).
+                tracing::warn!(error = %e, "could not store an idempotent answer");
+            }
+        }
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let (state, record, owner) = (
+            self.state.clone(),
+            std::mem::take(&mut self.record),
+            std::mem::take(&mut self.owner),
+        );
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = state
+                    .redis
+                    .settle_idempotency(&record, &owner, Settle::Release)
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not release an Idempotency-Key lease");
+                }
+            });
+        }
+    }
+}
+
+/// Runs `f` at most once per key (without a key, just runs it), to its end even if the request
+/// is cut off.
 pub async fn once<F, Fut>(
     state: &AppState,
     user_id: u64,
@@ -36,22 +152,35 @@ pub async fn once<F, Fut>(
     f: F,
 ) -> Response
 where
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<(StatusCode, serde_json::Value), AppError>>,
+    F: FnOnce(Progress) -> Fut + Send + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
 {
     let Some(key) = key else {
-        return respond(f().await);
+        let work = f(Progress {
+            holder: None,
+            resume_order: None,
+        });
+        return respond(tokio::spawn(work).await);
     };
-    let started = std::time::Instant::now();
-    loop {
-        match claim(state, user_id, scope, &key, &fingerprint).await {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => return e.into_response(),
-        }
-        match stored_answer(state, user_id, scope, &key, &fingerprint).await {
-            Ok(Some(resp)) => return resp,
-            Ok(None) => {}
+    let record = state.redis.keys.idempotency(user_id, scope, &key);
+    let owner = crate::auth::generate_secret();
+    let lease = state.cfg.idempotency_lease;
+    let started = Instant::now();
+    let resume_order = loop {
+        match state
+            .redis
+            .claim_idempotency(&record, &fingerprint, &owner, lease, KEEP)
+            .await
+        {
+            Ok(Claim::Claimed { resume_order }) => break resume_order,
+            Ok(Claim::Done { status, body }) => return replay(status, &body),
+            Ok(Claim::Busy { .. }) => {}
+            Ok(Claim::Mismatch) => {
+                return AppError::InvalidRequest(
+                    "this Idempotency-Key was used for a different request".into(),
+                )
+                .into_response();
+            }
             Err(e) => return e.into_response(),
         }
         if started.elapsed() > WAIT_MAX {
@@ -61,100 +190,51 @@ where
             .into_response();
         }
         tokio::time::sleep(WAIT_STEP).await;
-    }
-    let redis_key = state.redis.keys.idempotency(user_id, scope, &key);
-    let result = f().await;
-    let stored = match &result {
-        Ok((status, body)) => Some((status.as_u16(), body.clone())),
-        // Nothing was changed: the key is freed so that a retry can run.
-        Err(AppError::Unavailable(_) | AppError::Internal(_)) => None,
-        Err(e) => Some((e.status().as_u16(), e.to_body())),
     };
-    let mut conn = state.redis.conn();
-    let saved: Result<(), redis::RedisError> = match stored {
-        Some((status, body)) => {
-            let v = Stored {
-                fingerprint,
-                status: Some(status),
-                body: Some(body),
-            };
-            conn.set_ex(
-                &redis_key,
-                serde_json::to_string(&v).unwrap_or_default(),
-                KEEP_SECS,
-            )
-            .await
-        }
-        None => conn.del(&redis_key).await,
+    let holder = Holder {
+        state: state.clone(),
+        record: record.clone(),
+        owner: owner.clone(),
+        done: false,
     };
-    if let Err(e) = saved {
-        tracing::warn!(error = %e, "could not store an idempotent answer");
-    }
-    respond(result)
+    let progress = Progress {
+        holder: Some((state.clone(), record, owner)),
+        resume_order,
+    };
+    let task = tokio::spawn(async move {
+        let work = f(progress);
+        tokio::pin!(work);
+        let mut renew = tokio::time::interval(lease / 3);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        renew.tick().await;
+        let result = loop {
+            tokio::select! {
+                r = &mut work => break r,
+                _ = renew.tick() => holder.renew().await,
+            }
+        };
+        holder.finish(&result).await;
+        result
+    });
+    respond(task.await)
 }
 
-fn respond(result: Result<(StatusCode, serde_json::Value), AppError>) -> Response {
+fn respond(result: Result<Outcome, tokio::task::JoinError>) -> Response {
     match result {
-        Ok((status, body)) => (status, axum::Json(body)).into_response(),
-        Err(e) => e.into_response(),
+        Ok(Ok((status, body))) => (status, axum::Json(body)).into_response(),
+        Ok(Err(e)) => e.into_response(),
+        Err(e) => AppError::internal(format!("the request's task failed: {e}")).into_response(),
     }
 }
 
-/// `true`: this request runs; `false`: another one with the key ran or runs.
-async fn claim(
-    state: &AppState,
-    user_id: u64,
-    scope: &str,
-    key: &str,
-    fingerprint: &str,
-) -> Result<bool, AppError> {
-    let pending = Stored {
-        fingerprint: fingerprint.to_string(),
-        status: None,
-        body: None,
-    };
-    let set: Option<String> = redis::cmd("SET")
-        .arg(state.redis.keys.idempotency(user_id, scope, key))
-        .arg(serde_json::to_string(&pending).unwrap_or_default())
-        .arg("NX")
-        .arg("EX")
-        .arg(KEEP_SECS)
-        .query_async(&mut state.redis.conn())
-        .await?;
-    Ok(set.is_some())
-}
-
-/// The stored answer for the key, if the first request finished (`None`: still running, or it
-/// failed without an answer and freed the key, so the caller may claim it).
-async fn stored_answer(
-    state: &AppState,
-    user_id: u64,
-    scope: &str,
-    key: &str,
-    fingerprint: &str,
-) -> Result<Option<Response>, AppError> {
-    let raw: Option<String> = state
-        .redis
-        .conn()
-        .get(state.redis.keys.idempotency(user_id, scope, key))
-        .await?;
-    match raw.and_then(|r| serde_json::from_str::<Stored>(&r).ok()) {
-        Some(s) if s.fingerprint != fingerprint => Err(AppError::InvalidRequest(
-            "this Idempotency-Key was used for a different request".into(),
-        )),
-        Some(Stored {
-            status: Some(status),
-            body: Some(body),
-            ..
-        }) => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-            let mut resp = (status, axum::Json(body)).into_response();
-            resp.headers_mut().insert(
-                "idempotent-replayed",
-                axum::http::HeaderValue::from_static("true"),
-            );
-            Ok(Some(resp))
-        }
-        _ => Ok(None),
-    }
+/// The stored answer, marked as a replay.
+fn replay(status: u16, body: &str) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    let body: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    let mut resp = (status, axum::Json(body)).into_response();
+    resp.headers_mut().insert(
+        "idempotent-replayed",
+        axum::http::HeaderValue::from_static("true"),
+    );
+    resp
 }

@@ -60,10 +60,26 @@ struct Check {
     mode: BucketMode,
 }
 
+/// What a check does when Redis cannot be asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outage {
+    /// Let the request through: the sale routes' own Redis work answers 503 then, so the
+    /// limiter is never by itself the reason a sale stops.
+    LetThrough,
+    /// Answer 503 `unavailable`: logins and sign-ups need only MySQL, so letting them through
+    /// would turn password guessing loose (and argon2 with it) for as long as Redis is down.
+    Refuse,
+}
+
 /// Runs the checks in one round trip. Refused when any bucket refuses, with the longest wait as
-/// `Retry-After`. When Redis cannot be asked the request is let through: the limiter never takes
-/// the sale down by itself (the route's own Redis work answers 503).
-async fn enforce(state: &AppState, checks: Vec<Check>) -> Result<(), AppError> {
+/// `Retry-After`; the tokens that the refused request took from buckets that let it through are
+/// given back when `refund` says so. When Redis cannot be asked, `outage` decides.
+async fn enforce(
+    state: &AppState,
+    checks: Vec<Check>,
+    outage: Outage,
+    refund: impl Fn(&Check) -> bool,
+) -> Result<(), AppError> {
     if checks.is_empty() {
         return Ok(());
     }
@@ -71,22 +87,45 @@ async fn enforce(state: &AppState, checks: Vec<Check>) -> Result<(), AppError> {
         .iter()
         .map(|c| (c.key.clone(), c.bucket, c.mode))
         .collect();
-    match state.redis.rate_limit(&calls).await {
-        Ok(waits) => match checks
-            .iter()
-            .zip(waits)
-            .filter_map(|(c, w)| w.map(|w| (c, w)))
-            .max_by_key(|(_, w)| *w)
-        {
-            Some((c, wait)) => Err(rate_limited(c.scope, wait, c.refusal)),
-            None => Ok(()),
-        },
+    let waits = match state.redis.rate_limit(&calls).await {
+        Ok(waits) => waits,
         Err(e) => {
             metrics::counter!("flashsale_rate_limit_errors_total").increment(1);
-            tracing::warn!(error = %e, "rate limiter unavailable; request let through");
-            Ok(())
+            return match outage {
+                Outage::LetThrough => {
+                    tracing::warn!(error = %e, "rate limiter unavailable; request let through");
+                    Ok(())
+                }
+                Outage::Refuse => {
+                    tracing::warn!(error = %e, "login limiter unavailable; attempt refused");
+                    Err(AppError::Unavailable(
+                        "sign-in attempts cannot be counted right now; retry shortly".into(),
+                    ))
+                }
+            };
         }
+    };
+    let Some((c, wait)) = checks
+        .iter()
+        .zip(&waits)
+        .filter_map(|(c, w)| w.map(|w| (c, w)))
+        .max_by_key(|(_, w)| *w)
+    else {
+        return Ok(());
+    };
+    let refused = rate_limited(c.scope, wait, c.refusal);
+    let refunds: Vec<_> = checks
+        .iter()
+        .zip(&waits)
+        .filter(|(c, w)| w.is_none() && c.mode == BucketMode::Take && refund(c))
+        .map(|(c, _)| (c.key.clone(), c.bucket, BucketMode::Refund))
+        .collect();
+    if !refunds.is_empty()
+        && let Err(e) = state.redis.rate_limit(&refunds).await
+    {
+        tracing::warn!(error = %e, "could not give back a refused request's tokens");
     }
+    Err(refused)
 }
 
 /// The cart and order routes (`/v1/cart*`, `/v1/orders*`): one bucket per client address and
@@ -141,14 +180,64 @@ pub async fn sale_rate_limit(
             mode: BucketMode::Take,
         });
     }
-    if let Err(refused) = enforce(&state, checks).await {
+    if let Err(refused) = enforce(&state, checks, Outage::LetThrough, |_| false).await {
         return refused.into_response();
     }
     next.run(req).await
 }
 
+/// How a client address is counted by the login limits: an IPv4 address alone; an IPv6 address
+/// by its /64 (one subscriber usually holds a whole /64, so single addresses would let one
+/// client rotate through billions of them).
+fn address_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+/// The failed-login buckets of a username: one per (username, client address), so guesses from
+/// elsewhere never lock the owner out, and one per username with a much higher rate, the ceiling
+/// on guessing spread over many addresses. Usernames are case-sensitive, like the accounts.
+fn failure_buckets(
+    state: &AppState,
+    ip: Option<IpAddr>,
+    username: &str,
+    mode: BucketMode,
+) -> Vec<Check> {
+    let cfg = &state.cfg;
+    let keys = &state.redis.keys;
+    let mut checks = Vec::with_capacity(2);
+    if let Some(ip) = ip {
+        checks.push(Check {
+            scope: "login_user_address",
+            refusal: "too many failed sign-ins for this username from this address",
+            key: keys.rate_bucket("login-fail", &format!("{}|{username}", address_key(ip))),
+            bucket: per_minute(cfg.login_failures_per_min),
+            mode,
+        });
+    }
+    checks.push(Check {
+        scope: "login_user",
+        refusal: "too many failed sign-ins for this username",
+        key: keys.rate_bucket("login-user", username),
+        bucket: per_minute(cfg.login_user_failures_per_min),
+        mode,
+    });
+    checks
+}
+
 /// Login and sign-up: before the password is looked at, the address's bucket (every attempt
-/// takes a token) and, for a login, the username's bucket of failures (looked at, not taken).
+/// takes a token) and, for a login, the username's failure buckets: the attempt takes a token
+/// of each while its password is checked (so guesses sent at once cannot all pass a bucket
+/// that holds fewer), and `refund_login` gives them back unless the password was wrong.
+/// When Redis cannot be asked the attempt is refused (503): see [`Outage::Refuse`].
 pub async fn check_login(
     state: &AppState,
     ip: Option<IpAddr>,
@@ -158,44 +247,36 @@ pub async fn check_login(
     if !cfg.rate_limits {
         return Ok(());
     }
-    let keys = &state.redis.keys;
-    let mut checks = Vec::with_capacity(2);
+    let mut checks = Vec::with_capacity(3);
     if let Some(ip) = ip {
         checks.push(Check {
             scope: "login_ip",
             refusal: "too many sign-in attempts from this address",
-            key: keys.rate_bucket("login-ip", &ip.to_string()),
+            key: state.redis.keys.rate_bucket("login-ip", &address_key(ip)),
             bucket: per_minute(cfg.login_ip_per_min),
             mode: BucketMode::Take,
         });
     }
     if let Some(name) = username {
-        checks.push(Check {
-            scope: "login_user",
-            refusal: "too many failed sign-ins for this username",
-            key: keys.rate_bucket("login-user", &name.to_ascii_lowercase()),
-            bucket: per_minute(cfg.login_failures_per_min),
-            mode: BucketMode::Peek,
-        });
+        checks.extend(failure_buckets(state, ip, name, BucketMode::Take));
     }
-    enforce(state, checks).await
+    // A refused attempt checks no password: it gives back what it took of the username's
+    // failure buckets (the address's attempt bucket counts every attempt).
+    enforce(state, checks, Outage::Refuse, |c| c.scope != "login_ip").await
 }
 
-/// A failed login costs its username one token.
-pub async fn charge_failed_login(state: &AppState, username: &str) {
+/// A login that was not a wrong password (right, or not decided: an error) gives back the
+/// tokens `check_login` took from the username's failure buckets; a wrong one keeps them spent.
+pub async fn refund_login(state: &AppState, ip: Option<IpAddr>, username: &str) {
     if !state.cfg.rate_limits {
         return;
     }
-    let check = (
-        state
-            .redis
-            .keys
-            .rate_bucket("login-user", &username.to_ascii_lowercase()),
-        per_minute(state.cfg.login_failures_per_min),
-        BucketMode::Charge,
-    );
-    if let Err(e) = state.redis.rate_limit(&[check]).await {
-        tracing::warn!(error = %e, "could not count a failed login");
+    let calls: Vec<_> = failure_buckets(state, ip, username, BucketMode::Refund)
+        .into_iter()
+        .map(|c| (c.key, c.bucket, c.mode))
+        .collect();
+    if let Err(e) = state.redis.rate_limit(&calls).await {
+        tracing::warn!(error = %e, "could not give back a login's tokens");
     }
 }
 
@@ -238,5 +319,20 @@ pub async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -
              Idempotency-Key, repeating it with the same key is safe"
         ))
         .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_buckets_count_ipv6_clients_by_their_64() {
+        let key = |s: &str| address_key(s.parse().unwrap());
+        assert_eq!(key("203.0.113.7"), "203.0.113.7");
+        assert_eq!(key("::ffff:203.0.113.7"), "203.0.113.7");
+        assert_eq!(key("2001:db8:1:2::1"), "2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:2:ffff:ffff:ffff:ffff"), "2001:db8:1:2::/64");
+        assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
     }
 }

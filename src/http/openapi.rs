@@ -26,10 +26,13 @@ pub const E500: &str = "`internal`: a bug; logged with its cause, answered witho
 pub const E429: &str = "`rate_limited`: too many requests from this customer or client \
      address; nothing was changed. Retry after the `Retry-After` seconds.";
 pub const E429_LOGIN: &str = "`rate_limited`: too many attempts from this client address, or \
-     too many failed logins for this username; nothing was changed. Retry after the \
-     `Retry-After` seconds.";
+     too many failed logins for this username from this address (or from everywhere, a much \
+     higher ceiling); nothing was changed. Retry after the `Retry-After` seconds.";
 pub const E503: &str = "`unavailable`: Redis or MySQL is unreachable; nothing was changed. \
      Retry after the `Retry-After` seconds.";
+pub const E503_LOGIN: &str = "`unavailable`: Redis or MySQL is unreachable (while Redis cannot \
+     count sign-in attempts, logins and sign-ups are refused rather than let through unlimited); \
+     nothing was changed. Retry after the `Retry-After` seconds.";
 
 const DESCRIPTION: &str = "\
 A flash-sale back end: atomic Redis reservations, MySQL as the source of truth.

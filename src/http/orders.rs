@@ -69,7 +69,10 @@ fn json_of(
                 on the same route returns the first answer (with `Idempotent-Replayed: true`) and \
                 changes nothing; a repeat sent while the first runs waits for its answer; the same \
                 key with a different request is 400 `invalid_request`. Answers are kept 24 hours; \
-                a 503 or 500 is not kept, so a retry runs again."),
+                a 503 or 500 is not kept, so a retry runs again. A request cut off (408, a \
+                client hang-up) still runs to its end: its retry gets that answer. The key is \
+                claimed only while a request works on it (a lease of `idempotency_lease`, 5 s, \
+                renewed meanwhile), so a key whose server died is free again within it."),
     ),
     responses(
         (status = 201, description = "The order, `awaiting_payment`.", body = OrderView,
@@ -111,18 +114,30 @@ async fn create_order(
     user: AuthUser,
     IdempotencyKey(key): IdempotencyKey,
 ) -> Response {
-    idempotency::once(
-        &state,
-        user.user_id,
-        "checkout",
-        key,
-        String::new(),
-        || async {
-            let order = orders::checkout(&state, user.user_id).await?;
+    idempotency::once(&state, user.user_id, "checkout", key, String::new(), {
+        let state = state.clone();
+        move |progress| async move {
+            let order = match resumed(&state, user.user_id, &progress).await? {
+                Some(order) => order,
+                None => orders::checkout(&state, user.user_id, &progress).await?,
+            };
             json_of(StatusCode::CREATED, &order)
-        },
-    )
+        }
+    })
     .await
+}
+
+/// The order an earlier request with the same key was creating when it vanished, if there is
+/// one to answer with (see `orders::resume`).
+async fn resumed(
+    state: &AppState,
+    user_id: u64,
+    progress: &idempotency::Progress,
+) -> AppResult<Option<OrderView>> {
+    match progress.resume_order {
+        Some(order_id) => orders::resume(state, user_id, order_id).await,
+        None => Ok(None),
+    }
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -152,7 +167,10 @@ pub struct BuyNowRequest {
                 on the same route returns the first answer (with `Idempotent-Replayed: true`) and \
                 changes nothing; a repeat sent while the first runs waits for its answer; the same \
                 key with a different request is 400 `invalid_request`. Answers are kept 24 hours; \
-                a 503 or 500 is not kept, so a retry runs again."),
+                a 503 or 500 is not kept, so a retry runs again. A request cut off (408, a \
+                client hang-up) still runs to its end: its retry gets that answer. The key is \
+                claimed only while a request works on it (a lease of `idempotency_lease`, 5 s, \
+                renewed meanwhile), so a key whose server died is free again within it."),
     ),
     request_body(
         content = BuyNowRequest,
@@ -192,18 +210,19 @@ async fn buy_now(
     let sku = Sku::parse(body.sku)?;
     let count = Count::parse(body.count)?;
     let fingerprint = format!("{sku}x{}", count.get());
-    Ok(idempotency::once(
-        &state,
-        user.user_id,
-        "buy-now",
-        key,
-        fingerprint,
-        || async {
-            let order = orders::buy_now(&state, user.user_id, sku, count).await?;
-            json_of(StatusCode::CREATED, &order)
-        },
+    Ok(
+        idempotency::once(&state, user.user_id, "buy-now", key, fingerprint, {
+            let state = state.clone();
+            move |progress| async move {
+                let order = match resumed(&state, user.user_id, &progress).await? {
+                    Some(order) => order,
+                    None => orders::buy_now(&state, user.user_id, sku, count, &progress).await?,
+                };
+                json_of(StatusCode::CREATED, &order)
+            }
+        })
+        .await,
     )
-    .await)
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -363,7 +382,10 @@ pub struct PayRequest {
                 on the same route returns the first answer (with `Idempotent-Replayed: true`) and \
                 changes nothing; a repeat sent while the first runs waits for its answer; the same \
                 key with a different request is 400 `invalid_request`. Answers are kept 24 hours; \
-                a 503 or 500 is not kept, so a retry runs again."),
+                a 503 or 500 is not kept, so a retry runs again. A request cut off (408, a \
+                client hang-up) still runs to its end: its retry gets that answer. The key is \
+                claimed only while a request works on it (a lease of `idempotency_lease`, 5 s, \
+                renewed meanwhile), so a key whose server died is free again within it."),
     ),
     request_body(
         content = PayRequest,
@@ -433,18 +455,16 @@ async fn pay_order(
         ));
     }
     let scope = format!("pay:{order_id}");
-    Ok(idempotency::once(
-        &state,
-        user.user_id,
-        &scope,
-        key,
-        payment_ref.clone(),
-        || async {
-            let order = orders::pay(&state, user.user_id, order_id, &payment_ref).await?;
-            json_of(StatusCode::OK, &order)
-        },
+    Ok(
+        idempotency::once(&state, user.user_id, &scope, key, payment_ref.clone(), {
+            let state = state.clone();
+            move |_progress| async move {
+                let order = orders::pay(&state, user.user_id, order_id, &payment_ref).await?;
+                json_of(StatusCode::OK, &order)
+            }
+        })
+        .await,
     )
-    .await)
 }
 
 /// Cancel an order
@@ -466,7 +486,10 @@ async fn pay_order(
                 on the same route returns the first answer (with `Idempotent-Replayed: true`) and \
                 changes nothing; a repeat sent while the first runs waits for its answer; the same \
                 key with a different request is 400 `invalid_request`. Answers are kept 24 hours; \
-                a 503 or 500 is not kept, so a retry runs again."),
+                a 503 or 500 is not kept, so a retry runs again. A request cut off (408, a \
+                client hang-up) still runs to its end: its retry gets that answer. The key is \
+                claimed only while a request works on it (a lease of `idempotency_lease`, 5 s, \
+                renewed meanwhile), so a key whose server died is free again within it."),
     ),
     responses(
         (status = 200, description = "The order, `cancelled` (also on a repeat).",
@@ -505,9 +528,12 @@ async fn cancel_order(
     Path(order_id): Path<u64>,
 ) -> Response {
     let scope = format!("cancel:{order_id}");
-    idempotency::once(&state, user.user_id, &scope, key, String::new(), || async {
-        let order = orders::cancel(&state, user.user_id, order_id).await?;
-        json_of(StatusCode::OK, &order)
-    })
-    .await
+    let work = {
+        let state = state.clone();
+        move |_progress| async move {
+            let order = orders::cancel(&state, user.user_id, order_id).await?;
+            json_of(StatusCode::OK, &order)
+        }
+    };
+    idempotency::once(&state, user.user_id, &scope, key, String::new(), work).await
 }

@@ -39,8 +39,10 @@ pub struct CreateProductRequest {
     /// The sku to use (1..=4294967295); assigned when absent or null.
     #[schema(minimum = 1, maximum = 4294967295_u64)]
     sku: Option<u64>,
-    /// 1..=200 characters once surrounding whitespace is trimmed (and stored trimmed), no
-    /// control characters. (No `maxLength`: the limit is on the trimmed name.)
+    /// 1..=200 characters once surrounding whitespace is trimmed (and stored trimmed), at least
+    /// one of them visible; no control, bidirectional-control, zero-width-space or filler
+    /// characters (docs/API.md lists them).
+    /// (No `maxLength`: the limit is on the trimmed name.)
     #[schema(min_length = 1)]
     name: String,
     /// The regular price in minor units, 0..=10^13.
@@ -179,7 +181,9 @@ async fn get_product(
 #[schema(examples(json!({"name": "Headphones Pro", "price": 22000})))]
 pub struct UpdateProductRequest {
     /// The new name: 1..=200 characters once surrounding whitespace is trimmed (and stored
-    /// trimmed), no control characters. (No `maxLength`: the limit is on the trimmed name.)
+    /// trimmed), at least one of them visible; no control, bidirectional-control,
+    /// zero-width-space or filler characters (docs/API.md lists them). (No `maxLength`: the
+    /// limit is on the trimmed name.)
     #[schema(min_length = 1)]
     name: Option<String>,
     /// The new regular price in minor units, 0..=10^13.
@@ -242,8 +246,10 @@ async fn update_product(
 #[serde(deny_unknown_fields)]
 #[schema(examples(json!({"name": "Berlin North"})))]
 pub struct CreateWarehouseRequest {
-    /// 1..=100 characters once surrounding whitespace is trimmed (and stored trimmed), no
-    /// control characters; unique. (No `maxLength`: the limit is on the trimmed name.)
+    /// 1..=100 characters once surrounding whitespace is trimmed (and stored trimmed), at least
+    /// one of them visible; no control, bidirectional-control, zero-width-space or filler
+    /// characters (docs/API.md lists them); unique. (No `maxLength`: the limit is on the
+    /// trimmed name.)
     #[schema(min_length = 1)]
     name: String,
 }
@@ -400,9 +406,10 @@ pub struct PutSaleRequest {
     /// The price charged inside the window, in minor units, 0..=10^13.
     #[schema(maximum = 10000000000000_u64)]
     sale_price: u64,
-    /// The window opens (kept to the millisecond).
+    /// The window opens (kept to the millisecond), within
+    /// 1970-01-01T00:00:00Z..=9999-12-31T23:59:59.999Z.
     starts_at: DateTime<Utc>,
-    /// The window closes: after `starts_at`.
+    /// The window closes: after `starts_at`, at the latest 9999-12-31T23:59:59.999Z.
     ends_at: DateTime<Utc>,
     /// Units one customer may buy, 1..=65535; absent or null: no limit.
     #[schema(minimum = 1, maximum = 65535)]
@@ -437,7 +444,8 @@ pub struct PutSaleRequest {
         (status = 400, description = "`invalid_json`: the body is not JSON or not sent as \
             `Content-Type: application/json`; `invalid_request`: the sku is not a number in \
             1..=4294967295, or a field is missing, unknown, out of range or malformed, or the body \
-            is not a JSON object. `ends_at` not after `starts_at` or a \
+            is not a JSON object. `ends_at` not after `starts_at`, a time before \
+            1970-01-01T00:00:00Z or after 9999-12-31T23:59:59.999Z, or a \
             `per_customer_limit` outside 1..=65535 is `invalid_request` too.",
             body = ErrorEnvelope),
         (status = 401, description = E401, body = ErrorEnvelope),

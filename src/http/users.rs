@@ -9,7 +9,7 @@ use utoipa_axum::routes;
 
 use super::extract::{AuthUser, Json};
 use super::limits::{self, ClientIp};
-use super::openapi::{E400_BODY, E413, E429_LOGIN, E500, E503, ErrorEnvelope};
+use super::openapi::{E400_BODY, E413, E429_LOGIN, E500, E503, E503_LOGIN, ErrorEnvelope};
 use crate::app::AppState;
 use crate::auth;
 use crate::domain::{Password, Role, Username};
@@ -65,7 +65,7 @@ pub struct UserCreated {
         (status = 429, description = E429_LOGIN, body = ErrorEnvelope,
             headers(("Retry-After" = u32, description = "Seconds to wait."))),
         (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
+        (status = 503, description = E503_LOGIN, body = ErrorEnvelope,
             headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
     )
 )]
@@ -127,7 +127,7 @@ pub struct Token {
         (status = 429, description = E429_LOGIN, body = ErrorEnvelope,
             headers(("Retry-After" = u32, description = "Seconds to wait."))),
         (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
+        (status = 503, description = E503_LOGIN, body = ErrorEnvelope,
             headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
     )
 )]
@@ -142,21 +142,31 @@ async fn create_token(
         limits::check_login(&state, ip, None).await?;
         return Err(bad());
     }
+    // Takes a token of the username's failure buckets; given back unless the password is wrong.
     limits::check_login(&state, ip, Some(&body.username)).await?;
-    let user = users::find_by_username(&state.db, &body.username).await?;
-    let ok = auth::verify_password(
-        body.password,
-        user.as_ref().map(|u| u.password_hash.clone()),
-    )
-    .await?;
-    let user = match user {
-        Some(u) if ok => u,
-        _ => {
+    let checked = async {
+        let user = users::find_by_username(&state.db, &body.username).await?;
+        let ok = auth::verify_password(
+            body.password,
+            user.as_ref().map(|u| u.password_hash.clone()),
+            state.cfg.argon2_memory_kib,
+        )
+        .await?;
+        Ok::<_, AppError>(user.filter(|_| ok))
+    }
+    .await;
+    let user = match checked {
+        Ok(Some(u)) => u,
+        Ok(None) => {
             metrics::counter!("flashsale_logins_total", "outcome" => "rejected").increment(1);
-            limits::charge_failed_login(&state, &body.username).await;
             return Err(bad());
         }
+        Err(e) => {
+            limits::refund_login(&state, ip, &body.username).await;
+            return Err(e);
+        }
     };
+    limits::refund_login(&state, ip, &body.username).await;
     metrics::counter!("flashsale_logins_total", "outcome" => "ok").increment(1);
     Ok(axum::Json(Token {
         access_token: state.jwt.issue(user.id, user.role())?,

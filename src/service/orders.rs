@@ -122,6 +122,64 @@ struct Want {
     from_cart: bool,
 }
 
+/// Told an order's id before the order exists: an `Idempotency-Key` binds it, so that a retry
+/// after its request vanished resumes that order (`resume`) rather than making a second one.
+pub trait BindOrder: Sync {
+    fn bind_order(&self, order_id: u64) -> impl Future<Output = AppResult<()>> + Send;
+}
+
+/// No key: nothing to bind.
+impl BindOrder for () {
+    async fn bind_order(&self, _order_id: u64) -> AppResult<()> {
+        Ok(())
+    }
+}
+
+/// The order a request with the same `Idempotency-Key` was creating when it vanished (its
+/// process died; its lease ran out). `Some`: the order was placed (awaiting payment, or decided
+/// since), the answer that request would have given. `None`: there is nothing to resume, and the
+/// caller places the order afresh: it never got as far as a record, it failed (it holds
+/// nothing), or it was still `new`, half-way through its lines; such an order is failed here,
+/// exactly one decision wins, so a holder still alive cannot activate it after this, and its
+/// lines go back to available.
+pub async fn resume(state: &AppState, user_id: u64, order_id: u64) -> AppResult<Option<OrderView>> {
+    let Some(rec) = state.redis.order_record(order_id).await? else {
+        // Finished and gone to MySQL, or never created.
+        return match mysql_orders::get_order(&state.db, order_id).await? {
+            Some((row, items)) if row.user_id == user_id && row.status != "failed" => {
+                Ok(Some(OrderView::of_row(row, items)?))
+            }
+            _ => Ok(None),
+        };
+    };
+    if rec.user_id != user_id {
+        return Ok(None);
+    }
+    if rec.status == OrderStatus::New {
+        let decision = state
+            .redis
+            .decide_order(
+                order_id,
+                OrderAction::Fail {
+                    items_json: &rec.items_json,
+                    total: rec.total,
+                },
+            )
+            .await?;
+        if let Decision::Moved(_) = decision {
+            metrics::counter!("flashsale_orders_total", "status" => "failed").increment(1);
+        }
+        settle(state, order_id).await?;
+    }
+    let Some(rec) = state.redis.order_record(order_id).await? else {
+        return Ok(None);
+    };
+    match rec.status {
+        OrderStatus::New | OrderStatus::Failed => Ok(None),
+        _ => Ok(Some(OrderView::of(&expire_if_due(state, rec).await?)?)),
+    }
+}
+
 /// How long a checkout may hold its cart's lock: past it (a crashed instance), the cart can be
 /// checked out again. Longer than any request may run.
 const CHECKOUT_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -129,7 +187,11 @@ const CHECKOUT_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
 /// Checkout of the caller's whole cart: one cart, one order. Concurrent checkouts of the same
 /// cart are refused with `cart_changed` while one runs (a lock per customer), and a cart line
 /// whose hold is gone by the time it is converted is never reserved afresh.
-pub async fn checkout(state: &AppState, user_id: u64) -> AppResult<OrderView> {
+pub async fn checkout(
+    state: &AppState,
+    user_id: u64,
+    binder: &impl BindOrder,
+) -> AppResult<OrderView> {
     let order_id = state.redis.next_order_id().await?;
     if !state
         .redis
@@ -146,7 +208,7 @@ pub async fn checkout(state: &AppState, user_id: u64) -> AppResult<OrderView> {
         token: order_id,
         held: true,
     };
-    let placed = checkout_locked(state, user_id, order_id).await;
+    let placed = checkout_locked(state, user_id, order_id, binder).await;
     lock.release().await;
     placed
 }
@@ -185,7 +247,12 @@ async fn unlock(state: &AppState, user_id: u64, token: u64) {
     }
 }
 
-async fn checkout_locked(state: &AppState, user_id: u64, order_id: u64) -> AppResult<OrderView> {
+async fn checkout_locked(
+    state: &AppState,
+    user_id: u64,
+    order_id: u64,
+    binder: &impl BindOrder,
+) -> AppResult<OrderView> {
     let now = Utc::now().timestamp_millis();
     let wants: Vec<Want> = cart::live_lines(state, user_id)
         .await?
@@ -201,7 +268,7 @@ async fn checkout_locked(state: &AppState, user_id: u64, order_id: u64) -> AppRe
     if wants.is_empty() {
         return Err(AppError::CartEmpty("the cart is empty".into()));
     }
-    place(state, user_id, order_id, wants).await
+    place(state, user_id, order_id, wants, binder).await
 }
 
 /// An order of one sku, without touching the cart.
@@ -210,6 +277,7 @@ pub async fn buy_now(
     user_id: u64,
     sku: Sku,
     count: Count,
+    binder: &impl BindOrder,
 ) -> AppResult<OrderView> {
     let mut meta = state.redis.metas(&[sku]).await?.pop().flatten();
     if meta.is_none() {
@@ -227,7 +295,7 @@ pub async fn buy_now(
         from_cart: false,
     };
     let order_id = state.redis.next_order_id().await?;
-    place(state, user_id, order_id, vec![want]).await
+    place(state, user_id, order_id, vec![want], binder).await
 }
 
 /// Reserves each line (one sku slot at a time) under the pre-allocated order id, then records
@@ -240,7 +308,9 @@ async fn place(
     user_id: u64,
     order_id: u64,
     wants: Vec<Want>,
+    binder: &impl BindOrder,
 ) -> AppResult<OrderView> {
+    binder.bind_order(order_id).await?;
     let requested: Vec<OrderItem> = wants
         .iter()
         .map(|w| OrderItem {

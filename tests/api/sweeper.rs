@@ -70,7 +70,7 @@ async fn one_sweep_drains_every_due_order_and_hold_of_a_sku() {
         .map(|user| {
             let state = app.state.clone();
             async move {
-                let o = orders::buy_now(&state, user, sku, Count::parse(1).unwrap())
+                let o = orders::buy_now(&state, user, sku, Count::parse(1).unwrap(), &())
                     .await
                     .expect("buy-now");
                 (o.order_id, o.expires_at.timestamp_millis())
@@ -300,7 +300,7 @@ async fn two_sweepers_at_once_give_back_each_unit_once() {
         .map(|user| {
             let state = app.state.clone();
             async move {
-                let o = orders::buy_now(&state, user, sku, Count::parse(1).unwrap())
+                let o = orders::buy_now(&state, user, sku, Count::parse(1).unwrap(), &())
                     .await
                     .expect("buy-now");
                 (o.order_id, o.expires_at.timestamp_millis())

@@ -69,9 +69,10 @@ impl Keys {
         format!("{}:{{user:{user_id}}}:orders", self.prefix)
     }
 
-    /// The stored answer to a request made with an `Idempotency-Key`.
+    /// The record of a request made with an `Idempotency-Key`: its lease while it runs, then
+    /// its answer (a hash; `idem:` held the earlier string records).
     pub fn idempotency(&self, user_id: u64, scope: &str, key: &str) -> String {
-        format!("{}:{{user:{user_id}}}:idem:{scope}:{key}", self.prefix)
+        format!("{}:{{user:{user_id}}}:idemp:{scope}:{key}", self.prefix)
     }
 
     /// A rate-limit token bucket: `scope` names the limit (`customer`, `ip`, `login-ip`,

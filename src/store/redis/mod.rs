@@ -1,6 +1,7 @@
 //! Redis access: one shared multiplexed connection for every request (concurrent requests are
 //! pipelined onto it), the Lua scripts, and typed outcomes of each script.
 
+pub mod idempotency;
 pub mod keys;
 pub mod outbox;
 pub mod scripts;
@@ -1066,6 +1067,8 @@ pub enum BucketMode {
     Peek,
     /// Take one if any is left (a failed login), never below zero.
     Charge,
+    /// Give one back, never above the burst (a login taken for a failure turned out right).
+    Refund,
 }
 
 impl BucketMode {
@@ -1074,6 +1077,7 @@ impl BucketMode {
             BucketMode::Take => "take",
             BucketMode::Peek => "peek",
             BucketMode::Charge => "charge",
+            BucketMode::Refund => "refund",
         }
     }
 }

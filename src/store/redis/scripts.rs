@@ -38,6 +38,8 @@ pub struct Scripts {
     pub unlock: Script,
     pub note_due: Script,
     pub settle_due: Script,
+    pub claim_idempotency: Script,
+    pub settle_idempotency: Script,
 }
 
 impl Scripts {
@@ -61,10 +63,12 @@ impl Scripts {
             unlock: with_lib(include_str!("../../../lua/unlock.lua")),
             note_due: with_lib(include_str!("../../../lua/note_due.lua")),
             settle_due: with_lib(include_str!("../../../lua/settle_due.lua")),
+            claim_idempotency: with_lib(include_str!("../../../lua/claim_idempotency.lua")),
+            settle_idempotency: with_lib(include_str!("../../../lua/settle_idempotency.lua")),
         }
     }
 
-    pub fn all(&self) -> [(&'static str, &Script); 18] {
+    pub fn all(&self) -> [(&'static str, &Script); 20] {
         [
             ("reserve", &self.reserve),
             ("convert_hold", &self.convert_hold),
@@ -84,6 +88,8 @@ impl Scripts {
             ("unlock", &self.unlock),
             ("note_due", &self.note_due),
             ("settle_due", &self.settle_due),
+            ("claim_idempotency", &self.claim_idempotency),
+            ("settle_idempotency", &self.settle_idempotency),
         ]
     }
 }
