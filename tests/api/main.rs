@@ -11,6 +11,7 @@ mod concurrency;
 mod cors;
 mod limits;
 mod live;
+mod lookups;
 mod metrics;
 mod openapi;
 mod ops;
