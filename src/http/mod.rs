@@ -64,7 +64,7 @@ pub fn router(state: AppState) -> Router {
     openapi::publish(&doc);
     let routes = requests
         .merge(streams)
-        .merge(web::router())
+        .merge(web::router(&state.cfg))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
