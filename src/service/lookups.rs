@@ -131,9 +131,11 @@ impl Lookups {
     /// Waits until no other request loads `sku` (single flight).
     pub async fn turn(&self, sku: u32) -> AppResult<LoadTurn<'_>> {
         let m = lock(&self.loading).entry(sku).or_default().clone();
-        let guard = tokio::time::timeout(self.wait, m.lock_owned())
-            .await
-            .map_err(|_| busy(sku))?;
+        let Ok(guard) = tokio::time::timeout(self.wait, m.lock_owned()).await else {
+            // Gave up: drop the entries nobody holds or waits for any more.
+            lock(&self.loading).retain(|_, m| Arc::strong_count(m) > 1);
+            return Err(busy(sku));
+        };
         Ok(LoadTurn {
             lookups: self,
             sku,
