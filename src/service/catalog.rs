@@ -111,12 +111,34 @@ pub async fn sku_load(conn: &mut MySqlConnection, sku: Sku) -> AppResult<SkuLoad
 }
 
 /// Loads a sku into Redis from MySQL where Redis lacks it. `false`: no such product.
+///
+/// One pooled connection at most, released before Redis is written; a sku MySQL did not know
+/// lately answers `false` without asking it again (`state.lookups`); concurrent loads of one
+/// sku are done once (the others wait, then find it loaded), and loads take at most half of the
+/// pool (503 `unavailable` after `mysql_timeout` of waiting).
 pub async fn ensure_loaded(state: &AppState, sku: Sku) -> AppResult<bool> {
-    let mut conn = state.db.acquire().await?;
-    let Some(row) = db::get_product(&state.db, sku).await? else {
+    let lookups = &state.lookups;
+    if lookups.is_unknown(sku.get()) {
         return Ok(false);
+    }
+    let _turn = lookups.turn(sku.get()).await?;
+    // Done by the request we waited for?
+    if lookups.is_unknown(sku.get()) {
+        return Ok(false);
+    }
+    if state.redis.stock(sku).await?.is_some() {
+        return Ok(true);
+    }
+    let (row, load) = {
+        let _slot = lookups.slot(sku.get()).await?;
+        let epoch = lookups.epoch();
+        let mut conn = state.db.acquire().await?;
+        let Some(row) = db::get_product(&mut *conn, sku).await? else {
+            lookups.mark_unknown(sku.get(), epoch);
+            return Ok(false);
+        };
+        (row, sku_load(&mut conn, sku).await?)
     };
-    let load = sku_load(&mut conn, sku).await?;
     state.redis.load_sku(sku, &meta_of(&row), &load).await?;
     Ok(true)
 }
@@ -143,14 +165,17 @@ pub async fn create_product(
     price: Price,
 ) -> AppResult<ProductView> {
     let sku = db::insert_product(&state.db, sku, name, price).await?;
+    state.lookups.forget_unknown(sku.get());
     get_product(state, sku).await
 }
 
+/// The counters first: they answer an unknown sku (404) without MySQL when it is known to be
+/// unknown, and load a known one once however many ask at the same moment.
 pub async fn get_product(state: &AppState, sku: Sku) -> AppResult<ProductView> {
+    let c = counters(state, sku).await?;
     let row = db::get_product(&state.db, sku)
         .await?
         .ok_or_else(|| no_product(sku))?;
-    let c = counters(state, sku).await?;
     Ok(view(&row, c.available))
 }
 

@@ -3,6 +3,7 @@
 
 pub mod cart;
 pub mod catalog;
+pub mod lookups;
 pub mod orders;
 
 use chrono::{DateTime, Utc};

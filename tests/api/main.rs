@@ -15,6 +15,7 @@ mod limits;
 mod live;
 mod loading;
 mod login;
+mod lookups;
 mod metrics;
 mod openapi;
 mod ops;

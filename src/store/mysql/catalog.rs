@@ -108,12 +108,15 @@ fn auto_increment_exhausted(e: &sqlx::Error) -> bool {
         || matches!(number, Some(167 | 1467))
 }
 
-#[tracing::instrument(skip(pool))]
-pub async fn get_product(pool: &MySqlPool, sku: Sku) -> AppResult<Option<ProductRow>> {
+#[tracing::instrument(skip(db))]
+pub async fn get_product<'e, E>(db: E, sku: Sku) -> AppResult<Option<ProductRow>>
+where
+    E: sqlx::Executor<'e, Database = sqlx::MySql>,
+{
     Ok(
         sqlx::query_as::<_, ProductRow>(select_product!("WHERE p.sku = ?"))
             .bind(sku.get())
-            .fetch_optional(pool)
+            .fetch_optional(db)
             .await?,
     )
 }
