@@ -187,6 +187,16 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_ORDER_CACHE_TTL", default_value = "1h", value_parser = parse_duration, global = true)]
     pub order_cache_ttl: Duration,
 
+    /// Entries the public order-events stream keeps (about; whole stream nodes are trimmed):
+    /// its memory bound. A consumer further behind than this misses the oldest events.
+    #[arg(
+        long,
+        env = "FLASHSALE_EVENTS_MAX_LEN",
+        default_value_t = 100_000,
+        global = true
+    )]
+    pub events_max_len: u64,
+
     /// Deliver order events to this URL (POST, JSON, HMAC-SHA256 signed). Off when unset.
     #[arg(long, env = "FLASHSALE_WEBHOOK_URL", global = true)]
     pub webhook_url: Option<String>,
@@ -480,6 +490,9 @@ impl Config {
         }
         if self.idempotency_lease < Duration::from_millis(100) {
             return Err("FLASHSALE_IDEMPOTENCY_LEASE must be at least 100ms".into());
+        }
+        if self.events_max_len == 0 {
+            return Err("FLASHSALE_EVENTS_MAX_LEN must be at least 1".into());
         }
         if self.worker_batch == 0 {
             return Err("the worker batch must be at least 1".into());

@@ -345,7 +345,7 @@ impl Writer {
                 .arg(redis.keys.order_events())
                 .arg("MAXLEN")
                 .arg("~")
-                .arg(1_000_000)
+                .arg(self.state.cfg.events_max_len)
                 .arg("*")
                 .arg("event")
                 .arg(payload)
