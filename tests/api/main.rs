@@ -16,6 +16,7 @@ mod openapi;
 mod ops;
 mod orders;
 mod process;
+mod recovery;
 mod simulate;
 mod web;
 mod webhooks;
