@@ -173,8 +173,8 @@ async fn bootstrap(state: &AppState) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "could not load the Lua scripts now; they load on first use");
     }
     ensure_admin(state).await?;
-    let floor = mysql::catalog::max_order_id(&state.db).await?;
-    if let Err(e) = state.redis.raise_order_seq(floor).await {
+    // Requests check the counter again (a missing one is raised before any id is handed out).
+    if let Err(e) = crate::service::order_ids::raise(state, false).await {
         tracing::warn!(error = %e, "could not check the order id sequence against MySQL");
     }
     Ok(())

@@ -194,10 +194,7 @@ pub struct RebuildReport {
 /// Run it before the service takes traffic again.
 pub async fn rebuild_cache(state: &AppState) -> AppResult<RebuildReport> {
     let mut report = RebuildReport::default();
-    state
-        .redis
-        .raise_order_seq(catalog_db::max_order_id(&state.db).await?)
-        .await?;
+    crate::service::order_ids::raise(state, false).await?;
     Writer::new(state.clone()).ensure_groups().await?;
 
     let mut after = 0;

@@ -3,6 +3,7 @@
 
 pub mod cart;
 pub mod catalog;
+pub mod order_ids;
 pub mod orders;
 
 use chrono::{DateTime, Utc};

@@ -168,7 +168,7 @@ pub async fn buy_now(
 /// Creates the order, reserves each line (one sku slot at a time), then activates it; if a line
 /// cannot be had, the lines taken are released and the order is recorded as `failed`.
 async fn place(state: &AppState, user_id: u64, wants: Vec<Want>) -> AppResult<OrderView> {
-    let order_id = state.redis.next_order_id().await?;
+    let order_id = super::order_ids::next(state).await?;
     let requested: Vec<OrderItem> = wants
         .iter()
         .map(|w| OrderItem {

@@ -34,6 +34,9 @@ pub struct Scripts {
     pub mark_written: Script,
     pub restore_order: Script,
     pub rate_limit: Script,
+    pub next_order_id: Script,
+    pub set_aside: Script,
+    pub replay_set_aside: Script,
 }
 
 impl Scripts {
@@ -53,10 +56,13 @@ impl Scripts {
             mark_written: with_lib(include_str!("../../../lua/mark_written.lua")),
             restore_order: with_lib(include_str!("../../../lua/restore_order.lua")),
             rate_limit: with_lib(include_str!("../../../lua/rate_limit.lua")),
+            next_order_id: with_lib(include_str!("../../../lua/next_order_id.lua")),
+            set_aside: with_lib(include_str!("../../../lua/set_aside.lua")),
+            replay_set_aside: with_lib(include_str!("../../../lua/replay_set_aside.lua")),
         }
     }
 
-    pub fn all(&self) -> [(&'static str, &Script); 14] {
+    pub fn all(&self) -> [(&'static str, &Script); 17] {
         [
             ("reserve", &self.reserve),
             ("convert_hold", &self.convert_hold),
@@ -72,6 +78,9 @@ impl Scripts {
             ("mark_written", &self.mark_written),
             ("restore_order", &self.restore_order),
             ("rate_limit", &self.rate_limit),
+            ("next_order_id", &self.next_order_id),
+            ("set_aside", &self.set_aside),
+            ("replay_set_aside", &self.replay_set_aside),
         ]
     }
 }
