@@ -576,3 +576,51 @@ async fn a_write_back_never_merges_an_order_into_another_customers_row() {
     let b = app.assert_identity(sku).await;
     assert_eq!((b.on_hand, b.available, b.sold), (100, 95, 5));
 }
+
+/// An event MySQL refuses on its own data (a payment reference too long for its column) is
+/// retried alone and never set aside, while the events behind it are written.
+#[tokio::test]
+async fn an_event_failing_on_its_data_does_not_hold_the_others_back() {
+    let app = spawn_app().await;
+    let sku = app.sale_product(10, None).await;
+    let outbox = app.state.redis.keys.outbox(5);
+    let now = chrono::Utc::now().timestamp_millis();
+    let _: String = redis::cmd("XADD")
+        .arg(&outbox)
+        .arg("*")
+        .arg(&[
+            ("type", "paid"),
+            ("order_id", "900000005"),
+            ("user", "77"),
+            ("status", "paid"),
+            ("items", "[]"),
+            ("total", "0"),
+            ("created_at", &now.to_string()),
+            ("expires_at", &now.to_string()),
+            ("paid_at", &now.to_string()),
+            ("payment_ref", &"x".repeat(300)),
+        ])
+        .query_async(&mut app.state.redis.conn())
+        .await
+        .unwrap();
+    let first = buy_and_pay(&app, 1224, sku, 1).await;
+    let writer = Writer::new(app.state.clone());
+    let s = writer.run_once(&app.state.db, Fault::None).await.unwrap();
+    assert_eq!((s.events, s.set_aside, s.failing), (2, 0, 1), "{s:?}");
+    assert_eq!(status_in_mysql(&app, first).await.as_deref(), Some("paid"));
+
+    // Later orders go through while the failing one waits for its next attempt.
+    let second = buy_and_pay(&app, 1225, sku, 1).await;
+    let s = writer.run_once(&app.state.db, Fault::None).await.unwrap();
+    assert_eq!((s.events, s.set_aside), (2, 0), "{s:?}");
+    assert_eq!(status_in_mysql(&app, second).await.as_deref(), Some("paid"));
+    // It is still there, retried (another writer tries it at once), never set aside.
+    let s = Writer::new(app.state.clone())
+        .run_once(&app.state.db, Fault::None)
+        .await
+        .unwrap();
+    assert_eq!((s.events, s.set_aside, s.failing), (0, 0, 1), "{s:?}");
+    assert_eq!(outbox_len(&app).await, 1);
+    assert_eq!(app.state.redis.set_aside_count().await.unwrap(), 0);
+    assert_eq!(app.assert_identity(sku).await.on_hand, 8);
+}
