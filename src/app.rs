@@ -197,8 +197,8 @@ async fn bootstrap(state: &AppState) -> anyhow::Result<()> {
     ensure_admin(state).await?;
     // Unknown usernames are checked against it: made now, so no login pays for it.
     auth::dummy_hash(state.cfg.argon2_memory_kib).await?;
-    let floor = mysql::catalog::max_order_id(&state.db).await?;
-    if let Err(e) = state.redis.raise_order_seq(floor).await {
+    // Requests check the counter again (a missing one is raised before any id is handed out).
+    if let Err(e) = crate::service::order_ids::raise(state, false).await {
         tracing::warn!(error = %e, "could not check the order id sequence against MySQL");
     }
     Ok(())

@@ -31,6 +31,12 @@ pub enum Command {
     Reconcile,
     /// Rebuild Redis from MySQL after Redis lost its data (before the service takes traffic).
     RebuildCache,
+    /// Outbox events set aside because they can never be written (unparseable, or an order id
+    /// MySQL holds for another order): list, show, replay exactly once.
+    OutboxDead {
+        #[command(subcommand)]
+        action: OutboxDeadAction,
+    },
     /// A 12.12 sale from the buyers' side, with a report (against --url, or a service of its own).
     Simulate(crate::simulate::SimulateArgs),
     /// Print customer access tokens signed with FLASHSALE_JWT_SECRET, one a line (load tests).
@@ -41,6 +47,26 @@ pub enum Command {
         /// The first customer id; the others follow.
         #[arg(long, default_value_t = 1_000_000)]
         first_user_id: u64,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum OutboxDeadAction {
+    /// One line per set-aside event: id, when, reason, type, order, error.
+    List {
+        /// At most this many per partition.
+        #[arg(long, default_value_t = 1_000)]
+        limit: usize,
+    },
+    /// One set-aside event in full (JSON), with the event's own fields.
+    Show {
+        /// The id `list` shows (`<partition>-<ms>-<seq>`).
+        id: String,
+    },
+    /// Put a set-aside event back into its outbox, once; a running writer then writes it.
+    Replay {
+        /// The id `list` shows.
+        id: String,
     },
 }
 

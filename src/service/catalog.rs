@@ -301,13 +301,7 @@ pub async fn adjust_stock(
         return Err(AppError::NotFound(format!("no warehouse {warehouse_id}")));
     }
     let load = sku_load(&mut tx, sku).await?;
-    let on_hand = load
-        .stock
-        .iter()
-        .find(|(w, _)| *w == warehouse_id)
-        .map_or(0, |(_, n)| *n);
     let d = delta.get();
-    let new_on_hand = i128::from(on_hand) + i128::from(d);
     state.redis.load_sku(sku, &meta_of(&row), &load).await?;
     let here = match state.redis.adjust_stock(sku, warehouse_id, d).await? {
         AdjustOutcome::Adjusted { here, .. } => here,
@@ -331,15 +325,18 @@ pub async fn adjust_stock(
         }
         e
     };
-    if new_on_hand < 0 {
-        return Err(undo(AppError::internal(format!(
-            "sku {sku}: Redis had more available than MySQL on hand; run reconcile"
-        )))
-        .await);
-    }
-    if let Err(e) = db::set_on_hand(&mut tx, sku, warehouse_id, new_on_hand as u64).await {
-        return Err(undo(e).await);
-    }
+    // Relative to the row as it is when this statement runs (the write-back may have lowered
+    // it since `load` was read): no concurrent change is lost.
+    let on_hand = match db::add_on_hand(&mut tx, sku, warehouse_id, d).await {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            return Err(undo(AppError::internal(format!(
+                "sku {sku}: Redis had more available than MySQL on hand; run reconcile"
+            )))
+            .await);
+        }
+        Err(e) => return Err(undo(e).await),
+    };
     if let Err(e) = tx.commit().await {
         return Err(undo(e.into()).await);
     }
@@ -347,7 +344,7 @@ pub async fn adjust_stock(
     Ok(StockAdjusted {
         sku: sku.get(),
         warehouse_id,
-        on_hand: new_on_hand as u64,
+        on_hand,
         available: here,
     })
 }

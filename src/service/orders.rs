@@ -192,7 +192,7 @@ pub async fn checkout(
     user_id: u64,
     binder: &impl BindOrder,
 ) -> AppResult<OrderView> {
-    let order_id = state.redis.next_order_id().await?;
+    let order_id = super::order_ids::next(state).await?;
     if !state
         .redis
         .lock_checkout(user_id, order_id, CHECKOUT_LEASE)
@@ -294,7 +294,7 @@ pub async fn buy_now(
         name: meta.name,
         from_cart: false,
     };
-    let order_id = state.redis.next_order_id().await?;
+    let order_id = super::order_ids::next(state).await?;
     place(state, user_id, order_id, vec![want], binder).await
 }
 

@@ -22,6 +22,7 @@ mod ops;
 mod orders;
 mod process;
 mod prometheus;
+mod recovery;
 mod redis_policy;
 mod simulate;
 mod sweeper;

@@ -795,22 +795,37 @@ impl Redis {
 
     // ---- orders ------------------------------------------------------------------------
 
-    /// A new order id, unique even after Redis lost its data (see `raise_order_seq`).
-    pub async fn next_order_id(&self) -> AppResult<u64> {
-        Ok(self.conn().incr(self.keys.order_seq(), 1u64).await?)
+    /// The next order id, or `None` when the id counter is missing: Redis lost its data since
+    /// the counter was raised, and the caller must raise it from MySQL (`raise_order_seq`)
+    /// before any id is handed out (src/service/order_ids.rs).
+    pub async fn next_order_id(&self) -> AppResult<Option<u64>> {
+        let r = self
+            .eval(
+                "next_order_id",
+                &self.scripts.next_order_id,
+                &[&self.keys.order_seq()],
+                &[],
+            )
+            .await?;
+        Ok(match r.tag() {
+            "ok" => Some(r.int(1)? as u64),
+            "lost" => None,
+            other => return Err(r.unexpected(other)),
+        })
     }
 
-    /// Raises the order id sequence to at least `floor` (the largest id MySQL knows).
-    pub async fn raise_order_seq(&self, floor: u64) -> AppResult<u64> {
+    /// Raises the order id counter to at least `floor` (the largest id MySQL knows); a missing
+    /// counter is set to `floor + margin`. Returns (the counter, whether it was missing).
+    pub async fn raise_order_seq(&self, floor: u64, margin: u64) -> AppResult<(u64, bool)> {
         let r = self
             .eval(
                 "raise_seq",
                 &self.scripts.raise_seq,
                 &[&self.keys.order_seq()],
-                &[&floor.to_string()],
+                &[&floor.to_string(), &margin.to_string()],
             )
             .await?;
-        Ok(r.int(0)? as u64)
+        Ok((r.int(0)? as u64, r.int(1)? == 1))
     }
 
     /// Redis's clock (unix ms): the one every deadline is measured by.
