@@ -248,3 +248,61 @@ async fn every_redis_key_a_sale_leaves_has_a_bound() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_customer_order_index_keeps_the_newest_and_the_listing_still_shows_every_order() {
+    const ORDERS: usize = 130;
+    let app = spawn_app_with(|_| {}).await;
+    let sku = app.sale_product(ORDERS as i64, None).await;
+    let t = app.customer_token(40_000);
+    let mut ids = Vec::new();
+    for _ in 0..ORDERS {
+        let r = app
+            .post(
+                "/v1/orders/buy-now",
+                Some(&t),
+                json!({"sku": sku, "count": 1}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        ids.push(r.body["order_id"].as_u64().unwrap());
+    }
+    let mut conn = app.state.redis.conn();
+    let index = app.state.redis.keys.user_orders(40_000);
+    let kept: u64 = redis::cmd("ZCARD")
+        .arg(&index)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        kept,
+        flashsale::store::redis::USER_ORDER_INDEX_MAX as u64,
+        "the index is capped"
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&index)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 0, "the index expires");
+    // Open orders trimmed from the index are still listed (from MySQL), page by page.
+    while app.write_back().await.events > 0 {}
+    let mut listed = Vec::new();
+    let mut before = String::new();
+    loop {
+        let r = app
+            .get(&format!("/v1/orders?limit=50{before}"), Some(&t))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        for o in r.body["items"].as_array().unwrap() {
+            listed.push(o["order_id"].as_u64().unwrap());
+        }
+        match r.body["next_before_id"].as_u64() {
+            Some(next) => before = format!("&before_id={next}"),
+            None => break,
+        }
+    }
+    ids.sort_unstable();
+    ids.reverse();
+    assert_eq!(listed, ids, "every order listed once, newest first");
+}
