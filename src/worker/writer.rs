@@ -532,6 +532,9 @@ impl Writer {
         for (_, _, ev) in events {
             if !ev.status.is_open() {
                 pipe.expire(redis.keys.order(ev.order_id), ttl).ignore();
+                // MySQL has its final status now: the customer's index lets go of it.
+                pipe.zrem(redis.keys.user_orders(ev.user_id), ev.order_id)
+                    .ignore();
             }
             let payload = serde_json::to_string(&PublicEvent::of(ev))
                 .map_err(|e| Failure::Event(AppError::internal(format!("event json: {e}"))))?;

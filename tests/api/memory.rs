@@ -25,6 +25,8 @@ enum Bound {
     PerDeployment,
     /// An order record: expires once the order is finished; an open one lives until decided.
     OrderRecord,
+    /// A customer's order index: only orders not yet finished and written back.
+    OpenOrders,
 }
 
 /// The family of a key (the prefix stripped), and its bound under `app`'s settings.
@@ -55,7 +57,7 @@ fn family(key: &str, app_events_cap: u64) -> Option<(&'static str, Bound)> {
     } else if tag.starts_with("{user") {
         match rest.first().copied() {
             Some("cart") => ("cart index", Bound::Ttl(Duration::from_secs(600))),
-            Some("orders") => ("order index", Bound::Ttl(Duration::from_secs(600 + 3600))),
+            Some("orders") => ("order index", Bound::OpenOrders),
             Some("idemp") => ("idempotency record", Bound::Ttl(day)),
             Some("checkout") => ("checkout lock", Bound::Ttl(Duration::from_secs(30))),
             _ => return None,
@@ -220,6 +222,27 @@ async fn every_redis_key_a_sale_leaves_has_a_bound() {
                     "{short}: a finished order record ({status:?}) without a TTL"
                 );
             }
+            Bound::OpenOrders => {
+                let ids: Vec<u64> = redis::cmd("ZRANGE")
+                    .arg(key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                for id in ids {
+                    let status: Option<String> = redis::cmd("HGET")
+                        .arg(app.state.redis.keys.order(id))
+                        .arg("status")
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap();
+                    assert!(
+                        matches!(status.as_deref(), Some("new" | "awaiting_payment")),
+                        "{short}: order {id} ({status:?}) is written back and finished, yet indexed"
+                    );
+                }
+            }
             Bound::PerSku | Bound::PerDeployment => {}
         }
         let used: Option<u64> = redis::cmd("MEMORY")
@@ -250,13 +273,13 @@ async fn every_redis_key_a_sale_leaves_has_a_bound() {
 }
 
 #[tokio::test]
-async fn a_customer_order_index_keeps_the_newest_and_the_listing_still_shows_every_order() {
+async fn a_customer_order_index_lets_go_of_written_orders_and_the_listing_still_shows_all() {
     const ORDERS: usize = 130;
     let app = spawn_app_with(|_| {}).await;
     let sku = app.sale_product(ORDERS as i64, None).await;
     let t = app.customer_token(40_000);
     let mut ids = Vec::new();
-    for _ in 0..ORDERS {
+    for i in 0..ORDERS {
         let r = app
             .post(
                 "/v1/orders/buy-now",
@@ -265,33 +288,59 @@ async fn a_customer_order_index_keeps_the_newest_and_the_listing_still_shows_eve
             )
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-        ids.push(r.body["order_id"].as_u64().unwrap());
+        let id = r.body["order_id"].as_u64().unwrap();
+        // Most are paid; every tenth stays open.
+        if i % 10 != 0 {
+            let r = app
+                .post_empty(&format!("/v1/orders/{id}/pay"), Some(&t))
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        }
+        ids.push(id);
     }
-    let mut conn = app.state.redis.conn();
     let index = app.state.redis.keys.user_orders(40_000);
-    let kept: u64 = redis::cmd("ZCARD")
-        .arg(&index)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let card = || async {
+        let n: u64 = redis::cmd("ZCARD")
+            .arg(&index)
+            .query_async(&mut app.state.redis.conn())
+            .await
+            .unwrap();
+        n
+    };
     assert_eq!(
-        kept,
-        flashsale::store::redis::USER_ORDER_INDEX_MAX as u64,
-        "the index is capped"
+        card().await,
+        ORDERS as u64,
+        "before the write-back every order is indexed"
     );
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg(&index)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(ttl > 0, "the index expires");
-    // Open orders trimmed from the index are still listed (from MySQL), page by page.
+    let listed = list_all(&app, &t).await;
+    let mut newest_first = ids.clone();
+    newest_first.sort_unstable();
+    newest_first.reverse();
+    assert_eq!(
+        listed, newest_first,
+        "listed from Redis before the write-back"
+    );
+
     while app.write_back().await.events > 0 {}
+    // Only the open ones stay: the index is bounded by what is not finished yet.
+    assert_eq!(
+        card().await,
+        13,
+        "the paid orders left the index once written"
+    );
+    assert_eq!(
+        list_all(&app, &t).await,
+        newest_first,
+        "every order listed once, newest first, after the write-back"
+    );
+}
+
+async fn list_all(app: &TestApp, token: &str) -> Vec<u64> {
     let mut listed = Vec::new();
     let mut before = String::new();
     loop {
         let r = app
-            .get(&format!("/v1/orders?limit=50{before}"), Some(&t))
+            .get(&format!("/v1/orders?limit=50{before}"), Some(token))
             .await;
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
         for o in r.body["items"].as_array().unwrap() {
@@ -302,7 +351,5 @@ async fn a_customer_order_index_keeps_the_newest_and_the_listing_still_shows_eve
             None => break,
         }
     }
-    ids.sort_unstable();
-    ids.reverse();
-    assert_eq!(listed, ids, "every order listed once, newest first");
+    listed
 }

@@ -36,12 +36,7 @@ pub struct Redis {
     eviction: Arc<EvictionGuard>,
     /// Deadlines noted since the last flush, earliest per sku (see [`Redis::note_due`]).
     due_notes: Arc<Mutex<HashMap<Sku, i64>>>,
-    /// How long a finished order's record stays (`order_cache_ttl`), in ms.
-    order_cache_ttl_ms: i64,
 }
-
-/// Orders a customer's Redis index keeps (the newest); older ones are listed from MySQL.
-pub const USER_ORDER_INDEX_MAX: isize = 100;
 
 /// The only `maxmemory-policy` under which Redis never drops a key by itself. Any other policy
 /// may evict stock counters, ledgers or order records: oversell and lost orders.
@@ -108,7 +103,6 @@ impl Redis {
                 policy: std::sync::Mutex::new(String::new()),
             }),
             due_notes: Arc::default(),
-            order_cache_ttl_ms: cfg.order_cache_ttl.as_millis().min(i64::MAX as u128) as i64,
         })
     }
 
@@ -864,18 +858,11 @@ impl Redis {
             "late" => return Ok(Created::Late),
             other => return Err(r.unexpected(other)),
         }
-        // The customer's index of recent orders, bounded: the newest USER_ORDER_INDEX_MAX, for
-        // as long as an order can be open or cached; listings take older ones from MySQL.
-        let index = self.keys.user_orders(user_id);
-        let keep_ms = (expires_at_ms - created_at_ms).max(0) + self.order_cache_ttl_ms;
-        let _: () = redis::pipe()
-            .zadd(&index, order_id, order_id as f64)
-            .ignore()
-            .zremrangebyrank(&index, 0, -(USER_ORDER_INDEX_MAX + 1))
-            .ignore()
-            .pexpire(&index, keep_ms)
-            .ignore()
-            .query_async(&mut self.conn())
+        // The customer's index: orders not yet finished and written back (the write-back takes
+        // each out once MySQL has its final status; listings read MySQL for the rest).
+        let _: () = self
+            .conn()
+            .zadd(self.keys.user_orders(user_id), order_id, order_id as f64)
             .await?;
         Ok(Created::Recorded)
     }
