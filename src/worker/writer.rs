@@ -528,6 +528,9 @@ impl Writer {
         redis.mark_written_many(&paid_lines).await?;
         let now_ms = chrono::Utc::now().timestamp_millis();
         let ttl = self.state.cfg.order_cache_ttl.as_secs().max(1) as i64;
+        // The public stream is capped by length only while no consumer group reads it; a group
+        // (the webhook sender's) is never trimmed past an entry it has not had (below).
+        let readers = redis.order_events_needed_from().await?;
         let mut pipe = redis::pipe();
         for (_, _, ev) in events {
             if !ev.status.is_open() {
@@ -538,19 +541,26 @@ impl Writer {
             }
             let payload = serde_json::to_string(&PublicEvent::of(ev))
                 .map_err(|e| Failure::Event(AppError::internal(format!("event json: {e}"))))?;
-            pipe.cmd("XADD")
-                .arg(redis.keys.order_events())
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.state.cfg.events_max_len)
-                .arg("*")
-                .arg("event")
-                .arg(payload)
-                .ignore();
+            let xadd = pipe.cmd("XADD").arg(redis.keys.order_events());
+            if readers.is_none() {
+                xadd.arg("MAXLEN")
+                    .arg("~")
+                    .arg(self.state.cfg.events_max_len);
+            }
+            xadd.arg("*").arg("event").arg(payload).ignore();
             metrics::counter!("flashsale_outbox_events_written_total", "type" => ev.kind.as_str())
                 .increment(1);
             metrics::histogram!("flashsale_outbox_lag_seconds")
                 .record((now_ms - ev.at_ms).max(0) as f64 / 1000.0);
+        }
+        if let Some(Some(from)) = &readers {
+            // Delivered entries leave; what a group still needs stays, however many.
+            pipe.cmd("XTRIM")
+                .arg(redis.keys.order_events())
+                .arg("MINID")
+                .arg("~")
+                .arg(from)
+                .ignore();
         }
         let _: () = pipe
             .query_async(&mut redis.conn())

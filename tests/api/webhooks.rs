@@ -721,3 +721,68 @@ async fn an_answer_slower_than_the_timeout_fails_that_event_only() {
     );
     assert_eq!(unacked(&app).await, 0);
 }
+
+/// The order-events stream is capped by length only while no consumer group reads it: a
+/// webhook sender that is behind (its group exists; here it has delivered nothing yet) gets
+/// every event however far past FLASHSALE_EVENTS_MAX_LEN the stream grew, and once they are
+/// delivered the write-back trims them (found by an attacker: the cap dropped undelivered
+/// events without a trace).
+#[tokio::test]
+async fn a_webhook_group_behind_the_cap_loses_no_event_and_delivered_ones_are_trimmed() {
+    const ORDERS: usize = 120;
+    let (url, hook) = receiver(0, Duration::ZERO).await;
+    let app = spawn_app_with(|c| c.events_max_len = 10).await;
+    let state = webhook_state(&app, &url, |_| {});
+    let sender = Webhooks::new(state).unwrap();
+    // The sender started (its group exists), then fell behind.
+    let (_stop_tx, mut stop) = tokio::sync::watch::channel(false);
+    sender.run_once(&mut stop).await.unwrap();
+    let sku = app.sale_product(ORDERS as i64, None).await;
+    for user in 0..ORDERS as u64 {
+        buy_and_pay(&app, 50_000 + user, sku, 1).await;
+    }
+    let mut written = 0;
+    loop {
+        let n = app.write_back().await.events;
+        if n == 0 {
+            break;
+        }
+        written += n;
+    }
+    // Two events per order: created (awaiting payment) and paid.
+    assert_eq!(written, 2 * ORDERS);
+    let events = app.state.redis.keys.order_events();
+    let len: u64 = app.state.redis.conn().xlen(&events).await.unwrap();
+    assert_eq!(
+        len as usize,
+        2 * ORDERS,
+        "nothing the group still needs was trimmed"
+    );
+
+    while sender.run_once(&mut stop).await.unwrap().delivered > 0 {}
+    let ids: std::collections::HashSet<String> = hook
+        .hits()
+        .iter()
+        .map(|h| h.event_id().to_string())
+        .collect();
+    assert_eq!(ids.len(), 2 * ORDERS, "every event delivered");
+
+    // The next write-back trims what the group has had (MINID ~: whole nodes at a time).
+    let t = app.customer_token(59_999);
+    let r = app
+        .post(
+            "/v1/orders/buy-now",
+            Some(&t),
+            json!({"sku": sku, "count": 1}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "sold out: {:?}", r.body);
+    let extra = app.sale_product(1, None).await;
+    buy_and_pay(&app, 59_998, extra, 1).await;
+    while app.write_back().await.events > 0 {}
+    let len: u64 = app.state.redis.conn().xlen(&events).await.unwrap();
+    assert!(
+        len < 2 * ORDERS as u64,
+        "delivered events trimmed: {len} left"
+    );
+}

@@ -828,6 +828,65 @@ impl Redis {
         Ok(secs * 1000 + micros / 1000)
     }
 
+    /// Who reads the public order-events stream through consumer groups: `None` without any
+    /// group (the stream is then capped by length); `Some(from)`: the oldest entry id some
+    /// group still needs (its oldest unacknowledged entry, or its last delivered one), `None`
+    /// inside when a group has had nothing yet.
+    pub async fn order_events_needed_from(&self) -> AppResult<Option<Option<String>>> {
+        let key = self.keys.order_events();
+        let mut conn = self.conn();
+        let groups: Vec<HashMap<String, Value>> = match redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(g) => g,
+            // No stream yet: no group either.
+            Err(e)
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if groups.is_empty() {
+            return Ok(None);
+        }
+        let mut oldest: Option<(u64, u64)> = None;
+        for g in &groups {
+            let text = |f: &str| match g.get(f) {
+                Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                Some(Value::SimpleString(s)) => s.clone(),
+                _ => String::new(),
+            };
+            let name = text("name");
+            let mut from = text("last-delivered-id");
+            let pending = matches!(g.get("pending"), Some(Value::Int(n)) if *n > 0);
+            if pending {
+                // XPENDING's summary: [count, smallest id, greatest id, consumers].
+                let (_, smallest, _, _): (u64, Option<String>, Option<String>, Value) =
+                    redis::cmd("XPENDING")
+                        .arg(&key)
+                        .arg(&name)
+                        .query_async(&mut conn)
+                        .await?;
+                if let Some(s) = smallest {
+                    from = s;
+                }
+            }
+            let Some(id) = parse_stream_id(&from) else {
+                // A group that has had nothing ("0-0") needs everything.
+                return Ok(Some(None));
+            };
+            if id == (0, 0) {
+                return Ok(Some(None));
+            }
+            oldest = Some(oldest.map_or(id, |o| o.min(id)));
+        }
+        Ok(Some(oldest.map(|(ms, seq)| format!("{ms}-{seq}"))))
+    }
+
     /// Records a new order (status `new`) whose lines are reserved.
     pub async fn create_order(
         &self,
@@ -1456,4 +1515,10 @@ impl Reply {
     fn unexpected(&self, tag: &str) -> AppError {
         AppError::internal(format!("script {}: unexpected reply {tag:?}", self.script))
     }
+}
+
+/// "<ms>-<seq>" as a pair that orders like the stream.
+fn parse_stream_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
 }
