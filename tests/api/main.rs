@@ -22,6 +22,7 @@ mod prometheus;
 mod redis_policy;
 mod simulate;
 mod sweeper;
+mod traces;
 mod web;
 mod webhooks;
 mod writeback;

@@ -1,0 +1,278 @@
+//! Traces: the service binary, started with `OTEL_EXPORTER_OTLP_ENDPOINT`, sends its spans over
+//! OTLP/HTTP (protobuf) to a receiver run by the test; without it (or with the OTel switches
+//! off) nothing is sent. The binary runs as a child process: the tracing subscriber is global to
+//! a process, and this is how the service really starts.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::StatusCode as AxStatus;
+use flashsale::app::AppState;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use prost::Message;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{TestApp, test_config, test_names};
+use crate::process::{Service, eventually, free_port};
+
+/// One span as received, with its resource's service name.
+#[derive(Debug, Clone)]
+struct Got {
+    service: String,
+    trace_id: Vec<u8>,
+    span_id: Vec<u8>,
+    parent: Vec<u8>,
+    name: String,
+    kind: i32,
+    attrs: HashMap<String, String>,
+}
+
+impl Got {
+    fn attr(&self, k: &str) -> Option<&str> {
+        self.attrs.get(k).map(String::as_str)
+    }
+}
+
+fn text(v: &Option<AnyValue>) -> String {
+    match v.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        Some(any_value::Value::BoolValue(b)) => b.to_string(),
+        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn attrs(kv: &[KeyValue]) -> HashMap<String, String> {
+    kv.iter().map(|k| (k.key.clone(), text(&k.value))).collect()
+}
+
+/// A local OTLP/HTTP receiver: `POST /v1/traces` with a protobuf body, decoded and kept.
+/// `hang` makes it accept requests and never answer (a collector that is stuck).
+struct Receiver {
+    url: String,
+    requests: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    async fn start(hang: bool) -> Receiver {
+        let requests: Arc<Mutex<Vec<ExportTraceServiceRequest>>> = Arc::default();
+        let kept = requests.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: Bytes| {
+                let kept = kept.clone();
+                async move {
+                    if hang {
+                        std::future::pending::<()>().await;
+                    }
+                    assert_eq!(
+                        headers.get("content-type").unwrap(),
+                        "application/x-protobuf"
+                    );
+                    let req = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                    kept.lock().unwrap().push(req);
+                    (
+                        AxStatus::OK,
+                        [("content-type", "application/x-protobuf")],
+                        ExportTraceServiceResponse::default().encode_to_vec(),
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Receiver {
+            url,
+            requests,
+            task,
+        }
+    }
+
+    fn spans(&self) -> Vec<Got> {
+        let mut out = Vec::new();
+        for req in self.requests.lock().unwrap().iter() {
+            for rs in &req.resource_spans {
+                let service = rs
+                    .resource
+                    .as_ref()
+                    .map(|r| attrs(&r.attributes))
+                    .and_then(|a| a.get("service.name").cloned())
+                    .unwrap_or_default();
+                for ss in &rs.scope_spans {
+                    for s in &ss.spans {
+                        out.push(Got {
+                            service: service.clone(),
+                            trace_id: s.trace_id.clone(),
+                            span_id: s.span_id.clone(),
+                            parent: s.parent_span_id.clone(),
+                            name: s.name.clone(),
+                            kind: s.kind,
+                            attrs: attrs(&s.attributes),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn request_count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The binary on a fresh database and prefix, with the OTEL_* variables of `otel`.
+async fn start_traced(otel: &[(&str, String)]) -> (Service, TestApp) {
+    let (db_name, prefix) = test_names();
+    let mut cfg = test_config(&db_name, &prefix);
+    cfg.worker = true;
+    let port = free_port();
+    let log = std::env::temp_dir().join(format!("{prefix}.log"));
+    let mut env = Service::env_of(&cfg, port);
+    env.extend(otel.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    let svc = Service::start(env, log, port).await;
+    let state = AppState::connect(cfg).await.unwrap();
+    let app = TestApp::attach(format!("http://127.0.0.1:{port}"), state, db_name, prefix).await;
+    (svc, app)
+}
+
+/// SIGTERM, then waits for the exit (the graceful shutdown flushes the spans) and checks it
+/// was a clean one.
+async fn stop(svc: &mut Service, within: Duration) {
+    svc.signal("-TERM");
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(st) = svc.child.try_wait().unwrap() {
+            assert!(st.success(), "exit status {st}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the service did not exit after SIGTERM: {}",
+            std::fs::read_to_string(&svc.log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn order_rows(app: &TestApp, order_id: u64) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE id = ?")
+        .bind(order_id)
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap()
+}
+
+/// The spans of `trace` that descend from `root` (itself included).
+fn descendants<'a>(spans: &'a [Got], root: &Got) -> Vec<&'a Got> {
+    let mut ids = vec![root.span_id.clone()];
+    let mut out: Vec<&Got> = Vec::new();
+    loop {
+        let more: Vec<&Got> = spans
+            .iter()
+            .filter(|s| s.trace_id == root.trace_id && ids.contains(&s.parent))
+            .filter(|s| !out.iter().any(|o| o.span_id == s.span_id))
+            .collect();
+        if more.is_empty() {
+            return out;
+        }
+        ids.extend(more.iter().map(|s| s.span_id.clone()));
+        out.extend(more);
+    }
+}
+
+#[tokio::test]
+async fn a_buy_now_sends_its_http_redis_and_mysql_spans_to_the_otlp_endpoint() {
+    let rx = Receiver::start(false).await;
+    let (mut svc, app) = start_traced(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.url.clone()),
+        ("OTEL_SERVICE_NAME", "flashsale-under-test".into()),
+    ])
+    .await;
+    let sku = app.sale_product(5, None).await;
+    let t = app.customer_token(901);
+    let r = app
+        .post("/v1/orders/buy-now", Some(&t), json!({"sku": sku, "count": 2}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let order_id = r.body["order_id"].as_u64().unwrap();
+    let request_id = r.headers["x-request-id"].to_str().unwrap().to_string();
+    // The write-back (the child's own worker) runs its MySQL transaction.
+    eventually("the order's write-back", Duration::from_secs(30), || async {
+        order_rows(&app, order_id).await == 1
+    })
+    .await;
+    assert_eq!(app.available(sku).await, 3);
+    stop(&mut svc, Duration::from_secs(30)).await;
+
+    let spans = rx.spans();
+    assert!(!spans.is_empty(), "no span arrived");
+    assert!(
+        spans.iter().all(|s| s.service == "flashsale-under-test"),
+        "OTEL_SERVICE_NAME names the resource"
+    );
+    // The HTTP request: a server span named by route, with the request id and the status.
+    let http = spans
+        .iter()
+        .find(|s| s.attr("request.id") == Some(request_id.as_str()))
+        .unwrap_or_else(|| panic!("no span with request.id {request_id}: {spans:#?}"));
+    assert_eq!(http.name, "POST /v1/orders/buy-now");
+    assert_eq!(http.kind, SpanKind::Server as i32);
+    assert_eq!(http.attr("http.request.method"), Some("POST"));
+    assert_eq!(http.attr("http.route"), Some("/v1/orders/buy-now"));
+    assert_eq!(http.attr("http.response.status_code"), Some("201"));
+    assert!(http.parent.is_empty(), "the request span is a root");
+    // Its Lua script calls, in the same trace, under it.
+    let under = descendants(&spans, http);
+    let scripts: Vec<&str> = under
+        .iter()
+        .filter(|s| s.name == "redis.script")
+        .map(|s| {
+            assert_eq!(s.attr("db.system"), Some("redis"));
+            assert_eq!(s.kind, SpanKind::Client as i32);
+            s.attr("script").unwrap_or("")
+        })
+        .collect();
+    assert!(
+        scripts.contains(&"reserve") && scripts.contains(&"create_order"),
+        "the buy-now's scripts under its request span: {scripts:?}; {under:#?}"
+    );
+    // The write-back's MySQL transaction, which wrote this order.
+    let tx = spans
+        .iter()
+        .find(|s| {
+            s.name == "mysql.transaction" && s.attr("db.operation.name") == Some("write_back")
+        })
+        .unwrap_or_else(|| panic!("no write-back transaction span: {spans:#?}"));
+    assert_eq!(tx.attr("db.system"), Some("mysql"));
+    // The admin's stock change: its MySQL transaction under its request span.
+    let stock = spans
+        .iter()
+        .find(|s| s.attr("http.route") == Some("/v1/products/{sku}/stock"))
+        .expect("the stock change's request span");
+    let under = descendants(&spans, stock);
+    assert!(
+        under.iter().any(|s| s.name == "mysql.transaction"
+            && s.attr("db.operation.name") == Some("adjust_stock")
+            && s.attr("db.system") == Some("mysql")),
+        "{under:#?}"
+    );
+}
