@@ -381,6 +381,145 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "FLASHSALE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+
+    /// Traces (OpenTelemetry), from the standard OTEL_* variables.
+    #[command(flatten)]
+    pub otel: OtelConfig,
+}
+
+/// The OpenTelemetry settings this service honours, by their standard variable names. Traces
+/// are off unless an OTLP endpoint is set; `OTEL_SDK_DISABLED=true` or
+/// `OTEL_TRACES_EXPORTER=none` turn them off again. Other OTEL_* variables (headers, batch
+/// queue, sampler, resource attributes) are read by the OpenTelemetry SDK itself.
+#[derive(Debug, Clone, Default, Args)]
+pub struct OtelConfig {
+    /// OTLP/HTTP base URL (e.g. http://collector:4318); traces go to `<it>/v1/traces`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    pub otel_exporter_otlp_endpoint: Option<String>,
+
+    /// OTLP/HTTP URL for traces, used as it is (wins over the base URL).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", global = true)]
+    pub otel_exporter_otlp_traces_endpoint: Option<String>,
+
+    /// OTLP protocol; only `http/protobuf` (the default) is supported.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", global = true)]
+    pub otel_exporter_otlp_protocol: Option<String>,
+
+    /// OTLP protocol for traces (wins over OTEL_EXPORTER_OTLP_PROTOCOL).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", global = true)]
+    pub otel_exporter_otlp_traces_protocol: Option<String>,
+
+    /// Milliseconds one export may take (default 10000).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TIMEOUT", global = true)]
+    pub otel_exporter_otlp_timeout: Option<String>,
+
+    /// Milliseconds one trace export may take (wins over OTEL_EXPORTER_OTLP_TIMEOUT).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", global = true)]
+    pub otel_exporter_otlp_traces_timeout: Option<String>,
+
+    /// `otlp` (the default) or `none`.
+    #[arg(long, env = "OTEL_TRACES_EXPORTER", global = true)]
+    pub otel_traces_exporter: Option<String>,
+
+    /// `true` turns every OpenTelemetry export off.
+    #[arg(long, env = "OTEL_SDK_DISABLED", global = true)]
+    pub otel_sdk_disabled: Option<String>,
+
+    /// The `service.name` of the spans.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "flashsale", global = true)]
+    pub otel_service_name: String,
+}
+
+/// Where and how traces are exported (`OtelConfig::traces`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceExport {
+    /// The full OTLP/HTTP traces URL.
+    pub endpoint: String,
+    pub service_name: String,
+    /// Bound of one export request.
+    pub timeout: Duration,
+    /// Settings ignored, to be logged once logging is up.
+    pub warnings: Vec<String>,
+}
+
+impl OtelConfig {
+    /// The trace export these settings ask for: `None` when traces are off; an error for a
+    /// setting this service cannot honour (a gRPC or JSON protocol, an endpoint that is not an
+    /// http(s) URL). Unknown exporter names and bad timeouts are ignored with a warning, as the
+    /// OpenTelemetry specification says.
+    pub fn traces(&self) -> Result<Option<TraceExport>, String> {
+        // Empty variables count as unset, as the OpenTelemetry specification says.
+        let set = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        if set(&self.otel_sdk_disabled).is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            return Ok(None);
+        }
+        let mut warnings = Vec::new();
+        if let Some(exporters) = set(&self.otel_traces_exporter) {
+            let names: Vec<String> = exporters
+                .split(',')
+                .map(|e| e.trim().to_ascii_lowercase())
+                .collect();
+            if names.iter().any(|e| e == "none") {
+                return Ok(None);
+            }
+            // Unknown values are ignored with a warning (the specification's rule for enums).
+            for other in names.iter().filter(|e| *e != "otlp") {
+                warnings.push(format!(
+                    "OTEL_TRACES_EXPORTER={other:?} is not supported and is ignored (otlp or none)"
+                ));
+            }
+        }
+        let endpoint = match (
+            set(&self.otel_exporter_otlp_traces_endpoint),
+            set(&self.otel_exporter_otlp_endpoint),
+        ) {
+            (Some(traces), _) => traces,
+            (None, Some(base)) => format!("{}/v1/traces", base.trim_end_matches('/')),
+            (None, None) => return Ok(None),
+        };
+        let uri: axum::http::Uri = endpoint
+            .parse()
+            .map_err(|e| format!("OTLP traces endpoint {endpoint:?}: {e}"))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err(format!(
+                "OTLP traces endpoint {endpoint:?} must be an http:// or https:// URL"
+            ));
+        }
+        let protocol = set(&self.otel_exporter_otlp_traces_protocol)
+            .or_else(|| set(&self.otel_exporter_otlp_protocol));
+        if let Some(p) = protocol.filter(|p| p != "http/protobuf") {
+            return Err(format!(
+                "OTLP protocol {p:?} is not supported: traces are sent as http/protobuf \
+                 (a collector's port 4318)"
+            ));
+        }
+        let timeout = match set(&self.otel_exporter_otlp_traces_timeout)
+            .or_else(|| set(&self.otel_exporter_otlp_timeout))
+        {
+            None => Duration::from_secs(10),
+            Some(ms) => match ms.parse::<u64>() {
+                Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                _ => {
+                    warnings.push(format!(
+                        "OTLP timeout {ms:?} is not a positive number of milliseconds; \
+                         using 10000"
+                    ));
+                    Duration::from_secs(10)
+                }
+            },
+        };
+        Ok(Some(TraceExport {
+            endpoint,
+            service_name: self.otel_service_name.clone(),
+            timeout,
+            warnings,
+        }))
+    }
 }
 
 /// Dev fallback for the admin password; never accepted with `--production`.
@@ -455,6 +594,7 @@ impl Config {
         for origin in self.cors_origins() {
             check_cors_origin(origin)?;
         }
+        self.otel.traces()?;
         Ok(())
     }
 

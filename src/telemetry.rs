@@ -1,23 +1,209 @@
-//! Tracing (text or JSON logs) and the Prometheus metrics recorder.
+//! Tracing (text or JSON logs, and OpenTelemetry traces when an OTLP endpoint is set) and the
+//! Prometheus metrics recorder.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
-use crate::config::LogFormat;
+use crate::config::{Config, LogFormat, TraceExport};
 
-/// Logs to stderr; `RUST_LOG` filters (default: info, sqlx quieter).
-pub fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+fn log_filter() -> EnvFilter {
+    EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"))
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default: info, sqlx quieter). With an OTLP endpoint
+/// (`OTEL_EXPORTER_OTLP_ENDPOINT`, see `OtelConfig`), spans are also exported as OpenTelemetry
+/// traces; without one the subscriber is exactly the logging one, and the trace-only spans
+/// (`redis.script`, `mysql.transaction`, at debug level) stay disabled at their call sites.
+pub fn init_tracing(cfg: &Config) -> anyhow::Result<()> {
+    let Some(export) = cfg.otel.traces().map_err(anyhow::Error::msg)? else {
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(log_filter())
+            .with_writer(std::io::stderr);
+        let _ = match cfg.log_format {
+            LogFormat::Json => builder.json().flatten_event(true).try_init(),
+            LogFormat::Text => builder.try_init(),
+        };
+        return Ok(());
     };
+    let provider = trace_provider(&export)?;
+    let logs = match cfg.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("flashsale"))
+        .with_filter(tracing_subscriber::filter::filter_fn(traced));
+    let installed = tracing_subscriber::registry()
+        .with(logs.with_filter(log_filter()))
+        .with(traces)
+        .try_init()
+        .is_ok();
+    if !installed {
+        // Another subscriber was there first (a test harness): nothing would reach ours.
+        let _ = provider.shutdown();
+        return Ok(());
+    }
+    let _ = TRACES.set(Traces {
+        provider,
+        timeout: export.timeout,
+    });
+    tracing::info!(endpoint = %export.endpoint, service.name = %export.service_name,
+        "exporting traces (OTLP/HTTP)");
+    for w in &export.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(())
+}
+
+/// What the trace layer takes: the service's own spans from debug up (the request, each Lua
+/// script call, each MySQL transaction, the store functions), other spans and events from info
+/// up (events become span events of the span they happen in).
+fn traced(m: &tracing::Metadata<'_>) -> bool {
+    let ours = m.target().starts_with("flashsale");
+    if m.is_span() && ours {
+        return *m.level() <= tracing::Level::DEBUG;
+    }
+    *m.level() <= tracing::Level::INFO
+}
+
+struct Traces {
+    provider: SdkTracerProvider,
+    timeout: Duration,
+}
+
+static TRACES: OnceLock<Traces> = OnceLock::new();
+
+/// Whether spans are exported (an OTLP endpoint is set and the exporter is installed).
+pub fn traces_on() -> bool {
+    TRACES.get().is_some()
+}
+
+/// Batch export (`OTEL_BSP_*`: a bounded queue, 2,048 spans by default; a full queue drops
+/// spans rather than slow a request) to the OTLP/HTTP endpoint, in protobuf.
+fn trace_provider(x: &TraceExport) -> anyhow::Result<SdkTracerProvider> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_http_client(BlockingHttp::new(x.timeout)?)
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(x.endpoint.clone())
+        .with_timeout(x.timeout)
+        .build()?;
+    let resource = Resource::builder()
+        .with_service_name(x.service_name.clone())
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
+}
+
+/// Exports the spans still queued, waiting at most the export timeout; run at the end of the
+/// graceful shutdown. Nothing when traces are off.
+pub async fn flush_traces() {
+    if let Some(t) = TRACES.get() {
+        let provider = t.provider.clone();
+        // A thread of its own: the flush blocks, and must not hold the runtime's exit if the
+        // collector does not answer.
+        run_detached(t.timeout, move || {
+            if let Err(e) = provider.force_flush() {
+                tracing::warn!(error = %e, "could not export the last spans");
+            }
+        })
+        .await;
+    }
+}
+
+/// Stops the trace exporter (after `flush_traces`), waiting at most a second.
+pub async fn shutdown_traces() {
+    if let Some(t) = TRACES.get() {
+        let provider = t.provider.clone();
+        run_detached(Duration::from_secs(2), move || {
+            let _ = provider.shutdown_with_timeout(Duration::from_secs(1));
+        })
+        .await;
+    }
+}
+
+async fn run_detached(within: Duration, f: impl FnOnce() + Send + 'static) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("otel-flush".into())
+        .spawn(move || {
+            f();
+            let _ = tx.send(());
+        });
+    if spawned.is_ok() && tokio::time::timeout(within, rx).await.is_err() {
+        tracing::warn!("the trace exporter did not finish in time; the spans left are lost");
+    }
+}
+
+/// The OTLP exporter's HTTP client: reqwest's blocking client (the batch exporter runs on a
+/// thread of its own, outside the runtime), with the export timeout and a bounded answer.
+#[derive(Debug)]
+struct BlockingHttp(reqwest::blocking::Client);
+
+impl BlockingHttp {
+    fn new(timeout: Duration) -> anyhow::Result<Self> {
+        // Built on a thread of its own: reqwest's blocking client starts a runtime, which
+        // cannot be done from inside this one.
+        let client = std::thread::spawn(move || {
+            reqwest::blocking::Client::builder()
+                .timeout(timeout)
+                .build()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("building the OTLP HTTP client panicked"))??;
+        Ok(BlockingHttp(client))
+    }
+}
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for BlockingHttp {
+    async fn send_bytes(
+        &self,
+        request: opentelemetry_http::Request<opentelemetry_http::Bytes>,
+    ) -> Result<opentelemetry_http::Response<opentelemetry_http::Bytes>, opentelemetry_http::HttpError>
+    {
+        use std::io::Read;
+        let (parts, body) = request.into_parts();
+        let resp = self
+            .0
+            .request(parts.method, parts.uri.to_string())
+            .headers(parts.headers)
+            .body(body.to_vec())
+            .send()?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        // A collector answers with a few bytes; never hold more than 1 MiB of an answer.
+        let mut answer = Vec::new();
+        resp.take(1 << 20).read_to_end(&mut answer)?;
+        let mut out = opentelemetry_http::Response::builder()
+            .status(status)
+            .body(opentelemetry_http::Bytes::from(answer))?;
+        *out.headers_mut() = headers;
+        Ok(out)
+    }
 }
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();

@@ -12,6 +12,7 @@ use redis::AsyncCommands;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use sqlx::MySqlPool;
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use crate::app::AppState;
 use crate::domain::{OrderEventKind, Sku};
@@ -316,11 +317,28 @@ impl Writer {
         redis.release_lines(&dropped_lines).await?;
 
         let started = Instant::now();
-        let mut tx = db.begin().await?;
-        let evs: Vec<&OutboxEvent> = events.iter().map(|(_, _, ev)| ev).collect();
-        db::apply_events(&mut tx, &evs).await?;
-        db::apply_movements(&mut tx, &movements).await?;
-        tx.commit().await?;
+        let tx_span = tracing::debug_span!(
+            "mysql.transaction",
+            otel.kind = "client",
+            db.system = "mysql",
+            db.operation.name = "write_back",
+            otel.status_code = tracing::field::Empty,
+            events = events.len(),
+        );
+        let written = async {
+            let mut tx = db.begin().await?;
+            let evs: Vec<&OutboxEvent> = events.iter().map(|(_, _, ev)| ev).collect();
+            db::apply_events(&mut tx, &evs).await?;
+            db::apply_movements(&mut tx, &movements).await?;
+            tx.commit().await?;
+            AppResult::Ok(())
+        }
+        .instrument(tx_span.clone())
+        .await;
+        if written.is_err() {
+            tx_span.record("otel.status_code", "error");
+        }
+        written?;
         metrics::histogram!("flashsale_outbox_write_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         if fault == Fault::AfterCommit {
