@@ -426,7 +426,12 @@ pub struct OtelConfig {
     pub otel_sdk_disabled: Option<String>,
 
     /// The `service.name` of the spans.
-    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "flashsale", global = true)]
+    #[arg(
+        long,
+        env = "OTEL_SERVICE_NAME",
+        default_value = "flashsale",
+        global = true
+    )]
     pub otel_service_name: String,
 }
 
@@ -719,5 +724,155 @@ mod tests {
         let mut c = Config::defaults();
         c.redis_prefix = "a{b".into();
         assert!(c.validate().is_err());
+    }
+
+    fn otel(vars: &[(&str, &str)]) -> OtelConfig {
+        let mut c = OtelConfig {
+            otel_service_name: "flashsale".into(),
+            ..OtelConfig::default()
+        };
+        for (k, v) in vars {
+            let v = Some(v.to_string());
+            match *k {
+                "OTEL_EXPORTER_OTLP_ENDPOINT" => c.otel_exporter_otlp_endpoint = v,
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" => c.otel_exporter_otlp_traces_endpoint = v,
+                "OTEL_EXPORTER_OTLP_PROTOCOL" => c.otel_exporter_otlp_protocol = v,
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" => c.otel_exporter_otlp_traces_protocol = v,
+                "OTEL_EXPORTER_OTLP_TIMEOUT" => c.otel_exporter_otlp_timeout = v,
+                "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT" => c.otel_exporter_otlp_traces_timeout = v,
+                "OTEL_TRACES_EXPORTER" => c.otel_traces_exporter = v,
+                "OTEL_SDK_DISABLED" => c.otel_sdk_disabled = v,
+                other => panic!("{other}"),
+            }
+        }
+        c
+    }
+
+    fn endpoint(vars: &[(&str, &str)]) -> Option<String> {
+        otel(vars).traces().unwrap().map(|t| t.endpoint)
+    }
+
+    #[test]
+    fn traces_are_off_unless_an_endpoint_is_set() {
+        assert_eq!(endpoint(&[]), None);
+        assert_eq!(endpoint(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "")]), None);
+        assert_eq!(endpoint(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "  ")]), None);
+        let c = Config::defaults();
+        assert_eq!(c.otel.otel_service_name, "flashsale");
+    }
+
+    #[test]
+    fn the_traces_endpoint_follows_the_otlp_conventions() {
+        let base = "OTEL_EXPORTER_OTLP_ENDPOINT";
+        let traces = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+        for (b, want) in [
+            ("http://collector:4318", "http://collector:4318/v1/traces"),
+            ("http://collector:4318/", "http://collector:4318/v1/traces"),
+            (
+                "https://otel.example/base",
+                "https://otel.example/base/v1/traces",
+            ),
+        ] {
+            assert_eq!(endpoint(&[(base, b)]).as_deref(), Some(want), "{b}");
+        }
+        // The signal's own URL is used as it is, and wins over the base.
+        assert_eq!(
+            endpoint(&[(base, "http://a:4318"), (traces, "http://b:9999/custom")]).as_deref(),
+            Some("http://b:9999/custom")
+        );
+        assert_eq!(
+            endpoint(&[(base, ""), (traces, "http://b:4318")]).as_deref(),
+            Some("http://b:4318")
+        );
+        for bad in ["collector:4318", "ftp://c/", "http://", "not a url"] {
+            assert!(otel(&[(base, bad)]).traces().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_otel_switches_turn_traces_off() {
+        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318");
+        for off in [
+            ("OTEL_SDK_DISABLED", "true"),
+            ("OTEL_SDK_DISABLED", "True"),
+            ("OTEL_TRACES_EXPORTER", "none"),
+            ("OTEL_TRACES_EXPORTER", "NONE"),
+        ] {
+            assert_eq!(endpoint(&[base, off]), None, "{off:?}");
+        }
+        for on in [
+            ("OTEL_SDK_DISABLED", "false"),
+            ("OTEL_SDK_DISABLED", ""),
+            ("OTEL_TRACES_EXPORTER", "otlp"),
+        ] {
+            assert!(endpoint(&[base, on]).is_some(), "{on:?}");
+        }
+        // Unknown values are ignored with a warning, as the specification says.
+        let t = otel(&[base, ("OTEL_TRACES_EXPORTER", "zipkin")])
+            .traces()
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.warnings.len(), 1);
+    }
+
+    #[test]
+    fn only_http_protobuf_is_spoken() {
+        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318");
+        assert!(endpoint(&[base, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]).is_some());
+        for p in ["grpc", "http/json"] {
+            assert!(
+                otel(&[base, ("OTEL_EXPORTER_OTLP_PROTOCOL", p)])
+                    .traces()
+                    .is_err()
+            );
+            assert!(
+                otel(&[base, ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", p)])
+                    .traces()
+                    .is_err()
+            );
+        }
+        // The traces' own setting wins.
+        assert!(
+            otel(&[
+                base,
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+            ])
+            .traces()
+            .unwrap()
+            .is_some()
+        );
+        // And a bad one stops the start (validate), rather than sending to the wrong port.
+        let mut c = Config::defaults();
+        c.otel = otel(&[base, ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]);
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn the_export_timeout_is_in_milliseconds() {
+        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318");
+        let timeout = |vars: &[(&str, &str)]| {
+            let mut all = vec![base];
+            all.extend_from_slice(vars);
+            otel(&all).traces().unwrap().unwrap()
+        };
+        assert_eq!(timeout(&[]).timeout, Duration::from_secs(10));
+        assert_eq!(
+            timeout(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "2500")]).timeout,
+            Duration::from_millis(2500)
+        );
+        assert_eq!(
+            timeout(&[
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+                ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "700")
+            ])
+            .timeout,
+            Duration::from_millis(700)
+        );
+        for bad in ["0", "-1", "10s", "18446744073709551616"] {
+            let t = timeout(&[("OTEL_EXPORTER_OTLP_TIMEOUT", bad)]);
+            assert_eq!(t.timeout, Duration::from_secs(10), "{bad}");
+            assert_eq!(t.warnings.len(), 1, "{bad}");
+        }
     }
 }

@@ -183,8 +183,10 @@ impl opentelemetry_http::HttpClient for BlockingHttp {
     async fn send_bytes(
         &self,
         request: opentelemetry_http::Request<opentelemetry_http::Bytes>,
-    ) -> Result<opentelemetry_http::Response<opentelemetry_http::Bytes>, opentelemetry_http::HttpError>
-    {
+    ) -> Result<
+        opentelemetry_http::Response<opentelemetry_http::Bytes>,
+        opentelemetry_http::HttpError,
+    > {
         use std::io::Read;
         let (parts, body) = request.into_parts();
         let resp = self

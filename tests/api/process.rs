@@ -71,8 +71,8 @@ impl Service {
             .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flashsale"));
         cmd.arg("serve");
-        for (k, _) in std::env::vars()
-            .filter(|(k, _)| k.starts_with("FLASHSALE_") || k.starts_with("OTEL_"))
+        for (k, _) in
+            std::env::vars().filter(|(k, _)| k.starts_with("FLASHSALE_") || k.starts_with("OTEL_"))
         {
             cmd.env_remove(k);
         }

@@ -4,6 +4,7 @@
 //! a process, and this is how the service really starts.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -59,18 +60,22 @@ fn attrs(kv: &[KeyValue]) -> HashMap<String, String> {
 struct Receiver {
     url: String,
     requests: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
+    /// Requests that arrived, answered or not.
+    arrived: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Receiver {
     async fn start(hang: bool) -> Receiver {
         let requests: Arc<Mutex<Vec<ExportTraceServiceRequest>>> = Arc::default();
-        let kept = requests.clone();
+        let arrived: Arc<AtomicUsize> = Arc::default();
+        let (kept, count) = (requests.clone(), arrived.clone());
         let app = axum::Router::new().route(
             "/v1/traces",
             axum::routing::post(move |headers: axum::http::HeaderMap, body: Bytes| {
-                let kept = kept.clone();
+                let (kept, count) = (kept.clone(), count.clone());
                 async move {
+                    count.fetch_add(1, Ordering::SeqCst);
                     if hang {
                         std::future::pending::<()>().await;
                     }
@@ -96,6 +101,7 @@ impl Receiver {
         Receiver {
             url,
             requests,
+            arrived,
             task,
         }
     }
@@ -129,7 +135,7 @@ impl Receiver {
     }
 
     fn request_count(&self) -> usize {
-        self.requests.lock().unwrap().len()
+        self.arrived.load(Ordering::SeqCst)
     }
 }
 
@@ -210,15 +216,21 @@ async fn a_buy_now_sends_its_http_redis_and_mysql_spans_to_the_otlp_endpoint() {
     let sku = app.sale_product(5, None).await;
     let t = app.customer_token(901);
     let r = app
-        .post("/v1/orders/buy-now", Some(&t), json!({"sku": sku, "count": 2}))
+        .post(
+            "/v1/orders/buy-now",
+            Some(&t),
+            json!({"sku": sku, "count": 2}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let order_id = r.body["order_id"].as_u64().unwrap();
     let request_id = r.headers["x-request-id"].to_str().unwrap().to_string();
     // The write-back (the child's own worker) runs its MySQL transaction.
-    eventually("the order's write-back", Duration::from_secs(30), || async {
-        order_rows(&app, order_id).await == 1
-    })
+    eventually(
+        "the order's write-back",
+        Duration::from_secs(30),
+        || async { order_rows(&app, order_id).await == 1 },
+    )
     .await;
     assert_eq!(app.available(sku).await, 3);
     stop(&mut svc, Duration::from_secs(30)).await;
@@ -275,4 +287,102 @@ async fn a_buy_now_sends_its_http_redis_and_mysql_spans_to_the_otlp_endpoint() {
             && s.attr("db.system") == Some("mysql")),
         "{under:#?}"
     );
+}
+
+#[tokio::test]
+async fn spans_go_out_in_batches_while_the_service_runs() {
+    let rx = Receiver::start(false).await;
+    let (mut svc, app) = start_traced(&[
+        // A base URL with a trailing slash, and the batch delay short.
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("{}/", rx.url)),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+    ])
+    .await;
+    let r = app.get("/v1/products", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let request_id = r.headers["x-request-id"].to_str().unwrap().to_string();
+    // No shutdown: the batch goes out by itself.
+    eventually("the request's span", Duration::from_secs(30), || {
+        let found = rx
+            .spans()
+            .iter()
+            .any(|s| s.attr("request.id") == Some(request_id.as_str()));
+        async move { found }
+    })
+    .await;
+    let spans = rx.spans();
+    let s = spans
+        .iter()
+        .find(|s| s.attr("request.id") == Some(request_id.as_str()))
+        .unwrap();
+    assert_eq!(s.name, "GET /v1/products");
+    assert_eq!(s.service, "flashsale", "the default service name");
+    stop(&mut svc, Duration::from_secs(30)).await;
+}
+
+#[tokio::test]
+async fn nothing_is_sent_when_traces_are_switched_off() {
+    let rx = Receiver::start(false).await;
+    for off in [
+        ("OTEL_SDK_DISABLED", "true"),
+        ("OTEL_SDK_DISABLED", "TRUE"),
+        ("OTEL_TRACES_EXPORTER", "none"),
+    ] {
+        let (mut svc, app) = start_traced(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.url.clone()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "10".into()),
+            (off.0, off.1.into()),
+        ])
+        .await;
+        let sku = app.sale_product(1, None).await;
+        let t = app.customer_token(902);
+        let r = app
+            .post(
+                "/v1/orders/buy-now",
+                Some(&t),
+                json!({"sku": sku, "count": 1}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        stop(&mut svc, Duration::from_secs(30)).await;
+        assert_eq!(rx.request_count(), 0, "{off:?}: something was exported");
+    }
+}
+
+#[tokio::test]
+async fn a_collector_that_never_answers_slows_no_request_and_holds_no_shutdown() {
+    let rx = Receiver::start(true).await;
+    let (mut svc, app) = start_traced(&[
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            format!("{}/v1/traces", rx.url),
+        ),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "500".into()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "10".into()),
+        // A small queue, filled at once: the spans that do not fit are dropped.
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "4".into()),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4".into()),
+    ])
+    .await;
+    let sku = app.sale_product(30, None).await;
+    let t = app.customer_token(903);
+    for _ in 0..30 {
+        let r = app
+            .post(
+                "/v1/orders/buy-now",
+                Some(&t),
+                json!({"sku": sku, "count": 1}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    }
+    assert_eq!(app.available(sku).await, 0);
+    // The exporter is stuck on the receiver, which saw the export arrive.
+    eventually("an export attempt", Duration::from_secs(30), || {
+        let n = rx.request_count();
+        async move { n > 0 }
+    })
+    .await;
+    // The flush at shutdown gives up after the export timeout: the process still exits.
+    stop(&mut svc, Duration::from_secs(30)).await;
 }
