@@ -24,7 +24,8 @@ fn log_filter() -> EnvFilter {
 /// Logs to stderr; `RUST_LOG` filters (default: info, sqlx quieter). With an OTLP endpoint
 /// (`OTEL_EXPORTER_OTLP_ENDPOINT`, see `OtelConfig`), spans are also exported as OpenTelemetry
 /// traces; without one the subscriber is exactly the logging one, and the trace-only spans
-/// (`redis.script`, `mysql.transaction`, at debug level) stay disabled at their call sites.
+/// (`redis.script`, `mysql.transaction`, at debug level) stay disabled at their call sites
+/// (unless `RUST_LOG` asks for debug).
 pub fn init_tracing(cfg: &Config) -> anyhow::Result<()> {
     let Some(export) = cfg.otel.traces().map_err(anyhow::Error::msg)? else {
         let builder = tracing_subscriber::fmt()
@@ -49,9 +50,14 @@ pub fn init_tracing(cfg: &Config) -> anyhow::Result<()> {
     };
     let traces = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("flashsale"))
-        .with_filter(tracing_subscriber::filter::filter_fn(traced));
+        // Parents from the tracing span tree (the one the logs show), not from OpenTelemetry's
+        // thread-local context: request handlers and workers share threads across awaits.
+        .with_context_activation(false)
+        .with_tracked_inactivity(false)
+        .with_threads(false);
     let installed = tracing_subscriber::registry()
-        .with(logs.with_filter(log_filter()))
+        .with(TraceAware(log_filter()))
+        .with(logs)
         .with(traces)
         .try_init()
         .is_ok();
@@ -72,15 +78,80 @@ pub fn init_tracing(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What the trace layer takes: the service's own spans from debug up (the request, each Lua
-/// script call, each MySQL transaction, the store functions), other spans and events from info
-/// up (events become span events of the span they happen in).
-fn traced(m: &tracing::Metadata<'_>) -> bool {
-    let ours = m.target().starts_with("flashsale");
-    if m.is_span() && ours {
-        return *m.level() <= tracing::Level::DEBUG;
+/// The one filter of the traced subscriber: what `RUST_LOG` enables (logs, and the same events
+/// and spans for the traces), plus the service's own spans from debug up (each Lua script call,
+/// each MySQL transaction), which the logs only show as the context of their lines. One global
+/// filter rather than one per layer: tracing-subscriber's per-layer filters lost spans here
+/// (a request's or a write-back's span now and then missing from the export).
+struct TraceAware(EnvFilter);
+
+impl TraceAware {
+    fn traced_span(m: &tracing::Metadata<'_>) -> bool {
+        m.is_span() && m.target().starts_with("flashsale") && *m.level() <= tracing::Level::DEBUG
     }
-    *m.level() <= tracing::Level::INFO
+}
+
+impl<S> tracing_subscriber::Layer<S> for TraceAware
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn register_callsite(
+        &self,
+        m: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        if Self::traced_span(m) {
+            return tracing::subscriber::Interest::always();
+        }
+        tracing_subscriber::Layer::<S>::register_callsite(&self.0, m)
+    }
+
+    fn enabled(
+        &self,
+        m: &tracing::Metadata<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        Self::traced_span(m) || tracing_subscriber::Layer::<S>::enabled(&self.0, m, ctx)
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        let logs = tracing_subscriber::Layer::<S>::max_level_hint(&self.0);
+        Some(
+            logs.map_or(tracing::level_filters::LevelFilter::TRACE, |l| {
+                l.max(tracing::level_filters::LevelFilter::DEBUG)
+            }),
+        )
+    }
+
+    // The `EnvFilter` follows spans for its span-field directives.
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.0.on_new_span(attrs, id, ctx)
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.0.on_record(id, values, ctx)
+    }
+
+    fn on_enter(&self, id: &tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        self.0.on_enter(id, ctx)
+    }
+
+    fn on_exit(&self, id: &tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        self.0.on_exit(id, ctx)
+    }
+
+    fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        self.0.on_close(id, ctx)
+    }
 }
 
 struct Traces {

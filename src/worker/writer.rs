@@ -279,6 +279,8 @@ impl Writer {
 
     /// The write-back of a batch: Redis pre-steps, one MySQL transaction, Redis follow-up,
     /// public events. Safe to repeat from any point.
+    #[tracing::instrument(name = "outbox.write_back", level = "debug", skip_all,
+        fields(events = events.len()))]
     async fn write(
         &self,
         db: &MySqlPool,

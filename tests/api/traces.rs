@@ -21,6 +21,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::helpers::{TestApp, test_config, test_names};
+use crate::metrics::repo_file;
 use crate::process::{Service, eventually, free_port};
 
 /// One span as received, with its resource's service name.
@@ -32,6 +33,8 @@ struct Got {
     parent: Vec<u8>,
     name: String,
     kind: i32,
+    start_ns: u64,
+    end_ns: u64,
     attrs: HashMap<String, String>,
 }
 
@@ -125,6 +128,8 @@ impl Receiver {
                             parent: s.parent_span_id.clone(),
                             name: s.name.clone(),
                             kind: s.kind,
+                            start_ns: s.start_time_unix_nano,
+                            end_ns: s.end_time_unix_nano,
                             attrs: attrs(&s.attributes),
                         });
                     }
@@ -179,12 +184,60 @@ async fn stop(svc: &mut Service, within: Duration) {
     }
 }
 
-async fn order_rows(app: &TestApp, order_id: u64) -> i64 {
-    sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE id = ?")
+async fn order_status(app: &TestApp, order_id: u64) -> Option<String> {
+    sqlx::query_scalar("SELECT status FROM orders WHERE id = ?")
         .bind(order_id)
-        .fetch_one(&app.state.db)
+        .fetch_optional(&app.state.db)
         .await
         .unwrap()
+}
+
+/// `root` and what descends from it, as an indented text tree (docs/OPERATIONS.md's sample).
+fn render(spans: &[Got], root: &Got) -> String {
+    fn walk(spans: &[Got], s: &Got, depth: usize, t0: u64, out: &mut String) {
+        let mut keys: Vec<_> = s
+            .attrs
+            .iter()
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    "code.file.path"
+                        | "code.line.number"
+                        | "thread.id"
+                        | "thread.name"
+                        | "code.module.name"
+                        | "target"
+                        | "busy_ns"
+                        | "idle_ns"
+                )
+            })
+            .collect();
+        keys.sort();
+        let attrs: Vec<String> = keys.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out.push_str(&format!(
+            "{:>7.3} ms +{:>7.3} ms  {}{}  [{}]\n",
+            (s.start_ns - t0) as f64 / 1e6,
+            (s.end_ns - s.start_ns) as f64 / 1e6,
+            "  ".repeat(depth),
+            s.name,
+            attrs.join(" ")
+        ));
+        let mut kids: Vec<&Got> = spans
+            .iter()
+            .filter(|c| c.parent == s.span_id && c.trace_id == s.trace_id)
+            .collect();
+        kids.sort_by_key(|c| c.start_ns);
+        for c in kids {
+            walk(spans, c, depth + 1, t0, out);
+        }
+    }
+    let mut out = format!("trace {}\n", hex(&root.trace_id));
+    walk(spans, root, 0, root.start_ns, &mut out);
+    out
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The spans of `trace` that descend from `root` (itself included).
@@ -211,6 +264,8 @@ async fn a_buy_now_sends_its_http_redis_and_mysql_spans_to_the_otlp_endpoint() {
     let (mut svc, app) = start_traced(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.url.clone()),
         ("OTEL_SERVICE_NAME", "flashsale-under-test".into()),
+        // Logs at info: the debug-level script and transaction spans are exported anyway.
+        ("RUST_LOG", "info".into()),
     ])
     .await;
     let sku = app.sale_product(5, None).await;
@@ -225,14 +280,23 @@ async fn a_buy_now_sends_its_http_redis_and_mysql_spans_to_the_otlp_endpoint() {
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let order_id = r.body["order_id"].as_u64().unwrap();
     let request_id = r.headers["x-request-id"].to_str().unwrap().to_string();
+    let r = app
+        .post(
+            &format!("/v1/orders/{order_id}/pay"),
+            Some(&t),
+            json!({"payment_ref": "psp-trace"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     // The write-back (the child's own worker) runs its MySQL transaction.
     eventually(
-        "the order's write-back",
+        "the paid order's write-back",
         Duration::from_secs(30),
-        || async { order_rows(&app, order_id).await == 1 },
+        || async { order_status(&app, order_id).await.as_deref() == Some("paid") },
     )
     .await;
     assert_eq!(app.available(sku).await, 3);
+    app.assert_identity(sku).await;
     stop(&mut svc, Duration::from_secs(30)).await;
 
     let spans = rx.spans();
@@ -252,6 +316,17 @@ async fn a_buy_now_sends_its_http_redis_and_mysql_spans_to_the_otlp_endpoint() {
     assert_eq!(http.attr("http.route"), Some("/v1/orders/buy-now"));
     assert_eq!(http.attr("http.response.status_code"), Some("201"));
     assert!(http.parent.is_empty(), "the request span is a root");
+    // FLASHSALE_TRACE_SAMPLE=<file>: the trace as text, for the docs.
+    if let Ok(path) = std::env::var("FLASHSALE_TRACE_SAMPLE") {
+        let mut text = render(&spans, http);
+        for pay in spans.iter().filter(|s| s.name.ends_with("/pay")) {
+            text.push_str(&render(&spans, pay));
+        }
+        for b in spans.iter().filter(|s| s.name == "outbox.write_back") {
+            text.push_str(&render(&spans, b));
+        }
+        std::fs::write(path, text).unwrap();
+    }
     // Its Lua script calls, in the same trace, under it.
     let under = descendants(&spans, http);
     let scripts: Vec<&str> = under
@@ -267,6 +342,15 @@ async fn a_buy_now_sends_its_http_redis_and_mysql_spans_to_the_otlp_endpoint() {
         scripts.contains(&"reserve") && scripts.contains(&"create_order"),
         "the buy-now's scripts under its request span: {scripts:?}; {under:#?}"
     );
+    // The payment: its decision and its follow-up, under its request span.
+    let pay = spans
+        .iter()
+        .find(|s| s.attr("http.route") == Some("/v1/orders/{order_id}/pay"))
+        .expect("the payment's request span");
+    let mut under = descendants(&spans, pay);
+    under.sort_by_key(|s| s.start_ns);
+    let scripts: Vec<&str> = under.iter().filter_map(|s| s.attr("script")).collect();
+    assert_eq!(scripts, ["decide_order", "commit_sold"]);
     // The write-back's MySQL transaction, which wrote this order.
     let tx = spans
         .iter()
@@ -275,6 +359,29 @@ async fn a_buy_now_sends_its_http_redis_and_mysql_spans_to_the_otlp_endpoint() {
         })
         .unwrap_or_else(|| panic!("no write-back transaction span: {spans:#?}"));
     assert_eq!(tx.attr("db.system"), Some("mysql"));
+    // Under its batch's span; the paid order's batch has its Redis steps beside it.
+    let batch = spans
+        .iter()
+        .find(|s| s.span_id == tx.parent)
+        .expect("the write-back's span");
+    assert_eq!(batch.name, "outbox.write_back");
+    let paid_batch = spans
+        .iter()
+        .filter(|s| s.name == "outbox.write_back")
+        .find(|b| {
+            descendants(&spans, b)
+                .iter()
+                .any(|s| s.attr("script") == Some("mark_written"))
+        })
+        .expect("the paid order's batch with its Redis follow-up");
+    let steps: Vec<&str> = descendants(&spans, paid_batch)
+        .iter()
+        .map(|s| s.attr("script").unwrap_or(&s.name))
+        .collect();
+    assert!(
+        steps.contains(&"commit_sold") && steps.contains(&"mysql.transaction"),
+        "{steps:?}"
+    );
     // The admin's stock change: its MySQL transaction under its request span.
     let stock = spans
         .iter()
@@ -385,4 +492,34 @@ async fn a_collector_that_never_answers_slows_no_request_and_holds_no_shutdown()
     .await;
     // The flush at shutdown gives up after the export timeout: the process still exits.
     stop(&mut svc, Duration::from_secs(30)).await;
+}
+
+#[test]
+fn the_compose_stack_sends_traces_to_jaeger_and_grafana_reads_them() {
+    let compose: serde_yaml::Value =
+        serde_yaml::from_str(&repo_file("docker-compose.yml")).unwrap();
+    let s = &compose["services"];
+    assert_eq!(
+        s["app"]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"],
+        "http://jaeger:4318"
+    );
+    assert!(
+        s["jaeger"]["image"]
+            .as_str()
+            .unwrap()
+            .starts_with("jaegertracing/all-in-one:")
+    );
+    assert_eq!(s["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"], "true");
+    let ds: serde_yaml::Value =
+        serde_yaml::from_str(&repo_file("grafana/provisioning/datasources/jaeger.yml")).unwrap();
+    let ds = &ds["datasources"][0];
+    assert_eq!(ds["type"], "jaeger");
+    assert_eq!(ds["url"], "http://jaeger:16686");
+    let ports: Vec<&str> = s["jaeger"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    assert!(ports.contains(&"16686:16686"), "{ports:?}");
 }
