@@ -447,6 +447,23 @@ pub struct TraceExport {
     pub warnings: Vec<String>,
 }
 
+impl TraceExport {
+    /// The endpoint as the logs may show it: scheme, host, port and path, without credentials
+    /// or query.
+    pub fn endpoint_for_logs(&self) -> String {
+        match self.endpoint.parse::<axum::http::Uri>() {
+            Ok(uri) => format!(
+                "{}://{}{}{}",
+                uri.scheme_str().unwrap_or("?"),
+                uri.host().unwrap_or("?"),
+                uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default(),
+                uri.path()
+            ),
+            Err(_) => "(unparsable)".into(),
+        }
+    }
+}
+
 impl OtelConfig {
     /// The trace export these settings ask for: `None` when traces are off; an error for a
     /// setting this service cannot honour (a gRPC or JSON protocol, an endpoint that is not an
@@ -484,15 +501,27 @@ impl OtelConfig {
             set(&self.otel_exporter_otlp_endpoint),
         ) {
             (Some(traces), _) => traces,
-            (None, Some(base)) => format!("{}/v1/traces", base.trim_end_matches('/')),
+            // The signal's path goes after the base's path, before any query.
+            (None, Some(base)) => match base.split_once('?') {
+                Some((path, query)) => {
+                    format!("{}/v1/traces?{query}", path.trim_end_matches('/'))
+                }
+                None => format!("{}/v1/traces", base.trim_end_matches('/')),
+            },
             (None, None) => return Ok(None),
+        };
+        // Never echo credentials (`user:pass@`) into a message.
+        let shown = if endpoint.contains('@') {
+            "(with credentials, not shown)".to_string()
+        } else {
+            format!("{endpoint:?}")
         };
         let uri: axum::http::Uri = endpoint
             .parse()
-            .map_err(|e| format!("OTLP traces endpoint {endpoint:?}: {e}"))?;
+            .map_err(|e| format!("OTLP traces endpoint {shown}: {e}"))?;
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
             return Err(format!(
-                "OTLP traces endpoint {endpoint:?} must be an http:// or https:// URL"
+                "OTLP traces endpoint {shown} must be an http:// or https:// URL"
             ));
         }
         let protocol = set(&self.otel_exporter_otlp_traces_protocol)
@@ -518,9 +547,13 @@ impl OtelConfig {
                 }
             },
         };
+        let service_name = match self.otel_service_name.trim() {
+            "" => "flashsale".to_string(),
+            name => name.to_string(),
+        };
         Ok(Some(TraceExport {
             endpoint,
-            service_name: self.otel_service_name.clone(),
+            service_name,
             timeout,
             warnings,
         }))
@@ -772,6 +805,7 @@ mod tests {
                 "https://otel.example/base",
                 "https://otel.example/base/v1/traces",
             ),
+            ("http://c:4318/?k=v", "http://c:4318/v1/traces?k=v"),
         ] {
             assert_eq!(endpoint(&[(base, b)]).as_deref(), Some(want), "{b}");
         }
@@ -874,5 +908,31 @@ mod tests {
             assert_eq!(t.timeout, Duration::from_secs(10), "{bad}");
             assert_eq!(t.warnings.len(), 1, "{bad}");
         }
+    }
+
+    #[test]
+    fn the_endpoint_is_logged_without_credentials() {
+        let t = otel(&[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https://user:s3cret@otel.example:4318/base?token=s3cret",
+        )])
+        .traces()
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            t.endpoint_for_logs(),
+            "https://otel.example:4318/base/v1/traces"
+        );
+        let e = otel(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://user:s3cret@x")])
+            .traces()
+            .unwrap_err();
+        assert!(!e.contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_service_name_is_the_default() {
+        let mut c = otel(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")]);
+        c.otel_service_name = " ".into();
+        assert_eq!(c.traces().unwrap().unwrap().service_name, "flashsale");
     }
 }

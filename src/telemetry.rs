@@ -70,7 +70,7 @@ pub fn init_tracing(cfg: &Config) -> anyhow::Result<()> {
         provider,
         timeout: export.timeout,
     });
-    tracing::info!(endpoint = %export.endpoint, service.name = %export.service_name,
+    tracing::info!(endpoint = %export.endpoint_for_logs(), service.name = %export.service_name,
         "exporting traces (OTLP/HTTP)");
     for w in &export.warnings {
         tracing::warn!("{w}");

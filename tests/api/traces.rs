@@ -400,8 +400,11 @@ async fn a_buy_now_sends_its_http_redis_and_mysql_spans_to_the_otlp_endpoint() {
 async fn spans_go_out_in_batches_while_the_service_runs() {
     let rx = Receiver::start(false).await;
     let (mut svc, app) = start_traced(&[
-        // A base URL with a trailing slash, and the batch delay short.
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("{}/", rx.url)),
+        // A base URL with credentials and a trailing slash, and the batch delay short.
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("{}/", rx.url.replace("http://", "http://user:s3cret@")),
+        ),
         ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
     ])
     .await;
@@ -425,6 +428,10 @@ async fn spans_go_out_in_batches_while_the_service_runs() {
     assert_eq!(s.name, "GET /v1/products");
     assert_eq!(s.service, "flashsale", "the default service name");
     stop(&mut svc, Duration::from_secs(30)).await;
+    // The start log names the endpoint, not its credentials.
+    let log = std::fs::read_to_string(&svc.log).unwrap();
+    assert!(log.contains("exporting traces"), "{log}");
+    assert!(!log.contains("s3cret"), "{log}");
 }
 
 #[tokio::test]
