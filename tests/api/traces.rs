@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::http::StatusCode as AxStatus;
 use flashsale::app::AppState;
+use flashsale::config::Config;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -22,7 +23,7 @@ use serde_json::json;
 
 use crate::helpers::{TestApp, test_config, test_names};
 use crate::metrics::repo_file;
-use crate::process::{Service, eventually, free_port};
+use crate::process::{OwnRedis, Service, eventually, free_port};
 
 /// One span as received, with its resource's service name.
 #[derive(Debug, Clone)]
@@ -36,6 +37,8 @@ struct Got {
     start_ns: u64,
     end_ns: u64,
     attrs: HashMap<String, String>,
+    /// The span's status: 2 is error.
+    status: i32,
 }
 
 impl Got {
@@ -131,6 +134,7 @@ impl Receiver {
                             start_ns: s.start_time_unix_nano,
                             end_ns: s.end_time_unix_nano,
                             attrs: attrs(&s.attributes),
+                            status: s.status.as_ref().map_or(0, |st| st.code),
                         });
                     }
                 }
@@ -152,9 +156,17 @@ impl Drop for Receiver {
 
 /// The binary on a fresh database and prefix, with the OTEL_* variables of `otel`.
 async fn start_traced(otel: &[(&str, String)]) -> (Service, TestApp) {
+    start_traced_with(|_| {}, otel).await
+}
+
+async fn start_traced_with(
+    tweak: impl FnOnce(&mut Config),
+    otel: &[(&str, String)],
+) -> (Service, TestApp) {
     let (db_name, prefix) = test_names();
     let mut cfg = test_config(&db_name, &prefix);
     cfg.worker = true;
+    tweak(&mut cfg);
     let port = free_port();
     let log = std::env::temp_dir().join(format!("{prefix}.log"));
     let mut env = Service::env_of(&cfg, port);
@@ -529,4 +541,50 @@ fn the_compose_stack_sends_traces_to_jaeger_and_grafana_reads_them() {
         .filter_map(|p| p.as_str())
         .collect();
     assert!(ports.contains(&"16686:16686"), "{ports:?}");
+}
+
+#[tokio::test]
+async fn with_redis_down_the_request_and_script_spans_say_error() {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("flashsale-redis-{port}"));
+    let mut redis_server = OwnRedis::start(port, &dir).await;
+    let url = redis_server.url();
+    let rx = Receiver::start(false).await;
+    let (mut svc, app) = start_traced_with(
+        |c| c.redis_url = url.clone(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.url.clone()),
+            ("FLASHSALE_REDIS_TIMEOUT", "300ms".into()),
+            // The rate limiter's script is the request's first Redis call.
+            ("FLASHSALE_RATE_LIMITS", "true".into()),
+        ],
+    )
+    .await;
+    let sku = app.sale_product(5, None).await;
+    let t = app.customer_token(904);
+    redis_server.kill();
+    let r = app
+        .post(
+            "/v1/orders/buy-now",
+            Some(&t),
+            json!({"sku": sku, "count": 1}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    let request_id = r.headers["x-request-id"].to_str().unwrap().to_string();
+    stop(&mut svc, Duration::from_secs(60)).await;
+
+    let spans = rx.spans();
+    let http = spans
+        .iter()
+        .find(|s| s.attr("request.id") == Some(request_id.as_str()))
+        .expect("the request's span");
+    assert_eq!(http.attr("http.response.status_code"), Some("503"));
+    assert_eq!(http.status, 2, "a 5xx is an error span");
+    let failed: Vec<&str> = descendants(&spans, http)
+        .iter()
+        .filter(|s| s.name == "redis.script" && s.status == 2)
+        .filter_map(|s| s.attr("script"))
+        .collect();
+    assert!(failed.contains(&"rate_limit"), "{failed:?}");
 }
