@@ -393,12 +393,23 @@ pub struct Config {
 /// queue, sampler, resource attributes) are read by the OpenTelemetry SDK itself.
 #[derive(Debug, Clone, Default, Args)]
 pub struct OtelConfig {
-    /// OTLP/HTTP base URL (e.g. http://collector:4318); traces go to `<it>/v1/traces`.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    /// OTLP/HTTP base URL (e.g. http://collector:4318); traces go to `<it>/v1/traces`. Its
+    /// value is never shown (it may carry credentials).
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        hide_env_values = true,
+        global = true
+    )]
     pub otel_exporter_otlp_endpoint: Option<String>,
 
     /// OTLP/HTTP URL for traces, used as it is (wins over the base URL).
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", global = true)]
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        hide_env_values = true,
+        global = true
+    )]
     pub otel_exporter_otlp_traces_endpoint: Option<String>,
 
     /// OTLP protocol; only `http/protobuf` (the default) is supported.
