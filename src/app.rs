@@ -129,7 +129,8 @@ impl Application {
 
     /// Serves the API and runs the sweeper until `shutdown` completes; then stops accepting,
     /// lets in-flight requests finish (at most `shutdown_grace`), and stops the background work:
-    /// the outbox writer finishes the batch it is writing.
+    /// the outbox writer finishes the batch it is writing. Last, the queued spans are exported
+    /// (when traces are on; at most the OTLP export timeout).
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -174,6 +175,8 @@ impl Application {
             let _ = task.await;
         }
         tracing::info!("flashsale stopped");
+        // The spans of the last requests and of the final write-back go out before the exit.
+        telemetry::flush_traces().await;
         Ok(())
     }
 }

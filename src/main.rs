@@ -7,8 +7,14 @@ use flashsale::{auth, domain::Role, outbox_dead, reconcile, seed, simulate, stor
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init_tracing(cli.config.log_format);
     cli.config.validate().map_err(|e| anyhow::anyhow!(e))?;
+    telemetry::init_tracing(&cli.config)?;
+    let result = run(cli).await;
+    telemetry::shutdown_traces().await;
+    result
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => Application::build(cli.config).await?.run().await,
         Command::Migrate => {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
 
 use crate::app::AppState;
 use crate::error::AppError;
@@ -160,7 +161,7 @@ where
             holder: None,
             resume_order: None,
         });
-        return respond(tokio::spawn(work).await);
+        return respond(tokio::spawn(work.in_current_span()).await);
     };
     let record = state.redis.keys.idempotency(user_id, scope, &key);
     let owner = crate::auth::generate_secret();
@@ -201,21 +202,24 @@ where
         holder: Some((state.clone(), record, owner)),
         resume_order,
     };
-    let task = tokio::spawn(async move {
-        let work = f(progress);
-        tokio::pin!(work);
-        let mut renew = tokio::time::interval(lease / 3);
-        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        renew.tick().await;
-        let result = loop {
-            tokio::select! {
-                r = &mut work => break r,
-                _ = renew.tick() => holder.renew().await,
-            }
-        };
-        holder.finish(&result).await;
-        result
-    });
+    let task = tokio::spawn(
+        async move {
+            let work = f(progress);
+            tokio::pin!(work);
+            let mut renew = tokio::time::interval(lease / 3);
+            renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            renew.tick().await;
+            let result = loop {
+                tokio::select! {
+                    r = &mut work => break r,
+                    _ = renew.tick() => holder.renew().await,
+                }
+            };
+            holder.finish(&result).await;
+            result
+        }
+        .in_current_span(),
+    );
     respond(task.await)
 }
 

@@ -91,20 +91,72 @@ pub fn router(state: AppState) -> Router {
         None => routes,
     };
     routes
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            let id = req
-                .headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            tracing::info_span!("http", method = %req.method(), uri = %req.uri(), request.id = %id)
-        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(RecordResponse),
+        )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .layer(SetSensitiveRequestHeadersLayer::new([
             axum::http::header::AUTHORIZATION,
         ]))
         .with_state(state)
+}
+
+/// The span of one request, with OpenTelemetry's HTTP server attribute names: a server span
+/// named `{method} {route}` (the route template, never the raw path) with the request id.
+fn request_span(req: &Request) -> tracing::Span {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let method = req.method().as_str();
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str());
+    let span = tracing::info_span!(
+        "http",
+        otel.name = tracing::field::Empty,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        http.route = tracing::field::Empty,
+        url.path = %req.uri().path(),
+        request.id = %id,
+        http.response.status_code = tracing::field::Empty,
+    );
+    if let Some(route) = route {
+        span.record("http.route", route);
+    }
+    // The name is only for the trace (the logs have the fields): no formatting when off.
+    if crate::telemetry::traces_on() {
+        let name = match route {
+            Some(route) => format!("{method} {route}"),
+            None => method.to_owned(),
+        };
+        span.record("otel.name", name);
+    }
+    span
+}
+
+/// Puts the answer's status on the request span (5xx marks the span as an error), then logs
+/// as before.
+#[derive(Clone, Copy)]
+struct RecordResponse;
+
+impl<B> tower_http::trace::OnResponse<B> for RecordResponse {
+    fn on_response(
+        self,
+        response: &axum::http::Response<B>,
+        latency: std::time::Duration,
+        span: &tracing::Span,
+    ) {
+        span.record("http.response.status_code", response.status().as_u16());
+        if response.status().is_server_error() {
+            span.record("otel.status_code", "error");
+        }
+        tower_http::trace::DefaultOnResponse::default().on_response(response, latency, span);
+    }
 }
 
 /// CORS from `FLASHSALE_CORS_ORIGINS` (none when empty): exact origins or any (`*`), without

@@ -203,6 +203,9 @@ pub async fn list_products(
 /// Runs `change` on a sku inside a MySQL transaction that holds the product's row lock, then
 /// mirrors the product's new catalog entry into Redis before committing. If Redis fails, MySQL
 /// rolls back: nothing changed. If the commit fails, the old entry goes back into Redis.
+#[tracing::instrument(name = "mysql.transaction", level = "debug", skip_all,
+    fields(otel.kind = "client", db.system = "mysql", db.operation.name = "change_product",
+        sku = %sku))]
 async fn change_product<F>(state: &AppState, sku: Sku, change: F) -> AppResult<ProductRow>
 where
     F: for<'c> FnOnce(
@@ -286,7 +289,11 @@ pub struct StockAdjusted {
 }
 
 /// Adds or removes on-hand units. Only available units can be removed: what is held, reserved
-/// or sold stays, so stock never goes below what is spoken for.
+/// or sold stays, so stock never goes below what is spoken for. One MySQL transaction from start
+/// to end (its span: `mysql.transaction`).
+#[tracing::instrument(name = "mysql.transaction", level = "debug", skip_all,
+    fields(otel.kind = "client", db.system = "mysql", db.operation.name = "adjust_stock",
+        sku = %sku, warehouse_id))]
 pub async fn adjust_stock(
     state: &AppState,
     sku: Sku,

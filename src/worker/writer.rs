@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use sqlx::MySqlPool;
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use crate::app::AppState;
 use crate::domain::{OrderEventKind, Sku};
@@ -464,6 +465,8 @@ impl Writer {
 
     /// The write-back of a batch: Redis pre-steps, one MySQL transaction, Redis follow-up,
     /// public events. Safe to repeat from any point.
+    #[tracing::instrument(name = "outbox.write_back", level = "debug", skip_all,
+        fields(events = events.len()))]
     async fn write(
         &self,
         db: &MySqlPool,
@@ -502,19 +505,39 @@ impl Writer {
         redis.release_lines(&dropped_lines).await?;
 
         let started = Instant::now();
-        let mut tx = db.begin().await?;
-        let evs: Vec<&OutboxEvent> = events.iter().map(|(_, _, ev)| ev).collect();
-        let collisions = db::apply_events(&mut tx, &evs).await?;
+        let tx_span = tracing::debug_span!(
+            "mysql.transaction",
+            otel.kind = "client",
+            db.system = "mysql",
+            db.operation.name = "write_back",
+            otel.status_code = tracing::field::Empty,
+            events = events.len(),
+        );
+        let written = async {
+            let mut tx = db.begin().await?;
+            let evs: Vec<&OutboxEvent> = events.iter().map(|(_, _, ev)| ev).collect();
+            let collisions = db::apply_events(&mut tx, &evs).await?;
+            if !collisions.is_empty() {
+                // Rolled back: nothing of these events is written under another order's id.
+                drop(tx);
+                return AppResult::Ok(collisions);
+            }
+            db::apply_movements(&mut tx, &movements).await?;
+            tx.commit().await?;
+            AppResult::Ok(collisions)
+        }
+        .instrument(tx_span.clone())
+        .await;
+        if written.is_err() {
+            tx_span.record("otel.status_code", "error");
+        }
+        let collisions = written?;
         if !collisions.is_empty() {
-            // Rolled back: nothing of these events is written under another order's id.
-            drop(tx);
             return Err(Failure::Collision(format!(
                 "MySQL holds other orders under order ids {collisions:?} (another customer or \
                  creation time): not merged"
             )));
         }
-        db::apply_movements(&mut tx, &movements).await?;
-        tx.commit().await?;
         metrics::histogram!("flashsale_outbox_write_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         if fault == Fault::AfterCommit {

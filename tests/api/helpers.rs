@@ -378,11 +378,25 @@ impl TestApp {
         .unwrap_or(0);
         let keys = self.state.redis.keys.sku(Sku::parse(sku).unwrap());
         let mut conn = self.state.redis.conn();
-        let stock: HashMap<String, i64> = conn.hgetall(keys.stock()).await.unwrap();
-        let ledger: HashMap<String, String> = conn.hgetall(keys.res()).await.unwrap();
-        let users: HashMap<String, i64> = conn.hgetall(keys.users()).await.unwrap();
-        let exp: Vec<String> = conn.zrange(keys.exp(), 0, -1).await.unwrap();
-        let sold_ledger: HashMap<String, String> = conn.hgetall(keys.sold()).await.unwrap();
+        // One atomic read (MULTI/EXEC: the keys share a slot), so that a script running beside
+        // a live service (the write-back, the sweeper) is seen wholly or not at all.
+        #[allow(clippy::type_complexity)]
+        let (stock, ledger, users, exp, sold_ledger): (
+            HashMap<String, i64>,
+            HashMap<String, String>,
+            HashMap<String, i64>,
+            Vec<String>,
+            HashMap<String, String>,
+        ) = redis::pipe()
+            .atomic()
+            .hgetall(keys.stock())
+            .hgetall(keys.res())
+            .hgetall(keys.users())
+            .zrange(keys.exp(), 0, -1)
+            .hgetall(keys.sold())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
 
         let b = Buckets {
             on_hand: on_hand as i64,

@@ -27,6 +27,7 @@ mod recovery;
 mod redis_policy;
 mod simulate;
 mod sweeper;
+mod traces;
 mod validation;
 mod web;
 mod webhooks;

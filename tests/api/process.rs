@@ -25,15 +25,16 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
-/// The service binary, run with `cfg` as environment (none of the caller's FLASHSALE_*).
-struct Service {
-    child: Child,
+/// The service binary, run with `cfg` as environment (none of the caller's FLASHSALE_* or
+/// OTEL_*).
+pub(crate) struct Service {
+    pub(crate) child: Child,
     env: Vec<(String, String)>,
-    log: PathBuf,
+    pub(crate) log: PathBuf,
 }
 
 impl Service {
-    fn env_of(cfg: &Config, port: u16) -> Vec<(String, String)> {
+    pub(crate) fn env_of(cfg: &Config, port: u16) -> Vec<(String, String)> {
         let d = |d: Duration| format!("{}ms", d.as_millis());
         [
             ("FLASHSALE_MYSQL_URL", cfg.mysql_url.clone()),
@@ -62,7 +63,7 @@ impl Service {
         .collect()
     }
 
-    async fn start(env: Vec<(String, String)>, log: PathBuf, port: u16) -> Service {
+    pub(crate) async fn start(env: Vec<(String, String)>, log: PathBuf, port: u16) -> Service {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -70,7 +71,9 @@ impl Service {
             .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flashsale"));
         cmd.arg("serve");
-        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("FLASHSALE_")) {
+        for (k, _) in
+            std::env::vars().filter(|(k, _)| k.starts_with("FLASHSALE_") || k.starts_with("OTEL_"))
+        {
             cmd.env_remove(k);
         }
         let child = cmd
@@ -101,7 +104,7 @@ impl Service {
         }
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
             .status()
@@ -510,7 +513,7 @@ impl OwnRedis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

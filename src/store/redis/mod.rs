@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script, Value};
+use tracing::Instrument as _;
 
 pub use keys::{Keys, Rid, SkuKeys};
 use scripts::Scripts;
@@ -82,6 +83,26 @@ fn unsafe_policy(policy: &str) -> AppError {
         "redis maxmemory-policy is {policy}: it may evict stock and orders, so nothing is sold \
          until it is {REQUIRED_POLICY}"
     ))
+}
+
+/// The span of one Lua script call (or of one pipeline of `calls` calls of it), with
+/// OpenTelemetry's database client attribute names. Debug level: it exists only when traces are
+/// exported (see `telemetry::init_tracing`) or the logs ask for debug.
+fn script_span(name: &'static str, calls: usize) -> tracing::Span {
+    let span = tracing::debug_span!(
+        "redis.script",
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        db.system = "redis",
+        db.operation.name = "EVALSHA",
+        db.operation.batch.size = tracing::field::Empty,
+        script = name,
+    );
+    // A batch is two calls or more (the semantic conventions).
+    if calls > 1 {
+        span.record("db.operation.batch.size", calls);
+    }
+    span
 }
 
 impl Redis {
@@ -169,12 +190,17 @@ impl Redis {
         for a in args {
             inv.arg(*a);
         }
+        let span = script_span(name, 1);
         let started = Instant::now();
-        let r: Result<Value, redis::RedisError> = inv.invoke_async(&mut self.conn()).await;
+        let r: Result<Value, redis::RedisError> = inv
+            .invoke_async(&mut self.conn())
+            .instrument(span.clone())
+            .await;
         metrics::histogram!("flashsale_lua_duration_seconds", "script" => name)
             .record(started.elapsed().as_secs_f64());
         if r.is_err() {
             metrics::counter!("flashsale_lua_errors_total", "script" => name).increment(1);
+            span.record("otel.status_code", "error");
         }
         Reply::parse(name, r?)
     }
@@ -199,15 +225,24 @@ impl Redis {
                 .arg(keys)
                 .arg(args);
         }
+        let span = script_span(name, calls.len());
         let started = Instant::now();
-        let mut r: Result<Vec<Value>, redis::RedisError> = pipe.query_async(&mut self.conn()).await;
-        if matches!(&r, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
-        {
-            self.load_scripts().await?;
-            r = pipe.query_async(&mut self.conn()).await;
+        let r: AppResult<Vec<Value>> = async {
+            let r = pipe.query_async(&mut self.conn()).await;
+            if matches!(&r, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+            {
+                self.load_scripts().await?;
+                return Ok(pipe.query_async(&mut self.conn()).await?);
+            }
+            Ok(r?)
         }
+        .instrument(span.clone())
+        .await;
         metrics::histogram!("flashsale_lua_duration_seconds", "script" => name)
             .record(started.elapsed().as_secs_f64() / calls.len() as f64);
+        if r.is_err() {
+            span.record("otel.status_code", "error");
+        }
         r?.into_iter().map(|v| Reply::parse(name, v)).collect()
     }
 
