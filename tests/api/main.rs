@@ -12,6 +12,7 @@ mod cors;
 mod limits;
 mod live;
 mod metrics;
+mod model;
 mod openapi;
 mod ops;
 mod orders;

@@ -1,0 +1,350 @@
+//! The faults the model-based run injects, all local to the run: a redis-server of its own (killed
+//! with and without its data, its eviction policy changed), a TCP proxy between the service and
+//! MariaDB (cut = "MySQL stopped"), KILLs and locks on the run's own database only, and a writer
+//! that dies between its MySQL commit and its acknowledgement.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flashsale::worker::writer::{Fault, Writer};
+use sqlx::MySqlPool;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+
+use crate::helpers::TestApp;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FaultKind {
+    /// KILL every connection the service holds to the run's database, again and again.
+    MysqlKill,
+    /// `LOCK TABLES ... WRITE` or `SELECT ... FOR UPDATE` on the run's tables for seconds.
+    MysqlLock,
+    /// Deadlocks (1213) with the write-back: a heavier transaction of the run's own takes the
+    /// stock rows, waits for a transaction of the service to queue behind it, then asks for the
+    /// orders rows that one holds; InnoDB rolls back the lighter one. Again and again.
+    MysqlDeadlock,
+    /// The proxy in front of MariaDB cut: every connection dropped, new ones refused.
+    MysqlDown,
+    /// redis-server SIGKILLed and restarted with its append-only file (nothing lost).
+    RedisRestart,
+    /// redis-server SIGKILLed, its files deleted, restarted empty; then `rebuild-cache`.
+    RedisWipe,
+    /// `maxmemory-policy allkeys-lru` for a while (the service must refuse sales: 503).
+    RedisEvict,
+    /// A writer instance that dies after its MySQL commit, before its Redis follow-up and ack.
+    WriterCrash,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 8] = [
+        FaultKind::MysqlKill,
+        FaultKind::MysqlLock,
+        FaultKind::MysqlDeadlock,
+        FaultKind::MysqlDown,
+        FaultKind::RedisRestart,
+        FaultKind::RedisWipe,
+        FaultKind::RedisEvict,
+        FaultKind::WriterCrash,
+    ];
+}
+
+/// A redis-server of the run's own, with AOF (fsync always) in its own directory.
+pub struct RedisProc {
+    child: Mutex<Option<Child>>,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl RedisProc {
+    pub async fn start(port: u16) -> RedisProc {
+        let dir = std::env::temp_dir().join(format!("flashsale-model-redis-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let r = RedisProc {
+            child: Mutex::new(None),
+            port,
+            dir,
+        };
+        r.spawn().await;
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&self) {
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        *self.child.lock().unwrap() = Some(child);
+        let client = redis::Client::open(self.url()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut c) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "redis-server did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn kill(&self) {
+        let child = self.child.lock().unwrap().take();
+        if let Some(mut c) = child {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGKILL, then start again: with its files (`keep`) or empty.
+    pub async fn restart(&self, keep: bool, down_for: Duration) {
+        self.kill();
+        if !keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+        tokio::time::sleep(down_for).await;
+        self.spawn().await;
+    }
+
+    pub async fn config_set(&self, key: &str, value: &str) {
+        let client = redis::Client::open(self.url()).unwrap();
+        if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+            let _: Result<(), _> = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg(key)
+                .arg(value)
+                .query_async(&mut c)
+                .await;
+        }
+    }
+}
+
+impl Drop for RedisProc {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A TCP proxy in front of MariaDB: `cut()` drops every connection and refuses new ones (what
+/// the service sees of a stopped MySQL), `restore()` lets them through again.
+pub struct Proxy {
+    pub port: u16,
+    up: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<AbortHandle>>>,
+    accept: AbortHandle,
+}
+
+impl Proxy {
+    pub async fn start(target: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let (up2, conns2) = (up.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let h = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                let mut c = conns2.lock().unwrap();
+                c.retain(|h| !h.is_finished());
+                c.push(h.abort_handle());
+            }
+        })
+        .abort_handle();
+        Proxy {
+            port,
+            up,
+            conns,
+            accept,
+        }
+    }
+
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+}
+
+/// KILLs every connection to `db` (the service's, through the proxy) for `dur`, every 25 ms.
+/// The run's own checking pool has no default database, so it is never among them.
+pub async fn kill_connections(direct: &MySqlPool, db: &str, dur: Duration) -> usize {
+    let until = Instant::now() + dur;
+    let mut killed = 0;
+    while Instant::now() < until {
+        let ids: Vec<u64> = sqlx::query_scalar(
+            "SELECT CAST(ID AS UNSIGNED) FROM information_schema.PROCESSLIST \
+             WHERE DB = ? AND ID <> CONNECTION_ID()",
+        )
+        .bind(db)
+        .fetch_all(direct)
+        .await
+        .unwrap_or_default();
+        for id in ids {
+            if sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL {id}")))
+                .execute(direct)
+                .await
+                .is_ok()
+            {
+                killed += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    killed
+}
+
+/// Holds `LOCK TABLES` (table locks) or `SELECT ... FOR UPDATE` (row locks) on the run's
+/// stock and orders tables for `dur`.
+pub async fn hold_locks(direct: &MySqlPool, db: &str, table_lock: bool, dur: Duration) {
+    let Ok(mut conn) = direct.acquire().await else {
+        return;
+    };
+    if table_lock {
+        let sql = format!("LOCK TABLES `{db}`.stock WRITE, `{db}`.orders WRITE");
+        if sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *conn)
+            .await
+            .is_ok()
+        {
+            tokio::time::sleep(dur).await;
+        }
+        let _ = sqlx::raw_sql("UNLOCK TABLES").execute(&mut *conn).await;
+    } else {
+        let sql = format!(
+            "START TRANSACTION; SELECT COUNT(*) FROM `{db}`.stock FOR UPDATE; \
+             SELECT COUNT(*) FROM `{db}`.orders FOR UPDATE"
+        );
+        if sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *conn)
+            .await
+            .is_ok()
+        {
+            tokio::time::sleep(dur).await;
+        }
+        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+    }
+}
+
+/// Makes deadlocks with the service's transactions on the run's database for `dur`; returns
+/// how many of them InnoDB resolved against the service.
+pub async fn deadlocks(direct: &MySqlPool, db: &str, dur: Duration) -> usize {
+    let Ok(mut conn) = direct.acquire().await else {
+        return 0;
+    };
+    let setup = format!(
+        "CREATE TABLE IF NOT EXISTS `{db}`.model_ballast (id INT NOT NULL AUTO_INCREMENT \
+         PRIMARY KEY, pad CHAR(10) NOT NULL DEFAULT 'x') ENGINE = InnoDB"
+    );
+    if sqlx::raw_sql(sqlx::AssertSqlSafe(setup))
+        .execute(&mut *conn)
+        .await
+        .is_err()
+    {
+        return 0;
+    }
+    let until = Instant::now() + dur;
+    let mut victims = 0;
+    while Instant::now() < until {
+        // Heavier than any write-back batch: 2,000 rows of ballast in this transaction.
+        let begin = format!(
+            "START TRANSACTION; INSERT INTO `{db}`.model_ballast (pad) SELECT 'x' FROM \
+             information_schema.COLUMNS LIMIT 2000; \
+             SELECT COUNT(*) FROM `{db}`.stock FOR UPDATE"
+        );
+        if sqlx::raw_sql(sqlx::AssertSqlSafe(begin))
+            .execute(&mut *conn)
+            .await
+            .is_err()
+        {
+            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+            continue;
+        }
+        // Wait (at most a second) for a transaction of the service to queue behind the locks.
+        let wait_until = Instant::now() + Duration::from_secs(1);
+        let mut waiting = false;
+        while Instant::now() < wait_until.min(until) {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM information_schema.INNODB_TRX t \
+                 JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id \
+                 WHERE p.DB = ? AND t.trx_state = 'LOCK WAIT'",
+            )
+            .bind(db)
+            .fetch_one(direct)
+            .await
+            .unwrap_or(0);
+            if n > 0 {
+                waiting = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if waiting {
+            let close = format!("SELECT COUNT(*) FROM `{db}`.orders FOR UPDATE");
+            if sqlx::raw_sql(sqlx::AssertSqlSafe(close))
+                .execute(&mut *conn)
+                .await
+                .is_ok()
+            {
+                victims += 1;
+            }
+        }
+        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+    }
+    victims
+}
+
+/// A second writer instance that commits to MySQL and dies before its follow-up and its ack,
+/// `times` times over `dur`; the service's own writer claims its entries after `claim_idle`.
+pub async fn crashing_writer(app: &TestApp, round: usize, times: usize, dur: Duration) -> usize {
+    let mut crashed = 0;
+    for i in 0..times {
+        let w = Writer::named(app.state.clone(), &format!("crashy-{round}-{i}"));
+        if w.run_once(&app.state.db, Fault::AfterCommit).await.is_err() {
+            crashed += 1;
+        }
+        tokio::time::sleep(dur / times as u32).await;
+    }
+    crashed
+}
