@@ -22,10 +22,9 @@ pub enum FaultKind {
     MysqlKill,
     /// `LOCK TABLES ... WRITE` or `SELECT ... FOR UPDATE` on the run's tables for seconds.
     MysqlLock,
-    /// Deadlocks (1213) with the write-back: a heavier transaction of the run's own takes the
-    /// stock rows, waits for a transaction of the service to queue behind it, then asks for the
-    /// orders rows that one holds; InnoDB rolls back the lighter one. Again and again.
-    MysqlDeadlock,
+    /// The stock rows held locked, and every write-back statement that queues behind them
+    /// killed (KILL QUERY): the write-back fails as on a lock-wait timeout or a deadlock.
+    MysqlLockKill,
     /// The proxy in front of MariaDB cut: every connection dropped, new ones refused.
     MysqlDown,
     /// redis-server SIGKILLed and restarted with its append-only file (nothing lost).
@@ -42,7 +41,7 @@ impl FaultKind {
     pub const ALL: [FaultKind; 8] = [
         FaultKind::MysqlKill,
         FaultKind::MysqlLock,
-        FaultKind::MysqlDeadlock,
+        FaultKind::MysqlLockKill,
         FaultKind::MysqlDown,
         FaultKind::RedisRestart,
         FaultKind::RedisWipe,
@@ -267,72 +266,50 @@ pub async fn hold_locks(direct: &MySqlPool, db: &str, table_lock: bool, dur: Dur
     }
 }
 
-/// Makes deadlocks with the service's transactions on the run's database for `dur`; returns
-/// how many of them InnoDB resolved against the service.
-pub async fn deadlocks(direct: &MySqlPool, db: &str, dur: Duration) -> usize {
-    let Ok(mut conn) = direct.acquire().await else {
-        return 0;
-    };
-    let setup = format!(
-        "CREATE TABLE IF NOT EXISTS `{db}`.model_ballast (id INT NOT NULL AUTO_INCREMENT \
-         PRIMARY KEY, pad CHAR(10) NOT NULL DEFAULT 'x') ENGINE = InnoDB"
-    );
-    if sqlx::raw_sql(sqlx::AssertSqlSafe(setup))
-        .execute(&mut *conn)
-        .await
-        .is_err()
-    {
-        return 0;
-    }
+/// Holds the run's stock rows locked and KILLs (KILL QUERY) every statement of the service
+/// that queues behind them, for `dur`: what a lock-wait timeout (1205) or a deadlock (1213)
+/// does to a write-back, its statement fails and its transaction rolls back. Returns how many
+/// statements were killed.
+pub async fn lock_and_kill_waiters(direct: &MySqlPool, db: &str, dur: Duration) -> usize {
     let until = Instant::now() + dur;
-    let mut victims = 0;
+    let mut killed = 0;
     while Instant::now() < until {
-        // Heavier than any write-back batch: 2,000 rows of ballast in this transaction.
-        let begin = format!(
-            "START TRANSACTION; INSERT INTO `{db}`.model_ballast (pad) SELECT 'x' FROM \
-             information_schema.COLUMNS LIMIT 2000; \
-             SELECT COUNT(*) FROM `{db}`.stock FOR UPDATE"
-        );
-        if sqlx::raw_sql(sqlx::AssertSqlSafe(begin))
-            .execute(&mut *conn)
+        let Ok(mut tx) = direct.begin().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let lock = format!("SELECT sku FROM `{db}`.stock FOR UPDATE");
+        if sqlx::query(sqlx::AssertSqlSafe(lock))
+            .fetch_all(&mut *tx)
             .await
             .is_err()
         {
-            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
             continue;
         }
-        // Wait (at most a second) for a transaction of the service to queue behind the locks.
-        let wait_until = Instant::now() + Duration::from_secs(1);
-        let mut waiting = false;
-        while Instant::now() < wait_until.min(until) {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM information_schema.INNODB_TRX t \
-                 JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id \
-                 WHERE p.DB = ? AND t.trx_state = 'LOCK WAIT'",
+        let hold_until = (Instant::now() + Duration::from_millis(500)).min(until);
+        while Instant::now() < hold_until {
+            let waiting: Vec<u64> = sqlx::query_scalar(
+                "SELECT CAST(ID AS UNSIGNED) FROM information_schema.PROCESSLIST \
+                 WHERE DB = ? AND INFO LIKE 'UPDATE stock SET on_hand = on_hand -%'",
             )
             .bind(db)
-            .fetch_one(direct)
+            .fetch_all(direct)
             .await
-            .unwrap_or(0);
-            if n > 0 {
-                waiting = true;
-                break;
+            .unwrap_or_default();
+            for id in waiting {
+                if sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL QUERY {id}")))
+                    .execute(direct)
+                    .await
+                    .is_ok()
+                {
+                    killed += 1;
+                }
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        if waiting {
-            let close = format!("SELECT COUNT(*) FROM `{db}`.orders FOR UPDATE");
-            if sqlx::raw_sql(sqlx::AssertSqlSafe(close))
-                .execute(&mut *conn)
-                .await
-                .is_ok()
-            {
-                victims += 1;
-            }
-        }
-        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+        let _ = tx.rollback().await;
     }
-    victims
+    killed
 }
 
 /// A second writer instance that commits to MySQL and dies before its follow-up and its ack,

@@ -97,9 +97,21 @@ enum Op {
     Sleep { ms: u64 },
 }
 
+/// Spreads a task's operations over about a second, so that they meet the round's fault.
+fn spread(rng: &mut StdRng, ops: Vec<Op>) -> Vec<Op> {
+    ops.into_iter()
+        .flat_map(|op| {
+            let gap = Op::Sleep {
+                ms: rng.random_range(20..350),
+            };
+            [gap, op]
+        })
+        .collect()
+}
+
 fn gen_customer_ops(rng: &mut StdRng, user: u64, nskus: usize) -> Vec<Op> {
     let n = rng.random_range(2..=6);
-    (0..n)
+    let ops = (0..n)
         .map(|_| {
             let sku = rng.random_range(0..nskus);
             match rng.random_range(0..100) {
@@ -132,12 +144,13 @@ fn gen_customer_ops(rng: &mut StdRng, user: u64, nskus: usize) -> Vec<Op> {
                 },
             }
         })
-        .collect()
+        .collect();
+    spread(rng, ops)
 }
 
 fn gen_admin_ops(rng: &mut StdRng, nskus: usize) -> Vec<Op> {
     let n = rng.random_range(1..=5);
-    (0..n)
+    let ops = (0..n)
         .map(|_| {
             let sku = rng.random_range(0..nskus);
             if rng.random_bool(0.8) {
@@ -154,12 +167,13 @@ fn gen_admin_ops(rng: &mut StdRng, nskus: usize) -> Vec<Op> {
             } else {
                 Op::SetSale {
                     sku,
-                    kind: rng.random_range(0..6),
+                    kind: rng.random_range(0..8),
                     soon_ms: rng.random_range(300..1500),
                 }
             }
         })
-        .collect()
+        .collect();
+    spread(rng, ops)
 }
 
 /// An answer: status 0 when the request got no answer at all.
@@ -447,10 +461,10 @@ async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
             let h = chrono::Duration::hours(1);
             let soon = chrono::Duration::milliseconds(*soon_ms);
             let window = match kind {
-                0 | 1 => Some((now - h, now + h)),
-                2 => Some((now - h - h, now - h)),
-                3 => Some((now + h, now + h + h)),
-                4 => Some((now - h, now + soon)),
+                0..=3 => Some((now - h, now + h)),
+                4 => Some((now - h - h, now - h)),
+                5 => Some((now + h, now + h + h)),
+                6 => Some((now - h, now + soon)),
                 _ if limit.is_none() => None,
                 _ => Some((now + soon, now + h)),
             };
@@ -903,9 +917,12 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
                     Some(FaultKind::MysqlKill) => {
                         faults::kill_connections(&w.direct, &w.db, d).await;
                     }
-                    Some(FaultKind::MysqlDeadlock) => {
-                        let v = faults::deadlocks(&w.direct, &w.db, d * 3).await;
-                        round_log.lock().unwrap().push(format!("deadlocks resolved against the service: {v}"));
+                    Some(FaultKind::MysqlLockKill) => {
+                        let v = faults::lock_and_kill_waiters(&w.direct, &w.db, d * 3).await;
+                        round_log
+                            .lock()
+                            .unwrap()
+                            .push(format!("write-back statements killed behind locks: {v}"));
                     }
                     Some(FaultKind::MysqlLock) => {
                         faults::hold_locks(&w.direct, &w.db, table_lock, d).await;
