@@ -4,7 +4,7 @@
 //! running past holds and payment windows), sends each round concurrently to the real service
 //! (several customers, few skus and units: high contention) while a fault may be injected,
 //! then quiesces (the write-back drained) and checks what the contract requires against the
-//! reference model (`model.rs`): the stock identity in Redis and MySQL, on_hand against the
+//! reference model (`reference.rs`): the stock identity in Redis and MySQL, on_hand against the
 //! accepted stock changes and the paid units, every answered order in MySQL with its owner,
 //! items and status (the same in Redis and over the API), per-customer limits, sale windows,
 //! nothing set aside in the dead-letter stream, `reconcile` clean, no 5xx but 503 under a fault.
@@ -14,7 +14,7 @@
 //! history: every discrepancy is printed with its seed, round and the round's operation log.
 
 mod faults;
-mod model;
+mod reference;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -31,7 +31,7 @@ use sqlx::MySqlPool;
 
 use crate::helpers::{TestApp, spawn_app_with};
 use faults::{FaultKind, Proxy, RedisProc};
-use model::{Discrepancy, Model, OrderModel, SkuModel, StoredOrder, Window};
+use reference::{Discrepancy, Model, OrderModel, SkuModel, StoredOrder, Window};
 
 const CUSTOMERS: u64 = 6;
 const HOLD_TTL: Duration = Duration::from_secs(2);
@@ -86,15 +86,45 @@ impl RunReport {
 /// One generated operation. `pick` chooses among the customer's orders when it runs.
 #[derive(Debug, Clone)]
 enum Op {
-    Add { user: u64, sku: usize, n: u64 },
-    Remove { user: u64, sku: usize, n: Option<u64> },
-    Checkout { user: u64 },
-    BuyNow { user: u64, sku: usize, n: u64 },
-    Pay { user: u64, pick: usize },
-    Cancel { user: u64, pick: usize },
-    Adjust { sku: usize, wh: usize, delta: i64 },
-    SetSale { sku: usize, kind: u8, soon_ms: i64 },
-    Sleep { ms: u64 },
+    Add {
+        user: u64,
+        sku: usize,
+        n: u64,
+    },
+    Remove {
+        user: u64,
+        sku: usize,
+        n: Option<u64>,
+    },
+    Checkout {
+        user: u64,
+    },
+    BuyNow {
+        user: u64,
+        sku: usize,
+        n: u64,
+    },
+    Pay {
+        user: u64,
+        pick: usize,
+    },
+    Cancel {
+        user: u64,
+        pick: usize,
+    },
+    Adjust {
+        sku: usize,
+        wh: usize,
+        delta: i64,
+    },
+    SetSale {
+        sku: usize,
+        kind: u8,
+        soon_ms: i64,
+    },
+    Sleep {
+        ms: u64,
+    },
 }
 
 /// Spreads a task's operations over about a second, so that they meet the round's fault.
@@ -219,7 +249,12 @@ fn items_of(order: &Value) -> BTreeMap<u64, u64> {
         .as_array()
         .map(|a| {
             a.iter()
-                .map(|i| (i["sku"].as_u64().unwrap_or(0), i["count"].as_u64().unwrap_or(0)))
+                .map(|i| {
+                    (
+                        i["sku"].as_u64().unwrap_or(0),
+                        i["count"].as_u64().unwrap_or(0),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -259,7 +294,7 @@ impl Round {
             self.model.lock().unwrap().indeterminate += 1;
             return false;
         }
-        if !model::allowed(op, a.status, &a.code) {
+        if !reference::allowed(op, a.status, &a.code) {
             self.found(
                 if a.status >= 500 {
                     "server_error"
@@ -289,7 +324,10 @@ async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
                 Some(json!({"sku": sku, "count": n})),
             )
             .await;
-            r.log(format!("u{user} add sku={sku} n={n} -> {} {}", a.status, a.code));
+            r.log(format!(
+                "u{user} add sku={sku} n={n} -> {} {}",
+                a.status, a.code
+            ));
             if r.judge("add", &a) && a.status == 200 {
                 window_check(r, sku, sent, "add");
             }
@@ -395,7 +433,10 @@ async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
                 None,
             )
             .await;
-            r.log(format!("u{user} {verb} order={id} -> {} {}", a.status, a.code));
+            r.log(format!(
+                "u{user} {verb} order={id} -> {} {}",
+                a.status, a.code
+            ));
             if !r.judge(verb, &a) {
                 return;
             }
@@ -440,7 +481,10 @@ async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
                 Some(json!({"warehouse_id": w, "delta": delta})),
             )
             .await;
-            r.log(format!("admin adjust sku={sku} w={w} delta={delta} -> {} {}", a.status, a.code));
+            r.log(format!(
+                "admin adjust sku={sku} w={w} delta={delta} -> {} {}",
+                a.status, a.code
+            ));
             let judged = r.judge("adjust", &a);
             let mut m = r.model.lock().unwrap();
             let s = m.sku_mut(sku);
@@ -492,7 +536,10 @@ async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
                     .await
                 }
             };
-            r.log(format!("admin sale sku={sku} {window:?} -> {} {}", a.status, a.code));
+            r.log(format!(
+                "admin sale sku={sku} {window:?} -> {} {}",
+                a.status, a.code
+            ));
             let name = if window.is_some() {
                 "set_sale"
             } else {
@@ -625,7 +672,8 @@ impl World {
         match flashsale::reconcile::check(&self.app.state).await {
             Ok(checks) => {
                 for c in checks.iter().filter(|c| !c.ok()) {
-                    let diff = c.on_hand + c.in_flight - (c.available + c.held + c.reserved + c.sold);
+                    let diff =
+                        c.on_hand + c.in_flight - (c.available + c.held + c.reserved + c.sold);
                     if !seen.insert(format!("reconcile:{}:{diff}:{}", c.sku, c.problems.len())) {
                         continue;
                     }
@@ -666,7 +714,10 @@ impl World {
                 format!(
                     "{} outbox event(s) set aside in the dead-letter stream: {:?}",
                     dead - self.dead_seen,
-                    entries.iter().skip(self.dead_seen as usize).collect::<Vec<_>>()
+                    entries
+                        .iter()
+                        .skip(self.dead_seen as usize)
+                        .collect::<Vec<_>>()
                 ),
             );
             self.dead_seen = dead;
@@ -702,7 +753,10 @@ impl World {
                     order_problems.push((
                         o.id,
                         "order_not_readable",
-                        format!("GET order {} by its customer {}: {}", o.id, o.user, api.status),
+                        format!(
+                            "GET order {} by its customer {}: {}",
+                            o.id, o.user, api.status
+                        ),
                     ));
                 }
                 let passed = o.created_at.elapsed() > PAYMENT_TTL + Duration::from_secs(3);
@@ -714,7 +768,7 @@ impl World {
                     }
                 }
                 order_problems.extend(
-                    model::check_order(
+                    reference::check_order(
                         &o,
                         stored.get(&o.id),
                         redis_status.as_deref(),
@@ -762,7 +816,7 @@ impl World {
                 );
             }
             if let Some(limit) = s.limit {
-                for (user, n) in model::limit_breaches(limit, s.sku, &stored) {
+                for (user, n) in reference::limit_breaches(limit, s.sku, &stored) {
                     if !seen.insert(format!("limit:{}:{user}:{n}", s.sku)) {
                         continue;
                     }
@@ -826,7 +880,10 @@ async fn setup(seed: u64) -> (World, Model) {
         } else {
             app.open_sale(sku, 5_000, limit.map(u64::from)).await;
             let now = Utc::now();
-            Window::Some(now - chrono::Duration::hours(1), now + chrono::Duration::hours(1))
+            Window::Some(
+                now - chrono::Duration::hours(1),
+                now + chrono::Duration::hours(1),
+            )
         };
         model.skus.push(SkuModel {
             sku,
@@ -902,10 +959,7 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
         // sale goes on; `rebuild-cache` runs after the round.
         if fault == Some(FaultKind::RedisWipe) {
             drain(&world.app, Duration::from_secs(30)).await;
-            world
-                .redis
-                .restart(false, Duration::from_millis(200))
-                .await;
+            world.redis.restart(false, Duration::from_millis(200)).await;
             world.dead_seen = 0;
         }
         let fault_task = {
@@ -1033,12 +1087,20 @@ async fn ci_seeds() {
     let found: Vec<String> = all
         .iter()
         .flat_map(|r| {
-            r.discrepancies
-                .iter()
-                .map(move |d| format!("seed {} round {} [{}] {}", r.seed, d.round, d.kind, d.detail))
+            r.discrepancies.iter().map(move |d| {
+                format!(
+                    "seed {} round {} [{}] {}",
+                    r.seed, d.round, d.kind, d.detail
+                )
+            })
         })
         .collect();
-    assert!(found.is_empty(), "{} discrepancies:\n{}", found.len(), found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "{} discrepancies:\n{}",
+        found.len(),
+        found.join("\n")
+    );
 }
 
 /// The soak: `FLASHSALE_SOAK_SECS` (default 60) of runs with random seeds (or

@@ -193,13 +193,19 @@ pub fn check_order(
     if o.cancelled && !o.paid && m.status != "cancelled" {
         out.push((
             "cancelled_order_not_cancelled",
-            format!("order {} was answered cancelled; MySQL says {}", o.id, m.status),
+            format!(
+                "order {} was answered cancelled; MySQL says {}",
+                o.id, m.status
+            ),
         ));
     }
     if o.created_as == "failed" && m.status != "failed" {
         out.push((
             "failed_order_changed",
-            format!("order {} was answered failed; MySQL says {}", o.id, m.status),
+            format!(
+                "order {} was answered failed; MySQL says {}",
+                o.id, m.status
+            ),
         ));
     }
     if let Some(r) = redis_status
@@ -331,7 +337,10 @@ mod tests {
     #[test]
     fn windows_close_with_a_margin() {
         let now = Utc::now();
-        let w = Window::Some(now - chrono::Duration::hours(2), now - chrono::Duration::hours(1));
+        let w = Window::Some(
+            now - chrono::Duration::hours(2),
+            now - chrono::Duration::hours(1),
+        );
         assert!(w.surely_closed(now, 500));
         let w = Window::Some(now - chrono::Duration::hours(1), now);
         assert!(!w.surely_closed(now, 500));
