@@ -35,10 +35,13 @@ pub enum FaultKind {
     RedisEvict,
     /// A writer instance that dies after its MySQL commit, before its Redis follow-up and ack.
     WriterCrash,
+    /// The service process SIGKILLed in the middle of the round and started again (runs with
+    /// the service as a child process only).
+    ServiceKill,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 8] = [
+    pub const ALL: [FaultKind; 9] = [
         FaultKind::MysqlKill,
         FaultKind::MysqlLock,
         FaultKind::MysqlLockKill,
@@ -47,6 +50,7 @@ impl FaultKind {
         FaultKind::RedisWipe,
         FaultKind::RedisEvict,
         FaultKind::WriterCrash,
+        FaultKind::ServiceKill,
     ];
 }
 
@@ -331,4 +335,119 @@ pub async fn crashing_writer(app: &TestApp, round: usize, times: usize, dur: Dur
         tokio::time::sleep(dur / times as u32).await;
     }
     crashed
+}
+
+/// The service binary as a child process (for `ServiceKill`): SIGKILLed and started again.
+pub struct ServiceProc {
+    child: Mutex<Option<Child>>,
+    env: Vec<(String, String)>,
+    pub port: u16,
+    log: PathBuf,
+}
+
+impl ServiceProc {
+    pub async fn start(cfg: &flashsale::config::Config) -> ServiceProc {
+        let port = crate::process::free_port();
+        let d = |d: Duration| format!("{}ms", d.as_millis());
+        let env: Vec<(String, String)> = [
+            ("FLASHSALE_MYSQL_URL", cfg.mysql_url.clone()),
+            ("FLASHSALE_REDIS_URL", cfg.redis_url.clone()),
+            ("FLASHSALE_REDIS_PREFIX", cfg.redis_prefix.clone()),
+            ("FLASHSALE_LISTEN", format!("127.0.0.1:{port}")),
+            ("FLASHSALE_JWT_SECRET", cfg.jwt_secret.clone().unwrap()),
+            (
+                "FLASHSALE_ADMIN_PASSWORD",
+                cfg.admin_password.clone().unwrap(),
+            ),
+            (
+                "FLASHSALE_ARGON2_MEMORY_KIB",
+                cfg.argon2_memory_kib.to_string(),
+            ),
+            ("FLASHSALE_CART_HOLD_TTL", d(cfg.cart_hold_ttl)),
+            ("FLASHSALE_PAYMENT_TTL", d(cfg.payment_ttl)),
+            ("FLASHSALE_SWEEP_INTERVAL", d(cfg.sweep_interval)),
+            ("FLASHSALE_CLAIM_IDLE", d(cfg.claim_idle)),
+            ("FLASHSALE_METRICS_INTERVAL", d(cfg.metrics_interval)),
+            ("FLASHSALE_REDIS_TIMEOUT", d(cfg.redis_timeout)),
+            ("FLASHSALE_WORKER", cfg.worker.to_string()),
+            ("FLASHSALE_RATE_LIMITS", cfg.rate_limits.to_string()),
+            ("RUST_LOG", "info".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let log = std::env::temp_dir().join(format!("{}-model.log", cfg.redis_prefix));
+        let s = ServiceProc {
+            child: Mutex::new(None),
+            env,
+            port,
+            log,
+        };
+        s.spawn().await;
+        s
+    }
+
+    pub fn addr(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&self) {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flashsale"));
+        cmd.arg("serve");
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("FLASHSALE_")) {
+            cmd.env_remove(k);
+        }
+        let child = cmd
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("the flashsale binary starts");
+        *self.child.lock().unwrap() = Some(child);
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = client
+                .get(format!("{}/readyz", self.addr()))
+                .send()
+                .await
+                .map(|r| r.status() == 200)
+                .unwrap_or(false);
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the service did not get ready: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL, then start again on the same port.
+    pub async fn kill_and_restart(&self, down_for: Duration) {
+        let child = self.child.lock().unwrap().take();
+        if let Some(mut c) = child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        tokio::time::sleep(down_for).await;
+        self.spawn().await;
+    }
+}
+
+impl Drop for ServiceProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
 }

@@ -49,6 +49,8 @@ pub struct RunConfig {
     pub faults: Vec<FaultKind>,
     /// Chance that a round carries a fault.
     pub fault_rate: f64,
+    /// The service as a child process (needed for `ServiceKill`) rather than in-process.
+    pub child_process: bool,
 }
 
 #[derive(Debug, Default)]
@@ -591,6 +593,8 @@ async fn drain(app: &TestApp, within: Duration) -> bool {
 
 struct World {
     app: TestApp,
+    /// The service as a child process, in runs that SIGKILL it.
+    service: Option<faults::ServiceProc>,
     redis: RedisProc,
     proxy: Proxy,
     direct: MySqlPool,
@@ -835,13 +839,13 @@ impl World {
     }
 }
 
-async fn setup(seed: u64) -> (World, Model) {
+async fn setup(seed: u64, child: bool) -> (World, Model) {
     let redis = RedisProc::start(crate::process::free_port()).await;
     let proxy = Proxy::start("127.0.0.1:3306".into()).await;
     let base = mysql_base();
     let host = base.trim_start_matches("mysql://root@").to_string();
     let (url, pport) = (redis.url(), proxy.port);
-    let app = spawn_app_with(|c| {
+    let tweak = |c: &mut flashsale::config::Config| {
         c.redis_url = url;
         c.mysql_url = c.mysql_url.replace(&host, &format!("127.0.0.1:{pport}"));
         c.worker = true;
@@ -851,8 +855,18 @@ async fn setup(seed: u64) -> (World, Model) {
         c.claim_idle = Duration::from_secs(1);
         c.metrics_interval = Duration::from_millis(200);
         c.redis_timeout = Duration::from_millis(1000);
-    })
-    .await;
+    };
+    let (app, service) = if child {
+        let (db_name, prefix) = crate::helpers::test_names();
+        let mut cfg = crate::helpers::test_config(&db_name, &prefix);
+        tweak(&mut cfg);
+        let service = faults::ServiceProc::start(&cfg).await;
+        let state = flashsale::app::AppState::connect(cfg).await.unwrap();
+        let app = TestApp::attach(service.addr(), state, db_name, prefix).await;
+        (app, Some(service))
+    } else {
+        (spawn_app_with(tweak).await, None)
+    };
     let db = app.db_name.clone();
     let direct = sqlx::mysql::MySqlPoolOptions::new()
         .max_connections(4)
@@ -898,6 +912,7 @@ async fn setup(seed: u64) -> (World, Model) {
     }
     let world = World {
         app,
+        service,
         redis,
         proxy,
         direct,
@@ -911,7 +926,14 @@ async fn setup(seed: u64) -> (World, Model) {
 /// One run: a fresh service, `cfg.rounds` rounds (or until the deadline).
 pub async fn run(cfg: &RunConfig) -> RunReport {
     let started = Instant::now();
-    let (mut world, mut model) = setup(cfg.seed).await;
+    let (mut world, mut model) = setup(cfg.seed, cfg.child_process).await;
+    // ServiceKill needs the service as a child process.
+    let kinds: Vec<FaultKind> = cfg
+        .faults
+        .iter()
+        .copied()
+        .filter(|k| *k != FaultKind::ServiceKill || cfg.child_process)
+        .collect();
     let skus: Vec<u64> = model.skus.iter().map(|s| s.sku).collect();
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let mut report = RunReport {
@@ -929,8 +951,8 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
             .map(|u| gen_customer_ops(&mut rng, 9_000 + u, skus.len()))
             .collect();
         tasks.push(gen_admin_ops(&mut rng, skus.len()));
-        let fault = (!cfg.faults.is_empty() && rng.random_bool(cfg.fault_rate))
-            .then(|| cfg.faults[rng.random_range(0..cfg.faults.len())]);
+        let fault = (!kinds.is_empty() && rng.random_bool(cfg.fault_rate))
+            .then(|| kinds[rng.random_range(0..kinds.len())]);
         let fault_ms = rng.random_range(600..2000u64);
         let table_lock = rng.random_bool(0.5);
         let pause_after = rng
@@ -998,6 +1020,12 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
                         // Killed while the round runs; back with its append-only file.
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         w.redis.restart(true, d.min(Duration::from_secs(1))).await;
+                    }
+                    Some(FaultKind::ServiceKill) => {
+                        tokio::time::sleep(d / 3).await;
+                        if let Some(s) = &w.service {
+                            s.kill_and_restart(Duration::from_millis(200)).await;
+                        }
                     }
                     Some(FaultKind::RedisWipe) | None => {}
                 }
@@ -1079,6 +1107,8 @@ async fn ci_seeds() {
             deadline: Some(Instant::now() + Duration::from_secs(80)),
             faults: FaultKind::ALL.to_vec(),
             fault_rate: 0.4,
+            // Seed 2 runs the binary as a child process, so that it can be SIGKILLed.
+            child_process: seed == 2,
         })
         .await;
         println!("{}", report.summary());
@@ -1143,6 +1173,9 @@ async fn soak() {
             deadline: Some(end.min(Instant::now() + Duration::from_secs(300))),
             faults: kinds.clone(),
             fault_rate,
+            // Every other run has the service as a child process (SIGKILL among the faults).
+            // FLASHSALE_SOAK_CHILD=1: every run.
+            child_process: runs % 2 == 1 || std::env::var("FLASHSALE_SOAK_CHILD").is_ok(),
         })
         .await;
         println!("{}", report.summary());
