@@ -1041,14 +1041,26 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
         }));
         tokio::join!(ops_task, fault_task);
         if fault == Some(FaultKind::RedisWipe) {
-            match flashsale::reconcile::rebuild_cache(&world.app.state).await {
+            // What an operator runs; the harness's own Redis connection may first have to
+            // notice the restart (a broken pipe), so a failed attempt is tried again.
+            let mut outcome = Err(String::new());
+            for _ in 0..10 {
+                outcome = flashsale::reconcile::rebuild_cache(&world.app.state)
+                    .await
+                    .map_err(|e| e.to_string());
+                if outcome.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            match outcome {
                 Ok(rep) => {
                     round.log(format!("rebuild-cache: {rep:?}"));
                     for p in rep.problems {
                         round.found("rebuild_problem", p);
                     }
                 }
-                Err(e) => round.found("rebuild_failed", e.to_string()),
+                Err(e) => round.found("rebuild_failed", e),
             }
         }
         if let Some(ms) = pause_after {
@@ -1064,6 +1076,16 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
                 kind: "writeback_stuck",
                 detail: "the outbox did not drain within 30 s".into(),
             });
+        }
+        // The harness's own Redis connection notices a restart on its first command.
+        for _ in 0..20 {
+            let ping: Result<String, _> = redis::cmd("PING")
+                .query_async(&mut world.app.state.redis.conn())
+                .await;
+            if ping.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         found.extend(world.check(&mut model, n).await);
         report.ops += *round.ops.lock().unwrap();
