@@ -18,6 +18,7 @@ mod login;
 mod lookups;
 mod memory;
 mod metrics;
+mod model;
 mod openapi;
 mod ops;
 mod orders;

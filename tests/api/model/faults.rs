@@ -1,0 +1,453 @@
+//! The faults the model-based run injects, all local to the run: a redis-server of its own (killed
+//! with and without its data, its eviction policy changed), a TCP proxy between the service and
+//! MariaDB (cut = "MySQL stopped"), KILLs and locks on the run's own database only, and a writer
+//! that dies between its MySQL commit and its acknowledgement.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flashsale::worker::writer::{Fault, Writer};
+use sqlx::MySqlPool;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+
+use crate::helpers::TestApp;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FaultKind {
+    /// KILL every connection the service holds to the run's database, again and again.
+    MysqlKill,
+    /// `LOCK TABLES ... WRITE` or `SELECT ... FOR UPDATE` on the run's tables for seconds.
+    MysqlLock,
+    /// The stock rows held locked, and every write-back statement that queues behind them
+    /// killed (KILL QUERY): the write-back fails as on a lock-wait timeout or a deadlock.
+    MysqlLockKill,
+    /// The proxy in front of MariaDB cut: every connection dropped, new ones refused.
+    MysqlDown,
+    /// redis-server SIGKILLed and restarted with its append-only file (nothing lost).
+    RedisRestart,
+    /// redis-server SIGKILLed, its files deleted, restarted empty; then `rebuild-cache`.
+    RedisWipe,
+    /// `maxmemory-policy allkeys-lru` for a while (the service must refuse sales: 503).
+    RedisEvict,
+    /// A writer instance that dies after its MySQL commit, before its Redis follow-up and ack.
+    WriterCrash,
+    /// The service process SIGKILLed in the middle of the round and started again (runs with
+    /// the service as a child process only).
+    ServiceKill,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 9] = [
+        FaultKind::MysqlKill,
+        FaultKind::MysqlLock,
+        FaultKind::MysqlLockKill,
+        FaultKind::MysqlDown,
+        FaultKind::RedisRestart,
+        FaultKind::RedisWipe,
+        FaultKind::RedisEvict,
+        FaultKind::WriterCrash,
+        FaultKind::ServiceKill,
+    ];
+}
+
+/// A redis-server of the run's own, with AOF (fsync always) in its own directory.
+pub struct RedisProc {
+    child: Mutex<Option<Child>>,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl RedisProc {
+    pub async fn start(port: u16) -> RedisProc {
+        let dir = std::env::temp_dir().join(format!("flashsale-model-redis-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let r = RedisProc {
+            child: Mutex::new(None),
+            port,
+            dir,
+        };
+        r.spawn().await;
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&self) {
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        *self.child.lock().unwrap() = Some(child);
+        let client = redis::Client::open(self.url()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut c) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "redis-server did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn kill(&self) {
+        let child = self.child.lock().unwrap().take();
+        if let Some(mut c) = child {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGKILL, then start again: with its files (`keep`) or empty.
+    pub async fn restart(&self, keep: bool, down_for: Duration) {
+        self.kill();
+        if !keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+        tokio::time::sleep(down_for).await;
+        self.spawn().await;
+    }
+
+    pub async fn config_set(&self, key: &str, value: &str) {
+        let client = redis::Client::open(self.url()).unwrap();
+        if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+            let _: Result<(), _> = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg(key)
+                .arg(value)
+                .query_async(&mut c)
+                .await;
+        }
+    }
+}
+
+impl Drop for RedisProc {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A TCP proxy in front of MariaDB: `cut()` drops every connection and refuses new ones (what
+/// the service sees of a stopped MySQL), `restore()` lets them through again.
+pub struct Proxy {
+    pub port: u16,
+    up: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<AbortHandle>>>,
+    accept: AbortHandle,
+}
+
+impl Proxy {
+    pub async fn start(target: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let (up2, conns2) = (up.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let h = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                let mut c = conns2.lock().unwrap();
+                c.retain(|h| !h.is_finished());
+                c.push(h.abort_handle());
+            }
+        })
+        .abort_handle();
+        Proxy {
+            port,
+            up,
+            conns,
+            accept,
+        }
+    }
+
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+}
+
+/// KILLs every connection to `db` (the service's, through the proxy) for `dur`, every 25 ms.
+/// The run's own checking pool has no default database, so it is never among them.
+pub async fn kill_connections(direct: &MySqlPool, db: &str, dur: Duration) -> usize {
+    let until = Instant::now() + dur;
+    let mut killed = 0;
+    while Instant::now() < until {
+        let ids: Vec<u64> = sqlx::query_scalar(
+            "SELECT CAST(ID AS UNSIGNED) FROM information_schema.PROCESSLIST \
+             WHERE DB = ? AND ID <> CONNECTION_ID()",
+        )
+        .bind(db)
+        .fetch_all(direct)
+        .await
+        .unwrap_or_default();
+        for id in ids {
+            if sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL {id}")))
+                .execute(direct)
+                .await
+                .is_ok()
+            {
+                killed += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    killed
+}
+
+/// Holds `LOCK TABLES` (table locks) or `SELECT ... FOR UPDATE` (row locks) on the run's
+/// stock and orders tables for `dur`.
+pub async fn hold_locks(direct: &MySqlPool, db: &str, table_lock: bool, dur: Duration) {
+    let Ok(mut conn) = direct.acquire().await else {
+        return;
+    };
+    if table_lock {
+        let sql = format!("LOCK TABLES `{db}`.stock WRITE, `{db}`.orders WRITE");
+        if sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *conn)
+            .await
+            .is_ok()
+        {
+            tokio::time::sleep(dur).await;
+        }
+        let _ = sqlx::raw_sql("UNLOCK TABLES").execute(&mut *conn).await;
+    } else {
+        let sql = format!(
+            "START TRANSACTION; SELECT COUNT(*) FROM `{db}`.stock FOR UPDATE; \
+             SELECT COUNT(*) FROM `{db}`.orders FOR UPDATE"
+        );
+        if sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *conn)
+            .await
+            .is_ok()
+        {
+            tokio::time::sleep(dur).await;
+        }
+        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+    }
+}
+
+/// Holds the run's stock rows locked and KILLs (KILL QUERY) every statement of the service
+/// that queues behind them, for `dur`: what a lock-wait timeout (1205) or a deadlock (1213)
+/// does to a write-back, its statement fails and its transaction rolls back. Returns how many
+/// statements were killed.
+pub async fn lock_and_kill_waiters(direct: &MySqlPool, db: &str, dur: Duration) -> usize {
+    let until = Instant::now() + dur;
+    let mut killed = 0;
+    while Instant::now() < until {
+        let Ok(mut tx) = direct.begin().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let lock = format!("SELECT sku FROM `{db}`.stock FOR UPDATE");
+        if sqlx::query(sqlx::AssertSqlSafe(lock))
+            .fetch_all(&mut *tx)
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        let hold_until = (Instant::now() + Duration::from_millis(500)).min(until);
+        while Instant::now() < hold_until {
+            let waiting: Vec<u64> = sqlx::query_scalar(
+                "SELECT CAST(ID AS UNSIGNED) FROM information_schema.PROCESSLIST \
+                 WHERE DB = ? AND INFO LIKE 'UPDATE stock SET on_hand = on_hand -%'",
+            )
+            .bind(db)
+            .fetch_all(direct)
+            .await
+            .unwrap_or_default();
+            for id in waiting {
+                if sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL QUERY {id}")))
+                    .execute(direct)
+                    .await
+                    .is_ok()
+                {
+                    killed += 1;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = tx.rollback().await;
+    }
+    killed
+}
+
+/// A second writer instance that commits to MySQL and dies before its follow-up and its ack,
+/// `times` times over `dur`; the service's own writer claims its entries after `claim_idle`.
+pub async fn crashing_writer(app: &TestApp, round: usize, times: usize, dur: Duration) -> usize {
+    let mut crashed = 0;
+    for i in 0..times {
+        let w = Writer::named(app.state.clone(), &format!("crashy-{round}-{i}"));
+        if w.run_once(&app.state.db, Fault::AfterCommit).await.is_err() {
+            crashed += 1;
+        }
+        tokio::time::sleep(dur / times as u32).await;
+    }
+    crashed
+}
+
+/// The service binary as a child process (for `ServiceKill`): SIGKILLed and started again.
+pub struct ServiceProc {
+    child: Mutex<Option<Child>>,
+    env: Vec<(String, String)>,
+    pub port: u16,
+    log: PathBuf,
+}
+
+impl ServiceProc {
+    pub async fn start(cfg: &flashsale::config::Config) -> ServiceProc {
+        let port = crate::process::free_port();
+        let d = |d: Duration| format!("{}ms", d.as_millis());
+        let env: Vec<(String, String)> = [
+            ("FLASHSALE_MYSQL_URL", cfg.mysql_url.clone()),
+            ("FLASHSALE_REDIS_URL", cfg.redis_url.clone()),
+            ("FLASHSALE_REDIS_PREFIX", cfg.redis_prefix.clone()),
+            ("FLASHSALE_LISTEN", format!("127.0.0.1:{port}")),
+            ("FLASHSALE_JWT_SECRET", cfg.jwt_secret.clone().unwrap()),
+            (
+                "FLASHSALE_ADMIN_PASSWORD",
+                cfg.admin_password.clone().unwrap(),
+            ),
+            (
+                "FLASHSALE_ARGON2_MEMORY_KIB",
+                cfg.argon2_memory_kib.to_string(),
+            ),
+            ("FLASHSALE_CART_HOLD_TTL", d(cfg.cart_hold_ttl)),
+            ("FLASHSALE_PAYMENT_TTL", d(cfg.payment_ttl)),
+            ("FLASHSALE_SWEEP_INTERVAL", d(cfg.sweep_interval)),
+            ("FLASHSALE_CLAIM_IDLE", d(cfg.claim_idle)),
+            ("FLASHSALE_METRICS_INTERVAL", d(cfg.metrics_interval)),
+            ("FLASHSALE_REDIS_TIMEOUT", d(cfg.redis_timeout)),
+            ("FLASHSALE_WORKER", cfg.worker.to_string()),
+            ("FLASHSALE_RATE_LIMITS", cfg.rate_limits.to_string()),
+            ("RUST_LOG", "info".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let log = std::env::temp_dir().join(format!("{}-model.log", cfg.redis_prefix));
+        let s = ServiceProc {
+            child: Mutex::new(None),
+            env,
+            port,
+            log,
+        };
+        s.spawn().await;
+        s
+    }
+
+    pub fn addr(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&self) {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flashsale"));
+        cmd.arg("serve");
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("FLASHSALE_")) {
+            cmd.env_remove(k);
+        }
+        let child = cmd
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("the flashsale binary starts");
+        *self.child.lock().unwrap() = Some(child);
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = client
+                .get(format!("{}/readyz", self.addr()))
+                .send()
+                .await
+                .map(|r| r.status() == 200)
+                .unwrap_or(false);
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the service did not get ready: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL, then start again on the same port.
+    pub async fn kill_and_restart(&self, down_for: Duration) {
+        let child = self.child.lock().unwrap().take();
+        if let Some(mut c) = child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        tokio::time::sleep(down_for).await;
+        self.spawn().await;
+    }
+}
+
+impl Drop for ServiceProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

@@ -1,0 +1,1225 @@
+//! Model-based test of the sale with fault injection (docs/TESTING.md, DESIGN "Model-based
+//! test"). A seeded generator makes rounds of random operations (add, partial remove,
+//! checkout, buy-now, pay, cancel, admin stock changes up and down, sale window changes, time
+//! running past holds and payment windows), sends each round concurrently to the real service
+//! (several customers, few skus and units: high contention) while a fault may be injected,
+//! then quiesces (the write-back drained) and checks what the contract requires against the
+//! reference model (`reference.rs`): the stock identity in Redis and MySQL, on_hand against the
+//! accepted stock changes and the paid units, every answered order in MySQL with its owner,
+//! items and status (the same in Redis and over the API), per-customer limits, sale windows,
+//! nothing set aside in the dead-letter stream, `reconcile` clean, no 5xx but 503 under a fault.
+//!
+//! The seed fixes the operation sequence and the faults; the interleaving of a round's
+//! concurrent requests is the machine's, so a seed reproduces a run's shape, not its exact
+//! history: every discrepancy is printed with its seed, round and the round's operation log.
+
+mod faults;
+mod reference;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use flashsale::worker::writer::Writer;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use redis::AsyncCommands;
+use reqwest::Method;
+use serde_json::{Value, json};
+use sqlx::MySqlPool;
+
+use crate::helpers::{TestApp, spawn_app_with};
+use faults::{FaultKind, Proxy, RedisProc};
+use reference::{Discrepancy, Model, OrderModel, SkuModel, StoredOrder, Window};
+
+const CUSTOMERS: u64 = 6;
+const HOLD_TTL: Duration = Duration::from_secs(2);
+const PAYMENT_TTL: Duration = Duration::from_secs(3);
+
+fn mysql_base() -> String {
+    std::env::var("FLASHSALE_TEST_MYSQL_BASE")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+pub struct RunConfig {
+    pub seed: u64,
+    pub rounds: usize,
+    pub deadline: Option<Instant>,
+    pub faults: Vec<FaultKind>,
+    /// Chance that a round carries a fault.
+    pub fault_rate: f64,
+    /// The service as a child process (needed for `ServiceKill`) rather than in-process.
+    pub child_process: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct RunReport {
+    pub seed: u64,
+    pub rounds: usize,
+    pub ops: u64,
+    pub indeterminate: u64,
+    pub faults: BTreeMap<String, u64>,
+    pub discrepancies: Vec<Discrepancy>,
+    /// Seconds from the start of the run to the first discrepancy of each kind.
+    pub first_seen: BTreeMap<&'static str, f64>,
+    pub elapsed: Duration,
+}
+
+impl RunReport {
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "model seed={} rounds={} ops={} indeterminate={} faults={:?} discrepancies={} ({:.0} s)",
+            self.seed,
+            self.rounds,
+            self.ops,
+            self.indeterminate,
+            self.faults,
+            self.discrepancies.len(),
+            self.elapsed.as_secs_f64()
+        );
+        for (k, t) in &self.first_seen {
+            s += &format!("\n  first {k}: after {t:.1} s (seed {})", self.seed);
+        }
+        s
+    }
+}
+
+/// One generated operation. `pick` chooses among the customer's orders when it runs.
+#[derive(Debug, Clone)]
+enum Op {
+    Add {
+        user: u64,
+        sku: usize,
+        n: u64,
+    },
+    Remove {
+        user: u64,
+        sku: usize,
+        n: Option<u64>,
+    },
+    Checkout {
+        user: u64,
+    },
+    BuyNow {
+        user: u64,
+        sku: usize,
+        n: u64,
+    },
+    Pay {
+        user: u64,
+        pick: usize,
+    },
+    Cancel {
+        user: u64,
+        pick: usize,
+    },
+    Adjust {
+        sku: usize,
+        wh: usize,
+        delta: i64,
+    },
+    SetSale {
+        sku: usize,
+        kind: u8,
+        soon_ms: i64,
+    },
+    Sleep {
+        ms: u64,
+    },
+}
+
+/// Spreads a task's operations over about a second, so that they meet the round's fault.
+fn spread(rng: &mut StdRng, ops: Vec<Op>) -> Vec<Op> {
+    ops.into_iter()
+        .flat_map(|op| {
+            let gap = Op::Sleep {
+                ms: rng.random_range(20..350),
+            };
+            [gap, op]
+        })
+        .collect()
+}
+
+fn gen_customer_ops(rng: &mut StdRng, user: u64, nskus: usize) -> Vec<Op> {
+    let n = rng.random_range(2..=6);
+    let ops = (0..n)
+        .map(|_| {
+            let sku = rng.random_range(0..nskus);
+            match rng.random_range(0..100) {
+                0..30 => Op::Add {
+                    user,
+                    sku,
+                    n: rng.random_range(1..=3),
+                },
+                30..40 => Op::Remove {
+                    user,
+                    sku,
+                    n: rng.random_bool(0.6).then(|| rng.random_range(1..=2)),
+                },
+                40..55 => Op::Checkout { user },
+                55..70 => Op::BuyNow {
+                    user,
+                    sku,
+                    n: rng.random_range(1..=3),
+                },
+                70..88 => Op::Pay {
+                    user,
+                    pick: rng.random_range(0..1000),
+                },
+                88..95 => Op::Cancel {
+                    user,
+                    pick: rng.random_range(0..1000),
+                },
+                _ => Op::Sleep {
+                    ms: rng.random_range(50..400),
+                },
+            }
+        })
+        .collect();
+    spread(rng, ops)
+}
+
+fn gen_admin_ops(rng: &mut StdRng, nskus: usize) -> Vec<Op> {
+    let n = rng.random_range(1..=5);
+    let ops = (0..n)
+        .map(|_| {
+            let sku = rng.random_range(0..nskus);
+            if rng.random_bool(0.8) {
+                let delta = if rng.random_bool(0.55) {
+                    rng.random_range(1..=4)
+                } else {
+                    -rng.random_range(1..=3)
+                };
+                Op::Adjust {
+                    sku,
+                    wh: rng.random_range(0..2),
+                    delta,
+                }
+            } else {
+                Op::SetSale {
+                    sku,
+                    kind: rng.random_range(0..8),
+                    soon_ms: rng.random_range(300..1500),
+                }
+            }
+        })
+        .collect();
+    spread(rng, ops)
+}
+
+/// An answer: status 0 when the request got no answer at all.
+struct Answer {
+    status: u16,
+    code: String,
+    body: Value,
+}
+
+async fn call(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> Answer {
+    let mut req = app
+        .client
+        .request(method, format!("{}{path}", app.addr))
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(30));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    match req.send().await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap_or_default();
+            let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let code = body["error"]["code"].as_str().unwrap_or("").to_string();
+            Answer { status, code, body }
+        }
+        Err(_) => Answer {
+            status: 0,
+            code: String::new(),
+            body: Value::Null,
+        },
+    }
+}
+
+fn items_of(order: &Value) -> BTreeMap<u64, u64> {
+    order["items"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|i| {
+                    (
+                        i["sku"].as_u64().unwrap_or(0),
+                        i["count"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What a round shares between its tasks.
+struct Round {
+    n: usize,
+    started: Instant,
+    run_started: Instant,
+    fault_active: bool,
+    model: Mutex<Model>,
+    log: Mutex<Vec<String>>,
+    found: Mutex<Vec<Discrepancy>>,
+    ops: Mutex<u64>,
+}
+
+impl Round {
+    fn log(&self, line: String) {
+        let t = self.started.elapsed().as_millis();
+        self.log.lock().unwrap().push(format!("+{t:>5}ms {line}"));
+    }
+    fn found(&self, kind: &'static str, detail: String) {
+        self.found.lock().unwrap().push(Discrepancy {
+            round: self.n,
+            kind,
+            detail,
+        });
+    }
+    /// Judges the status alone: no 5xx but 503, and 503 only under a fault.
+    fn judge(&self, op: &str, a: &Answer) -> bool {
+        *self.ops.lock().unwrap() += 1;
+        if a.status == 0 || a.status == 503 {
+            if a.status == 503 && !self.fault_active {
+                self.found("unavailable_without_fault", format!("{op}: 503 {}", a.body));
+            }
+            self.model.lock().unwrap().indeterminate += 1;
+            return false;
+        }
+        if !reference::allowed(op, a.status, &a.code) {
+            self.found(
+                if a.status >= 500 {
+                    "server_error"
+                } else {
+                    "answer_outside_contract"
+                },
+                format!("{op}: {} {}", a.status, a.body),
+            );
+            return false;
+        }
+        true
+    }
+}
+
+async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
+    let token = |u: u64| app.customer_token(u);
+    match op {
+        Op::Sleep { ms } => tokio::time::sleep(Duration::from_millis(*ms)).await,
+        Op::Add { user, sku, n } => {
+            let sku = skus[*sku];
+            let sent = Utc::now();
+            let a = call(
+                app,
+                Method::POST,
+                "/v1/cart/items",
+                &token(*user),
+                Some(json!({"sku": sku, "count": n})),
+            )
+            .await;
+            r.log(format!(
+                "u{user} add sku={sku} n={n} -> {} {}",
+                a.status, a.code
+            ));
+            if r.judge("add", &a) && a.status == 200 {
+                window_check(r, sku, sent, "add");
+            }
+        }
+        Op::Remove { user, sku, n } => {
+            let sku = skus[*sku];
+            let path = match n {
+                Some(n) => format!("/v1/cart/items/{sku}?count={n}"),
+                None => format!("/v1/cart/items/{sku}"),
+            };
+            let a = call(app, Method::DELETE, &path, &token(*user), None).await;
+            r.log(format!("u{user} remove sku={sku} n={n:?} -> {}", a.status));
+            r.judge("remove", &a);
+        }
+        Op::Checkout { user } | Op::BuyNow { user, .. } => {
+            let (name, path, body, sku) = match op {
+                Op::BuyNow { sku, n, .. } => (
+                    "buy_now",
+                    "/v1/orders/buy-now",
+                    Some(json!({"sku": skus[*sku], "count": n})),
+                    Some(skus[*sku]),
+                ),
+                _ => ("checkout", "/v1/orders", None, None),
+            };
+            let sent = Utc::now();
+            let a = call(app, Method::POST, path, &token(*user), body.clone()).await;
+            r.log(format!(
+                "u{user} {name} {} -> {} {} id={}",
+                body.map(|b| b.to_string()).unwrap_or_default(),
+                a.status,
+                a.code,
+                a.body["order_id"]
+                    .as_u64()
+                    .or(a.body["error"]["order_id"].as_u64())
+                    .map(|i| i.to_string())
+                    .unwrap_or("-".into())
+            ));
+            if !r.judge(name, &a) {
+                return;
+            }
+            let (id, created_as, items) = if a.status == 201 {
+                (
+                    a.body["order_id"].as_u64(),
+                    "awaiting_payment",
+                    items_of(&a.body),
+                )
+            } else if let Some(id) = a.body["error"]["order_id"].as_u64() {
+                // A failed order: its items are what was asked (buy-now) or unknown (checkout).
+                let items = match op {
+                    Op::BuyNow { n, .. } => BTreeMap::from([(sku.unwrap(), *n)]),
+                    _ => BTreeMap::new(),
+                };
+                (Some(id), "failed", items)
+            } else {
+                (None, "", BTreeMap::new())
+            };
+            if a.status == 201 {
+                for s in items.keys() {
+                    window_check(r, *s, sent, name);
+                }
+                if a.body["status"] != "awaiting_payment" {
+                    r.found(
+                        "answer_outside_contract",
+                        format!("{name} answered 201 with status {}", a.body["status"]),
+                    );
+                }
+            }
+            if let Some(id) = id {
+                let o = OrderModel {
+                    id,
+                    user: *user,
+                    items,
+                    created_as,
+                    created_at: Instant::now(),
+                    round: r.n,
+                    paid: false,
+                    cancelled: false,
+                };
+                let d = r.model.lock().unwrap().record_order(o);
+                if let Some(d) = d {
+                    r.found(d.kind, d.detail);
+                }
+            }
+        }
+        Op::Pay { user, pick } | Op::Cancel { user, pick } => {
+            let pay = matches!(op, Op::Pay { .. });
+            let open = r.model.lock().unwrap().open_orders_of(*user);
+            if open.is_empty() {
+                return;
+            }
+            let id = open[pick % open.len()];
+            let (before_paid, before_cancelled) = {
+                let m = r.model.lock().unwrap();
+                let o = &m.orders[&id];
+                (o.paid, o.cancelled)
+            };
+            let verb = if pay { "pay" } else { "cancel" };
+            let a = call(
+                app,
+                Method::POST,
+                &format!("/v1/orders/{id}/{verb}"),
+                &token(*user),
+                None,
+            )
+            .await;
+            r.log(format!(
+                "u{user} {verb} order={id} -> {} {}",
+                a.status, a.code
+            ));
+            if !r.judge(verb, &a) {
+                return;
+            }
+            if a.status == 200 {
+                let status = a.body["status"].as_str().unwrap_or("");
+                let want = if pay { "paid" } else { "cancelled" };
+                if status != want {
+                    r.found(
+                        "answer_outside_contract",
+                        format!("{verb} of order {id} answered 200 with status {status}"),
+                    );
+                }
+                if (pay && before_cancelled) || (!pay && before_paid) {
+                    r.found(
+                        "decision_changed",
+                        format!(
+                            "{verb} of order {id} answered 200 after an earlier {} answered 200",
+                            if pay { "cancel" } else { "pay" }
+                        ),
+                    );
+                }
+                let mut m = r.model.lock().unwrap();
+                let o = m.orders.get_mut(&id).unwrap();
+                if pay {
+                    o.paid = true;
+                } else {
+                    o.cancelled = true;
+                }
+            }
+        }
+        Op::Adjust { sku, wh, delta } => {
+            let (sku, w) = {
+                let m = r.model.lock().unwrap();
+                let s = &m.skus[*sku];
+                (s.sku, s.warehouses[*wh])
+            };
+            let a = call(
+                app,
+                Method::POST,
+                &format!("/v1/products/{sku}/stock"),
+                &app.admin_token,
+                Some(json!({"warehouse_id": w, "delta": delta})),
+            )
+            .await;
+            r.log(format!(
+                "admin adjust sku={sku} w={w} delta={delta} -> {} {}",
+                a.status, a.code
+            ));
+            let judged = r.judge("adjust", &a);
+            let mut m = r.model.lock().unwrap();
+            let s = m.sku_mut(sku);
+            if judged && a.status == 200 {
+                s.stocked += delta;
+                s.added += (*delta).max(0);
+            } else if !judged && (a.status == 0 || a.status == 503) {
+                s.unsure_deltas.push(*delta);
+                s.added += (*delta).max(0);
+            }
+        }
+        Op::SetSale { sku, kind, soon_ms } => {
+            let (sku, limit) = {
+                let m = r.model.lock().unwrap();
+                (m.skus[*sku].sku, m.skus[*sku].limit)
+            };
+            let now = Utc::now();
+            let h = chrono::Duration::hours(1);
+            let soon = chrono::Duration::milliseconds(*soon_ms);
+            let window = match kind {
+                0..=3 => Some((now - h, now + h)),
+                4 => Some((now - h - h, now - h)),
+                5 => Some((now + h, now + h + h)),
+                6 => Some((now - h, now + soon)),
+                _ if limit.is_none() => None,
+                _ => Some((now + soon, now + h)),
+            };
+            r.model.lock().unwrap().sku_mut(sku).window_round = r.n;
+            let a = match window {
+                Some((s, e)) => {
+                    call(
+                        app,
+                        Method::PUT,
+                        &format!("/v1/products/{sku}/sale"),
+                        &app.admin_token,
+                        Some(json!({"sale_price": 5_000, "starts_at": s.to_rfc3339(),
+                            "ends_at": e.to_rfc3339(), "per_customer_limit": limit})),
+                    )
+                    .await
+                }
+                None => {
+                    call(
+                        app,
+                        Method::DELETE,
+                        &format!("/v1/products/{sku}/sale"),
+                        &app.admin_token,
+                        None,
+                    )
+                    .await
+                }
+            };
+            r.log(format!(
+                "admin sale sku={sku} {window:?} -> {} {}",
+                a.status, a.code
+            ));
+            let name = if window.is_some() {
+                "set_sale"
+            } else {
+                "delete_sale"
+            };
+            let judged = r.judge(name, &a);
+            let mut m = r.model.lock().unwrap();
+            let s = m.sku_mut(sku);
+            s.window = match (judged, window) {
+                (true, Some((a, b))) => Window::Some(a, b),
+                (true, None) => Window::None,
+                _ => Window::Unknown,
+            };
+        }
+    }
+}
+
+/// A purchase accepted while the sku's window was surely closed (and unchanged this round).
+fn window_check(r: &Round, sku: u64, sent: chrono::DateTime<Utc>, what: &str) {
+    let now = Utc::now();
+    let m = r.model.lock().unwrap();
+    let s = m.sku(sku);
+    if s.window_round == r.n {
+        return;
+    }
+    if s.window.surely_closed(sent, 500) && s.window.surely_closed(now, 500) {
+        drop(m);
+        r.found(
+            "sold_outside_window",
+            format!("{what} of sku {sku} accepted outside its sale window"),
+        );
+    }
+}
+
+/// Waits until the outbox is empty and nothing is pending (the service's writer drained it).
+async fn drain(app: &TestApp, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let w = Writer::new(app.state.clone());
+    loop {
+        if let Ok((0, 0)) = w.backlog().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+struct World {
+    app: TestApp,
+    /// The service as a child process, in runs that SIGKILL it.
+    service: Option<faults::ServiceProc>,
+    redis: RedisProc,
+    proxy: Proxy,
+    direct: MySqlPool,
+    db: String,
+    dead_seen: u64,
+    /// What was reported already (an order id, a sku's drift): reported once, not every round.
+    seen: std::collections::HashSet<String>,
+}
+
+impl World {
+    async fn stored_orders(&self) -> BTreeMap<u64, StoredOrder> {
+        let db = &self.db;
+        let rows: Vec<(u64, u64, String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(
+            format!("SELECT id, user_id, status, cancel_reason FROM `{db}`.orders"),
+        ))
+        .fetch_all(&self.direct)
+        .await
+        .unwrap();
+        let mut out: BTreeMap<u64, StoredOrder> = rows
+            .into_iter()
+            .map(|(id, user, status, reason)| {
+                (
+                    id,
+                    StoredOrder {
+                        user,
+                        status,
+                        reason,
+                        items: BTreeMap::new(),
+                    },
+                )
+            })
+            .collect();
+        let items: Vec<(u64, u32, u32)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT order_id, sku, count FROM `{db}`.order_items"
+        )))
+        .fetch_all(&self.direct)
+        .await
+        .unwrap();
+        for (id, sku, n) in items {
+            if let Some(o) = out.get_mut(&id) {
+                *o.items.entry(u64::from(sku)).or_default() += u64::from(n);
+            }
+        }
+        out
+    }
+
+    async fn on_hand(&self, sku: u64) -> i64 {
+        sqlx::query_scalar::<_, Option<i64>>(sqlx::AssertSqlSafe(format!(
+            "SELECT CAST(SUM(on_hand) AS SIGNED) FROM `{}`.stock WHERE sku = ?",
+            self.db
+        )))
+        .bind(sku)
+        .fetch_one(&self.direct)
+        .await
+        .unwrap()
+        .unwrap_or(0)
+    }
+
+    async fn redis_status(&self, id: u64) -> Option<String> {
+        let mut c = self.app.state.redis.conn();
+        c.hget(self.app.state.redis.keys.order(id), "status")
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The checks of a quiescent point; returns the discrepancies found.
+    async fn check(&mut self, model: &mut Model, round: usize) -> Vec<Discrepancy> {
+        let mut out = Vec::new();
+        let mut seen = std::mem::take(&mut self.seen);
+        let mut found = |kind: &'static str, detail: String| {
+            out.push(Discrepancy {
+                round,
+                kind,
+                detail,
+            })
+        };
+        // reconcile: the identity and Redis's counters against its ledgers.
+        match flashsale::reconcile::check(&self.app.state).await {
+            Ok(checks) => {
+                for c in checks.iter().filter(|c| !c.ok()) {
+                    let diff =
+                        c.on_hand + c.in_flight - (c.available + c.held + c.reserved + c.sold);
+                    if !seen.insert(format!("reconcile:{}:{diff}:{}", c.sku, c.problems.len())) {
+                        continue;
+                    }
+                    found(
+                        "reconcile_mismatch",
+                        format!("sku {}: {}", c.sku, c.problems.join("; ")),
+                    );
+                }
+            }
+            Err(e) => found("reconcile_failed", e.to_string()),
+        }
+        // Nothing set aside: every decision reaches MySQL.
+        let mut c = self.app.state.redis.conn();
+        let keys = &self.app.state.redis.keys;
+        let streams: Vec<String> = (0..flashsale::store::redis::keys::ORDER_PARTITIONS)
+            .map(|p| keys.set_aside(p))
+            .chain(std::iter::once(keys.legacy_dead_letters()))
+            .collect();
+        let mut dead: u64 = 0;
+        for k in &streams {
+            dead += c.xlen::<_, u64>(k).await.unwrap_or(0);
+        }
+        if dead > self.dead_seen {
+            let mut entries: Vec<HashMap<String, String>> = Vec::new();
+            for k in &streams {
+                let r: redis::streams::StreamRangeReply = c.xrange_all(k).await.unwrap_or_default();
+                entries.extend(r.ids.into_iter().map(|e| {
+                    e.map
+                        .into_iter()
+                        .filter_map(|(k, v)| Some((k, redis::from_redis_value::<String>(v).ok()?)))
+                        .collect()
+                }));
+            }
+            found(
+                "event_set_aside",
+                format!(
+                    "{} outbox event(s) set aside in the dead-letter stream: {:?}",
+                    dead - self.dead_seen,
+                    entries
+                        .iter()
+                        .skip(self.dead_seen as usize)
+                        .collect::<Vec<_>>()
+                ),
+            );
+            self.dead_seen = dead;
+        }
+        let seen = &mut seen;
+        // Orders: retried a few times, as a sweep may be finishing an expiry meanwhile.
+        let mut order_problems = Vec::new();
+        let mut stored = BTreeMap::new();
+        for attempt in 0..4 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                drain(&self.app, Duration::from_secs(10)).await;
+            }
+            stored = self.stored_orders().await;
+            order_problems.clear();
+            for o in model.orders.values() {
+                if seen.contains(&format!("order:{}", o.id)) {
+                    continue;
+                }
+                let redis_status = self.redis_status(o.id).await;
+                let api = call(
+                    &self.app,
+                    Method::GET,
+                    &format!("/v1/orders/{}", o.id),
+                    &self.app.customer_token(o.user),
+                    None,
+                )
+                .await;
+                let api_status = (api.status == 200)
+                    .then(|| api.body["status"].as_str().map(str::to_string))
+                    .flatten();
+                if api.status != 200 {
+                    order_problems.push((
+                        o.id,
+                        "order_not_readable",
+                        format!(
+                            "GET order {} by its customer {}: {}",
+                            o.id, o.user, api.status
+                        ),
+                    ));
+                }
+                let passed = o.created_at.elapsed() > PAYMENT_TTL + Duration::from_secs(3);
+                let mut o = o.clone();
+                if o.created_as == "failed" && o.items.is_empty() {
+                    // A failed checkout's items are not in its answer: take MySQL's.
+                    if let Some(m) = stored.get(&o.id) {
+                        o.items = m.items.clone();
+                    }
+                }
+                order_problems.extend(
+                    reference::check_order(
+                        &o,
+                        stored.get(&o.id),
+                        redis_status.as_deref(),
+                        api_status.as_deref(),
+                        passed,
+                    )
+                    .into_iter()
+                    .map(|(k, d)| (o.id, k, d)),
+                );
+            }
+            if order_problems.is_empty() {
+                break;
+            }
+        }
+        for (id, k, d) in order_problems {
+            seen.insert(format!("order:{id}"));
+            found(k, d);
+        }
+        // Stock: on_hand = accepted changes - paid units; never more sold than added.
+        for s in &mut model.skus {
+            let paid: i64 = stored
+                .values()
+                .filter(|o| o.status == "paid")
+                .map(|o| o.items.get(&s.sku).copied().unwrap_or(0) as i64)
+                .sum();
+            let on_hand = self.on_hand(s.sku).await;
+            let expected = s.stocked - paid;
+            if !Model::explains(&s.unsure_deltas, on_hand - expected) {
+                found(
+                    "on_hand_drift",
+                    format!(
+                        "sku {}: MySQL on_hand {on_hand}, the model expects {expected} \
+                         (accepted changes {}, paid units {paid}, unsure changes {:?})",
+                        s.sku, s.stocked, s.unsure_deltas
+                    ),
+                );
+            }
+            // From here on, drift is counted from what MySQL holds now.
+            s.stocked = on_hand + paid;
+            s.unsure_deltas.clear();
+            if paid > s.added && seen.insert(format!("oversold:{}:{paid}", s.sku)) {
+                found(
+                    "oversold",
+                    format!("sku {}: {paid} units paid, {} ever added", s.sku, s.added),
+                );
+            }
+            if let Some(limit) = s.limit {
+                for (user, n) in reference::limit_breaches(limit, s.sku, &stored) {
+                    if !seen.insert(format!("limit:{}:{user}:{n}", s.sku)) {
+                        continue;
+                    }
+                    found(
+                        "limit_exceeded",
+                        format!(
+                            "sku {}: customer {user} has {n} units paid or open, limit {limit}",
+                            s.sku
+                        ),
+                    );
+                }
+            }
+        }
+        self.seen = std::mem::take(seen);
+        out
+    }
+}
+
+async fn setup(seed: u64, child: bool) -> (World, Model) {
+    let redis = RedisProc::start(crate::process::free_port()).await;
+    let proxy = Proxy::start("127.0.0.1:3306".into()).await;
+    let base = mysql_base();
+    let host = base.trim_start_matches("mysql://root@").to_string();
+    let (url, pport) = (redis.url(), proxy.port);
+    let tweak = |c: &mut flashsale::config::Config| {
+        c.redis_url = url;
+        c.mysql_url = c.mysql_url.replace(&host, &format!("127.0.0.1:{pport}"));
+        c.worker = true;
+        c.cart_hold_ttl = HOLD_TTL;
+        c.payment_ttl = PAYMENT_TTL;
+        c.sweep_interval = Duration::from_millis(100);
+        c.claim_idle = Duration::from_secs(1);
+        c.metrics_interval = Duration::from_millis(200);
+        c.redis_timeout = Duration::from_millis(1000);
+    };
+    let (app, service) = if child {
+        let (db_name, prefix) = crate::helpers::test_names();
+        let mut cfg = crate::helpers::test_config(&db_name, &prefix);
+        tweak(&mut cfg);
+        let service = faults::ServiceProc::start(&cfg).await;
+        let state = flashsale::app::AppState::connect(cfg).await.unwrap();
+        let app = TestApp::attach(service.addr(), state, db_name, prefix).await;
+        (app, Some(service))
+    } else {
+        (spawn_app_with(tweak).await, None)
+    };
+    let db = app.db_name.clone();
+    let direct = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(4)
+        .connect(&base)
+        .await
+        .unwrap();
+
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    let w1 = app.warehouse("model-w1").await;
+    let w2 = app.warehouse("model-w2").await;
+    let mut model = Model::default();
+    // Three skus: one without a sale (its window is toggled), one on sale with a limit of 3,
+    // one on sale without a limit. Few units: contention is the point.
+    for (i, limit) in [(0, None), (1, Some(3u32)), (2, None)] {
+        let sku = app.product(&format!("model-{i}"), 10_000).await;
+        let units = rng.random_range(4..=10);
+        let mut stocked = 0;
+        for (w, n) in [(w1, units), (w2, units / 2)] {
+            let r = app.add_stock(sku, w, n).await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+            stocked += n;
+        }
+        let window = if i == 0 {
+            Window::None
+        } else {
+            app.open_sale(sku, 5_000, limit.map(u64::from)).await;
+            let now = Utc::now();
+            Window::Some(
+                now - chrono::Duration::hours(1),
+                now + chrono::Duration::hours(1),
+            )
+        };
+        model.skus.push(SkuModel {
+            sku,
+            warehouses: vec![w1, w2],
+            limit,
+            stocked,
+            added: stocked,
+            unsure_deltas: Vec::new(),
+            window,
+            window_round: usize::MAX,
+        });
+    }
+    let world = World {
+        app,
+        service,
+        redis,
+        proxy,
+        direct,
+        db,
+        dead_seen: 0,
+        seen: Default::default(),
+    };
+    (world, model)
+}
+
+/// One run: a fresh service, `cfg.rounds` rounds (or until the deadline).
+pub async fn run(cfg: &RunConfig) -> RunReport {
+    let started = Instant::now();
+    let (mut world, mut model) = setup(cfg.seed, cfg.child_process).await;
+    // ServiceKill needs the service as a child process.
+    let kinds: Vec<FaultKind> = cfg
+        .faults
+        .iter()
+        .copied()
+        .filter(|k| *k != FaultKind::ServiceKill || cfg.child_process)
+        .collect();
+    let skus: Vec<u64> = model.skus.iter().map(|s| s.sku).collect();
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let mut report = RunReport {
+        seed: cfg.seed,
+        ..Default::default()
+    };
+    let mut grace = 0usize;
+    for n in 0..cfg.rounds {
+        if cfg.deadline.is_some_and(|d| Instant::now() > d) {
+            break;
+        }
+        report.rounds = n + 1;
+        // The round's operations and its fault, from the seed.
+        let mut tasks: Vec<Vec<Op>> = (1..=CUSTOMERS)
+            .map(|u| gen_customer_ops(&mut rng, 9_000 + u, skus.len()))
+            .collect();
+        tasks.push(gen_admin_ops(&mut rng, skus.len()));
+        let fault = (!kinds.is_empty() && rng.random_bool(cfg.fault_rate))
+            .then(|| kinds[rng.random_range(0..kinds.len())]);
+        let fault_ms = rng.random_range(600..2000u64);
+        let table_lock = rng.random_bool(0.5);
+        let pause_after = rng
+            .random_bool(0.2)
+            .then(|| rng.random_range(1_000..4_000u64));
+        if fault.is_some() {
+            grace = 2;
+        }
+        let round = Round {
+            n,
+            started: Instant::now(),
+            run_started: started,
+            fault_active: grace > 0,
+            model: Mutex::new(std::mem::take(&mut model)),
+            log: Mutex::default(),
+            found: Mutex::default(),
+            ops: Mutex::new(0),
+        };
+        let _ = round.run_started;
+        if let Some(f) = fault {
+            *report.faults.entry(format!("{f:?}")).or_default() += 1;
+            round.log(format!("fault {f:?} for {fault_ms} ms"));
+        }
+        // Redis losing its data: what was decided must be in MySQL first (DESIGN: decisions not
+        // yet written back are lost with Redis, by design), then Redis restarts empty and the
+        // sale goes on; `rebuild-cache` runs after the round.
+        if fault == Some(FaultKind::RedisWipe) {
+            drain(&world.app, Duration::from_secs(30)).await;
+            world.redis.restart(false, Duration::from_millis(200)).await;
+            world.dead_seen = 0;
+        }
+        let fault_task = {
+            let d = Duration::from_millis(fault_ms);
+            let w = &world;
+            let round_log = &round.log;
+            async move {
+                match fault {
+                    Some(FaultKind::MysqlKill) => {
+                        faults::kill_connections(&w.direct, &w.db, d).await;
+                    }
+                    Some(FaultKind::MysqlLockKill) => {
+                        let v = faults::lock_and_kill_waiters(&w.direct, &w.db, d * 3).await;
+                        round_log
+                            .lock()
+                            .unwrap()
+                            .push(format!("write-back statements killed behind locks: {v}"));
+                    }
+                    Some(FaultKind::MysqlLock) => {
+                        faults::hold_locks(&w.direct, &w.db, table_lock, d).await;
+                    }
+                    Some(FaultKind::MysqlDown) => {
+                        w.proxy.cut();
+                        tokio::time::sleep(d).await;
+                        w.proxy.restore();
+                    }
+                    Some(FaultKind::RedisEvict) => {
+                        w.redis.config_set("maxmemory-policy", "allkeys-lru").await;
+                        tokio::time::sleep(d).await;
+                        w.redis.config_set("maxmemory-policy", "noeviction").await;
+                    }
+                    Some(FaultKind::WriterCrash) => {
+                        faults::crashing_writer(&w.app, n, 3, d).await;
+                    }
+                    Some(FaultKind::RedisRestart) => {
+                        // Killed while the round runs; back with its append-only file.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        w.redis.restart(true, d.min(Duration::from_secs(1))).await;
+                    }
+                    Some(FaultKind::ServiceKill) => {
+                        tokio::time::sleep(d / 3).await;
+                        if let Some(s) = &w.service {
+                            s.kill_and_restart(Duration::from_millis(200)).await;
+                        }
+                    }
+                    Some(FaultKind::RedisWipe) | None => {}
+                }
+            }
+        };
+        let ops_task = futures::future::join_all(tasks.iter().map(|ops| {
+            let (round, app, skus) = (&round, &world.app, &skus);
+            async move {
+                for op in ops {
+                    run_op(app, round, skus, op).await;
+                }
+            }
+        }));
+        tokio::join!(ops_task, fault_task);
+        if fault == Some(FaultKind::RedisWipe) {
+            // What an operator runs; the harness's own Redis connection may first have to
+            // notice the restart (a broken pipe), so a failed attempt is tried again.
+            let mut outcome = Err(String::new());
+            for _ in 0..10 {
+                outcome = flashsale::reconcile::rebuild_cache(&world.app.state)
+                    .await
+                    .map_err(|e| e.to_string());
+                if outcome.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            match outcome {
+                Ok(rep) => {
+                    round.log(format!("rebuild-cache: {rep:?}"));
+                    for p in rep.problems {
+                        round.found("rebuild_problem", p);
+                    }
+                }
+                Err(e) => round.found("rebuild_failed", e),
+            }
+        }
+        if let Some(ms) = pause_after {
+            round.log(format!("time passes: {ms} ms"));
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        // Quiesce, then check.
+        model = round.model.into_inner().unwrap();
+        let mut found = round.found.into_inner().unwrap();
+        if !drain(&world.app, Duration::from_secs(30)).await {
+            found.push(Discrepancy {
+                round: n,
+                kind: "writeback_stuck",
+                detail: "the outbox did not drain within 30 s".into(),
+            });
+        }
+        // The harness's own Redis connection notices a restart on its first command.
+        for _ in 0..20 {
+            let ping: Result<String, _> = redis::cmd("PING")
+                .query_async(&mut world.app.state.redis.conn())
+                .await;
+            if ping.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        found.extend(world.check(&mut model, n).await);
+        report.ops += *round.ops.lock().unwrap();
+        grace = grace.saturating_sub(1);
+        if !found.is_empty() {
+            let log = round.log.into_inner().unwrap();
+            eprintln!(
+                "model seed={} round={n}: {} discrepanc(ies) after {:.1} s",
+                cfg.seed,
+                found.len(),
+                started.elapsed().as_secs_f64()
+            );
+            for d in &found {
+                eprintln!("  [{}] {}", d.kind, d.detail);
+                report
+                    .first_seen
+                    .entry(d.kind)
+                    .or_insert(started.elapsed().as_secs_f64());
+            }
+            eprintln!("  the round's operations:");
+            for l in log.iter().take(80) {
+                eprintln!("    {l}");
+            }
+            report.discrepancies.extend(found);
+        }
+    }
+    report.indeterminate = model.indeterminate;
+    report.elapsed = started.elapsed();
+    drop(world);
+    report
+}
+
+/// CI: fixed seeds, the faults that fit in a few minutes, every discrepancy a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ci_seeds() {
+    let mut all = Vec::new();
+    for seed in [1u64, 2] {
+        let report = run(&RunConfig {
+            seed,
+            rounds: 30,
+            deadline: Some(Instant::now() + Duration::from_secs(80)),
+            faults: FaultKind::ALL.to_vec(),
+            fault_rate: 0.4,
+            // Seed 2 runs the binary as a child process, so that it can be SIGKILLed.
+            child_process: seed == 2,
+        })
+        .await;
+        println!("{}", report.summary());
+        all.push(report);
+    }
+    let found: Vec<String> = all
+        .iter()
+        .flat_map(|r| {
+            r.discrepancies.iter().map(move |d| {
+                format!(
+                    "seed {} round {} [{}] {}",
+                    r.seed, d.round, d.kind, d.detail
+                )
+            })
+        })
+        .collect();
+    assert!(
+        found.is_empty(),
+        "{} discrepancies:\n{}",
+        found.len(),
+        found.join("\n")
+    );
+}
+
+/// The soak: `FLASHSALE_SOAK_SECS` (default 60) of runs with random seeds (or
+/// `FLASHSALE_SOAK_SEED` for the first); prints a summary line and every discrepancy with its
+/// seed. `scripts/soak [minutes]` runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn soak() {
+    let secs: u64 = std::env::var("FLASHSALE_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let mut next_seed: Option<u64> = std::env::var("FLASHSALE_SOAK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    // FLASHSALE_SOAK_FAULTS: a comma-separated subset of the fault kinds (Debug names), or
+    // "none"; FLASHSALE_SOAK_FAULT_RATE: the chance that a round carries one (0.5).
+    let kinds: Vec<FaultKind> = match std::env::var("FLASHSALE_SOAK_FAULTS") {
+        Ok(list) => FaultKind::ALL
+            .into_iter()
+            .filter(|k| list.split(',').any(|n| n.trim() == format!("{k:?}")))
+            .collect(),
+        Err(_) => FaultKind::ALL.to_vec(),
+    };
+    let fault_rate: f64 = std::env::var("FLASHSALE_SOAK_FAULT_RATE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.5);
+    let end = Instant::now() + Duration::from_secs(secs);
+    let (mut ops, mut runs, mut rounds) = (0u64, 0u64, 0usize);
+    let mut faults: BTreeMap<String, u64> = BTreeMap::new();
+    let mut found: Vec<String> = Vec::new();
+    let mut seeds = Vec::new();
+    while Instant::now() < end {
+        let seed = next_seed.take().unwrap_or_else(|| rand::rng().random());
+        seeds.push(seed);
+        let report = run(&RunConfig {
+            seed,
+            rounds: 200,
+            deadline: Some(end.min(Instant::now() + Duration::from_secs(300))),
+            faults: kinds.clone(),
+            fault_rate,
+            // Every other run has the service as a child process (SIGKILL among the faults).
+            // FLASHSALE_SOAK_CHILD=1: every run.
+            child_process: runs % 2 == 1 || std::env::var("FLASHSALE_SOAK_CHILD").is_ok(),
+        })
+        .await;
+        println!("{}", report.summary());
+        runs += 1;
+        rounds += report.rounds;
+        ops += report.ops;
+        for (k, v) in &report.faults {
+            *faults.entry(k.clone()).or_default() += v;
+        }
+        found.extend(report.discrepancies.iter().map(|d| {
+            format!(
+                "seed {} round {} [{}] {}",
+                report.seed, d.round, d.kind, d.detail
+            )
+        }));
+    }
+    println!(
+        "soak: {secs} s, runs={runs} rounds={rounds} operations={ops} faults={} {faults:?} \
+         discrepancies={} seeds={seeds:?}",
+        faults.values().sum::<u64>(),
+        found.len()
+    );
+    for f in &found {
+        println!("  {f}");
+    }
+    assert!(found.is_empty(), "{} discrepancies", found.len());
+}
