@@ -1,0 +1,145 @@
+//! Attacks on the latest fixes (reviewer X1): each test reproduces a defect found by reading the
+//! code and proving it against the running service with the real Redis and MariaDB. A test here
+//! fails on the code it was written against; see the report for the suggested fix.
+
+use std::time::Duration;
+
+use flashsale::domain::Sku;
+use flashsale::store::redis::idempotency::{Claim, Settle};
+use flashsale::store::redis::ConvertOutcome;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// How far a checkout request got before its process died (SIGKILL, OOM kill, a node lost).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DiedAfter {
+    /// It had bound its order id to the key (and so holds the cart's checkout lock), nothing
+    /// reserved yet.
+    Bind,
+    /// It had also converted the cart's hold into the order's line, and recorded nothing.
+    Convert,
+}
+
+/// Leaves behind exactly what `POST /v1/orders` with `key` leaves in Redis when its process dies
+/// at `died`: the steps of `idempotency::once`, `orders::checkout` and `orders::place`, in their
+/// order, with the real store calls. The lease is short (the app's `idempotency_lease`).
+async fn checkout_died(app: &TestApp, user: u64, key: &str, sku: u64, died: DiedAfter) -> u64 {
+    let redis = &app.state.redis;
+    let record = redis.keys.idempotency(user, "checkout", key);
+    // once(): the claim (fingerprint "" for a checkout).
+    let claim = redis
+        .claim_idempotency(
+            &record,
+            "",
+            "dead-owner",
+            Duration::from_millis(300),
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+    assert_eq!(claim, Claim::Claimed { resume_order: None });
+    // checkout(): the order id, then the cart's lock (30 s lease, token = the order id).
+    let order_id = redis.next_order_id().await.unwrap();
+    assert!(
+        redis
+            .lock_checkout(user, order_id, Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    // place(): the id bound to the key before any line is reserved.
+    assert!(
+        redis
+            .settle_idempotency(&record, "dead-owner", Settle::Bind(order_id))
+            .await
+            .unwrap()
+    );
+    if died == DiedAfter::Convert {
+        let expires_at = redis.now_ms().await.unwrap() + 600_000;
+        let converted = redis
+            .convert_hold(Sku::parse(sku).unwrap(), user, order_id, expires_at)
+            .await
+            .unwrap();
+        assert!(
+            matches!(converted, ConvertOutcome::Converted { units: 2, .. }),
+            "{converted:?}"
+        );
+    }
+    order_id
+}
+
+async fn checkout_with_key(app: &TestApp, token: &str, key: &str) -> (StatusCode, Value) {
+    let r = app
+        .client
+        .post(format!("{}/v1/orders", app.addr))
+        .bearer_auth(token)
+        .header("Idempotency-Key", key)
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// DESIGN/API: "a retry after a dead process resumes the bound order" and "a key whose server
+/// died is free again within `idempotency_lease`". For a checkout the key is free after 0.3 s,
+/// but the dead request's checkout lock (30 s, never handed over) refuses the retry with
+/// `cart_changed`, and that 409 is stored as the key's answer for 24 hours: the customer's
+/// retry can never place the order, though the cart is intact and nothing was reserved.
+#[tokio::test]
+async fn attack_checkout_retry_after_dead_process_is_refused_by_its_own_lock() {
+    let app = spawn_app_with(|c| c.idempotency_lease = Duration::from_millis(300)).await;
+    let sku = app.sale_product(10, None).await;
+    let user = 9_101;
+    let t = app.customer_token(user);
+    let r = app
+        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+
+    checkout_died(&app, user, "co-dead-1", sku, DiedAfter::Bind).await;
+    tokio::time::sleep(Duration::from_millis(400)).await; // the dead holder's lease lapses
+
+    let (status, body) = checkout_with_key(&app, &t, "co-dead-1").await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "the retry of a checkout whose process died places the order: {body}"
+    );
+    assert_eq!(body["items"][0]["count"], 2, "{body}");
+    let b = app.assert_identity(sku).await;
+    assert_eq!((b.held, b.reserved, b.available), (0, 2, 8));
+}
+
+/// The same, one step further: the dead request had converted the cart's hold into its order's
+/// line. The retry neither resumes that order nor gives its units back: it answers 409 (the
+/// lock, then `cart_changed`: the hold is gone), the customer's cart is empty, and the 2 units
+/// stay reserved under an order id nobody can see or pay until the payment window (10 min) ends
+/// and the sweeper finds a line without a record: the units are stranded in the middle of the
+/// sale and the customer lost them.
+#[tokio::test]
+async fn attack_checkout_retry_after_dead_process_strands_the_converted_lines() {
+    let app = spawn_app_with(|c| c.idempotency_lease = Duration::from_millis(300)).await;
+    let sku = app.sale_product(10, None).await;
+    let user = 9_102;
+    let t = app.customer_token(user);
+    let r = app
+        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+
+    let bound = checkout_died(&app, user, "co-dead-2", sku, DiedAfter::Convert).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    let (status, body) = checkout_with_key(&app, &t, "co-dead-2").await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "the retry resumes the order whose line the dead request had taken: {body}"
+    );
+    assert_eq!(body["order_id"], bound, "the bound order, not a second one");
+    assert_eq!(body["status"], "awaiting_payment");
+    assert_eq!(body["items"][0]["count"], 2, "{body}");
+    let b = app.assert_identity(sku).await;
+    assert_eq!((b.held, b.reserved, b.available), (0, 2, 8));
+}
