@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use flashsale::domain::Sku;
-use flashsale::store::redis::idempotency::{Claim, Settle};
 use flashsale::store::redis::ConvertOutcome;
+use flashsale::store::redis::idempotency::{Claim, Settle};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -142,4 +142,54 @@ async fn attack_checkout_retry_after_dead_process_strands_the_converted_lines() 
     assert_eq!(body["items"][0]["count"], 2, "{body}");
     let b = app.assert_identity(sku).await;
     assert_eq!((b.held, b.reserved, b.available), (0, 2, 8));
+}
+
+/// A checkout that fails between converting the cart's holds and recording its order (here a
+/// Redis error from the record's key; in production any Redis error or timeout at that step)
+/// answers 5xx, which API.md says is not kept "so a retry runs again". But `place` gives the
+/// converted lines back to *available* (`give_back`): the customer's held units go to everyone
+/// else, the cart is empty, and the retry answers 409 `cart_empty`. A failed step lost the
+/// customer's holds ("a dependency that is down gets a 503 and loses nothing").
+#[tokio::test]
+async fn attack_checkout_error_after_convert_gives_the_cart_holds_away() {
+    let app = spawn_app().await;
+    let sku = app.sale_product(10, None).await;
+    let user = 9_103;
+    let t = app.customer_token(user);
+    let r = app
+        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+
+    // The next order id's record key answers WRONGTYPE to create_order (a failing step).
+    let keys = &app.state.redis.keys;
+    let mut conn = app.state.redis.conn();
+    let seq: Option<u64> = redis::AsyncCommands::get(&mut conn, keys.order_seq())
+        .await
+        .unwrap();
+    let next = keys.order(seq.unwrap_or(0) + 1);
+    let _: () = redis::AsyncCommands::set(&mut conn, &next, "x")
+        .await
+        .unwrap();
+    let failed = app.post_empty("/v1/orders", Some(&t)).await;
+    assert!(
+        failed.status.is_server_error(),
+        "{} {:?}",
+        failed.status,
+        failed.body
+    );
+    let _: () = redis::AsyncCommands::del(&mut conn, &next).await.unwrap();
+
+    // Nothing happened for the customer: the cart still holds its 2 units ...
+    let cart = app.get("/v1/cart", Some(&t)).await;
+    assert_eq!(
+        cart.body["items"][0]["count"], 2,
+        "the cart keeps its hold after a failed checkout: {:?}",
+        cart.body
+    );
+    let b = app.assert_identity(sku).await;
+    assert_eq!((b.held, b.reserved, b.available), (2, 0, 8));
+    // ... and the retry places the order.
+    let retry = app.post_empty("/v1/orders", Some(&t)).await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{:?}", retry.body);
 }
