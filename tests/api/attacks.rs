@@ -193,3 +193,146 @@ async fn attack_checkout_error_after_convert_gives_the_cart_holds_away() {
     let retry = app.post_empty("/v1/orders", Some(&t)).await;
     assert_eq!(retry.status, StatusCode::CREATED, "{:?}", retry.body);
 }
+
+/// An `Idempotency-Key` request whose lease ran out while it still worked (its renewals failed
+/// for a lease length: here its instance saw an unsafe maxmemory-policy and refused every
+/// script, renewals included, while the other instance did not; in production any Redis
+/// trouble on one instance's side) goes on regardless: `Progress::bind_order` only logs
+/// "lease lost" and the request reserves and records its order. The retry that took the key
+/// over meanwhile makes a second one: two orders, two units, for one key.
+#[tokio::test]
+async fn attack_idempotency_lease_lost_mid_request_still_places_a_second_order() {
+    use flashsale::app::Application;
+    use sqlx::Executor;
+
+    use crate::process::{OwnRedis, eventually, free_port};
+
+    let port = free_port();
+    let own = OwnRedis::start(
+        port,
+        &std::env::temp_dir().join(format!("flashsale-x1-{port}")),
+    )
+    .await;
+    let lease = Duration::from_millis(600);
+    let tweak = |c: &mut flashsale::config::Config| {
+        c.redis_url = own.url();
+        c.idempotency_lease = lease;
+        // The instances look at the policy only when the test asks them to.
+        c.metrics_interval = Duration::from_secs(3600);
+    };
+    let app = spawn_app_with(tweak).await;
+    // A second instance of the same deployment (same MySQL database, Redis and prefix).
+    let mut cfg2 = test_config(&app.db_name, &app.prefix);
+    tweak(&mut cfg2);
+    let app2 = Application::build(cfg2).await.unwrap();
+    let addr2 = format!("http://127.0.0.1:{}", app2.port());
+    let (stop2, rx2) = tokio::sync::oneshot::channel::<()>();
+    let server2 = tokio::spawn(app2.run_until(async {
+        let _ = rx2.await;
+    }));
+
+    let sku = app.sale_product(10, None).await;
+    let user = 9_104;
+    let t = app.customer_token(user);
+    // Redis forgets the sku: buy-now loads it from MySQL first, where the test makes it wait.
+    let mut conn = app.state.redis.conn();
+    let keys: Vec<String> =
+        redis::AsyncCommands::keys(&mut conn, format!("{}:{{sku:{sku}}}:*", app.prefix))
+            .await
+            .unwrap();
+    let _: () = redis::AsyncCommands::del(&mut conn, keys).await.unwrap();
+    let mut lock = app.state.db.acquire().await.unwrap();
+    lock.execute("LOCK TABLES products WRITE").await.unwrap();
+
+    let record = app.state.redis.keys.idempotency(user, "buy-now", "k-lost");
+    let owner = || {
+        let mut c = app.state.redis.conn();
+        let record = record.clone();
+        async move {
+            let o: Option<String> = redis::AsyncCommands::hget(&mut c, &record, "owner")
+                .await
+                .unwrap();
+            o
+        }
+    };
+    let send = |addr: String| {
+        let client = app.client.clone();
+        let t = t.clone();
+        tokio::spawn(async move {
+            let r = client
+                .post(format!("{addr}/v1/orders/buy-now"))
+                .bearer_auth(&t)
+                .header("Idempotency-Key", "k-lost")
+                .json(&json!({"sku": sku, "count": 1}))
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.json::<Value>().await.unwrap_or(Value::Null))
+        })
+    };
+
+    // A claims the key on instance 1 and waits for MySQL.
+    let first = send(app.addr.clone());
+    eventually(
+        "the first request's claim",
+        Duration::from_secs(10),
+        || async { owner().await.is_some() },
+    )
+    .await;
+    let a_owner = owner().await.unwrap();
+    // Instance 1 sees an evicting policy once (the policy is safe again at once): its scripts,
+    // the lease renewals among them, are refused until it looks again.
+    let set_policy = |p: &'static str| {
+        let url = own.url();
+        async move {
+            let client = redis::Client::open(url).unwrap();
+            let mut c = client.get_multiplexed_async_connection().await.unwrap();
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("maxmemory-policy")
+                .arg(p)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+        }
+    };
+    set_policy("allkeys-lru").await;
+    assert!(app.state.redis.check_eviction_policy().await.is_err());
+    set_policy("noeviction").await;
+    // A's lease runs out (by Redis's clock).
+    eventually(
+        "the first lease to run out",
+        Duration::from_secs(10),
+        || async {
+            let mut c = app.state.redis.conn();
+            let until: Option<i64> = redis::AsyncCommands::hget(&mut c, &record, "until")
+                .await
+                .unwrap();
+            app.state.redis.now_ms().await.unwrap() > until.unwrap_or(0) + 50
+        },
+    )
+    .await;
+    // B, the client's retry, on instance 2: the key is free, B claims it and waits for MySQL.
+    let second = send(addr2.clone());
+    eventually("the retry's claim", Duration::from_secs(10), || async {
+        owner().await.is_some_and(|o| o != a_owner)
+    })
+    .await;
+    // Instance 1 looks again: safe. MySQL lets both go on.
+    app.state.redis.check_eviction_policy().await.unwrap();
+    lock.execute("UNLOCK TABLES").await.unwrap();
+    drop(lock);
+    let (a, b) = (first.await.unwrap(), second.await.unwrap());
+
+    let list = app.get("/v1/orders", Some(&t)).await;
+    let orders = list.body["items"].as_array().unwrap().clone();
+    let b_units = app.assert_identity(sku).await;
+    let _ = stop2.send(());
+    let _ = server2.await;
+    assert_eq!(
+        orders.len(),
+        1,
+        "one Idempotency-Key, one order; answers {a:?} / {b:?}; orders {orders:?}"
+    );
+    assert_eq!(b_units.reserved, 1);
+}
