@@ -335,4 +335,21 @@ async fn attack_idempotency_lease_lost_mid_request_still_places_a_second_order()
         "one Idempotency-Key, one order; answers {a:?} / {b:?}; orders {orders:?}"
     );
     assert_eq!(b_units.reserved, 1);
+    // The request that lost its lease reserved nothing and says so; the retry's is the answer.
+    assert_eq!(a.0, StatusCode::CONFLICT, "{a:?}");
+    assert_eq!(a.1["error"]["code"], "request_in_progress", "{a:?}");
+    assert_eq!(b.0, StatusCode::CREATED, "{b:?}");
+    let again = app
+        .client
+        .post(format!("{}/v1/orders/buy-now", app.addr))
+        .bearer_auth(&t)
+        .header("Idempotency-Key", "k-lost")
+        .json(&json!({"sku": sku, "count": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["order_id"], b.1["order_id"]);
 }
