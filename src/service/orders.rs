@@ -399,6 +399,13 @@ async fn place(
 
     let items_json = to_json(&items)?;
     let order_total = total(&items)?;
+    // Still this request's order? If its key's lease ran out while the lines were being taken,
+    // a retry may have found no record to resume and be placing the key's order itself: give
+    // the lines back rather than record a second order for one key.
+    if let Err(e) = binder.bind_order(order_id).await {
+        give_back(state, order_id, &taken).await;
+        return Err(e);
+    }
     let created = match state
         .redis
         .create_order(

@@ -194,14 +194,22 @@ async fn attack_checkout_error_after_convert_gives_the_cart_holds_away() {
     assert_eq!(retry.status, StatusCode::CREATED, "{:?}", retry.body);
 }
 
-/// An `Idempotency-Key` request whose lease ran out while it still worked (its renewals failed
-/// for a lease length: here its instance saw an unsafe maxmemory-policy and refused every
-/// script, renewals included, while the other instance did not; in production any Redis
-/// trouble on one instance's side) goes on regardless: `Progress::bind_order` only logs
-/// "lease lost" and the request reserves and records its order. The retry that took the key
-/// over meanwhile makes a second one: two orders, two units, for one key.
-#[tokio::test]
-async fn attack_idempotency_lease_lost_mid_request_still_places_a_second_order() {
+/// Where the first request stalls (waits for MySQL) while its lease runs out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stall {
+    /// Loading the sku before buy-now allocates and binds its order id.
+    BeforeBind,
+    /// Reserving its line, after it bound its order id to the key.
+    AfterBind,
+}
+
+/// Two instances of one deployment on a Redis of the test's own. Request A (instance 1) claims
+/// an `Idempotency-Key` for a buy-now and stalls at `stall` (MySQL locked). Instance 1 then
+/// sees an evicting maxmemory-policy once (the policy is safe again at once, but instance 1
+/// refuses every script, lease renewals included, until it looks again): A's lease runs out
+/// while A still works. The client's retry B (instance 2) takes the key over and stalls too.
+/// Then instance 1 looks again, MySQL lets both go on. Returns both answers and the orders.
+async fn lease_lost_race(stall: Stall) -> ((StatusCode, Value), (StatusCode, Value), Vec<Value>) {
     use flashsale::app::Application;
     use sqlx::Executor;
 
@@ -213,10 +221,9 @@ async fn attack_idempotency_lease_lost_mid_request_still_places_a_second_order()
         &std::env::temp_dir().join(format!("flashsale-x1-{port}")),
     )
     .await;
-    let lease = Duration::from_millis(600);
     let tweak = |c: &mut flashsale::config::Config| {
         c.redis_url = own.url();
-        c.idempotency_lease = lease;
+        c.idempotency_lease = Duration::from_millis(600);
         // The instances look at the policy only when the test asks them to.
         c.metrics_interval = Duration::from_secs(3600);
     };
@@ -234,22 +241,33 @@ async fn attack_idempotency_lease_lost_mid_request_still_places_a_second_order()
     let sku = app.sale_product(10, None).await;
     let user = 9_104;
     let t = app.customer_token(user);
-    // Redis forgets the sku: buy-now loads it from MySQL first, where the test makes it wait.
     let mut conn = app.state.redis.conn();
-    let keys: Vec<String> =
-        redis::AsyncCommands::keys(&mut conn, format!("{}:{{sku:{sku}}}:*", app.prefix))
-            .await
-            .unwrap();
-    let _: () = redis::AsyncCommands::del(&mut conn, keys).await.unwrap();
+    match stall {
+        // Redis forgets the sku: buy-now loads it from MySQL before it allocates its order id.
+        Stall::BeforeBind => {
+            let keys: Vec<String> =
+                redis::AsyncCommands::keys(&mut conn, format!("{}:{{sku:{sku}}}:*", app.prefix))
+                    .await
+                    .unwrap();
+            let _: () = redis::AsyncCommands::del(&mut conn, keys).await.unwrap();
+        }
+        // Only the counters go (the catalog entry stays): buy-now binds its order id, then its
+        // reservation finds the sku not loaded and loads it from MySQL. (A stand-in for any
+        // slow step after the bind.)
+        Stall::AfterBind => {
+            let stock = app.state.redis.keys.sku(Sku::parse(sku).unwrap()).stock();
+            let _: () = redis::AsyncCommands::del(&mut conn, stock).await.unwrap();
+        }
+    }
     let mut lock = app.state.db.acquire().await.unwrap();
     lock.execute("LOCK TABLES products WRITE").await.unwrap();
 
     let record = app.state.redis.keys.idempotency(user, "buy-now", "k-lost");
-    let owner = || {
+    let field = |name: &'static str| {
         let mut c = app.state.redis.conn();
         let record = record.clone();
         async move {
-            let o: Option<String> = redis::AsyncCommands::hget(&mut c, &record, "owner")
+            let o: Option<String> = redis::AsyncCommands::hget(&mut c, &record, name)
                 .await
                 .unwrap();
             o
@@ -271,17 +289,18 @@ async fn attack_idempotency_lease_lost_mid_request_still_places_a_second_order()
         })
     };
 
-    // A claims the key on instance 1 and waits for MySQL.
+    // A claims the key on instance 1 and stalls.
     let first = send(app.addr.clone());
-    eventually(
-        "the first request's claim",
-        Duration::from_secs(10),
-        || async { owner().await.is_some() },
-    )
+    eventually("A's claim", Duration::from_secs(10), || async {
+        match stall {
+            Stall::BeforeBind => field("owner").await.is_some(),
+            Stall::AfterBind => field("order").await.is_some(),
+        }
+    })
     .await;
-    let a_owner = owner().await.unwrap();
-    // Instance 1 sees an evicting policy once (the policy is safe again at once): its scripts,
-    // the lease renewals among them, are refused until it looks again.
+    let a_owner = field("owner").await.unwrap();
+    let a_order = field("order").await;
+    // Instance 1 sees an evicting policy once.
     let set_policy = |p: &'static str| {
         let url = own.url();
         async move {
@@ -300,22 +319,20 @@ async fn attack_idempotency_lease_lost_mid_request_still_places_a_second_order()
     assert!(app.state.redis.check_eviction_policy().await.is_err());
     set_policy("noeviction").await;
     // A's lease runs out (by Redis's clock).
-    eventually(
-        "the first lease to run out",
-        Duration::from_secs(10),
-        || async {
-            let mut c = app.state.redis.conn();
-            let until: Option<i64> = redis::AsyncCommands::hget(&mut c, &record, "until")
-                .await
-                .unwrap();
-            app.state.redis.now_ms().await.unwrap() > until.unwrap_or(0) + 50
-        },
-    )
+    eventually("A's lease to run out", Duration::from_secs(10), || async {
+        let until: Option<i64> = field("until").await.and_then(|u| u.parse().ok());
+        app.state.redis.now_ms().await.unwrap() > until.unwrap_or(0) + 50
+    })
     .await;
-    // B, the client's retry, on instance 2: the key is free, B claims it and waits for MySQL.
+    // B, the client's retry, on instance 2: the key is free, B claims it (and resumes A's
+    // order if A bound one) and stalls.
     let second = send(addr2.clone());
-    eventually("the retry's claim", Duration::from_secs(10), || async {
-        owner().await.is_some_and(|o| o != a_owner)
+    eventually("B's claim", Duration::from_secs(10), || async {
+        let taken = field("owner").await.is_some_and(|o| o != a_owner);
+        match stall {
+            Stall::BeforeBind => taken,
+            Stall::AfterBind => taken && field("order").await != a_order,
+        }
     })
     .await;
     // Instance 1 looks again: safe. MySQL lets both go on.
@@ -326,7 +343,7 @@ async fn attack_idempotency_lease_lost_mid_request_still_places_a_second_order()
 
     let list = app.get("/v1/orders", Some(&t)).await;
     let orders = list.body["items"].as_array().unwrap().clone();
-    let b_units = app.assert_identity(sku).await;
+    let reserved = app.assert_identity(sku).await.reserved;
     let _ = stop2.send(());
     let _ = server2.await;
     assert_eq!(
@@ -334,11 +351,8 @@ async fn attack_idempotency_lease_lost_mid_request_still_places_a_second_order()
         1,
         "one Idempotency-Key, one order; answers {a:?} / {b:?}; orders {orders:?}"
     );
-    assert_eq!(b_units.reserved, 1);
-    // The request that lost its lease reserved nothing and says so; the retry's is the answer.
-    assert_eq!(a.0, StatusCode::CONFLICT, "{a:?}");
-    assert_eq!(a.1["error"]["code"], "request_in_progress", "{a:?}");
-    assert_eq!(b.0, StatusCode::CREATED, "{b:?}");
+    assert_eq!(reserved, 1);
+    // The key answers the one order.
     let again = app
         .client
         .post(format!("{}/v1/orders/buy-now", app.addr))
@@ -351,5 +365,35 @@ async fn attack_idempotency_lease_lost_mid_request_still_places_a_second_order()
     assert_eq!(again.status(), StatusCode::CREATED);
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     let again: Value = again.json().await.unwrap();
-    assert_eq!(again["order_id"], b.1["order_id"]);
+    assert_eq!(again["order_id"], orders[0]["order_id"]);
+    (a, b, orders)
+}
+
+/// An `Idempotency-Key` request whose lease ran out while it still worked, before it bound
+/// its order id, went on regardless: `Progress::bind_order` only logged "lease lost", and the
+/// request reserved and recorded its order beside the retry's: two orders for one key. Fixed
+/// (src/http/idempotency.rs): it stops at the bind with 409 `request_in_progress`.
+#[tokio::test]
+async fn attack_idempotency_lease_lost_mid_request_still_places_a_second_order() {
+    let (a, b, _) = lease_lost_race(Stall::BeforeBind).await;
+    // The request that lost its lease reserved nothing and says so; the retry's is the answer.
+    assert_eq!(a.0, StatusCode::CONFLICT, "{a:?}");
+    assert_eq!(a.1["error"]["code"], "request_in_progress", "{a:?}");
+    assert_eq!(b.0, StatusCode::CREATED, "{b:?}");
+}
+
+/// The same, with the lease running out after the first request bound its order id X and
+/// while it reserves its line. The retry resumes X: no record yet (A has not recorded it), so
+/// `orders::resume` answers "nothing to resume" and the retry places a fresh order Y, while A
+/// goes on to record and activate X: two orders, two units, for one key. Narrowed
+/// (src/service/orders.rs): `place` checks the lease again just before the record and gives
+/// its lines back when it is gone; a stall of 2/3 of a lease between that check and the
+/// record's creation (one Redis round trip) still lets both through.
+#[tokio::test]
+async fn attack_idempotency_lease_lost_after_bind_still_places_a_second_order() {
+    let (a, b, _) = lease_lost_race(Stall::AfterBind).await;
+    // A sees its lease gone before it records X, gives its line back and says so.
+    assert_eq!(a.0, StatusCode::CONFLICT, "{a:?}");
+    assert_eq!(a.1["error"]["code"], "request_in_progress", "{a:?}");
+    assert_eq!(b.0, StatusCode::CREATED, "{b:?}");
 }
