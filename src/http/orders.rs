@@ -119,7 +119,10 @@ async fn create_order(
         move |progress| async move {
             let order = match resumed(&state, user.user_id, &progress).await? {
                 Some(order) => order,
-                None => orders::checkout(&state, user.user_id, &progress).await?,
+                None => {
+                    let vanished = progress.resume_order;
+                    orders::checkout(&state, user.user_id, &progress, vanished).await?
+                }
             };
             json_of(StatusCode::CREATED, &order)
         }

@@ -187,25 +187,37 @@ const CHECKOUT_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
 /// Checkout of the caller's whole cart: one cart, one order. Concurrent checkouts of the same
 /// cart are refused with `cart_changed` while one runs (a lock per customer), and a cart line
 /// whose hold is gone by the time it is converted is never reserved afresh.
+///
+/// `vanished`: the order id an earlier request with the same `Idempotency-Key` bound before it
+/// vanished (its lease ran out; see `resume`). Its checkout lock (token = that id) is this
+/// request's to inherit: without it the retry was refused by the dead request's own lock.
 pub async fn checkout(
     state: &AppState,
     user_id: u64,
     binder: &impl BindOrder,
+    vanished: Option<u64>,
 ) -> AppResult<OrderView> {
     let order_id = state.redis.next_order_id().await?;
-    if !state
+    let token = if state
         .redis
         .lock_checkout(user_id, order_id, CHECKOUT_LEASE)
         .await?
     {
-        return Err(AppError::CartChanged(
-            "another checkout of this cart is running; see your orders".into(),
-        ));
-    }
+        order_id
+    } else {
+        match vanished {
+            Some(v) if state.redis.checkout_lock_token(user_id).await? == Some(v) => v,
+            _ => {
+                return Err(AppError::CartChanged(
+                    "another checkout of this cart is running; see your orders".into(),
+                ));
+            }
+        }
+    };
     let lock = CheckoutLock {
         state: state.clone(),
         user_id,
-        token: order_id,
+        token,
         held: true,
     };
     let placed = checkout_locked(state, user_id, order_id, binder).await;

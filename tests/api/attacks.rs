@@ -86,6 +86,8 @@ async fn checkout_with_key(app: &TestApp, token: &str, key: &str) -> (StatusCode
 /// but the dead request's checkout lock (30 s, never handed over) refuses the retry with
 /// `cart_changed`, and that 409 is stored as the key's answer for 24 hours: the customer's
 /// retry can never place the order, though the cart is intact and nothing was reserved.
+/// Fixed (src/service/orders.rs `checkout`): the retry inherits the lock of the order id bound
+/// to its key.
 #[tokio::test]
 async fn attack_checkout_retry_after_dead_process_is_refused_by_its_own_lock() {
     let app = spawn_app_with(|c| c.idempotency_lease = Duration::from_millis(300)).await;
@@ -109,6 +111,23 @@ async fn attack_checkout_retry_after_dead_process_is_refused_by_its_own_lock() {
     assert_eq!(body["items"][0]["count"], 2, "{body}");
     let b = app.assert_identity(sku).await;
     assert_eq!((b.held, b.reserved, b.available), (0, 2, 8));
+    // The inherited lock is let go: the customer's next checkout is not refused by it.
+    assert_eq!(
+        app.state.redis.checkout_lock_token(user).await.unwrap(),
+        None
+    );
+    // Another key does not inherit a lock: while one is held, it is refused.
+    let other = app.state.redis.next_order_id().await.unwrap();
+    assert!(
+        app.state
+            .redis
+            .lock_checkout(user, other, Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    let (status, body) = checkout_with_key(&app, &t, "co-dead-1b").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "cart_changed", "{body}");
 }
 
 /// The same, one step further: the dead request had converted the cart's hold into its order's

@@ -869,6 +869,12 @@ impl Redis {
         Ok(set.is_some())
     }
 
+    /// The token of the checkout holding the customer's lock, if one does.
+    pub async fn checkout_lock_token(&self, user_id: u64) -> AppResult<Option<u64>> {
+        let v: Option<String> = self.conn().get(self.keys.checkout_lock(user_id)).await?;
+        Ok(v.and_then(|t| t.parse().ok()))
+    }
+
     /// Lets go of the customer's checkout lock if `token` still holds it.
     pub async fn unlock_checkout(&self, user_id: u64, token: u64) -> AppResult<()> {
         self.eval(
