@@ -20,6 +20,8 @@ enum DiedAfter {
     Bind,
     /// It had also converted the cart's hold into the order's line, and recorded nothing.
     Convert,
+    /// It had also recorded the order (`new`), not activated it.
+    Record,
 }
 
 /// Leaves behind exactly what `POST /v1/orders` with `key` leaves in Redis when its process dies
@@ -55,8 +57,9 @@ async fn checkout_died(app: &TestApp, user: u64, key: &str, sku: u64, died: Died
             .await
             .unwrap()
     );
-    if died == DiedAfter::Convert {
-        let expires_at = redis.now_ms().await.unwrap() + 600_000;
+    if died != DiedAfter::Bind {
+        let created_at = redis.now_ms().await.unwrap();
+        let expires_at = created_at + 600_000;
         let converted = redis
             .convert_hold(Sku::parse(sku).unwrap(), user, order_id, expires_at)
             .await
@@ -65,6 +68,21 @@ async fn checkout_died(app: &TestApp, user: u64, key: &str, sku: u64, died: Died
             matches!(converted, ConvertOutcome::Converted { units: 2, .. }),
             "{converted:?}"
         );
+        if died == DiedAfter::Record {
+            let items = json!([{"sku": sku, "name": "Flash item", "count": 2, "unit_price": 5000}]);
+            let created = redis
+                .create_order(
+                    order_id,
+                    user,
+                    created_at,
+                    expires_at,
+                    &items.to_string(),
+                    10_000,
+                )
+                .await
+                .unwrap();
+            assert_eq!(created, flashsale::store::redis::Created::Recorded);
+        }
     }
     order_id
 }
@@ -159,6 +177,36 @@ async fn attack_checkout_retry_after_dead_process_strands_the_converted_lines() 
     assert_eq!(body["order_id"], bound, "the bound order, not a second one");
     assert_eq!(body["status"], "awaiting_payment");
     assert_eq!(body["items"][0]["count"], 2, "{body}");
+    let b = app.assert_identity(sku).await;
+    assert_eq!((b.held, b.reserved, b.available), (0, 2, 8));
+}
+
+/// One step further still: the dead request had recorded its order (`new`). The retry's
+/// `orders::resume` fails that order and gives its lines back to *available* ("placed afresh"
+/// works for buy-now, which reserves again; a checkout cannot: the cart's holds were the
+/// lines). The customer's retry answers 409 `cart_empty`, the held units went to everyone.
+#[tokio::test]
+async fn attack_checkout_retry_after_dead_process_fails_its_recorded_order_and_loses_the_cart() {
+    let app = spawn_app_with(|c| c.idempotency_lease = Duration::from_millis(300)).await;
+    let sku = app.sale_product(10, None).await;
+    let user = 9_105;
+    let t = app.customer_token(user);
+    let r = app
+        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+
+    let bound = checkout_died(&app, user, "co-dead-3", sku, DiedAfter::Record).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    let (status, body) = checkout_with_key(&app, &t, "co-dead-3").await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "the retry resumes the order the dead request had recorded: {body}"
+    );
+    assert_eq!(body["order_id"], bound, "the bound order, not a second one");
+    assert_eq!(body["status"], "awaiting_payment");
     let b = app.assert_identity(sku).await;
     assert_eq!((b.held, b.reserved, b.available), (0, 2, 8));
 }
