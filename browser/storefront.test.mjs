@@ -7,6 +7,7 @@
 // PAGE_SHOT set, a passing run saves the page there (docs/storefront.png was made so).
 
 import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import http from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -81,6 +82,65 @@ async function waitText(page, testid, want, what) {
   return Date.now() - started;
 }
 
+// A listener on another local port that records every request it gets (a stand-in for a host
+// a link's `?api=` could name).
+async function recorder() {
+  const seen = [];
+  const server = http.createServer((req, res) => {
+    seen.push(`${req.method} ${req.url}`);
+    res.writeHead(200, { 'Content-Type': 'application/json', 'Access-Control-Allow-Origin': '*' });
+    res.end('{"items":[],"next_after_sku":null,"access_token":"stolen"}');
+  });
+  await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
+  return { seen, origin: `http://127.0.0.1:${server.address().port}`, close: () => server.close() };
+}
+
+// A link with ?api=<another origin>: the page still shows this origin's catalog, and typing a
+// password sends nothing to the other origin.
+async function foreignApiParameterIsIgnored(context, sku, shopper) {
+  const rec = await recorder();
+  const page = await context.newPage();
+  try {
+    await page.goto(`${BASE}/?api=${encodeURIComponent(rec.origin)}`, { waitUntil: 'domcontentloaded' });
+    await waitText(page, `available-${sku}`, '20', 'the catalog comes from this origin');
+    await page.getByTestId('username').fill(shopper.username);
+    await page.getByTestId('password').fill(shopper.password);
+    await page.getByTestId('login').click();
+    await waitText(page, 'me', shopper.username, 'logged in against this origin');
+    await page.getByTestId('logout').click();
+    if (rec.seen.length) throw new Error(`the page sent requests to ${rec.origin}: ${rec.seen.join(', ')}`);
+    log(`?api=${rec.origin} ignored: nothing was sent there`);
+  } finally {
+    await page.close();
+    rec.close();
+  }
+}
+
+// The live stream refused (429, as for an address that holds too many): the page shows the
+// plain catalog instead of nothing.
+async function refusedStreamFallsBackToTheCatalog(context, sku) {
+  const page = await context.newPage();
+  try {
+    let refused = 0;
+    await page.route('**/v1/sales/live', (route) => {
+      refused++;
+      return route.fulfill({
+        status: 429,
+        headers: { 'Retry-After': '5' },
+        contentType: 'application/json',
+        body: JSON.stringify({ error: { code: 'rate_limited', message: 'too many live streams' } }),
+      });
+    });
+    await page.goto(BASE + '/', { waitUntil: 'domcontentloaded' });
+    await waitText(page, 'live-status', 'not live', 'the page knows the stream was refused');
+    await waitText(page, `available-${sku}`, '20', 'the catalog is shown without the stream');
+    if (!refused) throw new Error('the stream request was not refused by the test route');
+    log('a refused live stream falls back to the catalog');
+  } finally {
+    await page.close();
+  }
+}
+
 async function main() {
   const { sku, shopper, rivalToken } = await seed();
   log(`seeded sku ${sku} (20 units, sale open), customers ${shopper.username} and a rival`);
@@ -105,6 +165,8 @@ async function main() {
   page.on('console', (m) => consoleLines.push(`[${m.type()}] ${m.text()}`));
   page.on('pageerror', (e) => consoleLines.push(`[pageerror] ${e.message}`));
   try {
+    await foreignApiParameterIsIgnored(context, sku, shopper);
+    await refusedStreamFallsBackToTheCatalog(context, sku);
     await page.goto(BASE + '/', { waitUntil: 'domcontentloaded' });
     await waitText(page, `available-${sku}`, '20', 'the live snapshot shows the stock');
     await waitText(page, 'live-status', 'live', 'the stream is connected');

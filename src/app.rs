@@ -32,6 +32,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Live stock for the SSE streams (`live::run` feeds it).
     pub live: Arc<live::Hub>,
+    /// Product lookups that reach MySQL: unknown skus remembered, loads done once.
+    pub lookups: Arc<crate::service::lookups::Lookups>,
 }
 
 impl FromRef<AppState> for MySqlPool {
@@ -79,7 +81,16 @@ impl AppState {
             jwt,
             // The recorder first: the hub registers its metrics.
             metrics: telemetry::metrics_handle(),
-            live: Arc::new(live::Hub::new(cfg.live_max_watchers, cfg.live_resync)),
+            live: Arc::new(live::Hub::new(
+                cfg.live_max_watchers,
+                cfg.live_max_per_client,
+                cfg.live_resync,
+            )),
+            lookups: Arc::new(crate::service::lookups::Lookups::new(
+                cfg.unknown_sku_ttl,
+                cfg.mysql_pool,
+                cfg.mysql_timeout,
+            )),
             cfg: Arc::new(cfg),
         })
     }
@@ -186,8 +197,8 @@ async fn bootstrap(state: &AppState) -> anyhow::Result<()> {
     ensure_admin(state).await?;
     // Unknown usernames are checked against it: made now, so no login pays for it.
     auth::dummy_hash(state.cfg.argon2_memory_kib).await?;
-    let floor = mysql::catalog::max_order_id(&state.db).await?;
-    if let Err(e) = state.redis.raise_order_seq(floor).await {
+    // Requests check the counter again (a missing one is raised before any id is handed out).
+    if let Err(e) = crate::service::order_ids::raise(state, false).await {
         tracing::warn!(error = %e, "could not check the order id sequence against MySQL");
     }
     Ok(())

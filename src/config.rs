@@ -31,6 +31,12 @@ pub enum Command {
     Reconcile,
     /// Rebuild Redis from MySQL after Redis lost its data (before the service takes traffic).
     RebuildCache,
+    /// Outbox events set aside because they can never be written (unparseable, or an order id
+    /// MySQL holds for another order): list, show, replay exactly once.
+    OutboxDead {
+        #[command(subcommand)]
+        action: OutboxDeadAction,
+    },
     /// A 12.12 sale from the buyers' side, with a report (against --url, or a service of its own).
     Simulate(crate::simulate::SimulateArgs),
     /// Print customer access tokens signed with FLASHSALE_JWT_SECRET, one a line (load tests).
@@ -41,6 +47,26 @@ pub enum Command {
         /// The first customer id; the others follow.
         #[arg(long, default_value_t = 1_000_000)]
         first_user_id: u64,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum OutboxDeadAction {
+    /// One line per set-aside event: id, when, reason, type, order, error.
+    List {
+        /// At most this many per partition.
+        #[arg(long, default_value_t = 1_000)]
+        limit: usize,
+    },
+    /// One set-aside event in full (JSON), with the event's own fields.
+    Show {
+        /// The id `list` shows (`<partition>-<ms>-<seq>`).
+        id: String,
+    },
+    /// Put a set-aside event back into its outbox, once; a running writer then writes it.
+    Replay {
+        /// The id `list` shows.
+        id: String,
     },
 }
 
@@ -186,6 +212,16 @@ pub struct Config {
     /// from MySQL).
     #[arg(long, env = "FLASHSALE_ORDER_CACHE_TTL", default_value = "1h", value_parser = parse_duration, global = true)]
     pub order_cache_ttl: Duration,
+
+    /// Entries the public order-events stream keeps (about; whole stream nodes are trimmed):
+    /// its memory bound. A consumer further behind than this misses the oldest events.
+    #[arg(
+        long,
+        env = "FLASHSALE_EVENTS_MAX_LEN",
+        default_value_t = 100_000,
+        global = true
+    )]
+    pub events_max_len: u64,
 
     /// Deliver order events to this URL (POST, JSON, HMAC-SHA256 signed). Off when unset.
     #[arg(long, env = "FLASHSALE_WEBHOOK_URL", global = true)]
@@ -396,6 +432,33 @@ pub struct Config {
     )]
     pub live_max_watchers: usize,
 
+    /// Live stock streams open at once from one client address (an IPv6 address counts by its
+    /// /64); more answer 429 `rate_limited`. Shoppers behind one NAT share it.
+    #[arg(
+        long,
+        env = "FLASHSALE_LIVE_MAX_PER_CLIENT",
+        default_value_t = 64,
+        global = true
+    )]
+    pub live_max_per_client: usize,
+
+    /// How long a sku MySQL does not know is remembered as unknown (its lookups then cost no
+    /// MySQL work). A product created on another instance is found here at most twice this
+    /// long after its creation; one created on this instance at once.
+    #[arg(long, env = "FLASHSALE_UNKNOWN_SKU_TTL", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub unknown_sku_ttl: Duration,
+
+    /// The API's origin when the storefront page (`/`) is served from another origin than the
+    /// API (e.g. `https://api.shop.example`); empty (the default): the page calls its own
+    /// origin. Fixed at deploy time: the page never takes it from its URL.
+    #[arg(
+        long,
+        env = "FLASHSALE_STOREFRONT_API_ORIGIN",
+        default_value = "",
+        global = true
+    )]
+    pub storefront_api_origin: String,
+
     /// Log format.
     #[arg(long, env = "FLASHSALE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -454,6 +517,9 @@ impl Config {
         if self.idempotency_lease < Duration::from_millis(100) {
             return Err("FLASHSALE_IDEMPOTENCY_LEASE must be at least 100ms".into());
         }
+        if self.events_max_len == 0 {
+            return Err("FLASHSALE_EVENTS_MAX_LEN must be at least 1".into());
+        }
         if self.worker_batch == 0 {
             return Err("the worker batch must be at least 1".into());
         }
@@ -476,6 +542,15 @@ impl Config {
         }
         for origin in self.cors_origins() {
             check_cors_origin(origin)?;
+        }
+        if self.live_max_per_client == 0 {
+            return Err("FLASHSALE_LIVE_MAX_PER_CLIENT must be at least 1".into());
+        }
+        if self.unknown_sku_ttl.is_zero() {
+            return Err("FLASHSALE_UNKNOWN_SKU_TTL must be above zero".into());
+        }
+        if !self.storefront_api_origin.is_empty() {
+            check_api_origin(&self.storefront_api_origin)?;
         }
         Ok(())
     }
@@ -517,6 +592,50 @@ fn check_cors_origin(origin: &str) -> Result<(), String> {
         Ok(uri) if uri.host().is_some_and(|h| !h.is_empty()) => Ok(()),
         _ => bad("does not parse as an origin"),
     }
+}
+
+/// An origin the storefront page may call (it goes into the page and its Content-Security-
+/// Policy): `http(s)://host[:port]`, the host letters, digits, dots and dashes or a bracketed
+/// IPv6 address, nothing else.
+fn check_api_origin(origin: &str) -> Result<(), String> {
+    let bad = || {
+        Err(format!(
+            "FLASHSALE_STOREFRONT_API_ORIGIN: {origin:?} is not an origin like https://api.shop.example"
+        ))
+    };
+    let Some(rest) = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+    else {
+        return bad();
+    };
+    let port = match rest.strip_prefix('[') {
+        Some(v6) => {
+            let Some((addr, after)) = v6.split_once(']') else {
+                return bad();
+            };
+            if addr.parse::<std::net::Ipv6Addr>().is_err() {
+                return bad();
+            }
+            after
+        }
+        None => {
+            let (host, after) = rest.split_at(rest.find(':').unwrap_or(rest.len()));
+            let host_ok = !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+            if !host_ok {
+                return bad();
+            }
+            after
+        }
+    };
+    let port_ok = port.is_empty()
+        || port.strip_prefix(':').is_some_and(|p| {
+            p.chars().all(|c| c.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|n| n > 0)
+        });
+    if port_ok { Ok(()) } else { bad() }
 }
 
 /// Parses `500ms`, `30s`, `10m`, `1h`, or a bare number of seconds.
@@ -594,6 +713,37 @@ mod tests {
         ])
         .config;
         assert_eq!(c.cors_origins, ["https://a.example", "https://b.example"]);
+    }
+
+    #[test]
+    fn the_storefront_api_origin_is_an_origin_only() {
+        let mut c = Config::defaults();
+        for ok in [
+            "",
+            "https://api.shop.example",
+            "http://127.0.0.1:8080",
+            "http://[::1]:8080",
+        ] {
+            c.storefront_api_origin = ok.into();
+            assert!(c.validate().is_ok(), "{ok}");
+        }
+        for bad in [
+            "*",
+            "api.shop.example",
+            "https://api.shop.example/",
+            "https://a.example/x",
+            "https://a.example\"><script>",
+            "https://a.example; script-src *",
+            "https://a.example:99999",
+            "https://a.example:",
+            "javascript:alert(1)",
+            "https://user@a.example",
+            "http://[::1",
+            "http://[::1]x",
+        ] {
+            c.storefront_api_origin = bad.into();
+            assert!(c.validate().is_err(), "{bad}");
+        }
     }
 
     #[test]

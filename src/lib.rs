@@ -7,6 +7,7 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod live;
+pub mod outbox_dead;
 pub mod reconcile;
 pub mod seed;
 pub mod server;

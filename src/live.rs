@@ -10,6 +10,7 @@
 //! announcement was lost, e.g. while the subscription was down), never anything per watcher.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,6 +27,20 @@ use crate::store::mysql::catalog::{self as db, ProductRow};
 const BATCH_BUFFER: usize = 64;
 /// At most this many sales on the live sales stream.
 pub const MAX_LIVE_SALES: u32 = 100;
+/// `Retry-After` of a stream refused because its client holds too many.
+const PER_CLIENT_RETRY_SECS: u64 = 5;
+
+/// Whose streams count together: an IPv4 address, or an IPv6 address's /64 (one host gets a
+/// whole /64, so single IPv6 addresses cost an attacker nothing).
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
+}
 
 /// What changed during one tick: (sku, available) pairs, each sku once.
 #[derive(Debug)]
@@ -67,6 +82,8 @@ struct Inner {
     skus: HashMap<u32, SkuState>,
     dirty: HashSet<u32>,
     sales_watchers: usize,
+    /// Streams open per client (see [`client_key`]); absent at zero.
+    clients: HashMap<IpAddr, usize>,
 }
 
 impl Inner {
@@ -110,11 +127,12 @@ pub struct Hub {
     closed: watch::Sender<bool>,
     watchers: AtomicUsize,
     max_watchers: usize,
+    max_per_client: usize,
     resync: Duration,
 }
 
 impl Hub {
-    pub fn new(max_watchers: usize, resync: Duration) -> Self {
+    pub fn new(max_watchers: usize, max_per_client: usize, resync: Duration) -> Self {
         metrics::gauge!("flashsale_live_watchers").set(0.0);
         metrics::counter!("flashsale_live_events_total").increment(0);
         metrics::counter!("flashsale_live_announcements_total").increment(0);
@@ -127,6 +145,7 @@ impl Hub {
             closed: watch::channel(false).0,
             watchers: AtomicUsize::new(0),
             max_watchers,
+            max_per_client,
             resync,
         }
     }
@@ -140,7 +159,24 @@ impl Hub {
         self.watchers.load(Ordering::Relaxed)
     }
 
-    fn admit(self: &Arc<Self>) -> AppResult<()> {
+    /// Counts a new stream of `client` (None: an in-process call): 429 `rate_limited` beyond
+    /// `live_max_per_client` for that client, 503 `unavailable` beyond `live_max_watchers`.
+    /// Returns the client key the stream is counted under.
+    fn admit(&self, g: &mut Inner, client: Option<IpAddr>) -> AppResult<Option<IpAddr>> {
+        let key = client.map(client_key);
+        if let Some(k) = key
+            && g.clients.get(&k).copied().unwrap_or(0) >= self.max_per_client
+        {
+            metrics::counter!("flashsale_rate_limited_total", "scope" => "live_ip").increment(1);
+            return Err(AppError::RateLimited {
+                message: format!(
+                    "{} live streams are open from this address, the most one client may \
+                     hold; close one or retry in {PER_CLIENT_RETRY_SECS} s",
+                    self.max_per_client
+                ),
+                retry_after_secs: PER_CLIENT_RETRY_SECS,
+            });
+        }
         if self.watchers.fetch_add(1, Ordering::AcqRel) >= self.max_watchers {
             self.watchers.fetch_sub(1, Ordering::AcqRel);
             return Err(AppError::Unavailable(format!(
@@ -148,28 +184,44 @@ impl Hub {
                 self.max_watchers
             )));
         }
+        if let Some(k) = key {
+            *g.clients.entry(k).or_default() += 1;
+        }
         metrics::gauge!("flashsale_live_watchers").increment(1.0);
-        Ok(())
+        Ok(key)
     }
 
-    /// Registers a stream of one sku (503 `unavailable` beyond `live_max_watchers`).
-    pub fn watch_sku(self: &Arc<Self>, sku: u32) -> AppResult<WatchGuard> {
-        self.admit()?;
-        self.lock().skus.entry(sku).or_default().refs += 1;
+    /// Registers a stream of one sku for `client` (see [`Hub::admit`] for the caps).
+    pub fn watch_sku(self: &Arc<Self>, sku: u32, client: Option<IpAddr>) -> AppResult<WatchGuard> {
+        let mut g = self.lock();
+        let client = self.admit(&mut g, client)?;
+        g.skus.entry(sku).or_default().refs += 1;
         Ok(WatchGuard {
             hub: self.clone(),
             sku: Some(sku),
+            client,
         })
     }
 
-    /// Registers a stream of the live sales list.
-    pub fn watch_sales(self: &Arc<Self>) -> AppResult<WatchGuard> {
-        self.admit()?;
-        self.lock().sales_watchers += 1;
+    /// Registers a stream of the live sales list for `client`.
+    pub fn watch_sales(self: &Arc<Self>, client: Option<IpAddr>) -> AppResult<WatchGuard> {
+        let mut g = self.lock();
+        let client = self.admit(&mut g, client)?;
+        g.sales_watchers += 1;
         Ok(WatchGuard {
             hub: self.clone(),
             sku: None,
+            client,
         })
+    }
+
+    /// Streams open now from `client` (its key, see [`client_key`]).
+    pub fn client_watchers(&self, client: IpAddr) -> usize {
+        self.lock()
+            .clients
+            .get(&client_key(client))
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Batch>> {
@@ -359,6 +411,7 @@ impl Hub {
 pub struct WatchGuard {
     hub: Arc<Hub>,
     sku: Option<u32>,
+    client: Option<IpAddr>,
 }
 
 impl Drop for WatchGuard {
@@ -372,6 +425,14 @@ impl Drop for WatchGuard {
                 g.forget_if_unwatched(sku);
             }
             None => g.sales_watchers = g.sales_watchers.saturating_sub(1),
+        }
+        if let Some(k) = self.client
+            && let Some(n) = g.clients.get_mut(&k)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                g.clients.remove(&k);
+            }
         }
         drop(g);
         self.hub.watchers.fetch_sub(1, Ordering::AcqRel);
@@ -514,9 +575,9 @@ mod tests {
 
     #[test]
     fn changes_are_coalesced_per_tick_and_only_for_watched_skus() {
-        let hub = Arc::new(Hub::new(10, Duration::from_secs(5)));
+        let hub = Arc::new(Hub::new(10, 10, Duration::from_secs(5)));
         let mut rx = hub.subscribe();
-        let guard = hub.watch_sku(7).unwrap();
+        let guard = hub.watch_sku(7, None).unwrap();
         hub.apply_read(7, 100, 0);
         assert_eq!(hub.current(7), Some(100));
         for v in (90..100).rev() {
@@ -540,11 +601,41 @@ mod tests {
 
     #[test]
     fn the_watcher_cap_holds() {
-        let hub = Arc::new(Hub::new(2, Duration::from_secs(5)));
-        let a = hub.watch_sku(1).unwrap();
-        let _b = hub.watch_sales().unwrap();
-        assert!(matches!(hub.watch_sku(1), Err(AppError::Unavailable(_))));
+        let hub = Arc::new(Hub::new(2, 2, Duration::from_secs(5)));
+        let a = hub.watch_sku(1, None).unwrap();
+        let _b = hub.watch_sales(None).unwrap();
+        assert!(matches!(
+            hub.watch_sku(1, None),
+            Err(AppError::Unavailable(_))
+        ));
         drop(a);
-        assert!(hub.watch_sku(1).is_ok());
+        assert!(hub.watch_sku(1, None).is_ok());
+    }
+
+    #[test]
+    fn one_client_holds_at_most_max_per_client_streams() {
+        let hub = Arc::new(Hub::new(10, 2, Duration::from_secs(5)));
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let a = hub.watch_sku(1, ip("10.0.0.1")).unwrap();
+        let _b = hub.watch_sales(ip("10.0.0.1")).unwrap();
+        let refused = hub.watch_sales(ip("10.0.0.1"));
+        assert!(matches!(
+            refused,
+            Err(AppError::RateLimited {
+                retry_after_secs: 5,
+                ..
+            })
+        ));
+        assert_eq!(hub.watchers(), 2, "a refused stream is not counted");
+        // Other clients are served; an IPv6 /64 is one client, its IPv4-mapped form too.
+        let _c = hub.watch_sku(1, ip("10.0.0.2")).unwrap();
+        let _d = hub.watch_sku(1, ip("2001:db8:1:2::1")).unwrap();
+        let _e = hub.watch_sku(1, ip("2001:db8:1:2:ffff::9")).unwrap();
+        assert!(hub.watch_sku(1, ip("2001:db8:1:2::77")).is_err());
+        assert!(hub.watch_sku(1, ip("2001:db8:1:3::1")).is_ok());
+        assert!(hub.watch_sku(1, ip("::ffff:10.0.0.1")).is_err());
+        drop(a);
+        assert_eq!(hub.client_watchers("10.0.0.1".parse().unwrap()), 1);
+        assert!(hub.watch_sku(1, ip("10.0.0.1")).is_ok());
     }
 }

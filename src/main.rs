@@ -2,7 +2,7 @@ use clap::Parser;
 
 use flashsale::app::{AppState, Application};
 use flashsale::config::{Cli, Command};
-use flashsale::{auth, domain::Role, reconcile, seed, simulate, store, telemetry};
+use flashsale::{auth, domain::Role, outbox_dead, reconcile, seed, simulate, store, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -30,6 +30,15 @@ async fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
             println!("all {} sku(s) reconcile", checks.len());
+            Ok(())
+        }
+        Command::OutboxDead { action } => {
+            let state = AppState::connect(cli.config).await?;
+            let (out, code) = outbox_dead::run(&state, &action).await?;
+            print!("{out}");
+            if code != 0 {
+                std::process::exit(code);
+            }
             Ok(())
         }
         Command::Simulate(args) => {

@@ -208,10 +208,7 @@ async fn rebuild_sku(state: &AppState, row: &catalog_db::ProductRow) -> AppResul
 /// `problems` and the rebuild goes on (the command then exits non-zero).
 pub async fn rebuild_cache(state: &AppState) -> AppResult<RebuildReport> {
     let mut report = RebuildReport::default();
-    state
-        .redis
-        .raise_order_seq(catalog_db::max_order_id(&state.db).await?)
-        .await?;
+    crate::service::order_ids::raise(state, false).await?;
     Writer::new(state.clone()).ensure_groups().await?;
 
     let mut after = 0;

@@ -106,13 +106,20 @@ fn register_series() {
     for step in ["renew", "bind", "answer"] {
         metrics::counter!("flashsale_idempotency_lease_lost_total", "step" => step).increment(0);
     }
+    for kind in crate::worker::writer::RETRY_KINDS {
+        metrics::counter!("flashsale_outbox_retries_total", "error" => kind).increment(0);
+    }
+    for reason in ["unparseable", "collision"] {
+        metrics::counter!("flashsale_outbox_set_aside_total", "reason" => reason).increment(0);
+    }
+    metrics::gauge!("flashsale_outbox_failing_events").set(0.0);
     for name in [
         "flashsale_rate_limit_errors_total",
         "flashsale_http_overloaded_total",
         "flashsale_http_internal_errors_total",
-        "flashsale_outbox_retries_total",
-        "flashsale_outbox_dead_letters_total",
         "flashsale_outbox_claimed_total",
+        "flashsale_order_id_collisions_total",
+        "flashsale_order_ids_restored_total",
         "flashsale_stock_adjustments_total",
     ] {
         metrics::counter!(name).increment(0);
@@ -210,11 +217,27 @@ fn describe() {
     );
     describe_counter!(
         "flashsale_outbox_retries_total",
-        "Write-back attempts that failed"
+        "Write-back attempts that failed and will be retried, by error kind"
+    );
+    describe_gauge!(
+        "flashsale_outbox_failing_events",
+        "Events of this instance that failed on their own and wait for their next attempt"
     );
     describe_counter!(
-        "flashsale_outbox_dead_letters_total",
-        "Events set aside as unwritable"
+        "flashsale_outbox_set_aside_total",
+        "Events set aside because they can never be written, by reason"
+    );
+    describe_gauge!(
+        "flashsale_outbox_set_aside",
+        "Events in the set-aside streams, waiting for an operator (flashsale outbox-dead)"
+    );
+    describe_counter!(
+        "flashsale_order_id_collisions_total",
+        "Outbox events whose order id MySQL holds for another order (set aside, not merged)"
+    );
+    describe_counter!(
+        "flashsale_order_ids_restored_total",
+        "Times the order id counter was found missing (Redis lost data) and raised from MySQL"
     );
     describe_counter!(
         "flashsale_outbox_claimed_total",

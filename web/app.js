@@ -1,11 +1,12 @@
 // flashsale demo storefront: plain JavaScript, no build step.
 //
-// The API is this page's own origin by default. To try a separate origin, open the page with
-// ?api=http://127.0.0.1:8080 (the API must then list this page's origin in
-// FLASHSALE_CORS_ORIGINS).
+// The API is this page's own origin, or the one origin the server wrote into
+// <meta name="flashsale-api"> (FLASHSALE_STOREFRONT_API_ORIGIN, fixed at deploy time; the API
+// must then list this page's origin in FLASHSALE_CORS_ORIGINS). Never from the page's URL: a
+// link could otherwise send the typed password and the token anywhere.
 'use strict';
 
-const API = (new URLSearchParams(location.search).get('api') || '').replace(/\/$/, '');
+const API = ((document.querySelector('meta[name="flashsale-api"]') || {}).content || '').replace(/\/$/, '');
 const $ = (id) => document.getElementById(id);
 
 const state = {
@@ -207,17 +208,51 @@ function onStock(sku, available) {
   if (card) updateCard(card, p);
 }
 
+// Sales whose window has not ended, soonest start first, at most 100: what the live snapshot
+// lists, read from the plain catalog when the live stream is refused.
+async function loadCatalog() {
+  const sales = [];
+  let after = 0;
+  for (let page = 0; page < 10; page++) {
+    const r = await api('GET', `/v1/products?limit=200&after_sku=${after}`);
+    for (const p of r.items) {
+      if (p.sale && Date.parse(p.sale.ends_at) > now()) sales.push(p);
+    }
+    if (r.next_after_sku == null) break;
+    after = r.next_after_sku;
+  }
+  sales.sort((a, b) => Date.parse(a.sale.starts_at) - Date.parse(b.sale.starts_at) || a.sku - b.sku);
+  state.sales = new Map(sales.slice(0, 100).map((p) => [p.sku, p]));
+  renderSales();
+}
+
+let liveRetry;
 function connectLive() {
+  clearTimeout(liveRetry);
   const es = new EventSource(API + '/v1/sales/live');
   const live = $('live');
   es.addEventListener('open', () => {
     live.textContent = 'live';
     live.className = 'live';
   });
-  es.addEventListener('error', () => {
-    // EventSource reconnects by itself; the first event after it is a fresh snapshot.
-    live.textContent = 'reconnecting…';
+  es.addEventListener('error', async () => {
+    if (es.readyState !== EventSource.CLOSED) {
+      // EventSource reconnects by itself; the first event after it is a fresh snapshot.
+      live.textContent = 'reconnecting…';
+      live.className = 'live off';
+      return;
+    }
+    // Refused (429: this address holds too many streams, 503: the server is full) or gone:
+    // EventSource gives up. Show the plain catalog, and try the stream again a little later.
+    es.close();
+    live.textContent = 'not live';
     live.className = 'live off';
+    liveRetry = setTimeout(connectLive, 15000 + Math.random() * 15000);
+    try {
+      await loadCatalog();
+    } catch (e) {
+      fail(e);
+    }
   });
   es.addEventListener('snapshot', (ev) => {
     const snap = JSON.parse(ev.data);

@@ -18,7 +18,9 @@ use crate::store::redis::{Bucket, BucketMode};
 
 use super::extract::{AuthUser, bearer_token};
 
-/// Long-lived streams (Server-Sent Events) are neither timed out nor counted as in flight.
+/// Long-lived streams (Server-Sent Events). The deadline and the in-flight cap cover the request
+/// that opens one until its answer's head is sent (the stream itself is not timed out nor
+/// counted); opening one takes a token from the rate limits like a sale request.
 fn is_stream(path: &str) -> bool {
     path.ends_with("/stream") || path == "/v1/sales/live"
 }
@@ -128,8 +130,8 @@ async fn enforce(
     Err(refused)
 }
 
-/// The cart and order routes (`/v1/cart*`, `/v1/orders*`): one bucket per client address and
-/// one per customer. Admins are not limited. An invalid token only meets the address's bucket
+/// The cart and order routes (`/v1/cart*`, `/v1/orders*`) and the opening of a live stream: one
+/// bucket per client address and one per customer (when a token comes along). Admins are not limited. An invalid token only meets the address's bucket
 /// (the route answers 401). The verified caller is handed on to the `AuthUser` extractor, so
 /// the token is checked once.
 pub async fn sale_rate_limit(
@@ -140,7 +142,8 @@ pub async fn sale_rate_limit(
 ) -> Response {
     let cfg = &state.cfg;
     let path = req.uri().path();
-    let sale_route = path.starts_with("/v1/cart") || path.starts_with("/v1/orders");
+    let sale_route =
+        path.starts_with("/v1/cart") || path.starts_with("/v1/orders") || is_stream(path);
     if !cfg.rate_limits || !sale_route {
         return next.run(req).await;
     }
@@ -294,9 +297,6 @@ pub async fn in_flight_cap(
     req: Request,
     next: Next,
 ) -> Response {
-    if is_stream(req.uri().path()) {
-        return next.run(req).await;
-    }
     match slots.try_acquire() {
         Ok(_slot) => next.run(req).await,
         Err(_) => {
@@ -309,9 +309,6 @@ pub async fn in_flight_cap(
 
 /// Answers 408 `request_timeout` when a request (its body included) is not done in time.
 pub async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
-    if is_stream(req.uri().path()) {
-        return next.run(req).await;
-    }
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(resp) => resp,
         Err(_) => AppError::RequestTimeout(format!(

@@ -1,7 +1,8 @@
 //! Live stock over Server-Sent Events: one sku's available count, or every sale that has not
 //! ended, pushed as it changes. The streams read only the process's live hub (`crate::live`),
-//! never Redis per watcher. They stay open: per-request deadlines must not apply to them (see
-//! `super::router`).
+//! never Redis per watcher. The request that opens one meets the same limits as any other
+//! (rate limits, deadline, in-flight cap: they end when the answer's head is sent, not when the
+//! stream ends), and one client address holds at most `live_max_per_client` streams.
 
 use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
@@ -22,6 +23,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::Path;
+use super::limits::ClientIp;
 use super::openapi::{E400_SKU, E404_SKU, E500, ErrorEnvelope};
 use crate::app::AppState;
 use crate::domain::Sku;
@@ -38,6 +40,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 const E503_LIVE: &str = "`unavailable`: Redis or MySQL is unreachable, or this instance holds \
      as many live streams as it is configured for (`FLASHSALE_LIVE_MAX_WATCHERS`). Retry after \
      the `Retry-After` seconds.";
+
+const E429_LIVE: &str = "`rate_limited`: this client address already holds \
+     `FLASHSALE_LIVE_MAX_PER_CLIENT` live streams (64), or opened more streams than its rate \
+     limit allows. Retry after the `Retry-After` seconds, or show the plain catalog \
+     (`GET /v1/products`).";
 
 /// The data of a `stock` event.
 #[derive(Serialize, ToSchema)]
@@ -79,6 +86,8 @@ pub struct SalesSnapshot {
             example = json!("event: stock\nid: 7\ndata: {\"sku\":1002,\"available\":3}\n\n")),
         (status = 400, description = E400_SKU, body = ErrorEnvelope),
         (status = 404, description = E404_SKU, body = ErrorEnvelope),
+        (status = 429, description = E429_LIVE, body = ErrorEnvelope,
+            headers(("Retry-After" = u32, description = "Seconds to wait."))),
         (status = 500, description = E500, body = ErrorEnvelope),
         (status = 503, description = E503_LIVE, body = ErrorEnvelope,
             headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
@@ -86,11 +95,12 @@ pub struct SalesSnapshot {
 )]
 async fn sku_stream(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     Path(raw): Path<u64>,
 ) -> AppResult<impl IntoResponse> {
     let sku = Sku::parse(raw)?;
     let hub = state.live.clone();
-    let guard = hub.watch_sku(sku.get())?;
+    let guard = hub.watch_sku(sku.get(), ip)?;
     let batches = hub.subscribe();
     let seq = hub.seq();
     let available = hub.first_count(&state, sku).await?;
@@ -127,14 +137,19 @@ async fn sku_stream(
             then `stock` events (`StockEvent` data).",
             content_type = "text/event-stream", body = String,
             example = json!("event: snapshot\nid: 7\ndata: {\"server_time\":\"2026-12-12T11:59:30Z\",\"sales\":[]}\n\n")),
+        (status = 429, description = E429_LIVE, body = ErrorEnvelope,
+            headers(("Retry-After" = u32, description = "Seconds to wait."))),
         (status = 500, description = E500, body = ErrorEnvelope),
         (status = 503, description = E503_LIVE, body = ErrorEnvelope,
             headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
     )
 )]
-async fn sales_stream(State(state): State<AppState>) -> AppResult<impl IntoResponse> {
+async fn sales_stream(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+) -> AppResult<impl IntoResponse> {
     let hub = state.live.clone();
-    let guard = hub.watch_sales()?;
+    let guard = hub.watch_sales(ip)?;
     let batches = hub.subscribe();
     let mut sales = hub.sales_changes();
     let seq = hub.seq();

@@ -46,8 +46,9 @@ fn requests() -> OpenApiRouter<AppState> {
         .merge(ops::router())
 }
 
-/// Routes that stay open (Server-Sent Events): the per-request deadline, in-flight cap and rate
-/// limits do not apply to them; they have their own cap (`live_max_watchers`).
+/// Routes that stay open (Server-Sent Events): the per-request limits apply to the request that
+/// opens one (until its head is answered); open streams have their own caps
+/// (`live_max_watchers`, `live_max_per_client`).
 fn streams() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().merge(live::router())
 }
@@ -62,7 +63,8 @@ pub fn router(state: AppState) -> Router {
     doc.merge(streams_doc);
     openapi::publish(&doc);
     let routes = requests
-        .merge(web::router())
+        .merge(streams)
+        .merge(web::router(&state.cfg))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -76,8 +78,6 @@ pub fn router(state: AppState) -> Router {
             in_flight,
             limits::in_flight_cap,
         ))
-        // The streams join after the per-request limits.
-        .merge(streams)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(track_metrics))

@@ -111,12 +111,34 @@ pub async fn sku_load(conn: &mut MySqlConnection, sku: Sku) -> AppResult<SkuLoad
 }
 
 /// Loads a sku into Redis from MySQL where Redis lacks it. `false`: no such product.
+///
+/// One pooled connection at most, released before Redis is written; a sku MySQL did not know
+/// lately answers `false` without asking it again (`state.lookups`); concurrent loads of one
+/// sku are done once (the others wait, then find it loaded), and loads take at most half of the
+/// pool (503 `unavailable` after `mysql_timeout` of waiting).
 pub async fn ensure_loaded(state: &AppState, sku: Sku) -> AppResult<bool> {
-    let mut conn = state.db.acquire().await?;
-    let Some(row) = db::get_product(&state.db, sku).await? else {
+    let lookups = &state.lookups;
+    if lookups.is_unknown(sku.get()) {
         return Ok(false);
+    }
+    let _turn = lookups.turn(sku.get()).await?;
+    // Done by the request we waited for?
+    if lookups.is_unknown(sku.get()) {
+        return Ok(false);
+    }
+    if state.redis.stock(sku).await?.is_some() {
+        return Ok(true);
+    }
+    let (row, load) = {
+        let _slot = lookups.slot(sku.get()).await?;
+        let epoch = lookups.epoch();
+        let mut conn = state.db.acquire().await?;
+        let Some(row) = db::get_product(&mut *conn, sku).await? else {
+            lookups.mark_unknown(sku.get(), epoch);
+            return Ok(false);
+        };
+        (row, sku_load(&mut conn, sku).await?)
     };
-    let load = sku_load(&mut conn, sku).await?;
     state.redis.load_sku(sku, &meta_of(&row), &load).await?;
     Ok(true)
 }
@@ -143,14 +165,17 @@ pub async fn create_product(
     price: Price,
 ) -> AppResult<ProductView> {
     let sku = db::insert_product(&state.db, sku, name, price).await?;
+    state.lookups.forget_unknown(sku.get());
     get_product(state, sku).await
 }
 
+/// The counters first: they answer an unknown sku (404) without MySQL when it is known to be
+/// unknown, and load a known one once however many ask at the same moment.
 pub async fn get_product(state: &AppState, sku: Sku) -> AppResult<ProductView> {
+    let c = counters(state, sku).await?;
     let row = db::get_product(&state.db, sku)
         .await?
         .ok_or_else(|| no_product(sku))?;
-    let c = counters(state, sku).await?;
     Ok(view(&row, c.available))
 }
 
@@ -276,13 +301,7 @@ pub async fn adjust_stock(
         return Err(AppError::NotFound(format!("no warehouse {warehouse_id}")));
     }
     let load = sku_load(&mut tx, sku).await?;
-    let on_hand = load
-        .stock
-        .iter()
-        .find(|(w, _)| *w == warehouse_id)
-        .map_or(0, |(_, n)| *n);
     let d = delta.get();
-    let new_on_hand = i128::from(on_hand) + i128::from(d);
     state.redis.load_sku(sku, &meta_of(&row), &load).await?;
     let here = match state.redis.adjust_stock(sku, warehouse_id, d).await? {
         AdjustOutcome::Adjusted { here, .. } => here,
@@ -306,15 +325,18 @@ pub async fn adjust_stock(
         }
         e
     };
-    if new_on_hand < 0 {
-        return Err(undo(AppError::internal(format!(
-            "sku {sku}: Redis had more available than MySQL on hand; run reconcile"
-        )))
-        .await);
-    }
-    if let Err(e) = db::set_on_hand(&mut tx, sku, warehouse_id, new_on_hand as u64).await {
-        return Err(undo(e).await);
-    }
+    // Relative to the row as it is when this statement runs (the write-back may have lowered
+    // it since `load` was read): no concurrent change is lost.
+    let on_hand = match db::add_on_hand(&mut tx, sku, warehouse_id, d).await {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            return Err(undo(AppError::internal(format!(
+                "sku {sku}: Redis had more available than MySQL on hand; run reconcile"
+            )))
+            .await);
+        }
+        Err(e) => return Err(undo(e).await),
+    };
     if let Err(e) = tx.commit().await {
         return Err(undo(e.into()).await);
     }
@@ -322,7 +344,7 @@ pub async fn adjust_stock(
     Ok(StockAdjusted {
         sku: sku.get(),
         warehouse_id,
-        on_hand: new_on_hand as u64,
+        on_hand,
         available: here,
     })
 }

@@ -3,6 +3,8 @@
 
 pub mod cart;
 pub mod catalog;
+pub mod lookups;
+pub mod order_ids;
 pub mod orders;
 
 use chrono::{DateTime, Utc};

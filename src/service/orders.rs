@@ -197,7 +197,7 @@ pub async fn checkout(
     binder: &impl BindOrder,
     vanished: Option<u64>,
 ) -> AppResult<OrderView> {
-    let order_id = state.redis.next_order_id().await?;
+    let order_id = super::order_ids::next(state).await?;
     let token = if state
         .redis
         .lock_checkout(user_id, order_id, CHECKOUT_LEASE)
@@ -306,7 +306,7 @@ pub async fn buy_now(
         name: meta.name,
         from_cart: false,
     };
-    let order_id = state.redis.next_order_id().await?;
+    let order_id = super::order_ids::next(state).await?;
     place(state, user_id, order_id, vec![want], binder).await
 }
 

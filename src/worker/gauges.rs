@@ -21,6 +21,7 @@ pub async fn refresh(state: &AppState) -> AppResult<()> {
     metrics::gauge!("flashsale_outbox_pending").set(pending as f64);
     metrics::gauge!("flashsale_outbox_oldest_age_seconds")
         .set(writer.oldest_age().await?.as_secs_f64());
+    metrics::gauge!("flashsale_outbox_set_aside").set(state.redis.set_aside_count().await? as f64);
 
     let size = state.db.size() as f64;
     let idle = state.db.num_idle() as f64;

@@ -57,6 +57,10 @@ use tokio::time::Instant;
 use crate::app::AppState;
 use crate::error::{AppError, AppResult};
 
+/// Entries `<p>:webhook-dead` keeps (about): its memory bound, ~60 MB of events that no
+/// receiver took. Each is also counted (`outcome="gave_up"`), and every order is in MySQL.
+const WEBHOOK_DEAD_MAX_LEN: u64 = 100_000;
+
 /// The consumer group of the webhook senders on the order-events stream.
 pub const GROUP: &str = "webhooks";
 /// The longest delay between two attempts at one event.
@@ -333,6 +337,9 @@ impl Webhooks {
         let mut pipe = redis::pipe();
         pipe.cmd("XADD")
             .arg(self.dead_stream())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(WEBHOOK_DEAD_MAX_LEN)
             .arg("*")
             .arg("event_id")
             .arg(event_id)

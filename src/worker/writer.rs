@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use redis::AsyncCommands;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use sqlx::MySqlPool;
 use tokio::sync::watch;
@@ -18,11 +17,12 @@ use crate::domain::{OrderEventKind, Sku};
 use crate::error::{AppError, AppResult};
 use crate::store::mysql::orders as db;
 use crate::store::redis::keys::ORDER_PARTITIONS;
-use crate::store::redis::outbox::OutboxEvent;
+use crate::store::redis::outbox::{OutboxEvent, SetAsideReason};
 
 pub const GROUP: &str = "writers";
-/// Failed attempts at one event before it is set aside in the dead-letter stream.
-const MAX_ATTEMPTS: i64 = 5;
+/// A failing event is tried again after this, doubling per failure up to `RETRY_MAX`.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// A fault to inject, for the crash tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,21 +34,128 @@ pub enum Fault {
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct WriteStats {
+    /// Events written to MySQL.
     pub events: usize,
-    pub dead_letters: usize,
+    /// Events set aside: they can never be written (unparseable, or their order id belongs to
+    /// another order in MySQL). Kept whole for `flashsale outbox-dead`.
+    pub set_aside: usize,
+    /// Events that failed on their own this time and stay in the outbox, retried later.
+    pub failing: usize,
 }
 
 type Entry = (u64, StreamId);
 
+/// Why a write-back failed, and so what happens to its events.
+#[derive(Debug)]
+enum Failure {
+    /// MySQL or Redis cannot take writes now (down, deadlock, lock wait timeout, read-only,
+    /// shutting down, a table missing, ...): every event waits in the outbox and the batch is
+    /// tried again after a pause, for as long as it takes.
+    Outage(AppError),
+    /// This event failed on its own data: it is tried again alone, later, without holding the
+    /// others back; never given up.
+    Event(AppError),
+    /// MySQL holds another order under the event's order id: set aside, never merged.
+    Collision(String),
+}
+
+impl From<AppError> for Failure {
+    fn from(e: AppError) -> Self {
+        if error_kind(&e).1 {
+            Failure::Outage(e)
+        } else {
+            Failure::Event(e)
+        }
+    }
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(e: sqlx::Error) -> Self {
+        AppError::from(e).into()
+    }
+}
+
+/// MySQL errors about one event's data: trying the same event again gives the same answer, so
+/// it is tried alone (after a pause) while the others go on.
+const DATA_ERRORS: &[u16] = &[
+    1048, // column cannot be null
+    1062, // duplicate key
+    1264, // out of range value
+    1292, // incorrect datetime value
+    1366, // incorrect string value
+    1406, // data too long
+    1452, // foreign key
+    1690, // value out of range
+    3819, // check constraint (MySQL)
+    4025, // check constraint (MariaDB)
+];
+
+/// The label of a failed write-back attempt in `flashsale_outbox_retries_total`, and whether it
+/// is an outage (nothing can be written now) rather than one event's problem.
+fn error_kind(e: &AppError) -> (&'static str, bool) {
+    let AppError::Internal(inner) = e else {
+        return match e {
+            AppError::Unavailable(_) => ("unavailable", true),
+            _ => ("event", false),
+        };
+    };
+    if inner.downcast_ref::<redis::RedisError>().is_some() {
+        // A Redis server error (OOM, READONLY, LOADING, ...): every event meets it.
+        return ("redis", true);
+    }
+    let Some(sqlx::Error::Database(db)) = inner.downcast_ref::<sqlx::Error>() else {
+        return match inner.downcast_ref::<sqlx::Error>() {
+            // Row decoding and the like: about the data at hand.
+            Some(_) => ("event", false),
+            // Our own checks (a paid line with less on hand than sold, ...).
+            None => ("event", false),
+        };
+    };
+    let number = db
+        .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+        .map(|e| e.number());
+    match number {
+        Some(1213) => ("deadlock", true),
+        Some(1205) => ("lock_wait_timeout", true),
+        Some(1290 | 1836) => ("read_only", true),
+        Some(1053) => ("server_shutdown", true),
+        Some(1146) => ("missing_table", true),
+        Some(n) if DATA_ERRORS.contains(&n) => ("event", false),
+        // Any other server error is the server's trouble, not the event's: wait it out.
+        _ => ("mysql", true),
+    }
+}
+
+/// The labels of `flashsale_outbox_retries_total`.
+pub const RETRY_KINDS: [&str; 9] = [
+    "unavailable",
+    "deadlock",
+    "lock_wait_timeout",
+    "read_only",
+    "server_shutdown",
+    "missing_table",
+    "mysql",
+    "redis",
+    "event",
+];
+
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    attempts: u32,
+    next: Instant,
+}
+
 pub struct Writer {
     state: AppState,
     consumer: String,
+    /// Events that failed on their own (`Failure::Event`), by event id: when to try again.
+    retries: std::sync::Mutex<HashMap<String, Retry>>,
 }
 
 impl Writer {
     pub fn new(state: AppState) -> Self {
         let consumer = state.instance.to_string();
-        Writer { state, consumer }
+        Writer::named(state, &consumer)
     }
 
     /// A writer with another consumer name (tests: a second instance).
@@ -56,7 +163,59 @@ impl Writer {
         Writer {
             state,
             consumer: consumer.to_string(),
+            retries: Default::default(),
         }
+    }
+
+    fn retries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Retry>> {
+        self.retries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether an entry may be tried now: not an event waiting for its next attempt.
+    fn due(&self, (p, e): &Entry) -> bool {
+        let key = format!("{p}-{}", e.id);
+        let retries = self.retries();
+        // A replayed event is known by its first id, but it is a new entry: due at once.
+        retries.get(&key).is_none_or(|r| r.next <= Instant::now())
+    }
+
+    /// Notes a failed attempt at one event; it is tried again after a doubling pause.
+    fn defer(&self, (p, id, ev): &(u64, String, OutboxEvent), e: &AppError) {
+        let mut retries = self.retries();
+        if retries.len() > 100_000 {
+            // Entries of events another instance took over: they are simply due again.
+            retries.clear();
+        }
+        let r = retries.entry(format!("{p}-{id}")).or_insert(Retry {
+            attempts: 0,
+            next: Instant::now(),
+        });
+        r.attempts += 1;
+        let pause = RETRY_FIRST
+            .saturating_mul(1 << (r.attempts - 1).min(16))
+            .min(RETRY_MAX);
+        r.next = Instant::now() + pause;
+        let attempts = r.attempts;
+        metrics::gauge!("flashsale_outbox_failing_events").set(retries.len() as f64);
+        drop(retries);
+        if attempts >= 10 {
+            tracing::error!(order.id = ev.order_id, event.id = %ev.event_id, attempts, error = %e,
+                "outbox event keeps failing; it stays in the outbox and is retried");
+        } else {
+            tracing::warn!(order.id = ev.order_id, event.id = %ev.event_id, attempts, error = %e,
+                retry_in_ms = pause.as_millis() as u64, "outbox event failed; will retry");
+        }
+    }
+
+    fn forget(&self, events: &[(u64, String, OutboxEvent)]) {
+        let mut retries = self.retries();
+        if retries.is_empty() {
+            return;
+        }
+        for (p, id, _) in events {
+            retries.remove(&format!("{p}-{id}"));
+        }
+        metrics::gauge!("flashsale_outbox_failing_events").set(retries.len() as f64);
     }
 
     /// Creates the consumer group on every partition (from the start of each stream).
@@ -87,8 +246,10 @@ impl Writer {
         let mut total = WriteStats::default();
         loop {
             let mut entries = self.read("0", None).await?;
+            entries.retain(|e| self.due(e));
             if entries.is_empty() {
                 entries = self.claim(self.state.cfg.claim_idle).await?;
+                entries.retain(|e| self.due(e));
             }
             if entries.is_empty() {
                 entries = self.read(">", None).await?;
@@ -98,7 +259,8 @@ impl Writer {
             }
             let s = self.process(db, entries, fault).await?;
             total.events += s.events;
-            total.dead_letters += s.dead_letters;
+            total.set_aside += s.set_aside;
+            total.failing += s.failing;
         }
     }
 
@@ -178,102 +340,126 @@ impl Writer {
     ) -> AppResult<WriteStats> {
         let mut stats = WriteStats::default();
         let mut events = Vec::with_capacity(entries.len());
-        let mut acks: Vec<(u64, String)> = Vec::with_capacity(entries.len());
         for (p, e) in entries {
             match OutboxEvent::parse(p, &e.id, &e.map) {
                 Ok(ev) => events.push((p, e.id, ev)),
                 Err(why) => {
-                    self.dead_letter(p, &e.id, &why).await?;
-                    stats.dead_letters += 1;
-                    acks.push((p, e.id));
+                    tracing::error!(partition = p, stream.id = %e.id, error = %why,
+                        "unparseable outbox event; set aside for an operator (flashsale outbox-dead)");
+                    if self
+                        .set_aside(p, &e.id, SetAsideReason::Unparseable, &why)
+                        .await?
+                    {
+                        stats.set_aside += 1;
+                    }
                 }
             }
         }
         if events.is_empty() {
-            self.ack(&acks).await?;
             return Ok(stats);
         }
-        match self.write(db, &events, fault).await {
-            Ok(()) => {}
-            Err(e @ AppError::Unavailable(_)) => return Err(e),
-            Err(e) if fault != Fault::None => return Err(e),
-            Err(e) if events.len() > 1 => {
-                // One bad event must not hold the others back: write them one by one.
-                tracing::warn!(error = %e, "outbox batch failed; writing its events one by one");
-                for one in events {
-                    match self.write(db, std::slice::from_ref(&one), fault).await {
-                        Ok(()) => {
-                            stats.events += 1;
-                            acks.push((one.0, one.1));
-                        }
-                        Err(e @ AppError::Unavailable(_)) => {
-                            self.ack(&acks).await?;
-                            return Err(e);
-                        }
-                        Err(e) => {
-                            if self.give_up(&one, &e).await? {
-                                stats.dead_letters += 1;
-                                acks.push((one.0, one.1));
-                            }
-                        }
-                    }
-                }
-                self.ack(&acks).await?;
+        let failure = match self.write(db, &events, fault).await {
+            Ok(()) => {
+                self.done(&events).await?;
+                stats.events += events.len();
                 return Ok(stats);
             }
-            Err(e) => {
-                let one = &events[0];
-                if self.give_up(one, &e).await? {
-                    stats.dead_letters += 1;
-                    acks.push((one.0, one.1.clone()));
-                    self.ack(&acks).await?;
-                    return Ok(stats);
+            Err(f) => f,
+        };
+        let one_by_one = match failure {
+            Failure::Outage(e) => return Err(self.outage(e, events.len())),
+            _ if fault != Fault::None => {
+                return Err(AppError::internal(format!("{failure:?}")));
+            }
+            f if events.len() == 1 => {
+                self.settle(&events[0], f, &mut stats).await?;
+                return Ok(stats);
+            }
+            Failure::Event(e) => e.to_string(),
+            Failure::Collision(m) => m,
+        };
+        // One event's problem must not hold the others back: write them one by one.
+        tracing::warn!(error = %one_by_one, events = events.len(), "outbox batch failed; writing its events one by one");
+        for (i, one) in events.iter().enumerate() {
+            match self.write(db, std::slice::from_ref(one), fault).await {
+                Ok(()) => {
+                    self.done(std::slice::from_ref(one)).await?;
+                    stats.events += 1;
                 }
-                self.ack(&acks).await?;
-                return Err(e);
+                Err(Failure::Outage(e)) => {
+                    return Err(self.outage(e, events.len() - i));
+                }
+                Err(f) => self.settle(one, f, &mut stats).await?,
             }
         }
-        stats.events += events.len();
-        acks.extend(events.into_iter().map(|(p, id, _)| (p, id)));
-        self.ack(&acks).await?;
         Ok(stats)
     }
 
-    /// Counts a failed attempt at an event; past MAX_ATTEMPTS sets it aside (true).
-    async fn give_up(
-        &self,
-        (p, id, ev): &(u64, String, OutboxEvent),
-        e: &AppError,
-    ) -> AppResult<bool> {
-        let key = format!("{}:outbox-attempts", self.state.redis.keys.prefix());
-        let mut conn = self.state.redis.conn();
-        let n: i64 = conn.hincr(&key, &ev.event_id, 1).await?;
-        metrics::counter!("flashsale_outbox_retries_total").increment(1);
-        if n < MAX_ATTEMPTS {
-            tracing::warn!(order.id = ev.order_id, event.id = %ev.event_id, attempt = n, error = %e, "outbox event failed; will retry");
-            return Ok(false);
-        }
-        tracing::error!(order.id = ev.order_id, event.id = %ev.event_id, error = %e, "outbox event failed {MAX_ATTEMPTS} times; set aside");
-        self.dead_letter(*p, id, &e.to_string()).await?;
-        let _: () = conn.hdel(&key, &ev.event_id).await?;
-        Ok(true)
+    /// The batch waits in the outbox (not acknowledged): counted, and returned for the caller
+    /// to pause before the next attempt.
+    fn outage(&self, e: AppError, events: usize) -> AppError {
+        let (kind, _) = error_kind(&e);
+        metrics::counter!("flashsale_outbox_retries_total", "error" => kind).increment(1);
+        tracing::warn!(error = %e, error.kind = kind, events, "outbox write-back failed; the events stay in the outbox");
+        e
     }
 
-    async fn dead_letter(&self, partition: u64, id: &str, why: &str) -> AppResult<()> {
-        metrics::counter!("flashsale_outbox_dead_letters_total").increment(1);
-        let mut conn = self.state.redis.conn();
-        let _: String = conn
-            .xadd(
-                self.state.redis.keys.dead_letters(),
-                "*",
-                &[
-                    ("partition", partition.to_string()),
-                    ("stream_id", id.to_string()),
-                    ("error", why.to_string()),
-                ],
-            )
-            .await?;
+    /// What becomes of one event that failed alone: set aside (collision) or retried later.
+    async fn settle(
+        &self,
+        one: &(u64, String, OutboxEvent),
+        failure: Failure,
+        stats: &mut WriteStats,
+    ) -> AppResult<()> {
+        match failure {
+            Failure::Collision(why) => {
+                let ev = &one.2;
+                tracing::error!(order.id = ev.order_id, user.id = ev.user_id, event.id = %ev.event_id, error = %why,
+                    "order id collision: MySQL holds another order under this id; event set aside, not merged");
+                metrics::counter!("flashsale_order_id_collisions_total").increment(1);
+                if self
+                    .set_aside(one.0, &one.1, SetAsideReason::Collision, &why)
+                    .await?
+                {
+                    stats.set_aside += 1;
+                }
+                self.forget(std::slice::from_ref(one));
+            }
+            Failure::Event(e) => {
+                let (kind, _) = error_kind(&e);
+                metrics::counter!("flashsale_outbox_retries_total", "error" => kind).increment(1);
+                self.defer(one, &e);
+                stats.failing += 1;
+            }
+            Failure::Outage(e) => return Err(self.outage(e, 1)),
+        }
         Ok(())
+    }
+
+    async fn set_aside(
+        &self,
+        partition: u64,
+        id: &str,
+        reason: SetAsideReason,
+        why: &str,
+    ) -> AppResult<bool> {
+        let moved = self
+            .state
+            .redis
+            .set_aside(partition, id, GROUP, reason, why)
+            .await?;
+        if moved {
+            metrics::counter!("flashsale_outbox_set_aside_total", "reason" => reason.as_str())
+                .increment(1);
+        }
+        Ok(moved)
+    }
+
+    /// Written: acknowledged and deleted.
+    async fn done(&self, events: &[(u64, String, OutboxEvent)]) -> AppResult<()> {
+        self.forget(events);
+        let acks: Vec<(u64, String)> = events.iter().map(|(p, id, _)| (*p, id.clone())).collect();
+        self.ack(&acks).await
     }
 
     /// The write-back of a batch: Redis pre-steps, one MySQL transaction, Redis follow-up,
@@ -283,7 +469,7 @@ impl Writer {
         db: &MySqlPool,
         events: &[(u64, String, OutboxEvent)],
         fault: Fault,
-    ) -> AppResult<()> {
+    ) -> Result<(), Failure> {
         let redis = &self.state.redis;
         let mut paid_lines: Vec<(Sku, u64)> = Vec::new();
         let mut dropped_lines: Vec<(Sku, u64)> = Vec::new();
@@ -318,15 +504,23 @@ impl Writer {
         let started = Instant::now();
         let mut tx = db.begin().await?;
         let evs: Vec<&OutboxEvent> = events.iter().map(|(_, _, ev)| ev).collect();
-        db::apply_events(&mut tx, &evs).await?;
+        let collisions = db::apply_events(&mut tx, &evs).await?;
+        if !collisions.is_empty() {
+            // Rolled back: nothing of these events is written under another order's id.
+            drop(tx);
+            return Err(Failure::Collision(format!(
+                "MySQL holds other orders under order ids {collisions:?} (another customer or \
+                 creation time): not merged"
+            )));
+        }
         db::apply_movements(&mut tx, &movements).await?;
         tx.commit().await?;
         metrics::histogram!("flashsale_outbox_write_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         if fault == Fault::AfterCommit {
-            return Err(AppError::internal(
+            return Err(Failure::Outage(AppError::internal(
                 "injected fault: stopped after the MySQL commit",
-            ));
+            )));
         }
 
         // Then Redis again: the written-back units leave `sold`; finished records get a TTL
@@ -340,12 +534,12 @@ impl Writer {
                 pipe.expire(redis.keys.order(ev.order_id), ttl).ignore();
             }
             let payload = serde_json::to_string(&PublicEvent::of(ev))
-                .map_err(|e| AppError::internal(format!("event json: {e}")))?;
+                .map_err(|e| Failure::Event(AppError::internal(format!("event json: {e}"))))?;
             pipe.cmd("XADD")
                 .arg(redis.keys.order_events())
                 .arg("MAXLEN")
                 .arg("~")
-                .arg(1_000_000)
+                .arg(self.state.cfg.events_max_len)
                 .arg("*")
                 .arg("event")
                 .arg(payload)
@@ -355,7 +549,10 @@ impl Writer {
             metrics::histogram!("flashsale_outbox_lag_seconds")
                 .record((now_ms - ev.at_ms).max(0) as f64 / 1000.0);
         }
-        let _: () = pipe.query_async(&mut redis.conn()).await?;
+        let _: () = pipe
+            .query_async(&mut redis.conn())
+            .await
+            .map_err(AppError::from)?;
         Ok(())
     }
 
@@ -474,10 +671,14 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
                 writer.ensure_groups().await?;
                 groups_ready = true;
             }
+            // This consumer's pending entries (a batch cut short, events waiting for their next
+            // attempt), then entries of stopped instances, then new ones.
             let mut entries = writer.read("0", None).await?;
+            entries.retain(|e| writer.due(e));
             if entries.is_empty() && last_claim.elapsed() >= state.cfg.claim_idle / 2 {
                 last_claim = Instant::now();
                 entries = writer.claim(state.cfg.claim_idle).await?;
+                entries.retain(|e| writer.due(e));
             }
             if entries.is_empty() {
                 // Below the 500 ms response timeout redis-rs gives a connection by default.
@@ -495,7 +696,6 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
                 // A Redis that lost its data lost the consumer groups too.
                 groups_ready = false;
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "outbox write-back failed; the events stay pending");
-                metrics::counter!("flashsale_outbox_retries_total").increment(1);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.changed() => {}

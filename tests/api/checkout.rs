@@ -502,7 +502,9 @@ async fn the_sweeper_gives_back_a_line_without_an_order_record() {
     let app = spawn_app().await;
     let sku = app.sale_product(5, None).await;
     let s = Sku::parse(sku).unwrap();
-    let order_id = app.state.redis.next_order_id().await.unwrap();
+    let order_id = flashsale::service::order_ids::next(&app.state)
+        .await
+        .unwrap();
     let past = chrono::Utc::now().timestamp_millis() - 1;
     app.state
         .redis
@@ -538,7 +540,9 @@ async fn an_order_is_not_recorded_after_its_lines_deadline() {
     let app = spawn_app().await;
     let redis = &app.state.redis;
     let now = redis.now_ms().await.unwrap();
-    let id = redis.next_order_id().await.unwrap();
+    let id = flashsale::service::order_ids::next(&app.state)
+        .await
+        .unwrap();
     let late = redis
         .create_order(id, 7_600, now - 10, now - 1, "[]", 0)
         .await

@@ -236,7 +236,9 @@ async fn a_retry_fails_a_half_made_order_and_places_one_afresh() {
     let t = app.customer_token(7_004);
     // The vanished request had created its order and reserved its line, not activated it.
     let redis = &app.state.redis;
-    let half = redis.next_order_id().await.unwrap();
+    let half = flashsale::service::order_ids::next(&app.state)
+        .await
+        .unwrap();
     vanished_holder(&app, 7_004, "k-half", sku, Some(half)).await;
     let items = json!([{"sku": sku, "name": "Flash item", "count": 1, "unit_price": 5000}]);
     // Lines first, then the record (as `place` does): the order is `new`, not yet activated.

@@ -474,3 +474,133 @@ async fn shutdown_ends_open_streams_at_once() {
     let rest = tokio::time::timeout(Duration::from_secs(2), resp.chunk()).await;
     assert!(matches!(rest, Ok(Ok(None)) | Ok(Err(_))), "{rest:?}");
 }
+
+/// Opens a stream as the client at `ip` (the app trusts X-Forwarded-For in these tests).
+async fn open_as(app: &TestApp, path: &str, ip: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(format!("{}{path}", app.addr))
+        .header("x-forwarded-for", ip)
+        .send()
+        .await
+        .expect("answered")
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_every_stream_slot() {
+    let app = spawn_app_with(|c| {
+        fast(c);
+        c.live_max_watchers = 6;
+        c.live_max_per_client = 3;
+        c.trust_forwarded_for = true;
+    })
+    .await;
+    let sku = app.sale_product(3, None).await;
+    let sku_path = format!("/v1/products/{sku}/stock/stream");
+    // The greedy client tries to take every slot of the instance.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for i in 0..6 {
+        let path = if i % 2 == 0 {
+            sku_path.as_str()
+        } else {
+            "/v1/sales/live"
+        };
+        let r = open_as(&app, path, "10.9.9.9").await;
+        match r.status() {
+            StatusCode::OK => held.push(r),
+            StatusCode::TOO_MANY_REQUESTS => {
+                let retry: u64 = r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(retry >= 1);
+                let body: Value = r.json().await.unwrap();
+                assert_eq!(body["error"]["code"], "rate_limited");
+                refused += 1;
+            }
+            other => panic!("{path}: {other}"),
+        }
+    }
+    assert_eq!((held.len(), refused), (3, 3));
+    assert_eq!(
+        app.state.live.watchers(),
+        3,
+        "refused streams are not counted"
+    );
+    // Everyone else still gets the live sales page, with the product.
+    let r = open_as(&app, "/v1/sales/live", "10.8.8.8").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut other = SseClient {
+        resp: r,
+        buf: String::new(),
+    };
+    let snap = other
+        .next(Duration::from_secs(5))
+        .await
+        .expect("a snapshot");
+    assert_eq!(snap.event, "snapshot");
+    assert_eq!(snap.data["sales"][0]["sku"], sku);
+    // A stream closed by the greedy client frees its place for it.
+    drop(held.pop());
+    let ip: std::net::IpAddr = "10.9.9.9".parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.state.live.client_watchers(ip) > 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the closed stream is still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        open_as(&app, &sku_path, "10.9.9.9").await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn opening_streams_takes_from_the_address_rate_bucket() {
+    let app = spawn_app_with(|c| {
+        c.rate_limits = true;
+        c.rate_ip_burst = 3;
+        c.rate_ip_per_sec = 0.01;
+    })
+    .await;
+    let sku = app.sale_product(3, None).await;
+    for path in [
+        "/v1/sales/live".to_string(),
+        format!("/v1/products/{sku}/stock/stream"),
+        "/v1/sales/live".to_string(),
+    ] {
+        // Opened and closed at once: reconnect loops are what the bucket is for.
+        let r = app.get(&path, None).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+    }
+    let r = app.get("/v1/sales/live", None).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{:?}", r.body);
+    assert_eq!(r.code(), "rate_limited");
+    assert!(r.headers.contains_key("retry-after"));
+    // Unknown skus are no way around it.
+    let r = app.get("/v1/products/4000000000/stock/stream", None).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{:?}", r.body);
+}
+
+#[tokio::test]
+async fn an_open_stream_outlives_the_request_deadline() {
+    let app = spawn_app_with(|c| {
+        fast(c);
+        c.request_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let sku = app.sale_product(5, None).await;
+    let mut s = SseClient::open(&app, &format!("/v1/products/{sku}/stock/stream"), None).await;
+    assert_eq!(
+        s.next_stock(Duration::from_secs(5)).await.unwrap().data["available"],
+        5
+    );
+    // Past the per-request deadline, the stream still follows purchases.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (_, token) = app.register("late-buyer").await;
+    buy_now(&app, &token, sku, 1).await;
+    s.until_available(sku, 4, Duration::from_secs(5)).await;
+}

@@ -108,12 +108,15 @@ fn auto_increment_exhausted(e: &sqlx::Error) -> bool {
         || matches!(number, Some(167 | 1467))
 }
 
-#[tracing::instrument(skip(pool))]
-pub async fn get_product(pool: &MySqlPool, sku: Sku) -> AppResult<Option<ProductRow>> {
+#[tracing::instrument(skip(db))]
+pub async fn get_product<'e, E>(db: E, sku: Sku) -> AppResult<Option<ProductRow>>
+where
+    E: sqlx::Executor<'e, Database = sqlx::MySql>,
+{
     Ok(
         sqlx::query_as::<_, ProductRow>(select_product!("WHERE p.sku = ?"))
             .bind(sku.get())
-            .fetch_optional(pool)
+            .fetch_optional(db)
             .await?,
     )
 }
@@ -249,23 +252,57 @@ pub async fn stock_of(conn: &mut MySqlConnection, sku: Sku) -> AppResult<Vec<(u3
     .await?)
 }
 
-/// Sets a sku's on-hand units in one warehouse (the row is created when missing).
-pub async fn set_on_hand(
+/// Changes a sku's on-hand units in one warehouse by `delta`, relative to what the row holds
+/// when the change is applied (the row is created when missing), never to a value read before:
+/// the write-back lowers the same row concurrently, and an absolute write would erase its
+/// decrement. A removal never takes on_hand below zero: `None` when the row has fewer than
+/// `-delta` units. Returns the row's on_hand after the change (the row stays locked by the
+/// caller's transaction).
+pub async fn add_on_hand(
     conn: &mut MySqlConnection,
     sku: Sku,
     warehouse_id: u32,
-    on_hand: u64,
-) -> AppResult<()> {
-    sqlx::query(
-        "INSERT INTO stock (sku, warehouse_id, on_hand) VALUES (?, ?, ?) \
-         ON DUPLICATE KEY UPDATE on_hand = VALUES(on_hand)",
-    )
-    .bind(sku.get())
-    .bind(warehouse_id)
-    .bind(on_hand)
-    .execute(conn)
-    .await?;
-    Ok(())
+    delta: i64,
+) -> AppResult<Option<u64>> {
+    let changed = if delta >= 0 {
+        sqlx::query(
+            "INSERT INTO stock (sku, warehouse_id, on_hand) VALUES (?, ?, ?) \
+             ON DUPLICATE KEY UPDATE on_hand = on_hand + VALUES(on_hand)",
+        )
+        .bind(sku.get())
+        .bind(warehouse_id)
+        .bind(delta.unsigned_abs())
+        .execute(&mut *conn)
+        .await?;
+        true
+    } else {
+        let units = delta.unsigned_abs();
+        sqlx::query(
+            "UPDATE stock SET on_hand = on_hand - ? \
+             WHERE sku = ? AND warehouse_id = ? AND on_hand >= ?",
+        )
+        .bind(units)
+        .bind(sku.get())
+        .bind(warehouse_id)
+        .bind(units)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+            == 1
+    };
+    if !changed {
+        return Ok(None);
+    }
+    // A locking read is a current read: it sees the row as this transaction left it.
+    Ok(Some(
+        sqlx::query_scalar::<_, u64>(
+            "SELECT on_hand FROM stock WHERE sku = ? AND warehouse_id = ? FOR UPDATE",
+        )
+        .bind(sku.get())
+        .bind(warehouse_id)
+        .fetch_one(&mut *conn)
+        .await?,
+    ))
 }
 
 /// The largest order id MySQL knows (0 when none): the floor of the Redis id sequence.

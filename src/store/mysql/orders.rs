@@ -22,19 +22,26 @@ fn rows_of(rows: usize, cols: usize) -> String {
 
 /// Writes what a batch of events says, in a few multi-row statements: the order rows (a final
 /// status is never overwritten, so events may arrive in any order or twice), their items, and
-/// each event in the history.
-pub async fn apply_events(conn: &mut MySqlConnection, events: &[&OutboxEvent]) -> AppResult<()> {
+/// each event in the history. An event whose order id MySQL already holds for another order
+/// (another customer, or another creation time: ids handed out twice) changes nothing of that
+/// row; its id is returned, and the caller must roll back. Empty: all written.
+pub async fn apply_events(
+    conn: &mut MySqlConnection,
+    events: &[&OutboxEvent],
+) -> AppResult<Vec<u64>> {
+    // Only the row of the same order may be updated: user and creation time never change.
+    let same = "(user_id = VALUES(user_id) AND created_at = VALUES(created_at))";
     for chunk in events.chunks(200) {
         let sql = format!(
             "INSERT INTO orders (id, user_id, status, total_price, created_at, expires_at, paid_at, \
              cancelled_at, cancel_reason, payment_ref, written_at) VALUES {} \
              ON DUPLICATE KEY UPDATE \
-             paid_at = COALESCE(paid_at, VALUES(paid_at)), \
-             cancelled_at = COALESCE(cancelled_at, VALUES(cancelled_at)), \
-             cancel_reason = COALESCE(cancel_reason, VALUES(cancel_reason)), \
-             payment_ref = COALESCE(payment_ref, VALUES(payment_ref)), \
-             written_at = VALUES(written_at), \
-             status = IF(status IN ('paid', 'cancelled', 'failed'), status, VALUES(status))",
+             paid_at = IF({same}, COALESCE(paid_at, VALUES(paid_at)), paid_at), \
+             cancelled_at = IF({same}, COALESCE(cancelled_at, VALUES(cancelled_at)), cancelled_at), \
+             cancel_reason = IF({same}, COALESCE(cancel_reason, VALUES(cancel_reason)), cancel_reason), \
+             payment_ref = IF({same}, COALESCE(payment_ref, VALUES(payment_ref)), payment_ref), \
+             written_at = IF({same}, VALUES(written_at), written_at), \
+             status = IF({same} AND status NOT IN ('paid', 'cancelled', 'failed'), VALUES(status), status)",
             rows_of(chunk.len(), 11)
         );
         let now = Utc::now().naive_utc();
@@ -54,6 +61,33 @@ pub async fn apply_events(conn: &mut MySqlConnection, events: &[&OutboxEvent]) -
                 .bind(now);
         }
         q.execute(&mut *conn).await?;
+
+        // Every row is locked by this transaction now (inserted or upserted): a current read
+        // of their owners takes no new locks.
+        let sql = format!(
+            "SELECT id, user_id, created_at FROM orders WHERE id IN ({}) FOR UPDATE",
+            vec!["?"; chunk.len()].join(", ")
+        );
+        let mut q = sqlx::query_as::<_, (u64, u64, NaiveDateTime)>(sqlx::AssertSqlSafe(sql));
+        for ev in chunk {
+            q = q.bind(ev.order_id);
+        }
+        let owners: std::collections::HashMap<u64, (u64, NaiveDateTime)> = q
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .map(|(id, user, created)| (id, (user, created)))
+            .collect();
+        let mut collisions: Vec<u64> = chunk
+            .iter()
+            .filter(|ev| owners.get(&ev.order_id) != Some(&(ev.user_id, naive(ev.created_at_ms))))
+            .map(|ev| ev.order_id)
+            .collect();
+        if !collisions.is_empty() {
+            collisions.sort_unstable();
+            collisions.dedup();
+            return Ok(collisions);
+        }
 
         let items: Vec<(u64, &OrderItem)> = chunk
             .iter()
@@ -91,7 +125,7 @@ pub async fn apply_events(conn: &mut MySqlConnection, events: &[&OutboxEvent]) -
         }
         q.execute(&mut *conn).await?;
     }
-    Ok(())
+    Ok(Vec::new())
 }
 
 /// One paid order line's units taken from one warehouse.

@@ -49,8 +49,17 @@ impl Keys {
         format!("{}:{{ord:{partition}}}:outbox", self.prefix)
     }
 
-    /// Where events that could not be written (malformed) are kept for a person to look at.
-    pub fn dead_letters(&self) -> String {
+    /// Events of partition `p` set aside because they can never be written (unparseable, or
+    /// their order id belongs to another order in MySQL), kept whole for an operator
+    /// (`flashsale outbox-dead`); same slot as the partition's outbox, so moving an event
+    /// between the two is one script.
+    pub fn set_aside(&self, partition: u64) -> String {
+        format!("{}:{{ord:{partition}}}:outbox-dead", self.prefix)
+    }
+
+    /// Where versions before the set-aside streams put a reference (no payload) to events they
+    /// gave up on: listed by `flashsale outbox-dead list`, not replayable.
+    pub fn legacy_dead_letters(&self) -> String {
         format!("{}:outbox-dead", self.prefix)
     }
 

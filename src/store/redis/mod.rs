@@ -36,7 +36,12 @@ pub struct Redis {
     eviction: Arc<EvictionGuard>,
     /// Deadlines noted since the last flush, earliest per sku (see [`Redis::note_due`]).
     due_notes: Arc<Mutex<HashMap<Sku, i64>>>,
+    /// How long a finished order's record stays (`order_cache_ttl`), in ms.
+    order_cache_ttl_ms: i64,
 }
+
+/// Orders a customer's Redis index keeps (the newest); older ones are listed from MySQL.
+pub const USER_ORDER_INDEX_MAX: isize = 100;
 
 /// The only `maxmemory-policy` under which Redis never drops a key by itself. Any other policy
 /// may evict stock counters, ledgers or order records: oversell and lost orders.
@@ -103,6 +108,7 @@ impl Redis {
                 policy: std::sync::Mutex::new(String::new()),
             }),
             due_notes: Arc::default(),
+            order_cache_ttl_ms: cfg.order_cache_ttl.as_millis().min(i64::MAX as u128) as i64,
         })
     }
 
@@ -789,22 +795,37 @@ impl Redis {
 
     // ---- orders ------------------------------------------------------------------------
 
-    /// A new order id, unique even after Redis lost its data (see `raise_order_seq`).
-    pub async fn next_order_id(&self) -> AppResult<u64> {
-        Ok(self.conn().incr(self.keys.order_seq(), 1u64).await?)
+    /// The next order id, or `None` when the id counter is missing: Redis lost its data since
+    /// the counter was raised, and the caller must raise it from MySQL (`raise_order_seq`)
+    /// before any id is handed out (src/service/order_ids.rs).
+    pub async fn next_order_id(&self) -> AppResult<Option<u64>> {
+        let r = self
+            .eval(
+                "next_order_id",
+                &self.scripts.next_order_id,
+                &[&self.keys.order_seq()],
+                &[],
+            )
+            .await?;
+        Ok(match r.tag() {
+            "ok" => Some(r.int(1)? as u64),
+            "lost" => None,
+            other => return Err(r.unexpected(other)),
+        })
     }
 
-    /// Raises the order id sequence to at least `floor` (the largest id MySQL knows).
-    pub async fn raise_order_seq(&self, floor: u64) -> AppResult<u64> {
+    /// Raises the order id counter to at least `floor` (the largest id MySQL knows); a missing
+    /// counter is set to `floor + margin`. Returns (the counter, whether it was missing).
+    pub async fn raise_order_seq(&self, floor: u64, margin: u64) -> AppResult<(u64, bool)> {
         let r = self
             .eval(
                 "raise_seq",
                 &self.scripts.raise_seq,
                 &[&self.keys.order_seq()],
-                &[&floor.to_string()],
+                &[&floor.to_string(), &margin.to_string()],
             )
             .await?;
-        Ok(r.int(0)? as u64)
+        Ok((r.int(0)? as u64, r.int(1)? == 1))
     }
 
     /// Redis's clock (unix ms): the one every deadline is measured by.
@@ -843,9 +864,18 @@ impl Redis {
             "late" => return Ok(Created::Late),
             other => return Err(r.unexpected(other)),
         }
-        let _: () = self
-            .conn()
-            .zadd(self.keys.user_orders(user_id), order_id, order_id as f64)
+        // The customer's index of recent orders, bounded: the newest USER_ORDER_INDEX_MAX, for
+        // as long as an order can be open or cached; listings take older ones from MySQL.
+        let index = self.keys.user_orders(user_id);
+        let keep_ms = (expires_at_ms - created_at_ms).max(0) + self.order_cache_ttl_ms;
+        let _: () = redis::pipe()
+            .zadd(&index, order_id, order_id as f64)
+            .ignore()
+            .zremrangebyrank(&index, 0, -(USER_ORDER_INDEX_MAX + 1))
+            .ignore()
+            .pexpire(&index, keep_ms)
+            .ignore()
+            .query_async(&mut self.conn())
             .await?;
         Ok(Created::Recorded)
     }

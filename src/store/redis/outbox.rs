@@ -1,11 +1,16 @@
-//! Outbox events: what decide_order.lua appends to an order partition's stream.
+//! Outbox events: what decide_order.lua appends to an order partition's stream; and the
+//! set-aside streams, where events that can never be written are kept for an operator.
 
 use std::collections::HashMap;
 
 use redis::Value;
+use redis::streams::StreamRangeReply;
 use serde::Serialize;
 
+use super::Redis;
+use super::keys::ORDER_PARTITIONS;
 use crate::domain::{OrderEventKind, OrderItem, OrderStatus};
+use crate::error::AppResult;
 
 /// One decision about an order, with a snapshot of its record at that moment.
 #[derive(Debug, Clone, Serialize)]
@@ -56,6 +61,12 @@ impl OutboxEvent {
             .ok_or("field status missing or unknown")?;
         let items: Vec<OrderItem> = serde_json::from_str(&get("items").unwrap_or_default())
             .map_err(|e| format!("field items: {e}"))?;
+        if let Some(bad) = items.iter().find(|i| i.sku == 0) {
+            return Err(format!("field items: sku {} is not a sku", bad.sku));
+        }
+        // A replayed event (`flashsale outbox-dead replay`) keeps its first stream id: its
+        // event_id and time are those of the decision.
+        let stream_id = get("replay_of").unwrap_or_else(|| stream_id.to_string());
         let at_ms = stream_id
             .split_once('-')
             .and_then(|(ms, _)| ms.parse().ok())
@@ -76,6 +87,224 @@ impl OutboxEvent {
             payment_ref: get("payment_ref").filter(|r| !r.is_empty()),
             at_ms,
         })
+    }
+}
+
+/// Why an event was set aside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetAsideReason {
+    /// The entry is not an event this version can read.
+    Unparseable,
+    /// MySQL holds another order (another customer, or another creation time) under the
+    /// event's order id: writing it would merge two orders.
+    Collision,
+}
+
+impl SetAsideReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SetAsideReason::Unparseable => "unparseable",
+            SetAsideReason::Collision => "collision",
+        }
+    }
+}
+
+/// A set-aside entry's id as operators see it: `<partition>-<entry stream id>`
+/// (`legacy-<stream id>` for references left by versions before the set-aside streams).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetAsideId {
+    /// `None`: the legacy stream.
+    pub partition: Option<u64>,
+    pub entry: String,
+}
+
+impl std::fmt::Display for SetAsideId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.partition {
+            Some(p) => write!(f, "{p}-{}", self.entry),
+            None => write!(f, "legacy-{}", self.entry),
+        }
+    }
+}
+
+impl SetAsideId {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a set-aside id (<partition>-<ms>-<seq>, as listed)");
+        let (head, entry) = s.split_once('-').ok_or_else(bad)?;
+        let (ms, seq) = entry.split_once('-').ok_or_else(bad)?;
+        if ms.parse::<u64>().is_err() || seq.parse::<u64>().is_err() {
+            return Err(bad());
+        }
+        let partition = match head {
+            "legacy" => None,
+            p => match p.parse::<u64>() {
+                Ok(p) if p < ORDER_PARTITIONS => Some(p),
+                _ => return Err(bad()),
+            },
+        };
+        Ok(SetAsideId {
+            partition,
+            entry: entry.to_string(),
+        })
+    }
+}
+
+/// One set-aside entry: why and when, and the event's fields as the outbox held them.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetAside {
+    pub id: String,
+    pub reason: String,
+    pub error: String,
+    /// The event's stream id in its outbox when it was set aside.
+    pub stream_id: String,
+    pub set_aside_at_ms: Option<i64>,
+    /// The event's own fields (`type`, `order_id`, `user`, `status`, `items`, ...); empty for a
+    /// legacy reference.
+    pub event: std::collections::BTreeMap<String, String>,
+}
+
+impl SetAside {
+    fn of(id: SetAsideId, map: &HashMap<String, Value>) -> Self {
+        let get = |f: &str| map.get(f).and_then(text).unwrap_or_default();
+        let event = map
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("f:")?.to_string(), text(v)?)))
+            .collect();
+        SetAside {
+            id: id.to_string(),
+            // Legacy references name no reason: they were given up after failed attempts.
+            reason: map
+                .get("reason")
+                .and_then(text)
+                .unwrap_or_else(|| "legacy".into()),
+            error: get("error"),
+            stream_id: get("stream_id"),
+            set_aside_at_ms: get("set_aside_at").parse().ok(),
+            event,
+        }
+    }
+}
+
+/// What replaying a set-aside entry did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replayed {
+    /// Back in its partition's outbox under this stream id; the writer writes it next.
+    Requeued(String),
+    /// No such entry (replayed before, by this or another operator).
+    Gone,
+    /// The entry holds no event (a legacy reference): nothing to replay; it stays.
+    NoPayload,
+}
+
+impl Redis {
+    /// Moves an outbox entry of partition `p` into the partition's set-aside stream whole,
+    /// acknowledged and deleted in the same atomic step. `false`: it was not in the outbox any
+    /// more (handled by another writer).
+    pub async fn set_aside(
+        &self,
+        partition: u64,
+        stream_id: &str,
+        group: &str,
+        reason: SetAsideReason,
+        error: &str,
+    ) -> AppResult<bool> {
+        let r = self
+            .eval(
+                "set_aside",
+                &self.scripts.set_aside,
+                &[
+                    &self.keys.outbox(partition),
+                    &self.keys.set_aside(partition),
+                ],
+                &[stream_id, group, reason.as_str(), error],
+            )
+            .await?;
+        Ok(r.tag() == "ok")
+    }
+
+    /// Set-aside entries, oldest first per partition, at most `limit` per stream; the legacy
+    /// references last.
+    pub async fn list_set_aside(&self, limit: usize) -> AppResult<Vec<SetAside>> {
+        let mut pipe = redis::pipe();
+        for p in 0..ORDER_PARTITIONS {
+            pipe.cmd("XRANGE")
+                .arg(self.keys.set_aside(p))
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(limit);
+        }
+        pipe.cmd("XRANGE")
+            .arg(self.keys.legacy_dead_letters())
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit);
+        let replies: Vec<StreamRangeReply> = pipe.query_async(&mut self.conn()).await?;
+        let mut out = Vec::new();
+        for (i, r) in replies.into_iter().enumerate() {
+            let partition = (i < ORDER_PARTITIONS as usize).then_some(i as u64);
+            for e in r.ids {
+                let id = SetAsideId {
+                    partition,
+                    entry: e.id.clone(),
+                };
+                out.push(SetAside::of(id, &e.map));
+            }
+        }
+        Ok(out)
+    }
+
+    /// One set-aside entry, `None` when there is no such entry.
+    pub async fn get_set_aside(&self, id: &SetAsideId) -> AppResult<Option<SetAside>> {
+        let key = match id.partition {
+            Some(p) => self.keys.set_aside(p),
+            None => self.keys.legacy_dead_letters(),
+        };
+        let r: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(key)
+            .arg(&id.entry)
+            .arg(&id.entry)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(r.ids.first().map(|e| SetAside::of(id.clone(), &e.map)))
+    }
+
+    /// Puts a set-aside event back into its partition's outbox, once: the move is one atomic
+    /// step, so a second or concurrent replay of the same entry finds it gone.
+    pub async fn replay_set_aside(&self, id: &SetAsideId) -> AppResult<Replayed> {
+        let Some(p) = id.partition else {
+            return Ok(match self.get_set_aside(id).await? {
+                Some(_) => Replayed::NoPayload,
+                None => Replayed::Gone,
+            });
+        };
+        let r = self
+            .eval(
+                "replay_set_aside",
+                &self.scripts.replay_set_aside,
+                &[&self.keys.set_aside(p), &self.keys.outbox(p)],
+                &[&id.entry],
+            )
+            .await?;
+        Ok(match r.tag() {
+            "ok" => Replayed::Requeued(r.str_at(1)?),
+            "gone" => Replayed::Gone,
+            "empty" => Replayed::NoPayload,
+            other => return Err(r.unexpected(other)),
+        })
+    }
+
+    /// Entries in the set-aside streams (legacy references included): what the
+    /// `flashsale_outbox_set_aside` gauge shows, and an alert's condition.
+    pub async fn set_aside_count(&self) -> AppResult<u64> {
+        let mut pipe = redis::pipe();
+        for p in 0..ORDER_PARTITIONS {
+            pipe.xlen(self.keys.set_aside(p));
+        }
+        pipe.xlen(self.keys.legacy_dead_letters());
+        let lens: Vec<u64> = pipe.query_async(&mut self.conn()).await?;
+        Ok(lens.iter().sum())
     }
 }
 
@@ -116,7 +345,30 @@ mod tests {
         assert_eq!(e.payment_ref, None);
         assert_eq!(e.at_ms, 1_700_000_001_000);
 
+        // A replayed event keeps its first stream id.
+        m.insert("replay_of".into(), bulk("1700000001000-0"));
+        let r = OutboxEvent::parse(3, "1700000099000-5", &m).unwrap();
+        assert_eq!(r.event_id, "3-1700000001000-0");
+        assert_eq!(r.at_ms, 1_700_000_001_000);
+
+        m.insert(
+            "items".into(),
+            bulk(r#"[{"sku":0,"name":"TV","count":2,"unit_price":500}]"#),
+        );
+        assert!(OutboxEvent::parse(3, "1-0", &m).is_err(), "sku 0");
         m.remove("status");
         assert!(OutboxEvent::parse(3, "1-0", &m).is_err());
+    }
+
+    #[test]
+    fn set_aside_ids_round_trip() {
+        for s in ["3-1700000001000-0", "15-1-2", "legacy-1700000001000-7"] {
+            assert_eq!(SetAsideId::parse(s).unwrap().to_string(), s);
+        }
+        for bad in [
+            "", "3", "3-17", "16-1-0", "x-1-0", "3-a-0", "-1-0", "3-1-0-0",
+        ] {
+            assert!(SetAsideId::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -40,6 +40,9 @@ pub struct Scripts {
     pub settle_due: Script,
     pub claim_idempotency: Script,
     pub settle_idempotency: Script,
+    pub next_order_id: Script,
+    pub set_aside: Script,
+    pub replay_set_aside: Script,
 }
 
 impl Scripts {
@@ -65,10 +68,13 @@ impl Scripts {
             settle_due: with_lib(include_str!("../../../lua/settle_due.lua")),
             claim_idempotency: with_lib(include_str!("../../../lua/claim_idempotency.lua")),
             settle_idempotency: with_lib(include_str!("../../../lua/settle_idempotency.lua")),
+            next_order_id: with_lib(include_str!("../../../lua/next_order_id.lua")),
+            set_aside: with_lib(include_str!("../../../lua/set_aside.lua")),
+            replay_set_aside: with_lib(include_str!("../../../lua/replay_set_aside.lua")),
         }
     }
 
-    pub fn all(&self) -> [(&'static str, &Script); 20] {
+    pub fn all(&self) -> [(&'static str, &Script); 23] {
         [
             ("reserve", &self.reserve),
             ("convert_hold", &self.convert_hold),
@@ -90,6 +96,9 @@ impl Scripts {
             ("settle_due", &self.settle_due),
             ("claim_idempotency", &self.claim_idempotency),
             ("settle_idempotency", &self.settle_idempotency),
+            ("next_order_id", &self.next_order_id),
+            ("set_aside", &self.set_aside),
+            ("replay_set_aside", &self.replay_set_aside),
         ]
     }
 }

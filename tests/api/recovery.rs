@@ -1,0 +1,626 @@
+//! Stock and orders stay right when MySQL and Redis misbehave: admin stock changes racing the
+//! write-back, MySQL errors during the write-back, set-aside events and their replay, and
+//! order ids after Redis lost its data.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::Duration;
+
+use flashsale::worker::writer::{Fault, Writer};
+use reqwest::StatusCode;
+use serde_json::json;
+use sqlx::Connection;
+
+use crate::helpers::*;
+
+async fn scalar(app: &TestApp, sql: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap()
+}
+
+async fn on_hand(app: &TestApp, sku: u64) -> i64 {
+    scalar(
+        app,
+        &format!("SELECT CAST(COALESCE(SUM(on_hand), 0) AS SIGNED) FROM stock WHERE sku = {sku}"),
+    )
+    .await
+}
+
+/// Buys `count` units with buy-now and pays; returns the order id.
+async fn buy_and_pay(app: &TestApp, user: u64, sku: u64, count: u64) -> u64 {
+    let t = app.customer_token(user);
+    let r = app
+        .post(
+            "/v1/orders/buy-now",
+            Some(&t),
+            json!({"sku": sku, "count": count}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let id = r.body["order_id"].as_u64().unwrap();
+    let r = app
+        .post_empty(&format!("/v1/orders/{id}/pay"), Some(&t))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["status"], "paid");
+    id
+}
+
+/// Another MySQL session on the test's database (the "third session" of the race tests).
+async fn session(app: &TestApp) -> sqlx::MySqlConnection {
+    sqlx::MySqlConnection::connect(&app.state.cfg.mysql_url)
+        .await
+        .unwrap()
+}
+
+/// Sessions of the test's database in a statement that writes `stock` now: with the rows held
+/// by another session, those are waiting for them.
+async fn lock_waits(app: &TestApp) -> i64 {
+    sqlx::query_scalar::<_, i64>(
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = ? \
+         AND (INFO LIKE 'UPDATE stock %' OR INFO LIKE 'INSERT INTO stock %')",
+    )
+    .bind(&app.db_name)
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap()
+}
+
+/// Waits until `n` transactions of the test's database wait for a lock (a state, polled), or
+/// `unless` turns true (what should have queued finished without waiting).
+async fn until_lock_waits_or(app: &TestApp, n: i64, unless: &AtomicBool) {
+    for _ in 0..600 {
+        if lock_waits(app).await >= n || unless.load(SeqCst) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sessions = sqlx::query_as::<_, (String, i64, Option<String>, Option<String>)>(
+        "SELECT COMMAND, TIME, STATE, INFO FROM information_schema.PROCESSLIST WHERE DB = ?",
+    )
+    .bind(&app.db_name)
+    .fetch_all(&app.state.db)
+    .await
+    .unwrap();
+    panic!("{n} lock waits never happened; sessions: {sessions:?}");
+}
+
+async fn until_lock_waits(app: &TestApp, n: i64) {
+    until_lock_waits_or(app, n, &AtomicBool::new(false)).await
+}
+
+/// Holds the stock rows of `sku` in another session; the write-back queues on them, then the
+/// admin's change of `delta`; the rows are let go. Returns the admin's answer.
+async fn race_admin_with_write_back(app: &TestApp, sku: u64, w: u64, delta: i64) -> Resp {
+    let mut third = session(app).await;
+    sqlx::raw_sql("BEGIN").execute(&mut third).await.unwrap();
+    sqlx::query("SELECT on_hand FROM stock WHERE sku = ? FOR UPDATE")
+        .bind(sku as u32)
+        .fetch_all(&mut third)
+        .await
+        .unwrap();
+    let writer = Writer::new(app.state.clone());
+    let admin_done = AtomicBool::new(false);
+    let (written, adjusted, ()) = tokio::join!(
+        writer.run_once(&app.state.db, Fault::None),
+        async {
+            // The write-back waits for the row; then the admin reads and queues behind it.
+            until_lock_waits(app, 1).await;
+            let r = app.add_stock(sku, w, delta).await;
+            admin_done.store(true, SeqCst);
+            r
+        },
+        async {
+            until_lock_waits_or(app, 2, &admin_done).await;
+            sqlx::raw_sql("COMMIT").execute(&mut third).await.unwrap();
+        }
+    );
+    written.unwrap();
+    adjusted
+}
+
+async fn reconciles(app: &TestApp) {
+    let checks = flashsale::reconcile::check(&app.state).await.unwrap();
+    assert!(
+        checks.iter().all(|c| c.ok()),
+        "{}",
+        flashsale::reconcile::table(&checks)
+    );
+}
+
+// ---- 12.1: admin stock changes vs the write-back ------------------------------------------
+
+/// The admin's change reads on_hand, the write-back lowers it and commits, then the admin's
+/// change is written: staged with a third session holding the stock row, so the write-back
+/// queues first and the admin second. No update may be lost.
+#[tokio::test]
+async fn an_admin_stock_change_racing_the_write_back_loses_no_update() {
+    let app = spawn_app().await;
+    let sku = app.sale_product(100, None).await;
+    buy_and_pay(&app, 1201, sku, 5).await;
+    let w = app
+        .get(&format!("/v1/products/{sku}/stocks"), None)
+        .await
+        .body["stocks"][0]["warehouse_id"]
+        .as_u64()
+        .unwrap();
+
+    let adjusted = race_admin_with_write_back(&app, sku, w, 1).await;
+    assert_eq!(adjusted.status, StatusCode::OK, "{:?}", adjusted.body);
+    assert_eq!(on_hand(&app, sku).await, 96, "100 - 5 sold + 1 added");
+    assert_eq!(
+        adjusted.body["on_hand"], 96,
+        "the answer tells the on_hand after both changes"
+    );
+    let b = app.assert_identity(sku).await;
+    assert_eq!((b.on_hand, b.available, b.sold), (96, 96, 0));
+    reconciles(&app).await;
+
+    // The same with a removal.
+    buy_and_pay(&app, 1202, sku, 3).await;
+    let adjusted = race_admin_with_write_back(&app, sku, w, -2).await;
+    assert_eq!(adjusted.status, StatusCode::OK, "{:?}", adjusted.body);
+    assert_eq!(on_hand(&app, sku).await, 91, "96 - 3 sold - 2 removed");
+    let b = app.assert_identity(sku).await;
+    assert_eq!((b.on_hand, b.available, b.sold), (91, 91, 0));
+    reconciles(&app).await;
+}
+
+/// Paying customers and an admin adding units all the time, the write-back running throughout:
+/// MySQL ends exactly at what was added minus what was sold.
+#[tokio::test]
+async fn stock_changes_under_a_running_sale_add_up_exactly() {
+    let app = spawn_app().await;
+    let sku = app.sale_product(1_000, None).await;
+    let w = app
+        .get(&format!("/v1/products/{sku}/stocks"), None)
+        .await
+        .body["stocks"][0]["warehouse_id"]
+        .as_u64()
+        .unwrap();
+    let done = AtomicBool::new(false);
+    let buyers = async {
+        let mut n = 0u64;
+        for round in 0..20u64 {
+            let ids: Vec<u64> = (0..10).map(|i| 60_000 + round * 10 + i).collect();
+            futures::future::join_all(ids.iter().map(|u| buy_and_pay(&app, *u, sku, 2))).await;
+            n += 20;
+        }
+        done.store(true, SeqCst);
+        n
+    };
+    let admin = async {
+        let mut added = 0i64;
+        while !done.load(SeqCst) {
+            let r = app.add_stock(sku, w, 1).await;
+            assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+            added += 1;
+        }
+        added
+    };
+    let writer = async {
+        let writer = Writer::new(app.state.clone());
+        while !done.load(SeqCst) {
+            writer.run_once(&app.state.db, Fault::None).await.unwrap();
+        }
+    };
+    let (sold, added, ()) = tokio::join!(buyers, admin, writer);
+    app.write_back().await;
+    assert!(added > 0);
+    assert_eq!(on_hand(&app, sku).await, 1_000 + added - sold as i64);
+    let b = app.assert_identity(sku).await;
+    assert_eq!(b.sold, 0);
+    reconciles(&app).await;
+}
+
+// ---- 12.2: MySQL trouble never drops a paid order; set-aside events and their replay ------
+
+async fn status_in_mysql(app: &TestApp, order_id: u64) -> Option<String> {
+    sqlx::query_scalar::<_, String>("SELECT status FROM orders WHERE id = ?")
+        .bind(order_id)
+        .fetch_optional(&app.state.db)
+        .await
+        .unwrap()
+}
+
+async fn outbox_len(app: &TestApp) -> u64 {
+    Writer::new(app.state.clone()).backlog().await.unwrap().0
+}
+
+/// A pool on the test's database whose sessions give up a lock wait after one second.
+async fn impatient_pool(app: &TestApp) -> sqlx::MySqlPool {
+    sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(2)
+        .after_connect(|c, _| {
+            Box::pin(async move {
+                sqlx::raw_sql("SET SESSION innodb_lock_wait_timeout = 1")
+                    .execute(c)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect(&app.state.cfg.mysql_url)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_paid_order_reaches_mysql_through_lock_wait_timeouts_and_a_missing_table() {
+    let app = spawn_app().await;
+    let sku = app.sale_product(100, None).await;
+    let order = buy_and_pay(&app, 1221, sku, 5).await;
+    let writer = Writer::new(app.state.clone());
+
+    // Another session holds the stock row: every write-back attempt meets error 1205.
+    let impatient = impatient_pool(&app).await;
+    let mut third = session(&app).await;
+    sqlx::raw_sql("BEGIN").execute(&mut third).await.unwrap();
+    sqlx::query("SELECT on_hand FROM stock WHERE sku = ? FOR UPDATE")
+        .bind(sku as u32)
+        .fetch_all(&mut third)
+        .await
+        .unwrap();
+    for attempt in 0..7 {
+        let e = writer
+            .run_once(&impatient, Fault::None)
+            .await
+            .expect_err("the stock row is locked");
+        assert!(e.to_string().contains("1205"), "attempt {attempt}: {e}");
+    }
+    sqlx::raw_sql("COMMIT").execute(&mut third).await.unwrap();
+    assert_eq!(app.state.redis.set_aside_count().await.unwrap(), 0);
+    assert_eq!(
+        outbox_len(&app).await,
+        2,
+        "created + paid wait in the outbox"
+    );
+
+    // The stock table is gone for a while (error 1146).
+    sqlx::raw_sql("RENAME TABLE stock TO stock_away")
+        .execute(&mut third)
+        .await
+        .unwrap();
+    for _ in 0..7 {
+        assert!(writer.run_once(&app.state.db, Fault::None).await.is_err());
+    }
+    sqlx::raw_sql("RENAME TABLE stock_away TO stock")
+        .execute(&mut third)
+        .await
+        .unwrap();
+    assert_eq!(app.state.redis.set_aside_count().await.unwrap(), 0);
+    assert_eq!(outbox_len(&app).await, 2);
+
+    // MySQL is well again: the paid order arrives, once.
+    let s = writer.run_once(&app.state.db, Fault::None).await.unwrap();
+    assert_eq!((s.events, s.set_aside, s.failing), (2, 0, 0));
+    assert_eq!(status_in_mysql(&app, order).await.as_deref(), Some("paid"));
+    assert_eq!(on_hand(&app, sku).await, 95);
+    let b = app.assert_identity(sku).await;
+    assert_eq!((b.on_hand, b.sold), (95, 0));
+    assert_eq!(outbox_len(&app).await, 0);
+    reconciles(&app).await;
+}
+
+#[tokio::test]
+async fn an_unparseable_event_is_set_aside_whole_and_the_rest_is_written() {
+    let app = spawn_app().await;
+    let sku = app.sale_product(10, None).await;
+    let order = buy_and_pay(&app, 1222, sku, 2).await;
+    let outbox = app.state.redis.keys.outbox(3);
+    let mut conn = app.state.redis.conn();
+    let _: String = redis::cmd("XADD")
+        .arg(&outbox)
+        .arg("*")
+        .arg("type")
+        .arg("paid")
+        .arg("order_id")
+        .arg("not-a-number")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let s = app.write_back().await;
+    assert_eq!((s.events, s.set_aside, s.failing), (2, 1, 0), "{s:?}");
+    assert_eq!(status_in_mysql(&app, order).await.as_deref(), Some("paid"));
+    assert_eq!(outbox_len(&app).await, 0);
+
+    let kept = app.state.redis.list_set_aside(100).await.unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].reason, "unparseable");
+    assert!(kept[0].id.starts_with("3-"), "{:?}", kept[0]);
+    assert_eq!(kept[0].event["order_id"], "not-a-number", "kept whole");
+    assert_eq!(app.state.redis.set_aside_count().await.unwrap(), 1);
+    // Writing again changes nothing: it is not retried, not lost.
+    assert_eq!(app.write_back().await, Default::default());
+    assert_eq!(app.state.redis.set_aside_count().await.unwrap(), 1);
+
+    // The operator's list shows it; a replay puts it back, and it is set aside again.
+    use flashsale::config::OutboxDeadAction;
+    let (text, code) =
+        flashsale::outbox_dead::run(&app.state, &OutboxDeadAction::List { limit: 10 })
+            .await
+            .unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        text.contains(&kept[0].id) && text.contains("unparseable"),
+        "{text}"
+    );
+    let (_, code) = flashsale::outbox_dead::run(
+        &app.state,
+        &OutboxDeadAction::Show {
+            id: "3-nonsense".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 2, "a malformed id");
+}
+
+#[tokio::test]
+async fn a_set_aside_event_is_replayed_exactly_once() {
+    use flashsale::config::OutboxDeadAction;
+    use flashsale::store::redis::outbox::SetAsideReason;
+
+    let app = spawn_app().await;
+    let sku = app.sale_product(10, None).await;
+    let order = buy_and_pay(&app, 1223, sku, 3).await;
+    // The paid event is set aside (as the old policy did after five failed attempts).
+    let p = order % flashsale::store::redis::keys::ORDER_PARTITIONS;
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(app.state.redis.keys.outbox(p))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut app.state.redis.conn())
+        .await
+        .unwrap();
+    let paid = entries
+        .ids
+        .iter()
+        .find(|e| e.get::<String>("type").as_deref() == Some("paid"))
+        .unwrap()
+        .id
+        .clone();
+    assert!(
+        app.state
+            .redis
+            .set_aside(p, &paid, "writers", SetAsideReason::Collision, "staged")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !app.state
+            .redis
+            .set_aside(p, &paid, "writers", SetAsideReason::Collision, "staged")
+            .await
+            .unwrap(),
+        "set aside once"
+    );
+    app.write_back().await;
+    assert_eq!(
+        status_in_mysql(&app, order).await.as_deref(),
+        Some("awaiting_payment")
+    );
+    let id = app.state.redis.list_set_aside(10).await.unwrap()[0]
+        .id
+        .clone();
+
+    // Two operators replay it at the same moment: once.
+    let action = OutboxDeadAction::Replay { id: id.clone() };
+    let replay = || flashsale::outbox_dead::run(&app.state, &action);
+    let (a, b) = tokio::join!(replay(), replay());
+    let mut codes = [a.unwrap().1, b.unwrap().1];
+    codes.sort();
+    assert_eq!(codes, [0, 1], "one replayed, one found it gone");
+    assert_eq!(app.state.redis.set_aside_count().await.unwrap(), 0);
+    let s = app.write_back().await;
+    assert_eq!((s.events, s.set_aside), (1, 0));
+    assert_eq!(status_in_mysql(&app, order).await.as_deref(), Some("paid"));
+    // It keeps its event id (the first stream id).
+    let event_id: String = sqlx::query_scalar(
+        "SELECT event_id FROM order_status_history WHERE order_id = ? AND event = 'paid'",
+    )
+    .bind(order)
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap();
+    assert_eq!(event_id, format!("{p}-{paid}"));
+    // And again: nothing more.
+    let (_, code) = replay().await.unwrap();
+    assert_eq!(code, 1);
+    assert_eq!(app.write_back().await.events, 0);
+    let b = app.assert_identity(sku).await;
+    assert_eq!((b.on_hand, b.sold), (7, 0), "on_hand lowered once");
+    reconciles(&app).await;
+}
+
+// ---- 13.1: order ids after Redis lost its data ----------------------------------------------
+
+async fn flush_prefix(app: &TestApp) {
+    let mut conn = app.state.redis.conn();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(app.state.redis.keys.pattern())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn order_ids_never_repeat_after_redis_lost_its_data_under_the_running_service() {
+    let app = spawn_app().await;
+    let sku = app.sale_product(100, None).await;
+    let a = buy_and_pay(&app, 1311, sku, 1).await;
+    app.write_back().await;
+
+    flush_prefix(&app).await;
+
+    let b = buy_and_pay(&app, 1312, sku, 5).await;
+    assert!(b > a, "order id {b} handed out again after {a}");
+    app.write_back().await;
+    let rows: Vec<(u64, u64, String)> =
+        sqlx::query_as("SELECT id, user_id, status FROM orders ORDER BY id")
+            .fetch_all(&app.state.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        vec![(a, 1311, "paid".into()), (b, 1312, "paid".into())]
+    );
+    assert_eq!(on_hand(&app, sku).await, 94, "100 - 1 - 5");
+    let r = app
+        .get(&format!("/v1/orders/{b}"), Some(&app.customer_token(1312)))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["items"][0]["count"], 5);
+    let r = app
+        .get(&format!("/v1/orders/{a}"), Some(&app.customer_token(1311)))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["items"][0]["count"], 1);
+    let b = app.assert_identity(sku).await;
+    assert_eq!((b.on_hand, b.available, b.sold), (94, 94, 0));
+}
+
+#[tokio::test]
+async fn a_lost_id_counter_and_mysql_unable_to_tell_the_largest_id_sell_nothing() {
+    let app = spawn_app().await;
+    let sku = app.sale_product(10, None).await;
+    let a = buy_and_pay(&app, 1313, sku, 1).await;
+    app.write_back().await;
+    flush_prefix(&app).await;
+    // The sku's counters come back from MySQL; then the orders table goes away for a while.
+    assert_eq!(app.available(sku).await, 9);
+    let mut third = session(&app).await;
+    sqlx::raw_sql("RENAME TABLE orders TO orders_away")
+        .execute(&mut third)
+        .await
+        .unwrap();
+    let t = app.customer_token(1314);
+    let r = app
+        .post(
+            "/v1/orders/buy-now",
+            Some(&t),
+            json!({"sku": sku, "count": 2}),
+        )
+        .await;
+    sqlx::raw_sql("RENAME TABLE orders_away TO orders")
+        .execute(&mut third)
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    assert_eq!(r.code(), "unavailable");
+    assert_eq!(app.available(sku).await, 9, "nothing taken");
+    let b = buy_and_pay(&app, 1314, sku, 2).await;
+    assert!(b > a);
+    app.write_back().await;
+    assert_eq!(app.assert_identity(sku).await.on_hand, 7);
+}
+
+#[tokio::test]
+async fn a_write_back_never_merges_an_order_into_another_customers_row() {
+    let app = spawn_app().await;
+    let sku = app.sale_product(100, None).await;
+    // MySQL holds another customer's order under the id the counter hands out next.
+    let next: u64 = redis::cmd("GET")
+        .arg(app.state.redis.keys.order_seq())
+        .query_async::<Option<u64>>(&mut app.state.redis.conn())
+        .await
+        .unwrap()
+        .unwrap_or(0)
+        + 1;
+    sqlx::query(
+        "INSERT INTO orders (id, user_id, status, total_price, created_at, expires_at) \
+         VALUES (?, 4242, 'awaiting_payment', 7, '2026-01-01 00:00:00', '2026-01-01 00:10:00')",
+    )
+    .bind(next)
+    .execute(&app.state.db)
+    .await
+    .unwrap();
+    let order = buy_and_pay(&app, 1315, sku, 5).await;
+    assert_eq!(order, next);
+
+    let s = app.write_back().await;
+    assert_eq!(
+        (s.events, s.set_aside),
+        (0, 2),
+        "created and paid set aside: {s:?}"
+    );
+    let row: (u64, String, u64) =
+        sqlx::query_as("SELECT user_id, status, total_price FROM orders WHERE id = ?")
+            .bind(next)
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        row,
+        (4242, "awaiting_payment".into(), 7),
+        "the other row untouched"
+    );
+    assert_eq!(
+        scalar(
+            &app,
+            &format!("SELECT COUNT(*) FROM order_items WHERE order_id = {next}")
+        )
+        .await,
+        0
+    );
+    // Not lost either: kept for an operator, and the units stay sold (not sellable) in Redis.
+    let kept = app.state.redis.list_set_aside(10).await.unwrap();
+    assert_eq!(kept.len(), 2);
+    assert!(kept.iter().all(|k| k.reason == "collision"), "{kept:?}");
+    let b = app.assert_identity(sku).await;
+    assert_eq!((b.on_hand, b.available, b.sold), (100, 95, 5));
+}
+
+/// An event MySQL refuses on its own data (a payment reference too long for its column) is
+/// retried alone and never set aside, while the events behind it are written.
+#[tokio::test]
+async fn an_event_failing_on_its_data_does_not_hold_the_others_back() {
+    let app = spawn_app().await;
+    let sku = app.sale_product(10, None).await;
+    let outbox = app.state.redis.keys.outbox(5);
+    let now = chrono::Utc::now().timestamp_millis();
+    let _: String = redis::cmd("XADD")
+        .arg(&outbox)
+        .arg("*")
+        .arg(&[
+            ("type", "paid"),
+            ("order_id", "900000005"),
+            ("user", "77"),
+            ("status", "paid"),
+            ("items", "[]"),
+            ("total", "0"),
+            ("created_at", &now.to_string()),
+            ("expires_at", &now.to_string()),
+            ("paid_at", &now.to_string()),
+            ("payment_ref", &"x".repeat(300)),
+        ])
+        .query_async(&mut app.state.redis.conn())
+        .await
+        .unwrap();
+    let first = buy_and_pay(&app, 1224, sku, 1).await;
+    let writer = Writer::new(app.state.clone());
+    let s = writer.run_once(&app.state.db, Fault::None).await.unwrap();
+    assert_eq!((s.events, s.set_aside, s.failing), (2, 0, 1), "{s:?}");
+    assert_eq!(status_in_mysql(&app, first).await.as_deref(), Some("paid"));
+
+    // Later orders go through while the failing one waits for its next attempt.
+    let second = buy_and_pay(&app, 1225, sku, 1).await;
+    let s = writer.run_once(&app.state.db, Fault::None).await.unwrap();
+    assert_eq!((s.events, s.set_aside), (2, 0), "{s:?}");
+    assert_eq!(status_in_mysql(&app, second).await.as_deref(), Some("paid"));
+    // It is still there, retried (another writer tries it at once), never set aside.
+    let s = Writer::new(app.state.clone())
+        .run_once(&app.state.db, Fault::None)
+        .await
+        .unwrap();
+    assert_eq!((s.events, s.set_aside, s.failing), (0, 0, 1), "{s:?}");
+    assert_eq!(outbox_len(&app).await, 1);
+    assert_eq!(app.state.redis.set_aside_count().await.unwrap(), 0);
+    assert_eq!(app.assert_identity(sku).await.on_hand, 8);
+}
