@@ -57,6 +57,10 @@ impl crate::service::orders::BindOrder for Progress {
         }
         Ok(())
     }
+
+    fn keyed(&self) -> bool {
+        self.holder.is_some()
+    }
 }
 
 fn lease_lost(what: &'static str) {

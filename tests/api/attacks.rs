@@ -43,7 +43,9 @@ async fn checkout_died(app: &TestApp, user: u64, key: &str, sku: u64, died: Died
         .unwrap();
     assert_eq!(claim, Claim::Claimed { resume_order: None });
     // checkout(): the order id, then the cart's lock (30 s lease, token = the order id).
-    let order_id = flashsale::service::order_ids::next(&app.state).await.unwrap();
+    let order_id = flashsale::service::order_ids::next(&app.state)
+        .await
+        .unwrap();
     assert!(
         redis
             .lock_checkout(user, order_id, Duration::from_secs(30))
@@ -135,7 +137,9 @@ async fn attack_checkout_retry_after_dead_process_is_refused_by_its_own_lock() {
         None
     );
     // Another key does not inherit a lock: while one is held, it is refused.
-    let other = flashsale::service::order_ids::next(&app.state).await.unwrap();
+    let other = flashsale::service::order_ids::next(&app.state)
+        .await
+        .unwrap();
     assert!(
         app.state
             .redis
