@@ -468,3 +468,281 @@ async fn attack_idempotency_lease_lost_after_bind_still_places_a_second_order() 
     assert_eq!(a.1["error"]["code"], "request_in_progress", "{a:?}");
     assert_eq!(b.0, StatusCode::CREATED, "{b:?}");
 }
+
+// ---- Engineer Y: attacks on the continue/fence design -------------------------------------
+
+/// D3 without a timing window. A buy-now request A bound order X, reserved its line and passed
+/// its last lease check; then it stalled (one Redis round trip is enough) and its lease ran
+/// out. The retry B took the key over and found no record for X. Before: B placed Y, and A then
+/// recorded X beside it (two orders for one key). Now B fences X first: A's record call answers
+/// `exists`, A's line is already given back, and the key has one order.
+#[tokio::test]
+async fn attack_stalled_holder_cannot_record_its_order_once_a_retry_took_over() {
+    use flashsale::store::redis::{Created, Deadline, ReserveMode, ReserveRequest, Rid};
+    let app = spawn_app_with(|c| c.idempotency_lease = Duration::from_millis(300)).await;
+    let sku = app.sale_product(10, None).await;
+    let user = 9_201;
+    let t = app.customer_token(user);
+    let redis = &app.state.redis;
+    // A: claim, bind X, reserve X's line, pass its lease check.
+    let record = redis.keys.idempotency(user, "buy-now", "k-stall");
+    let claim = redis
+        .claim_idempotency(
+            &record,
+            &format!("{sku}x1"),
+            "stalled-owner",
+            Duration::from_millis(300),
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+    assert_eq!(claim, Claim::Claimed { resume_order: None });
+    let x = flashsale::service::order_ids::next(&app.state)
+        .await
+        .unwrap();
+    let created_at = redis.now_ms().await.unwrap();
+    let expires_at = created_at + 600_000;
+    for _ in 0..2 {
+        // The bind, and the same call as the lease check just before the record.
+        assert!(
+            redis
+                .settle_idempotency(&record, "stalled-owner", Settle::Bind(x))
+                .await
+                .unwrap()
+        );
+    }
+    redis
+        .reserve(ReserveRequest {
+            sku: Sku::parse(sku).unwrap(),
+            user_id: user,
+            count: 1,
+            rid: Rid::OrderLine { order_id: x },
+            deadline: Deadline::At(expires_at),
+            mode: ReserveMode::Once,
+        })
+        .await
+        .unwrap();
+    // A stalls; its lease runs out; the client's retry B places the key's order.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let b = app
+        .client
+        .post(format!("{}/v1/orders/buy-now", app.addr))
+        .bearer_auth(&t)
+        .header("Idempotency-Key", "k-stall")
+        .json(&json!({"sku": sku, "count": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(b.status(), StatusCode::CREATED);
+    let b: Value = b.json().await.unwrap();
+    assert_ne!(b["order_id"], x, "{b}");
+    // A wakes up and records X: refused, X is fenced.
+    let items = json!([{"sku": sku, "name": "Flash item", "count": 1, "unit_price": 5000}]);
+    let created = redis
+        .create_order(x, user, created_at, expires_at, &items.to_string(), 5_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        created,
+        Created::Exists,
+        "a holder whose key was taken over cannot record its order"
+    );
+    let list = app.get("/v1/orders", Some(&t)).await;
+    assert_eq!(
+        list.body["items"].as_array().unwrap().len(),
+        1,
+        "{:?}",
+        list.body
+    );
+    // X's line went back when B fenced X: one unit reserved, B's.
+    let bk = app.assert_identity(sku).await;
+    assert_eq!((bk.reserved, bk.available), (1, 9));
+}
+
+/// The checkout version: A converted the first of two cart lines under X, then stalled; its
+/// lease ran out. The retry continues X (the line A converted, then the other hold) and places
+/// it, with the deadline A's line has. A then wakes up and goes on: its next conversion answers
+/// the line the retry made, its record call `exists`, its activation is refused: one order.
+#[tokio::test]
+async fn attack_checkout_stalled_holder_and_its_retry_place_one_order() {
+    use flashsale::store::redis::{Created, Decision, OrderAction};
+    let app = spawn_app_with(|c| c.idempotency_lease = Duration::from_millis(300)).await;
+    let a = app.sale_product(10, None).await;
+    let b = app.sale_product(10, None).await;
+    let user = 9_202;
+    let t = app.customer_token(user);
+    for (sku, n) in [(a, 2), (b, 3)] {
+        let r = app
+            .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": n}))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    }
+    let redis = &app.state.redis;
+    let record = redis.keys.idempotency(user, "checkout", "co-stall");
+    redis
+        .claim_idempotency(
+            &record,
+            "",
+            "stalled-owner",
+            Duration::from_millis(300),
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+    let x = flashsale::service::order_ids::next(&app.state)
+        .await
+        .unwrap();
+    assert!(
+        redis
+            .lock_checkout(user, x, Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    assert!(
+        redis
+            .settle_idempotency(&record, "stalled-owner", Settle::Bind(x))
+            .await
+            .unwrap()
+    );
+    let created_at = redis.now_ms().await.unwrap();
+    let deadline = created_at + 600_000;
+    let first = redis
+        .convert_hold(Sku::parse(a.min(b)).unwrap(), user, x, deadline)
+        .await
+        .unwrap();
+    assert!(
+        matches!(first, ConvertOutcome::Converted { .. }),
+        "{first:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    let (status, body) = checkout_with_key(&app, &t, "co-stall").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["order_id"], x, "the retry continues the bound order");
+    assert_eq!(body["items"].as_array().unwrap().len(), 2, "{body}");
+    let expires = chrono::DateTime::parse_from_rfc3339(body["expires_at"].as_str().unwrap())
+        .unwrap()
+        .timestamp_millis();
+    assert_eq!(
+        expires, deadline,
+        "the order keeps its first line's deadline"
+    );
+
+    // A goes on with the second line, records, activates: all answered by the retry's work.
+    let second = redis
+        .convert_hold(Sku::parse(a.max(b)).unwrap(), user, x, deadline + 5_000)
+        .await
+        .unwrap();
+    assert!(
+        matches!(second, ConvertOutcome::Converted { deadline_ms, .. } if deadline_ms == deadline),
+        "{second:?}"
+    );
+    let items = body["items"].to_string();
+    let created = redis
+        .create_order(x, user, created_at, deadline, &items, 1)
+        .await
+        .unwrap();
+    assert_eq!(created, Created::Exists);
+    let decided = redis
+        .decide_order(
+            x,
+            OrderAction::Activate {
+                items_json: &items,
+                total: 1,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(decided, Decision::Rejected(_)), "{decided:?}");
+    let list = app.get("/v1/orders", Some(&t)).await;
+    assert_eq!(
+        list.body["items"].as_array().unwrap().len(),
+        1,
+        "{:?}",
+        list.body
+    );
+    for (sku, n) in [(a, 2), (b, 3)] {
+        let bk = app.assert_identity(sku).await;
+        assert_eq!((bk.held, bk.reserved, bk.available), (0, n, 10 - n));
+    }
+    let cart = app.get("/v1/cart", Some(&t)).await;
+    assert_eq!(cart.body["items"], json!([]), "{:?}", cart.body);
+}
+
+/// A checkout failing after the conversion gives the cart its hold back with the hold's own
+/// deadline (never extended to the order's payment window).
+#[tokio::test]
+async fn attack_failed_checkout_returns_the_hold_with_its_own_deadline() {
+    let app = spawn_app_with(|c| c.cart_hold_ttl = Duration::from_secs(120)).await;
+    let sku = app.sale_product(10, None).await;
+    let t = app.customer_token(9_203);
+    let r = app
+        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let before = app.get("/v1/cart", Some(&t)).await.body["items"][0]["held_until"].clone();
+    let keys = &app.state.redis.keys;
+    let mut conn = app.state.redis.conn();
+    let seq: Option<u64> = redis::AsyncCommands::get(&mut conn, keys.order_seq())
+        .await
+        .unwrap();
+    let next = keys.order(seq.unwrap_or(0) + 1);
+    let _: () = redis::AsyncCommands::set(&mut conn, &next, "x")
+        .await
+        .unwrap();
+    let failed = app.post_empty("/v1/orders", Some(&t)).await;
+    assert!(failed.status.is_server_error(), "{:?}", failed.body);
+    let _: () = redis::AsyncCommands::del(&mut conn, &next).await.unwrap();
+    let cart = app.get("/v1/cart", Some(&t)).await;
+    assert_eq!(cart.body["items"][0]["count"], 2, "{:?}", cart.body);
+    assert_eq!(
+        cart.body["items"][0]["held_until"], before,
+        "{:?}",
+        cart.body
+    );
+    // Nothing of the failed order's line is left (its TTL key, index entry, saved deadline).
+    let base = format!("{}:{{sku:{sku}}}:", app.prefix);
+    let left: Vec<String> = redis::AsyncCommands::keys(&mut conn, format!("{base}*o:*"))
+        .await
+        .unwrap();
+    let saved: Vec<String> = redis::AsyncCommands::keys(&mut conn, format!("{base}hd:*"))
+        .await
+        .unwrap();
+    assert!(left.is_empty() && saved.is_empty(), "{left:?} {saved:?}");
+    let b = app.assert_identity(sku).await;
+    assert_eq!((b.held, b.reserved, b.available), (2, 0, 8));
+}
+
+/// A hold whose own deadline passed while its checkout failed is not revived: its units go
+/// back to available, as the hold's would have.
+#[tokio::test]
+async fn attack_a_lapsed_hold_is_not_revived_by_a_failed_checkout() {
+    use flashsale::store::redis::Returned;
+    let app = spawn_app_with(|c| c.cart_hold_ttl = Duration::from_millis(300)).await;
+    let sku = app.sale_product(10, None).await;
+    let user = 9_204;
+    let t = app.customer_token(user);
+    let r = app
+        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let redis = &app.state.redis;
+    let x = flashsale::service::order_ids::next(&app.state)
+        .await
+        .unwrap();
+    let deadline = redis.now_ms().await.unwrap() + 600_000;
+    let s = Sku::parse(sku).unwrap();
+    let converted = redis.convert_hold(s, user, x, deadline).await.unwrap();
+    assert!(matches!(converted, ConvertOutcome::Converted { .. }));
+    tokio::time::sleep(Duration::from_millis(400)).await; // the hold's own deadline passes
+    assert_eq!(
+        redis.return_to_cart(s, user, x).await.unwrap(),
+        Returned::Released(2)
+    );
+    assert_eq!(
+        redis.return_to_cart(s, user, x).await.unwrap(),
+        Returned::None
+    );
+    let b = app.assert_identity(sku).await;
+    assert_eq!((b.held, b.reserved, b.available), (0, 0, 10));
+}
