@@ -280,7 +280,19 @@ pub async fn live_lines(state: &AppState, user_id: u64) -> AppResult<Vec<LiveLin
             _ => gone.push(*sku),
         }
     }
-    // Expired holds: the sweeper gives their units back; the index forgets them.
+    // Expired holds: the sweeper gives their units back; the index forgets them. Not a hold a
+    // checkout in flight (or one that died holding the customer's lock) converted into its
+    // order's line: a retry continuing that order finds its lines by the index.
+    if !gone.is_empty()
+        && let Some(order_id) = state.redis.checkout_lock_token(user_id).await?
+    {
+        let lines = state.redis.order_lines(order_id, &gone).await?;
+        gone = gone
+            .into_iter()
+            .zip(lines)
+            .filter_map(|(sku, line)| line.is_none().then_some(sku))
+            .collect();
+    }
     forget_lines(state, user_id, &gone).await?;
     Ok(lines)
 }

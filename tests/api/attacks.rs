@@ -746,3 +746,33 @@ async fn attack_a_lapsed_hold_is_not_revived_by_a_failed_checkout() {
     let b = app.assert_identity(sku).await;
     assert_eq!((b.held, b.reserved, b.available), (0, 0, 10));
 }
+
+/// D4 with the customer looking at the cart between the dead request and its retry: the cart
+/// read forgot skus whose hold was gone, the converted line's sku with them, and the retry no
+/// longer found the line it continues (409 `cart_empty`, the units stranded until the sweeper).
+/// A sku holding a line of the order that holds the customer's checkout lock is kept.
+#[tokio::test]
+async fn attack_a_cart_read_between_the_dead_checkout_and_its_retry_keeps_the_converted_line() {
+    let app = spawn_app_with(|c| c.idempotency_lease = Duration::from_millis(300)).await;
+    let sku = app.sale_product(10, None).await;
+    let user = 9_205;
+    let t = app.customer_token(user);
+    let r = app
+        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let bound = checkout_died(&app, user, "co-dead-5", sku, DiedAfter::Convert).await;
+    let cart = app.get("/v1/cart", Some(&t)).await;
+    assert_eq!(
+        cart.body["items"],
+        json!([]),
+        "the hold is the order's line now"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (status, body) = checkout_with_key(&app, &t, "co-dead-5").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["order_id"], bound);
+    assert_eq!(body["items"][0]["count"], 2, "{body}");
+    let b = app.assert_identity(sku).await;
+    assert_eq!((b.held, b.reserved, b.available), (0, 2, 8));
+}
