@@ -699,10 +699,11 @@ async fn abandon(
         }
     }
     hand_back(state, user_id, order_id, taken).await;
-    if !keyed && maybe_recorded {
-        if let Err(e) = fence(state, user_id, order_id).await {
-            tracing::warn!(order.id = order_id, error = %e, "could not fence an abandoned order");
-        }
+    if !keyed
+        && maybe_recorded
+        && let Err(e) = fence(state, user_id, order_id).await
+    {
+        tracing::warn!(order.id = order_id, error = %e, "could not fence an abandoned order");
     }
 }
 
