@@ -776,3 +776,75 @@ async fn attack_a_cart_read_between_the_dead_checkout_and_its_retry_keeps_the_co
     let b = app.assert_identity(sku).await;
     assert_eq!((b.held, b.reserved, b.available), (0, 2, 8));
 }
+
+/// Many retries of a dead checkout at once (same key): one continues the bound order, the
+/// others wait for its answer; all answer that one order, its units reserved once.
+#[tokio::test]
+async fn attack_concurrent_retries_of_a_dead_checkout_answer_one_order() {
+    let app = spawn_app_with(|c| c.idempotency_lease = Duration::from_millis(300)).await;
+    let sku = app.sale_product(10, None).await;
+    let user = 9_206;
+    let t = app.customer_token(user);
+    let r = app
+        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let bound = checkout_died(&app, user, "co-dead-6", sku, DiedAfter::Convert).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let answers =
+        futures::future::join_all((0..8).map(|_| checkout_with_key(&app, &t, "co-dead-6"))).await;
+    for (status, body) in &answers {
+        assert_eq!(*status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["order_id"], bound, "{body}");
+    }
+    let list = app.get("/v1/orders", Some(&t)).await;
+    assert_eq!(
+        list.body["items"].as_array().unwrap().len(),
+        1,
+        "{:?}",
+        list.body
+    );
+    let b = app.assert_identity(sku).await;
+    assert_eq!((b.held, b.reserved, b.available), (0, 2, 8));
+}
+
+/// D6 with an `Idempotency-Key`: the failed step (a 5xx, not kept for the key) leaves nothing
+/// lost; the retry with the key places the order with the cart's 2 units.
+#[tokio::test]
+async fn attack_keyed_checkout_error_after_convert_then_retry_places_the_order() {
+    let app = spawn_app().await;
+    let sku = app.sale_product(10, None).await;
+    let user = 9_207;
+    let t = app.customer_token(user);
+    let r = app
+        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let keys = &app.state.redis.keys;
+    let mut conn = app.state.redis.conn();
+    let seq: Option<u64> = redis::AsyncCommands::get(&mut conn, keys.order_seq())
+        .await
+        .unwrap();
+    let next = keys.order(seq.unwrap_or(0) + 1);
+    let _: () = redis::AsyncCommands::set(&mut conn, &next, "x")
+        .await
+        .unwrap();
+    let (status, body) = checkout_with_key(&app, &t, "co-err-1").await;
+    assert!(status.is_server_error(), "{status} {body}");
+    let _: () = redis::AsyncCommands::del(&mut conn, &next).await.unwrap();
+    let b = app.assert_identity(sku).await;
+    assert_eq!(b.held + b.reserved, 2, "the units are the customer's still");
+
+    let (status, body) = checkout_with_key(&app, &t, "co-err-1").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["items"][0]["count"], 2, "{body}");
+    let b = app.assert_identity(sku).await;
+    assert_eq!((b.held, b.reserved, b.available), (0, 2, 8));
+    let list = app.get("/v1/orders", Some(&t)).await;
+    assert_eq!(
+        list.body["items"].as_array().unwrap().len(),
+        1,
+        "{:?}",
+        list.body
+    );
+}
