@@ -38,6 +38,8 @@ pub struct Progress {
 
 impl crate::service::orders::BindOrder for Progress {
     /// Binds the order this request is about to create to its key, before it reserves anything.
+    /// A request whose lease ran out (a retry took the key over, or answered it) stops here,
+    /// having reserved nothing: the key's one order is the retry's.
     async fn bind_order(&self, order_id: u64) -> Result<(), AppError> {
         let Some((state, record, owner)) = &self.holder else {
             return Ok(());
@@ -48,8 +50,17 @@ impl crate::service::orders::BindOrder for Progress {
             .await?
         {
             lease_lost("bind");
+            return Err(AppError::RequestInProgress(
+                "this request's claim on its Idempotency-Key ran out and another request with \
+                 the key took over; nothing was reserved: repeat the request to get its answer"
+                    .into(),
+            ));
         }
         Ok(())
+    }
+
+    fn keyed(&self) -> bool {
+        self.holder.is_some()
     }
 }
 

@@ -15,7 +15,7 @@ use super::openapi::{E401, E413, E429, E500, E503, ErrorEnvelope};
 use crate::app::AppState;
 use crate::domain::{Count, OrderStatus, Sku};
 use crate::error::{AppError, AppResult};
-use crate::service::orders::{self, OrderView};
+use crate::service::orders::{self, OrderView, Placing, Resumed};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::default()
@@ -117,9 +117,15 @@ async fn create_order(
     idempotency::once(&state, user.user_id, "checkout", key, String::new(), {
         let state = state.clone();
         move |progress| async move {
-            let order = match resumed(&state, user.user_id, &progress).await? {
-                Some(order) => order,
-                None => orders::checkout(&state, user.user_id, &progress).await?,
+            let vanished = progress.resume_order;
+            let order = match resumed(&state, user.user_id, &progress, Placing::Checkout).await? {
+                Resumed::Answer(order) => order,
+                Resumed::Continue(_) => {
+                    orders::checkout(&state, user.user_id, &progress, vanished, true).await?
+                }
+                Resumed::Afresh => {
+                    orders::checkout(&state, user.user_id, &progress, vanished, false).await?
+                }
             };
             json_of(StatusCode::CREATED, &order)
         }
@@ -133,10 +139,11 @@ async fn resumed(
     state: &AppState,
     user_id: u64,
     progress: &idempotency::Progress,
-) -> AppResult<Option<OrderView>> {
+    placing: Placing,
+) -> AppResult<Resumed> {
     match progress.resume_order {
-        Some(order_id) => orders::resume(state, user_id, order_id).await,
-        None => Ok(None),
+        Some(order_id) => orders::resume(state, user_id, order_id, placing).await,
+        None => Ok(Resumed::Afresh),
     }
 }
 
@@ -214,10 +221,14 @@ async fn buy_now(
         idempotency::once(&state, user.user_id, "buy-now", key, fingerprint, {
             let state = state.clone();
             move |progress| async move {
-                let order = match resumed(&state, user.user_id, &progress).await? {
-                    Some(order) => order,
-                    None => orders::buy_now(&state, user.user_id, sku, count, &progress).await?,
-                };
+                let order =
+                    match resumed(&state, user.user_id, &progress, Placing::BuyNow(sku)).await? {
+                        Resumed::Answer(order) => order,
+                        // A buy-now order is never continued: `resume` gave it up.
+                        Resumed::Continue(_) | Resumed::Afresh => {
+                            orders::buy_now(&state, user.user_id, sku, count, &progress).await?
+                        }
+                    };
                 json_of(StatusCode::CREATED, &order)
             }
         })

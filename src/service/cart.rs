@@ -280,9 +280,40 @@ pub async fn live_lines(state: &AppState, user_id: u64) -> AppResult<Vec<LiveLin
             _ => gone.push(*sku),
         }
     }
-    // Expired holds: the sweeper gives their units back; the index forgets them.
+    // Expired holds: the sweeper gives their units back; the index forgets them. Not a hold a
+    // checkout in flight (or one that died holding the customer's lock) converted into its
+    // order's line: a retry continuing that order finds its lines by the index.
+    if !gone.is_empty()
+        && let Some(order_id) = state.redis.checkout_lock_token(user_id).await?
+    {
+        let lines = state.redis.order_lines(order_id, &gone).await?;
+        gone = gone
+            .into_iter()
+            .zip(lines)
+            .filter_map(|(sku, line)| line.is_none().then_some(sku))
+            .collect();
+    }
     forget_lines(state, user_id, &gone).await?;
     Ok(lines)
+}
+
+/// The cart's skus whose hold became a line of `order_id` (a checkout of it that did not
+/// finish: the cart index names them until the order is placed), with the line's units and
+/// the sku's catalog entry. Read before `live_lines`, which forgets skus without a hold.
+pub async fn lines_of_order(
+    state: &AppState,
+    user_id: u64,
+    order_id: u64,
+) -> AppResult<Vec<(Sku, u32, crate::store::redis::SkuMeta)>> {
+    let skus = cart_skus(state, user_id).await?;
+    let lines = state.redis.order_lines(order_id, &skus).await?;
+    let metas = state.redis.metas(&skus).await?;
+    Ok(skus
+        .into_iter()
+        .zip(lines)
+        .zip(metas)
+        .filter_map(|((sku, line), meta)| Some((sku, line?, meta?)))
+        .collect())
 }
 
 /// The caller's cart with the catalog's current names and prices.

@@ -14,7 +14,7 @@ use crate::error::{AppError, AppResult};
 use crate::store::mysql::orders as mysql_orders;
 use crate::store::redis::{
     ConvertOutcome, Created, Deadline, Decision, OrderAction, OrderRecord, ReserveMode,
-    ReserveOutcome, ReserveRequest, Rid,
+    ReserveOutcome, ReserveRequest, Returned, Rid,
 };
 
 /// An order of the caller's; unpaid at `expires_at`, it is cancelled with reason `expired`.
@@ -126,6 +126,10 @@ struct Want {
 /// after its request vanished resumes that order (`resume`) rather than making a second one.
 pub trait BindOrder: Sync {
     fn bind_order(&self, order_id: u64) -> impl Future<Output = AppResult<()>> + Send;
+    /// Whether an `Idempotency-Key` binds the order (a retry may then know its id).
+    fn keyed(&self) -> bool {
+        false
+    }
 }
 
 /// No key: nothing to bind.
@@ -135,27 +139,85 @@ impl BindOrder for () {
     }
 }
 
-/// The order a request with the same `Idempotency-Key` was creating when it vanished (its
-/// process died; its lease ran out). `Some`: the order was placed (awaiting payment, or decided
-/// since), the answer that request would have given. `None`: there is nothing to resume, and the
-/// caller places the order afresh: it never got as far as a record, it failed (it holds
-/// nothing), or it was still `new`, half-way through its lines; such an order is failed here,
-/// exactly one decision wins, so a holder still alive cannot activate it after this, and its
-/// lines go back to available.
-pub async fn resume(state: &AppState, user_id: u64, order_id: u64) -> AppResult<Option<OrderView>> {
-    let Some(rec) = state.redis.order_record(order_id).await? else {
-        // Finished and gone to MySQL, or never created.
-        return match mysql_orders::get_order(&state.db, order_id).await? {
-            Some((row, items)) if row.user_id == user_id && row.status != "failed" => {
-                Ok(Some(OrderView::of_row(row, items)?))
+/// What a retry with an `Idempotency-Key` does about the order the key's earlier request bound
+/// before it vanished (its process died, or its lease ran out while it stalled).
+#[derive(Debug)]
+pub enum Resumed {
+    /// That order was placed (awaiting payment, or decided since): the answer it would have
+    /// given.
+    Answer(OrderView),
+    /// A checkout's order, not placed yet: continue it under its id. Its lines are the cart's
+    /// holds, taken once per order id (lua/convert_hold.lua answers a line the order has
+    /// already), so the retry and a holder still alive converge on this one order.
+    Continue(u64),
+    /// Nothing to resume (never placed, failed, or a buy-now order fenced off here): place an
+    /// order afresh.
+    Afresh,
+}
+
+/// What the request with the key places.
+#[derive(Debug, Clone, Copy)]
+pub enum Placing {
+    Checkout,
+    /// A buy-now of this sku (the key's fingerprint names it).
+    BuyNow(Sku),
+}
+
+/// How long a fence (lua/fence_order.lua) outlives any deadline its order's lines can have: a
+/// holder takes its `created_at` before it binds the order id, so its lines' deadline is at
+/// most `payment_ttl` after any fence set once the id was bound.
+fn fence_keep(state: &AppState) -> std::time::Duration {
+    state.cfg.payment_ttl + std::time::Duration::from_secs(60)
+}
+
+/// The order a request with the same `Idempotency-Key` was creating when it vanished: see
+/// `Resumed`. A buy-now order not yet activated is given up: a `new` one is failed (exactly one
+/// decision wins, so a holder still alive cannot activate it after this), an unrecorded one is
+/// fenced (it can never be recorded), and its line goes back; the retry reserves afresh. A
+/// checkout cannot do that (the cart's holds were its lines): it continues the order instead.
+pub async fn resume(
+    state: &AppState,
+    user_id: u64,
+    order_id: u64,
+    placing: Placing,
+) -> AppResult<Resumed> {
+    let rec = match state.redis.order_record(order_id).await? {
+        Some(rec) => rec,
+        None => {
+            // Finished and gone to MySQL, or never recorded.
+            match mysql_orders::get_order(&state.db, order_id).await? {
+                Some((row, items)) if row.user_id == user_id && row.status != "failed" => {
+                    return Ok(Resumed::Answer(OrderView::of_row(row, items)?));
+                }
+                Some(_) => return Ok(Resumed::Afresh),
+                None => {}
             }
-            _ => Ok(None),
-        };
+            let Placing::BuyNow(sku) = placing else {
+                return Ok(Resumed::Continue(order_id));
+            };
+            if state
+                .redis
+                .fence_order(order_id, user_id, fence_keep(state))
+                .await?
+                .is_none()
+            {
+                release_line(state, sku, order_id, "failed").await?;
+                return Ok(Resumed::Afresh);
+            }
+            // Recorded meanwhile: decide below.
+            match state.redis.order_record(order_id).await? {
+                Some(rec) => rec,
+                None => return Ok(Resumed::Afresh),
+            }
+        }
     };
     if rec.user_id != user_id {
-        return Ok(None);
+        return Ok(Resumed::Afresh);
     }
     if rec.status == OrderStatus::New {
+        if let Placing::Checkout = placing {
+            return Ok(Resumed::Continue(order_id));
+        }
         let decision = state
             .redis
             .decide_order(
@@ -172,11 +234,13 @@ pub async fn resume(state: &AppState, user_id: u64, order_id: u64) -> AppResult<
         settle(state, order_id).await?;
     }
     let Some(rec) = state.redis.order_record(order_id).await? else {
-        return Ok(None);
+        return Ok(Resumed::Afresh);
     };
     match rec.status {
-        OrderStatus::New | OrderStatus::Failed => Ok(None),
-        _ => Ok(Some(OrderView::of(&expire_if_due(state, rec).await?)?)),
+        OrderStatus::New | OrderStatus::Failed => Ok(Resumed::Afresh),
+        _ => Ok(Resumed::Answer(OrderView::of(
+            &expire_if_due(state, rec).await?,
+        )?)),
     }
 }
 
@@ -187,28 +251,46 @@ const CHECKOUT_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
 /// Checkout of the caller's whole cart: one cart, one order. Concurrent checkouts of the same
 /// cart are refused with `cart_changed` while one runs (a lock per customer), and a cart line
 /// whose hold is gone by the time it is converted is never reserved afresh.
+///
+/// `vanished`: the order id an earlier request with the same `Idempotency-Key` bound before it
+/// vanished (its lease ran out; see `resume`). Its checkout lock (token = that id) is this
+/// request's to inherit: without it the retry was refused by the dead request's own lock.
+/// `continuing`: this request continues that order (`Resumed::Continue`) rather than placing a
+/// new one.
 pub async fn checkout(
     state: &AppState,
     user_id: u64,
     binder: &impl BindOrder,
+    vanished: Option<u64>,
+    continuing: bool,
 ) -> AppResult<OrderView> {
-    let order_id = super::order_ids::next(state).await?;
-    if !state
+    let order_id = match vanished {
+        Some(v) if continuing => v,
+        _ => super::order_ids::next(state).await?,
+    };
+    let token = if state
         .redis
         .lock_checkout(user_id, order_id, CHECKOUT_LEASE)
         .await?
     {
-        return Err(AppError::CartChanged(
-            "another checkout of this cart is running; see your orders".into(),
-        ));
-    }
+        order_id
+    } else {
+        match vanished {
+            Some(v) if state.redis.checkout_lock_token(user_id).await? == Some(v) => v,
+            _ => {
+                return Err(AppError::CartChanged(
+                    "another checkout of this cart is running; see your orders".into(),
+                ));
+            }
+        }
+    };
     let lock = CheckoutLock {
         state: state.clone(),
         user_id,
-        token: order_id,
+        token,
         held: true,
     };
-    let placed = checkout_locked(state, user_id, order_id, binder).await;
+    let placed = checkout_locked(state, user_id, order_id, binder, continuing).await;
     lock.release().await;
     placed
 }
@@ -247,24 +329,58 @@ async fn unlock(state: &AppState, user_id: u64, token: u64) {
     }
 }
 
+/// The lines of a checkout: the cart's live holds; when continuing `order_id`, first the lines
+/// it has already (its record's items once recorded, else the cart's skus holding a line of
+/// it), in the cart's order, so that every worker on the order takes its first line first.
 async fn checkout_locked(
     state: &AppState,
     user_id: u64,
     order_id: u64,
     binder: &impl BindOrder,
+    continuing: bool,
 ) -> AppResult<OrderView> {
     let now = Utc::now().timestamp_millis();
-    let wants: Vec<Want> = cart::live_lines(state, user_id)
-        .await?
-        .into_iter()
-        .map(|l| Want {
+    let mut wants: Vec<Want> = Vec::new();
+    if continuing {
+        match state.redis.order_record(order_id).await? {
+            Some(rec) if rec.user_id == user_id && rec.status == OrderStatus::New => {
+                // Recorded: all its lines were taken.
+                for item in items_of(&rec)? {
+                    wants.push(Want {
+                        sku: Sku::parse(u64::from(item.sku))?,
+                        count: item.count,
+                        name: item.name,
+                        unit_price: item.unit_price,
+                        from_cart: true,
+                    });
+                }
+                return place(state, user_id, order_id, wants, binder).await;
+            }
+            _ => {
+                for (sku, count, meta) in cart::lines_of_order(state, user_id, order_id).await? {
+                    wants.push(Want {
+                        sku,
+                        count,
+                        unit_price: meta.price_at(now),
+                        name: meta.name,
+                        from_cart: true,
+                    });
+                }
+            }
+        }
+    }
+    for l in cart::live_lines(state, user_id).await? {
+        if wants.iter().any(|w| w.sku == l.sku) {
+            continue;
+        }
+        wants.push(Want {
             sku: l.sku,
             count: l.count,
             unit_price: l.meta.price_at(now),
             name: l.meta.name,
             from_cart: true,
-        })
-        .collect();
+        });
+    }
     if wants.is_empty() {
         return Err(AppError::CartEmpty("the cart is empty".into()));
     }
@@ -298,11 +414,27 @@ pub async fn buy_now(
     place(state, user_id, order_id, vec![want], binder).await
 }
 
+/// A line taken: its units, unit price and deadline.
+type Taken<'a> = (&'a Want, (u32, u64, i64));
+
+/// The answer to a request whose `Idempotency-Key` a retry took over.
+fn taken_over() -> AppError {
+    AppError::RequestInProgress(
+        "this request's claim on its Idempotency-Key ran out and a retry with the key took \
+         over; repeat the request to get the key's answer"
+            .into(),
+    )
+}
+
 /// Reserves each line (one sku slot at a time) under the pre-allocated order id, then records
 /// the order and activates it. A refusal before any line was taken costs nothing: no record, no
-/// event. If a later line is refused, the lines taken are given back and the order is recorded
-/// as `failed`. A line whose record never comes (a crash in between) is given back by the
-/// sweeper at its deadline (`expire_due`: no record, nothing can pay for it).
+/// event. If a later line is refused, the order is recorded as `failed` and the lines taken are
+/// handed back. Every step is idempotent per order id, so a retry continuing the order (a
+/// checkout's `Resumed::Continue`) and a holder still alive converge on one order: the lines
+/// are taken once (the first taken fixes the order's deadline; the record's `expires_at` is the
+/// earliest of its lines'), the record is created once (`exists`: the other's) and activated
+/// once. A line whose record never comes (a crash in between) is given back by the sweeper at
+/// its deadline (`expire_due`: no record, nothing can pay for it).
 async fn place(
     state: &AppState,
     user_id: u64,
@@ -310,7 +442,10 @@ async fn place(
     wants: Vec<Want>,
     binder: &impl BindOrder,
 ) -> AppResult<OrderView> {
+    // Before the bind: a fence set by a retry after the bind outlives this order's deadline.
+    let started_at = state.redis.now_ms().await?;
     binder.bind_order(order_id).await?;
+    let keyed = binder.keyed();
     let requested: Vec<OrderItem> = wants
         .iter()
         .map(|w| OrderItem {
@@ -322,14 +457,18 @@ async fn place(
         .collect();
     // At the catalog's prices; checked again at the prices the lines are taken at.
     total(&requested)?;
-    let created_at = state.redis.now_ms().await?;
-    let expires_at = created_at + state.cfg.payment_ttl.as_millis() as i64;
+    let payment_ms = state.cfg.payment_ttl.as_millis() as i64;
+    let mut expires_at = started_at + payment_ms;
 
-    let mut taken = Vec::with_capacity(wants.len());
+    let mut taken: Vec<Taken> = Vec::with_capacity(wants.len());
     let mut failure = None;
     for w in &wants {
         match take_line(state, user_id, order_id, expires_at, w).await {
-            Ok(Ok(units_and_price)) => taken.push((w, units_and_price)),
+            Ok(Ok(line)) => {
+                // A line the order had already keeps its deadline: the order adopts it.
+                expires_at = expires_at.min(line.2);
+                taken.push((w, line));
+            }
             Ok(Err(rejected)) => {
                 failure = Some(rejected);
                 break;
@@ -340,9 +479,10 @@ async fn place(
             }
         }
     }
+    let created_at = expires_at - payment_ms;
     let items: Vec<OrderItem> = taken
         .iter()
-        .map(|(w, (count, unit_price))| OrderItem {
+        .map(|(w, (count, unit_price, _))| OrderItem {
             sku: w.sku.get(),
             name: w.name.clone(),
             count: *count,
@@ -352,16 +492,17 @@ async fn place(
     let failure = failure.or_else(|| total(&items).err());
 
     if let Some(err) = failure {
-        give_back(state, order_id, &taken).await;
         let is_rejection = matches!(
             err,
             AppError::OutOfStock(_) | AppError::LimitExceeded(_) | AppError::SaleNotActive(_)
         );
         if !is_rejection || taken.is_empty() {
-            // Nothing was reserved (or the request itself is at fault): no order, no event.
+            // Nothing to record (or the request itself is at fault): no order, no event.
+            abandon(state, user_id, order_id, &taken, keyed, false).await;
             return Err(err);
         }
-        // Lines were reserved and given back: the order is recorded as failed.
+        // Lines were reserved: the order is recorded as failed (which also keeps anyone from
+        // recording it otherwise), then the lines are handed back.
         let requested_json = to_json(&requested)?;
         let failed_total = order_total(&requested).unwrap_or(0);
         let recorded = state
@@ -374,10 +515,27 @@ async fn place(
                 &requested_json,
                 failed_total,
             )
-            .await?;
-        if recorded != Created::Recorded {
-            // Past the lines' deadline (or an id taken): no record to name.
-            return Err(err);
+            .await;
+        match recorded {
+            Ok(Created::Recorded) => {}
+            Ok(Created::Late) => {
+                // Past the lines' deadline: nobody can record it; no record to name.
+                hand_back(state, user_id, order_id, &taken).await;
+                return Err(err);
+            }
+            Ok(Created::Exists) => {
+                // Another worker on this order recorded it: its lines stay, unless it failed.
+                if let Ok(Some(rec)) = state.redis.order_record(order_id).await
+                    && rec.status == OrderStatus::Failed
+                {
+                    release_taken(state, order_id, &taken).await;
+                }
+                return Err(err);
+            }
+            Err(_) => {
+                abandon(state, user_id, order_id, &taken, keyed, true).await;
+                return Err(err);
+            }
         }
         state
             .redis
@@ -390,6 +548,8 @@ async fn place(
             )
             .await?;
         metrics::counter!("flashsale_orders_total", "status" => "failed").increment(1);
+        // A failed order holds nothing: its lines, cart lines too, go back to available.
+        release_taken(state, order_id, &taken).await;
         return Err(AppError::CheckoutFailed {
             code: err.code(),
             message: format!("{err}; order {order_id} failed and holds nothing"),
@@ -397,8 +557,17 @@ async fn place(
         });
     }
 
-    let items_json = to_json(&items)?;
-    let order_total = total(&items)?;
+    let mut items_json = to_json(&items)?;
+    let mut order_total = total(&items)?;
+    // Still this request's order? If its key's lease ran out while the lines were being taken,
+    // a retry took the key over: a checkout's retry continues this very order (its lines stay
+    // under it), a buy-now's fences it off and places its own (the lines go back).
+    if let Err(e) = binder.bind_order(order_id).await {
+        if !wants.iter().any(|w| w.from_cart) {
+            abandon(state, user_id, order_id, &taken, true, true).await;
+        }
+        return Err(e);
+    }
     let created = match state
         .redis
         .create_order(
@@ -413,26 +582,50 @@ async fn place(
     {
         Ok(created) => created,
         Err(e) => {
-            give_back(state, order_id, &taken).await;
+            // Recorded or not: fence it (a record written before the error is failed), then
+            // the lines go back.
+            abandon(state, user_id, order_id, &taken, keyed, true).await;
             return Err(e);
         }
     };
     match created {
-        Created::Recorded => {}
-        Created::Exists => {
-            give_back(state, order_id, &taken).await;
-            return Err(AppError::internal(format!(
-                "order {order_id}: a record with this id exists already"
-            )));
+        Created::Recorded => {
+            metrics::counter!("flashsale_orders_total", "status" => "new").increment(1);
         }
+        Created::Exists => match state.redis.order_record(order_id).await? {
+            // Recorded by another worker on this order (a retry continuing it, or the request
+            // that vanished): activate it as recorded.
+            Some(rec) if rec.user_id == user_id && rec.status == OrderStatus::New => {
+                items_json = rec.items_json;
+                order_total = rec.total;
+            }
+            Some(rec) if rec.user_id == user_id && rec.status == OrderStatus::Failed => {
+                // Fenced or failed by the key's retry: its lines go back.
+                hand_back(state, user_id, order_id, &taken).await;
+                return Err(if keyed {
+                    taken_over()
+                } else {
+                    AppError::internal(format!("order {order_id}: failed by another request"))
+                });
+            }
+            // Placed by another worker on this order: its answer.
+            Some(rec) if rec.user_id == user_id => {
+                return finish(state, user_id, order_id, &wants, keyed).await;
+            }
+            _ => {
+                hand_back(state, user_id, order_id, &taken).await;
+                return Err(AppError::internal(format!(
+                    "order {order_id}: a record with this id exists already"
+                )));
+            }
+        },
         Created::Late => {
-            give_back(state, order_id, &taken).await;
+            hand_back(state, user_id, order_id, &taken).await;
             return Err(AppError::Unavailable(format!(
                 "order {order_id}: reserving its lines took longer than the payment window"
             )));
         }
     }
-    metrics::counter!("flashsale_orders_total", "status" => "new").increment(1);
     let decision = state
         .redis
         .decide_order(
@@ -447,43 +640,168 @@ async fn place(
         Decision::Moved(_) => {
             metrics::counter!("flashsale_orders_total", "status" => "awaiting_payment").increment(1)
         }
-        // Cancelled or expired while its lines were being reserved: give them back.
+        // Cancelled, expired or failed while its lines were being reserved: give them back.
+        // (Activated by another worker on this order: nothing to do.)
         _ => settle(state, order_id).await?,
     }
+    finish(state, user_id, order_id, &wants, keyed).await
+}
+
+/// The placed order's answer; the cart forgets the lines it took.
+async fn finish(
+    state: &AppState,
+    user_id: u64,
+    order_id: u64,
+    wants: &[Want],
+    keyed: bool,
+) -> AppResult<OrderView> {
     let from_cart: Vec<Sku> = wants
         .iter()
         .filter(|w| w.from_cart)
         .map(|w| w.sku)
         .collect();
     cart::forget_lines(state, user_id, &from_cart).await?;
-    load_view(state, order_id).await
+    let rec = state
+        .redis
+        .order_record(order_id)
+        .await?
+        .ok_or_else(|| not_found(order_id))?;
+    if keyed && rec.status == OrderStatus::Failed {
+        // Failed by the key's retry, which places the key's order.
+        return Err(taken_over());
+    }
+    OrderView::of(&rec)
 }
 
-/// Gives back the lines an order took before it could be recorded. Best effort: what fails
-/// here, the sweeper gives back at the lines' deadline.
-async fn give_back(state: &AppState, order_id: u64, taken: &[(&Want, (u32, u64))]) {
+/// This request will not record `order_id`, and its lines go back. `keyed`: a retry with the
+/// request's `Idempotency-Key` knows the id, so the order is fenced first (never recorded from
+/// here on; a `new` record is failed); a record decided otherwise is another worker's order and
+/// its lines stay; if Redis cannot say, the lines stay under the order (the key's retry
+/// continues it, or the sweeper gives them back at their deadline). Without a key nobody else
+/// knows the id: the lines go back at once, and `maybe_recorded` (a record call that failed may
+/// have written) fences the id after.
+async fn abandon(
+    state: &AppState,
+    user_id: u64,
+    order_id: u64,
+    taken: &[Taken<'_>],
+    keyed: bool,
+    maybe_recorded: bool,
+) {
+    if keyed {
+        match fence(state, user_id, order_id).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(order.id = order_id, error = %e, "could not fence an abandoned order; its lines wait for the key's retry or their deadline");
+                return;
+            }
+        }
+    }
+    hand_back(state, user_id, order_id, taken).await;
+    if !keyed
+        && maybe_recorded
+        && let Err(e) = fence(state, user_id, order_id).await
+    {
+        tracing::warn!(order.id = order_id, error = %e, "could not fence an abandoned order");
+    }
+}
+
+/// Makes sure `order_id` is never recorded from here on: `true` when it is fenced or failed
+/// (its lines may go), `false` when another worker recorded and placed it.
+async fn fence(state: &AppState, user_id: u64, order_id: u64) -> AppResult<bool> {
+    match state
+        .redis
+        .fence_order(order_id, user_id, fence_keep(state))
+        .await?
+    {
+        None => Ok(true),
+        Some(status) if status == OrderStatus::New.as_str() => {
+            fail_recorded(state, order_id).await?;
+            Ok(true)
+        }
+        Some(status) => Ok(status == OrderStatus::Failed.as_str()),
+    }
+}
+
+/// Fails a `new` record as recorded (its lines are handed back by the caller).
+async fn fail_recorded(state: &AppState, order_id: u64) -> AppResult<()> {
+    let Some(rec) = state.redis.order_record(order_id).await? else {
+        return Ok(());
+    };
+    if let Decision::Moved(_) = state
+        .redis
+        .decide_order(
+            order_id,
+            OrderAction::Fail {
+                items_json: &rec.items_json,
+                total: rec.total,
+            },
+        )
+        .await?
+    {
+        metrics::counter!("flashsale_orders_total", "status" => "failed").increment(1);
+    }
+    Ok(())
+}
+
+/// Gives back to available the lines of an order recorded as failed (best effort: the sweeper
+/// settles what fails here at the lines' deadline).
+async fn release_taken(state: &AppState, order_id: u64, taken: &[Taken<'_>]) {
     for (w, _) in taken {
         if let Err(e) = release_line(state, w.sku, order_id, "failed").await {
-            tracing::warn!(order.id = order_id, sku = %w.sku, error = %e, "release after a failed checkout");
+            tracing::warn!(order.id = order_id, sku = %w.sku, error = %e, "release after a failed order");
         }
     }
 }
 
-/// Reserves one line for the order: (units, unit price), or the rejection.
+/// Hands back the lines an order took and will not keep: a cart line becomes the customer's
+/// hold again, with the hold's own deadline (lua/return_to_cart.lua); a buy-now line goes back
+/// to available. Best effort: what fails here, the sweeper gives back at the lines' deadline.
+async fn hand_back(state: &AppState, user_id: u64, order_id: u64, taken: &[Taken<'_>]) {
+    let mut held = Vec::new();
+    for (w, _) in taken {
+        if w.from_cart {
+            match state.redis.return_to_cart(w.sku, user_id, order_id).await {
+                Ok(Returned::Held(_)) => held.push(w.sku),
+                Ok(Returned::Released(n)) => {
+                    metrics::counter!("flashsale_units_released_total", "reason" => "hold_expired")
+                        .increment(u64::from(n));
+                }
+                Ok(Returned::None) => {}
+                Err(e) => {
+                    tracing::warn!(order.id = order_id, sku = %w.sku, error = %e, "return to the cart after a failed checkout");
+                }
+            }
+        } else if let Err(e) = release_line(state, w.sku, order_id, "failed").await {
+            tracing::warn!(order.id = order_id, sku = %w.sku, error = %e, "release after a failed order");
+        }
+    }
+    // The cart index names the skus held again (a cart read meanwhile may have forgotten them).
+    if let Err(e) = cart::forget_lines(state, user_id, &held).await {
+        tracing::warn!(error = %e, "cart index after a failed checkout");
+    }
+}
+
+/// Reserves one line for the order: (units, unit price, deadline), or the rejection.
 async fn take_line(
     state: &AppState,
     user_id: u64,
     order_id: u64,
     expires_at: i64,
     w: &Want,
-) -> AppResult<Result<(u32, u64), AppError>> {
+) -> AppResult<Result<(u32, u64, i64), AppError>> {
     if w.from_cart {
         match state
             .redis
             .convert_hold(w.sku, user_id, order_id, expires_at)
             .await?
         {
-            ConvertOutcome::Converted { units, unit_price } => return Ok(Ok((units, unit_price))),
+            ConvertOutcome::Converted {
+                units,
+                unit_price,
+                deadline_ms,
+            } => return Ok(Ok((units, unit_price, deadline_ms))),
             ConvertOutcome::SaleNotActive { released } => {
                 if released > 0 {
                     metrics::counter!("flashsale_units_released_total", "reason" => "sale_ended")
@@ -523,8 +841,11 @@ async fn take_line(
     cart::record("order", &outcome);
     Ok(match outcome {
         ReserveOutcome::Reserved {
-            units, unit_price, ..
-        } => Ok((units, unit_price)),
+            units,
+            unit_price,
+            deadline_ms,
+            ..
+        } => Ok((units, unit_price, deadline_ms)),
         other => Err(rejection(w.sku, w.count, &other)),
     })
 }

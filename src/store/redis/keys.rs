@@ -165,6 +165,11 @@ impl SkuKeys {
     pub fn ttl(&self, rid: &Rid) -> String {
         format!("{}{rid}", self.base)
     }
+    /// The deadline a cart hold had when an order's checkout converted it, kept until the
+    /// line's own deadline (lua/convert_hold.lua, lua/return_to_cart.lua).
+    pub fn hold_deadline(&self, order_id: u64) -> String {
+        format!("{}hd:{order_id}", self.base)
+    }
 }
 
 /// A reservation's id within its sku: a customer's cart hold or an order's line.

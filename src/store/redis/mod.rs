@@ -551,6 +551,7 @@ impl Redis {
                     &k.exp(),
                     &k.ttl(&Rid::Hold { user_id }),
                     &k.ttl(&Rid::OrderLine { order_id }),
+                    &k.hold_deadline(order_id),
                 ],
                 &[
                     &user_id.to_string(),
@@ -560,12 +561,13 @@ impl Redis {
             )
             .await?;
         if r.tag() == "ok" {
-            self.note_due(sku, deadline_ms);
+            self.note_due(sku, r.int(3)?);
         }
         Ok(match r.tag() {
             "ok" => ConvertOutcome::Converted {
                 units: r.int(1)? as u32,
                 unit_price: r.int(2)? as u64,
+                deadline_ms: r.int(3)?,
             },
             "no_hold" => ConvertOutcome::NoHold,
             "sale_not_active" => ConvertOutcome::SaleNotActive {
@@ -578,6 +580,82 @@ impl Redis {
             "not_loaded" => ConvertOutcome::NotLoaded,
             other => return Err(r.unexpected(other)),
         })
+    }
+
+    /// Turns an order's line on `sku` back into the customer's cart hold (a checkout that will
+    /// record no order); see lua/return_to_cart.lua.
+    pub async fn return_to_cart(
+        &self,
+        sku: Sku,
+        user_id: u64,
+        order_id: u64,
+    ) -> AppResult<Returned> {
+        let k = self.keys.sku(sku);
+        let r = self
+            .eval(
+                "return_to_cart",
+                &self.scripts.return_to_cart,
+                &[
+                    &k.stock(),
+                    &k.users(),
+                    &k.res(),
+                    &k.exp(),
+                    &k.ttl(&Rid::Hold { user_id }),
+                    &k.ttl(&Rid::OrderLine { order_id }),
+                    &k.hold_deadline(order_id),
+                ],
+                &[&user_id.to_string(), &order_id.to_string()],
+            )
+            .await?;
+        Ok(match r.tag() {
+            "held" => {
+                self.note_due(sku, r.int(2)?);
+                Returned::Held(r.int(1)? as u32)
+            }
+            "released" => Returned::Released(r.int(1)? as u32),
+            "none" => Returned::None,
+            other => return Err(r.unexpected(other)),
+        })
+    }
+
+    /// The units of `order_id`'s line on each sku, if it has one there.
+    pub async fn order_lines(&self, order_id: u64, skus: &[Sku]) -> AppResult<Vec<Option<u32>>> {
+        if skus.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rid = Rid::OrderLine { order_id }.to_string();
+        let mut pipe = redis::pipe();
+        for sku in skus {
+            pipe.hget(self.keys.sku(*sku).res(), &rid);
+        }
+        let raw: Vec<Option<String>> = pipe.query_async(&mut self.conn()).await?;
+        Ok(raw
+            .into_iter()
+            .map(|v| v.and_then(|v| v.split('|').nth(1).and_then(|c| c.parse().ok())))
+            .collect())
+    }
+
+    /// Makes sure `order_id` is never recorded from here on (lua/fence_order.lua): `None` when
+    /// fenced, else the status of the record that exists.
+    pub async fn fence_order(
+        &self,
+        order_id: u64,
+        user_id: u64,
+        keep: std::time::Duration,
+    ) -> AppResult<Option<String>> {
+        let r = self
+            .eval(
+                "fence_order",
+                &self.scripts.fence_order,
+                &[&self.keys.order(order_id)],
+                &[&user_id.to_string(), &keep.as_millis().max(1).to_string()],
+            )
+            .await?;
+        match r.tag() {
+            "fenced" => Ok(None),
+            "exists" => Ok(Some(r.str_at(1)?)),
+            other => Err(r.unexpected(other)),
+        }
     }
 
     /// Gives back `count` units of a reservation (`None`: all); what is left keeps its deadline.
@@ -978,6 +1056,12 @@ impl Redis {
             .query_async(&mut self.conn())
             .await?;
         Ok(set.is_some())
+    }
+
+    /// The token of the checkout holding the customer's lock, if one does.
+    pub async fn checkout_lock_token(&self, user_id: u64) -> AppResult<Option<u64>> {
+        let v: Option<String> = self.conn().get(self.keys.checkout_lock(user_id)).await?;
+        Ok(v.and_then(|t| t.parse().ok()))
     }
 
     /// Lets go of the customer's checkout lock if `token` still holds it.
@@ -1384,11 +1468,25 @@ pub enum Created {
     Late,
 }
 
+/// What became of an order line handed back to the cart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Returned {
+    /// The customer's cart hold again, with these units.
+    Held(u32),
+    /// Given back to available (the hold's own deadline had passed).
+    Released(u32),
+    /// No such line.
+    None,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConvertOutcome {
+    /// The line is the order's (now, or already: a retry continuing the order), with its
+    /// deadline.
     Converted {
         units: u32,
         unit_price: u64,
+        deadline_ms: i64,
     },
     /// No hold: another checkout converted it, or it lapsed and was swept.
     NoHold,

@@ -43,6 +43,8 @@ pub struct Scripts {
     pub next_order_id: Script,
     pub set_aside: Script,
     pub replay_set_aside: Script,
+    pub return_to_cart: Script,
+    pub fence_order: Script,
 }
 
 impl Scripts {
@@ -71,10 +73,12 @@ impl Scripts {
             next_order_id: with_lib(include_str!("../../../lua/next_order_id.lua")),
             set_aside: with_lib(include_str!("../../../lua/set_aside.lua")),
             replay_set_aside: with_lib(include_str!("../../../lua/replay_set_aside.lua")),
+            return_to_cart: with_lib(include_str!("../../../lua/return_to_cart.lua")),
+            fence_order: with_lib(include_str!("../../../lua/fence_order.lua")),
         }
     }
 
-    pub fn all(&self) -> [(&'static str, &Script); 23] {
+    pub fn all(&self) -> [(&'static str, &Script); 25] {
         [
             ("reserve", &self.reserve),
             ("convert_hold", &self.convert_hold),
@@ -99,6 +103,8 @@ impl Scripts {
             ("next_order_id", &self.next_order_id),
             ("set_aside", &self.set_aside),
             ("replay_set_aside", &self.replay_set_aside),
+            ("return_to_cart", &self.return_to_cart),
+            ("fence_order", &self.fence_order),
         ]
     }
 }
