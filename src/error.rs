@@ -184,8 +184,30 @@ impl IntoResponse for AppError {
     }
 }
 
+/// MySQL server errors that mean "not now" rather than "never", with the label the write-back
+/// counts them under: the statement's transaction was rolled back, so the request changed
+/// nothing in MySQL and can be retried (503).
+pub fn mysql_transient(number: u16) -> Option<&'static str> {
+    match number {
+        1213 => Some("deadlock"),
+        1205 => Some("lock_wait_timeout"),
+        1290 | 1836 => Some("read_only"),
+        1053 => Some("server_shutdown"),
+        // Query execution was interrupted (KILL QUERY), connection killed.
+        1317 | 1927 => Some("mysql"),
+        _ => None,
+    }
+}
+
 impl From<sqlx::Error> for AppError {
     fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &e
+            && let Some(label) = db
+                .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .and_then(|m| mysql_transient(m.number()))
+        {
+            return AppError::Unavailable(format!("mysql {label}: {db}"));
+        }
         match e {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
                 AppError::Unavailable(format!("mysql: {e}"))

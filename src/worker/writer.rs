@@ -96,7 +96,18 @@ const DATA_ERRORS: &[u16] = &[
 fn error_kind(e: &AppError) -> (&'static str, bool) {
     let AppError::Internal(inner) = e else {
         return match e {
-            AppError::Unavailable(_) => ("unavailable", true),
+            // A transient MySQL server error (crate::error::mysql_transient) keeps its label.
+            AppError::Unavailable(m) => (
+                RETRY_KINDS
+                    .iter()
+                    .copied()
+                    .find(|k| {
+                        m.strip_prefix("mysql ")
+                            .is_some_and(|r| r.starts_with(&format!("{k}:")))
+                    })
+                    .unwrap_or("unavailable"),
+                true,
+            ),
             _ => ("event", false),
         };
     };
