@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod attacks2;
 mod auth;
 mod authz;
 mod cart;

@@ -1,0 +1,112 @@
+//! Attacker X2: tests that break the latest fixes (each fails on the code it was written
+//! against; see the report of branch attack-2).
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::*;
+
+/// Every order id the caller's listing shows, following `next_before_id` to the end.
+async fn listed_ids(app: &TestApp, t: &str, query: &str) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut before: Option<u64> = None;
+    for _ in 0..50 {
+        let path = match before {
+            Some(b) => format!("/v1/orders?limit=100{query}&before_id={b}"),
+            None => format!("/v1/orders?limit=100{query}"),
+        };
+        let r = app.get(&path, Some(t)).await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        out.extend(
+            r.body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["order_id"].as_u64().unwrap()),
+        );
+        match r.body["next_before_id"].as_u64() {
+            Some(n) => before = Some(n),
+            None => return out,
+        }
+    }
+    panic!("the listing never ended");
+}
+
+async fn buy_now(app: &TestApp, t: &str, sku: u64) -> u64 {
+    let r = app
+        .post("/v1/orders/buy-now", Some(t), json!({"sku": sku, "count": 1}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    r.body["order_id"].as_u64().unwrap()
+}
+
+/// The Redis order index keeps a customer's newest 100 orders, and the listing takes the older
+/// ones from MySQL. But while the write-back is behind (a MySQL outage: the writer retries
+/// without limit and the sale goes on), an order trimmed from the index is in neither place:
+/// the owner's listing hides it, open and payable as it is.
+#[tokio::test]
+async fn attack_index_trim_hides_unwritten_open_orders_from_their_owner() {
+    let app = spawn_app().await;
+    let sku = app.sale_product(500, None).await;
+    let t = app.customer_token(7_001);
+    let mut ids = Vec::new();
+    // No write-back yet (as during a MySQL outage).
+    for _ in 0..105 {
+        ids.push(buy_now(&app, &t, sku).await);
+    }
+    // The oldest order is open, and its owner can read it by id.
+    let r = app.get(&format!("/v1/orders/{}", ids[0]), Some(&t)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["status"], "awaiting_payment");
+
+    let mut all = listed_ids(&app, &t, "").await;
+    all.sort_unstable();
+    let missing: Vec<u64> = ids.iter().filter(|i| !all.contains(i)).copied().collect();
+    let open = listed_ids(&app, &t, "&status=awaiting_payment").await;
+    assert!(
+        missing.is_empty(),
+        "the owner's listing hides open orders {missing:?} ({} of 105 listed, {} open listed)",
+        all.len(),
+        open.len()
+    );
+    assert_eq!(open.len(), 105);
+}
+
+/// The index also expires (payment window + order cache TTL after the last order). A paid
+/// order the write-back has not reached by then (MySQL down longer than that) vanishes from
+/// its owner's listing though Redis still holds its record.
+#[tokio::test]
+async fn attack_index_expiry_hides_paid_orders_not_yet_written() {
+    let app = spawn_app_with(|c| {
+        c.payment_ttl = Duration::from_secs(1);
+        c.order_cache_ttl = Duration::from_secs(1);
+    })
+    .await;
+    let sku = app.sale_product(10, None).await;
+    let t = app.customer_token(7_002);
+    let id = buy_now(&app, &t, sku).await;
+    let r = app
+        .post(
+            &format!("/v1/orders/{id}/pay"),
+            Some(&t),
+            json!({"payment_ref": "x2-paid"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(listed_ids(&app, &t, "").await, vec![id]);
+    // The write-back is behind (MySQL down) for longer than the index's lifetime.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let r = app.get(&format!("/v1/orders/{id}"), Some(&t)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["status"], "paid", "Redis still holds the paid order");
+    assert_eq!(
+        listed_ids(&app, &t, "").await,
+        vec![id],
+        "the owner's listing lost the paid order"
+    );
+    // Once written, it is listed again (from MySQL).
+    app.write_back().await;
+    assert_eq!(listed_ids(&app, &t, "").await, vec![id]);
+}
