@@ -36,7 +36,11 @@ async fn listed_ids(app: &TestApp, t: &str, query: &str) -> Vec<u64> {
 
 async fn buy_now(app: &TestApp, t: &str, sku: u64) -> u64 {
     let r = app
-        .post("/v1/orders/buy-now", Some(t), json!({"sku": sku, "count": 1}))
+        .post(
+            "/v1/orders/buy-now",
+            Some(t),
+            json!({"sku": sku, "count": 1}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     r.body["order_id"].as_u64().unwrap()
@@ -109,4 +113,114 @@ async fn attack_index_expiry_hides_paid_orders_not_yet_written() {
     // Once written, it is listed again (from MySQL).
     app.write_back().await;
     assert_eq!(listed_ids(&app, &t, "").await, vec![id]);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    let _ = std::fs::remove_dir_all(to);
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cp -a {from:?} {to:?}");
+}
+
+async fn mysql_i64(app: &TestApp, sql: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap()
+}
+
+/// Redis comes back from its persistence a little behind (README: with `appendfsync everysec`
+/// a crash of the Redis host loses up to a second of decisions), under the running service.
+/// The order id counter is there, only lower, so next_order_id.lua hands out ids MySQL already
+/// holds for another customer; and the stock counters are those of before the sale that MySQL
+/// already recorded. Nothing notices: the service sells again what was sold, and the new order
+/// takes a paid order's id (its owner's GET then answers 404).
+#[tokio::test]
+async fn attack_redis_back_from_older_persistence_reuses_ids_and_resells() {
+    let port = crate::process::free_port();
+    let dir = std::env::temp_dir().join(format!("flashsale-x2-redis-{port}"));
+    let snap = std::env::temp_dir().join(format!("flashsale-x2-redis-{port}-snap"));
+    let redis_server = crate::process::OwnRedis::start(port, &dir).await;
+    let url = redis_server.url();
+    let app = spawn_app_with(|c| {
+        c.redis_url = url.clone();
+        c.redis_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let sku = app.sale_product(3, None).await;
+    assert_eq!(app.available(sku).await, 3);
+    // What the disk holds at the moment the host later crashes (appendfsync always here:
+    // this copy is exactly Redis's state now).
+    copy_dir(&dir, &snap);
+
+    // Customer A buys all three units and pays; the write-back records it in MySQL.
+    let ta = app.customer_token(7_101);
+    let a = buy_now_n(&app, &ta, sku, 3).await;
+    let r = app
+        .post_empty(&format!("/v1/orders/{a}/pay"), Some(&ta))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(app.write_back().await.events, 2);
+    assert_eq!(
+        mysql_i64(&app, "SELECT CAST(SUM(on_hand) AS SIGNED) FROM stock").await,
+        0
+    );
+
+    // The Redis host crashes; Redis restarts from what reached its disk, a moment behind.
+    drop(redis_server);
+    copy_dir(&snap, &dir);
+    let _redis_server = crate::process::OwnRedis::start(port, &dir).await;
+    let _ = std::fs::remove_dir_all(&snap);
+    crate::process::eventually(
+        "the service reaches Redis again",
+        Duration::from_secs(10),
+        || async { app.get(&format!("/v1/products/{sku}"), None).await.status == StatusCode::OK },
+    )
+    .await;
+
+    // Customer B tries to buy: MySQL has nothing on hand.
+    let tb = app.customer_token(7_102);
+    let r = app
+        .post(
+            "/v1/orders/buy-now",
+            Some(&tb),
+            json!({"sku": sku, "count": 3}),
+        )
+        .await;
+    let mut wrong = Vec::new();
+    if r.status == StatusCode::CREATED {
+        let b = r.body["order_id"].as_u64().unwrap();
+        wrong.push(format!(
+            "sold 3 units MySQL does not have (on_hand 0): order {b} created"
+        ));
+        if b == a {
+            wrong.push(format!(
+                "order id {a} handed out again, to another customer"
+            ));
+        }
+    } else if r.status.is_server_error() {
+        wrong.push(format!("a 5xx: {:?}", r.body));
+    }
+    let r = app.get(&format!("/v1/orders/{a}"), Some(&ta)).await;
+    if r.status != StatusCode::OK {
+        wrong.push(format!("A's paid order {a} answers {} to A", r.status));
+    }
+    assert!(wrong.is_empty(), "after Redis came back behind: {wrong:#?}");
+}
+
+async fn buy_now_n(app: &TestApp, t: &str, sku: u64, count: u64) -> u64 {
+    let r = app
+        .post(
+            "/v1/orders/buy-now",
+            Some(t),
+            json!({"sku": sku, "count": count}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    r.body["order_id"].as_u64().unwrap()
 }
