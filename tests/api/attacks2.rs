@@ -224,3 +224,95 @@ async fn buy_now_n(app: &TestApp, t: &str, sku: u64, count: u64) -> u64 {
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     r.body["order_id"].as_u64().unwrap()
 }
+
+/// An admin's stock addition puts its units into Redis (sellable at once) before MySQL has
+/// them; when the MySQL part then fails (here its connection is killed while it waits for the
+/// stock row, as a lock wait timeout or deadlock would end it), the undo cannot take back units
+/// that were sold in between: `adjust_stock.lua` answers `short`, which the undo does not even
+/// see as a failure. Redis sold units MySQL never had: the identity breaks, and the paid order's
+/// write-back fails ("less on hand than sold") for ever.
+#[tokio::test]
+async fn attack_failed_stock_addition_leaves_sold_units_mysql_never_had() {
+    use sqlx::Connection;
+    let app = spawn_app().await;
+    let sku = app.sale_product(1, None).await;
+    let w: u64 = sqlx::query_scalar::<_, u32>("SELECT warehouse_id FROM stock WHERE sku = ?")
+        .bind(sku as u32)
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap()
+        .into();
+    // Another session holds the stock row (a write-back, a second admin, ...).
+    let mut other = sqlx::MySqlConnection::connect(&app.state.cfg.mysql_url)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    sqlx::query("SELECT on_hand FROM stock WHERE sku = ? AND warehouse_id = ? FOR UPDATE")
+        .bind(sku as u32)
+        .bind(w as u32)
+        .fetch_all(&mut other)
+        .await
+        .unwrap();
+
+    let admin = {
+        let (client, addr, token) = (
+            app.client.clone(),
+            app.addr.clone(),
+            app.admin_token.clone(),
+        );
+        tokio::spawn(async move {
+            client
+                .post(format!("{addr}/v1/products/{sku}/stock"))
+                .bearer_auth(token)
+                .json(&json!({"warehouse_id": w, "delta": 5}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    // Redis has the five new units while MySQL waits for the row.
+    crate::process::eventually("the addition in Redis", Duration::from_secs(10), || async {
+        app.available(sku).await == 6
+    })
+    .await;
+    let t = app.customer_token(7_201);
+    let order = buy_now_n(&app, &t, sku, 6).await;
+    let r = app
+        .post_empty(&format!("/v1/orders/{order}/pay"), Some(&t))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+
+    // The addition's MySQL statement dies (killed here; a lock wait timeout or deadlock alike).
+    let victim: u64 = sqlx::query_scalar(
+        "SELECT CAST(id AS UNSIGNED) FROM information_schema.processlist \
+         WHERE db = ? AND info LIKE 'INSERT INTO stock%'",
+    )
+    .bind(&app.db_name)
+    .fetch_one(&mut other)
+    .await
+    .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("KILL {victim}")))
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let admin_status = admin.await.unwrap();
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    let on_hand = mysql_i64(
+        &app,
+        &format!("SELECT CAST(SUM(on_hand) AS SIGNED) FROM stock WHERE sku = {sku}"),
+    )
+    .await;
+    let stats = app.write_back().await;
+    let paid_in_mysql = mysql_i64(
+        &app,
+        &format!("SELECT COUNT(*) FROM orders WHERE id = {order} AND status = 'paid'"),
+    )
+    .await;
+    assert!(
+        admin_status.is_success() || on_hand >= 6,
+        "the addition answered {admin_status} and MySQL has {on_hand} on hand, yet 6 units were \
+         sold; write-back: {stats:?}, paid order in MySQL: {paid_in_mysql}"
+    );
+    app.assert_identity(sku).await;
+}
