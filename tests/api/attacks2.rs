@@ -316,3 +316,70 @@ async fn attack_failed_stock_addition_leaves_sold_units_mysql_never_had() {
     );
     app.assert_identity(sku).await;
 }
+
+/// A receiver that counts the distinct event ids it was sent (answers 200).
+async fn counting_receiver() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+) {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
+    let s = seen.clone();
+    let router = axum::Router::new().route(
+        "/hooks",
+        axum::routing::post(move |headers: axum::http::HeaderMap| {
+            let s = s.clone();
+            async move {
+                let id = headers
+                    .get("x-flashsale-event-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                s.lock().unwrap().insert(id);
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (format!("http://127.0.0.1:{port}/hooks"), seen)
+}
+
+/// The order-events stream is trimmed to about FLASHSALE_EVENTS_MAX_LEN entries whatever the
+/// webhook group has not read yet. A webhook sender that is behind (its receiver down: it holds
+/// at most 1,024 failed events in memory and reads no more; or no sender running for a while)
+/// while more events than that are written loses the trimmed ones: never delivered, not set
+/// aside, not counted. (A small bound here; at 100,000 it takes a longer receiver outage in a
+/// busy sale: 50,000 orders make 100,000 events.)
+#[tokio::test]
+async fn attack_event_stream_trim_drops_webhook_events_never_delivered() {
+    const ORDERS: usize = 300;
+    let (url, seen) = counting_receiver().await;
+    let app = spawn_app_with(|c| c.events_max_len = 10).await;
+    let sku = app.sale_product(ORDERS as i64, None).await;
+    let t = app.customer_token(7_301);
+    for _ in 0..ORDERS {
+        buy_now_n(&app, &t, sku, 1).await;
+    }
+    let written = app.write_back().await.events;
+    assert_eq!(written, ORDERS);
+
+    // The sender catches up.
+    let mut cfg = (*app.state.cfg).clone();
+    cfg.webhook_url = Some(url);
+    cfg.webhook_secret = Some("x2".into());
+    let state = flashsale::app::AppState {
+        cfg: std::sync::Arc::new(cfg),
+        ..app.state.clone()
+    };
+    let hooks = flashsale::worker::webhooks::Webhooks::new(state).unwrap();
+    let (_stop_tx, mut stop) = tokio::sync::watch::channel(false);
+    let stats = hooks.run_once(&mut stop).await.unwrap();
+    let delivered = seen.lock().unwrap().len();
+    assert_eq!(
+        delivered, written,
+        "order events written back: {written}; delivered to the webhook: {delivered} \
+         (sender: {stats:?}); the rest were trimmed from the stream unread"
+    );
+}
