@@ -383,3 +383,64 @@ async fn attack_event_stream_trim_drops_webhook_events_never_delivered() {
          (sender: {stats:?}); the rest were trimmed from the stream unread"
     );
 }
+
+/// The same Redis, back a moment behind, and the operator does what README says after a loss:
+/// `flashsale rebuild-cache` before traffic. It only loads skus whose counters are missing, so
+/// the stale counters stay, and `reconcile` is the only thing that sees it: the units MySQL
+/// recorded as sold are sold a second time.
+#[tokio::test]
+async fn attack_rebuild_cache_keeps_stale_counters_after_a_partial_loss() {
+    let port = crate::process::free_port();
+    let dir = std::env::temp_dir().join(format!("flashsale-x2-redis-{port}"));
+    let snap = std::env::temp_dir().join(format!("flashsale-x2-redis-{port}-snap"));
+    let redis_server = crate::process::OwnRedis::start(port, &dir).await;
+    let url = redis_server.url();
+    let app = spawn_app_with(|c| {
+        c.redis_url = url.clone();
+        c.redis_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let sku = app.sale_product(3, None).await;
+    assert_eq!(app.available(sku).await, 3);
+    copy_dir(&dir, &snap);
+
+    let ta = app.customer_token(7_401);
+    let a = buy_now_n(&app, &ta, sku, 3).await;
+    let r = app
+        .post_empty(&format!("/v1/orders/{a}/pay"), Some(&ta))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    app.write_back().await;
+
+    drop(redis_server);
+    copy_dir(&snap, &dir);
+    let _redis_server = crate::process::OwnRedis::start(port, &dir).await;
+    let _ = std::fs::remove_dir_all(&snap);
+    crate::process::eventually(
+        "the service reaches Redis again",
+        Duration::from_secs(10),
+        || async { app.get(&format!("/v1/products/{sku}"), None).await.status == StatusCode::OK },
+    )
+    .await;
+    let report = flashsale::reconcile::rebuild_cache(&app.state)
+        .await
+        .unwrap();
+    let checks = flashsale::reconcile::check(&app.state).await.unwrap();
+
+    let tb = app.customer_token(7_402);
+    let r = app
+        .post(
+            "/v1/orders/buy-now",
+            Some(&tb),
+            json!({"sku": sku, "count": 3}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "out_of_stock"),
+        "MySQL has 0 on hand and 3 paid, but after rebuild-cache ({report:?}) the service sold \
+         again: {:?}; reconcile said: {}",
+        r.body,
+        flashsale::reconcile::table(&checks)
+    );
+}
