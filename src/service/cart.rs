@@ -114,8 +114,13 @@ pub async fn add_item(
     // Indexed after the hold exists (see forget_lines for why this order is safe), and the
     // index read back in the same round trip.
     let key = state.redis.keys.cart(user_id);
+    // The index lives as long as its newest hold can (holds are never renewed): a customer who
+    // walks away leaves nothing behind.
+    let keep_ms = state.cfg.cart_hold_ttl.as_millis().min(i64::MAX as u128) as i64;
     let (_, members): ((), Vec<u32>) = redis::pipe()
         .sadd(&key, sku.get())
+        .ignore()
+        .pexpire(&key, keep_ms)
         .ignore()
         .smembers(&key)
         .query_async(&mut state.redis.conn())
@@ -176,7 +181,14 @@ pub async fn forget_lines(state: &AppState, user_id: u64, skus: &[Sku]) -> AppRe
         .filter_map(|(h, sku)| h.map(|_| *sku))
         .collect();
     if !live.is_empty() {
-        let _: () = state.redis.conn().sadd(&key, live).await?;
+        let keep_ms = state.cfg.cart_hold_ttl.as_millis().min(i64::MAX as u128) as i64;
+        let _: () = redis::pipe()
+            .sadd(&key, live)
+            .ignore()
+            .pexpire(&key, keep_ms)
+            .ignore()
+            .query_async(&mut state.redis.conn())
+            .await?;
     }
     Ok(())
 }

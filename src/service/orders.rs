@@ -587,15 +587,17 @@ pub async fn expire_due(state: &AppState, order_id: u64, sku: Sku) -> AppResult<
     {
         // No record: nothing can ever pay for this line.
         Decision::Missing => release_line(state, sku, order_id, "expired").await,
-        Decision::Moved(_) | Decision::Same(_) | Decision::Rejected(_) => {
+        decision => {
+            // Counted by the call that expired it: the sweeper visits each of its sku lines,
+            // and retries a pass that failed half-way.
+            if let Decision::Moved(_) = decision {
+                metrics::counter!("flashsale_orders_total", "status" => "expired").increment(1);
+            }
             let Some(rec) = state.redis.order_record(order_id).await? else {
                 return Ok(());
             };
             if rec.status.is_open() {
                 return Ok(());
-            }
-            if rec.cancel_reason.as_deref() == Some("expired") {
-                metrics::counter!("flashsale_orders_total", "status" => "expired").increment(1);
             }
             settle(state, order_id).await?;
             settle_line(state, &rec, sku).await

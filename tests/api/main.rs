@@ -17,6 +17,7 @@ mod live;
 mod loading;
 mod login;
 mod lookups;
+mod memory;
 mod metrics;
 mod openapi;
 mod ops;
