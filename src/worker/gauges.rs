@@ -85,6 +85,9 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = tick.tick() => {
                 watch_eviction_policy(&state).await;
+                if let Err(e) = crate::service::order_ids::watch(&state).await {
+                    tracing::debug!(error = %e, "Redis not checked for going back");
+                }
                 if let Err(e) = refresh(&state).await {
                     tracing::debug!(error = %e, "gauges not refreshed");
                 }

@@ -183,16 +183,43 @@ async fn attack_redis_back_from_older_persistence_reuses_ids_and_resells() {
     )
     .await;
 
-    // Customer B tries to buy: MySQL has nothing on hand.
+    // Customer B tries to buy: MySQL has nothing on hand. The service sees Redis went back
+    // (the id counter is below the id it handed to A) and sells nothing until the operator's
+    // rebuild-cache: a 503 that changes nothing, then out of stock.
     let tb = app.customer_token(7_102);
-    let r = app
-        .post(
+    let buy_b = || async {
+        app.post(
             "/v1/orders/buy-now",
             Some(&tb),
             json!({"sku": sku, "count": 3}),
         )
-        .await;
+        .await
+    };
+    let mut r = buy_b().await;
     let mut wrong = Vec::new();
+    if r.status == StatusCode::SERVICE_UNAVAILABLE && r.code() == "unavailable" {
+        let ready = app.get("/readyz", None).await;
+        if ready.status != StatusCode::SERVICE_UNAVAILABLE {
+            wrong.push(format!("/readyz answers {} while sales stop", ready.status));
+        }
+        // A's order is readable meanwhile.
+        let ra = app.get(&format!("/v1/orders/{a}"), Some(&ta)).await;
+        if ra.status != StatusCode::OK {
+            wrong.push(format!("A's paid order {a} answers {} while sales stop", ra.status));
+        }
+        flashsale::reconcile::rebuild_cache(&app.state).await.unwrap();
+        if app.get("/readyz", None).await.status != StatusCode::OK {
+            wrong.push("/readyz is not ready again after rebuild-cache".into());
+        }
+        r = buy_b().await;
+        if r.code() != "out_of_stock" {
+            wrong.push(format!("after rebuild-cache B's attempt answers {:?}", r.body));
+        }
+        let checks = flashsale::reconcile::check(&app.state).await.unwrap();
+        if !checks.iter().all(|c| c.ok()) {
+            wrong.push(flashsale::reconcile::table(&checks));
+        }
+    }
     if r.status == StatusCode::CREATED {
         let b = r.body["order_id"].as_u64().unwrap();
         wrong.push(format!(

@@ -7,7 +7,7 @@ pub mod outbox;
 pub mod scripts;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -34,6 +34,9 @@ pub struct Redis {
     pub keys: Keys,
     scripts: Arc<Scripts>,
     eviction: Arc<EvictionGuard>,
+    rollback: Arc<RollbackGuard>,
+    /// A handle for `flashsale rebuild-cache`: its scripts run while sales are refused.
+    repair: bool,
     /// Deadlines noted since the last flush, earliest per sku (see [`Redis::note_due`]).
     due_notes: Arc<Mutex<HashMap<Sku, i64>>>,
     /// How long a finished order's record stays (`order_cache_ttl`), in ms.
@@ -82,11 +85,43 @@ impl EvictionGuard {
     }
 }
 
+fn behind_refusal(why: &str) -> AppError {
+    AppError::Unavailable(format!(
+        "redis came back behind MySQL ({why}): nothing is sold until `flashsale rebuild-cache` ran"
+    ))
+}
+
 fn unsafe_policy(policy: &str) -> AppError {
     AppError::Unavailable(format!(
         "redis maxmemory-policy is {policy}: it may evict stock and orders, so nothing is sold \
          until it is {REQUIRED_POLICY}"
     ))
+}
+
+/// What this instance knows about Redis going back in time (restarted from older persistence):
+/// the ids it saw handed out, the order id mark MySQL holds, and whether sales are refused until
+/// `flashsale rebuild-cache` ran.
+#[derive(Default)]
+struct RollbackGuard {
+    /// No id at or below it may be handed out again (the largest id seen, or MySQL's largest).
+    floor: AtomicU64,
+    /// The order id mark last read from MySQL: no id above it may be handed out.
+    limit: AtomicU64,
+    behind: AtomicBool,
+    /// Why sales stop, and the rebuild marker seen then (`None`: not read yet).
+    why: std::sync::Mutex<(String, Option<Option<String>>)>,
+}
+
+/// What next_order_id.lua answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextId {
+    Id(u64),
+    /// The counter is missing: raise it from MySQL first.
+    Lost,
+    /// The next id is past the id mark: raise the mark in MySQL first (the counter is given).
+    Block(u64),
+    /// The counter is below an id already handed out: Redis went back (the counter is given).
+    Behind(u64),
 }
 
 impl Redis {
@@ -107,6 +142,8 @@ impl Redis {
                 state: AtomicU8::new(EvictionGuard::UNKNOWN),
                 policy: std::sync::Mutex::new(String::new()),
             }),
+            rollback: Arc::default(),
+            repair: false,
             due_notes: Arc::default(),
             order_cache_ttl_ms: cfg.order_cache_ttl.as_millis().min(i64::MAX as u128) as i64,
         })
@@ -137,6 +174,108 @@ impl Redis {
         self.eviction.refusal()
     }
 
+    /// The same Redis for `flashsale rebuild-cache`: its scripts run while this instance refuses
+    /// sales because Redis went back.
+    pub fn for_repair(&self) -> Redis {
+        Redis {
+            repair: true,
+            ..self.clone()
+        }
+    }
+
+    /// The floor and block limit next_order_id.lua is called with.
+    pub fn id_bounds(&self) -> (u64, u64) {
+        (
+            self.rollback.floor.load(Ordering::Relaxed),
+            self.rollback.limit.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Raises the floor (an id handed out, or MySQL's largest) and the block limit (the mark).
+    pub fn raise_id_bounds(&self, floor: u64, limit: u64) {
+        self.rollback.floor.fetch_max(floor, Ordering::Relaxed);
+        self.rollback.limit.fetch_max(limit, Ordering::Relaxed);
+    }
+
+    /// Starts refusing every stock and order script (503) because Redis went back: it lost
+    /// decisions MySQL already holds. Sales resume once `flashsale rebuild-cache` wrote its
+    /// marker. Returns the refusal.
+    pub async fn mark_behind(&self, why: String) -> AppError {
+        let marker = self.rebuild_marker().await.ok();
+        let mut g = self.rollback.why.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.rollback.behind.swap(true, Ordering::SeqCst) {
+            *g = (why.clone(), marker);
+            metrics::counter!("flashsale_redis_rollbacks_total").increment(1);
+            metrics::gauge!("flashsale_redis_behind").set(1.0);
+            tracing::error!(
+                reason = %why,
+                "Redis went back in time (restarted from older persistence): it lacks decisions                  MySQL holds; refusing every sale until `flashsale rebuild-cache` ran"
+            );
+        }
+        behind_refusal(&g.0)
+    }
+
+    /// The 503 to answer while Redis is behind MySQL and no rebuild ran since; `None` once
+    /// `flashsale rebuild-cache` wrote a new marker (checked here: one GET while refusing).
+    pub async fn behind_refusal(&self) -> AppResult<Option<AppError>> {
+        if !self.rollback.behind.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let now = self.rebuild_marker().await?;
+        let mut g = self.rollback.why.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.rollback.behind.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        match &g.1 {
+            None => g.1 = Some(now),
+            Some(seen) if *seen != now => {
+                self.rollback.behind.store(false, Ordering::SeqCst);
+                metrics::gauge!("flashsale_redis_behind").set(0.0);
+                tracing::warn!("`flashsale rebuild-cache` ran after Redis went back: selling again");
+                return Ok(None);
+            }
+            Some(_) => {}
+        }
+        Ok(Some(behind_refusal(&g.0)))
+    }
+
+    /// Drops a sku's stock counters and ledgers (rebuild-cache's forced reload, before it loads
+    /// them again from MySQL): stock, holds and order lines, unwritten sold lines, buyers, and
+    /// each reservation's TTL key. Its catalog entry stays.
+    pub async fn drop_sku_counters(&self, sku: Sku) -> AppResult<()> {
+        let k = self.keys.sku(sku);
+        let mut conn = self.conn();
+        let rids: Vec<String> = conn.hkeys(k.res()).await?;
+        let mut keys = vec![k.stock(), k.res(), k.exp(), k.sold(), k.users()];
+        for chunk in rids.chunks(1_000) {
+            let ttl: Vec<String> = chunk.iter().map(|r| format!("{}{r}", k.ttl_base())).collect();
+            let _: () = conn.del(ttl).await?;
+        }
+        keys.dedup();
+        let _: () = conn.del(keys).await?;
+        Ok(())
+    }
+
+    /// Written last by `flashsale rebuild-cache`: instances refusing sales resume when it changes.
+    pub async fn rebuild_marker(&self) -> AppResult<Option<String>> {
+        Ok(self.conn().get(self.keys.rebuilt()).await?)
+    }
+
+    pub async fn write_rebuild_marker(&self) -> AppResult<()> {
+        let token = format!(
+            "{}-{:016x}",
+            chrono::Utc::now().timestamp_millis(),
+            rand::random::<u64>()
+        );
+        let _: () = self.conn().set(self.keys.rebuilt(), token).await?;
+        Ok(())
+    }
+
+    /// The order id counter as Redis holds it (`None`: missing).
+    pub async fn order_seq(&self) -> AppResult<Option<u64>> {
+        Ok(self.conn().get(self.keys.order_seq()).await?)
+    }
+
     /// A handle on the shared connection (cheap: clones share one socket).
     pub fn conn(&self) -> ConnectionManager {
         self.conn.clone()
@@ -153,11 +292,21 @@ impl Redis {
 
     /// Scripts keep the sale's state; none runs while Redis may evict it. Rate-limit buckets
     /// are exempt: losing one only forgets a count.
-    fn refuse_if_evicting(&self, script: &'static str) -> AppResult<()> {
-        match self.eviction.refusal() {
-            Some(e) if script != "rate_limit" => Err(e),
-            _ => Ok(()),
+    /// Nor while Redis is behind MySQL (it came back from older persistence), until
+    /// `flashsale rebuild-cache` ran (whose own handle, [`Redis::for_repair`], is exempt).
+    async fn refuse_if_evicting(&self, script: &'static str) -> AppResult<()> {
+        if script == "rate_limit" {
+            return Ok(());
         }
+        if let Some(e) = self.eviction.refusal() {
+            return Err(e);
+        }
+        if !self.repair
+            && let Some(e) = self.behind_refusal().await?
+        {
+            return Err(e);
+        }
+        Ok(())
     }
 
     async fn eval(
@@ -167,7 +316,7 @@ impl Redis {
         keys: &[&str],
         args: &[&str],
     ) -> AppResult<Reply> {
-        self.refuse_if_evicting(name)?;
+        self.refuse_if_evicting(name).await?;
         let mut inv = script.prepare_invoke();
         for k in keys {
             inv.key(*k);
@@ -196,7 +345,7 @@ impl Redis {
         if calls.is_empty() {
             return Ok(Vec::new());
         }
-        self.refuse_if_evicting(name)?;
+        self.refuse_if_evicting(name).await?;
         let mut pipe = redis::pipe();
         for (keys, args) in calls {
             pipe.cmd("EVALSHA")
@@ -795,21 +944,22 @@ impl Redis {
 
     // ---- orders ------------------------------------------------------------------------
 
-    /// The next order id, or `None` when the id counter is missing: Redis lost its data since
-    /// the counter was raised, and the caller must raise it from MySQL (`raise_order_seq`)
-    /// before any id is handed out (src/service/order_ids.rs).
-    pub async fn next_order_id(&self) -> AppResult<Option<u64>> {
+    /// The next order id, at or below `limit` (the mark MySQL holds) and above `floor` (every id
+    /// handed out before); see [`NextId`] and src/service/order_ids.rs.
+    pub async fn next_order_id(&self, floor: u64, limit: u64) -> AppResult<NextId> {
         let r = self
             .eval(
                 "next_order_id",
                 &self.scripts.next_order_id,
                 &[&self.keys.order_seq()],
-                &[],
+                &[&limit.to_string(), &floor.to_string()],
             )
             .await?;
         Ok(match r.tag() {
-            "ok" => Some(r.int(1)? as u64),
-            "lost" => None,
+            "ok" => NextId::Id(r.int(1)? as u64),
+            "lost" => NextId::Lost,
+            "block" => NextId::Block(r.int(1)? as u64),
+            "behind" => NextId::Behind(r.int(1)? as u64),
             other => return Err(r.unexpected(other)),
         })
     }
