@@ -26,6 +26,7 @@ mod process;
 mod prometheus;
 mod recovery;
 mod redis_policy;
+mod rollback;
 mod simulate;
 mod sweeper;
 mod validation;
