@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use redis::AsyncCommands;
 
 use crate::app::AppState;
+use crate::domain::OrderStatus;
 use crate::domain::Sku;
 use crate::error::AppResult;
 use crate::service::catalog::{meta_of, sku_load};
 use crate::store::mysql::{catalog as catalog_db, orders as orders_db};
 use crate::store::redis::{Deadline, ReserveMode, ReserveOutcome, ReserveRequest, Rid};
-use crate::domain::OrderStatus;
 use crate::worker::writer::{Fault, Writer};
 
 /// One sku's buckets and what disagrees.

@@ -80,6 +80,13 @@ pub async fn watch(state: &AppState) -> AppResult<()> {
             ))
             .await;
     }
+    // Another instance found it (ids handed out there).
+    if state.redis.behind_flagged().await? {
+        state
+            .redis
+            .mark_behind("another instance found the order id counter behind".into())
+            .await;
+    }
     // Resumes by itself once a rebuild ran.
     state.redis.behind_refusal().await?;
     Ok(())
@@ -96,7 +103,9 @@ pub async fn raise(state: &AppState, lost: bool, repair: bool) -> AppResult<u64>
             "order ids: Redis lost the id counter and MySQL cannot tell the largest id ({e})"
         ))
     };
-    let max_id = catalog::max_order_id(&state.db).await.map_err(unavailable)?;
+    let max_id = catalog::max_order_id(&state.db)
+        .await
+        .map_err(unavailable)?;
     let mark = catalog::order_id_mark(&state.db)
         .await
         .map_err(unavailable)?;

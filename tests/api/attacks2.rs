@@ -205,15 +205,23 @@ async fn attack_redis_back_from_older_persistence_reuses_ids_and_resells() {
         // A's order is readable meanwhile.
         let ra = app.get(&format!("/v1/orders/{a}"), Some(&ta)).await;
         if ra.status != StatusCode::OK {
-            wrong.push(format!("A's paid order {a} answers {} while sales stop", ra.status));
+            wrong.push(format!(
+                "A's paid order {a} answers {} while sales stop",
+                ra.status
+            ));
         }
-        flashsale::reconcile::rebuild_cache(&app.state).await.unwrap();
+        flashsale::reconcile::rebuild_cache(&app.state)
+            .await
+            .unwrap();
         if app.get("/readyz", None).await.status != StatusCode::OK {
             wrong.push("/readyz is not ready again after rebuild-cache".into());
         }
         r = buy_b().await;
         if r.code() != "out_of_stock" {
-            wrong.push(format!("after rebuild-cache B's attempt answers {:?}", r.body));
+            wrong.push(format!(
+                "after rebuild-cache B's attempt answers {:?}",
+                r.body
+            ));
         }
         let checks = flashsale::reconcile::check(&app.state).await.unwrap();
         if !checks.iter().all(|c| c.ok()) {

@@ -29,7 +29,9 @@ async fn every_id_handed_out_is_covered_by_the_mysql_mark() {
     let app = spawn_app().await;
     let mut last = 0;
     for _ in 0..50 {
-        last = flashsale::service::order_ids::next(&app.state).await.unwrap();
+        last = flashsale::service::order_ids::next(&app.state)
+            .await
+            .unwrap();
         assert!(last <= mark(&app).await, "id {last} above the mark");
     }
     // The counter reaching the mark raises it first (a block), never hands out past it.
@@ -41,7 +43,9 @@ async fn every_id_handed_out_is_covered_by_the_mysql_mark() {
         .set(app.state.redis.keys.order_seq(), m)
         .await
         .unwrap();
-    let id = flashsale::service::order_ids::next(&app.state).await.unwrap();
+    let id = flashsale::service::order_ids::next(&app.state)
+        .await
+        .unwrap();
     assert_eq!(id, m + 1);
     assert!(mark(&app).await >= id && id > last);
 }
@@ -65,7 +69,11 @@ async fn a_counter_behind_mysql_stops_sales_until_rebuild_cache() {
     // Redis goes back to before the sale (as a restart from an older AOF would): stock 3
     // available, the counter 0, A's order unknown.
     let mut conn = app.state.redis.conn();
-    let k = app.state.redis.keys.sku(flashsale::domain::Sku::parse(sku).unwrap());
+    let k = app
+        .state
+        .redis
+        .keys
+        .sku(flashsale::domain::Sku::parse(sku).unwrap());
     let _: () = conn
         .hset_multiple(k.stock(), &[("avail", 3), ("sold", 0)])
         .await
@@ -76,13 +84,18 @@ async fn a_counter_behind_mysql_stops_sales_until_rebuild_cache() {
     }
     let _: () = conn.del(app.state.redis.keys.order(a)).await.unwrap();
     let _: () = conn.set(app.state.redis.keys.order_seq(), 0).await.unwrap();
-    flashsale::service::order_ids::watch(&app.state).await.unwrap();
+    flashsale::service::order_ids::watch(&app.state)
+        .await
+        .unwrap();
 
     assert_eq!(app.get("/readyz", None).await.status, 503);
     let tb = app.customer_token(7_602);
     for _ in 0..2 {
         let r = buy(&app, &tb, sku, 1).await;
-        assert_eq!((r.status, r.code()), (StatusCode::SERVICE_UNAVAILABLE, "unavailable"));
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        );
     }
     let r = app
         .post("/v1/cart/items", Some(&tb), json!({"sku": sku, "count": 1}))
@@ -90,17 +103,24 @@ async fn a_counter_behind_mysql_stops_sales_until_rebuild_cache() {
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
     // A still reads the paid order (from MySQL); nothing was sold or created.
     let r = app.get(&format!("/v1/orders/{a}"), Some(&ta)).await;
-    assert_eq!((r.status, r.body["status"].as_str()), (StatusCode::OK, Some("paid")));
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (StatusCode::OK, Some("paid"))
+    );
     let orders: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders")
         .fetch_one(&app.state.db)
         .await
         .unwrap();
     assert_eq!(orders, 1);
     // Another tick changes nothing: still refused.
-    flashsale::service::order_ids::watch(&app.state).await.unwrap();
+    flashsale::service::order_ids::watch(&app.state)
+        .await
+        .unwrap();
     assert_eq!(buy(&app, &tb, sku, 1).await.status, 503);
 
-    let report = flashsale::reconcile::rebuild_cache(&app.state).await.unwrap();
+    let report = flashsale::reconcile::rebuild_cache(&app.state)
+        .await
+        .unwrap();
     assert_eq!(report.skus_loaded, 1, "{report:?}");
     assert!(report.problems.is_empty(), "{report:?}");
     assert_eq!(app.get("/readyz", None).await.status, StatusCode::OK);
@@ -109,10 +129,16 @@ async fn a_counter_behind_mysql_stops_sales_until_rebuild_cache() {
     let b = app.assert_identity(sku).await;
     assert_eq!((b.on_hand, b.available, b.sold), (0, 0, 0));
     // New ids lie above every id handed out.
-    let id = flashsale::service::order_ids::next(&app.state).await.unwrap();
+    let id = flashsale::service::order_ids::next(&app.state)
+        .await
+        .unwrap();
     assert!(id > a);
     let checks = flashsale::reconcile::check(&app.state).await.unwrap();
-    assert!(checks.iter().all(|c| c.ok()), "{}", flashsale::reconcile::table(&checks));
+    assert!(
+        checks.iter().all(|c| c.ok()),
+        "{}",
+        flashsale::reconcile::table(&checks)
+    );
 }
 
 /// rebuild-cache on a Redis that is behind keeps the open orders Redis and MySQL know: the
@@ -122,10 +148,14 @@ async fn rebuild_cache_keeps_open_orders_and_drops_cart_holds() {
     let app = spawn_app().await;
     let sku = app.sale_product(10, None).await;
     let t1 = app.customer_token(7_701);
-    let written = buy(&app, &t1, sku, 2).await.body["order_id"].as_u64().unwrap();
+    let written = buy(&app, &t1, sku, 2).await.body["order_id"]
+        .as_u64()
+        .unwrap();
     app.write_back().await;
     // Not written back yet when rebuild-cache runs.
-    let unwritten = buy(&app, &t1, sku, 3).await.body["order_id"].as_u64().unwrap();
+    let unwritten = buy(&app, &t1, sku, 3).await.body["order_id"]
+        .as_u64()
+        .unwrap();
     let r = app
         .post(
             "/v1/cart/items",
@@ -134,7 +164,9 @@ async fn rebuild_cache_keeps_open_orders_and_drops_cart_holds() {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    let report = flashsale::reconcile::rebuild_cache(&app.state).await.unwrap();
+    let report = flashsale::reconcile::rebuild_cache(&app.state)
+        .await
+        .unwrap();
     assert!(report.problems.is_empty(), "{report:?}");
     assert_eq!(report.units_reserved, 5, "{report:?}");
     let b = app.assert_identity(sku).await;
@@ -149,4 +181,50 @@ async fn rebuild_cache_keeps_open_orders_and_drops_cart_holds() {
     app.write_back().await;
     let b = app.assert_identity(sku).await;
     assert_eq!((b.on_hand, b.available, b.reserved), (5, 5, 0));
+}
+
+/// Two instances: the one that hands out an id finds Redis behind; the other, which handed out
+/// none since, stops on its next tick (the shared flag); one rebuild-cache resumes both.
+#[tokio::test]
+async fn the_other_instances_stop_too_and_resume_after_one_rebuild() {
+    let app = spawn_app().await;
+    let other = flashsale::app::AppState {
+        redis: flashsale::store::redis::Redis::connect(&app.state.cfg).unwrap(),
+        ..app.state.clone()
+    };
+    let sku = app.sale_product(5, None).await;
+    let t = app.customer_token(7_801);
+    let a = buy(&app, &t, sku, 1).await.body["order_id"]
+        .as_u64()
+        .unwrap();
+    // Redis goes back one id (the order record stays: only the counter matters here).
+    let _: () = app
+        .state
+        .redis
+        .conn()
+        .set(app.state.redis.keys.order_seq(), a - 1)
+        .await
+        .unwrap();
+    let r = buy(&app, &t, sku, 1).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    );
+    // The other instance: MySQL holds no order yet, so only the flag tells it.
+    let before = flashsale::service::order_ids::next(&other).await;
+    assert!(before.is_ok(), "{before:?}: not told yet (it has no floor)");
+    flashsale::service::order_ids::watch(&other).await.unwrap();
+    let e = flashsale::service::order_ids::next(&other)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "unavailable");
+
+    flashsale::reconcile::rebuild_cache(&app.state)
+        .await
+        .unwrap();
+    let id = flashsale::service::order_ids::next(&other).await.unwrap();
+    assert!(id > a);
+    let r = buy(&app, &t, sku, 1).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert!(r.body["order_id"].as_u64().unwrap() > id);
 }

@@ -130,6 +130,11 @@ impl Keys {
         format!("{}:rebuilt", self.prefix)
     }
 
+    /// Set by an instance that found Redis behind MySQL; rebuild-cache deletes it.
+    pub fn behind(&self) -> String {
+        format!("{}:behind", self.prefix)
+    }
+
     /// A SCAN pattern matching every key of this prefix.
     pub fn pattern(&self) -> String {
         format!("{}:*", self.prefix)

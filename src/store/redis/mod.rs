@@ -202,17 +202,29 @@ impl Redis {
     /// marker. Returns the refusal.
     pub async fn mark_behind(&self, why: String) -> AppError {
         let marker = self.rebuild_marker().await.ok();
-        let mut g = self.rollback.why.lock().unwrap_or_else(|p| p.into_inner());
-        if !self.rollback.behind.swap(true, Ordering::SeqCst) {
-            *g = (why.clone(), marker);
+        let (first, refusal) = {
+            let mut g = self.rollback.why.lock().unwrap_or_else(|p| p.into_inner());
+            let first = !self.rollback.behind.swap(true, Ordering::SeqCst);
+            if first {
+                *g = (why, marker);
+            }
+            (first, behind_refusal(&g.0))
+        };
+        if first {
             metrics::counter!("flashsale_redis_rollbacks_total").increment(1);
             metrics::gauge!("flashsale_redis_behind").set(1.0);
             tracing::error!(
-                reason = %why,
-                "Redis went back in time (restarted from older persistence): it lacks decisions                  MySQL holds; refusing every sale until `flashsale rebuild-cache` ran"
+                reason = %refusal,
+                "Redis went back in time (restarted from older persistence): it lacks decisions \
+                 MySQL holds; refusing every sale until `flashsale rebuild-cache` ran"
             );
+            // The other instances' ticks find it here (they may hand out no id to notice).
+            let set: Result<(), _> = self.conn().set(self.keys.behind(), 1).await;
+            if let Err(e) = set {
+                tracing::warn!(error = %e, "could not tell the other instances Redis is behind");
+            }
         }
-        behind_refusal(&g.0)
+        refusal
     }
 
     /// The 503 to answer while Redis is behind MySQL and no rebuild ran since; `None` once
@@ -231,7 +243,9 @@ impl Redis {
             Some(seen) if *seen != now => {
                 self.rollback.behind.store(false, Ordering::SeqCst);
                 metrics::gauge!("flashsale_redis_behind").set(0.0);
-                tracing::warn!("`flashsale rebuild-cache` ran after Redis went back: selling again");
+                tracing::warn!(
+                    "`flashsale rebuild-cache` ran after Redis went back: selling again"
+                );
                 return Ok(None);
             }
             Some(_) => {}
@@ -248,7 +262,10 @@ impl Redis {
         let rids: Vec<String> = conn.hkeys(k.res()).await?;
         let mut keys = vec![k.stock(), k.res(), k.exp(), k.sold(), k.users()];
         for chunk in rids.chunks(1_000) {
-            let ttl: Vec<String> = chunk.iter().map(|r| format!("{}{r}", k.ttl_base())).collect();
+            let ttl: Vec<String> = chunk
+                .iter()
+                .map(|r| format!("{}{r}", k.ttl_base()))
+                .collect();
             let _: () = conn.del(ttl).await?;
         }
         keys.dedup();
@@ -261,7 +278,14 @@ impl Redis {
         Ok(self.conn().get(self.keys.rebuilt()).await?)
     }
 
+    /// Whether an instance found Redis behind MySQL and no rebuild ran since.
+    pub async fn behind_flagged(&self) -> AppResult<bool> {
+        Ok(self.conn().exists(self.keys.behind()).await?)
+    }
+
+    /// Clears the flag, then writes the marker (rebuild-cache's last step).
     pub async fn write_rebuild_marker(&self) -> AppResult<()> {
+        let _: () = self.conn().del(self.keys.behind()).await?;
         let token = format!(
             "{}-{:016x}",
             chrono::Utc::now().timestamp_millis(),
