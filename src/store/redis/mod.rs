@@ -273,6 +273,11 @@ impl Redis {
         Ok(())
     }
 
+    /// Whether this instance refuses sales because Redis went back (as last seen).
+    pub fn is_behind(&self) -> bool {
+        self.rollback.behind.load(Ordering::SeqCst)
+    }
+
     /// Written last by `flashsale rebuild-cache`: instances refusing sales resume when it changes.
     pub async fn rebuild_marker(&self) -> AppResult<Option<String>> {
         Ok(self.conn().get(self.keys.rebuilt()).await?)
