@@ -48,6 +48,31 @@ async fn every_id_handed_out_is_covered_by_the_mysql_mark() {
         .unwrap();
     assert_eq!(id, m + 1);
     assert!(mark(&app).await >= id && id > last);
+    // The metrics tick keeps the mark a block ahead of the counter.
+    let m = mark(&app).await;
+    let near = m - flashsale::service::order_ids::BLOCK / 2 + 1;
+    let _: () = app
+        .state
+        .redis
+        .conn()
+        .set(app.state.redis.keys.order_seq(), near)
+        .await
+        .unwrap();
+    flashsale::service::order_ids::watch(&app.state)
+        .await
+        .unwrap();
+    assert_eq!(
+        mark(&app).await,
+        near + flashsale::service::order_ids::BLOCK
+    );
+    // Far from it, the tick writes nothing.
+    flashsale::service::order_ids::watch(&app.state)
+        .await
+        .unwrap();
+    assert_eq!(
+        mark(&app).await,
+        near + flashsale::service::order_ids::BLOCK
+    );
 }
 
 /// The metrics tick (`order_ids::watch`) sees the counter below MySQL's largest order id (Redis
