@@ -201,7 +201,7 @@ async fn bootstrap(state: &AppState) -> anyhow::Result<()> {
     // Unknown usernames are checked against it: made now, so no login pays for it.
     auth::dummy_hash(state.cfg.argon2_memory_kib).await?;
     // Requests check the counter again (a missing one is raised before any id is handed out).
-    if let Err(e) = crate::service::order_ids::raise(state, false).await {
+    if let Err(e) = crate::service::order_ids::raise(state, false, false).await {
         tracing::warn!(error = %e, "could not check the order id sequence against MySQL");
     }
     Ok(())

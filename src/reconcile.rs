@@ -6,12 +6,13 @@ use std::collections::HashMap;
 use redis::AsyncCommands;
 
 use crate::app::AppState;
+use crate::domain::OrderStatus;
 use crate::domain::Sku;
 use crate::error::AppResult;
 use crate::service::catalog::{meta_of, sku_load};
 use crate::store::mysql::{catalog as catalog_db, orders as orders_db};
 use crate::store::redis::{Deadline, ReserveMode, ReserveOutcome, ReserveRequest, Rid};
-use crate::worker::writer::Writer;
+use crate::worker::writer::{Fault, Writer};
 
 /// One sku's buckets and what disagrees.
 #[derive(Debug, Clone, Default)]
@@ -188,28 +189,48 @@ pub struct RebuildReport {
     pub problems: Vec<String>,
 }
 
-/// Loads one sku into Redis unless its counters are there; `true` when it loaded them.
-async fn rebuild_sku(state: &AppState, row: &catalog_db::ProductRow) -> AppResult<bool> {
+/// Loads one sku's counters into Redis from MySQL, dropping those Redis holds (they may be
+/// behind MySQL: Redis back from older persistence). A sku whose counters cannot be read is left
+/// alone and reported.
+async fn rebuild_sku(state: &AppState, row: &catalog_db::ProductRow) -> AppResult<()> {
     let sku = Sku::parse(u64::from(row.sku))?;
     if state.redis.stock(sku).await?.is_some() {
-        return Ok(false);
+        state.redis.drop_sku_counters(sku).await?;
     }
     let mut conn = state.db.acquire().await?;
     let load = sku_load(&mut conn, sku).await?;
     drop(conn);
     state.redis.load_sku(sku, &meta_of(row), &load).await?;
-    Ok(true)
+    Ok(())
 }
 
-/// Rebuilds Redis from MySQL after Redis lost its data: counters from on_hand, the customers'
-/// bought units, and every open order (record and reservations) with its deadline. Only what
-/// Redis lacks is written, so running it twice, or on a Redis that kept some data, is safe.
-/// Run it before the service takes traffic again. A sku that cannot be loaded is listed in
-/// `problems` and the rebuild goes on (the command then exits non-zero).
+/// Rebuilds Redis from MySQL after Redis lost its data or came back from older persistence
+/// (behind MySQL): the order id counter above every id handed out, the outbox written back
+/// first (so MySQL holds every order Redis knows), then every sku's counters reloaded from
+/// on_hand and the customers' bought units (even those Redis holds: they may be behind), and
+/// every open order (record where missing, and its reservations) with its deadline. Cart holds
+/// are dropped (customers add again). Written last: the marker that lets instances refusing
+/// sales (Redis went back) sell again. Run it before the service takes traffic again. A sku
+/// that cannot be loaded is listed in `problems` and the rebuild goes on (the command then
+/// exits non-zero).
 pub async fn rebuild_cache(state: &AppState) -> AppResult<RebuildReport> {
+    // This command's own scripts run while instances refuse sales.
+    let state = &AppState {
+        redis: state.redis.for_repair(),
+        ..state.clone()
+    };
     let mut report = RebuildReport::default();
-    crate::service::order_ids::raise(state, false).await?;
-    Writer::new(state.clone()).ensure_groups().await?;
+    crate::service::order_ids::raise(state, false, true).await?;
+    let writer = Writer::new(state.clone());
+    writer.ensure_groups().await?;
+    let written = writer.run_once(&state.db, Fault::None).await?;
+    if written.failing > 0 {
+        report.problems.push(format!(
+            "{} order events could not be written to MySQL yet (see `flashsale outbox-dead \
+             list` and the writer's log): their orders' units are not reserved again",
+            written.failing
+        ));
+    }
 
     let mut after = 0;
     loop {
@@ -219,8 +240,7 @@ pub async fn rebuild_cache(state: &AppState) -> AppResult<RebuildReport> {
         for row in rows {
             // One sku that cannot be loaded is reported; the others are still restored.
             match rebuild_sku(state, &row).await {
-                Ok(true) => report.skus_loaded += 1,
-                Ok(false) => {}
+                Ok(()) => report.skus_loaded += 1,
                 Err(e) => report
                     .problems
                     .push(format!("sku {}: could not be loaded: {e}", row.sku)),
@@ -244,7 +264,13 @@ pub async fn rebuild_cache(state: &AppState) -> AppResult<RebuildReport> {
             ("items", items_json),
             ("total", order.total_price.to_string()),
         ];
-        if !state.redis.restore_order(order.id, &fields).await? {
+        if state.redis.restore_order(order.id, &fields).await? {
+            report.orders_restored += 1;
+        } else if !matches!(
+            state.redis.order_record(order.id).await?.map(|r| r.status),
+            Some(OrderStatus::AwaitingPayment | OrderStatus::New)
+        ) {
+            // Redis decided it since (paid, cancelled): its event is on the way to MySQL.
             continue;
         }
         let _: () = state
@@ -256,7 +282,6 @@ pub async fn rebuild_cache(state: &AppState) -> AppResult<RebuildReport> {
                 order.id as f64,
             )
             .await?;
-        report.orders_restored += 1;
         for item in items {
             let sku = Sku::parse(u64::from(item.sku))?;
             let outcome = state
@@ -279,5 +304,6 @@ pub async fn rebuild_cache(state: &AppState) -> AppResult<RebuildReport> {
             }
         }
     }
+    state.redis.write_rebuild_marker().await?;
     Ok(report)
 }

@@ -72,7 +72,8 @@ async fn healthz() -> axum::Json<serde_json::Value> {
         (status = 500, description = E500, body = ErrorEnvelope),
         (status = 503, description = "`unavailable`: Redis, MySQL or both did not answer \
             within a second (the message names which), or Redis may evict keys (its \
-            maxmemory-policy is not noeviction).", body = ErrorEnvelope,
+            maxmemory-policy is not noeviction), or Redis came back behind MySQL and \
+            `flashsale rebuild-cache` has not run yet.", body = ErrorEnvelope,
             headers(("Retry-After" = u32, description = "Seconds to wait: 1.")),
             example = json!({"error": {"code": "unavailable",
                 "message": "not ready: redis down; nothing was changed, retry shortly"}})),
@@ -85,6 +86,10 @@ async fn readyz(State(state): State<AppState>) -> AppResult<axum::Json<serde_jso
     if let Ok(Err(e)) = &redis
         && state.redis.eviction_refusal().is_some()
     {
+        return Err(AppError::Unavailable(format!("not ready: {e}")));
+    }
+    // Redis came back behind MySQL: not ready until `flashsale rebuild-cache` ran.
+    if let Ok(Ok(Some(e))) = tokio::time::timeout(limit, state.redis.behind_refusal()).await {
         return Err(AppError::Unavailable(format!("not ready: {e}")));
     }
     let mysql = tokio::time::timeout(

@@ -310,6 +310,23 @@ pub async fn adjust_stock(
     let load = sku_load(&mut tx, sku).await?;
     let d = delta.get();
     state.redis.load_sku(sku, &meta_of(&row), &load).await?;
+    // MySQL's row first, relative to the row as it is when this statement runs (the write-back
+    // may have lowered it since `load` was read), so no concurrent change is lost; and it is
+    // locked by this transaction from here to the commit, a round trip after Redis's change.
+    // Redis second: units added there are sellable at once, so a MySQL statement that waited
+    // for the row and then failed (lock wait timeout, deadlock, lost connection) after they
+    // were sold could not be undone: Redis would have sold units MySQL never had.
+    let on_hand = match db::add_on_hand(&mut tx, sku, warehouse_id, d).await? {
+        Some(n) => n,
+        // Fewer on hand than the removal: fewer available too (rolled back on return).
+        None => {
+            return Err(AppError::OutOfStock(format!(
+                "sku {sku}, warehouse {warehouse_id}: fewer than {} units on hand, cannot \
+                 remove them; held, reserved and sold units stay",
+                -d
+            )));
+        }
+    };
     let here = match state.redis.adjust_stock(sku, warehouse_id, d).await? {
         AdjustOutcome::Adjusted { here, .. } => here,
         AdjustOutcome::Short { available_here } => {
@@ -326,23 +343,12 @@ pub async fn adjust_stock(
         }
     };
     let undo = async |e: AppError| {
-        if let Err(e2) = state.redis.adjust_stock(sku, warehouse_id, -d).await {
-            tracing::error!(%sku, warehouse_id, delta = d, error = %e2,
-                "could not undo a Redis stock change; run reconcile");
+        match state.redis.adjust_stock(sku, warehouse_id, -d).await {
+            Ok(AdjustOutcome::Adjusted { .. }) => {}
+            other => tracing::error!(%sku, warehouse_id, delta = d, outcome = ?other,
+                "could not undo a Redis stock change; run reconcile"),
         }
         e
-    };
-    // Relative to the row as it is when this statement runs (the write-back may have lowered
-    // it since `load` was read): no concurrent change is lost.
-    let on_hand = match db::add_on_hand(&mut tx, sku, warehouse_id, d).await {
-        Ok(Some(n)) => n,
-        Ok(None) => {
-            return Err(undo(AppError::internal(format!(
-                "sku {sku}: Redis had more available than MySQL on hand; run reconcile"
-            )))
-            .await);
-        }
-        Err(e) => return Err(undo(e).await),
     };
     if let Err(e) = tx.commit().await {
         return Err(undo(e.into()).await);

@@ -21,6 +21,9 @@ pub async fn refresh(state: &AppState) -> AppResult<()> {
     metrics::gauge!("flashsale_outbox_pending").set(pending as f64);
     metrics::gauge!("flashsale_outbox_oldest_age_seconds")
         .set(writer.oldest_age().await?.as_secs_f64());
+    // Exposed from the start, so the alert on it has a series to read.
+    metrics::gauge!("flashsale_redis_behind").set(if state.redis.is_behind() { 1.0 } else { 0.0 });
+    metrics::counter!("flashsale_redis_rollbacks_total").increment(0);
     metrics::gauge!("flashsale_outbox_set_aside").set(state.redis.set_aside_count().await? as f64);
 
     let size = state.db.size() as f64;
@@ -85,6 +88,9 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = tick.tick() => {
                 watch_eviction_policy(&state).await;
+                if let Err(e) = crate::service::order_ids::watch(&state).await {
+                    tracing::debug!(error = %e, "Redis not checked for going back");
+                }
                 if let Err(e) = refresh(&state).await {
                     tracing::debug!(error = %e, "gauges not refreshed");
                 }

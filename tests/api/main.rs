@@ -4,6 +4,7 @@
 mod helpers;
 
 mod attacks;
+mod attacks2;
 mod auth;
 mod authz;
 mod cart;
@@ -27,6 +28,7 @@ mod process;
 mod prometheus;
 mod recovery;
 mod redis_policy;
+mod rollback;
 mod simulate;
 mod sweeper;
 mod traces;

@@ -314,3 +314,28 @@ pub async fn max_order_id(pool: &MySqlPool) -> AppResult<u64> {
             .unwrap_or(0),
     )
 }
+
+/// The order id high-water mark: every id Redis ever handed out is at or below it.
+#[tracing::instrument(skip(pool))]
+pub async fn order_id_mark(pool: &MySqlPool) -> AppResult<u64> {
+    Ok(
+        sqlx::query_scalar::<_, Option<u64>>("SELECT MAX(v) FROM order_id_mark")
+            .fetch_one(pool)
+            .await?
+            .unwrap_or(0),
+    )
+}
+
+/// Raises the order id mark to at least `to` (never lowers it) and returns the mark.
+#[tracing::instrument(skip(pool))]
+pub async fn raise_order_id_mark(pool: &MySqlPool, to: u64) -> AppResult<u64> {
+    sqlx::query(
+        "INSERT INTO order_id_mark (id, v) VALUES (1, ?) \
+         ON DUPLICATE KEY UPDATE v = GREATEST(v, ?)",
+    )
+    .bind(to)
+    .bind(to)
+    .execute(pool)
+    .await?;
+    order_id_mark(pool).await
+}

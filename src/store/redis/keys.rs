@@ -124,6 +124,17 @@ impl Keys {
         format!("{}:seq:order", self.prefix)
     }
 
+    /// `flashsale rebuild-cache`'s marker, written last: instances that refuse sales because
+    /// Redis went back resume when it changes.
+    pub fn rebuilt(&self) -> String {
+        format!("{}:rebuilt", self.prefix)
+    }
+
+    /// Set by an instance that found Redis behind MySQL; rebuild-cache deletes it.
+    pub fn behind(&self) -> String {
+        format!("{}:behind", self.prefix)
+    }
+
     /// A SCAN pattern matching every key of this prefix.
     pub fn pattern(&self) -> String {
         format!("{}:*", self.prefix)
@@ -160,6 +171,10 @@ impl SkuKeys {
     /// lua/load_sku.lua once complete.
     pub fn staging(&self, token: u64, what: &str) -> String {
         format!("{}load:{token:016x}:{what}", self.base)
+    }
+    /// What a reservation's TTL key starts with (the rid follows).
+    pub fn ttl_base(&self) -> &str {
+        &self.base
     }
     /// The TTL key of a reservation id (`h:<user>` or `o:<order>`).
     pub fn ttl(&self, rid: &Rid) -> String {

@@ -7,7 +7,7 @@ pub mod outbox;
 pub mod scripts;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -35,6 +35,9 @@ pub struct Redis {
     pub keys: Keys,
     scripts: Arc<Scripts>,
     eviction: Arc<EvictionGuard>,
+    rollback: Arc<RollbackGuard>,
+    /// A handle for `flashsale rebuild-cache`: its scripts run while sales are refused.
+    repair: bool,
     /// Deadlines noted since the last flush, earliest per sku (see [`Redis::note_due`]).
     due_notes: Arc<Mutex<HashMap<Sku, i64>>>,
 }
@@ -78,6 +81,12 @@ impl EvictionGuard {
     }
 }
 
+fn behind_refusal(why: &str) -> AppError {
+    AppError::Unavailable(format!(
+        "redis came back behind MySQL ({why}): nothing is sold until `flashsale rebuild-cache` ran"
+    ))
+}
+
 fn unsafe_policy(policy: &str) -> AppError {
     AppError::Unavailable(format!(
         "redis maxmemory-policy is {policy}: it may evict stock and orders, so nothing is sold \
@@ -105,6 +114,32 @@ fn script_span(name: &'static str, calls: usize) -> tracing::Span {
     span
 }
 
+/// What this instance knows about Redis going back in time (restarted from older persistence):
+/// the ids it saw handed out, the order id mark MySQL holds, and whether sales are refused until
+/// `flashsale rebuild-cache` ran.
+#[derive(Default)]
+struct RollbackGuard {
+    /// No id at or below it may be handed out again (the largest id seen, or MySQL's largest).
+    floor: AtomicU64,
+    /// The order id mark last read from MySQL: no id above it may be handed out.
+    limit: AtomicU64,
+    behind: AtomicBool,
+    /// Why sales stop, and the rebuild marker seen then (`None`: not read yet).
+    why: std::sync::Mutex<(String, Option<Option<String>>)>,
+}
+
+/// What next_order_id.lua answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextId {
+    Id(u64),
+    /// The counter is missing: raise it from MySQL first.
+    Lost,
+    /// The next id is past the id mark: raise the mark in MySQL first (the counter is given).
+    Block(u64),
+    /// The counter is below an id already handed out: Redis went back (the counter is given).
+    Behind(u64),
+}
+
 impl Redis {
     /// Connects lazily: the service starts while Redis is down and answers 503 until it is up.
     pub fn connect(cfg: &Config) -> anyhow::Result<Self> {
@@ -123,6 +158,8 @@ impl Redis {
                 state: AtomicU8::new(EvictionGuard::UNKNOWN),
                 policy: std::sync::Mutex::new(String::new()),
             }),
+            rollback: Arc::default(),
+            repair: false,
             due_notes: Arc::default(),
         })
     }
@@ -152,6 +189,137 @@ impl Redis {
         self.eviction.refusal()
     }
 
+    /// The same Redis for `flashsale rebuild-cache`: its scripts run while this instance refuses
+    /// sales because Redis went back.
+    pub fn for_repair(&self) -> Redis {
+        Redis {
+            repair: true,
+            ..self.clone()
+        }
+    }
+
+    /// The floor and block limit next_order_id.lua is called with.
+    pub fn id_bounds(&self) -> (u64, u64) {
+        (
+            self.rollback.floor.load(Ordering::Relaxed),
+            self.rollback.limit.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Raises the floor (an id handed out, or MySQL's largest) and the block limit (the mark).
+    pub fn raise_id_bounds(&self, floor: u64, limit: u64) {
+        self.rollback.floor.fetch_max(floor, Ordering::Relaxed);
+        self.rollback.limit.fetch_max(limit, Ordering::Relaxed);
+    }
+
+    /// Starts refusing every stock and order script (503) because Redis went back: it lost
+    /// decisions MySQL already holds. Sales resume once `flashsale rebuild-cache` wrote its
+    /// marker. Returns the refusal.
+    pub async fn mark_behind(&self, why: String) -> AppError {
+        let marker = self.rebuild_marker().await.ok();
+        let (first, refusal) = {
+            let mut g = self.rollback.why.lock().unwrap_or_else(|p| p.into_inner());
+            let first = !self.rollback.behind.swap(true, Ordering::SeqCst);
+            if first {
+                *g = (why, marker);
+            }
+            (first, behind_refusal(&g.0))
+        };
+        if first {
+            metrics::counter!("flashsale_redis_rollbacks_total").increment(1);
+            metrics::gauge!("flashsale_redis_behind").set(1.0);
+            tracing::error!(
+                reason = %refusal,
+                "Redis went back in time (restarted from older persistence): it lacks decisions \
+                 MySQL holds; refusing every sale until `flashsale rebuild-cache` ran"
+            );
+            // The other instances' ticks find it here (they may hand out no id to notice).
+            let set: Result<(), _> = self.conn().set(self.keys.behind(), 1).await;
+            if let Err(e) = set {
+                tracing::warn!(error = %e, "could not tell the other instances Redis is behind");
+            }
+        }
+        refusal
+    }
+
+    /// The 503 to answer while Redis is behind MySQL and no rebuild ran since; `None` once
+    /// `flashsale rebuild-cache` wrote a new marker (checked here: one GET while refusing).
+    pub async fn behind_refusal(&self) -> AppResult<Option<AppError>> {
+        if !self.rollback.behind.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let now = self.rebuild_marker().await?;
+        let mut g = self.rollback.why.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.rollback.behind.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        match &g.1 {
+            None => g.1 = Some(now),
+            Some(seen) if *seen != now => {
+                self.rollback.behind.store(false, Ordering::SeqCst);
+                metrics::gauge!("flashsale_redis_behind").set(0.0);
+                tracing::warn!(
+                    "`flashsale rebuild-cache` ran after Redis went back: selling again"
+                );
+                return Ok(None);
+            }
+            Some(_) => {}
+        }
+        Ok(Some(behind_refusal(&g.0)))
+    }
+
+    /// Drops a sku's stock counters and ledgers (rebuild-cache's forced reload, before it loads
+    /// them again from MySQL): stock, holds and order lines, unwritten sold lines, buyers, and
+    /// each reservation's TTL key. Its catalog entry stays.
+    pub async fn drop_sku_counters(&self, sku: Sku) -> AppResult<()> {
+        let k = self.keys.sku(sku);
+        let mut conn = self.conn();
+        let rids: Vec<String> = conn.hkeys(k.res()).await?;
+        let mut keys = vec![k.stock(), k.res(), k.exp(), k.sold(), k.users()];
+        for chunk in rids.chunks(1_000) {
+            let ttl: Vec<String> = chunk
+                .iter()
+                .map(|r| format!("{}{r}", k.ttl_base()))
+                .collect();
+            let _: () = conn.del(ttl).await?;
+        }
+        keys.dedup();
+        let _: () = conn.del(keys).await?;
+        Ok(())
+    }
+
+    /// Whether this instance refuses sales because Redis went back (as last seen).
+    pub fn is_behind(&self) -> bool {
+        self.rollback.behind.load(Ordering::SeqCst)
+    }
+
+    /// Written last by `flashsale rebuild-cache`: instances refusing sales resume when it changes.
+    pub async fn rebuild_marker(&self) -> AppResult<Option<String>> {
+        Ok(self.conn().get(self.keys.rebuilt()).await?)
+    }
+
+    /// Whether an instance found Redis behind MySQL and no rebuild ran since.
+    pub async fn behind_flagged(&self) -> AppResult<bool> {
+        Ok(self.conn().exists(self.keys.behind()).await?)
+    }
+
+    /// Clears the flag, then writes the marker (rebuild-cache's last step).
+    pub async fn write_rebuild_marker(&self) -> AppResult<()> {
+        let _: () = self.conn().del(self.keys.behind()).await?;
+        let token = format!(
+            "{}-{:016x}",
+            chrono::Utc::now().timestamp_millis(),
+            rand::random::<u64>()
+        );
+        let _: () = self.conn().set(self.keys.rebuilt(), token).await?;
+        Ok(())
+    }
+
+    /// The order id counter as Redis holds it (`None`: missing).
+    pub async fn order_seq(&self) -> AppResult<Option<u64>> {
+        Ok(self.conn().get(self.keys.order_seq()).await?)
+    }
+
     /// A handle on the shared connection (cheap: clones share one socket).
     pub fn conn(&self) -> ConnectionManager {
         self.conn.clone()
@@ -168,11 +336,21 @@ impl Redis {
 
     /// Scripts keep the sale's state; none runs while Redis may evict it. Rate-limit buckets
     /// are exempt: losing one only forgets a count.
-    fn refuse_if_evicting(&self, script: &'static str) -> AppResult<()> {
-        match self.eviction.refusal() {
-            Some(e) if script != "rate_limit" => Err(e),
-            _ => Ok(()),
+    /// Nor while Redis is behind MySQL (it came back from older persistence), until
+    /// `flashsale rebuild-cache` ran (whose own handle, [`Redis::for_repair`], is exempt).
+    async fn refuse_if_evicting(&self, script: &'static str) -> AppResult<()> {
+        if script == "rate_limit" {
+            return Ok(());
         }
+        if let Some(e) = self.eviction.refusal() {
+            return Err(e);
+        }
+        if !self.repair
+            && let Some(e) = self.behind_refusal().await?
+        {
+            return Err(e);
+        }
+        Ok(())
     }
 
     async fn eval(
@@ -182,7 +360,7 @@ impl Redis {
         keys: &[&str],
         args: &[&str],
     ) -> AppResult<Reply> {
-        self.refuse_if_evicting(name)?;
+        self.refuse_if_evicting(name).await?;
         let mut inv = script.prepare_invoke();
         for k in keys {
             inv.key(*k);
@@ -216,7 +394,7 @@ impl Redis {
         if calls.is_empty() {
             return Ok(Vec::new());
         }
-        self.refuse_if_evicting(name)?;
+        self.refuse_if_evicting(name).await?;
         let mut pipe = redis::pipe();
         for (keys, args) in calls {
             pipe.cmd("EVALSHA")
@@ -902,21 +1080,22 @@ impl Redis {
 
     // ---- orders ------------------------------------------------------------------------
 
-    /// The next order id, or `None` when the id counter is missing: Redis lost its data since
-    /// the counter was raised, and the caller must raise it from MySQL (`raise_order_seq`)
-    /// before any id is handed out (src/service/order_ids.rs).
-    pub async fn next_order_id(&self) -> AppResult<Option<u64>> {
+    /// The next order id, at or below `limit` (the mark MySQL holds) and above `floor` (every id
+    /// handed out before); see [`NextId`] and src/service/order_ids.rs.
+    pub async fn next_order_id(&self, floor: u64, limit: u64) -> AppResult<NextId> {
         let r = self
             .eval(
                 "next_order_id",
                 &self.scripts.next_order_id,
                 &[&self.keys.order_seq()],
-                &[],
+                &[&limit.to_string(), &floor.to_string()],
             )
             .await?;
         Ok(match r.tag() {
-            "ok" => Some(r.int(1)? as u64),
-            "lost" => None,
+            "ok" => NextId::Id(r.int(1)? as u64),
+            "lost" => NextId::Lost,
+            "block" => NextId::Block(r.int(1)? as u64),
+            "behind" => NextId::Behind(r.int(1)? as u64),
             other => return Err(r.unexpected(other)),
         })
     }
