@@ -4,8 +4,10 @@
 //!   counter reaching it raises the mark by [`BLOCK`] first
 //!   (and every metrics tick raises it ahead of the counter). Every id ever handed out (taken by
 //!   an order, or burned by a refused attempt) is therefore at or below the mark.
-//! * A missing counter (Redis lost its data: a flush, a restart without persistence) is raised
-//!   to max(MySQL's largest order id, the mark) before any id is handed out.
+//! * A missing counter where ids existed (Redis lost its data: a flush, a restart without
+//!   persistence) stops sales like a counter gone back (below) until `flashsale rebuild-cache`
+//!   restored the counters and open orders and raised the counter to max(MySQL's largest order
+//!   id, the mark). A missing counter with no id ever handed out is a new deployment: raised.
 //! * A counter below an id already handed out (this instance's floor) or below MySQL's largest
 //!   order id means Redis came back from older persistence (`appendfsync everysec` after a
 //!   host crash): its stock counters are behind MySQL too. Every stock and order script is then
@@ -80,6 +82,14 @@ pub async fn watch(state: &AppState) -> AppResult<()> {
         let mark = catalog::raise_order_id_mark(&state.db, counter.saturating_add(BLOCK)).await?;
         state.redis.raise_id_bounds(0, mark);
     }
+    if counter.is_none() && (floor > 0 || mark > 0) {
+        state
+            .redis
+            .mark_behind(format!(
+                "Redis lost its data (the order id counter is missing; ids up to {floor} exist)"
+            ))
+            .await;
+    }
     if let Some(counter) = counter
         && counter < floor
     {
@@ -121,23 +131,40 @@ pub async fn raise(state: &AppState, lost: bool, repair: bool) -> AppResult<u64>
         .await
         .map_err(unavailable)?;
     state.redis.raise_id_bounds(max_id, mark);
-    let floor = max_id.max(mark).max(state.redis.id_bounds().0);
+    // Ids known to exist (handed out here, or in MySQL), and the raise target: the mark covers
+    // every id ever handed out, refused attempts' included, so a lost counter restarts there.
+    let seen = max_id.max(state.redis.id_bounds().0);
+    let floor = seen.max(mark);
     let margin = if mark == 0 && (lost || floor > 0) {
         MARGIN_WITHOUT_MARK
     } else {
         0
     };
-    if !repair
-        && let Some(counter) = state.redis.order_seq().await?
-        && counter < floor
-    {
-        return Err(state
-            .redis
-            .mark_behind(format!(
-                "the order id counter is {counter}, below id {floor} already handed out or in \
-                 MySQL"
-            ))
-            .await);
+    if !repair {
+        match state.redis.order_seq().await? {
+            Some(counter) if counter < seen => {
+                return Err(state
+                    .redis
+                    .mark_behind(format!(
+                        "the order id counter is {counter}, below id {seen} already handed out \
+                         or in MySQL"
+                    ))
+                    .await);
+            }
+            // Redis lost its data while ids existed: its stock counters, open orders and the
+            // limits' memory went with it. Selling on counters reloaded from MySQL alone would
+            // sell open orders' units again: stop until rebuild-cache restored them.
+            None if seen > 0 || mark > 0 => {
+                return Err(state
+                    .redis
+                    .mark_behind(format!(
+                        "Redis lost its data (the order id counter is missing; ids up to {floor} \
+                         exist)"
+                    ))
+                    .await);
+            }
+            _ => {}
+        }
     }
     let (counter, was_missing) = state.redis.raise_order_seq(floor, margin).await?;
     if was_missing && (lost || floor > 0) {

@@ -562,6 +562,15 @@ async fn attack_ids_burned_by_refusals_outrun_the_margin_after_a_loss() {
         .query_async(&mut app.state.redis.conn())
         .await
         .unwrap();
+    // Nothing is handed out until the operator's rebuild-cache (sales stop on a lost Redis).
+    let refused = flashsale::service::order_ids::next(&app.state).await;
+    assert!(
+        matches!(refused, Err(flashsale::error::AppError::Unavailable(_))),
+        "an id handed out on a Redis that lost its data: {refused:?}"
+    );
+    flashsale::reconcile::rebuild_cache(&app.state)
+        .await
+        .unwrap();
     let after = flashsale::service::order_ids::next(&app.state)
         .await
         .unwrap();

@@ -459,6 +459,25 @@ async fn order_ids_never_repeat_after_redis_lost_its_data_under_the_running_serv
 
     flush_prefix(&app).await;
 
+    // Redis lost its data under the running service: nothing is sold (no id handed out, no
+    // sku counter reloaded without its open orders) until rebuild-cache restored it.
+    let r = app
+        .post(
+            "/v1/orders/buy-now",
+            Some(&app.customer_token(1312)),
+            json!({"sku": sku, "count": 5}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    assert_eq!(r.code(), "unavailable");
+    assert_eq!(
+        app.get("/readyz", None).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    flashsale::reconcile::rebuild_cache(&app.state)
+        .await
+        .unwrap();
+
     let b = buy_and_pay(&app, 1312, sku, 5).await;
     assert!(b > a, "order id {b} handed out again after {a}");
     app.write_back().await;
@@ -493,8 +512,18 @@ async fn a_lost_id_counter_and_mysql_unable_to_tell_the_largest_id_sell_nothing(
     let a = buy_and_pay(&app, 1313, sku, 1).await;
     app.write_back().await;
     flush_prefix(&app).await;
-    // The sku's counters come back from MySQL; then the orders table goes away for a while.
+    // The operator rebuilds (sales stop until then); then the orders table goes away for a
+    // while and Redis loses the id counter once more.
+    let _ = app.get("/readyz", None).await;
+    flashsale::reconcile::rebuild_cache(&app.state)
+        .await
+        .unwrap();
     assert_eq!(app.available(sku).await, 9);
+    let _: () = redis::cmd("DEL")
+        .arg(app.state.redis.keys.order_seq())
+        .query_async(&mut app.state.redis.conn())
+        .await
+        .unwrap();
     let mut third = session(&app).await;
     sqlx::raw_sql("RENAME TABLE orders TO orders_away")
         .execute(&mut third)
@@ -515,6 +544,9 @@ async fn a_lost_id_counter_and_mysql_unable_to_tell_the_largest_id_sell_nothing(
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
     assert_eq!(r.code(), "unavailable");
     assert_eq!(app.available(sku).await, 9, "nothing taken");
+    flashsale::reconcile::rebuild_cache(&app.state)
+        .await
+        .unwrap();
     let b = buy_and_pay(&app, 1314, sku, 2).await;
     assert!(b > a);
     app.write_back().await;
