@@ -273,6 +273,16 @@ pub async fn rebuild_cache(state: &AppState) -> AppResult<RebuildReport> {
             // Redis decided it since (paid, cancelled): its event is on the way to MySQL.
             continue;
         }
+        if order.expires_at <= chrono::Utc::now() {
+            // Its payment window passed while Redis had lost it: nothing can pay for it now.
+            // Expired by its record (the event takes the status to MySQL); no units to give
+            // back, as the counters were just loaded from MySQL, which never took them.
+            state
+                .redis
+                .decide_order(order.id, crate::store::redis::OrderAction::Expire)
+                .await?;
+            continue;
+        }
         let _: () = state
             .redis
             .conn()

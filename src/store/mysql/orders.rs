@@ -322,13 +322,12 @@ pub async fn written_back(pool: &MySqlPool, sku: Sku, order_ids: &[u64]) -> AppR
     Ok(q.fetch_all(pool).await?)
 }
 
-/// Orders still waiting for payment whose window has not passed: what a rebuilt Redis must
-/// reserve again.
+/// Orders still waiting for payment in MySQL: what a rebuilt Redis must reserve again (or
+/// expire, when their window passed while Redis had lost them).
 pub async fn open_orders(pool: &MySqlPool) -> AppResult<Vec<(OrderRow, Vec<OrderItem>)>> {
     let rows = sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(format!(
-        "SELECT {ORDER_COLUMNS} FROM orders WHERE status = 'awaiting_payment' AND expires_at > ? ORDER BY id"
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE status = 'awaiting_payment' ORDER BY id"
     )))
-    .bind(Utc::now().naive_utc())
     .fetch_all(pool)
     .await?;
     with_items(pool, rows).await
