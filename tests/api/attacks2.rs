@@ -46,8 +46,8 @@ async fn buy_now(app: &TestApp, t: &str, sku: u64) -> u64 {
     r.body["order_id"].as_u64().unwrap()
 }
 
-/// The Redis order index keeps a customer's newest 100 orders, and the listing takes the older
-/// ones from MySQL. But while the write-back is behind (a MySQL outage: the writer retries
+/// The Redis order index kept a customer's newest 100 orders (now: every order until it is
+/// finished and written back), and the listing took the older ones from MySQL. But while the write-back is behind (a MySQL outage: the writer retries
 /// without limit and the sale goes on), an order trimmed from the index is in neither place:
 /// the owner's listing hides it, open and payable as it is.
 #[tokio::test]
