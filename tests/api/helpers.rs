@@ -342,6 +342,26 @@ impl TestApp {
         sku
     }
 
+    /// Buys `count` units with buy-now as customer `user` and pays; returns the order id.
+    pub async fn buy_and_pay(&self, user: u64, sku: u64, count: u64) -> u64 {
+        let t = self.customer_token(user);
+        let r = self
+            .post(
+                "/v1/orders/buy-now",
+                Some(&t),
+                json!({"sku": sku, "count": count}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        let id = r.body["order_id"].as_u64().unwrap();
+        let r = self
+            .post_empty(&format!("/v1/orders/{id}/pay"), Some(&t))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        assert_eq!(r.body["status"], "paid");
+        id
+    }
+
     pub async fn available(&self, sku: u64) -> i64 {
         let r = self.get(&format!("/v1/products/{sku}"), None).await;
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);

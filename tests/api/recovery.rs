@@ -28,26 +28,6 @@ async fn on_hand(app: &TestApp, sku: u64) -> i64 {
     .await
 }
 
-/// Buys `count` units with buy-now and pays; returns the order id.
-async fn buy_and_pay(app: &TestApp, user: u64, sku: u64, count: u64) -> u64 {
-    let t = app.customer_token(user);
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&t),
-            json!({"sku": sku, "count": count}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let id = r.body["order_id"].as_u64().unwrap();
-    let r = app
-        .post_empty(&format!("/v1/orders/{id}/pay"), Some(&t))
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    assert_eq!(r.body["status"], "paid");
-    id
-}
-
 /// Another MySQL session on the test's database (the "third session" of the race tests).
 async fn session(app: &TestApp) -> sqlx::MySqlConnection {
     sqlx::MySqlConnection::connect(&app.state.cfg.mysql_url)
@@ -139,7 +119,7 @@ async fn reconciles(app: &TestApp) {
 async fn an_admin_stock_change_racing_the_write_back_loses_no_update() {
     let app = spawn_app().await;
     let sku = app.sale_product(100, None).await;
-    buy_and_pay(&app, 1201, sku, 5).await;
+    app.buy_and_pay(1201, sku, 5).await;
     let w = app
         .get(&format!("/v1/products/{sku}/stocks"), None)
         .await
@@ -159,7 +139,7 @@ async fn an_admin_stock_change_racing_the_write_back_loses_no_update() {
     reconciles(&app).await;
 
     // The same with a removal.
-    buy_and_pay(&app, 1202, sku, 3).await;
+    app.buy_and_pay(1202, sku, 3).await;
     let adjusted = race_admin_with_write_back(&app, sku, w, -2).await;
     assert_eq!(adjusted.status, StatusCode::OK, "{:?}", adjusted.body);
     assert_eq!(on_hand(&app, sku).await, 91, "96 - 3 sold - 2 removed");
@@ -185,7 +165,7 @@ async fn stock_changes_under_a_running_sale_add_up_exactly() {
         let mut n = 0u64;
         for round in 0..20u64 {
             let ids: Vec<u64> = (0..10).map(|i| 60_000 + round * 10 + i).collect();
-            futures::future::join_all(ids.iter().map(|u| buy_and_pay(&app, *u, sku, 2))).await;
+            futures::future::join_all(ids.iter().map(|u| app.buy_and_pay(*u, sku, 2))).await;
             n += 20;
         }
         done.store(true, SeqCst);
@@ -250,7 +230,7 @@ async fn impatient_pool(app: &TestApp) -> sqlx::MySqlPool {
 async fn a_paid_order_reaches_mysql_through_lock_wait_timeouts_and_a_missing_table() {
     let app = spawn_app().await;
     let sku = app.sale_product(100, None).await;
-    let order = buy_and_pay(&app, 1221, sku, 5).await;
+    let order = app.buy_and_pay(1221, sku, 5).await;
     let writer = Writer::new(app.state.clone());
 
     // Another session holds the stock row: every write-back attempt meets error 1205.
@@ -307,7 +287,7 @@ async fn a_paid_order_reaches_mysql_through_lock_wait_timeouts_and_a_missing_tab
 async fn an_unparseable_event_is_set_aside_whole_and_the_rest_is_written() {
     let app = spawn_app().await;
     let sku = app.sale_product(10, None).await;
-    let order = buy_and_pay(&app, 1222, sku, 2).await;
+    let order = app.buy_and_pay(1222, sku, 2).await;
     let outbox = app.state.redis.keys.outbox(3);
     let mut conn = app.state.redis.conn();
     let _: String = redis::cmd("XADD")
@@ -364,7 +344,7 @@ async fn a_set_aside_event_is_replayed_exactly_once() {
 
     let app = spawn_app().await;
     let sku = app.sale_product(10, None).await;
-    let order = buy_and_pay(&app, 1223, sku, 3).await;
+    let order = app.buy_and_pay(1223, sku, 3).await;
     // The paid event is set aside (as the old policy did after five failed attempts).
     let p = order % flashsale::store::redis::keys::ORDER_PARTITIONS;
     let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
@@ -454,7 +434,7 @@ async fn flush_prefix(app: &TestApp) {
 async fn order_ids_never_repeat_after_redis_lost_its_data_under_the_running_service() {
     let app = spawn_app().await;
     let sku = app.sale_product(100, None).await;
-    let a = buy_and_pay(&app, 1311, sku, 1).await;
+    let a = app.buy_and_pay(1311, sku, 1).await;
     app.write_back().await;
 
     flush_prefix(&app).await;
@@ -478,7 +458,7 @@ async fn order_ids_never_repeat_after_redis_lost_its_data_under_the_running_serv
         .await
         .unwrap();
 
-    let b = buy_and_pay(&app, 1312, sku, 5).await;
+    let b = app.buy_and_pay(1312, sku, 5).await;
     assert!(b > a, "order id {b} handed out again after {a}");
     app.write_back().await;
     let rows: Vec<(u64, u64, String)> =
@@ -509,7 +489,7 @@ async fn order_ids_never_repeat_after_redis_lost_its_data_under_the_running_serv
 async fn a_lost_id_counter_and_mysql_unable_to_tell_the_largest_id_sell_nothing() {
     let app = spawn_app().await;
     let sku = app.sale_product(10, None).await;
-    let a = buy_and_pay(&app, 1313, sku, 1).await;
+    let a = app.buy_and_pay(1313, sku, 1).await;
     app.write_back().await;
     flush_prefix(&app).await;
     // The operator rebuilds (sales stop until then); then the orders table goes away for a
@@ -547,7 +527,7 @@ async fn a_lost_id_counter_and_mysql_unable_to_tell_the_largest_id_sell_nothing(
     flashsale::reconcile::rebuild_cache(&app.state)
         .await
         .unwrap();
-    let b = buy_and_pay(&app, 1314, sku, 2).await;
+    let b = app.buy_and_pay(1314, sku, 2).await;
     assert!(b > a);
     app.write_back().await;
     assert_eq!(app.assert_identity(sku).await.on_hand, 7);
@@ -573,7 +553,7 @@ async fn a_write_back_never_merges_an_order_into_another_customers_row() {
     .execute(&app.state.db)
     .await
     .unwrap();
-    let order = buy_and_pay(&app, 1315, sku, 5).await;
+    let order = app.buy_and_pay(1315, sku, 5).await;
     assert_eq!(order, next);
 
     let s = app.write_back().await;
@@ -635,14 +615,14 @@ async fn an_event_failing_on_its_data_does_not_hold_the_others_back() {
         .query_async(&mut app.state.redis.conn())
         .await
         .unwrap();
-    let first = buy_and_pay(&app, 1224, sku, 1).await;
+    let first = app.buy_and_pay(1224, sku, 1).await;
     let writer = Writer::new(app.state.clone());
     let s = writer.run_once(&app.state.db, Fault::None).await.unwrap();
     assert_eq!((s.events, s.set_aside, s.failing), (2, 0, 1), "{s:?}");
     assert_eq!(status_in_mysql(&app, first).await.as_deref(), Some("paid"));
 
     // Later orders go through while the failing one waits for its next attempt.
-    let second = buy_and_pay(&app, 1225, sku, 1).await;
+    let second = app.buy_and_pay(1225, sku, 1).await;
     let s = writer.run_once(&app.state.db, Fault::None).await.unwrap();
     assert_eq!((s.events, s.set_aside), (2, 0), "{s:?}");
     assert_eq!(status_in_mysql(&app, second).await.as_deref(), Some("paid"));

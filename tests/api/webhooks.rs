@@ -97,25 +97,6 @@ async fn receiver(fail_first: usize, delay: Duration) -> (String, Receiver) {
     (format!("http://127.0.0.1:{port}/hooks"), r)
 }
 
-/// Buys `count` units with buy-now and pays; returns the order id.
-async fn buy_and_pay(app: &TestApp, user: u64, sku: u64, count: u64) -> u64 {
-    let t = app.customer_token(user);
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&t),
-            json!({"sku": sku, "count": count}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let id = r.body["order_id"].as_u64().unwrap();
-    let r = app
-        .post_empty(&format!("/v1/orders/{id}/pay"), Some(&t))
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    id
-}
-
 /// Checks the signature header against an HMAC-SHA256 computed here, not by the code under test.
 fn assert_signed(hit: &Hit) {
     let ts = hit.header("x-flashsale-timestamp");
@@ -214,7 +195,7 @@ async fn order_events_are_signed_retried_and_delivered_once_acknowledged() {
     })
     .await;
     let sku = app.sale_product(10, None).await;
-    let order = buy_and_pay(&app, 9101, sku, 2).await;
+    let order = app.buy_and_pay(9101, sku, 2).await;
     let s = app.write_back().await;
     assert!(s.events >= 2, "{s:?}");
 
@@ -309,7 +290,7 @@ async fn a_receiver_that_keeps_failing_gets_events_set_aside_while_the_sale_goes
     })
     .await;
     let sku = app.sale_product(20, None).await;
-    let order = buy_and_pay(&app, 9201, sku, 1).await;
+    let order = app.buy_and_pay(9201, sku, 1).await;
     app.write_back().await;
 
     // While the sender retries, the sale answers as usual.
@@ -320,7 +301,7 @@ async fn a_receiver_that_keeps_failing_gets_events_set_aside_while_the_sale_goes
     }
     for user in 9202..9207 {
         let t = Instant::now();
-        buy_and_pay(&app, user, sku, 1).await;
+        app.buy_and_pay(user, sku, 1).await;
         assert!(
             t.elapsed() < Duration::from_secs(1),
             "a purchase took {:?}",
@@ -378,7 +359,7 @@ async fn deliveries_left_by_a_dead_instance_are_taken_over() {
     let app = spawn_app().await;
     let state = webhook_state(&app, &url, |c| c.claim_idle = Duration::from_millis(300));
     let sku = app.sale_product(5, None).await;
-    buy_and_pay(&app, 9301, sku, 1).await;
+    app.buy_and_pay(9301, sku, 1).await;
     app.write_back().await;
 
     // An instance reads both events and dies before delivering them.
@@ -495,7 +476,7 @@ async fn a_long_retry_is_not_taken_for_a_dead_instance() {
         c.webhook_max_attempts = 3;
     });
     let sku = app.sale_product(5, None).await;
-    buy_and_pay(&app, 9401, sku, 1).await;
+    app.buy_and_pay(9401, sku, 1).await;
     app.write_back().await;
 
     let busy = Webhooks::named(state.clone(), "busy").unwrap();
@@ -739,7 +720,7 @@ async fn a_webhook_group_behind_the_cap_loses_no_event_and_delivered_ones_are_tr
     sender.run_once(&mut stop).await.unwrap();
     let sku = app.sale_product(ORDERS as i64, None).await;
     for user in 0..ORDERS as u64 {
-        buy_and_pay(&app, 50_000 + user, sku, 1).await;
+        app.buy_and_pay(50_000 + user, sku, 1).await;
     }
     let mut written = 0;
     loop {
@@ -778,7 +759,7 @@ async fn a_webhook_group_behind_the_cap_loses_no_event_and_delivered_ones_are_tr
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "sold out: {:?}", r.body);
     let extra = app.sale_product(1, None).await;
-    buy_and_pay(&app, 59_998, extra, 1).await;
+    app.buy_and_pay(59_998, extra, 1).await;
     while app.write_back().await.events > 0 {}
     let len: u64 = app.state.redis.conn().xlen(&events).await.unwrap();
     assert!(

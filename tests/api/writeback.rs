@@ -20,30 +20,11 @@ async fn backlog(app: &TestApp) -> (u64, u64) {
     Writer::new(app.state.clone()).backlog().await.unwrap()
 }
 
-/// Buys `count` units with buy-now and pays; returns the order id.
-async fn buy_and_pay(app: &TestApp, user: u64, sku: u64, count: u64) -> u64 {
-    let t = app.customer_token(user);
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&t),
-            json!({"sku": sku, "count": count}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let id = r.body["order_id"].as_u64().unwrap();
-    let r = app
-        .post_empty(&format!("/v1/orders/{id}/pay"), Some(&t))
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    id
-}
-
 #[tokio::test]
 async fn every_outcome_reaches_mysql_once() {
     let app = spawn_app_with(|c| c.payment_ttl = Duration::from_millis(800)).await;
     let sku = app.sale_product(20, None).await;
-    let paid = buy_and_pay(&app, 701, sku, 3).await;
+    let paid = app.buy_and_pay(701, sku, 3).await;
     let t = app.customer_token(702);
     let r = app
         .post(
@@ -180,7 +161,7 @@ async fn mysql_down_the_sale_goes_on_and_nothing_is_lost() {
     let writer = Writer::new(app.state.clone());
     let mut ids = Vec::new();
     for i in 0..500u64 {
-        ids.push(buy_and_pay(&app, 40_000 + i, sku, 1).await);
+        ids.push(app.buy_and_pay(40_000 + i, sku, 1).await);
         if i % 100 == 0 {
             let r = writer.run_once(&down, Fault::None).await;
             assert!(r.is_err(), "MySQL is down: nothing can be written");
@@ -235,7 +216,7 @@ async fn a_crash_between_commit_and_ack_applies_nothing_twice() {
     let app = spawn_app_with(|c| c.claim_idle = Duration::ZERO).await;
     let sku = app.sale_product(50, None).await;
     for i in 0..10 {
-        buy_and_pay(&app, 50_000 + i, sku, 2).await;
+        app.buy_and_pay(50_000 + i, sku, 2).await;
     }
     // The first worker commits to MySQL and dies before its Redis follow-up and its ack.
     let first = Writer::named(app.state.clone(), "worker-a");
@@ -291,7 +272,7 @@ async fn a_crash_between_commit_and_ack_applies_nothing_twice() {
 async fn reconcile_finds_a_planted_mismatch() {
     let app = spawn_app().await;
     let sku = app.sale_product(10, None).await;
-    buy_and_pay(&app, 801, sku, 2).await;
+    app.buy_and_pay(801, sku, 2).await;
     app.write_back().await;
     let checks = flashsale::reconcile::check(&app.state).await.unwrap();
     assert_eq!(checks.len(), 1);
@@ -338,7 +319,7 @@ async fn reconcile_finds_a_planted_mismatch() {
 async fn redis_flushed_rebuild_restores_without_overselling() {
     let app = spawn_app().await;
     let sku = app.sale_product(10, Some(4)).await;
-    buy_and_pay(&app, 901, sku, 3).await; // paid: 3
+    app.buy_and_pay(901, sku, 3).await; // paid: 3
     let t = app.customer_token(902);
     let r = app
         .post(
