@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 pub const ADMIN_PASSWORD: &str = "admin-test-password";
 
-fn mysql_base() -> String {
+pub(crate) fn mysql_base() -> String {
     std::env::var("FLASHSALE_TEST_MYSQL_BASE")
         .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
 }

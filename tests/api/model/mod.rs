@@ -13,7 +13,7 @@
 //! concurrent requests is the machine's, so a seed reproduces a run's shape, not its exact
 //! history: every discrepancy is printed with its seed, round and the round's operation log.
 
-mod faults;
+pub(crate) mod faults;
 mod reference;
 
 use std::collections::{BTreeMap, HashMap};
