@@ -204,7 +204,8 @@ pub async fn list_products(
 
 /// Runs `change` on a sku inside a MySQL transaction that holds the product's row lock, then
 /// mirrors the product's new catalog entry into Redis before committing. If Redis fails, MySQL
-/// rolls back: nothing changed. If the commit fails, the old entry goes back into Redis.
+/// rolls back: nothing changed. If the commit fails (or seems to: its answer may be lost), Redis
+/// gets what MySQL holds once that transaction is over.
 #[tracing::instrument(name = "mysql.transaction", level = "debug", skip_all,
     fields(otel.kind = "client", db.system = "mysql", db.operation.name = "change_product",
         sku = %sku))]
@@ -215,7 +216,7 @@ where
     ) -> std::pin::Pin<Box<dyn Future<Output = AppResult<()>> + Send + 'c>>,
 {
     let mut tx = state.db.begin().await?;
-    let old = db::lock_product(&mut tx, sku)
+    db::lock_product(&mut tx, sku)
         .await?
         .ok_or_else(|| no_product(sku))?;
     change(&mut tx).await?;
@@ -224,10 +225,27 @@ where
         .ok_or_else(|| no_product(sku))?;
     state.redis.set_meta(sku, &meta_of(&new)).await?;
     if let Err(e) = tx.commit().await {
-        if let Err(e2) = state.redis.set_meta(sku, &meta_of(&old)).await {
-            tracing::error!(%sku, error = %e2, "could not restore the Redis catalog entry");
-        }
-        return Err(e.into());
+        // The commit may have gone through with its answer lost: once the broken transaction
+        // is over (its row lock free), Redis gets what MySQL holds.
+        let e = AppError::from(e);
+        let state = state.clone();
+        let now = settle_in_background(sku, "catalog change", move || {
+            let state = state.clone();
+            async move {
+                let mut tx = state.db.begin().await?;
+                let row = db::lock_product(&mut tx, sku).await?;
+                if let Some(row) = &row {
+                    state.redis.set_meta(sku, &meta_of(row)).await?;
+                }
+                tx.rollback().await?;
+                AppResult::Ok(row)
+            }
+        });
+        return match now.await {
+            Some(Some(row)) if row == new => Ok(new),
+            Some(_) => Err(e),
+            None => Err(not_known_yet(sku, "catalog change", &e)),
+        };
     }
     Ok(new)
 }
@@ -408,57 +426,71 @@ struct Change {
 
 /// Settles a broken-off change: MySQL (its token row, once the transaction is over) says
 /// whether it happened; when it did not, Redis's part is taken back (lua/adjust_stock.lua: only
-/// if it was applied, at most once). Runs in a task of its own, tried until MySQL and Redis
-/// answer, so it finishes even when the request is gone; the request waits for it a short
-/// while. `Ok(())`: the change was committed after all.
+/// if it was applied, at most once). `Ok(())`: the change was committed after all.
 async fn settle_change(
     state: &AppState,
     change: Change,
     committed: Option<bool>,
     e: AppError,
 ) -> AppResult<()> {
-    let task = tokio::spawn(settle_until_known(state.clone(), change.clone(), committed));
-    match tokio::time::timeout(SETTLE_WAIT, task).await {
-        Ok(Ok(Ok(true))) => {
+    let (state2, sku) = (state.clone(), change.sku);
+    let done = settle_in_background(sku, "stock change", move || {
+        let (state, change) = (state2.clone(), change.clone());
+        async move { settle_once(&state, &change, committed).await }
+    });
+    match done.await {
+        Some(true) => {
             metrics::counter!("flashsale_stock_adjustments_total").increment(1);
             Ok(())
         }
-        Ok(Ok(Ok(false))) => Err(e),
-        _ => Err(AppError::Unavailable(format!(
-            "sku {}: the stock change's outcome is not known yet ({e}); it is settled in the \
-             background: read the stock again before repeating it",
-            change.sku
-        ))),
+        Some(false) => Err(e),
+        None => Err(not_known_yet(sku, "stock change", &e)),
     }
+}
+
+/// What a request answers when its broken-off change is still being settled.
+fn not_known_yet(sku: Sku, what: &str, e: &AppError) -> AppError {
+    AppError::Unavailable(format!(
+        "sku {sku}: the {what}'s outcome is not known yet ({e}); it is settled in the \
+         background: read it again before repeating it"
+    ))
 }
 
 /// How long a request waits for its broken-off change to be settled.
 const SETTLE_WAIT: Duration = Duration::from_secs(3);
 
-async fn settle_until_known(
-    state: AppState,
-    change: Change,
-    committed: Option<bool>,
-) -> AppResult<bool> {
-    let give_up = Instant::now() + Duration::from_secs(600);
-    let mut pause = Duration::from_millis(100);
-    loop {
-        match settle_once(&state, &change, committed).await {
-            Ok(done) => return Ok(done),
-            Err(e) if Instant::now() < give_up => {
-                tracing::warn!(sku = %change.sku, warehouse_id = change.warehouse_id,
-                    delta = change.delta, error = %e, "stock change not settled yet; trying again");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => {
-                tracing::error!(sku = %change.sku, warehouse_id = change.warehouse_id,
-                    delta = change.delta, error = %e,
-                    "gave up settling a stock change; run reconcile");
-                return Err(e);
+/// Runs `step` in a task of its own until it succeeds (ten minutes at most, then an error to
+/// run reconcile), so it finishes even when the request is gone; the request waits for it
+/// [`SETTLE_WAIT`] (`None`: not settled yet).
+async fn settle_in_background<T, F, Fut>(sku: Sku, what: &'static str, step: F) -> Option<T>
+where
+    T: Send + 'static,
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = AppResult<T>> + Send,
+{
+    let task = tokio::spawn(async move {
+        let give_up = Instant::now() + Duration::from_secs(600);
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match step().await {
+                Ok(done) => return Some(done),
+                Err(e) if Instant::now() < give_up => {
+                    tracing::warn!(%sku, error = %e, "{what} not settled yet; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::error!(%sku, error = %e, "gave up settling a {what}; run reconcile");
+                    return None;
+                }
             }
         }
-    }
+    });
+    tokio::time::timeout(SETTLE_WAIT, task)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten()
 }
 
 async fn settle_once(state: &AppState, c: &Change, committed: Option<bool>) -> AppResult<bool> {

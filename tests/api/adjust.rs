@@ -88,3 +88,40 @@ async fn a_stock_change_applies_and_is_taken_back_at_most_once() {
     assert_eq!(app.available(sku_n).await, 10);
     app.assert_identity(sku_n).await;
 }
+
+/// The same for a catalog change (price, sale window): Redis's entry is what MySQL committed,
+/// not the entry from before the change.
+#[tokio::test]
+async fn a_price_change_committed_while_its_connection_broke_is_what_redis_sells_at() {
+    use flashsale::domain::Sku;
+
+    let host = mysql_base().trim_start_matches("mysql://root@").to_string();
+    let proxy = Proxy::start(host.clone()).await;
+    let through = format!("127.0.0.1:{}", proxy.port);
+    let app = spawn_app_with(|c| c.mysql_url = c.mysql_url.replace(&host, &through)).await;
+    let sku = app.product("p", 100).await;
+
+    proxy.break_next_commit();
+    let path = format!("/v1/products/{sku}");
+    let r = app
+        .patch(
+            &path,
+            Some(&app.admin_token),
+            serde_json::json!({"price": 250}),
+        )
+        .await;
+    assert!(
+        !proxy.commit_trap_armed(),
+        "the change's COMMIT went through the trap"
+    );
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["price"], 250, "{:?}", r.body);
+    let metas = app
+        .state
+        .redis
+        .metas(&[Sku::parse(sku).unwrap()])
+        .await
+        .unwrap();
+    let meta = metas[0].clone().expect("the catalog entry is in Redis");
+    assert_eq!(meta.price, 250, "Redis sells at the committed price");
+}
