@@ -134,8 +134,9 @@ async fn mysql_i64(app: &TestApp, sql: &str) -> i64 {
         .unwrap()
 }
 
-/// Redis comes back from its persistence a little behind (README: with `appendfsync everysec`
-/// a crash of the Redis host loses up to a second of decisions), under the running service.
+/// Redis comes back from its persistence a little behind (docs/OPERATIONS.md: with
+/// `appendfsync everysec` a crash of the Redis host loses up to a second of decisions), under
+/// the running service.
 /// The order id counter is there, only lower, so next_order_id.lua hands out ids MySQL already
 /// holds for another customer; and the stock counters are those of before the sale that MySQL
 /// already recorded. Nothing notices: the service sells again what was sold, and the new order
@@ -443,10 +444,10 @@ async fn attack_event_stream_trim_drops_webhook_events_never_delivered() {
     );
 }
 
-/// The same Redis, back a moment behind, and the operator does what README says after a loss:
-/// `flashsale rebuild-cache` before traffic. It only loads skus whose counters are missing, so
-/// the stale counters stay, and `reconcile` is the only thing that sees it: the units MySQL
-/// recorded as sold are sold a second time.
+/// The same Redis, back a moment behind, and the operator does what docs/OPERATIONS.md says
+/// after a loss: `flashsale rebuild-cache` before traffic. It only loads skus whose counters are
+/// missing, so the stale counters stay, and `reconcile` is the only thing that sees it: the
+/// units MySQL recorded as sold are sold a second time.
 #[tokio::test]
 async fn attack_rebuild_cache_keeps_stale_counters_after_a_partial_loss() {
     let port = crate::process::free_port();

@@ -1,5 +1,5 @@
 //! The metrics tell the sale's story: a short sale, then every metric the dashboard and the
-//! README catalogue name is on `/metrics`; the ops files parse and fit together.
+//! catalogue in docs/OPERATIONS.md name is on `/metrics`; the ops files parse and fit together.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -69,7 +69,7 @@ pub fn alert_rules() -> Vec<(String, String)> {
 }
 
 #[tokio::test]
-async fn a_short_sale_exposes_every_metric_the_dashboard_and_readme_name() {
+async fn a_short_sale_exposes_every_metric_the_dashboard_and_catalogue_name() {
     let app = spawn_app_with(|c| c.payment_ttl = Duration::from_millis(300)).await;
     let sku = app.sale_product(3, Some(2)).await;
     let (a, b) = (app.customer_token(1), app.customer_token(2));
@@ -173,8 +173,8 @@ async fn a_short_sale_exposes_every_metric_the_dashboard_and_readme_name() {
         }
     }
 
-    let readme = repo_file("README.md");
-    let section = readme
+    let operations = repo_file("docs/OPERATIONS.md");
+    let section = operations
         .split("## Metrics")
         .nth(1)
         .unwrap()
@@ -200,7 +200,7 @@ async fn a_short_sale_exposes_every_metric_the_dashboard_and_readme_name() {
     let missing: Vec<_> = catalogue.iter().filter(|n| !have.contains(*n)).collect();
     assert!(
         missing.is_empty(),
-        "the README catalogues metrics /metrics lacks: {missing:?}"
+        "docs/OPERATIONS.md catalogues metrics /metrics lacks: {missing:?}"
     );
     // And the other way round: nothing is exported that the catalogue does not describe.
     let undocumented: Vec<_> = have
@@ -215,7 +215,7 @@ async fn a_short_sale_exposes_every_metric_the_dashboard_and_readme_name() {
         .collect();
     assert!(
         undocumented.is_empty(),
-        "exported but not in the README catalogue: {undocumented:?}"
+        "exported but not in the catalogue of docs/OPERATIONS.md: {undocumented:?}"
     );
 }
 
