@@ -227,10 +227,12 @@ impl TestApp {
         r.expect(StatusCode::OK)
     }
 
-    /// `GET /v1/products/{sku}/stocks`: (warehouse_id, units) per warehouse.
+    /// `GET /v1/products/{sku}/stocks` (checking that it names `sku`): (warehouse_id, units)
+    /// per warehouse.
     pub async fn stocks(&self, sku: u64) -> Vec<(u64, i64)> {
         let r = self.get(&format!("/v1/products/{sku}/stocks"), None).await;
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        assert_eq!(r.body["sku"], sku, "{:?}", r.body);
         r.body["stocks"]
             .as_array()
             .unwrap()
