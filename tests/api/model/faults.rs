@@ -410,7 +410,7 @@ pub struct ServiceProc {
 
 impl ServiceProc {
     pub async fn start(cfg: &flashsale::config::Config) -> ServiceProc {
-        let port = crate::process::free_port();
+        let port = crate::helpers::free_port();
         let d = |d: Duration| format!("{}ms", d.as_millis());
         let env: Vec<(String, String)> = [
             ("FLASHSALE_MYSQL_URL", cfg.mysql_url.clone()),

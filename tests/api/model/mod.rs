@@ -838,7 +838,7 @@ impl World {
 }
 
 async fn setup(seed: u64, child: bool) -> (World, Model) {
-    let redis = RedisProc::start(crate::process::free_port()).await;
+    let redis = RedisProc::start(crate::helpers::free_port()).await;
     let proxy = Proxy::start("127.0.0.1:3306".into()).await;
     let base = mysql_base();
     let host = base.trim_start_matches("mysql://root@").to_string();
