@@ -725,10 +725,14 @@ impl World {
             self.dead_seen = dead;
         }
         let seen = &mut seen;
-        // Orders: retried a few times, as a sweep may be finishing an expiry meanwhile.
+        // Orders: an expiry can land between reading MySQL and reading Redis (the sweeper
+        // expires, the write-back follows). A problem counts once two readings in a row, with a
+        // drain between, find the same problems; until then (at most 8 readings) it is read
+        // again.
         let mut order_problems = Vec::new();
         let mut stored = BTreeMap::new();
-        for attempt in 0..4 {
+        let mut previous: Option<Vec<(u64, &'static str)>> = None;
+        for attempt in 0..8 {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(400)).await;
                 drain(&self.app, Duration::from_secs(10)).await;
@@ -784,6 +788,12 @@ impl World {
             if order_problems.is_empty() {
                 break;
             }
+            let now: Vec<(u64, &'static str)> =
+                order_problems.iter().map(|(id, k, _)| (*id, *k)).collect();
+            if previous.as_ref() == Some(&now) {
+                break;
+            }
+            previous = Some(now);
         }
         for (id, k, d) in order_problems {
             seen.insert(format!("order:{id}"));
