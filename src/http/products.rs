@@ -29,7 +29,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 fn sku(raw: u64) -> AppResult<Sku> {
-    Sku::parse(raw)
+    Ok(Sku::parse(raw)?)
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -10,6 +10,7 @@ use sqlx::MySqlConnection;
 use crate::app::AppState;
 use crate::domain::{Price, ProductName, SaleWindow, Sku, StockDelta, WarehouseName};
 use crate::error::{AppError, AppResult};
+use crate::store::mysql::DbResult;
 use crate::store::mysql::catalog::{self as db, ProductRow};
 use crate::store::mysql::orders as orders_db;
 use crate::store::redis::{AdjustOutcome, SaleMeta, SkuLoad, SkuMeta, StockSnapshot};
@@ -213,7 +214,7 @@ async fn change_product<F>(state: &AppState, sku: Sku, change: F) -> AppResult<P
 where
     F: for<'c> FnOnce(
         &'c mut MySqlConnection,
-    ) -> std::pin::Pin<Box<dyn Future<Output = AppResult<()>> + Send + 'c>>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = DbResult<()>> + Send + 'c>>,
 {
     let mut tx = state.db.begin().await?;
     db::lock_product(&mut tx, sku)
