@@ -8,7 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::{AuthUser, Json, Path, Query};
-use super::openapi::{E401, E413, E429, E500, E503, ErrorEnvelope};
+use super::openapi::{E401, E413, ErrorEnvelope, RateLimited, ServerErrors};
 use crate::app::AppState;
 use crate::domain::{Count, Sku};
 use crate::error::AppResult;
@@ -34,11 +34,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 200, description = "The cart, with the catalog's current names and prices.",
             body = CartView),
         (status = 401, description = E401, body = ErrorEnvelope),
-        (status = 429, description = E429, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        RateLimited,
+        ServerErrors,
     )
 )]
 async fn get_cart(
@@ -91,11 +88,8 @@ pub struct AddItemRequest {
             example = json!({"error": {"code": "out_of_stock",
                 "message": "sku 1002: 0 available, 2 requested"}})),
         (status = 413, description = E413, body = ErrorEnvelope),
-        (status = 429, description = E429, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        RateLimited,
+        ServerErrors,
     )
 )]
 async fn add_cart_item(
@@ -138,11 +132,8 @@ pub struct RemoveParams {
             1..=4294967295, `count` outside 1..=65535, or an unknown parameter.",
             body = ErrorEnvelope),
         (status = 401, description = E401, body = ErrorEnvelope),
-        (status = 429, description = E429, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        RateLimited,
+        ServerErrors,
     )
 )]
 async fn remove_cart_item(
@@ -170,11 +161,8 @@ async fn remove_cart_item(
     responses(
         (status = 204, description = "The cart is empty; every hold was released."),
         (status = 401, description = E401, body = ErrorEnvelope),
-        (status = 429, description = E429, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        RateLimited,
+        ServerErrors,
     )
 )]
 async fn clear_cart(State(state): State<AppState>, user: AuthUser) -> AppResult<StatusCode> {

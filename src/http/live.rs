@@ -18,7 +18,7 @@ use rand::Rng;
 use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, watch};
-use utoipa::ToSchema;
+use utoipa::{IntoResponses, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -45,6 +45,22 @@ const E429_LIVE: &str = "`rate_limited`: this client address already holds \
      `FLASHSALE_LIVE_MAX_PER_CLIENT` live streams (64), or opened more streams than its rate \
      limit allows. Retry after the `Retry-After` seconds, or show the plain catalog \
      (`GET /v1/products`).";
+
+/// [`super::openapi::RateLimited`] of the live streams, which count open streams too.
+#[derive(IntoResponses)]
+#[response(status = 429, description = E429_LIVE,
+    headers(("Retry-After" = u32, description = "Seconds to wait.")))]
+pub struct LiveRateLimited(pub ErrorEnvelope);
+
+/// [`super::openapi::ServerErrors`] of the live streams, which also refuse past their cap.
+#[derive(IntoResponses)]
+pub enum LiveServerErrors {
+    #[response(status = 500, description = E500)]
+    Internal(ErrorEnvelope),
+    #[response(status = 503, description = E503_LIVE,
+        headers(("Retry-After" = u32, description = "Seconds to wait: 1.")))]
+    Unavailable(ErrorEnvelope),
+}
 
 /// The data of a `stock` event.
 #[derive(Serialize, ToSchema)]
@@ -86,11 +102,8 @@ pub struct SalesSnapshot {
             example = json!("event: stock\nid: 7\ndata: {\"sku\":1002,\"available\":3}\n\n")),
         (status = 400, description = E400_SKU, body = ErrorEnvelope),
         (status = 404, description = E404_SKU, body = ErrorEnvelope),
-        (status = 429, description = E429_LIVE, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503_LIVE, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        LiveRateLimited,
+        LiveServerErrors,
     )
 )]
 async fn sku_stream(
@@ -137,11 +150,8 @@ async fn sku_stream(
             then `stock` events (`StockEvent` data).",
             content_type = "text/event-stream", body = String,
             example = json!("event: snapshot\nid: 7\ndata: {\"server_time\":\"2026-12-12T11:59:30Z\",\"sales\":[]}\n\n")),
-        (status = 429, description = E429_LIVE, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503_LIVE, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        LiveRateLimited,
+        LiveServerErrors,
     )
 )]
 async fn sales_stream(

@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 
 use super::extract::{AuthUser, IdempotencyKey, Json, Path, Query};
 use super::idempotency;
-use super::openapi::{E401, E413, E429, E500, E503, ErrorEnvelope};
+use super::openapi::{E401, E413, ErrorEnvelope, RateLimited, ServerErrors};
 use crate::app::AppState;
 use crate::domain::{Count, OrderStatus, Sku};
 use crate::error::{AppError, AppResult};
@@ -102,11 +102,8 @@ fn json_of(
             example = json!({"error": {"code": "out_of_stock",
                 "message": "sku 1003: 0 available, 2 requested; order 17 failed and holds nothing",
                 "order_id": 17}})),
-        (status = 429, description = E429, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        RateLimited,
+        ServerErrors,
     )
 )]
 async fn create_order(
@@ -201,11 +198,8 @@ pub struct BuyNowRequest {
             an `Idempotency-Key` whose first request is still running after 15 s.",
             body = ErrorEnvelope),
         (status = 413, description = E413, body = ErrorEnvelope),
-        (status = 429, description = E429, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        RateLimited,
+        ServerErrors,
     )
 )]
 async fn buy_now(
@@ -286,11 +280,8 @@ pub struct OrderPage {
             1..=100, a parameter that is not a number, or an unknown parameter.",
             body = ErrorEnvelope),
         (status = 401, description = E401, body = ErrorEnvelope),
-        (status = 429, description = E429, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        RateLimited,
+        ServerErrors,
     )
 )]
 async fn list_orders(
@@ -348,11 +339,8 @@ async fn list_orders(
         (status = 401, description = E401, body = ErrorEnvelope),
         (status = 404, description = "`not_found`: no such order of the caller's (another \
             customer's order is not found either).", body = ErrorEnvelope),
-        (status = 429, description = E429, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        RateLimited,
+        ServerErrors,
     )
 )]
 async fn get_order(
@@ -429,11 +417,8 @@ pub struct PayRequest {
             an `Idempotency-Key` whose first request is still running after 15 s.",
             body = ErrorEnvelope),
         (status = 413, description = E413, body = ErrorEnvelope),
-        (status = 429, description = E429, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        RateLimited,
+        ServerErrors,
     )
 )]
 async fn pay_order(
@@ -525,11 +510,8 @@ async fn pay_order(
         (status = 409, description = "`order_not_cancellable`: the order is paid or failed; \
             `request_in_progress`: a repeat of an `Idempotency-Key` whose first request is still \
             running after 15 s.", body = ErrorEnvelope),
-        (status = 429, description = E429, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        RateLimited,
+        ServerErrors,
     )
 )]
 async fn cancel_order(

@@ -9,7 +9,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::{AdminUser, Json, Path, Query};
-use super::openapi::{E400_BODY, E400_SKU, E401, E403, E404_SKU, E413, E500, E503, ErrorEnvelope};
+use super::openapi::{
+    E400_BODY, E400_SKU, E401, E403, E404_SKU, E413, ErrorEnvelope, ServerErrors,
+};
 use crate::app::AppState;
 use crate::domain::{Price, ProductName, SaleWindow, Sku, StockDelta, WarehouseName};
 use crate::error::{AppError, AppResult};
@@ -74,9 +76,7 @@ pub struct CreateProductRequest {
         (status = 409, description = "`already_exists`: a product has that sku.",
             body = ErrorEnvelope),
         (status = 413, description = E413, body = ErrorEnvelope),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        ServerErrors,
     )
 )]
 async fn create_product(
@@ -128,9 +128,7 @@ pub struct ProductPage {
         (status = 200, description = "A page of products.", body = ProductPage),
         (status = 400, description = "`invalid_request`: `limit` outside 1..=200, a parameter \
             that is not a number, or an unknown parameter.", body = ErrorEnvelope),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        ServerErrors,
     )
 )]
 async fn list_products(
@@ -164,9 +162,7 @@ async fn list_products(
         (status = 200, description = "The product.", body = ProductView),
         (status = 400, description = E400_SKU, body = ErrorEnvelope),
         (status = 404, description = E404_SKU, body = ErrorEnvelope),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        ServerErrors,
     )
 )]
 async fn get_product(
@@ -220,9 +216,7 @@ pub struct UpdateProductRequest {
         (status = 403, description = E403, body = ErrorEnvelope),
         (status = 404, description = E404_SKU, body = ErrorEnvelope),
         (status = 413, description = E413, body = ErrorEnvelope),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        ServerErrors,
     )
 )]
 async fn update_product(
@@ -275,9 +269,7 @@ pub struct CreateWarehouseRequest {
         (status = 409, description = "`already_exists`: a warehouse has that name.",
             body = ErrorEnvelope),
         (status = 413, description = E413, body = ErrorEnvelope),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        ServerErrors,
     )
 )]
 async fn create_warehouse(
@@ -337,9 +329,7 @@ pub struct AdjustStockRequest {
         (status = 409, description = "`out_of_stock`: the removal asks for more units than are \
             available in that warehouse; nothing changed.", body = ErrorEnvelope),
         (status = 413, description = E413, body = ErrorEnvelope),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        ServerErrors,
     )
 )]
 async fn adjust_stock(
@@ -378,9 +368,7 @@ pub struct Stocks {
         (status = 200, description = "Available units per warehouse.", body = Stocks),
         (status = 400, description = E400_SKU, body = ErrorEnvelope),
         (status = 404, description = E404_SKU, body = ErrorEnvelope),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        ServerErrors,
     )
 )]
 async fn get_stocks(
@@ -452,9 +440,7 @@ pub struct PutSaleRequest {
         (status = 403, description = E403, body = ErrorEnvelope),
         (status = 404, description = E404_SKU, body = ErrorEnvelope),
         (status = 413, description = E413, body = ErrorEnvelope),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        ServerErrors,
     )
 )]
 async fn put_sale(
@@ -492,9 +478,7 @@ async fn put_sale(
         (status = 401, description = E401, body = ErrorEnvelope),
         (status = 403, description = E403, body = ErrorEnvelope),
         (status = 404, description = E404_SKU, body = ErrorEnvelope),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        ServerErrors,
     )
 )]
 async fn delete_sale(
@@ -526,9 +510,7 @@ async fn delete_sale(
         (status = 401, description = E401, body = ErrorEnvelope),
         (status = 403, description = E403, body = ErrorEnvelope),
         (status = 404, description = E404_SKU, body = ErrorEnvelope),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        ServerErrors,
     )
 )]
 async fn get_sales_report(

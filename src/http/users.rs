@@ -9,7 +9,9 @@ use utoipa_axum::routes;
 
 use super::extract::{AuthUser, Json};
 use super::limits::{self, ClientIp};
-use super::openapi::{E400_BODY, E413, E429_LOGIN, E500, E503, E503_LOGIN, ErrorEnvelope};
+use super::openapi::{
+    E400_BODY, E413, ErrorEnvelope, LoginRateLimited, LoginServerErrors, ServerErrors,
+};
 use crate::app::AppState;
 use crate::auth;
 use crate::domain::{Password, Role, Username};
@@ -62,11 +64,8 @@ pub struct UserCreated {
             example = json!({"error": {"code": "already_exists",
                 "message": "username \"alice\" is taken"}})),
         (status = 413, description = E413, body = ErrorEnvelope),
-        (status = 429, description = E429_LOGIN, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503_LOGIN, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        LoginRateLimited,
+        LoginServerErrors,
     )
 )]
 async fn create_user(
@@ -124,11 +123,8 @@ pub struct Token {
         (status = 401, description = "`unauthenticated`: wrong username or password.",
             body = ErrorEnvelope),
         (status = 413, description = E413, body = ErrorEnvelope),
-        (status = 429, description = E429_LOGIN, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503_LOGIN, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        LoginRateLimited,
+        LoginServerErrors,
     )
 )]
 async fn create_token(
@@ -195,9 +191,7 @@ pub struct Me {
         (status = 200, description = "The caller's account.", body = Me),
         (status = 401, description = "`unauthenticated`: no, malformed, bad or expired bearer \
             token, or the token's user no longer exists.", body = ErrorEnvelope),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        ServerErrors,
     )
 )]
 async fn get_me(State(state): State<AppState>, user: AuthUser) -> AppResult<axum::Json<Me>> {
