@@ -47,7 +47,7 @@ impl std::fmt::Debug for Password {
 }
 
 /// A user's role: `admin` manages the catalog; `customer` buys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Customer,

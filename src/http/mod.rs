@@ -10,6 +10,7 @@ pub mod openapi;
 pub mod ops;
 pub mod orders;
 pub mod products;
+pub mod responses;
 pub mod users;
 pub mod web;
 

@@ -22,7 +22,7 @@ pub const E401: &str = "`unauthenticated`: no, malformed, bad or expired bearer 
 pub const E403: &str = "`forbidden`: the token is a customer's; this route is for admins.";
 pub const E413: &str = "`payload_too_large`: the body is larger than the configured limit.";
 pub const E404_SKU: &str = "`not_found`: no product with that sku.";
-pub const E500: &str = "`internal`: a bug; logged with its cause, answered without it.";
+const E500: &str = "`internal`: a bug; logged with its cause, answered without it.";
 const E429: &str = "`rate_limited`: too many requests from this customer or client \
      address; nothing was changed. Retry after the `Retry-After` seconds.";
 const E429_LOGIN: &str = "`rate_limited`: too many attempts from this client address, or \
@@ -40,15 +40,16 @@ const E503_LOGIN: &str = "`unavailable`: Redis or MySQL is unreachable (while Re
     headers(("Retry-After" = u32, description = "Seconds to wait.")))]
 pub struct RateLimited(pub ErrorEnvelope);
 
-/// The 500 and 503 every route that reads Redis or MySQL can answer.
+/// The 500 every route can answer.
 #[derive(IntoResponses)]
-pub enum ServerErrors {
-    #[response(status = 500, description = E500)]
-    Internal(ErrorEnvelope),
-    #[response(status = 503, description = E503,
-        headers(("Retry-After" = u32, description = "Seconds to wait: 1.")))]
-    Unavailable(ErrorEnvelope),
-}
+#[response(status = 500, description = E500)]
+pub struct Internal(pub ErrorEnvelope);
+
+/// The 503 of the routes that read Redis or MySQL.
+#[derive(IntoResponses)]
+#[response(status = 503, description = E503,
+    headers(("Retry-After" = u32, description = "Seconds to wait: 1.")))]
+pub struct Unavailable(pub ErrorEnvelope);
 
 /// [`RateLimited`] of sign-up and sign-in, which also count failed logins.
 #[derive(IntoResponses)]
@@ -56,15 +57,11 @@ pub enum ServerErrors {
     headers(("Retry-After" = u32, description = "Seconds to wait.")))]
 pub struct LoginRateLimited(pub ErrorEnvelope);
 
-/// [`ServerErrors`] of sign-up and sign-in, which are refused while attempts cannot be counted.
+/// [`Unavailable`] of sign-up and sign-in, refused while attempts cannot be counted.
 #[derive(IntoResponses)]
-pub enum LoginServerErrors {
-    #[response(status = 500, description = E500)]
-    Internal(ErrorEnvelope),
-    #[response(status = 503, description = E503_LOGIN,
-        headers(("Retry-After" = u32, description = "Seconds to wait: 1.")))]
-    Unavailable(ErrorEnvelope),
-}
+#[response(status = 503, description = E503_LOGIN,
+    headers(("Retry-After" = u32, description = "Seconds to wait: 1.")))]
+pub struct LoginUnavailable(pub ErrorEnvelope);
 
 const DESCRIPTION: &str = "\
 A flash-sale back end: atomic Redis reservations, MySQL as the source of truth.

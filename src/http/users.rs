@@ -10,8 +10,9 @@ use utoipa_axum::routes;
 use super::extract::{AuthUser, Json};
 use super::limits::{self, ClientIp};
 use super::openapi::{
-    E400_BODY, E413, ErrorEnvelope, LoginRateLimited, LoginServerErrors, ServerErrors,
+    E400_BODY, E413, ErrorEnvelope, Internal, LoginRateLimited, LoginUnavailable, Unavailable,
 };
+use super::responses::Role as RoleSchema;
 use crate::app::AppState;
 use crate::auth;
 use crate::domain::{Password, Role, Username};
@@ -65,7 +66,8 @@ pub struct UserCreated {
                 "message": "username \"alice\" is taken"}})),
         (status = 413, description = E413, body = ErrorEnvelope),
         LoginRateLimited,
-        LoginServerErrors,
+        Internal,
+        LoginUnavailable,
     )
 )]
 async fn create_user(
@@ -124,7 +126,8 @@ pub struct Token {
             body = ErrorEnvelope),
         (status = 413, description = E413, body = ErrorEnvelope),
         LoginRateLimited,
-        LoginServerErrors,
+        Internal,
+        LoginUnavailable,
     )
 )]
 async fn create_token(
@@ -176,7 +179,7 @@ async fn create_token(
 pub struct Me {
     user_id: u64,
     username: String,
-    role: Role,
+    role: RoleSchema,
 }
 
 /// The caller's account
@@ -191,7 +194,8 @@ pub struct Me {
         (status = 200, description = "The caller's account.", body = Me),
         (status = 401, description = "`unauthenticated`: no, malformed, bad or expired bearer \
             token, or the token's user no longer exists.", body = ErrorEnvelope),
-        ServerErrors,
+        Internal,
+        Unavailable,
     )
 )]
 async fn get_me(State(state): State<AppState>, user: AuthUser) -> AppResult<axum::Json<Me>> {
@@ -200,7 +204,7 @@ async fn get_me(State(state): State<AppState>, user: AuthUser) -> AppResult<axum
         .ok_or_else(|| AppError::Unauthenticated("the token's user no longer exists".into()))?;
     Ok(axum::Json(Me {
         user_id: row.id,
-        role: row.role(),
+        role: row.role().into(),
         username: row.username,
     }))
 }
