@@ -17,8 +17,7 @@ mod views;
 pub use process::{OwnRedis, Service, eventually, free_port, start_service, start_service_env};
 pub use spawn::{
     ADMIN_PASSWORD, Resp, TestApp, drop_database, mysql_base, partial_request, spawn_app,
-    spawn_app_with,
-    test_config, test_names,
+    spawn_app_with, test_config, test_names,
 };
 // The answers' types, for the tests that name them.
 #[allow(unused_imports)]
