@@ -1,8 +1,6 @@
 //! `flashsale reconcile` and `flashsale rebuild-cache`: Redis checked against MySQL per sku, and
 //! Redis rebuilt from MySQL after it lost its data.
 
-use std::collections::HashMap;
-
 use redis::AsyncCommands;
 
 use crate::app::AppState;
@@ -70,7 +68,7 @@ pub async fn check_sku(state: &AppState, sku: Sku) -> AppResult<SkuCheck> {
         .map(|(_, n)| *n as i64)
         .sum();
     drop(conn);
-    let Some(stock) = state.redis.stock(sku).await? else {
+    let Some((stock, ledgers)) = state.redis.stock_with_ledgers(sku).await? else {
         return Ok(c);
     };
     c.loaded = true;
@@ -78,12 +76,9 @@ pub async fn check_sku(state: &AppState, sku: Sku) -> AppResult<SkuCheck> {
     c.held = stock.held;
     c.reserved = stock.reserved;
     c.sold = stock.sold;
-    let k = state.redis.keys.sku(sku);
-    let mut r = state.redis.conn();
-    let ledger: HashMap<String, String> = r.hgetall(k.res()).await?;
-    let sold_ledger: HashMap<String, String> = r.hgetall(k.sold()).await?;
+    let (ledger, sold_ledger) = (&ledgers.res, &ledgers.sold);
     let (mut held, mut reserved) = (0, 0);
-    for (rid, v) in &ledger {
+    for (rid, v) in ledger {
         if rid.starts_with("h:") {
             held += entry_count(v);
         } else {

@@ -656,6 +656,31 @@ impl Redis {
         Ok(Some(StockSnapshot::from_fields(flat)))
     }
 
+    /// The sku's counters with its ledgers (reservations, unwritten sold lines), read in one
+    /// atomic step: a sweep or a sale between separate reads would show counters and ledgers
+    /// apart though each script keeps them together. `None` when not loaded.
+    pub async fn stock_with_ledgers(
+        &self,
+        sku: Sku,
+    ) -> AppResult<Option<(StockSnapshot, SkuLedgers)>> {
+        let k = self.keys.sku(sku);
+        type Fields = HashMap<String, String>;
+        let (flat, res, sold): (Vec<(String, i64)>, Fields, Fields) = redis::pipe()
+            .atomic()
+            .hgetall(k.stock())
+            .hgetall(k.res())
+            .hgetall(k.sold())
+            .query_async(&mut self.conn())
+            .await?;
+        if flat.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some((
+            StockSnapshot::from_fields(flat),
+            SkuLedgers { res, sold },
+        )))
+    }
+
     // ---- reservations ------------------------------------------------------------------
 
     pub async fn reserve(&self, req: ReserveRequest) -> AppResult<ReserveOutcome> {
@@ -1689,6 +1714,13 @@ pub enum ConvertOutcome {
         unit_price: u64,
     },
     NotLoaded,
+}
+
+/// A sku's ledgers: `res` (rid -> `user|count|alloc`), `sold` (paid lines not yet written).
+#[derive(Debug, Clone, Default)]
+pub struct SkuLedgers {
+    pub res: HashMap<String, String>,
+    pub sold: HashMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
