@@ -4,9 +4,8 @@
 use chrono::{DateTime, NaiveDateTime, Utc};
 use sqlx::{MySqlConnection, MySqlPool};
 
-use crate::domain::{OrderItem, Sku};
+use crate::domain::{OrderItem, OutboxEvent, Sku};
 use crate::error::{AppError, AppResult};
-use crate::store::redis::outbox::OutboxEvent;
 
 fn naive(ms: i64) -> NaiveDateTime {
     DateTime::from_timestamp_millis(ms)
