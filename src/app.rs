@@ -22,9 +22,6 @@ use crate::{http, live, telemetry, worker};
 pub struct AppState {
     pub db: MySqlPool,
     pub redis: Redis,
-    /// Connections that one task holds alone: blocking stream reads (the outbox worker, the
-    /// webhook sender), which must not stall the shared multiplexed connection.
-    pub blocking: deadpool_redis::Pool,
     /// This instance's name among the outbox consumers.
     pub instance: Arc<str>,
     pub jwt: Arc<Jwt>,
@@ -59,13 +56,6 @@ impl AppState {
         };
         let db = mysql::connect_and_migrate(&cfg).await?;
         let redis = Redis::connect(&cfg)?;
-        let blocking = deadpool_redis::Config::from_url(cfg.redis_url.clone())
-            .builder()
-            .map_err(|e| anyhow::anyhow!("redis pool: {e}"))?
-            .max_size(4)
-            .runtime(deadpool_redis::Runtime::Tokio1)
-            .build()
-            .map_err(|e| anyhow::anyhow!("redis pool: {e}"))?;
         let jwt = Arc::new(Jwt::new(secret.as_bytes(), cfg.token_ttl));
         let instance = format!(
             "{}-{}-{:04x}",
@@ -76,7 +66,6 @@ impl AppState {
         Ok(AppState {
             db,
             redis,
-            blocking,
             instance: instance.into(),
             jwt,
             // The recorder first: the hub registers its metrics.

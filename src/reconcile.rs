@@ -1,10 +1,6 @@
 //! `flashsale reconcile` and `flashsale rebuild-cache`: Redis checked against MySQL per sku, and
 //! Redis rebuilt from MySQL after it lost its data.
 
-use std::collections::HashMap;
-
-use redis::AsyncCommands;
-
 use crate::app::AppState;
 use crate::domain::OrderStatus;
 use crate::domain::Sku;
@@ -78,10 +74,7 @@ pub async fn check_sku(state: &AppState, sku: Sku) -> AppResult<SkuCheck> {
     c.held = stock.held;
     c.reserved = stock.reserved;
     c.sold = stock.sold;
-    let k = state.redis.keys.sku(sku);
-    let mut r = state.redis.conn();
-    let ledger: HashMap<String, String> = r.hgetall(k.res()).await?;
-    let sold_ledger: HashMap<String, String> = r.hgetall(k.sold()).await?;
+    let (ledger, sold_ledger) = state.redis.ledgers(sku).await?;
     let (mut held, mut reserved) = (0, 0);
     for (rid, v) in &ledger {
         if rid.starts_with("h:") {
@@ -283,14 +276,9 @@ pub async fn rebuild_cache(state: &AppState) -> AppResult<RebuildReport> {
                 .await?;
             continue;
         }
-        let _: () = state
+        state
             .redis
-            .conn()
-            .zadd(
-                state.redis.keys.user_orders(order.user_id),
-                order.id,
-                order.id as f64,
-            )
+            .index_user_order(order.user_id, order.id)
             .await?;
         for item in items {
             let sku = Sku::parse(u64::from(item.sku))?;

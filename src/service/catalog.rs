@@ -7,10 +7,11 @@ use sqlx::MySqlConnection;
 
 use crate::app::AppState;
 use crate::domain::{Price, ProductName, SaleWindow, Sku, StockDelta, WarehouseName};
+use crate::domain::{SaleMeta, SkuMeta};
 use crate::error::{AppError, AppResult};
 use crate::store::mysql::catalog::{self as db, ProductRow};
 use crate::store::mysql::orders as orders_db;
-use crate::store::redis::{AdjustOutcome, SaleMeta, SkuLoad, SkuMeta, StockSnapshot};
+use crate::store::redis::{AdjustOutcome, SkuLoad, StockSnapshot};
 
 /// A product as the catalog shows it: `available` counts the units that can still be bought.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
