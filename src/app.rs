@@ -14,9 +14,10 @@ use crate::auth::{self, Jwt};
 use crate::config::{Config, DEV_ADMIN_PASSWORD};
 use crate::domain::{Password, Role, Username};
 use crate::error::AppError;
+use crate::service::live::Hub;
 use crate::store::mysql;
 use crate::store::redis::Redis;
-use crate::{http, live, telemetry, worker};
+use crate::{http, telemetry, worker};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -27,8 +28,8 @@ pub struct AppState {
     pub jwt: Arc<Jwt>,
     pub cfg: Arc<Config>,
     pub metrics: PrometheusHandle,
-    /// Live stock for the SSE streams (`live::run` feeds it).
-    pub live: Arc<live::Hub>,
+    /// Live stock for the SSE streams (`worker::live::run` feeds it).
+    pub live: Arc<Hub>,
     /// Product lookups that reach MySQL: unknown skus remembered, loads done once.
     pub lookups: Arc<crate::service::lookups::Lookups>,
 }
@@ -70,7 +71,7 @@ impl AppState {
             jwt,
             // The recorder first: the hub registers its metrics.
             metrics: telemetry::metrics_handle(),
-            live: Arc::new(live::Hub::new(
+            live: Arc::new(Hub::new(
                 cfg.live_max_watchers,
                 cfg.live_max_per_client,
                 cfg.live_resync,
@@ -138,7 +139,7 @@ impl Application {
             .webhook_url
             .is_some()
             .then(|| tokio::spawn(worker::webhooks::run(self.state.clone(), stop_rx.clone())));
-        let live = tokio::spawn(live::run(self.state.clone(), stop_rx.clone()));
+        let live = tokio::spawn(worker::live::run(self.state.clone(), stop_rx.clone()));
         // Live streams never end by themselves: end them when the shutdown starts, so the
         // graceful shutdown does not wait for them.
         let hub = self.state.live.clone();

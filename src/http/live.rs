@@ -28,8 +28,8 @@ use super::openapi::{E400_SKU, E404_SKU, E500, ErrorEnvelope};
 use crate::app::AppState;
 use crate::domain::Sku;
 use crate::error::AppResult;
-use crate::live::{Batch, Hub, SalesList, WatchGuard};
-use crate::service::catalog::{ProductView, view};
+use crate::service::catalog::{self, ProductView, view};
+use crate::service::live::{Batch, Hub, SalesList, WatchGuard};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::default()
@@ -103,7 +103,9 @@ async fn sku_stream(
     let guard = hub.watch_sku(sku.get(), ip)?;
     let batches = hub.subscribe();
     let seq = hub.seq();
-    let available = hub.first_count(&state, sku).await?;
+    let available = hub
+        .first_count(sku, catalog::available(&state, sku))
+        .await?;
     let first = stock_event(seq, sku.get(), available).retry(reconnect_delay());
     Ok(respond(
         &state,
@@ -153,7 +155,9 @@ async fn sales_stream(
     let batches = hub.subscribe();
     let mut sales = hub.sales_changes();
     let seq = hub.seq();
-    let list = hub.sales_list(&state).await?;
+    let list = hub
+        .sales_list(&state.db, |sku| catalog::available(&state, sku))
+        .await?;
     sales.mark_unchanged();
     let first = snapshot_event(&hub, seq, &list).retry(reconnect_delay());
     Ok(respond(

@@ -159,6 +159,11 @@ pub async fn counters(state: &AppState, sku: Sku) -> AppResult<StockSnapshot> {
         .ok_or_else(|| AppError::internal(format!("sku {sku}: counters vanished after loading")))
 }
 
+/// A sku's available count (see [`counters`]).
+pub async fn available(state: &AppState, sku: Sku) -> AppResult<i64> {
+    Ok(counters(state, sku).await?.available)
+}
+
 pub async fn create_product(
     state: &AppState,
     sku: Option<Sku>,
