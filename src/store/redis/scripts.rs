@@ -1,7 +1,7 @@
 //! The Lua scripts of lua/, each prefixed with lua/lib.lua, built once and called by SHA
 //! (EVALSHA, loading the script on NOSCRIPT). Each script's body runs inside a function, after
 //! which `live_publish()` (lua/lib.lua) announces the sku's new `avail` once if the body changed
-//! it: the live stock streams (src/live.rs) follow those announcements.
+//! it: the live stock feed (src/worker/live.rs) follows those announcements.
 
 use std::time::Instant;
 
