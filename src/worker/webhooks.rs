@@ -176,20 +176,6 @@ impl Webhooks {
         Ok(d.stats)
     }
 
-    /// Reads up to `count`: `id` "0" (or the last id seen) for this consumer's pending
-    /// entries, ">" for new ones; `block` waits for new ones on a pooled connection of its own.
-    async fn read(
-        &self,
-        id: &str,
-        count: usize,
-        block: Option<Duration>,
-    ) -> AppResult<Vec<StreamEntry>> {
-        match id {
-            ">" => self.stream.read_new(count, block).await,
-            after => self.stream.read_pending(after, count).await,
-        }
-    }
-
     /// Takes over up to `count` entries that sat unacknowledged at any consumer for
     /// `claim_idle`.
     async fn claim(&self, count: usize) -> AppResult<Vec<StreamEntry>> {
@@ -400,7 +386,7 @@ impl<'a> Dispatch<'a> {
         let hooks = self.hooks;
         let mut entries = Vec::new();
         if let Some(after) = self.pending_after.take() {
-            entries = hooks.read(&after, free, None).await?;
+            entries = hooks.stream.read_pending(&after, free).await?;
             self.pending_after = entries.last().map(|e| e.id.clone());
         } else if self
             .last_claim
@@ -412,7 +398,8 @@ impl<'a> Dispatch<'a> {
         if entries.is_empty() && self.pending_after.is_none() {
             let idle = self.in_flight.is_empty() && self.waiting.is_empty();
             entries = hooks
-                .read(">", free, (block && idle).then_some(BLOCK))
+                .stream
+                .read_new(free, (block && idle).then_some(BLOCK))
                 .await?;
         }
         let read = entries.len();

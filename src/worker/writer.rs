@@ -244,14 +244,14 @@ impl Writer {
         self.ensure_groups().await?;
         let mut total = WriteStats::default();
         loop {
-            let mut entries = self.read("0", None).await?;
+            let mut entries = self.read_pending().await?;
             entries.retain(|e| self.due(e));
             if entries.is_empty() {
                 entries = self.claim(self.state.cfg.claim_idle).await?;
                 entries.retain(|e| self.due(e));
             }
             if entries.is_empty() {
-                entries = self.read(">", None).await?;
+                entries = self.read_new(None).await?;
             }
             if entries.is_empty() {
                 return Ok(total);
@@ -263,14 +263,19 @@ impl Writer {
         }
     }
 
-    /// Reads up to a batch from every partition: `id` "0" for this consumer's pending entries,
-    /// ">" for new ones; `block` waits for new ones on a connection of its own.
-    async fn read(&self, id: &str, block: Option<Duration>) -> AppResult<Vec<StreamEntry>> {
-        let batch = self.state.cfg.worker_batch;
-        match id {
-            ">" => self.stream.read_new(batch, block).await,
-            after => self.stream.read_pending(after, batch).await,
-        }
+    /// This consumer's pending entries, up to a batch from every partition.
+    async fn read_pending(&self) -> AppResult<Vec<StreamEntry>> {
+        self.stream
+            .read_pending("0", self.state.cfg.worker_batch)
+            .await
+    }
+
+    /// New entries, up to a batch from every partition; `block` waits for some on a connection
+    /// of its own.
+    async fn read_new(&self, block: Option<Duration>) -> AppResult<Vec<StreamEntry>> {
+        self.stream
+            .read_new(self.state.cfg.worker_batch, block)
+            .await
     }
 
     /// Takes over entries that sat unacknowledged at any consumer for `min_idle`.
@@ -595,7 +600,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             }
             // This consumer's pending entries (a batch cut short, events waiting for their next
             // attempt), then entries of stopped instances, then new ones.
-            let mut entries = writer.read("0", None).await?;
+            let mut entries = writer.read_pending().await?;
             entries.retain(|e| writer.due(e));
             if entries.is_empty() && last_claim.elapsed() >= state.cfg.claim_idle / 2 {
                 last_claim = Instant::now();
@@ -604,7 +609,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             }
             if entries.is_empty() {
                 // A quarter second at most, so a stop is seen soon (see below).
-                entries = writer.read(">", Some(Duration::from_millis(250))).await?;
+                entries = writer.read_new(Some(Duration::from_millis(250))).await?;
             }
             if !entries.is_empty() {
                 writer.process(&state.db, entries, Fault::None).await?;

@@ -1,5 +1,11 @@
-//! Redis access: one shared multiplexed connection for every request (concurrent requests are
-//! pipelined onto it), the Lua scripts, and typed outcomes of each script.
+//! Redis access, the one door: nothing outside this module sends a Redis command. One shared
+//! multiplexed connection for every request (concurrent requests are pipelined onto it), a
+//! small pool for blocking stream reads, the Lua scripts (scripts.rs: the registry and how a
+//! script is called), and one file per script family with the typed outcomes of its calls:
+//! stock.rs, reservations.rs, due.rs, orders.rs, order_ids.rs, rate_limit.rs, idempotency.rs,
+//! outbox.rs, repair.rs; plus the plain commands of cart.rs, events.rs, streams.rs (the
+//! consumer-group reader of the outbox writer and the webhook sender), live.rs (pub/sub) and
+//! eviction.rs. The outcomes are re-exported here.
 
 pub mod cart;
 pub mod due;
@@ -41,6 +47,8 @@ pub use stock::{AdjustOutcome, SkuLoad, StockSnapshot};
 
 use crate::config::Config;
 use crate::domain::Sku;
+/// The catalog entry the stock scripts read (a domain type; re-exported for the callers that
+/// load skus through this module).
 pub use crate::domain::{SaleMeta, SkuMeta};
 use crate::error::AppResult;
 

@@ -194,19 +194,9 @@ impl Redis {
     pub async fn list_set_aside(&self, limit: usize) -> AppResult<Vec<SetAside>> {
         let mut pipe = redis::pipe();
         for p in 0..ORDER_PARTITIONS {
-            pipe.cmd("XRANGE")
-                .arg(self.keys.set_aside(p))
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(limit);
+            pipe.xrange_count(self.keys.set_aside(p), "-", "+", limit);
         }
-        pipe.cmd("XRANGE")
-            .arg(self.keys.legacy_dead_letters())
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(limit);
+        pipe.xrange_count(self.keys.legacy_dead_letters(), "-", "+", limit);
         let replies: Vec<StreamRangeReply> = pipe.query_async(&mut self.conn()).await?;
         let mut out = Vec::new();
         for (i, r) in replies.into_iter().enumerate() {
@@ -278,12 +268,7 @@ impl Redis {
     pub async fn outbox_oldest_age(&self) -> AppResult<Duration> {
         let mut pipe = redis::pipe();
         for p in 0..ORDER_PARTITIONS {
-            pipe.cmd("XRANGE")
-                .arg(self.keys.outbox(p))
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(1);
+            pipe.xrange_count(self.keys.outbox(p), "-", "+", 1);
         }
         let firsts: Vec<StreamRangeReply> = pipe.query_async(&mut self.conn()).await?;
         let now = chrono::Utc::now().timestamp_millis();

@@ -2,6 +2,7 @@
 //! lua/convert_hold.lua, lua/return_to_cart.lua, lua/release.lua), their sale and write-back
 //! (lua/commit_sold.lua, lua/mark_written.lua) and the sweep of expired ones (lua/sweep.lua).
 
+use super::scripts::Reply;
 use super::{Redis, Rid};
 use crate::domain::Sku;
 use crate::error::AppResult;
@@ -104,6 +105,17 @@ pub enum Committed {
 }
 
 impl Committed {
+    /// commit_sold.lua's reply.
+    fn of(r: &Reply) -> AppResult<Self> {
+        let alloc = parse_alloc(&r.str_at(2)?);
+        Ok(match r.tag() {
+            "ok" => Committed::Now(alloc),
+            "sold" => Committed::Before(alloc),
+            "none" => Committed::WrittenBack,
+            other => return Err(r.unexpected(other)),
+        })
+    }
+
     pub fn alloc(&self) -> &[(u32, u32)] {
         match self {
             Committed::Now(a) | Committed::Before(a) => a,
@@ -337,13 +349,7 @@ impl Redis {
                 &[&rid.to_string()],
             )
             .await?;
-        let alloc = parse_alloc(&r.str_at(2)?);
-        Ok(match r.tag() {
-            "ok" => Committed::Now(alloc),
-            "sold" => Committed::Before(alloc),
-            "none" => Committed::WrittenBack,
-            other => return Err(r.unexpected(other)),
-        })
+        Committed::of(&r)
     }
 
     /// `commit_sold` for many paid lines at once: (sku, order_id) -> what was found.
@@ -364,15 +370,7 @@ impl Redis {
         self.eval_many("commit_sold", &self.scripts.commit_sold, &calls)
             .await?
             .into_iter()
-            .map(|r| {
-                let alloc = parse_alloc(&r.str_at(2)?);
-                Ok(match r.tag() {
-                    "ok" => Committed::Now(alloc),
-                    "sold" => Committed::Before(alloc),
-                    "none" => Committed::WrittenBack,
-                    other => return Err(r.unexpected(other)),
-                })
-            })
+            .map(|r| Committed::of(&r))
             .collect()
     }
 

@@ -81,10 +81,6 @@ impl StreamConsumer {
         }
     }
 
-    pub fn group(&self) -> &'static str {
-        self.group
-    }
-
     /// Creates the group on every stream (from its start, `0`, `MKSTREAM`); an existing group
     /// is kept.
     pub async fn ensure_group(&self) -> AppResult<()> {
