@@ -92,10 +92,7 @@ async fn buy_and_pay(app: &TestApp, user: u64, sku: u64, key: &str) -> u64 {
     let id = r.json::<serde_json::Value>().await.unwrap()["order_id"]
         .as_u64()
         .unwrap();
-    let r = app
-        .post_empty(&format!("/v1/orders/{id}/pay"), Some(&t))
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    app.pay(&t, id).await;
     id
 }
 
@@ -119,29 +116,12 @@ async fn every_redis_key_a_sale_leaves_has_a_bound() {
     }
     for user in 0..10 {
         let t = app.customer_token(20_000 + user);
-        let r = app
-            .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 1}))
-            .await;
-        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        app.cart_add(&t, sku, 1).await;
     }
     let t = app.customer_token(30_000);
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&t),
-            json!({"sku": sku, "count": 1}),
-        )
-        .await;
-    let id = r.body["order_id"].as_u64().unwrap();
-    app.post_empty(&format!("/v1/orders/{id}/cancel"), Some(&t))
-        .await;
-    let open = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&t),
-            json!({"sku": sku, "count": 1}),
-        )
-        .await;
+    let id = app.buy_now(&t, sku, 1).await.order_id;
+    app.try_cancel(&t, id).await;
+    let open = app.try_buy_now(&t, sku, 1).await;
     assert_eq!(open.status, StatusCode::CREATED, "{:?}", open.body);
     while app.write_back().await.events > 0 {}
     app.sweep().await;
@@ -280,21 +260,10 @@ async fn a_customer_order_index_lets_go_of_written_orders_and_the_listing_still_
     let t = app.customer_token(40_000);
     let mut ids = Vec::new();
     for i in 0..ORDERS {
-        let r = app
-            .post(
-                "/v1/orders/buy-now",
-                Some(&t),
-                json!({"sku": sku, "count": 1}),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-        let id = r.body["order_id"].as_u64().unwrap();
+        let id = app.buy_now(&t, sku, 1).await.order_id;
         // Most are paid; every tenth stays open.
         if i % 10 != 0 {
-            let r = app
-                .post_empty(&format!("/v1/orders/{id}/pay"), Some(&t))
-                .await;
-            assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+            app.pay(&t, id).await;
         }
         ids.push(id);
     }

@@ -305,6 +305,46 @@ pub async fn add_on_hand(
     ))
 }
 
+/// Notes an admin stock change under its token, in the transaction that makes it.
+pub async fn note_adjustment(
+    conn: &mut MySqlConnection,
+    token: u64,
+    sku: Sku,
+    warehouse_id: u32,
+    delta: i64,
+    on_hand_after: u64,
+) -> AppResult<()> {
+    sqlx::query(
+        "INSERT INTO stock_adjustments (token, sku, warehouse_id, delta, on_hand_after) \
+         VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(token)
+    .bind(sku.get())
+    .bind(warehouse_id)
+    .bind(delta)
+    .bind(on_hand_after)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether the stock change noted under `token` was committed. Takes the product's row lock
+/// first: while the transaction that made the change is still open on the server (its client
+/// gone), it holds that lock, and its outcome is not decided yet.
+pub async fn adjustment_committed(pool: &MySqlPool, sku: Sku, token: u64) -> AppResult<bool> {
+    let mut tx = pool.begin().await?;
+    lock_product(&mut tx, sku).await?;
+    // A locking read: the latest committed row, not a snapshot.
+    let found = sqlx::query_scalar::<_, u64>(
+        "SELECT token FROM stock_adjustments WHERE token = ? FOR UPDATE",
+    )
+    .bind(token)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.rollback().await?;
+    Ok(found.is_some())
+}
+
 /// The largest order id MySQL knows (0 when none): the floor of the Redis id sequence.
 pub async fn max_order_id(pool: &MySqlPool) -> AppResult<u64> {
     Ok(
