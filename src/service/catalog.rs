@@ -4,60 +4,37 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::MySqlConnection;
 
 use crate::app::AppState;
 use crate::domain::{Price, ProductName, SaleWindow, Sku, StockDelta, WarehouseName};
 use crate::domain::{SaleMeta, SkuMeta};
 use crate::error::{AppError, AppResult};
+use crate::store::mysql::DbResult;
 use crate::store::mysql::catalog::{self as db, ProductRow};
 use crate::store::mysql::orders as orders_db;
 use crate::store::redis::{AdjustOutcome, SkuLoad, StockSnapshot};
 
 /// A product as the catalog shows it: `available` counts the units that can still be bought.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[schema(examples(json!({
-    "sku": 1002,
-    "name": "Headphones",
-    "price": 20000,
-    "available": 37,
-    "sale": {
-        "sale_price": 15000,
-        "starts_at": "2026-11-22T20:00:00Z",
-        "ends_at": "2026-11-22T22:00:00Z",
-        "per_customer_limit": 2,
-        "active": true
-    }
-})))]
+#[derive(Debug, Clone)]
 pub struct ProductView {
-    #[schema(minimum = 1)]
     pub sku: u32,
     pub name: String,
     /// The regular price, in minor units.
     pub price: u64,
     pub available: i64,
     /// The sale window, or null when the product has none.
-    #[schema(required = true)]
     pub sale: Option<SaleView>,
 }
 
 /// A product's sale window: `sale_price` is charged in [`starts_at`, `ends_at`), and the product
 /// can be bought only inside the window.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[schema(examples(json!({
-    "sale_price": 15000,
-    "starts_at": "2026-11-22T20:00:00Z",
-    "ends_at": "2026-11-22T22:00:00Z",
-    "per_customer_limit": 2,
-    "active": true
-})))]
+#[derive(Debug, Clone)]
 pub struct SaleView {
     pub sale_price: u64,
     pub starts_at: DateTime<Utc>,
     pub ends_at: DateTime<Utc>,
     /// Units one customer may buy of this product (null: no limit).
-    #[schema(required = true, minimum = 1, maximum = 65535)]
     pub per_customer_limit: Option<u32>,
     /// Whether the window is open now.
     pub active: bool,
@@ -219,7 +196,7 @@ async fn change_product<F>(state: &AppState, sku: Sku, change: F) -> AppResult<P
 where
     F: for<'c> FnOnce(
         &'c mut MySqlConnection,
-    ) -> std::pin::Pin<Box<dyn Future<Output = AppResult<()>> + Send + 'c>>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = DbResult<()>> + Send + 'c>>,
 {
     let mut tx = state.db.begin().await?;
     db::lock_product(&mut tx, sku)
@@ -288,8 +265,7 @@ pub async fn delete_sale(state: &AppState, sku: Sku) -> AppResult<()> {
     Ok(())
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[schema(examples(json!({"warehouse_id": 3, "name": "Berlin North"})))]
+#[derive(Debug, Clone)]
 pub struct WarehouseView {
     pub warehouse_id: u32,
     pub name: String,
@@ -303,8 +279,7 @@ pub async fn create_warehouse(state: &AppState, name: WarehouseName) -> AppResul
     })
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[schema(examples(json!({"sku": 1002, "warehouse_id": 3, "on_hand": 120, "available": 100})))]
+#[derive(Debug, Clone)]
 pub struct StockAdjusted {
     pub sku: u32,
     pub warehouse_id: u32,
@@ -519,8 +494,7 @@ async fn settle_once(state: &AppState, c: &Change, committed: Option<bool>) -> A
     Ok(false)
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[schema(examples(json!({"warehouse_id": 3, "count": 100})))]
+#[derive(Debug, Clone)]
 pub struct WarehouseStock {
     pub warehouse_id: u32,
     pub count: i64,
@@ -538,11 +512,7 @@ pub async fn stocks(state: &AppState, sku: Sku) -> AppResult<Vec<WarehouseStock>
         .collect())
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[schema(examples(json!({
-    "sku": 1002, "on_hand": 120, "available": 100, "held": 6, "reserved": 4, "sold": 10,
-    "sold_total": 25
-})))]
+#[derive(Debug, Clone)]
 pub struct SalesReport {
     pub sku: u32,
     pub on_hand: u64,

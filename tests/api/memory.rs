@@ -45,6 +45,7 @@ fn family(key: &str, app_events_cap: u64) -> Option<(&'static str, Bound)> {
             }
             Some("h" | "o") => ("reservation ttl key", Bound::Ttl(day)),
             Some("load") => ("load staging", Bound::Ttl(Duration::from_secs(60))),
+            Some("adj") => ("stock change token", Bound::Ttl(day)),
             _ => return None,
         }
     } else if tag.starts_with("{ord") {

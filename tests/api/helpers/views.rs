@@ -1,6 +1,7 @@
 //! What the API answers, as the tests read it: the shapes of docs/API.md, deserialized from the
-//! JSON. The service's own views (`flashsale::service::*::*View`) only serialize, so these mirror
-//! them field for field; an order's lines are the crate's own `OrderItem`.
+//! JSON. The API's own answers (`flashsale::http::responses`, named in the OpenAPI document after
+//! the service's views `flashsale::service::*::*View`) only serialize, so these mirror them field
+//! for field; an order's lines are the crate's own `OrderItem`.
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
