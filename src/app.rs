@@ -13,24 +13,22 @@ use tokio::sync::watch;
 use crate::auth::{self, Jwt};
 use crate::config::{Config, DEV_ADMIN_PASSWORD};
 use crate::domain::{Password, Role, Username};
+use crate::service::live::Hub;
 use crate::store::mysql;
 use crate::store::redis::Redis;
-use crate::{http, live, telemetry, worker};
+use crate::{http, telemetry, worker};
 
 #[derive(Clone)]
 pub struct AppState {
     pub db: MySqlPool,
     pub redis: Redis,
-    /// Connections that one task holds alone: blocking stream reads (the outbox worker, the
-    /// webhook sender), which must not stall the shared multiplexed connection.
-    pub blocking: deadpool_redis::Pool,
     /// This instance's name among the outbox consumers.
     pub instance: Arc<str>,
     pub jwt: Arc<Jwt>,
     pub cfg: Arc<Config>,
     pub metrics: PrometheusHandle,
-    /// Live stock for the SSE streams (`live::run` feeds it).
-    pub live: Arc<live::Hub>,
+    /// Live stock for the SSE streams (`worker::live::run` feeds it).
+    pub live: Arc<Hub>,
     /// Product lookups that reach MySQL: unknown skus remembered, loads done once.
     pub lookups: Arc<crate::service::lookups::Lookups>,
 }
@@ -58,13 +56,6 @@ impl AppState {
         };
         let db = mysql::connect_and_migrate(&cfg).await?;
         let redis = Redis::connect(&cfg)?;
-        let blocking = deadpool_redis::Config::from_url(cfg.redis_url.clone())
-            .builder()
-            .map_err(|e| anyhow::anyhow!("redis pool: {e}"))?
-            .max_size(4)
-            .runtime(deadpool_redis::Runtime::Tokio1)
-            .build()
-            .map_err(|e| anyhow::anyhow!("redis pool: {e}"))?;
         let jwt = Arc::new(Jwt::new(secret.as_bytes(), cfg.token_ttl));
         let instance = format!(
             "{}-{}-{:04x}",
@@ -75,12 +66,11 @@ impl AppState {
         Ok(AppState {
             db,
             redis,
-            blocking,
             instance: instance.into(),
             jwt,
             // The recorder first: the hub registers its metrics.
             metrics: telemetry::metrics_handle(),
-            live: Arc::new(live::Hub::new(
+            live: Arc::new(Hub::new(
                 cfg.live_max_watchers,
                 cfg.live_max_per_client,
                 cfg.live_resync,
@@ -148,7 +138,7 @@ impl Application {
             .webhook_url
             .is_some()
             .then(|| tokio::spawn(worker::webhooks::run(self.state.clone(), stop_rx.clone())));
-        let live = tokio::spawn(live::run(self.state.clone(), stop_rx.clone()));
+        let live = tokio::spawn(worker::live::run(self.state.clone(), stop_rx.clone()));
         // Live streams never end by themselves: end them when the shutdown starts, so the
         // graceful shutdown does not wait for them.
         let hub = self.state.live.clone();

@@ -6,7 +6,6 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod http;
-pub mod live;
 pub mod outbox_dead;
 pub mod reconcile;
 pub mod seed;

@@ -1,8 +1,6 @@
 //! `flashsale reconcile` and `flashsale rebuild-cache`: Redis checked against MySQL per sku, and
 //! Redis rebuilt from MySQL after it lost its data.
 
-use redis::AsyncCommands;
-
 use crate::app::AppState;
 use crate::domain::OrderStatus;
 use crate::domain::Sku;
@@ -278,14 +276,9 @@ pub async fn rebuild_cache(state: &AppState) -> AppResult<RebuildReport> {
                 .await?;
             continue;
         }
-        let _: () = state
+        state
             .redis
-            .conn()
-            .zadd(
-                state.redis.keys.user_orders(order.user_id),
-                order.id,
-                order.id as f64,
-            )
+            .index_user_order(order.user_id, order.id)
             .await?;
         for item in items {
             let sku = Sku::parse(u64::from(item.sku))?;

@@ -393,15 +393,7 @@ async fn cleanup(state: &crate::app::AppState) {
         .execute(&state.db)
         .await;
     }
-    let mut conn = state.redis.conn();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(state.redis.keys.pattern())
-        .query_async(&mut conn)
-        .await
-        .unwrap_or_default();
-    for chunk in keys.chunks(500) {
-        let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
-    }
+    state.redis.delete_all_keys().await;
 }
 
 /// The report as a person reads it.

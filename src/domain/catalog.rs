@@ -266,6 +266,59 @@ pub fn truncate_ms(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
 }
 
+/// A sku's catalog entry as the stock scripts read it: prices in units, sale times in unix ms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkuMeta {
+    pub name: String,
+    pub price: u64,
+    pub sale: Option<SaleMeta>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaleMeta {
+    pub sale_price: u64,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    /// 0: no per-customer limit.
+    pub limit: u32,
+}
+
+impl SkuMeta {
+    /// The unit price at `now_ms`: the sale price while the sale window [start, end) is open
+    /// (the rule of [`SaleWindow::price_at`], in the scripts' unix ms).
+    pub fn price_at(&self, now_ms: i64) -> u64 {
+        match &self.sale {
+            Some(s) if now_ms >= s.start_ms && now_ms < s.end_ms => s.sale_price,
+            _ => self.price,
+        }
+    }
+}
+
+#[cfg(test)]
+mod sku_meta_tests {
+    use super::*;
+
+    #[test]
+    fn the_sale_price_holds_inside_the_window_only() {
+        let meta = SkuMeta {
+            name: "TV".into(),
+            price: 500,
+            sale: Some(SaleMeta {
+                sale_price: 100,
+                start_ms: 1_000,
+                end_ms: 2_000,
+                limit: 0,
+            }),
+        };
+        let prices: Vec<u64> = [999, 1_000, 1_999, 2_000]
+            .map(|t| meta.price_at(t))
+            .to_vec();
+        assert_eq!(prices, [500, 100, 100, 500]);
+        let regular = SkuMeta { sale: None, ..meta };
+        assert_eq!(regular.price_at(1_500), 500);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

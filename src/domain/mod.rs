@@ -2,10 +2,14 @@
 //! value of one of these types is valid by construction.
 
 mod catalog;
+mod event;
 mod order;
 mod user;
 
-pub use catalog::{Count, Price, ProductName, SaleWindow, Sku, StockDelta, WarehouseName};
+pub use catalog::{
+    Count, Price, ProductName, SaleMeta, SaleWindow, Sku, SkuMeta, StockDelta, WarehouseName,
+};
+pub use event::OutboxEvent;
 pub use order::{
     CancelReason, MAX_LINE_UNITS, MAX_ORDER_TOTAL, OrderEventKind, OrderItem, OrderStatus,
     order_total,

@@ -1,5 +1,5 @@
 //! Live stock over Server-Sent Events: one sku's available count, or every sale that has not
-//! ended, pushed as it changes. The streams read only the process's live hub (`crate::live`),
+//! ended, pushed as it changes. The streams read only the process's live hub (`service::live`),
 //! never Redis per watcher. The request that opens one meets the same limits as any other
 //! (rate limits, deadline, in-flight cap: they end when the answer's head is sent, not when the
 //! stream ends), and one client address holds at most `live_max_per_client` streams.
@@ -29,8 +29,8 @@ use super::responses::ProductResponse;
 use crate::app::AppState;
 use crate::domain::Sku;
 use crate::error::AppResult;
-use crate::live::{Batch, Hub, SalesList, WatchGuard};
-use crate::service::catalog::view;
+use crate::service::catalog::{self, view};
+use crate::service::live::{Batch, Hub, SalesList, WatchGuard};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::default()
@@ -114,7 +114,9 @@ async fn sku_stream(
     let guard = hub.watch_sku(sku.get(), ip)?;
     let batches = hub.subscribe();
     let seq = hub.seq();
-    let available = hub.first_count(&state, sku).await?;
+    let available = hub
+        .first_count(sku, catalog::available(&state, sku))
+        .await?;
     let first = stock_event(seq, sku.get(), available).retry(reconnect_delay());
     Ok(respond(
         &state,
@@ -162,7 +164,9 @@ async fn sales_stream(
     let batches = hub.subscribe();
     let mut sales = hub.sales_changes();
     let seq = hub.seq();
-    let list = hub.sales_list(&state).await?;
+    let list = hub
+        .sales_list(&state.db, |sku| catalog::available(&state, sku))
+        .await?;
     sales.mark_unchanged();
     let first = snapshot_event(&hub, seq, &list).retry(reconnect_delay());
     Ok(respond(

@@ -2,13 +2,12 @@
 //! from its creation (changes of the line never extend it).
 
 use chrono::{DateTime, Utc};
-use redis::AsyncCommands;
 
 use super::{catalog, from_ms};
 use crate::app::AppState;
-use crate::domain::{Count, MAX_LINE_UNITS, MAX_ORDER_TOTAL, Sku};
+use crate::domain::{Count, MAX_LINE_UNITS, MAX_ORDER_TOTAL, Sku, SkuMeta};
 use crate::error::{AppError, AppResult};
-use crate::store::redis::{Deadline, ReserveMode, ReserveOutcome, ReserveRequest, Rid, SkuMeta};
+use crate::store::redis::{Deadline, ReserveMode, ReserveOutcome, ReserveRequest, Rid};
 
 /// The caller's cart, with the catalog's current names and prices.
 #[derive(Debug, Clone)]
@@ -100,20 +99,12 @@ pub async fn add_item(
         return Err(rejection(sku, count.get(), &outcome));
     };
     // Indexed after the hold exists (see forget_lines for why this order is safe), and the
-    // index read back in the same round trip.
-    let key = state.redis.keys.cart(user_id);
-    // The index lives as long as its newest hold can (holds are never renewed): a customer who
-    // walks away leaves nothing behind.
-    let keep_ms = state.cfg.cart_hold_ttl.as_millis().min(i64::MAX as u128) as i64;
-    let (_, members): ((), Vec<u32>) = redis::pipe()
-        .sadd(&key, sku.get())
-        .ignore()
-        .pexpire(&key, keep_ms)
-        .ignore()
-        .smembers(&key)
-        .query_async(&mut state.redis.conn())
-        .await
-        .map(|m: (Vec<u32>,)| ((), m.0))?;
+    // index read back in the same round trip. The index lives as long as its newest hold can
+    // (holds are never renewed): a customer who walks away leaves nothing behind.
+    let members = state
+        .redis
+        .index_cart_line(user_id, sku, state.cfg.cart_hold_ttl)
+        .await?;
     let max_lines = state.cfg.max_cart_lines;
     if members.len() > max_lines && units == count.get() {
         // A new line past the limit (the index may still name lapsed lines: count live ones).
@@ -157,9 +148,8 @@ pub async fn forget_lines(state: &AppState, user_id: u64, skus: &[Sku]) -> AppRe
     if skus.is_empty() {
         return Ok(());
     }
-    let key = state.redis.keys.cart(user_id);
     let raw: Vec<u32> = skus.iter().map(|s| s.get()).collect();
-    let _: () = state.redis.conn().srem(&key, &raw).await?;
+    state.redis.unindex_cart_lines(user_id, &raw).await?;
     let live: Vec<u32> = state
         .redis
         .holds(user_id, skus)
@@ -169,13 +159,9 @@ pub async fn forget_lines(state: &AppState, user_id: u64, skus: &[Sku]) -> AppRe
         .filter_map(|(h, sku)| h.map(|_| *sku))
         .collect();
     if !live.is_empty() {
-        let keep_ms = state.cfg.cart_hold_ttl.as_millis().min(i64::MAX as u128) as i64;
-        let _: () = redis::pipe()
-            .sadd(&key, live)
-            .ignore()
-            .pexpire(&key, keep_ms)
-            .ignore()
-            .query_async(&mut state.redis.conn())
+        state
+            .redis
+            .index_cart_lines(user_id, &live, state.cfg.cart_hold_ttl)
             .await?;
     }
     Ok(())
@@ -232,14 +218,7 @@ pub async fn clear(state: &AppState, user_id: u64) -> AppResult<()> {
 }
 
 async fn cart_skus(state: &AppState, user_id: u64) -> AppResult<Vec<Sku>> {
-    let raw: Vec<u64> = state
-        .redis
-        .conn()
-        .smembers(state.redis.keys.cart(user_id))
-        .await?;
-    let mut skus: Vec<Sku> = raw.into_iter().filter_map(|n| Sku::parse(n).ok()).collect();
-    skus.sort_unstable();
-    Ok(skus)
+    state.redis.cart_skus(user_id).await
 }
 
 /// A live cart line: a hold and the sku's catalog entry.
@@ -292,7 +271,7 @@ pub async fn lines_of_order(
     state: &AppState,
     user_id: u64,
     order_id: u64,
-) -> AppResult<Vec<(Sku, u32, crate::store::redis::SkuMeta)>> {
+) -> AppResult<Vec<(Sku, u32, SkuMeta)>> {
     let skus = cart_skus(state, user_id).await?;
     let lines = state.redis.order_lines(order_id, &skus).await?;
     let metas = state.redis.metas(&skus).await?;

@@ -8,11 +8,12 @@ use sqlx::MySqlConnection;
 
 use crate::app::AppState;
 use crate::domain::{Price, ProductName, SaleWindow, Sku, StockDelta, WarehouseName};
+use crate::domain::{SaleMeta, SkuMeta};
 use crate::error::{AppError, AppResult};
 use crate::store::mysql::DbResult;
 use crate::store::mysql::catalog::{self as db, ProductRow};
 use crate::store::mysql::orders as orders_db;
-use crate::store::redis::{AdjustOutcome, SaleMeta, SkuLoad, SkuMeta, StockSnapshot};
+use crate::store::redis::{AdjustOutcome, SkuLoad, StockSnapshot};
 
 /// A product as the catalog shows it: `available` counts the units that can still be bought.
 #[derive(Debug, Clone)]
@@ -135,6 +136,11 @@ pub async fn counters(state: &AppState, sku: Sku) -> AppResult<StockSnapshot> {
         .stock(sku)
         .await?
         .ok_or_else(|| AppError::internal(format!("sku {sku}: counters vanished after loading")))
+}
+
+/// A sku's available count (see [`counters`]).
+pub async fn available(state: &AppState, sku: Sku) -> AppResult<i64> {
+    Ok(counters(state, sku).await?.available)
 }
 
 pub async fn create_product(

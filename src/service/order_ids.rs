@@ -11,7 +11,7 @@
 //! * A counter below an id already handed out (this instance's floor) or below MySQL's largest
 //!   order id means Redis came back from older persistence (`appendfsync everysec` after a
 //!   host crash): its stock counters are behind MySQL too. Every stock and order script is then
-//!   refused with 503 until `flashsale rebuild-cache` ran (src/store/redis/mod.rs).
+//!   refused with 503 until `flashsale rebuild-cache` ran (src/store/redis/repair.rs).
 
 use crate::app::AppState;
 use crate::error::{AppError, AppResult};

@@ -31,11 +31,10 @@ pub async fn refresh(state: &AppState) -> AppResult<()> {
     metrics::gauge!("flashsale_mysql_pool_connections", "state" => "in_use").set(size - idle);
     metrics::gauge!("flashsale_mysql_pool_connections", "state" => "idle").set(idle);
     metrics::gauge!("flashsale_mysql_pool_max_connections").set(f64::from(state.cfg.mysql_pool));
-    let s = state.blocking.status();
-    metrics::gauge!("flashsale_redis_pool_connections", "state" => "in_use")
-        .set((s.size.saturating_sub(s.available)) as f64);
-    metrics::gauge!("flashsale_redis_pool_connections", "state" => "idle").set(s.available as f64);
-    metrics::gauge!("flashsale_redis_pool_max_connections").set(s.max_size as f64);
+    let s = state.redis.pool_status();
+    metrics::gauge!("flashsale_redis_pool_connections", "state" => "in_use").set(s.in_use as f64);
+    metrics::gauge!("flashsale_redis_pool_connections", "state" => "idle").set(s.idle as f64);
+    metrics::gauge!("flashsale_redis_pool_max_connections").set(s.max as f64);
     // The cap beside the count, so an alert can say "near the cap" whatever it is set to.
     metrics::gauge!("flashsale_live_max_watchers").set(state.cfg.live_max_watchers as f64);
 

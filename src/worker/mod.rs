@@ -1,6 +1,7 @@
 //! Background work of the serve process.
 
 pub mod gauges;
+pub mod live;
 pub mod sweeper;
 pub mod webhooks;
 pub mod writer;

@@ -49,17 +49,14 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
 use hmac::{Hmac, Mac};
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use sha2::Sha256;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::app::AppState;
 use crate::error::{AppError, AppResult};
-
-/// Entries `<p>:webhook-dead` keeps (about): its memory bound, ~60 MB of events that no
-/// receiver took. Each is also counted (`outcome="gave_up"`), and every order is in MySQL.
-const WEBHOOK_DEAD_MAX_LEN: u64 = 100_000;
+use crate::store::redis::events::DeadDelivery;
+use crate::store::redis::streams::{StreamConsumer, StreamEntry};
 
 /// The consumer group of the webhook senders on the order-events stream.
 pub const GROUP: &str = "webhooks";
@@ -115,7 +112,8 @@ struct Job {
 
 pub struct Webhooks {
     state: AppState,
-    consumer: String,
+    /// The consumer `webhooks` on the order-events stream (the only stream: index 0).
+    stream: StreamConsumer,
     client: reqwest::Client,
     url: String,
     secret: Vec<u8>,
@@ -148,37 +146,24 @@ impl Webhooks {
             .user_agent(concat!("flashsale/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| AppError::internal(format!("webhook client: {e}")))?;
+        let stream = StreamConsumer::new(
+            &state.redis,
+            vec![state.redis.keys.order_events()],
+            GROUP,
+            consumer,
+        );
         Ok(Webhooks {
             state,
-            consumer: consumer.to_string(),
+            stream,
             client,
             url,
             secret,
         })
     }
 
-    fn stream(&self) -> String {
-        self.state.redis.keys.order_events()
-    }
-
-    fn dead_stream(&self) -> String {
-        format!("{}:webhook-dead", self.state.redis.keys.prefix())
-    }
-
     /// Creates the consumer group (from the start of the stream) unless it exists.
     pub async fn ensure_group(&self) -> AppResult<()> {
-        let r: Result<(), redis::RedisError> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(self.stream())
-            .arg(GROUP)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut self.state.redis.conn())
-            .await;
-        match r {
-            Err(e) if e.code() != Some("BUSYGROUP") => Err(e.into()),
-            _ => Ok(()),
-        }
+        self.stream.ensure_group().await
     }
 
     /// Delivers what is there now without waiting for new entries: this consumer's pending
@@ -191,72 +176,27 @@ impl Webhooks {
         Ok(d.stats)
     }
 
-    /// Reads up to `count`: `id` "0" (or the last id seen) for this consumer's pending
-    /// entries, ">" for new ones; `block` waits for new ones on a pooled connection of its own.
-    async fn read(
-        &self,
-        id: &str,
-        count: usize,
-        block: Option<Duration>,
-    ) -> AppResult<Vec<StreamId>> {
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(GROUP)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(count.max(1));
-        if let Some(b) = block {
-            cmd.arg("BLOCK").arg(b.as_millis() as u64);
-        }
-        cmd.arg("STREAMS").arg(self.stream()).arg(id);
-        let reply: Option<StreamReadReply> = match block {
-            Some(b) => {
-                let pooled = self
-                    .state
-                    .blocking
-                    .get()
-                    .await
-                    .map_err(|e| AppError::Unavailable(format!("redis pool: {e}")))?;
-                // A handle on the same socket whose response timeout outlasts the BLOCK (the
-                // pool's connections give up after half a second by default).
-                let mut conn = (*pooled).clone();
-                conn.set_response_timeout(b + self.state.cfg.redis_timeout);
-                cmd.query_async(&mut conn).await?
-            }
-            None => cmd.query_async(&mut self.state.redis.conn()).await?,
-        };
-        Ok(reply
-            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
-            .unwrap_or_default())
-    }
-
     /// Takes over up to `count` entries that sat unacknowledged at any consumer for
     /// `claim_idle`.
-    async fn claim(&self, count: usize) -> AppResult<Vec<StreamId>> {
-        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-            .arg(self.stream())
-            .arg(GROUP)
-            .arg(&self.consumer)
-            .arg(self.state.cfg.claim_idle.as_millis() as u64)
-            .arg("0")
-            .arg("COUNT")
-            .arg(count.max(1))
-            .query_async(&mut self.state.redis.conn())
+    async fn claim(&self, count: usize) -> AppResult<Vec<StreamEntry>> {
+        let claimed = self
+            .stream
+            .claim_idle(self.state.cfg.claim_idle, count)
             .await?;
-        if !reply.claimed.is_empty() {
+        if !claimed.is_empty() {
             tracing::info!(
-                events = reply.claimed.len(),
+                events = claimed.len(),
                 "took over webhook deliveries left by another instance"
             );
         }
-        Ok(reply.claimed)
+        Ok(claimed)
     }
 
     /// Reads an entry into a delivery job; an entry without a readable event is set aside at
     /// once (None).
-    async fn job(&self, entry: StreamId) -> AppResult<Option<Job>> {
-        let Some(body) = entry.get::<String>("event") else {
-            let why = if entry.map.is_empty() {
+    async fn job(&self, entry: StreamEntry) -> AppResult<Option<Job>> {
+        let Some(body) = entry.field("event") else {
+            let why = if entry.is_empty() {
                 "the entry left the stream before it was delivered"
             } else {
                 "the entry has no `event` field"
@@ -288,13 +228,7 @@ impl Webhooks {
 
     /// Acknowledges a delivered entry.
     async fn ack(&self, id: &str) -> AppResult<()> {
-        let _: () = redis::cmd("XACK")
-            .arg(self.stream())
-            .arg(GROUP)
-            .arg(id)
-            .query_async(&mut self.state.redis.conn())
-            .await?;
-        Ok(())
+        self.stream.ack(&[(0, id)]).await
     }
 
     /// One attempt: Ok on a 2xx answer, else what went wrong.
@@ -334,30 +268,14 @@ impl Webhooks {
         if attempts == 0 {
             tracing::error!(stream.id = %stream_id, error = %why, "unreadable order event set aside in webhook-dead");
         }
-        let mut pipe = redis::pipe();
-        pipe.cmd("XADD")
-            .arg(self.dead_stream())
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(WEBHOOK_DEAD_MAX_LEN)
-            .arg("*")
-            .arg("event_id")
-            .arg(event_id)
-            .arg("stream_id")
-            .arg(stream_id)
-            .arg("event")
-            .arg(body)
-            .arg("error")
-            .arg(why)
-            .arg("attempts")
-            .arg(attempts)
-            .ignore();
-        pipe.cmd("XACK")
-            .arg(self.stream())
-            .arg(GROUP)
-            .arg(stream_id)
-            .ignore();
-        let _: () = pipe.query_async(&mut self.state.redis.conn()).await?;
+        let dead = DeadDelivery {
+            stream_id,
+            event_id,
+            body,
+            error: why,
+            attempts,
+        };
+        self.state.redis.set_aside_delivery(GROUP, &dead).await?;
         metrics::counter!("flashsale_webhook_deliveries_total", "outcome" => "gave_up")
             .increment(1);
         Ok(())
@@ -372,16 +290,7 @@ impl Webhooks {
     /// the others. Best effort: a miss only risks a duplicate delivery.
     async fn keep_held(&self, ids: &[&str]) {
         for chunk in ids.chunks(500) {
-            let r: Result<Vec<String>, redis::RedisError> = redis::cmd("XCLAIM")
-                .arg(self.stream())
-                .arg(GROUP)
-                .arg(&self.consumer)
-                .arg(0)
-                .arg(chunk)
-                .arg("JUSTID")
-                .query_async(&mut self.state.redis.conn())
-                .await;
-            if let Err(e) = r {
+            if let Err(e) = self.stream.keep(0, chunk).await {
                 tracing::warn!(error = %e, "could not re-claim the webhook deliveries under way");
             }
         }
@@ -477,7 +386,7 @@ impl<'a> Dispatch<'a> {
         let hooks = self.hooks;
         let mut entries = Vec::new();
         if let Some(after) = self.pending_after.take() {
-            entries = hooks.read(&after, free, None).await?;
+            entries = hooks.stream.read_pending(&after, free).await?;
             self.pending_after = entries.last().map(|e| e.id.clone());
         } else if self
             .last_claim
@@ -489,7 +398,8 @@ impl<'a> Dispatch<'a> {
         if entries.is_empty() && self.pending_after.is_none() {
             let idle = self.in_flight.is_empty() && self.waiting.is_empty();
             entries = hooks
-                .read(">", free, (block && idle).then_some(BLOCK))
+                .stream
+                .read_new(free, (block && idle).then_some(BLOCK))
                 .await?;
         }
         let read = entries.len();

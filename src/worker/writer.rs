@@ -8,17 +8,18 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use sqlx::MySqlPool;
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use crate::app::AppState;
-use crate::domain::{OrderEventKind, Sku};
+use crate::domain::{OrderEventKind, OutboxEvent, Sku};
 use crate::error::{AppError, AppResult};
 use crate::store::mysql::orders as db;
+use crate::store::redis::events::Published;
 use crate::store::redis::keys::ORDER_PARTITIONS;
-use crate::store::redis::outbox::{OutboxEvent, SetAsideReason};
+use crate::store::redis::outbox::{SetAsideReason, parse_event};
+use crate::store::redis::streams::{StreamConsumer, StreamEntry};
 
 pub const GROUP: &str = "writers";
 /// A failing event is tried again after this, doubling per failure up to `RETRY_MAX`.
@@ -43,8 +44,6 @@ pub struct WriteStats {
     /// Events that failed on their own this time and stay in the outbox, retried later.
     pub failing: usize,
 }
-
-type Entry = (u64, StreamId);
 
 /// Why a write-back failed, and so what happens to its events.
 #[derive(Debug)]
@@ -111,7 +110,7 @@ fn error_kind(e: &AppError) -> (&'static str, bool) {
             _ => ("event", false),
         };
     };
-    if inner.downcast_ref::<redis::RedisError>().is_some() {
+    if crate::store::redis::is_redis_error(inner) {
         // A Redis server error (OOM, READONLY, LOADING, ...): every event meets it.
         return ("redis", true);
     }
@@ -159,7 +158,8 @@ struct Retry {
 
 pub struct Writer {
     state: AppState,
-    consumer: String,
+    /// The consumer `writers` on every partition's stream (stream index = partition).
+    stream: StreamConsumer,
     /// Events that failed on their own (`Failure::Event`), by event id: when to try again.
     retries: std::sync::Mutex<HashMap<String, Retry>>,
 }
@@ -172,9 +172,12 @@ impl Writer {
 
     /// A writer with another consumer name (tests: a second instance).
     pub fn named(state: AppState, consumer: &str) -> Self {
+        let partitions = (0..ORDER_PARTITIONS)
+            .map(|p| state.redis.keys.outbox(p))
+            .collect();
         Writer {
+            stream: StreamConsumer::new(&state.redis, partitions, GROUP, consumer),
             state,
-            consumer: consumer.to_string(),
             retries: Default::default(),
         }
     }
@@ -184,8 +187,8 @@ impl Writer {
     }
 
     /// Whether an entry may be tried now: not an event waiting for its next attempt.
-    fn due(&self, (p, e): &Entry) -> bool {
-        let key = format!("{p}-{}", e.id);
+    fn due(&self, e: &StreamEntry) -> bool {
+        let key = format!("{}-{}", e.stream, e.id);
         let retries = self.retries();
         // A replayed event is known by its first id, but it is a new entry: due at once.
         retries.get(&key).is_none_or(|r| r.next <= Instant::now())
@@ -232,23 +235,7 @@ impl Writer {
 
     /// Creates the consumer group on every partition (from the start of each stream).
     pub async fn ensure_groups(&self) -> AppResult<()> {
-        let mut conn = self.state.redis.conn();
-        for p in 0..ORDER_PARTITIONS {
-            let r: Result<(), redis::RedisError> = redis::cmd("XGROUP")
-                .arg("CREATE")
-                .arg(self.state.redis.keys.outbox(p))
-                .arg(GROUP)
-                .arg("0")
-                .arg("MKSTREAM")
-                .query_async(&mut conn)
-                .await;
-            match r {
-                Ok(()) => {}
-                Err(e) if e.code() == Some("BUSYGROUP") => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
+        self.stream.ensure_group().await
     }
 
     /// Drains what is there now, without blocking: this consumer's pending entries, entries
@@ -257,14 +244,14 @@ impl Writer {
         self.ensure_groups().await?;
         let mut total = WriteStats::default();
         loop {
-            let mut entries = self.read("0", None).await?;
+            let mut entries = self.read_pending().await?;
             entries.retain(|e| self.due(e));
             if entries.is_empty() {
                 entries = self.claim(self.state.cfg.claim_idle).await?;
                 entries.retain(|e| self.due(e));
             }
             if entries.is_empty() {
-                entries = self.read(">", None).await?;
+                entries = self.read_new(None).await?;
             }
             if entries.is_empty() {
                 return Ok(total);
@@ -276,84 +263,44 @@ impl Writer {
         }
     }
 
-    /// Reads up to a batch from every partition: `id` "0" for this consumer's pending entries,
-    /// ">" for new ones; `block` waits for new ones on a connection of its own.
-    async fn read(&self, id: &str, block: Option<Duration>) -> AppResult<Vec<Entry>> {
-        let keys: Vec<String> = (0..ORDER_PARTITIONS)
-            .map(|p| self.state.redis.keys.outbox(p))
-            .collect();
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(GROUP)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(self.state.cfg.worker_batch);
-        if let Some(b) = block {
-            cmd.arg("BLOCK").arg(b.as_millis() as u64);
-        }
-        cmd.arg("STREAMS").arg(&keys);
-        for _ in &keys {
-            cmd.arg(id);
-        }
-        let reply: Option<StreamReadReply> = match block {
-            Some(_) => {
-                let mut conn = self
-                    .state
-                    .blocking
-                    .get()
-                    .await
-                    .map_err(|e| AppError::Unavailable(format!("redis pool: {e}")))?;
-                cmd.query_async(&mut *conn).await?
-            }
-            None => cmd.query_async(&mut self.state.redis.conn()).await?,
-        };
-        let index: HashMap<&str, u64> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (k.as_str(), i as u64))
-            .collect();
-        let mut out = Vec::new();
-        for sk in reply.map(|r| r.keys).unwrap_or_default() {
-            let p = index.get(sk.key.as_str()).copied().unwrap_or(0);
-            out.extend(sk.ids.into_iter().map(|e| (p, e)));
-        }
-        Ok(out)
+    /// This consumer's pending entries, up to a batch from every partition.
+    async fn read_pending(&self) -> AppResult<Vec<StreamEntry>> {
+        self.stream
+            .read_pending("0", self.state.cfg.worker_batch)
+            .await
+    }
+
+    /// New entries, up to a batch from every partition; `block` waits for some on a connection
+    /// of its own.
+    async fn read_new(&self, block: Option<Duration>) -> AppResult<Vec<StreamEntry>> {
+        self.stream
+            .read_new(self.state.cfg.worker_batch, block)
+            .await
     }
 
     /// Takes over entries that sat unacknowledged at any consumer for `min_idle`.
-    async fn claim(&self, min_idle: Duration) -> AppResult<Vec<Entry>> {
-        let mut out = Vec::new();
-        let mut conn = self.state.redis.conn();
-        for p in 0..ORDER_PARTITIONS {
-            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-                .arg(self.state.redis.keys.outbox(p))
-                .arg(GROUP)
-                .arg(&self.consumer)
-                .arg(min_idle.as_millis() as u64)
-                .arg("0")
-                .arg("COUNT")
-                .arg(self.state.cfg.worker_batch)
-                .query_async(&mut conn)
-                .await?;
-            if !reply.claimed.is_empty() {
-                metrics::counter!("flashsale_outbox_claimed_total")
-                    .increment(reply.claimed.len() as u64);
-            }
-            out.extend(reply.claimed.into_iter().map(|e| (p, e)));
+    async fn claim(&self, min_idle: Duration) -> AppResult<Vec<StreamEntry>> {
+        let claimed = self
+            .stream
+            .claim_idle(min_idle, self.state.cfg.worker_batch)
+            .await?;
+        if !claimed.is_empty() {
+            metrics::counter!("flashsale_outbox_claimed_total").increment(claimed.len() as u64);
         }
-        Ok(out)
+        Ok(claimed)
     }
 
     async fn process(
         &self,
         db: &MySqlPool,
-        entries: Vec<Entry>,
+        entries: Vec<StreamEntry>,
         fault: Fault,
     ) -> AppResult<WriteStats> {
         let mut stats = WriteStats::default();
         let mut events = Vec::with_capacity(entries.len());
-        for (p, e) in entries {
-            match OutboxEvent::parse(p, &e.id, &e.map) {
+        for e in entries {
+            let p = e.stream as u64;
+            match parse_event(p, &e) {
                 Ok(ev) => events.push((p, e.id, ev)),
                 Err(why) => {
                     tracing::error!(partition = p, stream.id = %e.id, error = %why,
@@ -565,112 +512,45 @@ impl Writer {
         redis.mark_written_many(&paid_lines).await?;
         let now_ms = chrono::Utc::now().timestamp_millis();
         let ttl = self.state.cfg.order_cache_ttl.as_secs().max(1) as i64;
-        // The public stream is capped by length only while no consumer group reads it; a group
-        // (the webhook sender's) is never trimmed past an entry it has not had (below).
-        let readers = redis.order_events_needed_from().await?;
-        let mut pipe = redis::pipe();
+        let mut published = Vec::with_capacity(events.len());
         for (_, _, ev) in events {
-            if !ev.status.is_open() {
-                pipe.expire(redis.keys.order(ev.order_id), ttl).ignore();
-                // MySQL has its final status now: the customer's index lets go of it.
-                pipe.zrem(redis.keys.user_orders(ev.user_id), ev.order_id)
-                    .ignore();
-            }
             let payload = serde_json::to_string(&PublicEvent::of(ev))
                 .map_err(|e| Failure::Event(AppError::internal(format!("event json: {e}"))))?;
-            let xadd = pipe.cmd("XADD").arg(redis.keys.order_events());
-            if readers.is_none() {
-                xadd.arg("MAXLEN")
-                    .arg("~")
-                    .arg(self.state.cfg.events_max_len);
-            }
-            xadd.arg("*").arg("event").arg(payload).ignore();
+            published.push(Published {
+                order_id: ev.order_id,
+                user_id: ev.user_id,
+                finished: !ev.status.is_open(),
+                payload,
+            });
             metrics::counter!("flashsale_outbox_events_written_total", "type" => ev.kind.as_str())
                 .increment(1);
             metrics::histogram!("flashsale_outbox_lag_seconds")
                 .record((now_ms - ev.at_ms).max(0) as f64 / 1000.0);
         }
-        if let Some(Some(from)) = &readers {
-            // Delivered entries leave; what a group still needs stays, however many.
-            pipe.cmd("XTRIM")
-                .arg(redis.keys.order_events())
-                .arg("MINID")
-                .arg("~")
-                .arg(from)
-                .ignore();
-        }
-        let _: () = pipe
-            .query_async(&mut redis.conn())
-            .await
-            .map_err(AppError::from)?;
+        redis
+            .publish_written(&published, ttl, self.state.cfg.events_max_len)
+            .await?;
         Ok(())
     }
 
     /// Acknowledges and deletes written entries, so a stream's length is its backlog.
     async fn ack(&self, acks: &[(u64, String)]) -> AppResult<()> {
-        if acks.is_empty() {
-            return Ok(());
-        }
-        let mut by_partition: HashMap<u64, Vec<&str>> = HashMap::new();
-        for (p, id) in acks {
-            by_partition.entry(*p).or_default().push(id);
-        }
-        let mut pipe = redis::pipe();
-        for (p, ids) in by_partition {
-            let key = self.state.redis.keys.outbox(p);
-            pipe.xack(&key, GROUP, &ids).ignore();
-            pipe.xdel(&key, &ids).ignore();
-        }
-        let _: () = pipe.query_async(&mut self.state.redis.conn()).await?;
-        Ok(())
+        let entries: Vec<(usize, &str)> = acks
+            .iter()
+            .map(|(p, id)| (*p as usize, id.as_str()))
+            .collect();
+        self.stream.ack_and_delete(&entries).await
     }
 
     /// Age of the oldest event not yet written back (0 when the outbox is empty): the worker's
     /// lag as it stands, whatever the reason.
     pub async fn oldest_age(&self) -> AppResult<Duration> {
-        let mut pipe = redis::pipe();
-        for p in 0..ORDER_PARTITIONS {
-            pipe.cmd("XRANGE")
-                .arg(self.state.redis.keys.outbox(p))
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(1);
-        }
-        let firsts: Vec<redis::streams::StreamRangeReply> =
-            pipe.query_async(&mut self.state.redis.conn()).await?;
-        let now = chrono::Utc::now().timestamp_millis();
-        let oldest = firsts
-            .iter()
-            .flat_map(|r| r.ids.first())
-            .filter_map(|e| e.id.split_once('-')?.0.parse::<i64>().ok())
-            .min();
-        Ok(oldest.map_or(Duration::ZERO, |ms| {
-            Duration::from_millis((now - ms).max(0) as u64)
-        }))
+        self.state.redis.outbox_oldest_age().await
     }
 
     /// Outbox backlog (entries not yet written) and entries delivered but not acknowledged.
     pub async fn backlog(&self) -> AppResult<(u64, u64)> {
-        let mut pipe = redis::pipe();
-        for p in 0..ORDER_PARTITIONS {
-            let key = self.state.redis.keys.outbox(p);
-            pipe.xlen(&key);
-            pipe.cmd("XPENDING").arg(&key).arg(GROUP);
-        }
-        let raw: Vec<redis::Value> = pipe.query_async(&mut self.state.redis.conn()).await?;
-        let (mut len, mut pending) = (0u64, 0u64);
-        for pair in raw.chunks(2) {
-            if let redis::Value::Int(n) = pair[0] {
-                len += n as u64;
-            }
-            if let redis::Value::Array(items) = &pair[1]
-                && let Some(redis::Value::Int(n)) = items.first()
-            {
-                pending += *n as u64;
-            }
-        }
-        Ok((len, pending))
+        self.state.redis.outbox_backlog(GROUP).await
     }
 }
 
@@ -723,7 +603,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             }
             // This consumer's pending entries (a batch cut short, events waiting for their next
             // attempt), then entries of stopped instances, then new ones.
-            let mut entries = writer.read("0", None).await?;
+            let mut entries = writer.read_pending().await?;
             entries.retain(|e| writer.due(e));
             if entries.is_empty() && last_claim.elapsed() >= state.cfg.claim_idle / 2 {
                 last_claim = Instant::now();
@@ -731,8 +611,8 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
                 entries.retain(|e| writer.due(e));
             }
             if entries.is_empty() {
-                // Below the 500 ms response timeout redis-rs gives a connection by default.
-                entries = writer.read(">", Some(Duration::from_millis(250))).await?;
+                // A quarter second at most, so a stop is seen soon (see below).
+                entries = writer.read_new(Some(Duration::from_millis(250))).await?;
             }
             if !entries.is_empty() {
                 writer.process(&state.db, entries, Fault::None).await?;

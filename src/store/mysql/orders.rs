@@ -5,8 +5,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use sqlx::{MySqlConnection, MySqlPool};
 
 use super::error::{DbError, DbResult};
-use crate::domain::{OrderItem, Sku};
-use crate::store::redis::outbox::OutboxEvent;
+use crate::domain::{OrderItem, OutboxEvent, Sku};
 
 fn naive(ms: i64) -> NaiveDateTime {
     DateTime::from_timestamp_millis(ms)

@@ -68,6 +68,11 @@ impl Keys {
         format!("{}:order-events", self.prefix)
     }
 
+    /// Order events no webhook receiver took (see src/worker/webhooks.rs).
+    pub fn webhook_dead(&self) -> String {
+        format!("{}:webhook-dead", self.prefix)
+    }
+
     /// The skus in a customer's cart (a set; a line is live while its hold is).
     pub fn cart(&self, user_id: u64) -> String {
         format!("{}:{{user:{user_id}}}:cart", self.prefix)

@@ -2,6 +2,7 @@
 //! set-aside streams, where events that can never be written are kept for an operator.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use redis::Value;
 use redis::streams::StreamRangeReply;
@@ -9,85 +10,51 @@ use serde::Serialize;
 
 use super::Redis;
 use super::keys::ORDER_PARTITIONS;
-use crate::domain::{OrderEventKind, OrderItem, OrderStatus};
+use super::streams::{StreamEntry, text};
+use crate::domain::{OrderEventKind, OrderItem, OrderStatus, OutboxEvent};
 use crate::error::AppResult;
 
-/// One decision about an order, with a snapshot of its record at that moment.
-#[derive(Debug, Clone, Serialize)]
-pub struct OutboxEvent {
-    /// `<partition>-<stream id>`: unique, and the key that makes every write-back step idempotent.
-    pub event_id: String,
-    #[serde(rename = "type")]
-    pub kind: OrderEventKind,
-    pub order_id: u64,
-    pub user_id: u64,
-    pub status: OrderStatus,
-    pub items: Vec<OrderItem>,
-    pub total_price: u64,
-    pub created_at_ms: i64,
-    pub expires_at_ms: i64,
-    pub paid_at_ms: Option<i64>,
-    pub cancelled_at_ms: Option<i64>,
-    pub cancel_reason: Option<String>,
-    pub payment_ref: Option<String>,
-    /// When the decision was made (unix ms, from the stream id).
-    pub at_ms: i64,
-}
-
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(n) => Some(n.to_string()),
-        _ => None,
+/// Reads an outbox entry of partition `partition` into its event; `Err` names what is wrong
+/// with a malformed one.
+pub fn parse_event(partition: u64, entry: &StreamEntry) -> Result<OutboxEvent, String> {
+    let stream_id = entry.id.as_str();
+    let get = |f: &str| entry.field(f);
+    let num = |f: &str| get(f).and_then(|v| v.parse::<i64>().ok());
+    let need = |f: &str| num(f).ok_or_else(|| format!("field {f} missing or not a number"));
+    let kind = get("type")
+        .and_then(|t| OrderEventKind::parse(&t))
+        .ok_or("field type missing or unknown")?;
+    let status = get("status")
+        .and_then(|s| OrderStatus::parse(&s))
+        .ok_or("field status missing or unknown")?;
+    let items: Vec<OrderItem> = serde_json::from_str(&get("items").unwrap_or_default())
+        .map_err(|e| format!("field items: {e}"))?;
+    if let Some(bad) = items.iter().find(|i| i.sku == 0) {
+        return Err(format!("field items: sku {} is not a sku", bad.sku));
     }
-}
-
-impl OutboxEvent {
-    /// Reads a stream entry; `Err` names what is wrong with a malformed one.
-    pub fn parse(
-        partition: u64,
-        stream_id: &str,
-        map: &HashMap<String, Value>,
-    ) -> Result<Self, String> {
-        let get = |f: &str| map.get(f).and_then(text);
-        let num = |f: &str| get(f).and_then(|v| v.parse::<i64>().ok());
-        let need = |f: &str| num(f).ok_or_else(|| format!("field {f} missing or not a number"));
-        let kind = get("type")
-            .and_then(|t| OrderEventKind::parse(&t))
-            .ok_or("field type missing or unknown")?;
-        let status = get("status")
-            .and_then(|s| OrderStatus::parse(&s))
-            .ok_or("field status missing or unknown")?;
-        let items: Vec<OrderItem> = serde_json::from_str(&get("items").unwrap_or_default())
-            .map_err(|e| format!("field items: {e}"))?;
-        if let Some(bad) = items.iter().find(|i| i.sku == 0) {
-            return Err(format!("field items: sku {} is not a sku", bad.sku));
-        }
-        // A replayed event (`flashsale outbox-dead replay`) keeps its first stream id: its
-        // event_id and time are those of the decision.
-        let stream_id = get("replay_of").unwrap_or_else(|| stream_id.to_string());
-        let at_ms = stream_id
-            .split_once('-')
-            .and_then(|(ms, _)| ms.parse().ok())
-            .ok_or("stream id without a time")?;
-        Ok(OutboxEvent {
-            event_id: format!("{partition}-{stream_id}"),
-            kind,
-            order_id: need("order_id")? as u64,
-            user_id: need("user")? as u64,
-            status,
-            items,
-            total_price: need("total")? as u64,
-            created_at_ms: need("created_at")?,
-            expires_at_ms: need("expires_at")?,
-            paid_at_ms: num("paid_at"),
-            cancelled_at_ms: num("cancelled_at"),
-            cancel_reason: get("cancel_reason"),
-            payment_ref: get("payment_ref").filter(|r| !r.is_empty()),
-            at_ms,
-        })
-    }
+    // A replayed event (`flashsale outbox-dead replay`) keeps its first stream id: its
+    // event_id and time are those of the decision.
+    let stream_id = get("replay_of").unwrap_or_else(|| stream_id.to_string());
+    let at_ms = stream_id
+        .split_once('-')
+        .and_then(|(ms, _)| ms.parse().ok())
+        .ok_or("stream id without a time")?;
+    Ok(OutboxEvent {
+        event_id: format!("{partition}-{stream_id}"),
+        kind,
+        order_id: need("order_id")? as u64,
+        user_id: need("user")? as u64,
+        status,
+        items,
+        total_price: need("total")? as u64,
+        created_at_ms: need("created_at")?,
+        expires_at_ms: need("expires_at")?,
+        paid_at_ms: num("paid_at"),
+        cancelled_at_ms: num("cancelled_at"),
+        cancel_reason: get("cancel_reason"),
+        payment_ref: get("payment_ref").filter(|r| !r.is_empty()),
+        at_ms,
+    })
 }
 
 /// Why an event was set aside.
@@ -227,19 +194,9 @@ impl Redis {
     pub async fn list_set_aside(&self, limit: usize) -> AppResult<Vec<SetAside>> {
         let mut pipe = redis::pipe();
         for p in 0..ORDER_PARTITIONS {
-            pipe.cmd("XRANGE")
-                .arg(self.keys.set_aside(p))
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(limit);
+            pipe.xrange_count(self.keys.set_aside(p), "-", "+", limit);
         }
-        pipe.cmd("XRANGE")
-            .arg(self.keys.legacy_dead_letters())
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(limit);
+        pipe.xrange_count(self.keys.legacy_dead_letters(), "-", "+", limit);
         let replies: Vec<StreamRangeReply> = pipe.query_async(&mut self.conn()).await?;
         let mut out = Vec::new();
         for (i, r) in replies.into_iter().enumerate() {
@@ -306,6 +263,47 @@ impl Redis {
         let lens: Vec<u64> = pipe.query_async(&mut self.conn()).await?;
         Ok(lens.iter().sum())
     }
+
+    /// Age of the oldest event in the outbox (0 when empty), from the stream ids' times.
+    pub async fn outbox_oldest_age(&self) -> AppResult<Duration> {
+        let mut pipe = redis::pipe();
+        for p in 0..ORDER_PARTITIONS {
+            pipe.xrange_count(self.keys.outbox(p), "-", "+", 1);
+        }
+        let firsts: Vec<StreamRangeReply> = pipe.query_async(&mut self.conn()).await?;
+        let now = chrono::Utc::now().timestamp_millis();
+        let oldest = firsts
+            .iter()
+            .flat_map(|r| r.ids.first())
+            .filter_map(|e| e.id.split_once('-')?.0.parse::<i64>().ok())
+            .min();
+        Ok(oldest.map_or(Duration::ZERO, |ms| {
+            Duration::from_millis((now - ms).max(0) as u64)
+        }))
+    }
+
+    /// Outbox entries (every partition) and those delivered to `group` but not acknowledged.
+    pub async fn outbox_backlog(&self, group: &str) -> AppResult<(u64, u64)> {
+        let mut pipe = redis::pipe();
+        for p in 0..ORDER_PARTITIONS {
+            let key = self.keys.outbox(p);
+            pipe.xlen(&key);
+            pipe.cmd("XPENDING").arg(&key).arg(group);
+        }
+        let raw: Vec<Value> = pipe.query_async(&mut self.conn()).await?;
+        let (mut len, mut pending) = (0u64, 0u64);
+        for pair in raw.chunks(2) {
+            if let Value::Int(n) = pair[0] {
+                len += n as u64;
+            }
+            if let Value::Array(items) = &pair[1]
+                && let Some(Value::Int(n)) = items.first()
+            {
+                pending += *n as u64;
+            }
+        }
+        Ok((len, pending))
+    }
 }
 
 #[cfg(test)]
@@ -336,7 +334,10 @@ mod tests {
         ] {
             m.insert(k.to_string(), bulk(v));
         }
-        let e = OutboxEvent::parse(3, "1700000001000-0", &m).unwrap();
+        let parse = |id: &str, m: &HashMap<String, Value>| {
+            parse_event(3, &StreamEntry::new(0, id, m.clone()))
+        };
+        let e = parse("1700000001000-0", &m).unwrap();
         assert_eq!(e.event_id, "3-1700000001000-0");
         assert_eq!(e.kind, OrderEventKind::Paid);
         assert_eq!((e.order_id, e.user_id, e.total_price), (42, 7, 1000));
@@ -347,7 +348,7 @@ mod tests {
 
         // A replayed event keeps its first stream id.
         m.insert("replay_of".into(), bulk("1700000001000-0"));
-        let r = OutboxEvent::parse(3, "1700000099000-5", &m).unwrap();
+        let r = parse("1700000099000-5", &m).unwrap();
         assert_eq!(r.event_id, "3-1700000001000-0");
         assert_eq!(r.at_ms, 1_700_000_001_000);
 
@@ -355,9 +356,9 @@ mod tests {
             "items".into(),
             bulk(r#"[{"sku":0,"name":"TV","count":2,"unit_price":500}]"#),
         );
-        assert!(OutboxEvent::parse(3, "1-0", &m).is_err(), "sku 0");
+        assert!(parse("1-0", &m).is_err(), "sku 0");
         m.remove("status");
-        assert!(OutboxEvent::parse(3, "1-0", &m).is_err());
+        assert!(parse("1-0", &m).is_err());
     }
 
     #[test]

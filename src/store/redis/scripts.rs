@@ -1,9 +1,15 @@
 //! The Lua scripts of lua/, each prefixed with lua/lib.lua, built once and called by SHA
 //! (EVALSHA, loading the script on NOSCRIPT). Each script's body runs inside a function, after
 //! which `live_publish()` (lua/lib.lua) announces the sku's new `avail` once if the body changed
-//! it: the live stock streams (src/live.rs) follow those announcements.
+//! it: the live stock feed (src/worker/live.rs) follows those announcements.
 
-use redis::Script;
+use std::time::Instant;
+
+use redis::{Script, Value};
+use tracing::Instrument as _;
+
+use super::Redis;
+use crate::error::{AppError, AppResult};
 
 const LIB: &str = include_str!("../../../lua/lib.lua");
 
@@ -112,5 +118,200 @@ impl Scripts {
 impl Default for Scripts {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The span of one Lua script call (or of one pipeline of `calls` calls of it), with
+/// OpenTelemetry's database client attribute names. Debug level: it exists only when traces are
+/// exported (see `telemetry::init_tracing`) or the logs ask for debug.
+fn script_span(name: &'static str, calls: usize) -> tracing::Span {
+    let span = tracing::debug_span!(
+        "redis.script",
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        db.system = "redis",
+        db.operation.name = "EVALSHA",
+        db.operation.batch.size = tracing::field::Empty,
+        script = name,
+    );
+    // A batch is two calls or more (the semantic conventions).
+    if calls > 1 {
+        span.record("db.operation.batch.size", calls);
+    }
+    span
+}
+
+impl Redis {
+    /// Loads every script, so the first requests do not pay for it.
+    pub async fn load_scripts(&self) -> AppResult<()> {
+        let mut conn = self.conn();
+        for (_, s) in self.scripts.all() {
+            s.load_async(&mut conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Scripts keep the sale's state; none runs while Redis may evict it. Rate-limit buckets
+    /// are exempt: losing one only forgets a count.
+    /// Nor while Redis is behind MySQL (it came back from older persistence), until
+    /// `flashsale rebuild-cache` ran (whose own handle, [`Redis::for_repair`], is exempt).
+    async fn refuse_if_evicting(&self, script: &'static str) -> AppResult<()> {
+        if script == "rate_limit" {
+            return Ok(());
+        }
+        if let Some(e) = self.eviction.refusal() {
+            return Err(e);
+        }
+        if !self.repair
+            && let Some(e) = self.behind_refusal().await?
+        {
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    pub(super) async fn eval(
+        &self,
+        name: &'static str,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> AppResult<Reply> {
+        self.refuse_if_evicting(name).await?;
+        let mut inv = script.prepare_invoke();
+        for k in keys {
+            inv.key(*k);
+        }
+        for a in args {
+            inv.arg(*a);
+        }
+        let span = script_span(name, 1);
+        let started = Instant::now();
+        let r: Result<Value, redis::RedisError> = inv
+            .invoke_async(&mut self.conn())
+            .instrument(span.clone())
+            .await;
+        metrics::histogram!("flashsale_lua_duration_seconds", "script" => name)
+            .record(started.elapsed().as_secs_f64());
+        if r.is_err() {
+            metrics::counter!("flashsale_lua_errors_total", "script" => name).increment(1);
+            span.record("otel.status_code", "error");
+        }
+        Reply::parse(name, r?)
+    }
+
+    /// Runs one script over many key/arg sets in a single pipeline (EVALSHA; the scripts are
+    /// loaded again once if Redis lost them). Every use is idempotent, so a retry is safe.
+    pub(super) async fn eval_many(
+        &self,
+        name: &'static str,
+        script: &Script,
+        calls: &[(Vec<String>, Vec<String>)],
+    ) -> AppResult<Vec<Reply>> {
+        if calls.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.refuse_if_evicting(name).await?;
+        let mut pipe = redis::pipe();
+        for (keys, args) in calls {
+            pipe.cmd("EVALSHA")
+                .arg(script.get_hash())
+                .arg(keys.len())
+                .arg(keys)
+                .arg(args);
+        }
+        let span = script_span(name, calls.len());
+        let started = Instant::now();
+        let r: AppResult<Vec<Value>> = async {
+            let r = pipe.query_async(&mut self.conn()).await;
+            if matches!(&r, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+            {
+                self.load_scripts().await?;
+                return Ok(pipe.query_async(&mut self.conn()).await?);
+            }
+            Ok(r?)
+        }
+        .instrument(span.clone())
+        .await;
+        metrics::histogram!("flashsale_lua_duration_seconds", "script" => name)
+            .record(started.elapsed().as_secs_f64() / calls.len() as f64);
+        if r.is_err() {
+            span.record("otel.status_code", "error");
+        }
+        r?.into_iter().map(|v| Reply::parse(name, v)).collect()
+    }
+}
+
+/// A script's reply: `{tag, values...}` (or a bare array of values).
+pub(super) struct Reply {
+    script: &'static str,
+    items: Vec<Value>,
+}
+
+impl Reply {
+    pub(super) fn parse(script: &'static str, v: Value) -> AppResult<Self> {
+        match v {
+            Value::Array(items) => Ok(Reply { script, items }),
+            Value::Int(n) => Ok(Reply {
+                script,
+                items: vec![Value::Int(n)],
+            }),
+            other => Err(AppError::internal(format!(
+                "script {script}: expected an array, got {other:?}"
+            ))),
+        }
+    }
+
+    pub(super) fn tag(&self) -> &str {
+        match self.items.first() {
+            Some(Value::BulkString(b)) => std::str::from_utf8(b).unwrap_or(""),
+            Some(Value::SimpleString(s)) => s,
+            _ => "",
+        }
+    }
+
+    pub(super) fn int(&self, i: usize) -> AppResult<i64> {
+        match self.items.get(i) {
+            Some(Value::Int(n)) => Ok(*n),
+            Some(Value::BulkString(b)) => std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| self.malformed(i)),
+            _ => Err(self.malformed(i)),
+        }
+    }
+
+    pub(super) fn str_at(&self, i: usize) -> AppResult<String> {
+        match self.items.get(i) {
+            Some(Value::BulkString(b)) => Ok(String::from_utf8_lossy(b).into_owned()),
+            Some(Value::SimpleString(s)) => Ok(s.clone()),
+            _ => Err(self.malformed(i)),
+        }
+    }
+
+    pub(super) fn ints_at(&self, i: usize) -> AppResult<Vec<i64>> {
+        match self.items.get(i) {
+            Some(Value::Array(vs)) => vs
+                .iter()
+                .map(|v| match v {
+                    Value::Int(n) => Some(*n),
+                    Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| self.malformed(i)),
+            _ => Err(self.malformed(i)),
+        }
+    }
+
+    fn malformed(&self, i: usize) -> AppError {
+        AppError::internal(format!(
+            "script {}: reply item {i} malformed: {:?}",
+            self.script, self.items
+        ))
+    }
+
+    pub(super) fn unexpected(&self, tag: &str) -> AppError {
+        AppError::internal(format!("script {}: unexpected reply {tag:?}", self.script))
     }
 }

@@ -1,24 +1,24 @@
 //! Live stock for shoppers' pages: available counts pushed as they change (Server-Sent Events,
 //! served by `http::live`).
 //!
-//! The Lua scripts announce every change of a sku's `avail` on one Redis pub/sub channel per
-//! deployment (`<prefix>:stock-live`, message `"<sku> <avail>"`, see lua/lib.lua). One task per
-//! process ([`run`]) subscribes to it and keeps the latest count of each *watched* sku in the
-//! [`Hub`]; every `live_tick` it gathers what changed since the last tick into one [`Batch`] and
-//! broadcasts it in-process. Watchers (the SSE streams) only ever read the hub: 10,000 watchers
-//! cost Redis one subscription and, every `live_resync`, one read per watched sku (in case an
-//! announcement was lost, e.g. while the subscription was down), never anything per watcher.
+//! The [`Hub`] is the process's in-process state: the latest count of each *watched* sku, what
+//! changed since the last tick, the streams open (per client), the live sales list. The feed
+//! (src/worker/live.rs) follows the scripts' announcements into it and, every `live_tick`,
+//! has it broadcast what changed as one [`Batch`]. Watchers (the SSE streams) only ever read
+//! the hub: 10,000 watchers cost Redis one subscription and, every `live_resync`, one read per
+//! watched sku (in case an announcement was lost, e.g. while the subscription was down), never
+//! anything per watcher.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use sqlx::MySqlPool;
 use tokio::sync::{broadcast, watch};
 
-use crate::app::AppState;
 use crate::domain::Sku;
 use crate::error::{AppError, AppResult};
 use crate::store::mysql::catalog::{self as db, ProductRow};
@@ -329,23 +329,30 @@ impl Hub {
     }
 
     /// The current count of a sku for a stream that starts watching it: the hub's when it
-    /// follows the sku already, else read from Redis (loading the sku from MySQL if needed;
-    /// 404 `not_found` for an unknown sku).
-    pub async fn first_count(&self, state: &AppState, sku: Sku) -> AppResult<i64> {
+    /// follows the sku already, else `read` (awaited only then: the count from Redis, loading
+    /// the sku from MySQL if needed; 404 `not_found` for an unknown sku).
+    pub async fn first_count(
+        &self,
+        sku: Sku,
+        read: impl Future<Output = AppResult<i64>>,
+    ) -> AppResult<i64> {
         if let Some(v) = self.current(sku.get()) {
             return Ok(v);
         }
         let version = self.version(sku.get()).unwrap_or(0);
-        let v = crate::service::catalog::counters(state, sku)
-            .await?
-            .available;
+        let v = read.await?;
         self.apply_read(sku.get(), v, version);
         Ok(self.current(sku.get()).unwrap_or(v))
     }
 
     /// The sales that have not ended, read from MySQL at most once per `live_resync` (however
-    /// many streams start), with their skus followed while anyone watches the list.
-    pub async fn sales_list(&self, state: &AppState) -> AppResult<Arc<SalesList>> {
+    /// many streams start), with their skus followed while anyone watches the list; `count`
+    /// reads the first count of a sku the hub does not follow yet (see [`Hub::first_count`]).
+    pub async fn sales_list<F, Fut>(&self, db: &MySqlPool, count: F) -> AppResult<Arc<SalesList>>
+    where
+        F: Fn(Sku) -> Fut,
+        Fut: Future<Output = AppResult<i64>>,
+    {
         let fresh = |read: &Mutex<Option<Instant>>| {
             read.lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -358,11 +365,16 @@ impl Hub {
         if fresh(&self.sales_read) {
             return Ok(self.sales.borrow().clone());
         }
-        self.refresh_sales(state).await
+        self.refresh_sales(db, count).await
     }
 
-    async fn refresh_sales(&self, state: &AppState) -> AppResult<Arc<SalesList>> {
-        let rows = db::unfinished_sales(&state.db, chrono::Utc::now(), MAX_LIVE_SALES).await?;
+    /// Reads the sales list from MySQL afresh (see [`Hub::sales_list`]).
+    pub async fn refresh_sales<F, Fut>(&self, db: &MySqlPool, count: F) -> AppResult<Arc<SalesList>>
+    where
+        F: Fn(Sku) -> Fut,
+        Fut: Future<Output = AppResult<i64>>,
+    {
+        let rows = db::unfinished_sales(db, chrono::Utc::now(), MAX_LIVE_SALES).await?;
         let list = SalesList { rows };
         let skus = list.skus();
         {
@@ -375,7 +387,7 @@ impl Hub {
         for sku in &skus {
             if self.current(*sku).is_none() {
                 let sku = Sku::parse(u64::from(*sku))?;
-                self.first_count(state, sku).await?;
+                self.first_count(sku, count(sku)).await?;
             }
         }
         *self.sales_read.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
@@ -392,7 +404,7 @@ impl Hub {
     }
 
     /// Lets go of the sales list's skus when nobody watches it any more.
-    fn unpin_if_unwatched(&self) {
+    pub fn unpin_if_unwatched(&self) {
         let mut g = self.lock();
         if g.sales_watchers > 0 {
             return;
@@ -402,7 +414,8 @@ impl Hub {
         *self.sales_read.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
-    fn sales_watched(&self) -> bool {
+    /// Whether a stream watches the live sales list.
+    pub fn sales_watched(&self) -> bool {
         self.lock().sales_watchers > 0
     }
 }
@@ -440,138 +453,9 @@ impl Drop for WatchGuard {
     }
 }
 
-/// Reads every watched sku's count from Redis (one pipeline) and applies it.
-async fn resync(state: &AppState) -> AppResult<()> {
-    let hub = &state.live;
-    let watched = hub.watched();
-    if watched.is_empty() {
-        return Ok(());
-    }
-    let mut pipe = redis::pipe();
-    for (sku, _) in &watched {
-        let sku = Sku::parse(u64::from(*sku))?;
-        pipe.cmd("HGET")
-            .arg(state.redis.keys.sku(sku).stock())
-            .arg("avail");
-    }
-    let counts: Vec<Option<i64>> = pipe.query_async(&mut state.redis.conn()).await?;
-    for ((sku, version), count) in watched.into_iter().zip(counts) {
-        if let Some(v) = count {
-            hub.apply_read(sku, v, version);
-        }
-    }
-    Ok(())
-}
-
-/// `"<sku> <avail>"`
-fn parse_announcement(payload: &[u8]) -> Option<(u32, i64)> {
-    let s = std::str::from_utf8(payload).ok()?;
-    let (sku, avail) = s.split_once(' ')?;
-    Some((sku.parse().ok()?, avail.parse().ok()?))
-}
-
-async fn subscribe(
-    client: &redis::Client,
-    channel: &str,
-) -> redis::RedisResult<redis::aio::PubSub> {
-    let mut ps = client.get_async_pubsub().await?;
-    ps.subscribe(channel).await?;
-    Ok(ps)
-}
-
-/// The subscriber: follows the announcements until `stop` turns true, then ends every stream.
-pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
-    let hub = state.live.clone();
-    let cfg = state.cfg.clone();
-    let channel = state.redis.keys.stock_live();
-    let client = match redis::Client::open(cfg.redis_url.as_str()) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "live stock: bad Redis URL; live streams stay still");
-            let _ = stop.changed().await;
-            hub.close();
-            return;
-        }
-    };
-    let mut tick = tokio::time::interval(cfg.live_tick);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut resync_tick = tokio::time::interval(cfg.live_resync);
-    resync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut backoff = Duration::from_millis(100);
-    'connect: loop {
-        let connected = tokio::select! {
-            r = tokio::time::timeout(cfg.redis_timeout, subscribe(&client, &channel)) => r,
-            _ = stop.changed() => break 'connect,
-        };
-        let pubsub = match connected {
-            Ok(Ok(p)) => p,
-            failed => {
-                let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "timed out".into(),
-                };
-                tracing::warn!(error = %why, "live stock: cannot subscribe; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => break 'connect,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(100);
-        tracing::debug!(%channel, "live stock: subscribed");
-        let mut messages = pubsub.into_on_message();
-        // Announcements made while unsubscribed are lost: read the watched skus afresh.
-        if let Err(e) = resync(&state).await {
-            tracing::debug!(error = %e, "live stock: resync failed");
-        }
-        loop {
-            tokio::select! {
-                m = messages.next() => match m {
-                    Some(msg) => {
-                        if let Some((sku, avail)) = parse_announcement(msg.get_payload_bytes()) {
-                            hub.announce(sku, avail);
-                        }
-                    }
-                    None => {
-                        tracing::warn!("live stock: the subscription was lost; resubscribing");
-                        continue 'connect;
-                    }
-                },
-                _ = tick.tick() => {
-                    hub.flush();
-                }
-                _ = resync_tick.tick() => {
-                    if hub.sales_watched() {
-                        if let Err(e) = hub.refresh_sales(&state).await {
-                            tracing::debug!(error = %e, "live stock: sales list not refreshed");
-                        }
-                    } else {
-                        hub.unpin_if_unwatched();
-                    }
-                    if let Err(e) = resync(&state).await {
-                        tracing::debug!(error = %e, "live stock: resync failed");
-                    }
-                }
-                _ = stop.changed() => break 'connect,
-            }
-        }
-    }
-    hub.close();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn announcements_parse() {
-        assert_eq!(parse_announcement(b"42 3"), Some((42, 3)));
-        assert_eq!(parse_announcement(b"42 -1"), Some((42, -1)));
-        assert_eq!(parse_announcement(b"42"), None);
-        assert_eq!(parse_announcement(b"x 1"), None);
-    }
 
     #[test]
     fn changes_are_coalesced_per_tick_and_only_for_watched_skus() {

@@ -1,0 +1,58 @@
+//! Live stock: the scripts announce every change of a sku's `avail` on one pub/sub channel
+//! (`<prefix>:stock-live`, message `"<sku> <avail>"`, see lua/lib.lua); src/worker/live.rs
+//! follows it and reads the watched skus' counts afresh now and then.
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+
+use super::Redis;
+use crate::domain::Sku;
+use crate::error::AppResult;
+
+/// `"<sku> <avail>"`
+fn parse_announcement(payload: &[u8]) -> Option<(u32, i64)> {
+    let s = std::str::from_utf8(payload).ok()?;
+    let (sku, avail) = s.split_once(' ')?;
+    Some((sku.parse().ok()?, avail.parse().ok()?))
+}
+
+impl Redis {
+    /// Subscribes to the stock announcements on a connection of its own: (sku, available)
+    /// pairs as the scripts announce them (unreadable messages skipped). The stream ends when
+    /// the subscription is lost.
+    pub async fn subscribe_stock(&self) -> AppResult<BoxStream<'static, (u32, i64)>> {
+        let mut ps = self.client.get_async_pubsub().await?;
+        ps.subscribe(self.keys.stock_live()).await?;
+        Ok(ps
+            .into_on_message()
+            .filter_map(|m| std::future::ready(parse_announcement(m.get_payload_bytes())))
+            .boxed())
+    }
+
+    /// The available count of each sku (`None`: not loaded), in one pipeline of plain reads.
+    pub async fn available_counts(&self, skus: &[Sku]) -> AppResult<Vec<Option<i64>>> {
+        if skus.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for sku in skus {
+            pipe.cmd("HGET")
+                .arg(self.keys.sku(*sku).stock())
+                .arg("avail");
+        }
+        Ok(pipe.query_async(&mut self.conn()).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcements_parse() {
+        assert_eq!(parse_announcement(b"42 3"), Some((42, 3)));
+        assert_eq!(parse_announcement(b"42 -1"), Some((42, -1)));
+        assert_eq!(parse_announcement(b"42"), None);
+        assert_eq!(parse_announcement(b"x 1"), None);
+    }
+}

@@ -1,0 +1,281 @@
+//! Order records and the customer's checkout lock (lua/create_order.lua, lua/decide_order.lua,
+//! lua/fence_order.lua, lua/unlock.lua).
+
+use redis::AsyncCommands;
+
+use super::Redis;
+use crate::domain::OrderStatus;
+use crate::error::{AppError, AppResult};
+
+/// What `create_order` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    Recorded,
+    /// A record with that id exists already: nothing written.
+    Exists,
+    /// The lines' deadline had passed: nothing written (the sweeper may be giving them back).
+    Late,
+}
+
+pub enum OrderAction<'a> {
+    Activate { items_json: &'a str, total: u64 },
+    Fail { items_json: &'a str, total: u64 },
+    Pay { payment_ref: &'a str },
+    Cancel,
+    Expire,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// This call moved the order to the status.
+    Moved(OrderStatus),
+    /// The order was already there (or nothing was due).
+    Same(OrderStatus),
+    /// Not allowed from the order's status.
+    Rejected(OrderStatus),
+    Missing,
+}
+
+impl Decision {
+    pub fn status(self) -> Option<OrderStatus> {
+        match self {
+            Decision::Moved(s) | Decision::Same(s) | Decision::Rejected(s) => Some(s),
+            Decision::Missing => None,
+        }
+    }
+}
+
+/// An order as its Redis record holds it.
+#[derive(Debug, Clone)]
+pub struct OrderRecord {
+    pub order_id: u64,
+    pub user_id: u64,
+    pub status: OrderStatus,
+    pub items_json: String,
+    pub total: u64,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub paid_at_ms: Option<i64>,
+    pub cancelled_at_ms: Option<i64>,
+    pub cancel_reason: Option<String>,
+}
+
+impl OrderRecord {
+    fn from_fields(order_id: u64, flat: Vec<(String, String)>) -> AppResult<Self> {
+        let get = |f: &str| flat.iter().find(|(k, _)| k == f).map(|(_, v)| v.clone());
+        let num = |f: &str| get(f).and_then(|v| v.parse::<i64>().ok());
+        let bad = |what: &str| AppError::internal(format!("order {order_id}: bad record ({what})"));
+        Ok(OrderRecord {
+            order_id,
+            user_id: num("user").ok_or_else(|| bad("user"))? as u64,
+            status: get("status")
+                .and_then(|s| OrderStatus::parse(&s))
+                .ok_or_else(|| bad("status"))?,
+            items_json: get("items").unwrap_or_else(|| "[]".into()),
+            total: get("total")
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| bad("total"))?,
+            created_at_ms: num("created_at").ok_or_else(|| bad("created_at"))?,
+            expires_at_ms: num("expires_at").ok_or_else(|| bad("expires_at"))?,
+            paid_at_ms: num("paid_at"),
+            cancelled_at_ms: num("cancelled_at"),
+            cancel_reason: get("cancel_reason"),
+        })
+    }
+}
+
+impl Redis {
+    /// Records a new order (status `new`) whose lines are reserved.
+    pub async fn create_order(
+        &self,
+        order_id: u64,
+        user_id: u64,
+        created_at_ms: i64,
+        expires_at_ms: i64,
+        items_json: &str,
+        total: u64,
+    ) -> AppResult<Created> {
+        let r = self
+            .eval(
+                "create_order",
+                &self.scripts.create_order,
+                &[&self.keys.order(order_id)],
+                &[
+                    &user_id.to_string(),
+                    &created_at_ms.to_string(),
+                    &expires_at_ms.to_string(),
+                    items_json,
+                    &total.to_string(),
+                ],
+            )
+            .await?;
+        match r.tag() {
+            "ok" => {}
+            "exists" => return Ok(Created::Exists),
+            "late" => return Ok(Created::Late),
+            other => return Err(r.unexpected(other)),
+        }
+        // The customer's index: orders not yet finished and written back (the write-back takes
+        // each out once MySQL has its final status; listings read MySQL for the rest).
+        self.index_user_order(user_id, order_id).await?;
+        Ok(Created::Recorded)
+    }
+
+    /// Puts an order in its customer's index of open orders (by id).
+    pub async fn index_user_order(&self, user_id: u64, order_id: u64) -> AppResult<()> {
+        let _: () = self
+            .conn()
+            .zadd(self.keys.user_orders(user_id), order_id, order_id as f64)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn decide_order(
+        &self,
+        order_id: u64,
+        action: OrderAction<'_>,
+    ) -> AppResult<Decision> {
+        let (name, payload, total) = match action {
+            OrderAction::Activate { items_json, total } => ("activate", items_json, total),
+            OrderAction::Fail { items_json, total } => ("fail", items_json, total),
+            OrderAction::Pay { payment_ref } => ("pay", payment_ref, 0),
+            OrderAction::Cancel => ("cancel", "", 0),
+            OrderAction::Expire => ("expire", "", 0),
+        };
+        let r = self
+            .eval(
+                "decide_order",
+                &self.scripts.decide_order,
+                &[&self.keys.order(order_id), &self.keys.outbox_of(order_id)],
+                &[name, payload, &total.to_string()],
+            )
+            .await?;
+        let status = || -> AppResult<OrderStatus> {
+            let s = r.str_at(1)?;
+            OrderStatus::parse(&s)
+                .ok_or_else(|| AppError::internal(format!("order {order_id}: bad status {s:?}")))
+        };
+        Ok(match r.tag() {
+            "ok" => Decision::Moved(status()?),
+            "same" => Decision::Same(status()?),
+            "reject" => Decision::Rejected(status()?),
+            "missing" => Decision::Missing,
+            other => return Err(r.unexpected(other)),
+        })
+    }
+
+    /// Makes sure `order_id` is never recorded from here on (lua/fence_order.lua): `None` when
+    /// fenced, else the status of the record that exists.
+    pub async fn fence_order(
+        &self,
+        order_id: u64,
+        user_id: u64,
+        keep: std::time::Duration,
+    ) -> AppResult<Option<String>> {
+        let r = self
+            .eval(
+                "fence_order",
+                &self.scripts.fence_order,
+                &[&self.keys.order(order_id)],
+                &[&user_id.to_string(), &keep.as_millis().max(1).to_string()],
+            )
+            .await?;
+        match r.tag() {
+            "fenced" => Ok(None),
+            "exists" => Ok(Some(r.str_at(1)?)),
+            other => Err(r.unexpected(other)),
+        }
+    }
+
+    /// The order's record as stored, or `None`.
+    pub async fn order_record(&self, order_id: u64) -> AppResult<Option<OrderRecord>> {
+        let flat: Vec<(String, String)> = self.conn().hgetall(self.keys.order(order_id)).await?;
+        if flat.is_empty() {
+            return Ok(None);
+        }
+        OrderRecord::from_fields(order_id, flat).map(Some)
+    }
+
+    /// The records of several orders, in the order asked (`None`: no such record).
+    pub async fn order_records(&self, order_ids: &[u64]) -> AppResult<Vec<Option<OrderRecord>>> {
+        if order_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in order_ids {
+            pipe.hgetall(self.keys.order(*id));
+        }
+        let raw: Vec<Vec<(String, String)>> = pipe.query_async(&mut self.conn()).await?;
+        order_ids
+            .iter()
+            .zip(raw)
+            .map(|(id, flat)| {
+                if flat.is_empty() {
+                    Ok(None)
+                } else {
+                    OrderRecord::from_fields(*id, flat).map(Some)
+                }
+            })
+            .collect()
+    }
+
+    /// A customer's order ids below `before` (exclusive), newest first.
+    pub async fn user_order_ids(
+        &self,
+        user_id: u64,
+        before: Option<u64>,
+        count: usize,
+    ) -> AppResult<Vec<u64>> {
+        let max = match before {
+            Some(b) => format!("({b}"),
+            None => "+inf".to_string(),
+        };
+        Ok(self
+            .conn()
+            .zrevrangebyscore_limit(
+                self.keys.user_orders(user_id),
+                max,
+                "-inf",
+                0,
+                count as isize,
+            )
+            .await?)
+    }
+
+    /// Takes the customer's checkout lock for `lease` (token: the checkout's order id); `false`
+    /// when another checkout of the cart holds it.
+    pub async fn lock_checkout(
+        &self,
+        user_id: u64,
+        token: u64,
+        lease: std::time::Duration,
+    ) -> AppResult<bool> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.keys.checkout_lock(user_id))
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(lease.as_millis() as u64)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// The token of the checkout holding the customer's lock, if one does.
+    pub async fn checkout_lock_token(&self, user_id: u64) -> AppResult<Option<u64>> {
+        let v: Option<String> = self.conn().get(self.keys.checkout_lock(user_id)).await?;
+        Ok(v.and_then(|t| t.parse().ok()))
+    }
+
+    /// Lets go of the customer's checkout lock if `token` still holds it.
+    pub async fn unlock_checkout(&self, user_id: u64, token: u64) -> AppResult<()> {
+        self.eval(
+            "unlock",
+            &self.scripts.unlock,
+            &[&self.keys.checkout_lock(user_id)],
+            &[&token.to_string()],
+        )
+        .await?;
+        Ok(())
+    }
+}
