@@ -4,71 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "flashsale",
-    version,
-    about = "A flash-sale back end that cannot oversell"
-)]
-pub struct Cli {
-    #[command(flatten)]
-    pub config: Config,
-    #[command(subcommand)]
-    pub command: Option<Command>,
-}
-
-#[derive(Debug, Clone, Subcommand)]
-pub enum Command {
-    /// Run the HTTP API and its background workers (the default).
-    Serve,
-    /// Create the database if missing and apply the migrations, then exit.
-    Migrate,
-    /// Load a demo 12.12 catalog: products, two warehouses, stock, a sale window opening now.
-    Seed,
-    /// Compare Redis with MySQL per sku; exits 1 on a mismatch.
-    Reconcile,
-    /// Rebuild Redis from MySQL after Redis lost its data (before the service takes traffic).
-    RebuildCache,
-    /// Outbox events set aside because they can never be written (unparseable, or an order id
-    /// MySQL holds for another order): list, show, replay exactly once.
-    OutboxDead {
-        #[command(subcommand)]
-        action: OutboxDeadAction,
-    },
-    /// A 12.12 sale from the buyers' side, with a report (against --url, or a service of its own).
-    Simulate(crate::simulate::SimulateArgs),
-    /// Print customer access tokens signed with FLASHSALE_JWT_SECRET, one a line (load tests).
-    MintTokens {
-        /// How many.
-        #[arg(long, default_value_t = 1_000)]
-        count: u64,
-        /// The first customer id; the others follow.
-        #[arg(long, default_value_t = 1_000_000)]
-        first_user_id: u64,
-    },
-}
-
-#[derive(Debug, Clone, Subcommand)]
-pub enum OutboxDeadAction {
-    /// One line per set-aside event: id, when, reason, type, order, error.
-    List {
-        /// At most this many per partition.
-        #[arg(long, default_value_t = 1_000)]
-        limit: usize,
-    },
-    /// One set-aside event in full (JSON), with the event's own fields.
-    Show {
-        /// The id `list` shows (`<partition>-<ms>-<seq>`).
-        id: String,
-    },
-    /// Put a set-aside event back into its outbox, once; a running writer then writes it.
-    Replay {
-        /// The id `list` shows.
-        id: String,
-    },
-}
+use clap::{Args, Parser, ValueEnum};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -652,13 +588,31 @@ impl OtelConfig {
     }
 }
 
+/// The settings alone, as a parser (the binary's command line flattens `Config` the same way).
+#[derive(Debug, Parser)]
+#[command(name = "flashsale")]
+struct Settings {
+    #[command(flatten)]
+    config: Config,
+}
+
 /// Dev fallback for the admin password; never accepted with `--production`.
 pub const DEV_ADMIN_PASSWORD: &str = "admin-dev-password";
 
 impl Config {
     /// Settings as the defaults give them, for tests and tools that build a config in code.
     pub fn defaults() -> Self {
-        Cli::parse_from(["flashsale"]).config
+        Self::parse_from(["flashsale"])
+    }
+
+    /// Settings from these command-line arguments (the first is the program's name) and the
+    /// environment, as the binary reads them.
+    pub fn parse_from<I, T>(args: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Settings::parse_from(args).config
     }
 
     /// Checks the settings that must hold before anything starts.
@@ -895,12 +849,11 @@ mod tests {
             c.cors_origins = vec![bad.into()];
             assert!(c.validate().is_err(), "{bad}");
         }
-        let c = Cli::parse_from([
+        let c = Config::parse_from([
             "flashsale",
             "--cors-origins",
             "https://a.example,https://b.example",
-        ])
-        .config;
+        ]);
         assert_eq!(c.cors_origins, ["https://a.example", "https://b.example"]);
     }
 

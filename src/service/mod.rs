@@ -6,6 +6,8 @@ pub mod catalog;
 pub mod lookups;
 pub mod order_ids;
 pub mod orders;
+pub mod outbox_dead;
+pub mod reconcile;
 
 use chrono::{DateTime, Utc};
 

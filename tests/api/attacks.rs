@@ -281,7 +281,7 @@ enum Stall {
 /// while A still works. The client's retry B (instance 2) takes the key over and stalls too.
 /// Then instance 1 looks again, MySQL lets both go on. Returns both answers and the orders.
 async fn lease_lost_race(stall: Stall) -> ((StatusCode, Value), (StatusCode, Value), Vec<Value>) {
-    use flashsale::app::Application;
+    use flashsale::startup::Application;
     use sqlx::Executor;
 
     use crate::process::{OwnRedis, eventually, free_port};

@@ -210,7 +210,7 @@ async fn attack_redis_back_from_older_persistence_reuses_ids_and_resells() {
                 ra.status
             ));
         }
-        flashsale::reconcile::rebuild_cache(&app.state)
+        flashsale::service::reconcile::rebuild_cache(&app.state)
             .await
             .unwrap();
         if app.get("/readyz", None).await.status != StatusCode::OK {
@@ -223,9 +223,11 @@ async fn attack_redis_back_from_older_persistence_reuses_ids_and_resells() {
                 r.body
             ));
         }
-        let checks = flashsale::reconcile::check(&app.state).await.unwrap();
+        let checks = flashsale::service::reconcile::check(&app.state)
+            .await
+            .unwrap();
         if !checks.iter().all(|c| c.ok()) {
-            wrong.push(flashsale::reconcile::table(&checks));
+            wrong.push(flashsale::service::reconcile::table(&checks));
         }
     }
     if r.status == StatusCode::CREATED {
@@ -481,10 +483,12 @@ async fn attack_rebuild_cache_keeps_stale_counters_after_a_partial_loss() {
         || async { app.get(&format!("/v1/products/{sku}"), None).await.status == StatusCode::OK },
     )
     .await;
-    let report = flashsale::reconcile::rebuild_cache(&app.state)
+    let report = flashsale::service::reconcile::rebuild_cache(&app.state)
         .await
         .unwrap();
-    let checks = flashsale::reconcile::check(&app.state).await.unwrap();
+    let checks = flashsale::service::reconcile::check(&app.state)
+        .await
+        .unwrap();
 
     let tb = app.customer_token(7_402);
     let r = app
@@ -500,7 +504,7 @@ async fn attack_rebuild_cache_keeps_stale_counters_after_a_partial_loss() {
         "MySQL has 0 on hand and 3 paid, but after rebuild-cache ({report:?}) the service sold \
          again: {:?}; reconcile said: {}",
         r.body,
-        flashsale::reconcile::table(&checks)
+        flashsale::service::reconcile::table(&checks)
     );
 }
 
@@ -568,7 +572,7 @@ async fn attack_ids_burned_by_refusals_outrun_the_margin_after_a_loss() {
         matches!(refused, Err(flashsale::error::AppError::Unavailable(_))),
         "an id handed out on a Redis that lost its data: {refused:?}"
     );
-    flashsale::reconcile::rebuild_cache(&app.state)
+    flashsale::service::reconcile::rebuild_cache(&app.state)
         .await
         .unwrap();
     let after = flashsale::service::order_ids::next(&app.state)

@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::Utc;
-use flashsale::app::{AppState, Application};
+use flashsale::app::AppState;
 use flashsale::config::Config;
 use flashsale::domain::{Role, Sku};
+use flashsale::startup::Application;
 use rand::Rng;
 use redis::AsyncCommands;
 use reqwest::{Method, StatusCode};

@@ -444,7 +444,7 @@ async fn shutdown_ends_open_streams_at_once() {
     let mut cfg = (*app.state.cfg).clone();
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg.shutdown_grace = Duration::from_secs(30);
-    let server = flashsale::app::Application::build(cfg).await.unwrap();
+    let server = flashsale::startup::Application::build(cfg).await.unwrap();
     let addr = format!("http://127.0.0.1:{}", server.port());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(server.run_until(async {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use flashsale::app::Application;
+use flashsale::startup::Application;
 use reqwest::StatusCode;
 use serde_json::json;
 

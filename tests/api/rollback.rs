@@ -143,7 +143,7 @@ async fn a_counter_behind_mysql_stops_sales_until_rebuild_cache() {
         .unwrap();
     assert_eq!(buy(&app, &tb, sku, 1).await.status, 503);
 
-    let report = flashsale::reconcile::rebuild_cache(&app.state)
+    let report = flashsale::service::reconcile::rebuild_cache(&app.state)
         .await
         .unwrap();
     assert_eq!(report.skus_loaded, 1, "{report:?}");
@@ -158,11 +158,13 @@ async fn a_counter_behind_mysql_stops_sales_until_rebuild_cache() {
         .await
         .unwrap();
     assert!(id > a);
-    let checks = flashsale::reconcile::check(&app.state).await.unwrap();
+    let checks = flashsale::service::reconcile::check(&app.state)
+        .await
+        .unwrap();
     assert!(
         checks.iter().all(|c| c.ok()),
         "{}",
-        flashsale::reconcile::table(&checks)
+        flashsale::service::reconcile::table(&checks)
     );
 }
 
@@ -189,7 +191,7 @@ async fn rebuild_cache_keeps_open_orders_and_drops_cart_holds() {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    let report = flashsale::reconcile::rebuild_cache(&app.state)
+    let report = flashsale::service::reconcile::rebuild_cache(&app.state)
         .await
         .unwrap();
     assert!(report.problems.is_empty(), "{report:?}");
@@ -244,7 +246,7 @@ async fn the_other_instances_stop_too_and_resume_after_one_rebuild() {
         .unwrap_err();
     assert_eq!(e.code(), "unavailable");
 
-    flashsale::reconcile::rebuild_cache(&app.state)
+    flashsale::service::reconcile::rebuild_cache(&app.state)
         .await
         .unwrap();
     let id = flashsale::service::order_ids::next(&other).await.unwrap();
@@ -271,7 +273,7 @@ async fn rebuild_cache_expires_an_order_whose_window_passed_while_redis_was_lost
     let _: () = conn.del(keys).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
 
-    flashsale::reconcile::rebuild_cache(&app.state)
+    flashsale::service::reconcile::rebuild_cache(&app.state)
         .await
         .unwrap();
     while app.write_back().await.events > 0 {}

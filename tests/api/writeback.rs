@@ -260,11 +260,13 @@ async fn a_crash_between_commit_and_ack_applies_nothing_twice() {
         "on_hand lowered once, not twice"
     );
 
-    let checks = flashsale::reconcile::check(&app.state).await.unwrap();
+    let checks = flashsale::service::reconcile::check(&app.state)
+        .await
+        .unwrap();
     assert!(
         checks.iter().all(|c| c.ok()),
         "{}",
-        flashsale::reconcile::table(&checks)
+        flashsale::service::reconcile::table(&checks)
     );
 }
 
@@ -274,9 +276,15 @@ async fn reconcile_finds_a_planted_mismatch() {
     let sku = app.sale_product(10, None).await;
     app.buy_and_pay(801, sku, 2).await;
     app.write_back().await;
-    let checks = flashsale::reconcile::check(&app.state).await.unwrap();
+    let checks = flashsale::service::reconcile::check(&app.state)
+        .await
+        .unwrap();
     assert_eq!(checks.len(), 1);
-    assert!(checks[0].ok(), "{}", flashsale::reconcile::table(&checks));
+    assert!(
+        checks[0].ok(),
+        "{}",
+        flashsale::service::reconcile::table(&checks)
+    );
     assert_eq!(
         (checks[0].on_hand, checks[0].available, checks[0].sold),
         (8, 8, 0)
@@ -296,9 +304,11 @@ async fn reconcile_finds_a_planted_mismatch() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let checks = flashsale::reconcile::check(&app.state).await.unwrap();
+    let checks = flashsale::service::reconcile::check(&app.state)
+        .await
+        .unwrap();
     assert!(!checks[0].ok());
-    let table = flashsale::reconcile::table(&checks);
+    let table = flashsale::service::reconcile::table(&checks);
     assert!(table.contains("MISMATCH"), "{table}");
     assert!(
         checks[0].problems.iter().any(|p| p.contains("on_hand")),
@@ -347,7 +357,7 @@ async fn redis_flushed_rebuild_restores_without_overselling() {
         .unwrap();
     let _: () = conn.del(keys).await.unwrap();
 
-    let report = flashsale::reconcile::rebuild_cache(&app.state)
+    let report = flashsale::service::reconcile::rebuild_cache(&app.state)
         .await
         .unwrap();
     assert_eq!(report.skus_loaded, 1);
@@ -402,10 +412,12 @@ async fn redis_flushed_rebuild_restores_without_overselling() {
     app.write_back().await;
     let b = app.assert_identity(sku).await;
     assert_eq!((b.on_hand, b.reserved, b.sold), (3, 3, 0));
-    let checks = flashsale::reconcile::check(&app.state).await.unwrap();
+    let checks = flashsale::service::reconcile::check(&app.state)
+        .await
+        .unwrap();
     assert!(
         checks.iter().all(|c| c.ok()),
         "{}",
-        flashsale::reconcile::table(&checks)
+        flashsale::service::reconcile::table(&checks)
     );
 }

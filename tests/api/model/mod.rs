@@ -673,7 +673,7 @@ impl World {
             })
         };
         // reconcile: the identity and Redis's counters against its ledgers.
-        match flashsale::reconcile::check(&self.app.state).await {
+        match flashsale::service::reconcile::check(&self.app.state).await {
             Ok(checks) => {
                 for c in checks.iter().filter(|c| !c.ok()) {
                     let diff =
@@ -1043,7 +1043,7 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
             // notice the restart (a broken pipe), so a failed attempt is tried again.
             let mut outcome = Err(String::new());
             for _ in 0..10 {
-                outcome = flashsale::reconcile::rebuild_cache(&world.app.state)
+                outcome = flashsale::service::reconcile::rebuild_cache(&world.app.state)
                     .await
                     .map_err(|e| e.to_string());
                 if outcome.is_ok() {

@@ -5,6 +5,7 @@
 //! API (and with `reconcile` when the service is this process's own). Oversold units must be 0.
 
 use std::collections::BTreeMap;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -15,9 +16,13 @@ use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::app::Application;
-use crate::config::{Config, DEV_ADMIN_PASSWORD};
-use crate::domain::Role;
+use flashsale::app::AppState;
+use flashsale::auth::{self, Jwt};
+use flashsale::config::{Config, DEV_ADMIN_PASSWORD};
+use flashsale::domain::Role;
+use flashsale::service::reconcile;
+use flashsale::startup::Application;
+use flashsale::worker::writer::{Fault, Writer};
 
 #[derive(Debug, Clone, Args)]
 pub struct SimulateArgs {
@@ -132,7 +137,23 @@ impl Client {
     }
 }
 
-pub async fn run(mut cfg: Config, args: SimulateArgs) -> anyhow::Result<Report> {
+/// Runs the sale and prints its report (JSON with `--json`); exit 1 when a unit was oversold or
+/// the stock does not add up.
+pub async fn run(cfg: Config, args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    let json = args.json;
+    let report = simulate(cfg, args).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print(&report);
+    }
+    if report.oversold_units > 0 || !report.identity_ok || report.reconcile_ok == Some(false) {
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn simulate(mut cfg: Config, args: SimulateArgs) -> anyhow::Result<Report> {
     // The service: the one named, or our own on a fresh database and prefix.
     let own = args.url.is_none();
     let mut shutdown = None;
@@ -154,7 +175,7 @@ pub async fn run(mut cfg: Config, args: SimulateArgs) -> anyhow::Result<Report> 
             // Every simulated buyer comes from this one address.
             cfg.rate_limits = false;
             if cfg.jwt_secret.is_none() {
-                cfg.jwt_secret = Some(crate::auth::generate_secret());
+                cfg.jwt_secret = Some(auth::generate_secret());
             }
             let app = Application::build(cfg.clone()).await?;
             let port = app.port();
@@ -236,7 +257,7 @@ pub async fn run(mut cfg: Config, args: SimulateArgs) -> anyhow::Result<Report> 
         .jwt_secret
         .clone()
         .context("simulate against --url needs FLASHSALE_JWT_SECRET (the service's)")?;
-    let jwt = crate::auth::Jwt::new(secret.as_bytes(), Duration::from_secs(3600));
+    let jwt = Jwt::new(secret.as_bytes(), Duration::from_secs(3600));
     let first_buyer = 1_000_000_000 + u64::from(rand::random::<u32>());
     let tokens: Vec<String> = (0..args.buyers)
         .map(|i| jwt.issue(first_buyer + i, Role::Customer))
@@ -309,10 +330,10 @@ pub async fn run(mut cfg: Config, args: SimulateArgs) -> anyhow::Result<Report> 
     let units_sold = paid_units.load(Ordering::Relaxed);
     let reconcile_ok = match &state {
         Some(st) => {
-            crate::worker::writer::Writer::new(st.clone())
-                .run_once(&st.db, crate::worker::writer::Fault::None)
+            Writer::new(st.clone())
+                .run_once(&st.db, Fault::None)
                 .await?;
-            Some(crate::reconcile::check(st).await?.iter().all(|c| c.ok()))
+            Some(reconcile::check(st).await?.iter().all(|c| c.ok()))
         }
         None => None,
     };
@@ -335,7 +356,7 @@ pub async fn run(mut cfg: Config, args: SimulateArgs) -> anyhow::Result<Report> 
     };
     if let (Some(tx), Some(st)) = (shutdown, state) {
         let _ = tx.send(());
-        cleanup(&st).await;
+        cleanup(&st, &cfg).await;
     }
     Ok(out)
 }
@@ -379,8 +400,9 @@ async fn buyer(
     Ok((s == 200).then_some(count))
 }
 
-/// Drops the simulation's own database and Redis keys.
-async fn cleanup(state: &crate::app::AppState) {
+/// Drops the simulation's own database and Redis keys (over a connection of its own: a sweep of
+/// every key is this tool's business, not the service's).
+async fn cleanup(state: &AppState, cfg: &Config) {
     let db: Option<String> = sqlx::query_scalar("SELECT DATABASE()")
         .fetch_one(&state.db)
         .await
@@ -393,7 +415,15 @@ async fn cleanup(state: &crate::app::AppState) {
         .execute(&state.db)
         .await;
     }
-    let mut conn = state.redis.conn();
+    let Ok(mut conn) = async {
+        redis::Client::open(cfg.redis_url.as_str())?
+            .get_multiplexed_async_connection()
+            .await
+    }
+    .await
+    else {
+        return;
+    };
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(state.redis.keys.pattern())
         .query_async(&mut conn)
@@ -405,7 +435,7 @@ async fn cleanup(state: &crate::app::AppState) {
 }
 
 /// The report as a person reads it.
-pub fn print(r: &Report) {
+fn print(r: &Report) {
     println!(
         "flash sale simulation: {} buyers, {} units, concurrency {}",
         r.buyers, r.units, r.concurrency
