@@ -1,4 +1,4 @@
-//! The `flashsale` command line: the settings (src/config.rs, every one also a `FLASHSALE_*`
+//! The `flashsale` command line: the settings (src/config/, every one also a `FLASHSALE_*`
 //! variable) and the commands. Part of the binary (main.rs declares it), not of the library.
 
 use clap::{Parser, Subcommand};
@@ -23,6 +23,11 @@ pub struct Cli {
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Run the HTTP API and its background workers (the default).
+    #[command(next_line_help = true)]
+    #[command(
+        after_help = "Every setting is a flag and an environment variable (the flag wins). \
+                            Durations take `500ms`, `30s`, `10m`, `1h`, or a number of seconds."
+    )]
     Serve,
     /// Create the database if missing and apply the migrations, then exit.
     Migrate,

@@ -484,7 +484,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     let hub = state.live.clone();
     let cfg = state.cfg.clone();
     let channel = state.redis.keys.stock_live();
-    let client = match redis::Client::open(cfg.redis_url.as_str()) {
+    let client = match redis::Client::open(cfg.stores.redis_url.as_str()) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "live stock: bad Redis URL; live streams stay still");
@@ -493,14 +493,14 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             return;
         }
     };
-    let mut tick = tokio::time::interval(cfg.live_tick);
+    let mut tick = tokio::time::interval(cfg.live.live_tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut resync_tick = tokio::time::interval(cfg.live_resync);
+    let mut resync_tick = tokio::time::interval(cfg.live.live_resync);
     resync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut backoff = Duration::from_millis(100);
     'connect: loop {
         let connected = tokio::select! {
-            r = tokio::time::timeout(cfg.redis_timeout, subscribe(&client, &channel)) => r,
+            r = tokio::time::timeout(cfg.stores.redis_timeout, subscribe(&client, &channel)) => r,
             _ = stop.changed() => break 'connect,
         };
         let pubsub = match connected {

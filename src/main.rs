@@ -16,7 +16,7 @@ use crate::cli::{Cli, Command};
 async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     cli.config.validate().map_err(|e| anyhow::anyhow!(e))?;
-    telemetry::init_tracing(&cli.config)?;
+    telemetry::init_tracing(&cli.config.telemetry, &cli.config.otel)?;
     let result = run(cli).await;
     telemetry::shutdown_traces().await;
     result

@@ -23,7 +23,7 @@ impl AppState {
     /// Connects to MySQL (creating and migrating the database) and Redis.
     pub async fn connect(cfg: Config) -> anyhow::Result<Self> {
         cfg.validate().map_err(|e| anyhow::anyhow!(e))?;
-        let secret = match &cfg.jwt_secret {
+        let secret = match &cfg.auth.jwt_secret {
             Some(s) => s.clone(),
             None => {
                 tracing::warn!(
@@ -34,16 +34,16 @@ impl AppState {
                 auth::generate_secret()
             }
         };
-        let db = mysql::connect_and_migrate(&cfg).await?;
-        let redis = Redis::connect(&cfg)?;
-        let blocking = deadpool_redis::Config::from_url(cfg.redis_url.clone())
+        let db = mysql::connect_and_migrate(&cfg.stores).await?;
+        let redis = Redis::connect(&cfg.stores)?;
+        let blocking = deadpool_redis::Config::from_url(cfg.stores.redis_url.clone())
             .builder()
             .map_err(|e| anyhow::anyhow!("redis pool: {e}"))?
             .max_size(4)
             .runtime(deadpool_redis::Runtime::Tokio1)
             .build()
             .map_err(|e| anyhow::anyhow!("redis pool: {e}"))?;
-        let jwt = Arc::new(Jwt::new(secret.as_bytes(), cfg.token_ttl));
+        let jwt = Arc::new(Jwt::new(secret.as_bytes(), cfg.auth.token_ttl));
         let instance = format!(
             "{}-{}-{:04x}",
             std::env::var("HOSTNAME").unwrap_or_else(|_| "flashsale".into()),
@@ -59,14 +59,14 @@ impl AppState {
             // The recorder first: the hub registers its metrics.
             metrics: telemetry::metrics_handle(),
             live: Arc::new(live::Hub::new(
-                cfg.live_max_watchers,
-                cfg.live_max_per_client,
-                cfg.live_resync,
+                cfg.live.live_max_watchers,
+                cfg.live.live_max_per_client,
+                cfg.live.live_resync,
             )),
             lookups: Arc::new(Lookups::new(
-                cfg.unknown_sku_ttl,
-                cfg.mysql_pool,
-                cfg.mysql_timeout,
+                cfg.sale.unknown_sku_ttl,
+                cfg.stores.mysql_pool,
+                cfg.stores.mysql_timeout,
             )),
             cfg: Arc::new(cfg),
         })
@@ -82,7 +82,7 @@ impl Application {
     /// Everything `serve` needs, ready: state connected, admin present, listener bound (port 0
     /// picks a free port, for tests).
     pub async fn build(cfg: Config) -> anyhow::Result<Self> {
-        let listen = cfg.listen;
+        let listen = cfg.http.listen;
         let state = AppState::connect(cfg).await?;
         bootstrap(&state).await?;
         let listener = TcpListener::bind(listen)
@@ -118,11 +118,13 @@ impl Application {
         let writer = self
             .state
             .cfg
+            .outbox
             .worker
             .then(|| tokio::spawn(worker::writer::run(self.state.clone(), stop_rx.clone())));
         let webhooks = self
             .state
             .cfg
+            .webhooks
             .webhook_url
             .is_some()
             .then(|| tokio::spawn(worker::webhooks::run(self.state.clone(), stop_rx.clone())));
@@ -138,10 +140,10 @@ impl Application {
         tracing::info!(addr = %self.listener.local_addr()?, "flashsale listening");
         let cfg = &self.state.cfg;
         let limits = server::ServeLimits {
-            max_connections: cfg.max_connections,
-            header_limit: cfg.header_limit,
-            header_timeout: cfg.header_timeout,
-            shutdown_grace: cfg.shutdown_grace,
+            max_connections: cfg.http.max_connections,
+            header_limit: cfg.http.header_limit,
+            header_timeout: cfg.http.header_timeout,
+            shutdown_grace: cfg.http.shutdown_grace,
         };
         server::serve(self.listener, router, limits, shutdown).await;
         let _ = stop_tx.send(true);
@@ -176,7 +178,7 @@ async fn bootstrap(state: &AppState) -> anyhow::Result<()> {
     }
     ensure_admin(state).await?;
     // Unknown usernames are checked against it: made now, so no login pays for it.
-    auth::dummy_hash(state.cfg.argon2_memory_kib).await?;
+    auth::dummy_hash(state.cfg.auth.argon2_memory_kib).await?;
     // Requests check the counter again (a missing one is raised before any id is handed out).
     if let Err(e) = crate::service::order_ids::raise(state, false, false).await {
         tracing::warn!(error = %e, "could not check the order id sequence against MySQL");
@@ -187,7 +189,7 @@ async fn bootstrap(state: &AppState) -> anyhow::Result<()> {
 /// Creates the configured admin account when it does not exist.
 async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
     let cfg = &state.cfg;
-    let username = Username::parse(&cfg.admin_username)
+    let username = Username::parse(&cfg.auth.admin_username)
         .map_err(|e| anyhow::anyhow!("FLASHSALE_ADMIN_USERNAME: {e}"))?;
     if let Some(u) = mysql::users::find_by_username(&state.db, username.as_str()).await? {
         if u.role() != Role::Admin {
@@ -195,7 +197,7 @@ async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let password = match &cfg.admin_password {
+    let password = match &cfg.auth.admin_password {
         Some(p) => p.clone(),
         None => {
             tracing::warn!(
@@ -207,7 +209,7 @@ async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
     };
     let password =
         Password::parse(&password).map_err(|e| anyhow::anyhow!("FLASHSALE_ADMIN_PASSWORD: {e}"))?;
-    let hash = auth::hash_password(password, cfg.argon2_memory_kib).await?;
+    let hash = auth::hash_password(password, cfg.auth.argon2_memory_kib).await?;
     match mysql::users::insert_user(&state.db, &username, &hash, Role::Admin).await {
         Ok(id) => {
             tracing::info!(user.id = id, username = %username.as_str(), "created the admin account")

@@ -163,19 +163,20 @@ async fn simulate(mut cfg: Config, args: SimulateArgs) -> anyhow::Result<Report>
         None => {
             let tag: u32 = rand::random();
             let (server, _) = cfg
+                .stores
                 .mysql_url
                 .rsplit_once('/')
                 .context("FLASHSALE_MYSQL_URL has no database")?;
-            cfg.mysql_url = format!("{server}/flashsale_simulate_{tag:08x}");
-            cfg.redis_prefix = format!("sim{tag:08x}");
-            cfg.listen = "127.0.0.1:0".parse()?;
-            cfg.cart_hold_ttl = Duration::from_secs(3);
-            cfg.payment_ttl = Duration::from_secs(3);
-            cfg.sweep_interval = Duration::from_millis(250);
+            cfg.stores.mysql_url = format!("{server}/flashsale_simulate_{tag:08x}");
+            cfg.stores.redis_prefix = format!("sim{tag:08x}");
+            cfg.http.listen = "127.0.0.1:0".parse()?;
+            cfg.sale.cart_hold_ttl = Duration::from_secs(3);
+            cfg.sale.payment_ttl = Duration::from_secs(3);
+            cfg.sweeper.sweep_interval = Duration::from_millis(250);
             // Every simulated buyer comes from this one address.
-            cfg.rate_limits = false;
-            if cfg.jwt_secret.is_none() {
-                cfg.jwt_secret = Some(auth::generate_secret());
+            cfg.limits.rate_limits = false;
+            if cfg.auth.jwt_secret.is_none() {
+                cfg.auth.jwt_secret = Some(auth::generate_secret());
             }
             let app = Application::build(cfg.clone()).await?;
             let port = app.port();
@@ -201,6 +202,7 @@ async fn simulate(mut cfg: Config, args: SimulateArgs) -> anyhow::Result<Report>
 
     // The sale: one hot sku with `units`, its window open now.
     let admin_pw = cfg
+        .auth
         .admin_password
         .clone()
         .unwrap_or_else(|| DEV_ADMIN_PASSWORD.into());
@@ -209,7 +211,7 @@ async fn simulate(mut cfg: Config, args: SimulateArgs) -> anyhow::Result<Report>
             reqwest::Method::POST,
             "/v1/auth/token",
             None,
-            Some(json!({"username": cfg.admin_username, "password": admin_pw})),
+            Some(json!({"username": cfg.auth.admin_username, "password": admin_pw})),
         )
         .await?;
     if s != 200 {
@@ -254,6 +256,7 @@ async fn simulate(mut cfg: Config, args: SimulateArgs) -> anyhow::Result<Report>
         .await?;
     // Buyers' tokens: minted with the service's secret (logins would measure argon2, not the sale).
     let secret = cfg
+        .auth
         .jwt_secret
         .clone()
         .context("simulate against --url needs FLASHSALE_JWT_SECRET (the service's)")?;
@@ -416,7 +419,7 @@ async fn cleanup(state: &AppState, cfg: &Config) {
         .await;
     }
     let Ok(mut conn) = async {
-        redis::Client::open(cfg.redis_url.as_str())?
+        redis::Client::open(cfg.stores.redis_url.as_str())?
             .get_multiplexed_async_connection()
             .await
     }

@@ -96,7 +96,7 @@ pub async fn add_item(
         user_id,
         count: count.get(),
         rid: Rid::Hold { user_id },
-        deadline: Deadline::In(state.cfg.cart_hold_ttl),
+        deadline: Deadline::In(state.cfg.sale.cart_hold_ttl),
         mode: ReserveMode::Add,
     })
     .await?;
@@ -116,7 +116,12 @@ pub async fn add_item(
     let key = state.redis.keys.cart(user_id);
     // The index lives as long as its newest hold can (holds are never renewed): a customer who
     // walks away leaves nothing behind.
-    let keep_ms = state.cfg.cart_hold_ttl.as_millis().min(i64::MAX as u128) as i64;
+    let keep_ms = state
+        .cfg
+        .sale
+        .cart_hold_ttl
+        .as_millis()
+        .min(i64::MAX as u128) as i64;
     let (_, members): ((), Vec<u32>) = redis::pipe()
         .sadd(&key, sku.get())
         .ignore()
@@ -126,7 +131,7 @@ pub async fn add_item(
         .query_async(&mut state.redis.conn())
         .await
         .map(|m: (Vec<u32>,)| ((), m.0))?;
-    let max_lines = state.cfg.max_cart_lines;
+    let max_lines = state.cfg.sale.max_cart_lines;
     if members.len() > max_lines && units == count.get() {
         // A new line past the limit (the index may still name lapsed lines: count live ones).
         let skus: Vec<Sku> = members
@@ -181,7 +186,12 @@ pub async fn forget_lines(state: &AppState, user_id: u64, skus: &[Sku]) -> AppRe
         .filter_map(|(h, sku)| h.map(|_| *sku))
         .collect();
     if !live.is_empty() {
-        let keep_ms = state.cfg.cart_hold_ttl.as_millis().min(i64::MAX as u128) as i64;
+        let keep_ms = state
+            .cfg
+            .sale
+            .cart_hold_ttl
+            .as_millis()
+            .min(i64::MAX as u128) as i64;
         let _: () = redis::pipe()
             .sadd(&key, live)
             .ignore()

@@ -132,18 +132,20 @@ impl Webhooks {
     pub fn named(state: AppState, consumer: &str) -> AppResult<Self> {
         let url = state
             .cfg
+            .webhooks
             .webhook_url
             .clone()
             .ok_or_else(|| AppError::internal("no webhook URL configured"))?;
         let secret = state
             .cfg
+            .webhooks
             .webhook_secret
             .clone()
             .unwrap_or_default()
             .into_bytes();
         let client = reqwest::Client::builder()
-            .timeout(state.cfg.webhook_timeout)
-            .connect_timeout(state.cfg.webhook_timeout)
+            .timeout(state.cfg.webhooks.webhook_timeout)
+            .connect_timeout(state.cfg.webhooks.webhook_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("flashsale/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -220,7 +222,7 @@ impl Webhooks {
                 // A handle on the same socket whose response timeout outlasts the BLOCK (the
                 // pool's connections give up after half a second by default).
                 let mut conn = (*pooled).clone();
-                conn.set_response_timeout(b + self.state.cfg.redis_timeout);
+                conn.set_response_timeout(b + self.state.cfg.stores.redis_timeout);
                 cmd.query_async(&mut conn).await?
             }
             None => cmd.query_async(&mut self.state.redis.conn()).await?,
@@ -237,7 +239,7 @@ impl Webhooks {
             .arg(self.stream())
             .arg(GROUP)
             .arg(&self.consumer)
-            .arg(self.state.cfg.claim_idle.as_millis() as u64)
+            .arg(self.state.cfg.outbox.claim_idle.as_millis() as u64)
             .arg("0")
             .arg("COUNT")
             .arg(count.max(1))
@@ -364,7 +366,7 @@ impl Webhooks {
     }
 
     fn keep_every(&self) -> Duration {
-        (self.state.cfg.claim_idle / 3).max(Duration::from_millis(100))
+        (self.state.cfg.outbox.claim_idle / 3).max(Duration::from_millis(100))
     }
 
     /// Re-claims the entries this consumer holds (under way or waiting for a retry),
@@ -447,7 +449,7 @@ impl<'a> Dispatch<'a> {
     }
 
     fn concurrency(&self) -> usize {
-        self.hooks.state.cfg.webhook_concurrency.max(1)
+        self.hooks.state.cfg.webhooks.webhook_concurrency.max(1)
     }
 
     fn start(&mut self, job: Job) {
@@ -481,7 +483,7 @@ impl<'a> Dispatch<'a> {
             self.pending_after = entries.last().map(|e| e.id.clone());
         } else if self
             .last_claim
-            .is_none_or(|t| t.elapsed() >= hooks.state.cfg.claim_idle / 2)
+            .is_none_or(|t| t.elapsed() >= hooks.state.cfg.outbox.claim_idle / 2)
         {
             self.last_claim = Some(Instant::now());
             entries = hooks.claim(free).await?;
@@ -521,7 +523,7 @@ impl<'a> Dispatch<'a> {
             Err(why) => why,
         };
         metrics::counter!("flashsale_webhook_deliveries_total", "outcome" => "failed").increment(1);
-        if job.attempts >= hooks.state.cfg.webhook_max_attempts.max(1) {
+        if job.attempts >= hooks.state.cfg.webhooks.webhook_max_attempts.max(1) {
             tracing::error!(event.id = %job.event_id, attempts = job.attempts, error = %why, "webhook delivery failed every attempt; the event is set aside in webhook-dead");
             hooks
                 .give_up(&job.id, &job.event_id, &job.body, &why, job.attempts)
@@ -530,7 +532,7 @@ impl<'a> Dispatch<'a> {
             self.stats.gave_up += 1;
             return Ok(());
         }
-        let delay = retry_delay(hooks.state.cfg.webhook_retry, job.attempts);
+        let delay = retry_delay(hooks.state.cfg.webhooks.webhook_retry, job.attempts);
         tracing::warn!(event.id = %job.event_id, attempt = job.attempts, error = %why, retry_in_ms = delay.as_millis() as u64, "webhook delivery failed; will retry");
         self.seq += 1;
         self.waiting.insert((Instant::now() + delay, self.seq), job);

@@ -260,7 +260,7 @@ impl Writer {
             let mut entries = self.read("0", None).await?;
             entries.retain(|e| self.due(e));
             if entries.is_empty() {
-                entries = self.claim(self.state.cfg.claim_idle).await?;
+                entries = self.claim(self.state.cfg.outbox.claim_idle).await?;
                 entries.retain(|e| self.due(e));
             }
             if entries.is_empty() {
@@ -287,7 +287,7 @@ impl Writer {
             .arg(GROUP)
             .arg(&self.consumer)
             .arg("COUNT")
-            .arg(self.state.cfg.worker_batch);
+            .arg(self.state.cfg.outbox.worker_batch);
         if let Some(b) = block {
             cmd.arg("BLOCK").arg(b.as_millis() as u64);
         }
@@ -332,7 +332,7 @@ impl Writer {
                 .arg(min_idle.as_millis() as u64)
                 .arg("0")
                 .arg("COUNT")
-                .arg(self.state.cfg.worker_batch)
+                .arg(self.state.cfg.outbox.worker_batch)
                 .query_async(&mut conn)
                 .await?;
             if !reply.claimed.is_empty() {
@@ -561,7 +561,7 @@ impl Writer {
         // (reads fall back to MySQL after); the public events go out.
         redis.mark_written_many(&paid_lines).await?;
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let ttl = self.state.cfg.order_cache_ttl.as_secs().max(1) as i64;
+        let ttl = self.state.cfg.outbox.order_cache_ttl.as_secs().max(1) as i64;
         // The public stream is capped by length only while no consumer group reads it; a group
         // (the webhook sender's) is never trimmed past an entry it has not had (below).
         let readers = redis.order_events_needed_from().await?;
@@ -579,7 +579,7 @@ impl Writer {
             if readers.is_none() {
                 xadd.arg("MAXLEN")
                     .arg("~")
-                    .arg(self.state.cfg.events_max_len);
+                    .arg(self.state.cfg.outbox.events_max_len);
             }
             xadd.arg("*").arg("event").arg(payload).ignore();
             metrics::counter!("flashsale_outbox_events_written_total", "type" => ev.kind.as_str())
@@ -722,9 +722,9 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             // attempt), then entries of stopped instances, then new ones.
             let mut entries = writer.read("0", None).await?;
             entries.retain(|e| writer.due(e));
-            if entries.is_empty() && last_claim.elapsed() >= state.cfg.claim_idle / 2 {
+            if entries.is_empty() && last_claim.elapsed() >= state.cfg.outbox.claim_idle / 2 {
                 last_claim = Instant::now();
-                entries = writer.claim(state.cfg.claim_idle).await?;
+                entries = writer.claim(state.cfg.outbox.claim_idle).await?;
                 entries.retain(|e| writer.due(e));
             }
             if entries.is_empty() {

@@ -110,7 +110,7 @@ async fn checkout_with_key(app: &TestApp, token: &str, key: &str) -> (StatusCode
 /// to its key.
 #[tokio::test]
 async fn attack_checkout_retry_after_dead_process_is_refused_by_its_own_lock() {
-    let app = spawn_app_with(|c| c.idempotency_lease = Duration::from_millis(300)).await;
+    let app = spawn_app_with(|c| c.sale.idempotency_lease = Duration::from_millis(300)).await;
     let sku = app.sale_product(10, None).await;
     let user = 9_101;
     let t = app.customer_token(user);
@@ -160,7 +160,7 @@ async fn attack_checkout_retry_after_dead_process_is_refused_by_its_own_lock() {
 /// sale and the customer lost them.
 #[tokio::test]
 async fn attack_checkout_retry_after_dead_process_strands_the_converted_lines() {
-    let app = spawn_app_with(|c| c.idempotency_lease = Duration::from_millis(300)).await;
+    let app = spawn_app_with(|c| c.sale.idempotency_lease = Duration::from_millis(300)).await;
     let sku = app.sale_product(10, None).await;
     let user = 9_102;
     let t = app.customer_token(user);
@@ -191,7 +191,7 @@ async fn attack_checkout_retry_after_dead_process_strands_the_converted_lines() 
 /// lines). The customer's retry answers 409 `cart_empty`, the held units went to everyone.
 #[tokio::test]
 async fn attack_checkout_retry_after_dead_process_fails_its_recorded_order_and_loses_the_cart() {
-    let app = spawn_app_with(|c| c.idempotency_lease = Duration::from_millis(300)).await;
+    let app = spawn_app_with(|c| c.sale.idempotency_lease = Duration::from_millis(300)).await;
     let sku = app.sale_product(10, None).await;
     let user = 9_105;
     let t = app.customer_token(user);
@@ -293,10 +293,10 @@ async fn lease_lost_race(stall: Stall) -> ((StatusCode, Value), (StatusCode, Val
     )
     .await;
     let tweak = |c: &mut flashsale::config::Config| {
-        c.redis_url = own.url();
-        c.idempotency_lease = Duration::from_millis(600);
+        c.stores.redis_url = own.url();
+        c.sale.idempotency_lease = Duration::from_millis(600);
         // The instances look at the policy only when the test asks them to.
-        c.metrics_interval = Duration::from_secs(3600);
+        c.telemetry.metrics_interval = Duration::from_secs(3600);
     };
     let app = spawn_app_with(tweak).await;
     // A second instance of the same deployment (same MySQL database, Redis and prefix).
@@ -479,7 +479,7 @@ async fn attack_idempotency_lease_lost_after_bind_still_places_a_second_order() 
 #[tokio::test]
 async fn attack_stalled_holder_cannot_record_its_order_once_a_retry_took_over() {
     use flashsale::store::redis::{Created, Deadline, ReserveMode, ReserveRequest, Rid};
-    let app = spawn_app_with(|c| c.idempotency_lease = Duration::from_millis(300)).await;
+    let app = spawn_app_with(|c| c.sale.idempotency_lease = Duration::from_millis(300)).await;
     let sku = app.sale_product(10, None).await;
     let user = 9_201;
     let t = app.customer_token(user);
@@ -566,7 +566,7 @@ async fn attack_stalled_holder_cannot_record_its_order_once_a_retry_took_over() 
 #[tokio::test]
 async fn attack_checkout_stalled_holder_and_its_retry_place_one_order() {
     use flashsale::store::redis::{Created, Decision, OrderAction};
-    let app = spawn_app_with(|c| c.idempotency_lease = Duration::from_millis(300)).await;
+    let app = spawn_app_with(|c| c.sale.idempotency_lease = Duration::from_millis(300)).await;
     let a = app.sale_product(10, None).await;
     let b = app.sale_product(10, None).await;
     let user = 9_202;
@@ -673,7 +673,7 @@ async fn attack_checkout_stalled_holder_and_its_retry_place_one_order() {
 /// deadline (never extended to the order's payment window).
 #[tokio::test]
 async fn attack_failed_checkout_returns_the_hold_with_its_own_deadline() {
-    let app = spawn_app_with(|c| c.cart_hold_ttl = Duration::from_secs(120)).await;
+    let app = spawn_app_with(|c| c.sale.cart_hold_ttl = Duration::from_secs(120)).await;
     let sku = app.sale_product(10, None).await;
     let t = app.customer_token(9_203);
     let r = app
@@ -718,7 +718,7 @@ async fn attack_failed_checkout_returns_the_hold_with_its_own_deadline() {
 #[tokio::test]
 async fn attack_a_lapsed_hold_is_not_revived_by_a_failed_checkout() {
     use flashsale::store::redis::Returned;
-    let app = spawn_app_with(|c| c.cart_hold_ttl = Duration::from_millis(300)).await;
+    let app = spawn_app_with(|c| c.sale.cart_hold_ttl = Duration::from_millis(300)).await;
     let sku = app.sale_product(10, None).await;
     let user = 9_204;
     let t = app.customer_token(user);
@@ -753,7 +753,7 @@ async fn attack_a_lapsed_hold_is_not_revived_by_a_failed_checkout() {
 /// A sku holding a line of the order that holds the customer's checkout lock is kept.
 #[tokio::test]
 async fn attack_a_cart_read_between_the_dead_checkout_and_its_retry_keeps_the_converted_line() {
-    let app = spawn_app_with(|c| c.idempotency_lease = Duration::from_millis(300)).await;
+    let app = spawn_app_with(|c| c.sale.idempotency_lease = Duration::from_millis(300)).await;
     let sku = app.sale_product(10, None).await;
     let user = 9_205;
     let t = app.customer_token(user);
@@ -781,7 +781,7 @@ async fn attack_a_cart_read_between_the_dead_checkout_and_its_retry_keeps_the_co
 /// others wait for its answer; all answer that one order, its units reserved once.
 #[tokio::test]
 async fn attack_concurrent_retries_of_a_dead_checkout_answer_one_order() {
-    let app = spawn_app_with(|c| c.idempotency_lease = Duration::from_millis(300)).await;
+    let app = spawn_app_with(|c| c.sale.idempotency_lease = Duration::from_millis(300)).await;
     let sku = app.sale_product(10, None).await;
     let user = 9_206;
     let t = app.customer_token(user);

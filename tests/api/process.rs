@@ -37,25 +37,25 @@ impl Service {
     pub(crate) fn env_of(cfg: &Config, port: u16) -> Vec<(String, String)> {
         let d = |d: Duration| format!("{}ms", d.as_millis());
         [
-            ("FLASHSALE_MYSQL_URL", cfg.mysql_url.clone()),
-            ("FLASHSALE_REDIS_URL", cfg.redis_url.clone()),
-            ("FLASHSALE_REDIS_PREFIX", cfg.redis_prefix.clone()),
+            ("FLASHSALE_MYSQL_URL", cfg.stores.mysql_url.clone()),
+            ("FLASHSALE_REDIS_URL", cfg.stores.redis_url.clone()),
+            ("FLASHSALE_REDIS_PREFIX", cfg.stores.redis_prefix.clone()),
             ("FLASHSALE_LISTEN", format!("127.0.0.1:{port}")),
-            ("FLASHSALE_JWT_SECRET", cfg.jwt_secret.clone().unwrap()),
+            ("FLASHSALE_JWT_SECRET", cfg.auth.jwt_secret.clone().unwrap()),
             (
                 "FLASHSALE_ADMIN_PASSWORD",
-                cfg.admin_password.clone().unwrap(),
+                cfg.auth.admin_password.clone().unwrap(),
             ),
             (
                 "FLASHSALE_ARGON2_MEMORY_KIB",
-                cfg.argon2_memory_kib.to_string(),
+                cfg.auth.argon2_memory_kib.to_string(),
             ),
-            ("FLASHSALE_CART_HOLD_TTL", d(cfg.cart_hold_ttl)),
-            ("FLASHSALE_PAYMENT_TTL", d(cfg.payment_ttl)),
-            ("FLASHSALE_SWEEP_INTERVAL", d(cfg.sweep_interval)),
-            ("FLASHSALE_CLAIM_IDLE", d(cfg.claim_idle)),
-            ("FLASHSALE_WORKER", cfg.worker.to_string()),
-            ("FLASHSALE_RATE_LIMITS", cfg.rate_limits.to_string()),
+            ("FLASHSALE_CART_HOLD_TTL", d(cfg.sale.cart_hold_ttl)),
+            ("FLASHSALE_PAYMENT_TTL", d(cfg.sale.payment_ttl)),
+            ("FLASHSALE_SWEEP_INTERVAL", d(cfg.sweeper.sweep_interval)),
+            ("FLASHSALE_CLAIM_IDLE", d(cfg.outbox.claim_idle)),
+            ("FLASHSALE_WORKER", cfg.outbox.worker.to_string()),
+            ("FLASHSALE_RATE_LIMITS", cfg.limits.rate_limits.to_string()),
             ("RUST_LOG", "debug,sqlx=info,hyper=info,h2=info".into()),
         ]
         .into_iter()
@@ -125,7 +125,7 @@ impl Drop for Service {
 async fn start_service(tweak: impl FnOnce(&mut Config)) -> (Service, TestApp, u16) {
     let (db_name, prefix) = test_names();
     let mut cfg = test_config(&db_name, &prefix);
-    cfg.worker = true;
+    cfg.outbox.worker = true;
     tweak(&mut cfg);
     let port = free_port();
     let log = std::env::temp_dir().join(format!("{prefix}.log"));
@@ -309,8 +309,8 @@ async fn mysql_on_hand(app: &TestApp, sku: u64) -> i64 {
 async fn sigkill_in_the_middle_of_a_sale_loses_no_paid_order() {
     const UNITS: i64 = 600;
     let (svc, app, port) = start_service(|c| {
-        c.payment_ttl = Duration::from_secs(2);
-        c.claim_idle = Duration::from_millis(500);
+        c.sale.payment_ttl = Duration::from_secs(2);
+        c.outbox.claim_idle = Duration::from_millis(500);
     })
     .await;
     // Let the sale run, then kill the service without warning, mid-request.
@@ -534,9 +534,9 @@ async fn redis_restarted_in_the_middle_of_a_sale_gives_503s_then_no_oversell() {
     let mut redis_server = OwnRedis::start(port, &dir).await;
     let url = redis_server.url();
     let app = spawn_app_with(|c| {
-        c.redis_url = url.clone();
-        c.redis_timeout = Duration::from_millis(500);
-        c.payment_ttl = Duration::from_secs(2);
+        c.stores.redis_url = url.clone();
+        c.stores.redis_timeout = Duration::from_millis(500);
+        c.sale.payment_ttl = Duration::from_secs(2);
     })
     .await;
     let (sku, buyers) = start_sale(&app, UNITS, 16, 10).await;

@@ -30,7 +30,7 @@ async fn on_hand(app: &TestApp, sku: u64) -> i64 {
 
 /// Another MySQL session on the test's database (the "third session" of the race tests).
 async fn session(app: &TestApp) -> sqlx::MySqlConnection {
-    sqlx::MySqlConnection::connect(&app.state.cfg.mysql_url)
+    sqlx::MySqlConnection::connect(&app.state.cfg.stores.mysql_url)
         .await
         .unwrap()
 }
@@ -223,7 +223,7 @@ async fn impatient_pool(app: &TestApp) -> sqlx::MySqlPool {
                 Ok(())
             })
         })
-        .connect(&app.state.cfg.mysql_url)
+        .connect(&app.state.cfg.stores.mysql_url)
         .await
         .unwrap()
 }

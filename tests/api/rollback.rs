@@ -216,7 +216,7 @@ async fn rebuild_cache_keeps_open_orders_and_drops_cart_holds() {
 async fn the_other_instances_stop_too_and_resume_after_one_rebuild() {
     let app = spawn_app().await;
     let other = flashsale::app::AppState {
-        redis: flashsale::store::redis::Redis::connect(&app.state.cfg).unwrap(),
+        redis: flashsale::store::redis::Redis::connect(&app.state.cfg.stores).unwrap(),
         ..app.state.clone()
     };
     let sku = app.sale_product(5, None).await;
@@ -261,7 +261,7 @@ async fn the_other_instances_stop_too_and_resume_after_one_rebuild() {
 /// its pay answered 503 "being restored" for ever).
 #[tokio::test]
 async fn rebuild_cache_expires_an_order_whose_window_passed_while_redis_was_lost() {
-    let app = spawn_app_with(|c| c.payment_ttl = std::time::Duration::from_secs(1)).await;
+    let app = spawn_app_with(|c| c.sale.payment_ttl = std::time::Duration::from_secs(1)).await;
     let sku = app.sale_product(5, None).await;
     let t = app.customer_token(8_801);
     let r = buy(&app, &t, sku, 2).await;

@@ -165,7 +165,7 @@ async fn start_traced_with(
 ) -> (Service, TestApp) {
     let (db_name, prefix) = test_names();
     let mut cfg = test_config(&db_name, &prefix);
-    cfg.worker = true;
+    cfg.outbox.worker = true;
     tweak(&mut cfg);
     let port = free_port();
     let log = std::env::temp_dir().join(format!("{prefix}.log"));
@@ -551,7 +551,7 @@ async fn with_redis_down_the_request_and_script_spans_say_error() {
     let url = redis_server.url();
     let rx = Receiver::start(false).await;
     let (mut svc, app) = start_traced_with(
-        |c| c.redis_url = url.clone(),
+        |c| c.stores.redis_url = url.clone(),
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.url.clone()),
             ("FLASHSALE_REDIS_TIMEOUT", "300ms".into()),

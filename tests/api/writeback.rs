@@ -22,7 +22,7 @@ async fn backlog(app: &TestApp) -> (u64, u64) {
 
 #[tokio::test]
 async fn every_outcome_reaches_mysql_once() {
-    let app = spawn_app_with(|c| c.payment_ttl = Duration::from_millis(800)).await;
+    let app = spawn_app_with(|c| c.sale.payment_ttl = Duration::from_millis(800)).await;
     let sku = app.sale_product(20, None).await;
     let paid = app.buy_and_pay(701, sku, 3).await;
     let t = app.customer_token(702);
@@ -213,7 +213,7 @@ async fn mysql_down_the_sale_goes_on_and_nothing_is_lost() {
 
 #[tokio::test]
 async fn a_crash_between_commit_and_ack_applies_nothing_twice() {
-    let app = spawn_app_with(|c| c.claim_idle = Duration::ZERO).await;
+    let app = spawn_app_with(|c| c.outbox.claim_idle = Duration::ZERO).await;
     let sku = app.sale_product(50, None).await;
     for i in 0..10 {
         app.buy_and_pay(50_000 + i, sku, 2).await;

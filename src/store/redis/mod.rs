@@ -18,7 +18,7 @@ use tracing::Instrument as _;
 pub use keys::{Keys, Rid, SkuKeys};
 use scripts::Scripts;
 
-use crate::config::Config;
+use crate::config::StoresConfig;
 use crate::domain::Sku;
 use crate::error::{AppError, AppResult};
 
@@ -142,7 +142,7 @@ pub enum NextId {
 
 impl Redis {
     /// Connects lazily: the service starts while Redis is down and answers 503 until it is up.
-    pub fn connect(cfg: &Config) -> anyhow::Result<Self> {
+    pub fn connect(cfg: &StoresConfig) -> anyhow::Result<Self> {
         let client = redis::Client::open(cfg.redis_url.as_str())?;
         let mgr = ConnectionManagerConfig::new()
             .set_response_timeout(Some(cfg.redis_timeout))
