@@ -1,15 +1,30 @@
--- adjust_stock.lua: an admin adds (delta > 0) or removes (delta < 0) units of one warehouse.
--- Only available units can be removed: held, reserved and sold units are spoken for.
--- KEYS: 1 stock
--- ARGV: 1 warehouse_id, 2 delta
+-- adjust_stock.lua: an admin adds (delta > 0) or removes (delta < 0) units of one warehouse,
+-- or takes such a change back. Only available units can be removed: held, reserved and sold
+-- units are spoken for. Each change has a token key of its own that says whether it was
+-- applied or taken back, so a call whose answer was lost can be repeated safely, and an undo
+-- never takes back a change that never happened (nor lets it happen after the undo).
+-- KEYS: 1 stock, 2 the change's token key (kept for a day)
+-- ARGV: 1 warehouse_id, 2 delta, 3 'apply' | 'undo'
 -- Returns: {'ok', available in that warehouse, available in all} | {'short', available there}
---        | {'not_loaded'}
-local stock = KEYS[1]
+--        | {'not_loaded'} | {'same'} (applied or taken back before; undo of a change never applied)
+local stock, token, mode = KEYS[1], KEYS[2], ARGV[3]
+if mode ~= 'apply' and mode ~= 'undo' then return redis.error_reply('unknown mode ' .. tostring(mode)) end
 if redis.call('EXISTS', stock) == 0 then return { 'not_loaded' } end
 local f, d = 'w' .. ARGV[1], tonumber(ARGV[2])
+local seen = redis.call('GET', token)
+if mode == 'apply' then
+  if seen then return { 'same' } end
+else
+  if seen ~= 'applied' then
+    if not seen then redis.call('SET', token, 'undone', 'EX', 86400) end
+    return { 'same' }
+  end
+  d = -d
+end
 local cur = tonumber(redis.call('HGET', stock, f) or '0')
 if cur + d < 0 then return { 'short', cur } end
 local now_there = redis.call('HINCRBY', stock, f, d)
 local avail = redis.call('HINCRBY', stock, 'avail', d)
+redis.call('SET', token, mode == 'apply' and 'applied' or 'undone', 'EX', 86400)
 live_changed(stock, avail)
 return { 'ok', now_there, avail }

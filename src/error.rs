@@ -1,8 +1,10 @@
-//! One error type for the whole API, with the stable codes of API.md.
+//! One error type for the whole API, with the stable codes of API.md. The layers below answer
+//! with their own errors (`domain::DomainError`, `store::mysql::DbError`, sqlx's, redis's); the
+//! `From`s here turn them into this one, so callers use `?`. Its HTTP side (status, envelope,
+//! `Retry-After`) is in src/http/error.rs.
 
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use crate::domain::DomainError;
+use crate::store::mysql::DbError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -62,19 +64,6 @@ pub enum AppError {
     Internal(#[from] anyhow::Error),
 }
 
-#[derive(Serialize)]
-struct Envelope<'a> {
-    error: Body<'a>,
-}
-
-#[derive(Serialize)]
-struct Body<'a> {
-    code: &'a str,
-    message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    order_id: Option<u64>,
-}
-
 impl AppError {
     /// The stable, snake_case code clients switch on.
     pub fn code(&self) -> &'static str {
@@ -104,83 +93,8 @@ impl AppError {
         }
     }
 
-    pub fn status(&self) -> StatusCode {
-        match self {
-            AppError::InvalidJson(_) | AppError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-            AppError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
-            AppError::NotFound(_) => StatusCode::NOT_FOUND,
-            AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            AppError::OutOfStock(_)
-            | AppError::LimitExceeded(_)
-            | AppError::SaleNotActive(_)
-            | AppError::OrderNotPayable(_)
-            | AppError::OrderNotCancellable(_)
-            | AppError::AlreadyExists(_)
-            | AppError::CartEmpty(_)
-            | AppError::RequestInProgress(_)
-            | AppError::CartFull(_)
-            | AppError::CartChanged(_)
-            | AppError::CheckoutFailed { .. } => StatusCode::CONFLICT,
-            AppError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
     pub fn internal(msg: impl std::fmt::Display) -> Self {
         AppError::Internal(anyhow::anyhow!("{msg}"))
-    }
-}
-
-impl AppError {
-    /// The envelope's JSON, as sent to the client (also stored for idempotent replays).
-    pub fn to_body(&self) -> serde_json::Value {
-        let message = match self {
-            AppError::Internal(e) => {
-                tracing::error!(error = ?e, "internal error");
-                "internal error".to_string()
-            }
-            AppError::Unavailable(m) => {
-                tracing::warn!(reason = %m, "dependency unavailable");
-                format!("{m}; nothing was changed, retry shortly")
-            }
-            other => other.to_string(),
-        };
-        let order_id = match self {
-            AppError::CheckoutFailed { order_id, .. } => Some(*order_id),
-            _ => None,
-        };
-        serde_json::to_value(Envelope {
-            error: Body {
-                code: self.code(),
-                message,
-                order_id,
-            },
-        })
-        .unwrap_or_default()
-    }
-}
-
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        let mut resp = (self.status(), axum::Json(self.to_body())).into_response();
-        match &self {
-            AppError::RateLimited {
-                retry_after_secs, ..
-            } => {
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
-            }
-            AppError::Unavailable(_) => {
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
-            _ => {}
-        }
-        resp
     }
 }
 
@@ -220,6 +134,23 @@ impl From<sqlx::Error> for AppError {
     }
 }
 
+/// A value the domain refuses, as the client sent it.
+impl From<DomainError> for AppError {
+    fn from(e: DomainError) -> Self {
+        AppError::InvalidRequest(e.to_string())
+    }
+}
+
+impl From<DbError> for AppError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::AlreadyExists(m) => AppError::AlreadyExists(m),
+            DbError::Inconsistent(m) => AppError::internal(m),
+            DbError::Sqlx(e) => AppError::from(e),
+        }
+    }
+}
+
 impl From<redis::RedisError> for AppError {
     fn from(e: redis::RedisError) -> Self {
         // A full Redis (OOM under noeviction), one loading its data, a read-only replica or a
@@ -246,38 +177,36 @@ impl From<redis::RedisError> for AppError {
 
 pub type AppResult<T> = Result<T, AppError>;
 
-/// Maps a MySQL unique-key violation (1062) to a domain error at the call site.
-pub trait OnConflict<T> {
-    fn on_duplicate(self, err: impl FnOnce() -> AppError) -> AppResult<T>;
-}
-
-impl<T> OnConflict<T> for Result<T, sqlx::Error> {
-    fn on_duplicate(self, err: impl FnOnce() -> AppError) -> AppResult<T> {
-        match self {
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Err(err()),
-            other => other.map_err(AppError::from),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn codes_and_statuses() {
-        let e = AppError::OutOfStock("x".into());
-        assert_eq!(e.code(), "out_of_stock");
-        assert_eq!(e.status(), StatusCode::CONFLICT);
-        assert_eq!(
-            AppError::Unavailable("x".into()).status(),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
+    fn codes() {
+        assert_eq!(AppError::OutOfStock("x".into()).code(), "out_of_stock");
         let f = AppError::CheckoutFailed {
             code: "out_of_stock",
             message: "m".into(),
             order_id: 7,
         };
         assert_eq!(f.code(), "out_of_stock");
+    }
+
+    #[test]
+    fn lower_layers_keep_their_codes_and_messages() {
+        let e = AppError::from(crate::domain::Sku::parse(0).unwrap_err());
+        assert_eq!(e.code(), "invalid_request");
+        assert_eq!(e.to_string(), "sku must be 1..=4294967295, got 0");
+        let e = AppError::from(DbError::AlreadyExists("sku 7 exists".into()));
+        assert_eq!(
+            (e.code(), e.to_string().as_str()),
+            ("already_exists", "sku 7 exists")
+        );
+        let e = AppError::from(DbError::Sqlx(sqlx::Error::PoolTimedOut));
+        assert_eq!(e.code(), "unavailable");
+        assert_eq!(
+            AppError::from(DbError::Inconsistent("x".into())).code(),
+            "internal"
+        );
     }
 }

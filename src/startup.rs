@@ -13,7 +13,6 @@ use crate::app::AppState;
 use crate::auth::{self, Jwt};
 use crate::config::{Config, DEV_ADMIN_PASSWORD};
 use crate::domain::{Password, Role, Username};
-use crate::error::AppError;
 use crate::service::lookups::Lookups;
 use crate::store::mysql;
 use crate::store::redis::Redis;
@@ -215,7 +214,7 @@ async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
             tracing::info!(user.id = id, username = %username.as_str(), "created the admin account")
         }
         // Another instance created it at the same moment.
-        Err(AppError::AlreadyExists(_)) => {}
+        Err(mysql::DbError::AlreadyExists(_)) => {}
         Err(e) => return Err(anyhow::anyhow!("creating the admin: {e}")),
     }
     Ok(())

@@ -1,8 +1,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::invalid;
-use crate::error::AppError;
+use super::{DomainError, invalid};
 
 /// A product's stock-keeping unit: a positive 32-bit number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -10,7 +9,7 @@ use crate::error::AppError;
 pub struct Sku(u32);
 
 impl Sku {
-    pub fn parse(v: u64) -> Result<Self, AppError> {
+    pub fn parse(v: u64) -> Result<Self, DomainError> {
         match u32::try_from(v) {
             Ok(n) if n > 0 => Ok(Sku(n)),
             _ => Err(invalid(format!("sku must be 1..={}, got {v}", u32::MAX))),
@@ -34,7 +33,7 @@ pub struct Count(u32);
 
 impl Count {
     pub const MAX: u32 = 65_535;
-    pub fn parse(v: u64) -> Result<Self, AppError> {
+    pub fn parse(v: u64) -> Result<Self, DomainError> {
         match u32::try_from(v) {
             Ok(n) if (1..=Self::MAX).contains(&n) => Ok(Count(n)),
             _ => Err(invalid(format!("count must be 1..={}, got {v}", Self::MAX))),
@@ -52,7 +51,7 @@ pub struct Price(u64);
 
 impl Price {
     pub const MAX: u64 = 10_000_000_000_000;
-    pub fn parse(v: u64) -> Result<Self, AppError> {
+    pub fn parse(v: u64) -> Result<Self, DomainError> {
         if v > Self::MAX {
             return Err(invalid(format!("price must be 0..={}, got {v}", Self::MAX)));
         }
@@ -122,7 +121,7 @@ fn is_invisible(c: char) -> bool {
         )
 }
 
-fn bounded_text(what: &str, s: &str, max: usize) -> Result<String, AppError> {
+fn bounded_text(what: &str, s: &str, max: usize) -> Result<String, DomainError> {
     let t = s.trim();
     if t.is_empty() || t.chars().count() > max {
         return Err(invalid(format!("{what} must be 1..={max} characters")));
@@ -161,7 +160,7 @@ fn bounded_text(what: &str, s: &str, max: usize) -> Result<String, AppError> {
 pub struct ProductName(String);
 
 impl ProductName {
-    pub fn parse(s: &str) -> Result<Self, AppError> {
+    pub fn parse(s: &str) -> Result<Self, DomainError> {
         bounded_text("name", s, 200).map(ProductName)
     }
     pub fn as_str(&self) -> &str {
@@ -174,7 +173,7 @@ impl ProductName {
 pub struct WarehouseName(String);
 
 impl WarehouseName {
-    pub fn parse(s: &str) -> Result<Self, AppError> {
+    pub fn parse(s: &str) -> Result<Self, DomainError> {
         bounded_text("name", s, 100).map(WarehouseName)
     }
     pub fn as_str(&self) -> &str {
@@ -188,7 +187,7 @@ pub struct StockDelta(i64);
 
 impl StockDelta {
     pub const MAX: i64 = 1_000_000_000;
-    pub fn parse(v: i64) -> Result<Self, AppError> {
+    pub fn parse(v: i64) -> Result<Self, DomainError> {
         // `unsigned_abs`: `i64::MIN.abs()` overflows (and wraps to itself in release builds).
         if v == 0 || v.unsigned_abs() > Self::MAX.unsigned_abs() {
             return Err(invalid(format!(
@@ -223,7 +222,7 @@ impl SaleWindow {
         starts_at: DateTime<Utc>,
         ends_at: DateTime<Utc>,
         per_customer_limit: Option<u64>,
-    ) -> Result<Self, AppError> {
+    ) -> Result<Self, DomainError> {
         // Kept to the millisecond, so compared as kept.
         let (starts_at, ends_at) = (truncate_ms(starts_at), truncate_ms(ends_at));
         for (name, t) in [("starts_at", starts_at), ("ends_at", ends_at)] {

@@ -12,8 +12,12 @@ pub use order::{
 };
 pub use user::{Password, Role, Username};
 
-use crate::error::AppError;
+/// Why a raw value is not a valid domain value. Its message says which rule it broke, for the
+/// client to read (the HTTP layer answers it as `invalid_request`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DomainError(String);
 
-fn invalid(msg: impl Into<String>) -> AppError {
-    AppError::InvalidRequest(msg.into())
+fn invalid(msg: impl Into<String>) -> DomainError {
+    DomainError(msg.into())
 }

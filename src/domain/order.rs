@@ -1,8 +1,7 @@
 use serde::{Deserialize, Serialize};
 
 /// One line of an order: what was bought, at which unit price.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[schema(examples(json!({"sku": 1002, "name": "Headphones", "count": 2, "unit_price": 15000})))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderItem {
     pub sku: u32,
     pub name: String,
@@ -64,7 +63,7 @@ impl OrderEventKind {
 }
 
 /// An order's status. `new` lives only while checkout reserves its lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     New,
@@ -103,7 +102,7 @@ impl OrderStatus {
 }
 
 /// Why an order was cancelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CancelReason {
     Customer,

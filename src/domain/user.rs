@@ -1,14 +1,13 @@
 use serde::{Deserialize, Serialize};
 
-use super::invalid;
-use crate::error::AppError;
+use super::{DomainError, invalid};
 
 /// A login name: 3..=32 of `A-Z a-z 0-9 _ . -`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Username(String);
 
 impl Username {
-    pub fn parse(s: &str) -> Result<Self, AppError> {
+    pub fn parse(s: &str) -> Result<Self, DomainError> {
         let ok_len = (3..=32).contains(&s.len());
         let ok_chars = s
             .chars()
@@ -30,7 +29,7 @@ impl Username {
 pub struct Password(String);
 
 impl Password {
-    pub fn parse(s: &str) -> Result<Self, AppError> {
+    pub fn parse(s: &str) -> Result<Self, DomainError> {
         if !(8..=128).contains(&s.chars().count()) {
             return Err(invalid("password must be 8..=128 characters"));
         }
@@ -48,7 +47,7 @@ impl std::fmt::Debug for Password {
 }
 
 /// A user's role: `admin` manages the catalog; `customer` buys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Customer,

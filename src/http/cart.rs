@@ -8,11 +8,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::{AuthUser, Json, Path, Query};
-use super::openapi::{E401, E413, E429, E500, E503, ErrorEnvelope};
+use super::openapi::{E401, E413, ErrorEnvelope, Internal, RateLimited, Unavailable};
+use super::responses::CartResponse;
 use crate::app::AppState;
 use crate::domain::{Count, Sku};
 use crate::error::AppResult;
-use crate::service::cart::{self, CartView};
+use crate::service::cart;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::default()
@@ -32,20 +33,18 @@ pub fn router() -> OpenApiRouter<AppState> {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The cart, with the catalog's current names and prices.",
-            body = CartView),
+            body = CartResponse),
         (status = 401, description = E401, body = ErrorEnvelope),
-        (status = 429, description = E429, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        RateLimited,
+        Internal,
+        Unavailable,
     )
 )]
 async fn get_cart(
     State(state): State<AppState>,
     user: AuthUser,
-) -> AppResult<axum::Json<CartView>> {
-    Ok(axum::Json(cart::view(&state, user.user_id).await?))
+) -> AppResult<axum::Json<CartResponse>> {
+    Ok(axum::Json(cart::view(&state, user.user_id).await?.into()))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -75,7 +74,7 @@ pub struct AddItemRequest {
         example = json!({"sku": 1002, "count": 2})
     ),
     responses(
-        (status = 200, description = "The cart after the change.", body = CartView),
+        (status = 200, description = "The cart after the change.", body = CartResponse),
         (status = 400, description = "`invalid_json`: the body is not JSON or not sent as \
             `Content-Type: application/json`; `invalid_request`: a field is missing, unknown, out \
             of range or malformed, the body is not a JSON object, or the line would hold more \
@@ -91,22 +90,22 @@ pub struct AddItemRequest {
             example = json!({"error": {"code": "out_of_stock",
                 "message": "sku 1002: 0 available, 2 requested"}})),
         (status = 413, description = E413, body = ErrorEnvelope),
-        (status = 429, description = E429, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        RateLimited,
+        Internal,
+        Unavailable,
     )
 )]
 async fn add_cart_item(
     State(state): State<AppState>,
     user: AuthUser,
     Json(body): Json<AddItemRequest>,
-) -> AppResult<axum::Json<CartView>> {
+) -> AppResult<axum::Json<CartResponse>> {
     let sku = Sku::parse(body.sku)?;
     let count = Count::parse(body.count)?;
     Ok(axum::Json(
-        cart::add_item(&state, user.user_id, sku, count).await?,
+        cart::add_item(&state, user.user_id, sku, count)
+            .await?
+            .into(),
     ))
 }
 
@@ -133,16 +132,14 @@ pub struct RemoveParams {
         RemoveParams,
     ),
     responses(
-        (status = 200, description = "The cart after the release.", body = CartView),
+        (status = 200, description = "The cart after the release.", body = CartResponse),
         (status = 400, description = "`invalid_request`: the sku is not a number in \
             1..=4294967295, `count` outside 1..=65535, or an unknown parameter.",
             body = ErrorEnvelope),
         (status = 401, description = E401, body = ErrorEnvelope),
-        (status = 429, description = E429, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        RateLimited,
+        Internal,
+        Unavailable,
     )
 )]
 async fn remove_cart_item(
@@ -150,11 +147,13 @@ async fn remove_cart_item(
     user: AuthUser,
     Path(raw): Path<u64>,
     Query(q): Query<RemoveParams>,
-) -> AppResult<axum::Json<CartView>> {
+) -> AppResult<axum::Json<CartResponse>> {
     let sku = Sku::parse(raw)?;
     let count = q.count.map(Count::parse).transpose()?;
     Ok(axum::Json(
-        cart::remove_item(&state, user.user_id, sku, count).await?,
+        cart::remove_item(&state, user.user_id, sku, count)
+            .await?
+            .into(),
     ))
 }
 
@@ -170,11 +169,9 @@ async fn remove_cart_item(
     responses(
         (status = 204, description = "The cart is empty; every hold was released."),
         (status = 401, description = E401, body = ErrorEnvelope),
-        (status = 429, description = E429, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        RateLimited,
+        Internal,
+        Unavailable,
     )
 )]
 async fn clear_cart(State(state): State<AppState>, user: AuthUser) -> AppResult<StatusCode> {

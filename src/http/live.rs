@@ -18,18 +18,19 @@ use rand::Rng;
 use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, watch};
-use utoipa::ToSchema;
+use utoipa::{IntoResponses, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::Path;
 use super::limits::ClientIp;
-use super::openapi::{E400_SKU, E404_SKU, E500, ErrorEnvelope};
+use super::openapi::{E400_SKU, E404_SKU, ErrorEnvelope, Internal};
+use super::responses::ProductResponse;
 use crate::app::AppState;
 use crate::domain::Sku;
 use crate::error::AppResult;
 use crate::live::{Batch, Hub, SalesList, WatchGuard};
-use crate::service::catalog::{ProductView, view};
+use crate::service::catalog::view;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::default()
@@ -46,6 +47,18 @@ const E429_LIVE: &str = "`rate_limited`: this client address already holds \
      limit allows. Retry after the `Retry-After` seconds, or show the plain catalog \
      (`GET /v1/products`).";
 
+/// [`RateLimited`](super::openapi::RateLimited) of the live streams, which count open streams.
+#[derive(IntoResponses)]
+#[response(status = 429, description = E429_LIVE,
+    headers(("Retry-After" = u32, description = "Seconds to wait.")))]
+pub struct LiveRateLimited(pub ErrorEnvelope);
+
+/// [`Unavailable`](super::openapi::Unavailable) of the live streams, also refused past their cap.
+#[derive(IntoResponses)]
+#[response(status = 503, description = E503_LIVE,
+    headers(("Retry-After" = u32, description = "Seconds to wait: 1.")))]
+pub struct LiveUnavailable(pub ErrorEnvelope);
+
 /// The data of a `stock` event.
 #[derive(Serialize, ToSchema)]
 #[schema(examples(json!({"sku": 1002, "available": 3})))]
@@ -60,7 +73,7 @@ pub struct SalesSnapshot {
     /// The server's clock when the snapshot was taken: count down against it, not the device's.
     pub server_time: chrono::DateTime<chrono::Utc>,
     /// Products whose sale has not ended (open or upcoming), soonest start first, at most 100.
-    pub sales: Vec<ProductView>,
+    pub sales: Vec<ProductResponse>,
 }
 
 /// Live available count of one product
@@ -86,11 +99,9 @@ pub struct SalesSnapshot {
             example = json!("event: stock\nid: 7\ndata: {\"sku\":1002,\"available\":3}\n\n")),
         (status = 400, description = E400_SKU, body = ErrorEnvelope),
         (status = 404, description = E404_SKU, body = ErrorEnvelope),
-        (status = 429, description = E429_LIVE, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503_LIVE, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        LiveRateLimited,
+        Internal,
+        LiveUnavailable,
     )
 )]
 async fn sku_stream(
@@ -137,11 +148,9 @@ async fn sku_stream(
             then `stock` events (`StockEvent` data).",
             content_type = "text/event-stream", body = String,
             example = json!("event: snapshot\nid: 7\ndata: {\"server_time\":\"2026-12-12T11:59:30Z\",\"sales\":[]}\n\n")),
-        (status = 429, description = E429_LIVE, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503_LIVE, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        LiveRateLimited,
+        Internal,
+        LiveUnavailable,
     )
 )]
 async fn sales_stream(
@@ -203,7 +212,7 @@ fn snapshot_event(hub: &Hub, seq: u64, list: &SalesList) -> Event {
     let sales = list
         .rows
         .iter()
-        .map(|r| view(r, hub.current(r.sku).unwrap_or(0)))
+        .map(|r| view(r, hub.current(r.sku).unwrap_or(0)).into())
         .collect();
     Event::default()
         .event("snapshot")

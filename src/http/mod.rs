@@ -1,6 +1,7 @@
 //! The HTTP API: one module per resource, thin handlers, every failure in the error envelope.
 
 pub mod cart;
+pub mod error;
 pub mod extract;
 pub mod idempotency;
 pub mod limits;
@@ -9,6 +10,7 @@ pub mod openapi;
 pub mod ops;
 pub mod orders;
 pub mod products;
+pub mod responses;
 pub mod users;
 pub mod web;
 

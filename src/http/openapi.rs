@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use axum::body::Bytes;
 use serde::Deserialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
 /// The name of the bearer JWT security scheme that operations refer to.
 pub const BEARER: &str = "bearer";
@@ -22,17 +22,46 @@ pub const E401: &str = "`unauthenticated`: no, malformed, bad or expired bearer 
 pub const E403: &str = "`forbidden`: the token is a customer's; this route is for admins.";
 pub const E413: &str = "`payload_too_large`: the body is larger than the configured limit.";
 pub const E404_SKU: &str = "`not_found`: no product with that sku.";
-pub const E500: &str = "`internal`: a bug; logged with its cause, answered without it.";
-pub const E429: &str = "`rate_limited`: too many requests from this customer or client \
+const E500: &str = "`internal`: a bug; logged with its cause, answered without it.";
+const E429: &str = "`rate_limited`: too many requests from this customer or client \
      address; nothing was changed. Retry after the `Retry-After` seconds.";
-pub const E429_LOGIN: &str = "`rate_limited`: too many attempts from this client address, or \
+const E429_LOGIN: &str = "`rate_limited`: too many attempts from this client address, or \
      too many failed logins for this username from this address (or from everywhere, a much \
      higher ceiling); nothing was changed. Retry after the `Retry-After` seconds.";
-pub const E503: &str = "`unavailable`: Redis or MySQL is unreachable; nothing was changed. \
+const E503: &str = "`unavailable`: Redis or MySQL is unreachable; nothing was changed. \
      Retry after the `Retry-After` seconds.";
-pub const E503_LOGIN: &str = "`unavailable`: Redis or MySQL is unreachable (while Redis cannot \
+const E503_LOGIN: &str = "`unavailable`: Redis or MySQL is unreachable (while Redis cannot \
      count sign-in attempts, logins and sign-ups are refused rather than let through unlimited); \
      nothing was changed. Retry after the `Retry-After` seconds.";
+
+/// The 429 of the routes that count requests per customer and per client address.
+#[derive(IntoResponses)]
+#[response(status = 429, description = E429,
+    headers(("Retry-After" = u32, description = "Seconds to wait.")))]
+pub struct RateLimited(pub ErrorEnvelope);
+
+/// The 500 every route can answer.
+#[derive(IntoResponses)]
+#[response(status = 500, description = E500)]
+pub struct Internal(pub ErrorEnvelope);
+
+/// The 503 of the routes that read Redis or MySQL.
+#[derive(IntoResponses)]
+#[response(status = 503, description = E503,
+    headers(("Retry-After" = u32, description = "Seconds to wait: 1.")))]
+pub struct Unavailable(pub ErrorEnvelope);
+
+/// [`RateLimited`] of sign-up and sign-in, which also count failed logins.
+#[derive(IntoResponses)]
+#[response(status = 429, description = E429_LOGIN,
+    headers(("Retry-After" = u32, description = "Seconds to wait.")))]
+pub struct LoginRateLimited(pub ErrorEnvelope);
+
+/// [`Unavailable`] of sign-up and sign-in, refused while attempts cannot be counted.
+#[derive(IntoResponses)]
+#[response(status = 503, description = E503_LOGIN,
+    headers(("Retry-After" = u32, description = "Seconds to wait: 1.")))]
+pub struct LoginUnavailable(pub ErrorEnvelope);
 
 const DESCRIPTION: &str = "\
 A flash-sale back end: atomic Redis reservations, MySQL as the source of truth.

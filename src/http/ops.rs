@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::openapi::{E500, ErrorEnvelope};
+use super::openapi::{ErrorEnvelope, Internal};
 use crate::app::AppState;
 use crate::error::{AppError, AppResult};
 
@@ -52,7 +52,7 @@ pub struct Readiness {
     tag = "Operations",
     responses(
         (status = 200, description = "The process runs.", body = Health),
-        (status = 500, description = E500, body = ErrorEnvelope),
+        Internal,
     )
 )]
 async fn healthz() -> axum::Json<serde_json::Value> {
@@ -69,7 +69,7 @@ async fn healthz() -> axum::Json<serde_json::Value> {
     tag = "Operations",
     responses(
         (status = 200, description = "Redis and MySQL answer.", body = Readiness),
-        (status = 500, description = E500, body = ErrorEnvelope),
+        Internal,
         (status = 503, description = "`unavailable`: Redis, MySQL or both did not answer \
             within a second (the message names which), or Redis may evict keys (its \
             maxmemory-policy is not noeviction), or Redis came back behind MySQL and \
@@ -128,7 +128,7 @@ async fn readyz(State(state): State<AppState>) -> AppResult<axum::Json<serde_jso
             example = "# TYPE flashsale_http_requests_total counter\n\
                 flashsale_http_requests_total\
                 {method=\"GET\",route=\"/healthz\",status=\"200\"} 1\n"),
-        (status = 500, description = E500, body = ErrorEnvelope),
+        Internal,
     )
 )]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -148,7 +148,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     responses(
         (status = 200, description = "The OpenAPI 3.1 document of this API.", body = Object,
             content_type = "application/json"),
-        (status = 500, description = E500, body = ErrorEnvelope),
+        Internal,
     )
 )]
 async fn openapi_json() -> impl IntoResponse {

@@ -11,7 +11,8 @@ use utoipa_axum::routes;
 
 use super::extract::{AuthUser, IdempotencyKey, Json, Path, Query};
 use super::idempotency;
-use super::openapi::{E401, E413, E429, E500, E503, ErrorEnvelope};
+use super::openapi::{E401, E413, ErrorEnvelope, Internal, RateLimited, Unavailable};
+use super::responses::{OrderResponse, OrderStatus as OrderStatusSchema};
 use crate::app::AppState;
 use crate::domain::{Count, OrderStatus, Sku};
 use crate::error::{AppError, AppResult};
@@ -44,9 +45,9 @@ fn optional_body(mut routes: UtoipaMethodRouter<AppState>) -> UtoipaMethodRouter
 
 fn json_of(
     status: StatusCode,
-    order: &OrderView,
+    order: OrderView,
 ) -> Result<(StatusCode, serde_json::Value), AppError> {
-    serde_json::to_value(order)
+    serde_json::to_value(OrderResponse::from(order))
         .map(|v| (status, v))
         .map_err(|e| AppError::internal(format!("serializing an order: {e}")))
 }
@@ -75,7 +76,7 @@ fn json_of(
                 renewed meanwhile), so a key whose server died is free again within it."),
     ),
     responses(
-        (status = 201, description = "The order, `awaiting_payment`.", body = OrderView,
+        (status = 201, description = "The order, `awaiting_payment`.", body = OrderResponse,
             headers(("Idempotent-Replayed" = String,
                 description = "`true` when this is the stored answer to an earlier request with \
                     the same `Idempotency-Key`.")),
@@ -102,11 +103,9 @@ fn json_of(
             example = json!({"error": {"code": "out_of_stock",
                 "message": "sku 1003: 0 available, 2 requested; order 17 failed and holds nothing",
                 "order_id": 17}})),
-        (status = 429, description = E429, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        RateLimited,
+        Internal,
+        Unavailable,
     )
 )]
 async fn create_order(
@@ -127,7 +126,7 @@ async fn create_order(
                     orders::checkout(&state, user.user_id, &progress, vanished, false).await?
                 }
             };
-            json_of(StatusCode::CREATED, &order)
+            json_of(StatusCode::CREATED, order)
         }
     })
     .await
@@ -185,7 +184,7 @@ pub struct BuyNowRequest {
         example = json!({"sku": 1002, "count": 1})
     ),
     responses(
-        (status = 201, description = "The order, `awaiting_payment`.", body = OrderView,
+        (status = 201, description = "The order, `awaiting_payment`.", body = OrderResponse,
             headers(("Idempotent-Replayed" = String,
                 description = "`true` when this is the stored answer to an earlier request with \
                     the same `Idempotency-Key`."))),
@@ -201,11 +200,9 @@ pub struct BuyNowRequest {
             an `Idempotency-Key` whose first request is still running after 15 s.",
             body = ErrorEnvelope),
         (status = 413, description = E413, body = ErrorEnvelope),
-        (status = 429, description = E429, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        RateLimited,
+        Internal,
+        Unavailable,
     )
 )]
 async fn buy_now(
@@ -229,7 +226,7 @@ async fn buy_now(
                             orders::buy_now(&state, user.user_id, sku, count, &progress).await?
                         }
                     };
-                json_of(StatusCode::CREATED, &order)
+                json_of(StatusCode::CREATED, order)
             }
         })
         .await,
@@ -241,7 +238,7 @@ async fn buy_now(
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Only orders with this status.
-    #[param(value_type = Option<OrderStatus>, example = "paid")]
+    #[param(value_type = Option<OrderStatusSchema>, example = "paid")]
     status: Option<String>,
     /// Page size, 1..=100 (default 20).
     #[param(minimum = 1, maximum = 100, example = 20)]
@@ -265,7 +262,7 @@ pub struct ListParams {
 })))]
 pub struct OrderPage {
     /// The caller's orders, newest first.
-    items: Vec<OrderView>,
+    items: Vec<OrderResponse>,
     /// Pass as `before_id` for the next page; null on the last page.
     #[schema(required = true)]
     next_before_id: Option<u64>,
@@ -286,11 +283,9 @@ pub struct OrderPage {
             1..=100, a parameter that is not a number, or an unknown parameter.",
             body = ErrorEnvelope),
         (status = 401, description = E401, body = ErrorEnvelope),
-        (status = 429, description = E429, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        RateLimited,
+        Internal,
+        Unavailable,
     )
 )]
 async fn list_orders(
@@ -316,7 +311,7 @@ async fn list_orders(
     let (items, next_before_id) =
         orders::list(&state, user.user_id, status, limit, q.before_id).await?;
     Ok(axum::Json(OrderPage {
-        items,
+        items: items.into_iter().map(OrderResponse::from).collect(),
         next_before_id,
     }))
 }
@@ -334,7 +329,7 @@ async fn list_orders(
         ("order_id" = u64, Path, description = "The order's id.", example = 17),
     ),
     responses(
-        (status = 200, description = "The order.", body = OrderView,
+        (status = 200, description = "The order.", body = OrderResponse,
             example = json!({
                 "order_id": 17, "user_id": 42, "status": "awaiting_payment",
                 "items": [{"sku": 1002, "name": "Headphones", "count": 2, "unit_price": 15000}],
@@ -348,20 +343,18 @@ async fn list_orders(
         (status = 401, description = E401, body = ErrorEnvelope),
         (status = 404, description = "`not_found`: no such order of the caller's (another \
             customer's order is not found either).", body = ErrorEnvelope),
-        (status = 429, description = E429, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        RateLimited,
+        Internal,
+        Unavailable,
     )
 )]
 async fn get_order(
     State(state): State<AppState>,
     user: AuthUser,
     Path(order_id): Path<u64>,
-) -> AppResult<axum::Json<OrderView>> {
+) -> AppResult<axum::Json<OrderResponse>> {
     Ok(axum::Json(
-        orders::get(&state, user.user_id, order_id).await?,
+        orders::get(&state, user.user_id, order_id).await?.into(),
     ))
 }
 
@@ -404,7 +397,7 @@ pub struct PayRequest {
         example = json!({"payment_ref": "psp-7f3a21"})
     ),
     responses(
-        (status = 200, description = "The order, `paid` (also on a repeat).", body = OrderView,
+        (status = 200, description = "The order, `paid` (also on a repeat).", body = OrderResponse,
             headers(("Idempotent-Replayed" = String,
                 description = "`true` when this is the stored answer to an earlier request with \
                     the same `Idempotency-Key`.")),
@@ -429,11 +422,9 @@ pub struct PayRequest {
             an `Idempotency-Key` whose first request is still running after 15 s.",
             body = ErrorEnvelope),
         (status = 413, description = E413, body = ErrorEnvelope),
-        (status = 429, description = E429, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        RateLimited,
+        Internal,
+        Unavailable,
     )
 )]
 async fn pay_order(
@@ -471,7 +462,7 @@ async fn pay_order(
             let state = state.clone();
             move |_progress| async move {
                 let order = orders::pay(&state, user.user_id, order_id, &payment_ref).await?;
-                json_of(StatusCode::OK, &order)
+                json_of(StatusCode::OK, order)
             }
         })
         .await,
@@ -504,7 +495,7 @@ async fn pay_order(
     ),
     responses(
         (status = 200, description = "The order, `cancelled` (also on a repeat).",
-            body = OrderView, headers(("Idempotent-Replayed" = String,
+            body = OrderResponse, headers(("Idempotent-Replayed" = String,
                 description = "`true` when this is the stored answer to an earlier request with \
                     the same `Idempotency-Key`.")),
             example = json!({
@@ -525,11 +516,9 @@ async fn pay_order(
         (status = 409, description = "`order_not_cancellable`: the order is paid or failed; \
             `request_in_progress`: a repeat of an `Idempotency-Key` whose first request is still \
             running after 15 s.", body = ErrorEnvelope),
-        (status = 429, description = E429, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        RateLimited,
+        Internal,
+        Unavailable,
     )
 )]
 async fn cancel_order(
@@ -543,7 +532,7 @@ async fn cancel_order(
         let state = state.clone();
         move |_progress| async move {
             let order = orders::cancel(&state, user.user_id, order_id).await?;
-            json_of(StatusCode::OK, &order)
+            json_of(StatusCode::OK, order)
         }
     };
     idempotency::once(&state, user.user_id, &scope, key, String::new(), work).await

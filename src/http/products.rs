@@ -9,13 +9,17 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::{AdminUser, Json, Path, Query};
-use super::openapi::{E400_BODY, E400_SKU, E401, E403, E404_SKU, E413, E500, E503, ErrorEnvelope};
+use super::openapi::{
+    E400_BODY, E400_SKU, E401, E403, E404_SKU, E413, ErrorEnvelope, Internal, Unavailable,
+};
+use super::responses::{
+    ProductResponse, SaleResponse, SalesReportResponse, StockAdjustedResponse, WarehouseResponse,
+    WarehouseStockResponse,
+};
 use crate::app::AppState;
 use crate::domain::{Price, ProductName, SaleWindow, Sku, StockDelta, WarehouseName};
 use crate::error::{AppError, AppResult};
-use crate::service::catalog::{
-    self, ProductView, SaleView, SalesReport, StockAdjusted, WarehouseStock, WarehouseView,
-};
+use crate::service::catalog;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::default()
@@ -29,7 +33,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 fn sku(raw: u64) -> AppResult<Sku> {
-    Sku::parse(raw)
+    Ok(Sku::parse(raw)?)
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -65,7 +69,7 @@ pub struct CreateProductRequest {
         example = json!({"sku": 1002, "name": "Headphones", "price": 20000})
     ),
     responses(
-        (status = 201, description = "The product was created.", body = ProductView,
+        (status = 201, description = "The product was created.", body = ProductResponse,
             example = json!({"sku": 1002, "name": "Headphones", "price": 20000, "available": 0,
                 "sale": null})),
         (status = 400, description = E400_BODY, body = ErrorEnvelope),
@@ -74,21 +78,20 @@ pub struct CreateProductRequest {
         (status = 409, description = "`already_exists`: a product has that sku.",
             body = ErrorEnvelope),
         (status = 413, description = E413, body = ErrorEnvelope),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        Internal,
+        Unavailable,
     )
 )]
 async fn create_product(
     State(state): State<AppState>,
     _admin: AdminUser,
     Json(body): Json<CreateProductRequest>,
-) -> AppResult<(StatusCode, axum::Json<ProductView>)> {
+) -> AppResult<(StatusCode, axum::Json<ProductResponse>)> {
     let sku = body.sku.map(Sku::parse).transpose()?;
     let name = ProductName::parse(&body.name)?;
     let price = Price::parse(body.price)?;
     let p = catalog::create_product(&state, sku, &name, price).await?;
-    Ok((StatusCode::CREATED, axum::Json(p)))
+    Ok((StatusCode::CREATED, axum::Json(p.into())))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -110,7 +113,7 @@ pub struct ListParams {
 })))]
 pub struct ProductPage {
     /// Products by ascending sku.
-    items: Vec<ProductView>,
+    items: Vec<ProductResponse>,
     /// Pass as `after_sku` for the next page; null on the last page.
     #[schema(required = true)]
     next_after_sku: Option<u32>,
@@ -128,9 +131,8 @@ pub struct ProductPage {
         (status = 200, description = "A page of products.", body = ProductPage),
         (status = 400, description = "`invalid_request`: `limit` outside 1..=200, a parameter \
             that is not a number, or an unknown parameter.", body = ErrorEnvelope),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        Internal,
+        Unavailable,
     )
 )]
 async fn list_products(
@@ -144,7 +146,7 @@ async fn list_products(
     let (items, next_after_sku) =
         catalog::list_products(&state, q.after_sku.unwrap_or(0), limit).await?;
     Ok(axum::Json(ProductPage {
-        items,
+        items: items.into_iter().map(ProductResponse::from).collect(),
         next_after_sku,
     }))
 }
@@ -161,19 +163,20 @@ async fn list_products(
             description = "The product's sku (1..=4294967295)."),
     ),
     responses(
-        (status = 200, description = "The product.", body = ProductView),
+        (status = 200, description = "The product.", body = ProductResponse),
         (status = 400, description = E400_SKU, body = ErrorEnvelope),
         (status = 404, description = E404_SKU, body = ErrorEnvelope),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        Internal,
+        Unavailable,
     )
 )]
 async fn get_product(
     State(state): State<AppState>,
     Path(raw): Path<u64>,
-) -> AppResult<axum::Json<ProductView>> {
-    Ok(axum::Json(catalog::get_product(&state, sku(raw)?).await?))
+) -> AppResult<axum::Json<ProductResponse>> {
+    Ok(axum::Json(
+        catalog::get_product(&state, sku(raw)?).await?.into(),
+    ))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -210,7 +213,7 @@ pub struct UpdateProductRequest {
         example = json!({"price": 22000})
     ),
     responses(
-        (status = 200, description = "The changed product.", body = ProductView),
+        (status = 200, description = "The changed product.", body = ProductResponse),
         (status = 400, description = "`invalid_json`: the body is not JSON or not sent as \
             `Content-Type: application/json`; `invalid_request`: the sku is not a number in \
             1..=4294967295, or a field is missing, unknown, out of range or malformed, or the body \
@@ -220,9 +223,8 @@ pub struct UpdateProductRequest {
         (status = 403, description = E403, body = ErrorEnvelope),
         (status = 404, description = E404_SKU, body = ErrorEnvelope),
         (status = 413, description = E413, body = ErrorEnvelope),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        Internal,
+        Unavailable,
     )
 )]
 async fn update_product(
@@ -230,7 +232,7 @@ async fn update_product(
     _admin: AdminUser,
     Path(raw): Path<u64>,
     Json(body): Json<UpdateProductRequest>,
-) -> AppResult<axum::Json<ProductView>> {
+) -> AppResult<axum::Json<ProductResponse>> {
     let sku = sku(raw)?;
     let name = body.name.as_deref().map(ProductName::parse).transpose()?;
     let price = body.price.map(Price::parse).transpose()?;
@@ -238,7 +240,9 @@ async fn update_product(
         return Err(AppError::InvalidRequest("give name, price or both".into()));
     }
     Ok(axum::Json(
-        catalog::update_product(&state, sku, name, price).await?,
+        catalog::update_product(&state, sku, name, price)
+            .await?
+            .into(),
     ))
 }
 
@@ -268,27 +272,26 @@ pub struct CreateWarehouseRequest {
         example = json!({"name": "Berlin North"})
     ),
     responses(
-        (status = 201, description = "The warehouse was created.", body = WarehouseView),
+        (status = 201, description = "The warehouse was created.", body = WarehouseResponse),
         (status = 400, description = E400_BODY, body = ErrorEnvelope),
         (status = 401, description = E401, body = ErrorEnvelope),
         (status = 403, description = E403, body = ErrorEnvelope),
         (status = 409, description = "`already_exists`: a warehouse has that name.",
             body = ErrorEnvelope),
         (status = 413, description = E413, body = ErrorEnvelope),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        Internal,
+        Unavailable,
     )
 )]
 async fn create_warehouse(
     State(state): State<AppState>,
     _admin: AdminUser,
     Json(body): Json<CreateWarehouseRequest>,
-) -> AppResult<(StatusCode, axum::Json<WarehouseView>)> {
+) -> AppResult<(StatusCode, axum::Json<WarehouseResponse>)> {
     let name = WarehouseName::parse(&body.name)?;
     Ok((
         StatusCode::CREATED,
-        axum::Json(catalog::create_warehouse(&state, name).await?),
+        axum::Json(catalog::create_warehouse(&state, name).await?.into()),
     ))
 }
 
@@ -324,7 +327,7 @@ pub struct AdjustStockRequest {
     ),
     responses(
         (status = 200, description = "The warehouse's stock of the product after the change.",
-            body = StockAdjusted),
+            body = StockAdjustedResponse),
         (status = 400, description = "`invalid_json`: the body is not JSON or not sent as \
             `Content-Type: application/json`; `invalid_request`: the sku is not a number in \
             1..=4294967295, or a field is missing, unknown, out of range or malformed, or the body \
@@ -337,9 +340,8 @@ pub struct AdjustStockRequest {
         (status = 409, description = "`out_of_stock`: the removal asks for more units than are \
             available in that warehouse; nothing changed.", body = ErrorEnvelope),
         (status = 413, description = E413, body = ErrorEnvelope),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        Internal,
+        Unavailable,
     )
 )]
 async fn adjust_stock(
@@ -347,11 +349,13 @@ async fn adjust_stock(
     _admin: AdminUser,
     Path(raw): Path<u64>,
     Json(body): Json<AdjustStockRequest>,
-) -> AppResult<axum::Json<StockAdjusted>> {
+) -> AppResult<axum::Json<StockAdjustedResponse>> {
     let sku = sku(raw)?;
     let delta = StockDelta::parse(body.delta)?;
     Ok(axum::Json(
-        catalog::adjust_stock(&state, sku, body.warehouse_id, delta).await?,
+        catalog::adjust_stock(&state, sku, body.warehouse_id, delta)
+            .await?
+            .into(),
     ))
 }
 
@@ -360,7 +364,7 @@ async fn adjust_stock(
 pub struct Stocks {
     sku: u32,
     /// Units that can still be bought, per warehouse.
-    stocks: Vec<WarehouseStock>,
+    stocks: Vec<WarehouseStockResponse>,
 }
 
 /// Units that can still be bought, per warehouse
@@ -378,9 +382,8 @@ pub struct Stocks {
         (status = 200, description = "Available units per warehouse.", body = Stocks),
         (status = 400, description = E400_SKU, body = ErrorEnvelope),
         (status = 404, description = E404_SKU, body = ErrorEnvelope),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        Internal,
+        Unavailable,
     )
 )]
 async fn get_stocks(
@@ -390,7 +393,11 @@ async fn get_stocks(
     let sku = sku(raw)?;
     Ok(axum::Json(Stocks {
         sku: sku.get(),
-        stocks: catalog::stocks(&state, sku).await?,
+        stocks: catalog::stocks(&state, sku)
+            .await?
+            .into_iter()
+            .map(WarehouseStockResponse::from)
+            .collect(),
     }))
 }
 
@@ -440,7 +447,7 @@ pub struct PutSaleRequest {
         })
     ),
     responses(
-        (status = 200, description = "The sale window as set.", body = SaleView),
+        (status = 200, description = "The sale window as set.", body = SaleResponse),
         (status = 400, description = "`invalid_json`: the body is not JSON or not sent as \
             `Content-Type: application/json`; `invalid_request`: the sku is not a number in \
             1..=4294967295, or a field is missing, unknown, out of range or malformed, or the body \
@@ -452,9 +459,8 @@ pub struct PutSaleRequest {
         (status = 403, description = E403, body = ErrorEnvelope),
         (status = 404, description = E404_SKU, body = ErrorEnvelope),
         (status = 413, description = E413, body = ErrorEnvelope),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        Internal,
+        Unavailable,
     )
 )]
 async fn put_sale(
@@ -462,7 +468,7 @@ async fn put_sale(
     _admin: AdminUser,
     Path(raw): Path<u64>,
     Json(body): Json<PutSaleRequest>,
-) -> AppResult<axum::Json<SaleView>> {
+) -> AppResult<axum::Json<SaleResponse>> {
     let sku = sku(raw)?;
     let window = SaleWindow::parse(
         body.sale_price,
@@ -470,7 +476,9 @@ async fn put_sale(
         body.ends_at,
         body.per_customer_limit,
     )?;
-    Ok(axum::Json(catalog::put_sale(&state, sku, window).await?))
+    Ok(axum::Json(
+        catalog::put_sale(&state, sku, window).await?.into(),
+    ))
 }
 
 /// Remove the product's sale window
@@ -492,9 +500,8 @@ async fn put_sale(
         (status = 401, description = E401, body = ErrorEnvelope),
         (status = 403, description = E403, body = ErrorEnvelope),
         (status = 404, description = E404_SKU, body = ErrorEnvelope),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        Internal,
+        Unavailable,
     )
 )]
 async fn delete_sale(
@@ -521,20 +528,21 @@ async fn delete_sale(
             description = "The product's sku (1..=4294967295)."),
     ),
     responses(
-        (status = 200, description = "The product's buckets.", body = SalesReport),
+        (status = 200, description = "The product's buckets.", body = SalesReportResponse),
         (status = 400, description = E400_SKU, body = ErrorEnvelope),
         (status = 401, description = E401, body = ErrorEnvelope),
         (status = 403, description = E403, body = ErrorEnvelope),
         (status = 404, description = E404_SKU, body = ErrorEnvelope),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        Internal,
+        Unavailable,
     )
 )]
 async fn get_sales_report(
     State(state): State<AppState>,
     _admin: AdminUser,
     Path(raw): Path<u64>,
-) -> AppResult<axum::Json<SalesReport>> {
-    Ok(axum::Json(catalog::sales_report(&state, sku(raw)?).await?))
+) -> AppResult<axum::Json<SalesReportResponse>> {
+    Ok(axum::Json(
+        catalog::sales_report(&state, sku(raw)?).await?.into(),
+    ))
 }

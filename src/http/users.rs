@@ -9,7 +9,10 @@ use utoipa_axum::routes;
 
 use super::extract::{AuthUser, Json};
 use super::limits::{self, ClientIp};
-use super::openapi::{E400_BODY, E413, E429_LOGIN, E500, E503, E503_LOGIN, ErrorEnvelope};
+use super::openapi::{
+    E400_BODY, E413, ErrorEnvelope, Internal, LoginRateLimited, LoginUnavailable, Unavailable,
+};
+use super::responses::Role as RoleSchema;
 use crate::app::AppState;
 use crate::auth;
 use crate::domain::{Password, Role, Username};
@@ -62,11 +65,9 @@ pub struct UserCreated {
             example = json!({"error": {"code": "already_exists",
                 "message": "username \"alice\" is taken"}})),
         (status = 413, description = E413, body = ErrorEnvelope),
-        (status = 429, description = E429_LOGIN, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503_LOGIN, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        LoginRateLimited,
+        Internal,
+        LoginUnavailable,
     )
 )]
 async fn create_user(
@@ -124,11 +125,9 @@ pub struct Token {
         (status = 401, description = "`unauthenticated`: wrong username or password.",
             body = ErrorEnvelope),
         (status = 413, description = E413, body = ErrorEnvelope),
-        (status = 429, description = E429_LOGIN, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait."))),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503_LOGIN, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        LoginRateLimited,
+        Internal,
+        LoginUnavailable,
     )
 )]
 async fn create_token(
@@ -180,7 +179,7 @@ async fn create_token(
 pub struct Me {
     user_id: u64,
     username: String,
-    role: Role,
+    role: RoleSchema,
 }
 
 /// The caller's account
@@ -195,9 +194,8 @@ pub struct Me {
         (status = 200, description = "The caller's account.", body = Me),
         (status = 401, description = "`unauthenticated`: no, malformed, bad or expired bearer \
             token, or the token's user no longer exists.", body = ErrorEnvelope),
-        (status = 500, description = E500, body = ErrorEnvelope),
-        (status = 503, description = E503, body = ErrorEnvelope,
-            headers(("Retry-After" = u32, description = "Seconds to wait: 1."))),
+        Internal,
+        Unavailable,
     )
 )]
 async fn get_me(State(state): State<AppState>, user: AuthUser) -> AppResult<axum::Json<Me>> {
@@ -206,7 +204,7 @@ async fn get_me(State(state): State<AppState>, user: AuthUser) -> AppResult<axum
         .ok_or_else(|| AppError::Unauthenticated("the token's user no longer exists".into()))?;
     Ok(axum::Json(Me {
         user_id: row.id,
-        role: row.role(),
+        role: row.role().into(),
         username: row.username,
     }))
 }

@@ -3,7 +3,6 @@
 
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
-use serde::Serialize;
 
 use super::{catalog, from_ms};
 use crate::app::AppState;
@@ -12,18 +11,7 @@ use crate::error::{AppError, AppResult};
 use crate::store::redis::{Deadline, ReserveMode, ReserveOutcome, ReserveRequest, Rid, SkuMeta};
 
 /// The caller's cart, with the catalog's current names and prices.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[schema(examples(json!({
-    "items": [{
-        "sku": 1002,
-        "name": "Headphones",
-        "count": 2,
-        "unit_price": 15000,
-        "line_price": 30000,
-        "held_until": "2026-11-22T21:30:00.123Z"
-    }],
-    "total_price": 30000
-})))]
+#[derive(Debug, Clone)]
 pub struct CartView {
     pub items: Vec<CartLine>,
     pub total_price: u64,
@@ -31,7 +19,7 @@ pub struct CartView {
 
 /// One held line of the cart; the hold lapses at `held_until`, fixed when the line was first
 /// added (adding to it or removing from it keeps it).
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone)]
 pub struct CartLine {
     pub sku: u32,
     pub name: String,

@@ -1,60 +1,39 @@
 //! Products, warehouses, stock and sale windows: MySQL first, mirrored into Redis under the
 //! product's row lock so the two never disagree about what an admin changed.
 
+use std::time::{Duration, Instant};
+
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::MySqlConnection;
 
 use crate::app::AppState;
 use crate::domain::{Price, ProductName, SaleWindow, Sku, StockDelta, WarehouseName};
 use crate::error::{AppError, AppResult};
+use crate::store::mysql::DbResult;
 use crate::store::mysql::catalog::{self as db, ProductRow};
 use crate::store::mysql::orders as orders_db;
 use crate::store::redis::{AdjustOutcome, SaleMeta, SkuLoad, SkuMeta, StockSnapshot};
 
 /// A product as the catalog shows it: `available` counts the units that can still be bought.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[schema(examples(json!({
-    "sku": 1002,
-    "name": "Headphones",
-    "price": 20000,
-    "available": 37,
-    "sale": {
-        "sale_price": 15000,
-        "starts_at": "2026-11-22T20:00:00Z",
-        "ends_at": "2026-11-22T22:00:00Z",
-        "per_customer_limit": 2,
-        "active": true
-    }
-})))]
+#[derive(Debug, Clone)]
 pub struct ProductView {
-    #[schema(minimum = 1)]
     pub sku: u32,
     pub name: String,
     /// The regular price, in minor units.
     pub price: u64,
     pub available: i64,
     /// The sale window, or null when the product has none.
-    #[schema(required = true)]
     pub sale: Option<SaleView>,
 }
 
 /// A product's sale window: `sale_price` is charged in [`starts_at`, `ends_at`), and the product
 /// can be bought only inside the window.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[schema(examples(json!({
-    "sale_price": 15000,
-    "starts_at": "2026-11-22T20:00:00Z",
-    "ends_at": "2026-11-22T22:00:00Z",
-    "per_customer_limit": 2,
-    "active": true
-})))]
+#[derive(Debug, Clone)]
 pub struct SaleView {
     pub sale_price: u64,
     pub starts_at: DateTime<Utc>,
     pub ends_at: DateTime<Utc>,
     /// Units one customer may buy of this product (null: no limit).
-    #[schema(required = true, minimum = 1, maximum = 65535)]
     pub per_customer_limit: Option<u32>,
     /// Whether the window is open now.
     pub active: bool,
@@ -202,7 +181,8 @@ pub async fn list_products(
 
 /// Runs `change` on a sku inside a MySQL transaction that holds the product's row lock, then
 /// mirrors the product's new catalog entry into Redis before committing. If Redis fails, MySQL
-/// rolls back: nothing changed. If the commit fails, the old entry goes back into Redis.
+/// rolls back: nothing changed. If the commit fails (or seems to: its answer may be lost), Redis
+/// gets what MySQL holds once that transaction is over.
 #[tracing::instrument(name = "mysql.transaction", level = "debug", skip_all,
     fields(otel.kind = "client", db.system = "mysql", db.operation.name = "change_product",
         sku = %sku))]
@@ -210,10 +190,10 @@ async fn change_product<F>(state: &AppState, sku: Sku, change: F) -> AppResult<P
 where
     F: for<'c> FnOnce(
         &'c mut MySqlConnection,
-    ) -> std::pin::Pin<Box<dyn Future<Output = AppResult<()>> + Send + 'c>>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = DbResult<()>> + Send + 'c>>,
 {
     let mut tx = state.db.begin().await?;
-    let old = db::lock_product(&mut tx, sku)
+    db::lock_product(&mut tx, sku)
         .await?
         .ok_or_else(|| no_product(sku))?;
     change(&mut tx).await?;
@@ -222,10 +202,27 @@ where
         .ok_or_else(|| no_product(sku))?;
     state.redis.set_meta(sku, &meta_of(&new)).await?;
     if let Err(e) = tx.commit().await {
-        if let Err(e2) = state.redis.set_meta(sku, &meta_of(&old)).await {
-            tracing::error!(%sku, error = %e2, "could not restore the Redis catalog entry");
-        }
-        return Err(e.into());
+        // The commit may have gone through with its answer lost: once the broken transaction
+        // is over (its row lock free), Redis gets what MySQL holds.
+        let e = AppError::from(e);
+        let state = state.clone();
+        let now = settle_in_background(sku, "catalog change", move || {
+            let state = state.clone();
+            async move {
+                let mut tx = state.db.begin().await?;
+                let row = db::lock_product(&mut tx, sku).await?;
+                if let Some(row) = &row {
+                    state.redis.set_meta(sku, &meta_of(row)).await?;
+                }
+                tx.rollback().await?;
+                AppResult::Ok(row)
+            }
+        });
+        return match now.await {
+            Some(Some(row)) if row == new => Ok(new),
+            Some(_) => Err(e),
+            None => Err(not_known_yet(sku, "catalog change", &e)),
+        };
     }
     Ok(new)
 }
@@ -262,8 +259,7 @@ pub async fn delete_sale(state: &AppState, sku: Sku) -> AppResult<()> {
     Ok(())
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[schema(examples(json!({"warehouse_id": 3, "name": "Berlin North"})))]
+#[derive(Debug, Clone)]
 pub struct WarehouseView {
     pub warehouse_id: u32,
     pub name: String,
@@ -277,8 +273,7 @@ pub async fn create_warehouse(state: &AppState, name: WarehouseName) -> AppResul
     })
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[schema(examples(json!({"sku": 1002, "warehouse_id": 3, "on_hand": 120, "available": 100})))]
+#[derive(Debug, Clone)]
 pub struct StockAdjusted {
     pub sku: u32,
     pub warehouse_id: u32,
@@ -327,31 +322,61 @@ pub async fn adjust_stock(
             )));
         }
     };
-    let here = match state.redis.adjust_stock(sku, warehouse_id, d).await? {
-        AdjustOutcome::Adjusted { here, .. } => here,
-        AdjustOutcome::Short { available_here } => {
+    // Noted under a token of its own, in the same transaction: a commit whose answer is lost
+    // can then be told from one that did not happen.
+    let change = Change {
+        sku,
+        warehouse_id,
+        delta: d,
+        token: rand::random(),
+        rebuilt_before: state.redis.rebuild_marker().await?,
+    };
+    db::note_adjustment(&mut tx, change.token, sku, warehouse_id, d, on_hand).await?;
+    let here = match state
+        .redis
+        .adjust_stock(sku, warehouse_id, d, change.token, false)
+        .await
+    {
+        Ok(AdjustOutcome::Adjusted { here, .. }) => here,
+        Ok(AdjustOutcome::Short { available_here }) => {
             return Err(AppError::OutOfStock(format!(
                 "sku {sku}, warehouse {warehouse_id}: {available_here} available units, \
                  cannot remove {}; held, reserved and sold units stay",
                 -d
             )));
         }
-        AdjustOutcome::NotLoaded => {
+        Ok(AdjustOutcome::NotLoaded) => {
             return Err(AppError::Unavailable(format!(
                 "sku {sku}: Redis lost its counters during the change"
             )));
         }
-    };
-    let undo = async |e: AppError| {
-        match state.redis.adjust_stock(sku, warehouse_id, -d).await {
-            Ok(AdjustOutcome::Adjusted { .. }) => {}
-            other => tracing::error!(%sku, warehouse_id, delta = d, outcome = ?other,
-                "could not undo a Redis stock change; run reconcile"),
+        Ok(AdjustOutcome::Same) => {
+            return Err(AppError::internal(
+                "a new stock change's token was used before",
+            ));
         }
-        e
+        Err(e) => {
+            // The script may have run with its answer lost. MySQL's part is rolled back (the
+            // transaction is dropped unsent); Redis's is taken back if it happened.
+            drop(tx);
+            return Err(settle_change(state, change, Some(false), e)
+                .await
+                .err()
+                .unwrap_or_else(|| {
+                    AppError::internal("a stock change never committed was settled as committed")
+                }));
+        }
     };
     if let Err(e) = tx.commit().await {
-        return Err(undo(e.into()).await);
+        // The connection may have broken after MySQL committed: its token row says.
+        return settle_change(state, change, None, e.into())
+            .await
+            .map(|()| StockAdjusted {
+                sku: sku.get(),
+                warehouse_id,
+                on_hand,
+                available: here,
+            });
     }
     metrics::counter!("flashsale_stock_adjustments_total").increment(1);
     Ok(StockAdjusted {
@@ -362,8 +387,108 @@ pub async fn adjust_stock(
     })
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[schema(examples(json!({"warehouse_id": 3, "count": 100})))]
+/// An admin stock change whose MySQL commit or Redis call broke off.
+#[derive(Debug, Clone)]
+struct Change {
+    sku: Sku,
+    warehouse_id: u32,
+    delta: i64,
+    token: u64,
+    /// rebuild-cache's marker when the change began: a rebuild since loaded the counters from
+    /// MySQL, so Redis's part is no longer there to take back.
+    rebuilt_before: Option<String>,
+}
+
+/// Settles a broken-off change: MySQL (its token row, once the transaction is over) says
+/// whether it happened; when it did not, Redis's part is taken back (lua/adjust_stock.lua: only
+/// if it was applied, at most once). `Ok(())`: the change was committed after all.
+async fn settle_change(
+    state: &AppState,
+    change: Change,
+    committed: Option<bool>,
+    e: AppError,
+) -> AppResult<()> {
+    let (state2, sku) = (state.clone(), change.sku);
+    let done = settle_in_background(sku, "stock change", move || {
+        let (state, change) = (state2.clone(), change.clone());
+        async move { settle_once(&state, &change, committed).await }
+    });
+    match done.await {
+        Some(true) => {
+            metrics::counter!("flashsale_stock_adjustments_total").increment(1);
+            Ok(())
+        }
+        Some(false) => Err(e),
+        None => Err(not_known_yet(sku, "stock change", &e)),
+    }
+}
+
+/// What a request answers when its broken-off change is still being settled.
+fn not_known_yet(sku: Sku, what: &str, e: &AppError) -> AppError {
+    AppError::Unavailable(format!(
+        "sku {sku}: the {what}'s outcome is not known yet ({e}); it is settled in the \
+         background: read it again before repeating it"
+    ))
+}
+
+/// How long a request waits for its broken-off change to be settled.
+const SETTLE_WAIT: Duration = Duration::from_secs(3);
+
+/// Runs `step` in a task of its own until it succeeds (ten minutes at most, then an error to
+/// run reconcile), so it finishes even when the request is gone; the request waits for it
+/// [`SETTLE_WAIT`] (`None`: not settled yet).
+async fn settle_in_background<T, F, Fut>(sku: Sku, what: &'static str, step: F) -> Option<T>
+where
+    T: Send + 'static,
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = AppResult<T>> + Send,
+{
+    let task = tokio::spawn(async move {
+        let give_up = Instant::now() + Duration::from_secs(600);
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match step().await {
+                Ok(done) => return Some(done),
+                Err(e) if Instant::now() < give_up => {
+                    tracing::warn!(%sku, error = %e, "{what} not settled yet; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::error!(%sku, error = %e, "gave up settling a {what}; run reconcile");
+                    return None;
+                }
+            }
+        }
+    });
+    tokio::time::timeout(SETTLE_WAIT, task)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten()
+}
+
+async fn settle_once(state: &AppState, c: &Change, committed: Option<bool>) -> AppResult<bool> {
+    let committed = match committed {
+        Some(known) => known,
+        None => db::adjustment_committed(&state.db, c.sku, c.token).await?,
+    };
+    if committed || state.redis.rebuild_marker().await? != c.rebuilt_before {
+        return Ok(committed);
+    }
+    if let AdjustOutcome::Short { available_here } = state
+        .redis
+        .adjust_stock(c.sku, c.warehouse_id, c.delta, c.token, true)
+        .await?
+    {
+        tracing::error!(sku = %c.sku, warehouse_id = c.warehouse_id, delta = c.delta,
+            available_here, "units of a stock change MySQL did not take were sold before \
+            they could be taken back; run reconcile");
+    }
+    Ok(false)
+}
+
+#[derive(Debug, Clone)]
 pub struct WarehouseStock {
     pub warehouse_id: u32,
     pub count: i64,
@@ -381,11 +506,7 @@ pub async fn stocks(state: &AppState, sku: Sku) -> AppResult<Vec<WarehouseStock>
         .collect())
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[schema(examples(json!({
-    "sku": 1002, "on_hand": 120, "available": 100, "held": 6, "reserved": 4, "sold": 10,
-    "sold_total": 25
-})))]
+#[derive(Debug, Clone)]
 pub struct SalesReport {
     pub sku: u32,
     pub on_hand: u64,

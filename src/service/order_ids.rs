@@ -15,7 +15,7 @@
 
 use crate::app::AppState;
 use crate::error::{AppError, AppResult};
-use crate::store::mysql::catalog;
+use crate::store::mysql::{DbError, catalog};
 use crate::store::redis::NextId;
 
 /// Ids reserved in MySQL's mark at a time. Every metrics tick raises the mark a block ahead
@@ -119,7 +119,8 @@ pub async fn watch(state: &AppState) -> AppResult<()> {
 /// `repair` (rebuild-cache, which reloads everything), it is left alone and sales stop.
 /// `lost`: the counter was found missing while the service ran. Returns the counter.
 pub async fn raise(state: &AppState, lost: bool, repair: bool) -> AppResult<u64> {
-    let unavailable = |e: AppError| {
+    let unavailable = |e: DbError| {
+        let e = AppError::from(e);
         AppError::Unavailable(format!(
             "order ids: Redis lost the id counter and MySQL cannot tell the largest id ({e})"
         ))

@@ -3,7 +3,6 @@
 //! and is finished by the sweeper if a crash interrupts it.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 
 use super::cart::{self, rejection, reserve_loading, too_large};
 use super::{catalog, from_ms};
@@ -18,19 +17,7 @@ use crate::store::redis::{
 };
 
 /// An order of the caller's; unpaid at `expires_at`, it is cancelled with reason `expired`.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[schema(examples(json!({
-    "order_id": 17,
-    "user_id": 42,
-    "status": "awaiting_payment",
-    "items": [{"sku": 1002, "name": "Headphones", "count": 2, "unit_price": 15000}],
-    "total_price": 30000,
-    "created_at": "2026-11-22T21:20:00.123Z",
-    "expires_at": "2026-11-22T21:30:00.123Z",
-    "paid_at": null,
-    "cancelled_at": null,
-    "cancel_reason": null
-})))]
+#[derive(Debug, Clone)]
 pub struct OrderView {
     pub order_id: u64,
     pub user_id: u64,
@@ -40,11 +27,8 @@ pub struct OrderView {
     pub created_at: DateTime<Utc>,
     /// The end of the payment window.
     pub expires_at: DateTime<Utc>,
-    #[schema(required = true)]
     pub paid_at: Option<DateTime<Utc>>,
-    #[schema(required = true)]
     pub cancelled_at: Option<DateTime<Utc>>,
-    #[schema(required = true)]
     pub cancel_reason: Option<CancelReason>,
 }
 

@@ -489,7 +489,10 @@ impl Writer {
         let mut dropped_lines: Vec<(Sku, u64)> = Vec::new();
         for (_, _, ev) in events {
             for item in &ev.items {
-                let line = (Sku::parse(u64::from(item.sku))?, ev.order_id);
+                let line = (
+                    Sku::parse(u64::from(item.sku)).map_err(AppError::from)?,
+                    ev.order_id,
+                );
                 match ev.kind {
                     OrderEventKind::Paid => paid_lines.push(line),
                     OrderEventKind::Cancelled

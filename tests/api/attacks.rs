@@ -89,16 +89,20 @@ async fn checkout_died(app: &TestApp, user: u64, key: &str, sku: u64, died: Died
     order_id
 }
 
-async fn checkout_with_key(app: &TestApp, token: &str, key: &str) -> (StatusCode, Value) {
-    let r = app
-        .client
-        .post(format!("{}/v1/orders", app.addr))
-        .bearer_auth(token)
-        .header("Idempotency-Key", key)
-        .send()
+/// Makes the record key of the next order id answer WRONGTYPE to `create_order`, so that the
+/// next checkout fails at that step (as any Redis error or timeout there would); returns the
+/// key, to delete when the step should work again.
+async fn break_next_order_record(app: &TestApp) -> String {
+    let keys = &app.state.redis.keys;
+    let mut conn = app.state.redis.conn();
+    let seq: Option<u64> = redis::AsyncCommands::get(&mut conn, keys.order_seq())
         .await
         .unwrap();
-    (r.status(), r.json().await.unwrap_or(Value::Null))
+    let next = keys.order(seq.unwrap_or(0) + 1);
+    let _: () = redis::AsyncCommands::set(&mut conn, &next, "x")
+        .await
+        .unwrap();
+    next
 }
 
 /// DESIGN/API: "a retry after a dead process resumes the bound order" and "a key whose server
@@ -114,15 +118,12 @@ async fn attack_checkout_retry_after_dead_process_is_refused_by_its_own_lock() {
     let sku = app.sale_product(10, None).await;
     let user = 9_101;
     let t = app.customer_token(user);
-    let r = app
-        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    app.cart_add(&t, sku, 2).await;
 
     checkout_died(&app, user, "co-dead-1", sku, DiedAfter::Bind).await;
     tokio::time::sleep(Duration::from_millis(400)).await; // the dead holder's lease lapses
 
-    let (status, body) = checkout_with_key(&app, &t, "co-dead-1").await;
+    let (status, body) = app.try_checkout_keyed(&t, "co-dead-1").await.into_parts();
     assert_eq!(
         status,
         StatusCode::CREATED,
@@ -147,7 +148,7 @@ async fn attack_checkout_retry_after_dead_process_is_refused_by_its_own_lock() {
             .await
             .unwrap()
     );
-    let (status, body) = checkout_with_key(&app, &t, "co-dead-1b").await;
+    let (status, body) = app.try_checkout_keyed(&t, "co-dead-1b").await.into_parts();
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["error"]["code"], "cart_changed", "{body}");
 }
@@ -164,15 +165,12 @@ async fn attack_checkout_retry_after_dead_process_strands_the_converted_lines() 
     let sku = app.sale_product(10, None).await;
     let user = 9_102;
     let t = app.customer_token(user);
-    let r = app
-        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    app.cart_add(&t, sku, 2).await;
 
     let bound = checkout_died(&app, user, "co-dead-2", sku, DiedAfter::Convert).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
 
-    let (status, body) = checkout_with_key(&app, &t, "co-dead-2").await;
+    let (status, body) = app.try_checkout_keyed(&t, "co-dead-2").await.into_parts();
     assert_eq!(
         status,
         StatusCode::CREATED,
@@ -195,15 +193,12 @@ async fn attack_checkout_retry_after_dead_process_fails_its_recorded_order_and_l
     let sku = app.sale_product(10, None).await;
     let user = 9_105;
     let t = app.customer_token(user);
-    let r = app
-        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    app.cart_add(&t, sku, 2).await;
 
     let bound = checkout_died(&app, user, "co-dead-3", sku, DiedAfter::Record).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
 
-    let (status, body) = checkout_with_key(&app, &t, "co-dead-3").await;
+    let (status, body) = app.try_checkout_keyed(&t, "co-dead-3").await.into_parts();
     assert_eq!(
         status,
         StatusCode::CREATED,
@@ -227,22 +222,11 @@ async fn attack_checkout_error_after_convert_gives_the_cart_holds_away() {
     let sku = app.sale_product(10, None).await;
     let user = 9_103;
     let t = app.customer_token(user);
-    let r = app
-        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    app.cart_add(&t, sku, 2).await;
 
-    // The next order id's record key answers WRONGTYPE to create_order (a failing step).
-    let keys = &app.state.redis.keys;
+    let next = break_next_order_record(&app).await;
     let mut conn = app.state.redis.conn();
-    let seq: Option<u64> = redis::AsyncCommands::get(&mut conn, keys.order_seq())
-        .await
-        .unwrap();
-    let next = keys.order(seq.unwrap_or(0) + 1);
-    let _: () = redis::AsyncCommands::set(&mut conn, &next, "x")
-        .await
-        .unwrap();
-    let failed = app.post_empty("/v1/orders", Some(&t)).await;
+    let failed = app.try_checkout(&t).await;
     assert!(
         failed.status.is_server_error(),
         "{} {:?}",
@@ -261,7 +245,7 @@ async fn attack_checkout_error_after_convert_gives_the_cart_holds_away() {
     let b = app.assert_identity(sku).await;
     assert_eq!((b.held, b.reserved, b.available), (2, 0, 8));
     // ... and the retry places the order.
-    let retry = app.post_empty("/v1/orders", Some(&t)).await;
+    let retry = app.try_checkout(&t).await;
     assert_eq!(retry.status, StatusCode::CREATED, "{:?}", retry.body);
 }
 
@@ -284,7 +268,7 @@ async fn lease_lost_race(stall: Stall) -> ((StatusCode, Value), (StatusCode, Val
     use flashsale::startup::Application;
     use sqlx::Executor;
 
-    use crate::process::{OwnRedis, eventually, free_port};
+    use crate::helpers::{OwnRedis, eventually, free_port};
 
     let port = free_port();
     let own = OwnRedis::start(
@@ -572,10 +556,7 @@ async fn attack_checkout_stalled_holder_and_its_retry_place_one_order() {
     let user = 9_202;
     let t = app.customer_token(user);
     for (sku, n) in [(a, 2), (b, 3)] {
-        let r = app
-            .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": n}))
-            .await;
-        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        app.cart_add(&t, sku, n).await;
     }
     let redis = &app.state.redis;
     let record = redis.keys.idempotency(user, "checkout", "co-stall");
@@ -616,7 +597,7 @@ async fn attack_checkout_stalled_holder_and_its_retry_place_one_order() {
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
 
-    let (status, body) = checkout_with_key(&app, &t, "co-stall").await;
+    let (status, body) = app.try_checkout_keyed(&t, "co-stall").await.into_parts();
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["order_id"], x, "the retry continues the bound order");
     assert_eq!(body["items"].as_array().unwrap().len(), 2, "{body}");
@@ -676,21 +657,11 @@ async fn attack_failed_checkout_returns_the_hold_with_its_own_deadline() {
     let app = spawn_app_with(|c| c.sale.cart_hold_ttl = Duration::from_secs(120)).await;
     let sku = app.sale_product(10, None).await;
     let t = app.customer_token(9_203);
-    let r = app
-        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    app.cart_add(&t, sku, 2).await;
     let before = app.get("/v1/cart", Some(&t)).await.body["items"][0]["held_until"].clone();
-    let keys = &app.state.redis.keys;
+    let next = break_next_order_record(&app).await;
     let mut conn = app.state.redis.conn();
-    let seq: Option<u64> = redis::AsyncCommands::get(&mut conn, keys.order_seq())
-        .await
-        .unwrap();
-    let next = keys.order(seq.unwrap_or(0) + 1);
-    let _: () = redis::AsyncCommands::set(&mut conn, &next, "x")
-        .await
-        .unwrap();
-    let failed = app.post_empty("/v1/orders", Some(&t)).await;
+    let failed = app.try_checkout(&t).await;
     assert!(failed.status.is_server_error(), "{:?}", failed.body);
     let _: () = redis::AsyncCommands::del(&mut conn, &next).await.unwrap();
     let cart = app.get("/v1/cart", Some(&t)).await;
@@ -722,10 +693,7 @@ async fn attack_a_lapsed_hold_is_not_revived_by_a_failed_checkout() {
     let sku = app.sale_product(10, None).await;
     let user = 9_204;
     let t = app.customer_token(user);
-    let r = app
-        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    app.cart_add(&t, sku, 2).await;
     let redis = &app.state.redis;
     let x = flashsale::service::order_ids::next(&app.state)
         .await
@@ -757,10 +725,7 @@ async fn attack_a_cart_read_between_the_dead_checkout_and_its_retry_keeps_the_co
     let sku = app.sale_product(10, None).await;
     let user = 9_205;
     let t = app.customer_token(user);
-    let r = app
-        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    app.cart_add(&t, sku, 2).await;
     let bound = checkout_died(&app, user, "co-dead-5", sku, DiedAfter::Convert).await;
     let cart = app.get("/v1/cart", Some(&t)).await;
     assert_eq!(
@@ -769,7 +734,7 @@ async fn attack_a_cart_read_between_the_dead_checkout_and_its_retry_keeps_the_co
         "the hold is the order's line now"
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let (status, body) = checkout_with_key(&app, &t, "co-dead-5").await;
+    let (status, body) = app.try_checkout_keyed(&t, "co-dead-5").await.into_parts();
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["order_id"], bound);
     assert_eq!(body["items"][0]["count"], 2, "{body}");
@@ -785,14 +750,13 @@ async fn attack_concurrent_retries_of_a_dead_checkout_answer_one_order() {
     let sku = app.sale_product(10, None).await;
     let user = 9_206;
     let t = app.customer_token(user);
-    let r = app
-        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    app.cart_add(&t, sku, 2).await;
     let bound = checkout_died(&app, user, "co-dead-6", sku, DiedAfter::Convert).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let answers =
-        futures::future::join_all((0..8).map(|_| checkout_with_key(&app, &t, "co-dead-6"))).await;
+    let answers = futures::future::join_all(
+        (0..8).map(|_| async { app.try_checkout_keyed(&t, "co-dead-6").await.into_parts() }),
+    )
+    .await;
     for (status, body) in &answers {
         assert_eq!(*status, StatusCode::CREATED, "{body}");
         assert_eq!(body["order_id"], bound, "{body}");
@@ -816,26 +780,16 @@ async fn attack_keyed_checkout_error_after_convert_then_retry_places_the_order()
     let sku = app.sale_product(10, None).await;
     let user = 9_207;
     let t = app.customer_token(user);
-    let r = app
-        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    let keys = &app.state.redis.keys;
+    app.cart_add(&t, sku, 2).await;
+    let next = break_next_order_record(&app).await;
     let mut conn = app.state.redis.conn();
-    let seq: Option<u64> = redis::AsyncCommands::get(&mut conn, keys.order_seq())
-        .await
-        .unwrap();
-    let next = keys.order(seq.unwrap_or(0) + 1);
-    let _: () = redis::AsyncCommands::set(&mut conn, &next, "x")
-        .await
-        .unwrap();
-    let (status, body) = checkout_with_key(&app, &t, "co-err-1").await;
+    let (status, body) = app.try_checkout_keyed(&t, "co-err-1").await.into_parts();
     assert!(status.is_server_error(), "{status} {body}");
     let _: () = redis::AsyncCommands::del(&mut conn, &next).await.unwrap();
     let b = app.assert_identity(sku).await;
     assert_eq!(b.held + b.reserved, 2, "the units are the customer's still");
 
-    let (status, body) = checkout_with_key(&app, &t, "co-err-1").await;
+    let (status, body) = app.try_checkout_keyed(&t, "co-err-1").await.into_parts();
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["items"][0]["count"], 2, "{body}");
     let b = app.assert_identity(sku).await;

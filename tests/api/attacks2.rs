@@ -13,37 +13,18 @@ async fn listed_ids(app: &TestApp, t: &str, query: &str) -> Vec<u64> {
     let mut out = Vec::new();
     let mut before: Option<u64> = None;
     for _ in 0..50 {
-        let path = match before {
-            Some(b) => format!("/v1/orders?limit=100{query}&before_id={b}"),
-            None => format!("/v1/orders?limit=100{query}"),
+        let q = match before {
+            Some(b) => format!("limit=100{query}&before_id={b}"),
+            None => format!("limit=100{query}"),
         };
-        let r = app.get(&path, Some(t)).await;
-        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-        out.extend(
-            r.body["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|o| o["order_id"].as_u64().unwrap()),
-        );
-        match r.body["next_before_id"].as_u64() {
+        let page = app.orders(t, &q).await;
+        out.extend(page.ids());
+        match page.next_before_id {
             Some(n) => before = Some(n),
             None => return out,
         }
     }
     panic!("the listing never ended");
-}
-
-async fn buy_now(app: &TestApp, t: &str, sku: u64) -> u64 {
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(t),
-            json!({"sku": sku, "count": 1}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    r.body["order_id"].as_u64().unwrap()
 }
 
 /// The Redis order index kept a customer's newest 100 orders (now: every order until it is
@@ -58,10 +39,10 @@ async fn attack_index_trim_hides_unwritten_open_orders_from_their_owner() {
     let mut ids = Vec::new();
     // No write-back yet (as during a MySQL outage).
     for _ in 0..105 {
-        ids.push(buy_now(&app, &t, sku).await);
+        ids.push(app.buy_now(&t, sku, 1).await.order_id);
     }
     // The oldest order is open, and its owner can read it by id.
-    let r = app.get(&format!("/v1/orders/{}", ids[0]), Some(&t)).await;
+    let r = app.try_order(&t, ids[0]).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["status"], "awaiting_payment");
 
@@ -90,7 +71,7 @@ async fn attack_index_expiry_hides_paid_orders_not_yet_written() {
     .await;
     let sku = app.sale_product(10, None).await;
     let t = app.customer_token(7_002);
-    let id = buy_now(&app, &t, sku).await;
+    let id = app.buy_now(&t, sku, 1).await.order_id;
     let r = app
         .post(
             &format!("/v1/orders/{id}/pay"),
@@ -102,7 +83,7 @@ async fn attack_index_expiry_hides_paid_orders_not_yet_written() {
     assert_eq!(listed_ids(&app, &t, "").await, vec![id]);
     // The write-back is behind (MySQL down) for longer than the index's lifetime.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
-    let r = app.get(&format!("/v1/orders/{id}"), Some(&t)).await;
+    let r = app.try_order(&t, id).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["status"], "paid", "Redis still holds the paid order");
     assert_eq!(
@@ -134,18 +115,19 @@ async fn mysql_i64(app: &TestApp, sql: &str) -> i64 {
         .unwrap()
 }
 
-/// Redis comes back from its persistence a little behind (README: with `appendfsync everysec`
-/// a crash of the Redis host loses up to a second of decisions), under the running service.
+/// Redis comes back from its persistence a little behind (docs/OPERATIONS.md: with
+/// `appendfsync everysec` a crash of the Redis host loses up to a second of decisions), under
+/// the running service.
 /// The order id counter is there, only lower, so next_order_id.lua hands out ids MySQL already
 /// holds for another customer; and the stock counters are those of before the sale that MySQL
 /// already recorded. Nothing notices: the service sells again what was sold, and the new order
 /// takes a paid order's id (its owner's GET then answers 404).
 #[tokio::test]
 async fn attack_redis_back_from_older_persistence_reuses_ids_and_resells() {
-    let port = crate::process::free_port();
+    let port = crate::helpers::free_port();
     let dir = std::env::temp_dir().join(format!("flashsale-x2-redis-{port}"));
     let snap = std::env::temp_dir().join(format!("flashsale-x2-redis-{port}-snap"));
-    let redis_server = crate::process::OwnRedis::start(port, &dir).await;
+    let redis_server = crate::helpers::OwnRedis::start(port, &dir).await;
     let url = redis_server.url();
     let app = spawn_app_with(|c| {
         c.stores.redis_url = url.clone();
@@ -160,11 +142,8 @@ async fn attack_redis_back_from_older_persistence_reuses_ids_and_resells() {
 
     // Customer A buys all three units and pays; the write-back records it in MySQL.
     let ta = app.customer_token(7_101);
-    let a = buy_now_n(&app, &ta, sku, 3).await;
-    let r = app
-        .post_empty(&format!("/v1/orders/{a}/pay"), Some(&ta))
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let a = app.buy_now(&ta, sku, 3).await.order_id;
+    app.pay(&ta, a).await;
     assert_eq!(app.write_back().await.events, 2);
     assert_eq!(
         mysql_i64(&app, "SELECT CAST(SUM(on_hand) AS SIGNED) FROM stock").await,
@@ -174,9 +153,9 @@ async fn attack_redis_back_from_older_persistence_reuses_ids_and_resells() {
     // The Redis host crashes; Redis restarts from what reached its disk, a moment behind.
     drop(redis_server);
     copy_dir(&snap, &dir);
-    let _redis_server = crate::process::OwnRedis::start(port, &dir).await;
+    let _redis_server = crate::helpers::OwnRedis::start(port, &dir).await;
     let _ = std::fs::remove_dir_all(&snap);
-    crate::process::eventually(
+    crate::helpers::eventually(
         "the service reaches Redis again",
         Duration::from_secs(10),
         || async { app.get(&format!("/v1/products/{sku}"), None).await.status == StatusCode::OK },
@@ -187,14 +166,7 @@ async fn attack_redis_back_from_older_persistence_reuses_ids_and_resells() {
     // (the id counter is below the id it handed to A) and sells nothing until the operator's
     // rebuild-cache: a 503 that changes nothing, then out of stock.
     let tb = app.customer_token(7_102);
-    let buy_b = || async {
-        app.post(
-            "/v1/orders/buy-now",
-            Some(&tb),
-            json!({"sku": sku, "count": 3}),
-        )
-        .await
-    };
+    let buy_b = || async { app.try_buy_now(&tb, sku, 3).await };
     let mut r = buy_b().await;
     let mut wrong = Vec::new();
     if r.status == StatusCode::SERVICE_UNAVAILABLE && r.code() == "unavailable" {
@@ -203,7 +175,7 @@ async fn attack_redis_back_from_older_persistence_reuses_ids_and_resells() {
             wrong.push(format!("/readyz answers {} while sales stop", ready.status));
         }
         // A's order is readable meanwhile.
-        let ra = app.get(&format!("/v1/orders/{a}"), Some(&ta)).await;
+        let ra = app.try_order(&ta, a).await;
         if ra.status != StatusCode::OK {
             wrong.push(format!(
                 "A's paid order {a} answers {} while sales stop",
@@ -243,23 +215,11 @@ async fn attack_redis_back_from_older_persistence_reuses_ids_and_resells() {
     } else if r.status.is_server_error() {
         wrong.push(format!("a 5xx: {:?}", r.body));
     }
-    let r = app.get(&format!("/v1/orders/{a}"), Some(&ta)).await;
+    let r = app.try_order(&ta, a).await;
     if r.status != StatusCode::OK {
         wrong.push(format!("A's paid order {a} answers {} to A", r.status));
     }
     assert!(wrong.is_empty(), "after Redis came back behind: {wrong:#?}");
-}
-
-async fn buy_now_n(app: &TestApp, t: &str, sku: u64, count: u64) -> u64 {
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(t),
-            json!({"sku": sku, "count": count}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    r.body["order_id"].as_u64().unwrap()
 }
 
 /// An admin's stock addition puts its units into Redis (sellable at once) before MySQL has
@@ -328,20 +288,11 @@ async fn attack_failed_stock_addition_leaves_sold_units_mysql_never_had() {
     assert_ne!(victim, 0, "the addition never reached MySQL's stock row");
     // Meanwhile a customer asks for six units: one is on hand, five are being added.
     let t = app.customer_token(7_201);
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&t),
-            json!({"sku": sku, "count": 6}),
-        )
-        .await;
+    let r = app.try_buy_now(&t, sku, 6).await;
     let bought = r.status == StatusCode::CREATED;
     if bought {
         let order = r.body["order_id"].as_u64().unwrap();
-        let r = app
-            .post_empty(&format!("/v1/orders/{order}/pay"), Some(&t))
-            .await;
-        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        app.pay(&t, order).await;
     }
 
     // The addition's MySQL statement dies (killed here; a lock wait timeout or deadlock alike).
@@ -421,7 +372,7 @@ async fn attack_event_stream_trim_drops_webhook_events_never_delivered() {
     let sku = app.sale_product(ORDERS as i64, None).await;
     let t = app.customer_token(7_301);
     for _ in 0..ORDERS {
-        buy_now_n(&app, &t, sku, 1).await;
+        app.buy_now(&t, sku, 1).await;
     }
     let written = app.write_back().await.events;
     assert_eq!(written, ORDERS);
@@ -445,16 +396,16 @@ async fn attack_event_stream_trim_drops_webhook_events_never_delivered() {
     );
 }
 
-/// The same Redis, back a moment behind, and the operator does what README says after a loss:
-/// `flashsale rebuild-cache` before traffic. It only loads skus whose counters are missing, so
-/// the stale counters stay, and `reconcile` is the only thing that sees it: the units MySQL
-/// recorded as sold are sold a second time.
+/// The same Redis, back a moment behind, and the operator does what docs/OPERATIONS.md says
+/// after a loss: `flashsale rebuild-cache` before traffic. It only loads skus whose counters are
+/// missing, so the stale counters stay, and `reconcile` is the only thing that sees it: the
+/// units MySQL recorded as sold are sold a second time.
 #[tokio::test]
 async fn attack_rebuild_cache_keeps_stale_counters_after_a_partial_loss() {
-    let port = crate::process::free_port();
+    let port = crate::helpers::free_port();
     let dir = std::env::temp_dir().join(format!("flashsale-x2-redis-{port}"));
     let snap = std::env::temp_dir().join(format!("flashsale-x2-redis-{port}-snap"));
-    let redis_server = crate::process::OwnRedis::start(port, &dir).await;
+    let redis_server = crate::helpers::OwnRedis::start(port, &dir).await;
     let url = redis_server.url();
     let app = spawn_app_with(|c| {
         c.stores.redis_url = url.clone();
@@ -466,18 +417,15 @@ async fn attack_rebuild_cache_keeps_stale_counters_after_a_partial_loss() {
     copy_dir(&dir, &snap);
 
     let ta = app.customer_token(7_401);
-    let a = buy_now_n(&app, &ta, sku, 3).await;
-    let r = app
-        .post_empty(&format!("/v1/orders/{a}/pay"), Some(&ta))
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let a = app.buy_now(&ta, sku, 3).await.order_id;
+    app.pay(&ta, a).await;
     app.write_back().await;
 
     drop(redis_server);
     copy_dir(&snap, &dir);
-    let _redis_server = crate::process::OwnRedis::start(port, &dir).await;
+    let _redis_server = crate::helpers::OwnRedis::start(port, &dir).await;
     let _ = std::fs::remove_dir_all(&snap);
-    crate::process::eventually(
+    crate::helpers::eventually(
         "the service reaches Redis again",
         Duration::from_secs(10),
         || async { app.get(&format!("/v1/products/{sku}"), None).await.status == StatusCode::OK },
@@ -491,13 +439,7 @@ async fn attack_rebuild_cache_keeps_stale_counters_after_a_partial_loss() {
         .unwrap();
 
     let tb = app.customer_token(7_402);
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&tb),
-            json!({"sku": sku, "count": 3}),
-        )
-        .await;
+    let r = app.try_buy_now(&tb, sku, 3).await;
     assert_eq!(
         (r.status, r.code()),
         (StatusCode::CONFLICT, "out_of_stock"),
@@ -517,9 +459,9 @@ async fn attack_rebuild_cache_keeps_stale_counters_after_a_partial_loss() {
 /// then shares its id with an order placed after the loss.
 #[tokio::test]
 async fn attack_ids_burned_by_refusals_outrun_the_margin_after_a_loss() {
-    let port = crate::process::free_port();
+    let port = crate::helpers::free_port();
     let dir = std::env::temp_dir().join(format!("flashsale-x2-redis-{port}"));
-    let redis_server = crate::process::OwnRedis::start(port, &dir).await;
+    let redis_server = crate::helpers::OwnRedis::start(port, &dir).await;
     let url = redis_server.url();
     let app = spawn_app_with(|c| {
         c.stores.redis_url = url.clone();
@@ -527,20 +469,13 @@ async fn attack_ids_burned_by_refusals_outrun_the_margin_after_a_loss() {
     .await;
     let sku = app.sale_product(1, None).await;
     let t = app.customer_token(7_501);
-    let sold = buy_now_n(&app, &t, sku, 1).await;
-    app.post_empty(&format!("/v1/orders/{sold}/pay"), Some(&t))
-        .await;
+    let sold = app.buy_now(&t, sku, 1).await.order_id;
+    app.try_pay(&t, sold).await;
     app.write_back().await;
     // Sold out: the refused attempts each take an id (as the buy-now route does before it
     // reserves). A few over HTTP, the rest through the same call, concurrently.
     for _ in 0..3 {
-        let r = app
-            .post(
-                "/v1/orders/buy-now",
-                Some(&t),
-                json!({"sku": sku, "count": 1}),
-            )
-            .await;
+        let r = app.try_buy_now(&t, sku, 1).await;
         assert_eq!(r.code(), "out_of_stock");
     }
     let started = std::time::Instant::now();

@@ -63,8 +63,7 @@ async fn duplicate_username_conflicts() {
             json!({"username": "carol", "password": "another-password"}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.body);
-    assert_eq!(r.code(), "already_exists");
+    r.assert_error(StatusCode::CONFLICT, "already_exists", "");
 
     // The admin account created at start-up is taken too.
     let r = app
@@ -74,8 +73,7 @@ async fn duplicate_username_conflicts() {
             json!({"username": "admin", "password": "another-password"}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.body);
-    assert_eq!(r.code(), "already_exists");
+    r.assert_error(StatusCode::CONFLICT, "already_exists", "");
 
     // The first account is untouched: its own password still works, the second one does not.
     let token = app.login("carol", "carol-password").await;
@@ -88,8 +86,7 @@ async fn duplicate_username_conflicts() {
             json!({"username": "carol", "password": "another-password"}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(r.code(), "unauthenticated");
+    r.assert_error(StatusCode::UNAUTHORIZED, "unauthenticated", "");
 }
 
 #[tokio::test]
@@ -158,8 +155,7 @@ async fn unknown_fields_are_refused() {
             json!({"username": "dave", "password": "dave-password", "role": "admin"}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
-    assert_eq!(r.code(), "invalid_request");
+    r.assert_error(StatusCode::BAD_REQUEST, "invalid_request", "");
     assert!(
         r.body["error"]["message"]
             .as_str()
@@ -186,8 +182,7 @@ async fn unknown_fields_are_refused() {
             json!({"username": "admin", "password": ADMIN_PASSWORD, "scope": "all"}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
-    assert_eq!(r.code(), "invalid_request");
+    r.assert_error(StatusCode::BAD_REQUEST, "invalid_request", "");
 }
 
 #[tokio::test]
@@ -305,8 +300,7 @@ async fn wrong_credentials_are_unauthenticated() {
     ];
     for body in cases {
         let r = app.post("/v1/auth/token", None, body.clone()).await;
-        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{body}: {:?}", r.body);
-        assert_eq!(r.code(), "unauthenticated", "{body}");
+        r.assert_error(StatusCode::UNAUTHORIZED, "unauthenticated", &body);
         assert!(r.body.get("access_token").is_none());
     }
     // The unknown user and the wrong password get the same message: no hint which it was.
@@ -389,8 +383,7 @@ async fn bad_tokens_are_unauthenticated() {
     ];
     for (what, token) in tokens {
         let r = app.get("/v1/users/me", token.as_deref()).await;
-        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{what}: {:?}", r.body);
-        assert_eq!(r.code(), "unauthenticated", "{what}");
+        r.assert_error(StatusCode::UNAUTHORIZED, "unauthenticated", what);
     }
 
     // Another scheme than Bearer.
@@ -417,8 +410,7 @@ async fn token_of_an_unknown_user_is_unauthenticated_on_me() {
     // A validly signed token whose user has no account row.
     let token = app.customer_token(987_654_321);
     let r = app.get("/v1/users/me", Some(&token)).await;
-    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{:?}", r.body);
-    assert_eq!(r.code(), "unauthenticated");
+    r.assert_error(StatusCode::UNAUTHORIZED, "unauthenticated", "");
 }
 
 #[tokio::test]
@@ -432,8 +424,7 @@ async fn a_json_array_is_not_an_object() {
             r#"["arrayuser","array-password"]"#,
         )
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert_eq!(r.code(), "invalid_request");
+    r.assert_error(StatusCode::BAD_REQUEST, "invalid_request", "");
     let login = app
         .post(
             "/v1/auth/token",

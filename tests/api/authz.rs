@@ -350,19 +350,6 @@ async fn admin_view(app: &TestApp, f: &Fixture) -> (Value, Value, Value) {
     (product.body, list.body, report.body)
 }
 
-/// Customer A's order of one unit of `sku`, awaiting payment.
-async fn buy(app: &TestApp, token: &str, sku: u64) -> u64 {
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(token),
-            json!({"sku": sku, "count": 1}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    r.body["order_id"].as_u64().unwrap()
-}
-
 #[tokio::test]
 async fn every_route_answers_each_identity_as_documented() {
     let app = spawn_app().await;
@@ -380,9 +367,9 @@ async fn every_route_answers_each_identity_as_documented() {
         sku,
         admin_sku,
         warehouse: app.warehouse("matrix-wh").await,
-        view_order: buy(&app, &alice, sku).await,
-        pay_order: buy(&app, &alice, sku).await,
-        cancel_order: buy(&app, &alice, sku).await,
+        view_order: app.buy_now(&alice, sku, 1).await.order_id,
+        pay_order: app.buy_now(&alice, sku, 1).await.order_id,
+        cancel_order: app.buy_now(&alice, sku, 1).await.order_id,
     };
 
     // Refused tokens, each claiming the admin (the strongest claim): expired, signed with
@@ -461,13 +448,7 @@ async fn every_route_answers_each_identity_as_documented() {
         let cart = app.get("/v1/cart", Some(&alice)).await;
         let lines = cart.body["items"].as_array().cloned().unwrap_or_default();
         if !lines.iter().any(|l| l["sku"] == a_sku) {
-            let add = app
-                .post(
-                    "/v1/cart/items",
-                    Some(&alice),
-                    json!({"sku": a_sku, "count": 2}),
-                )
-                .await;
+            let add = app.try_cart_add(&alice, a_sku, 2).await;
             assert_eq!(add.status, StatusCode::OK, "{:?}", add.body);
         }
         let admin_before = admin_view(&app, &f).await;
@@ -544,7 +525,7 @@ async fn every_route_answers_each_identity_as_documented() {
         (f.pay_order, "paid"),
         (f.cancel_order, "cancelled"),
     ] {
-        let r = app.get(&format!("/v1/orders/{order}"), Some(&alice)).await;
+        let r = app.try_order(&alice, order).await;
         assert_eq!(r.body["status"], status, "order {order}: {:?}", r.body);
     }
 }
@@ -561,26 +542,10 @@ async fn no_customer_reaches_another_customers_cart_or_order() {
     let (_, alice) = app.register("alice").await;
     let (_, mallory) = app.register("mallory").await;
     let sku = app.sale_product(100, None).await;
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&alice),
-            json!({"sku": sku, "count": 2}),
-        )
-        .await;
-    let order_id = r.body["order_id"].as_u64().unwrap();
-    let r = app
-        .post(
-            "/v1/cart/items",
-            Some(&alice),
-            json!({"sku": sku, "count": 3}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK);
+    let order_id = app.buy_now(&alice, sku, 2).await.order_id;
+    app.cart_add(&alice, sku, 3).await;
     let alice_cart = cart_of(&app, &alice).await;
-    let before = app
-        .get(&format!("/v1/orders/{order_id}"), Some(&alice))
-        .await;
+    let before = app.try_order(&alice, order_id).await;
 
     // Mallory tries everything on Alice's order: it does not exist for her.
     let attempts = [
@@ -611,19 +576,14 @@ async fn no_customer_reaches_another_customers_cart_or_order() {
     // Her cart operations act on her cart only.
     let r = app.get("/v1/cart", Some(&mallory)).await;
     assert_eq!(r.body["items"], json!([]));
-    app.post(
-        "/v1/cart/items",
-        Some(&mallory),
-        json!({"sku": sku, "count": 1}),
-    )
-    .await;
+    app.try_cart_add(&mallory, sku, 1).await;
     app.delete(&format!("/v1/cart/items/{sku}?count=1"), Some(&mallory))
         .await;
     app.delete(&format!("/v1/cart/items/{sku}"), Some(&mallory))
         .await;
     let r = app.delete("/v1/cart", Some(&mallory)).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
-    let r = app.post_empty("/v1/orders", Some(&mallory)).await;
+    let r = app.try_checkout(&mallory).await;
     assert_eq!(
         r.code(),
         "cart_empty",
@@ -634,9 +594,7 @@ async fn no_customer_reaches_another_customers_cart_or_order() {
     let after_cart = cart_of(&app, &alice).await;
     assert_eq!(after_cart[0]["count"], alice_cart[0]["count"]);
     assert_eq!(after_cart[0]["sku"], alice_cart[0]["sku"]);
-    let after = app
-        .get(&format!("/v1/orders/{order_id}"), Some(&alice))
-        .await;
+    let after = app.try_order(&alice, order_id).await;
     assert_eq!(after.body["status"], "awaiting_payment");
     assert_eq!(after.body, before.body);
     let b = app.assert_identity(sku).await;

@@ -17,9 +17,7 @@ async fn add_remove_and_clear() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body, json!({"items": [], "total_price": 0}));
 
-    let r = app
-        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
-        .await;
+    let r = app.try_cart_add(&t, sku, 2).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let line = &r.body["items"][0];
     assert_eq!(line["sku"], sku);
@@ -41,9 +39,7 @@ async fn add_remove_and_clear() {
     assert_eq!(app.available(sku).await, 8);
 
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let r = app
-        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 3}))
-        .await;
+    let r = app.try_cart_add(&t, sku, 3).await;
     assert_eq!(r.body["items"][0]["count"], 5);
     assert_eq!(
         r.body["items"][0]["held_until"], first_deadline,
@@ -64,15 +60,9 @@ async fn add_remove_and_clear() {
     assert_eq!(r.body["items"], json!([]));
     assert_eq!(app.available(sku).await, 10);
 
-    app.post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 4}))
-        .await;
+    app.try_cart_add(&t, sku, 4).await;
     let other = app.sale_product(3, None).await;
-    app.post(
-        "/v1/cart/items",
-        Some(&t),
-        json!({"sku": other, "count": 1}),
-    )
-    .await;
+    app.try_cart_add(&t, other, 1).await;
     let r = app.get("/v1/cart", Some(&t)).await;
     assert_eq!(r.body["items"].as_array().unwrap().len(), 2);
     assert_eq!(r.body["total_price"], 25_000);
@@ -99,7 +89,7 @@ async fn every_cart_error_code_and_nothing_changes() {
         StatusCode::UNAUTHORIZED
     );
     let r = add(json!({"sku": 999_999, "count": 1})).await;
-    assert_eq!((r.status, r.code()), (StatusCode::NOT_FOUND, "not_found"));
+    r.assert_error(StatusCode::NOT_FOUND, "not_found", "");
     for bad in [
         json!({"sku": sku, "count": 0}),
         json!({"sku": sku, "count": 65_536}),
@@ -109,47 +99,25 @@ async fn every_cart_error_code_and_nothing_changes() {
         json!({"sku": sku, "count": -1}),
     ] {
         let r = add(bad.clone()).await;
-        assert_eq!(
-            (r.status, r.code()),
-            (StatusCode::BAD_REQUEST, "invalid_request"),
-            "{bad}"
-        );
+        r.assert_error(StatusCode::BAD_REQUEST, "invalid_request", &bad);
     }
     let r = app
         .post_raw("/v1/cart/items", Some(&t), "application/json", "{\"sku\":")
         .await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::BAD_REQUEST, "invalid_json")
-    );
+    r.assert_error(StatusCode::BAD_REQUEST, "invalid_json", "");
 
     let r = add(json!({"sku": sku, "count": 3})).await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::CONFLICT, "limit_exceeded"),
-        "{:?}",
-        r.body
-    );
+    r.assert_error(StatusCode::CONFLICT, "limit_exceeded", "");
     assert_eq!(
         add(json!({"sku": sku, "count": 2})).await.status,
         StatusCode::OK
     );
     let r = add(json!({"sku": sku, "count": 1})).await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::CONFLICT, "limit_exceeded")
-    );
+    r.assert_error(StatusCode::CONFLICT, "limit_exceeded", "");
 
     let t2 = app.customer_token(503);
-    let r = app
-        .post("/v1/cart/items", Some(&t2), json!({"sku": sku, "count": 2}))
-        .await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::CONFLICT, "out_of_stock"),
-        "{:?}",
-        r.body
-    );
+    let r = app.try_cart_add(&t2, sku, 2).await;
+    r.assert_error(StatusCode::CONFLICT, "out_of_stock", "");
     assert!(
         r.body["error"]["message"]
             .as_str()
@@ -173,10 +141,7 @@ async fn every_cart_error_code_and_nothing_changes() {
         .await;
     assert_eq!(r.status, StatusCode::OK);
     let r = add(json!({"sku": later, "count": 1})).await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::CONFLICT, "sale_not_active")
-    );
+    r.assert_error(StatusCode::CONFLICT, "sale_not_active", "");
     assert_eq!(app.available(later).await, 5);
 
     // A product without a sale window sells at its regular price, without a limit.
@@ -202,15 +167,9 @@ async fn every_cart_error_code_and_nothing_changes() {
     let r = app
         .delete(&format!("/v1/cart/items/{sku}?count=0"), Some(&t))
         .await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::BAD_REQUEST, "invalid_request")
-    );
+    r.assert_error(StatusCode::BAD_REQUEST, "invalid_request", "");
     let r = app.delete("/v1/cart/items/abc", Some(&t)).await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::BAD_REQUEST, "invalid_request")
-    );
+    r.assert_error(StatusCode::BAD_REQUEST, "invalid_request", "");
     for s in [sku, later, plain] {
         app.assert_identity(s).await;
     }
@@ -221,10 +180,7 @@ async fn holds_expire_and_units_come_back() {
     let app = spawn_app_with(|c| c.sale.cart_hold_ttl = Duration::from_millis(600)).await;
     let sku = app.sale_product(5, None).await;
     let t = app.customer_token(504);
-    let r = app
-        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 4}))
-        .await;
-    assert_eq!(r.status, StatusCode::OK);
+    app.cart_add(&t, sku, 4).await;
     assert_eq!(app.available(sku).await, 1);
 
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -243,20 +199,9 @@ async fn holds_expire_and_units_come_back() {
     .await;
     let sku2 = app2.sale_product(3, Some(3)).await;
     let t2 = app2.customer_token(505);
-    app2.post(
-        "/v1/cart/items",
-        Some(&t2),
-        json!({"sku": sku2, "count": 3}),
-    )
-    .await;
+    app2.try_cart_add(&t2, sku2, 3).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let r = app2
-        .post(
-            "/v1/cart/items",
-            Some(&t2),
-            json!({"sku": sku2, "count": 2}),
-        )
-        .await;
+    let r = app2.try_cart_add(&t2, sku2, 2).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(
         r.body["items"][0]["count"], 2,
@@ -275,37 +220,20 @@ async fn units_come_from_warehouses_in_order_and_go_back_where_they_came_from() 
     app.add_stock(sku, w1, 2).await;
     app.add_stock(sku, w2, 2).await;
     app.open_sale(sku, 900, None).await;
-    assert_eq!(stocks(&app, sku).await, vec![(w1, 2), (w2, 2)]);
+    assert_eq!(app.stocks(sku).await, vec![(w1, 2), (w2, 2)]);
     let t = app.customer_token(506);
-    app.post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 3}))
-        .await;
-    assert_eq!(stocks(&app, sku).await, vec![(w1, 0), (w2, 1)]);
+    app.try_cart_add(&t, sku, 3).await;
+    assert_eq!(app.stocks(sku).await, vec![(w1, 0), (w2, 1)]);
     app.delete(&format!("/v1/cart/items/{sku}?count=1"), Some(&t))
         .await;
     assert_eq!(
-        stocks(&app, sku).await,
+        app.stocks(sku).await,
         vec![(w1, 0), (w2, 2)],
         "last taken, first given back"
     );
     app.delete(&format!("/v1/cart/items/{sku}"), Some(&t)).await;
-    assert_eq!(stocks(&app, sku).await, vec![(w1, 2), (w2, 2)]);
+    assert_eq!(app.stocks(sku).await, vec![(w1, 2), (w2, 2)]);
     app.assert_identity(sku).await;
-}
-
-async fn stocks(app: &TestApp, sku: u64) -> Vec<(u64, i64)> {
-    let r = app.get(&format!("/v1/products/{sku}/stocks"), None).await;
-    assert_eq!(r.status, StatusCode::OK);
-    r.body["stocks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["warehouse_id"].as_u64().unwrap(),
-                s["count"].as_i64().unwrap(),
-            )
-        })
-        .collect()
 }
 
 /// A removal never extends a hold, and neither does an add: whatever the changes, a hold lapses
@@ -315,9 +243,7 @@ async fn changes_of_a_line_never_extend_its_hold() {
     let app = spawn_app().await;
     let sku = app.sale_product(100, None).await;
     let t = app.customer_token(521);
-    let r = app
-        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 10}))
-        .await;
+    let r = app.try_cart_add(&t, sku, 10).await;
     assert_eq!(r.status, StatusCode::OK);
     let deadline = r.body["items"][0]["held_until"].clone();
     for step in 0..4 {
@@ -327,8 +253,7 @@ async fn changes_of_a_line_never_extend_its_hold() {
             app.delete(&format!("/v1/cart/items/{sku}?count=1"), Some(&t))
                 .await
         } else {
-            app.post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 1}))
-                .await
+            app.try_cart_add(&t, sku, 1).await
         };
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
         assert_eq!(r.body["items"][0]["held_until"], deadline, "step {step}");

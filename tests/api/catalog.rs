@@ -13,24 +13,11 @@ fn time(v: &Value) -> DateTime<Utc> {
         .unwrap_or_else(|e| panic!("not RFC 3339: {v:?}: {e}"))
 }
 
-async fn report(app: &TestApp, sku: u64) -> Value {
-    let r = app
-        .get(
-            &format!("/v1/products/{sku}/sales-report"),
-            Some(&app.admin_token),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    r.body
-}
-
 /// The only warehouse holding stock of `sku` (as `sale_product` makes it).
 async fn only_warehouse(app: &TestApp, sku: u64) -> u64 {
-    let r = app.get(&format!("/v1/products/{sku}/stocks"), None).await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    let stocks = r.body["stocks"].as_array().unwrap();
-    assert_eq!(stocks.len(), 1, "{:?}", r.body);
-    stocks[0]["warehouse_id"].as_u64().unwrap()
+    let stocks = app.stocks(sku).await;
+    assert_eq!(stocks.len(), 1, "{stocks:?}");
+    stocks[0].0
 }
 
 #[tokio::test]
@@ -143,8 +130,7 @@ async fn duplicate_sku_conflicts() {
             json!({"sku": 77, "name": "Second", "price": 200}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.body);
-    assert_eq!(r.code(), "already_exists");
+    r.assert_error(StatusCode::CONFLICT, "already_exists", "");
 
     // The first one is untouched.
     let r = app.get("/v1/products/77", None).await;
@@ -161,7 +147,7 @@ async fn admin_routes_refuse_customers_and_anonymous_callers() {
     let w = only_warehouse(&app, sku).await;
     let (_, registered) = app.register("mallory").await;
     let unregistered = app.customer_token(12345);
-    let before = report(&app, sku).await;
+    let before = app.sales_report(sku).await;
     let before_product = app.get(&format!("/v1/products/{sku}"), None).await.body;
 
     let sale = json!({
@@ -223,7 +209,7 @@ async fn admin_routes_refuse_customers_and_anonymous_callers() {
     }
 
     // Nothing changed.
-    assert_eq!(report(&app, sku).await, before);
+    assert_eq!(app.sales_report(sku).await, before);
     let after_product = app.get(&format!("/v1/products/{sku}"), None).await.body;
     assert_eq!(after_product, before_product);
     let r = app.get("/v1/products", None).await;
@@ -271,8 +257,7 @@ async fn bad_product_fields_are_invalid_requests() {
     let r = app
         .post_raw("/v1/products", admin, "application/json", "{\"name\": ")
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert_eq!(r.code(), "invalid_json");
+    r.assert_error(StatusCode::BAD_REQUEST, "invalid_json", "");
 
     // A 200-character name is fine; nothing refused was created.
     let r = app
@@ -304,8 +289,7 @@ async fn get_product_by_sku() {
     assert_eq!(r.status, StatusCode::OK);
 
     let r = app.get(&format!("/v1/products/{}", sku + 1000), None).await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.body);
-    assert_eq!(r.code(), "not_found");
+    r.assert_error(StatusCode::NOT_FOUND, "not_found", "");
 
     for bad in [
         "abc",
@@ -316,8 +300,7 @@ async fn get_product_by_sku() {
         "99999999999999999999999",
     ] {
         let r = app.get(&format!("/v1/products/{bad}"), None).await;
-        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {:?}", r.body);
-        assert_eq!(r.code(), "invalid_request", "{bad}");
+        r.assert_error(StatusCode::BAD_REQUEST, "invalid_request", bad);
     }
 }
 
@@ -414,8 +397,7 @@ async fn list_products_paginates() {
         "after_sku=-5",
     ] {
         let r = app.get(&format!("/v1/products?{bad}"), None).await;
-        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {:?}", r.body);
-        assert_eq!(r.code(), "invalid_request", "{bad}");
+        r.assert_error(StatusCode::BAD_REQUEST, "invalid_request", bad);
     }
 }
 
@@ -424,8 +406,7 @@ async fn list_products_refuses_unknown_parameters() {
     let app = spawn_app().await;
     app.product("Thing", 1).await;
     let r = app.get("/v1/products?page=2", None).await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
-    assert_eq!(r.code(), "invalid_request");
+    r.assert_error(StatusCode::BAD_REQUEST, "invalid_request", "");
 }
 
 #[tokio::test]
@@ -471,8 +452,7 @@ async fn patch_product() {
         json!({"name": "Ok", "stock": 5}),
     ] {
         let r = app.patch(&path, admin, body.clone()).await;
-        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {:?}", r.body);
-        assert_eq!(r.code(), "invalid_request", "{body}");
+        r.assert_error(StatusCode::BAD_REQUEST, "invalid_request", &body);
     }
     let r = app.get(&path, None).await;
     assert_eq!(r.body["name"], "Both");
@@ -485,8 +465,7 @@ async fn patch_product() {
             json!({"name": "Ghost"}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.body);
-    assert_eq!(r.code(), "not_found");
+    r.assert_error(StatusCode::NOT_FOUND, "not_found", "");
     let r = app.get(&format!("/v1/products/{}", sku + 1000), None).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "a PATCH does not create");
 }
@@ -510,9 +489,7 @@ async fn patched_price_is_what_a_cart_charges_outside_a_sale() {
         "the sale survives a PATCH"
     );
     let t = app.customer_token(777);
-    let r = app
-        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 1}))
-        .await;
+    let r = app.try_cart_add(&t, sku, 1).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.body["items"][0]["name"], "Renamed");
     assert_eq!(r.body["items"][0]["unit_price"], 5_000);
@@ -541,8 +518,7 @@ async fn warehouses() {
     let r = app
         .post("/v1/warehouses", admin, json!({"name": "North"}))
         .await;
-    assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.body);
-    assert_eq!(r.code(), "already_exists");
+    r.assert_error(StatusCode::CONFLICT, "already_exists", "");
 
     for body in [
         json!({"name": ""}),
@@ -553,8 +529,7 @@ async fn warehouses() {
         json!({"name": "East", "city": "x"}),
     ] {
         let r = app.post("/v1/warehouses", admin, body.clone()).await;
-        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {:?}", r.body);
-        assert_eq!(r.code(), "invalid_request", "{body}");
+        r.assert_error(StatusCode::BAD_REQUEST, "invalid_request", &body);
     }
     let r = app
         .post("/v1/warehouses", admin, json!({"name": "East"}))
@@ -592,9 +567,9 @@ async fn adjust_stock() {
         json!({"sku": sku, "warehouse_id": w, "on_hand": 11, "available": 11})
     );
     assert_eq!(app.available(sku).await, 11);
-    let rep = report(&app, sku).await;
-    assert_eq!(rep["on_hand"], 11);
-    assert_eq!(rep["available"], 11);
+    let rep = app.sales_report(sku).await;
+    assert_eq!(rep.on_hand, 11);
+    assert_eq!(rep.available, 11);
     app.assert_identity(sku).await;
 
     // Removing exactly what is available empties it.
@@ -606,17 +581,14 @@ async fn adjust_stock() {
 
     // Unknown warehouse, unknown sku.
     let r = app.add_stock(sku, w + 1000, 5).await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.body);
-    assert_eq!(r.code(), "not_found");
+    r.assert_error(StatusCode::NOT_FOUND, "not_found", "");
     let r = app.add_stock(sku + 1000, w, 5).await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.body);
-    assert_eq!(r.code(), "not_found");
+    r.assert_error(StatusCode::NOT_FOUND, "not_found", "");
 
     // Bad deltas.
     for delta in [0i64, 1_000_000_001, -1_000_000_001] {
         let r = app.add_stock(sku, w, delta).await;
-        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{delta}: {:?}", r.body);
-        assert_eq!(r.code(), "invalid_request", "{delta}");
+        r.assert_error(StatusCode::BAD_REQUEST, "invalid_request", delta);
     }
     let path = format!("/v1/products/{sku}/stock");
     for body in [
@@ -628,15 +600,14 @@ async fn adjust_stock() {
         json!({"warehouse_id": w, "delta": 5, "reason": "x"}),
     ] {
         let r = app.post(&path, Some(&app.admin_token), body.clone()).await;
-        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {:?}", r.body);
-        assert_eq!(r.code(), "invalid_request", "{body}");
+        r.assert_error(StatusCode::BAD_REQUEST, "invalid_request", &body);
     }
     let r = app.get(&format!("/v1/products/{sku}"), None).await;
     assert_eq!(
         r.body["available"], 0,
         "no refused adjustment changed stock"
     );
-    assert_eq!(report(&app, sku).await["on_hand"], 0);
+    assert_eq!(app.sales_report(sku).await.on_hand, 0);
 }
 
 #[tokio::test]
@@ -646,21 +617,19 @@ async fn removing_more_than_available_changes_nothing() {
     let w = app.warehouse("Only").await;
     let other = app.warehouse("Empty").await;
     assert_eq!(app.add_stock(sku, w, 5).await.status, StatusCode::OK);
-    let before = report(&app, sku).await;
-    assert_eq!(before["on_hand"], 5);
-    assert_eq!(before["available"], 5);
+    let before = app.sales_report(sku).await;
+    assert_eq!(before.on_hand, 5);
+    assert_eq!(before.available, 5);
 
     let r = app.add_stock(sku, w, -6).await;
-    assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.body);
-    assert_eq!(r.code(), "out_of_stock");
+    r.assert_error(StatusCode::CONFLICT, "out_of_stock", "");
 
     // From a warehouse that has none of it.
     let r = app.add_stock(sku, other, -1).await;
-    assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.body);
-    assert_eq!(r.code(), "out_of_stock");
+    r.assert_error(StatusCode::CONFLICT, "out_of_stock", "");
 
     assert_eq!(app.available(sku).await, 5);
-    assert_eq!(report(&app, sku).await, before);
+    assert_eq!(app.sales_report(sku).await, before);
     let r = app.get(&format!("/v1/products/{sku}/stocks"), None).await;
     assert_eq!(
         r.body["stocks"]
@@ -676,10 +645,9 @@ async fn removing_more_than_available_changes_nothing() {
     // A product with no stock at all.
     let bare = app.product("Bare", 1).await;
     let r = app.add_stock(bare, w, -1).await;
-    assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.body);
-    assert_eq!(r.code(), "out_of_stock");
+    r.assert_error(StatusCode::CONFLICT, "out_of_stock", "");
     assert_eq!(app.available(bare).await, 0);
-    assert_eq!(report(&app, bare).await["on_hand"], 0);
+    assert_eq!(app.sales_report(bare).await.on_hand, 0);
 }
 
 #[tokio::test]
@@ -689,21 +657,17 @@ async fn units_held_in_a_cart_cannot_be_removed() {
     let w = only_warehouse(&app, sku).await;
     let t = app.customer_token(12345);
 
-    let r = app
-        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    app.cart_add(&t, sku, 2).await;
     assert_eq!(app.available(sku).await, 3);
-    let before = report(&app, sku).await;
-    assert_eq!(before["on_hand"], 5);
-    assert_eq!(before["held"], 2);
+    let before = app.sales_report(sku).await;
+    assert_eq!(before.on_hand, 5);
+    assert_eq!(before.held, 2);
 
     for delta in [-5, -4] {
         let r = app.add_stock(sku, w, delta).await;
-        assert_eq!(r.status, StatusCode::CONFLICT, "{delta}: {:?}", r.body);
-        assert_eq!(r.code(), "out_of_stock", "{delta}");
+        r.assert_error(StatusCode::CONFLICT, "out_of_stock", delta);
     }
-    assert_eq!(report(&app, sku).await, before, "nothing changed");
+    assert_eq!(app.sales_report(sku).await, before, "nothing changed");
     assert_eq!(app.available(sku).await, 3);
     app.assert_identity(sku).await;
 
@@ -712,13 +676,12 @@ async fn units_held_in_a_cart_cannot_be_removed() {
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.body["on_hand"], 2);
     assert_eq!(r.body["available"], 0);
-    let rep = report(&app, sku).await;
-    assert_eq!(rep["on_hand"], 2);
-    assert_eq!(rep["held"], 2);
-    assert_eq!(rep["available"], 0);
+    let rep = app.sales_report(sku).await;
+    assert_eq!(rep.on_hand, 2);
+    assert_eq!(rep.held, 2);
+    assert_eq!(rep.available, 0);
     let r = app.add_stock(sku, w, -1).await;
-    assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.body);
-    assert_eq!(r.code(), "out_of_stock");
+    r.assert_error(StatusCode::CONFLICT, "out_of_stock", "");
     app.assert_identity(sku).await;
 
     // The cart still holds its units.
@@ -750,40 +713,26 @@ async fn stocks_per_warehouse() {
     assert_eq!(app.add_stock(sku, a, 3).await.status, StatusCode::OK);
     assert_eq!(app.add_stock(sku, b, 4).await.status, StatusCode::OK);
 
-    let r = app.get(&format!("/v1/products/{sku}/stocks"), None).await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    assert_eq!(r.body["sku"], sku);
-    let mut stocks: Vec<(u64, i64)> = r.body["stocks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["warehouse_id"].as_u64().unwrap(),
-                s["count"].as_i64().unwrap(),
-            )
-        })
-        .collect();
+    // (stocks checks the status and that the answer names the sku)
+    let mut stocks = app.stocks(sku).await;
     stocks.sort_unstable();
-    assert_eq!(stocks, vec![(a, 3), (b, 4)], "{:?}", r.body);
+    assert_eq!(stocks, vec![(a, 3), (b, 4)]);
     assert!(
         stocks.iter().all(|(w, _)| *w != c),
         "a warehouse without the sku is not listed"
     );
     assert_eq!(app.available(sku).await, 7);
-    let rep = report(&app, sku).await;
-    assert_eq!(rep["on_hand"], 7);
-    assert_eq!(rep["available"], 7);
+    let rep = app.sales_report(sku).await;
+    assert_eq!(rep.on_hand, 7);
+    assert_eq!(rep.available, 7);
     app.assert_identity(sku).await;
 
     let r = app
         .get(&format!("/v1/products/{}/stocks", sku + 1000), None)
         .await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.body);
-    assert_eq!(r.code(), "not_found");
+    r.assert_error(StatusCode::NOT_FOUND, "not_found", "");
     let r = app.get("/v1/products/abc/stocks", None).await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert_eq!(r.code(), "invalid_request");
+    r.assert_error(StatusCode::BAD_REQUEST, "invalid_request", "");
 }
 
 #[tokio::test]
@@ -792,10 +741,7 @@ async fn stocks_count_only_what_can_still_be_bought() {
     let sku = app.sale_product(6, None).await;
     let w = only_warehouse(&app, sku).await;
     let t = app.customer_token(4242);
-    let r = app
-        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 4}))
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    app.cart_add(&t, sku, 4).await;
     let r = app.get(&format!("/v1/products/{sku}/stocks"), None).await;
     assert_eq!(
         r.body,
@@ -887,13 +833,11 @@ async fn put_and_delete_a_sale() {
             }),
         )
         .await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.body);
-    assert_eq!(r.code(), "not_found");
+    r.assert_error(StatusCode::NOT_FOUND, "not_found", "");
     let r = app
         .delete(&format!("/v1/products/{}/sale", sku + 1000), admin)
         .await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.body);
-    assert_eq!(r.code(), "not_found");
+    r.assert_error(StatusCode::NOT_FOUND, "not_found", "");
 }
 
 #[tokio::test]
@@ -978,11 +922,8 @@ async fn sale_activity_follows_its_window() {
     let p = app.get(&format!("/v1/products/{sku}"), None).await;
     assert_eq!(p.body["sale"]["active"], false);
     assert_eq!(p.body["sale"]["sale_price"], 4_000);
-    let r = app
-        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 1}))
-        .await;
-    assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.body);
-    assert_eq!(r.code(), "sale_not_active");
+    let r = app.try_cart_add(&t, sku, 1).await;
+    r.assert_error(StatusCode::CONFLICT, "sale_not_active", "");
     assert_eq!(app.available(sku).await, 10, "nothing was held");
 
     // A past window: not active either.
@@ -1000,20 +941,15 @@ async fn sale_activity_follows_its_window() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.body["active"], false);
-    let r = app
-        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 1}))
-        .await;
-    assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.body);
-    assert_eq!(r.code(), "sale_not_active");
+    let r = app.try_cart_add(&t, sku, 1).await;
+    r.assert_error(StatusCode::CONFLICT, "sale_not_active", "");
 
     // Open now: active, and the sale price is charged.
     app.open_sale(sku, 4_000, Some(3)).await;
     let p = app.get(&format!("/v1/products/{sku}"), None).await;
     assert_eq!(p.body["sale"]["active"], true);
     assert_eq!(p.body["sale"]["per_customer_limit"], 3);
-    let r = app
-        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 1}))
-        .await;
+    let r = app.try_cart_add(&t, sku, 1).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.body["items"][0]["unit_price"], 4_000);
     assert_eq!(app.available(sku).await, 9);
@@ -1041,8 +977,7 @@ async fn sale_activity_follows_its_window() {
             json!({"sku": sku, "count": 1}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.body);
-    assert_eq!(r.code(), "sale_not_active");
+    r.assert_error(StatusCode::CONFLICT, "sale_not_active", "");
     app.assert_identity(sku).await;
 }
 
@@ -1053,40 +988,35 @@ async fn sales_report_counts_every_bucket() {
     let a = app.customer_token(12345);
     let b = app.customer_token(23456);
 
-    let r = report(&app, sku).await;
-    assert_eq!(r["sku"], sku);
-    assert_eq!(r["on_hand"], 10);
-    assert_eq!(r["available"], 10);
-    assert_eq!(r["held"], 0);
-    assert_eq!(r["reserved"], 0);
-    assert_eq!(r["sold"], 0);
+    // (sales_report checks that the answer names the sku)
+    let r = app.sales_report(sku).await;
+    assert_eq!(r.on_hand, 10);
+    assert_eq!(r.available, 10);
+    assert_eq!(r.held, 0);
+    assert_eq!(r.reserved, 0);
+    assert_eq!(r.sold, 0);
 
     for (t, n) in [(&a, 2), (&b, 3)] {
-        let r = app
-            .post("/v1/cart/items", Some(t), json!({"sku": sku, "count": n}))
-            .await;
-        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        app.cart_add(t, sku, n).await;
     }
-    let r = report(&app, sku).await;
-    assert_eq!(r["on_hand"], 10);
-    assert_eq!(r["available"], 5);
-    assert_eq!(r["held"], 5);
-    assert_eq!(r["reserved"], 0);
-    assert_eq!(r["sold"], 0);
+    let r = app.sales_report(sku).await;
+    assert_eq!(r.on_hand, 10);
+    assert_eq!(r.available, 5);
+    assert_eq!(r.held, 5);
+    assert_eq!(r.reserved, 0);
+    assert_eq!(r.sold, 0);
     let buckets = app.assert_identity(sku).await;
-    assert_eq!(r["available"], buckets.available);
-    assert_eq!(r["held"], buckets.held);
+    assert_eq!(r.available, buckets.available);
+    assert_eq!(r.held, buckets.held);
 
     // b checks out: its 3 units move from held to reserved.
-    let r = app.post_empty("/v1/orders", Some(&b)).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let order_id = r.body["order_id"].as_u64().unwrap();
-    let r = report(&app, sku).await;
-    assert_eq!(r["on_hand"], 10);
-    assert_eq!(r["available"], 5);
-    assert_eq!(r["held"], 2);
-    assert_eq!(r["reserved"], 3);
-    assert_eq!(r["sold"], 0);
+    let order_id = app.checkout(&b).await.order_id;
+    let r = app.sales_report(sku).await;
+    assert_eq!(r.on_hand, 10);
+    assert_eq!(r.available, 5);
+    assert_eq!(r.held, 2);
+    assert_eq!(r.reserved, 3);
+    assert_eq!(r.sold, 0);
     app.assert_identity(sku).await;
 
     // b pays: reserved becomes sold.
@@ -1095,12 +1025,12 @@ async fn sales_report_counts_every_bucket() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.body["status"], "paid");
-    let r = report(&app, sku).await;
-    assert_eq!(r["available"], 5);
-    assert_eq!(r["held"], 2);
-    assert_eq!(r["reserved"], 0);
-    let on_hand = r["on_hand"].as_i64().unwrap();
-    let sold = r["sold"].as_i64().unwrap();
+    let r = app.sales_report(sku).await;
+    assert_eq!(r.available, 5);
+    assert_eq!(r.held, 2);
+    assert_eq!(r.reserved, 0);
+    let on_hand = r.on_hand;
+    let sold = r.sold;
     assert_eq!(
         sold + (10 - on_hand),
         3,
@@ -1108,10 +1038,7 @@ async fn sales_report_counts_every_bucket() {
     );
     assert_eq!(
         on_hand,
-        r["available"].as_i64().unwrap()
-            + r["held"].as_i64().unwrap()
-            + r["reserved"].as_i64().unwrap()
-            + sold,
+        r.available + r.held + r.reserved + sold,
         "on_hand = available + held + reserved + sold: {r:?}"
     );
     let buckets = app.assert_identity(sku).await;
@@ -1125,20 +1052,24 @@ async fn sales_report_counts_every_bucket() {
             Some(&app.admin_token),
         )
         .await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.body);
-    assert_eq!(r.code(), "not_found");
+    r.assert_error(StatusCode::NOT_FOUND, "not_found", "");
     let r = app
         .get(&format!("/v1/products/{sku}/sales-report"), Some(&a))
         .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
-    assert_eq!(r.code(), "forbidden");
+    r.assert_error(StatusCode::FORBIDDEN, "forbidden", "");
 }
 
 #[tokio::test]
 async fn sales_report_has_the_documented_fields() {
     let app = spawn_app().await;
     let sku = app.sale_product(3, None).await;
-    let r = report(&app, sku).await;
+    let r = app
+        .get(
+            &format!("/v1/products/{sku}/sales-report"),
+            Some(&app.admin_token),
+        )
+        .await
+        .body;
     let mut keys: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
     keys.sort_unstable();
     assert_eq!(
@@ -1170,8 +1101,7 @@ async fn a_window_shorter_than_a_millisecond_is_refused() {
                    "ends_at": "2030-01-01T00:00:00.0001Z", "per_customer_limit": null}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
-    assert_eq!(r.code(), "invalid_request");
+    r.assert_error(StatusCode::BAD_REQUEST, "invalid_request", "");
 }
 
 #[tokio::test]

@@ -40,49 +40,6 @@ async fn order_footprint(app: &TestApp) -> (usize, i64, i64) {
     (records, orders, failed)
 }
 
-/// Moves `sku`'s sale window to tomorrow: it cannot be bought now.
-pub async fn close_sale(app: &TestApp, sku: u64) {
-    let now = chrono::Utc::now();
-    let r = app
-        .put(
-            &format!("/v1/products/{sku}/sale"),
-            Some(&app.admin_token),
-            json!({"sale_price": 5_000,
-                "starts_at": (now + chrono::Duration::days(1)).to_rfc3339(),
-                "ends_at": (now + chrono::Duration::days(2)).to_rfc3339()}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-}
-
-/// A `failed` order of `user`: a checkout that reserves `count` units of `sku` and is then
-/// refused on a second line (a sale product whose window closes); returns its id.
-pub async fn failed_order(app: &TestApp, user: u64, sku: u64, count: u64) -> u64 {
-    let t = app.customer_token(user);
-    let closing = app.sale_product(1, None).await;
-    assert!(
-        closing > sku,
-        "the refused line must come after the taken one"
-    );
-    for (s, n) in [(sku, count), (closing, 1)] {
-        let r = app
-            .post("/v1/cart/items", Some(&t), json!({"sku": s, "count": n}))
-            .await;
-        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    }
-    close_sale(app, closing).await;
-    let r = app.post_empty("/v1/orders", Some(&t)).await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::CONFLICT, "sale_not_active"),
-        "{:?}",
-        r.body
-    );
-    r.body["error"]["order_id"]
-        .as_u64()
-        .expect("the failed order's id")
-}
-
 /// Every Redis key of the test's prefix with its serialized size (what a refusal must not grow).
 async fn prefix_keys(app: &TestApp) -> Vec<(String, u64)> {
     let mut conn = app.state.redis.conn();
@@ -112,10 +69,7 @@ async fn concurrent_checkouts_of_one_cart_make_one_order() {
         let user = 7_100 + round;
         let t = app.customer_token(user);
         for sku in [a, b] {
-            let r = app
-                .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
-                .await;
-            assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+            app.cart_add(&t, sku, 2).await;
         }
         let tasks: Vec<_> = (0..12)
             .map(|_| {
@@ -178,43 +132,15 @@ async fn totals_beyond_exact_integers_are_refused_and_change_nothing() {
     let t = app.customer_token(7_201);
 
     // 1,000 units at 10^13 = 10^16 > 2^53: not representable exactly everywhere.
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&t),
-            json!({"sku": sku, "count": 1_000}),
-        )
-        .await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::BAD_REQUEST, "invalid_request"),
-        "{:?}",
-        r.body
-    );
-    let r = app
-        .post(
-            "/v1/cart/items",
-            Some(&t),
-            json!({"sku": sku, "count": 1_000}),
-        )
-        .await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::BAD_REQUEST, "invalid_request"),
-        "{:?}",
-        r.body
-    );
+    let r = app.try_buy_now(&t, sku, 1_000).await;
+    r.assert_error(StatusCode::BAD_REQUEST, "invalid_request", "");
+    let r = app.try_cart_add(&t, sku, 1_000).await;
+    r.assert_error(StatusCode::BAD_REQUEST, "invalid_request", "");
     let bk = app.assert_identity(sku).await;
     assert_eq!((bk.available, bk.held, bk.reserved), (200_000, 0, 0));
 
     // The largest line that fits: 900 units (9 * 10^15 <= 2^53 - 1).
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&t),
-            json!({"sku": sku, "count": 900}),
-        )
-        .await;
+    let r = app.try_buy_now(&t, sku, 900).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     assert_eq!(r.body["total_price"], 900 * price);
     assert!(900 * price <= MAX_TOTAL);
@@ -223,28 +149,13 @@ async fn totals_beyond_exact_integers_are_refused_and_change_nothing() {
     let u = app.customer_token(7_202);
     for n in [500, 400] {
         // 900 units in one line at last: fits.
-        let r = app
-            .post("/v1/cart/items", Some(&u), json!({"sku": sku, "count": n}))
-            .await;
-        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        app.cart_add(&u, sku, n).await;
     }
     let other = app.product("Platinum bar", price).await;
     assert_eq!(app.add_stock(other, w, 1_000).await.status, StatusCode::OK);
-    let r = app
-        .post(
-            "/v1/cart/items",
-            Some(&u),
-            json!({"sku": other, "count": 100}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    let r = app.post_empty("/v1/orders", Some(&u)).await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::BAD_REQUEST, "invalid_request"),
-        "{:?}",
-        r.body
-    );
+    app.cart_add(&u, other, 100).await;
+    let r = app.try_checkout(&u).await;
+    r.assert_error(StatusCode::BAD_REQUEST, "invalid_request", "");
     let cart = app.get("/v1/cart", Some(&u)).await;
     assert_eq!(
         cart.body["items"].as_array().unwrap().len(),
@@ -264,23 +175,9 @@ async fn a_cart_line_holds_at_most_65535_units() {
     let w = app.warehouse("bins").await;
     assert_eq!(app.add_stock(sku, w, 200_000).await.status, StatusCode::OK);
     let t = app.customer_token(7_203);
-    let r = app
-        .post(
-            "/v1/cart/items",
-            Some(&t),
-            json!({"sku": sku, "count": 65_535}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    let r = app
-        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 1}))
-        .await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::BAD_REQUEST, "invalid_request"),
-        "{:?}",
-        r.body
-    );
+    app.cart_add(&t, sku, 65_535).await;
+    let r = app.try_cart_add(&t, sku, 1).await;
+    r.assert_error(StatusCode::BAD_REQUEST, "invalid_request", "");
     let bk = app.assert_identity(sku).await;
     assert_eq!((bk.held, bk.available), (65_535, 200_000 - 65_535));
 }
@@ -295,14 +192,7 @@ async fn a_price_raised_after_adding_cannot_overflow_the_order() {
     for i in 0..15 {
         let sku = app.product(&format!("Item {i}"), 1).await;
         assert_eq!(app.add_stock(sku, w, 65_535).await.status, StatusCode::OK);
-        let r = app
-            .post(
-                "/v1/cart/items",
-                Some(&t),
-                json!({"sku": sku, "count": 65_535}),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        app.cart_add(&t, sku, 65_535).await;
         skus.push(sku);
     }
     for &sku in &skus {
@@ -317,13 +207,8 @@ async fn a_price_raised_after_adding_cannot_overflow_the_order() {
     }
     let cart = app.get("/v1/cart", Some(&t)).await;
     assert_eq!(cart.status, StatusCode::OK, "the cart still shows");
-    let r = app.post_empty("/v1/orders", Some(&t)).await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::BAD_REQUEST, "invalid_request"),
-        "{:?}",
-        r.body
-    );
+    let r = app.try_checkout(&t).await;
+    r.assert_error(StatusCode::BAD_REQUEST, "invalid_request", "");
     assert_eq!(order_footprint(&app).await, (0, 0, 0), "no order written");
     for &sku in &skus {
         let bk = app.assert_identity(sku).await;
@@ -351,22 +236,15 @@ async fn checkout_after_the_sale_window_ended_is_refused_and_gives_units_back() 
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let t = app.customer_token(7_301);
-    let r = app
-        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
-        .await;
+    let r = app.try_cart_add(&t, sku, 2).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.body["items"][0]["unit_price"], 100);
     // Wait for the window to end (the hold, 10 minutes, is still live).
     let left = (ends - chrono::Utc::now()).to_std().unwrap_or_default();
     tokio::time::sleep(left + Duration::from_millis(100)).await;
 
-    let r = app.post_empty("/v1/orders", Some(&t)).await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::CONFLICT, "sale_not_active"),
-        "{:?}",
-        r.body
-    );
+    let r = app.try_checkout(&t).await;
+    r.assert_error(StatusCode::CONFLICT, "sale_not_active", "");
     let bk = app.assert_identity(sku).await;
     assert_eq!(
         (bk.available, bk.held, bk.reserved),
@@ -381,19 +259,11 @@ async fn checkout_of_a_line_whose_window_moved_away_is_refused() {
     let app = spawn_app().await;
     let sku = app.sale_product(10, None).await;
     let t = app.customer_token(7_302);
-    let r = app
-        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
-        .await;
-    assert_eq!(r.status, StatusCode::OK);
+    app.cart_add(&t, sku, 2).await;
     // The admin moves the window to tomorrow: the product cannot be bought now.
-    close_sale(&app, sku).await;
-    let r = app.post_empty("/v1/orders", Some(&t)).await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::CONFLICT, "sale_not_active"),
-        "{:?}",
-        r.body
-    );
+    app.close_sale(sku).await;
+    let r = app.try_checkout(&t).await;
+    r.assert_error(StatusCode::CONFLICT, "sale_not_active", "");
     let bk = app.assert_identity(sku).await;
     assert_eq!((bk.available, bk.held, bk.reserved), (10, 0, 0));
 }
@@ -407,23 +277,15 @@ async fn a_partly_reserved_checkout_is_recorded_as_failed() {
     let b = app.sale_product(10, None).await;
     let t = app.customer_token(7_303);
     for sku in [a, b] {
-        let r = app
-            .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
-            .await;
-        assert_eq!(r.status, StatusCode::OK);
+        app.cart_add(&t, sku, 2).await;
     }
-    close_sale(&app, b).await;
-    let r = app.post_empty("/v1/orders", Some(&t)).await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::CONFLICT, "sale_not_active"),
-        "{:?}",
-        r.body
-    );
+    app.close_sale(b).await;
+    let r = app.try_checkout(&t).await;
+    r.assert_error(StatusCode::CONFLICT, "sale_not_active", "");
     let failed = r.body["error"]["order_id"]
         .as_u64()
         .expect("the failed order");
-    let o = app.get(&format!("/v1/orders/{failed}"), Some(&t)).await;
+    let o = app.try_order(&t, failed).await;
     assert_eq!(o.body["status"], "failed");
     for sku in [a, b] {
         let bk = app.assert_identity(sku).await;
@@ -446,7 +308,17 @@ async fn sold_out_buy_now_writes_no_order() {
         )
         .await;
     assert_eq!(first.status, StatusCode::CREATED);
-    let keys_before = prefix_keys(&app).await;
+    // The first order's deadline bookkeeping ({due} keys) may still be on its way under load:
+    // the keys are taken once two readings agree.
+    let mut keys_before = prefix_keys(&app).await;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let again = prefix_keys(&app).await;
+        if again == keys_before {
+            break;
+        }
+        keys_before = again;
+    }
     let tasks: Vec<_> = (0..50u64)
         .map(|i| {
             let (client, url, t) = (
@@ -568,20 +440,12 @@ async fn a_held_checkout_lock_refuses_a_second_checkout() {
     let app = spawn_app().await;
     let sku = app.sale_product(5, None).await;
     let t = app.customer_token(7_700);
-    let r = app
-        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
-        .await;
-    assert_eq!(r.status, StatusCode::OK);
+    app.cart_add(&t, sku, 2).await;
     let lock = app.state.redis.keys.checkout_lock(7_700);
     let mut conn = app.state.redis.conn();
     let _: () = conn.set_ex(&lock, "999999", 30).await.unwrap();
-    let r = app.post_empty("/v1/orders", Some(&t)).await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::CONFLICT, "cart_changed"),
-        "{:?}",
-        r.body
-    );
+    let r = app.try_checkout(&t).await;
+    r.assert_error(StatusCode::CONFLICT, "cart_changed", "");
     let bk = app.assert_identity(sku).await;
     assert_eq!((bk.held, bk.reserved), (2, 0), "the cart is untouched");
     let held: String = conn.get(&lock).await.unwrap();
@@ -590,7 +454,7 @@ async fn a_held_checkout_lock_refuses_a_second_checkout() {
         "another checkout's lock is not ours to release"
     );
     let _: () = conn.del(&lock).await.unwrap();
-    let r = app.post_empty("/v1/orders", Some(&t)).await;
+    let r = app.try_checkout(&t).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let exists: bool = conn.exists(&lock).await.unwrap();
     assert!(!exists, "the lock is let go once the checkout answered");
@@ -603,10 +467,7 @@ async fn a_malformed_call_of_convert_hold_changes_nothing() {
     let app = spawn_app().await;
     let sku = app.sale_product(5, None).await;
     let t = app.customer_token(7_800);
-    let r = app
-        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
-        .await;
-    assert_eq!(r.status, StatusCode::OK);
+    app.cart_add(&t, sku, 2).await;
     let k = app.state.redis.keys.sku(Sku::parse(sku).unwrap());
     let scripts = flashsale::store::redis::scripts::Scripts::new();
     let mut inv = scripts.convert_hold.prepare_invoke();

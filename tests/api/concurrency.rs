@@ -366,7 +366,7 @@ async fn pay_racing_expiry() {
             }
         };
         let ((ps, pb), ()) = tokio::join!(pay, sweep);
-        let final_order = app.get(&format!("/v1/orders/{id}"), Some(&t)).await.body;
+        let final_order = app.try_order(&t, id).await.body;
         match final_order["status"].as_str().unwrap() {
             "paid" => {
                 assert_eq!(ps, StatusCode::OK, "paid, so the pay call won: {pb}");

@@ -155,15 +155,6 @@ async fn vanished_holder(
     record
 }
 
-fn order_ids(list: &Value) -> Vec<u64> {
-    list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["order_id"].as_u64().unwrap())
-        .collect()
-}
-
 #[tokio::test]
 async fn a_key_whose_holder_vanished_is_free_once_its_lease_runs_out() {
     let app = spawn_app_with(|c| c.sale.idempotency_lease = Duration::from_millis(300)).await;
@@ -185,10 +176,7 @@ async fn a_key_whose_holder_vanished_is_free_once_its_lease_runs_out() {
         .unwrap();
     assert_eq!((status, &again), (StatusCode::CREATED, &body));
     assert_eq!(headers["idempotent-replayed"], "true");
-    assert_eq!(
-        order_ids(&app.get("/v1/orders", Some(&t)).await.body).len(),
-        1
-    );
+    assert_eq!(app.orders(&t, "").await.ids().len(), 1);
     let b = app.assert_identity(sku).await;
     assert_eq!((b.reserved, b.available), (1, 9));
 }
@@ -199,13 +187,7 @@ async fn a_retry_answers_the_order_a_vanished_request_placed() {
     let sku = app.sale_product(10, None).await;
     let t = app.customer_token(7_003);
     // The vanished request had placed its order (awaiting payment) but stored no answer.
-    let placed = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&t),
-            json!({"sku": sku, "count": 1}),
-        )
-        .await;
+    let placed = app.try_buy_now(&t, sku, 1).await;
     assert_eq!(placed.status, StatusCode::CREATED);
     let order_id = placed.body["order_id"].as_u64().unwrap();
     vanished_holder(&app, 7_003, "k-placed", sku, Some(order_id)).await;
@@ -219,10 +201,7 @@ async fn a_retry_answers_the_order_a_vanished_request_placed() {
         "the same order, not a second one"
     );
     assert_eq!(body["status"], "awaiting_payment");
-    assert_eq!(
-        order_ids(&app.get("/v1/orders", Some(&t)).await.body),
-        [order_id]
-    );
+    assert_eq!(app.orders(&t, "").await.ids(), [order_id]);
     let b = app.assert_identity(sku).await;
     assert_eq!((b.reserved, b.available), (1, 9));
 }
@@ -276,7 +255,7 @@ async fn a_retry_fails_a_half_made_order_and_places_one_afresh() {
     let fresh = body["order_id"].as_u64().unwrap();
     assert_ne!(fresh, half);
     // The half-made order failed and holds nothing: one unit reserved, the fresh order's.
-    let old = app.get(&format!("/v1/orders/{half}"), Some(&t)).await;
+    let old = app.try_order(&t, half).await;
     assert_eq!(old.body["status"], "failed", "{:?}", old.body);
     let b = app.assert_identity(sku).await;
     assert_eq!((b.reserved, b.available), (1, 9));
@@ -308,10 +287,7 @@ async fn concurrent_repeats_of_a_cut_off_request_make_one_order() {
         assert_eq!(*status, StatusCode::CREATED, "{body}");
         assert_eq!(body, &answers[0].2);
     }
-    assert_eq!(
-        order_ids(&app.get("/v1/orders", Some(&t)).await.body).len(),
-        1
-    );
+    assert_eq!(app.orders(&t, "").await.ids().len(), 1);
     let b = app.assert_identity(sku).await;
     assert_eq!((b.reserved, b.available), (1, 99));
 }
@@ -346,10 +322,7 @@ async fn a_slow_request_keeps_its_key_past_the_lease_length() {
     );
     assert_eq!(b1, b2);
     assert_eq!(h2["idempotent-replayed"], "true");
-    assert_eq!(
-        order_ids(&app.get("/v1/orders", Some(&t)).await.body).len(),
-        1
-    );
+    assert_eq!(app.orders(&t, "").await.ids().len(), 1);
     let b = app.assert_identity(sku).await;
     assert_eq!((b.reserved, b.available), (1, 9));
 }

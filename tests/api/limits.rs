@@ -8,7 +8,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{TestApp, spawn_app_with};
+use crate::helpers::{partial_request, spawn_app_with};
 
 fn retry_after(r: &crate::helpers::Resp) -> u64 {
     r.headers
@@ -16,29 +16,6 @@ fn retry_after(r: &crate::helpers::Resp) -> u64 {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("429 without a Retry-After: {:?}", r.headers))
-}
-
-/// Opens a raw connection and sends `head` plus the first `sent` bytes of a body of `len`.
-pub(crate) async fn partial_request(
-    app: &TestApp,
-    method_path: &str,
-    token: Option<&str>,
-    len: usize,
-    sent: &[u8],
-) -> TcpStream {
-    let port = app.addr.rsplit(':').next().unwrap();
-    let mut s = TcpStream::connect(format!("127.0.0.1:{port}"))
-        .await
-        .unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let head = format!(
-        "{method_path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}Content-Length: {len}\r\n\r\n"
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(sent).await.unwrap();
-    s
 }
 
 /// Reads what the server sends until it closes the connection or `within` passes.
@@ -182,8 +159,7 @@ async fn failed_logins_are_limited_per_username_and_address_and_attempts_per_add
     }
     // The username's failures are used up: even the right password waits now.
     let r = attempt("victim", "victim-password").await;
-    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{:?}", r.body);
-    assert_eq!(r.code(), "rate_limited");
+    r.assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "");
     let wait = retry_after(&r);
     assert!((1..=20).contains(&wait), "Retry-After {wait}");
     // Usernames are case-sensitive: another spelling is another (here unknown) account.
@@ -245,43 +221,19 @@ async fn a_cart_holds_at_most_max_cart_lines_products() {
     ];
     let (_, t) = app.register("collector").await;
     for sku in &skus[..2] {
-        let r = app
-            .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 1}))
-            .await;
-        assert_eq!(r.status, StatusCode::OK);
+        app.cart_add(&t, *sku, 1).await;
     }
-    let r = app
-        .post(
-            "/v1/cart/items",
-            Some(&t),
-            json!({"sku": skus[2], "count": 3}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.body);
-    assert_eq!(r.code(), "cart_full");
+    let r = app.try_cart_add(&t, skus[2], 3).await;
+    r.assert_error(StatusCode::CONFLICT, "cart_full", "");
     assert_eq!(app.available(skus[2]).await, 10, "nothing stays reserved");
     let cart = app.get("/v1/cart", Some(&t)).await;
     assert_eq!(cart.body["items"].as_array().unwrap().len(), 2);
     app.assert_identity(skus[2]).await;
     // More units of a line already there are fine; after removing a line the third fits.
-    let r = app
-        .post(
-            "/v1/cart/items",
-            Some(&t),
-            json!({"sku": skus[0], "count": 2}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK);
+    app.cart_add(&t, skus[0], 2).await;
     app.delete(&format!("/v1/cart/items/{}", skus[1]), Some(&t))
         .await;
-    let r = app
-        .post(
-            "/v1/cart/items",
-            Some(&t),
-            json!({"sku": skus[2], "count": 3}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    app.cart_add(&t, skus[2], 3).await;
     assert_eq!(app.available(skus[2]).await, 7);
 }
 
@@ -358,8 +310,7 @@ async fn past_the_in_flight_cap_requests_get_503_at_once() {
         started.elapsed() < Duration::from_secs(1),
         "answered at once"
     );
-    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
-    assert_eq!(r.code(), "unavailable");
+    r.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "");
     assert_eq!(r.headers["retry-after"], "1");
     // The held requests finish normally and free their slots.
     a.write_all(&body[10..]).await.unwrap();
@@ -389,8 +340,7 @@ async fn an_exhausted_mysql_pool_answers_503_quickly_and_changes_nothing() {
         )
         .await;
     let took = started.elapsed();
-    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
-    assert_eq!(r.code(), "unavailable");
+    r.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "");
     assert!(took < Duration::from_secs(2), "took {took:?}");
     drop(held);
     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE username = 'patient'")

@@ -130,13 +130,7 @@ impl SseClient {
 }
 
 async fn buy_now(app: &TestApp, token: &str, sku: u64, count: u64) {
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(token),
-            json!({"sku": sku, "count": count}),
-        )
-        .await;
+    let r = app.try_buy_now(token, sku, count).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
 }
 
@@ -173,18 +167,9 @@ async fn a_sku_stream_starts_with_the_count_and_follows_purchases_and_restocks()
     s.until_available(sku, 12, Duration::from_secs(2)).await;
     // And units coming back from a cancelled order.
     let token = app.customer_token(2);
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&token),
-            json!({"sku": sku, "count": 2}),
-        )
-        .await;
-    let order = r.body["order_id"].as_u64().unwrap();
+    let order = app.buy_now(&token, sku, 2).await.order_id;
     s.until_available(sku, 10, Duration::from_secs(2)).await;
-    let r = app
-        .post_empty(&format!("/v1/orders/{order}/cancel"), Some(&token))
-        .await;
+    let r = app.try_cancel(&token, order).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     s.until_available(sku, 12, Duration::from_secs(2)).await;
 }
@@ -200,13 +185,7 @@ async fn each_script_call_that_changes_stock_announces_once() {
         .unwrap();
     let mut msgs = ps.into_on_message();
     let token = app.customer_token(5);
-    let cart = |count: u64| {
-        app.post(
-            "/v1/cart/items",
-            Some(&token),
-            json!({"sku": sku, "count": count}),
-        )
-    };
+    let cart = |count: u64| app.try_cart_add(&token, sku, count);
     assert_eq!(cart(2).await.status, StatusCode::OK);
     assert_eq!(cart(1).await.status, StatusCode::OK);
     assert_eq!(
@@ -348,11 +327,9 @@ async fn the_live_sales_stream_lists_open_and_upcoming_sales_then_follows_them()
 async fn unknown_and_malformed_skus_are_refused() {
     let app = spawn_app().await;
     let r = app.get("/v1/products/424242/stock/stream", None).await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND);
-    assert_eq!(r.code(), "not_found");
+    r.assert_error(StatusCode::NOT_FOUND, "not_found", "");
     let r = app.get("/v1/products/0/stock/stream", None).await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert_eq!(r.code(), "invalid_request");
+    r.assert_error(StatusCode::BAD_REQUEST, "invalid_request", "");
     // Nothing stays counted as watching.
     assert_eq!(app.state.live.watchers(), 0);
 }
@@ -577,8 +554,7 @@ async fn opening_streams_takes_from_the_address_rate_bucket() {
         assert_eq!(r.status, StatusCode::OK, "{path}");
     }
     let r = app.get("/v1/sales/live", None).await;
-    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{:?}", r.body);
-    assert_eq!(r.code(), "rate_limited");
+    r.assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "");
     assert!(r.headers.contains_key("retry-after"));
     // Unknown skus are no way around it.
     let r = app.get("/v1/products/4000000000/stock/stream", None).await;

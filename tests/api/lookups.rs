@@ -99,8 +99,7 @@ async fn an_unknown_sku_costs_mysql_work_once_until_it_is_created_here() {
         "/v1/products/777777/stock/stream",
     ] {
         let r = app.get(path, None).await;
-        assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}: {:?}", r.body);
-        assert_eq!(r.code(), "not_found");
+        r.assert_error(StatusCode::NOT_FOUND, "not_found", path);
     }
     // MySQL can no longer answer about products: a second lookup of the same unknown sku must
     // not ask it.
@@ -117,21 +116,9 @@ async fn an_unknown_sku_costs_mysql_work_once_until_it_is_created_here() {
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}: {:?}", r.body);
     }
     let (_, token) = app.register("unknown-sku-buyer").await;
-    let r = app
-        .post(
-            "/v1/cart/items",
-            Some(&token),
-            json!({"sku": 777777, "count": 1}),
-        )
-        .await;
+    let r = app.try_cart_add(&token, 777777, 1).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.body);
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&token),
-            json!({"sku": 777777, "count": 1}),
-        )
-        .await;
+    let r = app.try_buy_now(&token, 777777, 1).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.body);
     sqlx::query("RENAME TABLE products_away TO products")
         .execute(&app.state.db)

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod adjust;
 mod attacks;
 mod attacks2;
 mod auth;

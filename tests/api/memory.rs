@@ -45,6 +45,7 @@ fn family(key: &str, app_events_cap: u64) -> Option<(&'static str, Bound)> {
             }
             Some("h" | "o") => ("reservation ttl key", Bound::Ttl(day)),
             Some("load") => ("load staging", Bound::Ttl(Duration::from_secs(60))),
+            Some("adj") => ("stock change token", Bound::Ttl(day)),
             _ => return None,
         }
     } else if tag.starts_with("{ord") {
@@ -92,10 +93,7 @@ async fn buy_and_pay(app: &TestApp, user: u64, sku: u64, key: &str) -> u64 {
     let id = r.json::<serde_json::Value>().await.unwrap()["order_id"]
         .as_u64()
         .unwrap();
-    let r = app
-        .post_empty(&format!("/v1/orders/{id}/pay"), Some(&t))
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    app.pay(&t, id).await;
     id
 }
 
@@ -119,29 +117,12 @@ async fn every_redis_key_a_sale_leaves_has_a_bound() {
     }
     for user in 0..10 {
         let t = app.customer_token(20_000 + user);
-        let r = app
-            .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 1}))
-            .await;
-        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        app.cart_add(&t, sku, 1).await;
     }
     let t = app.customer_token(30_000);
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&t),
-            json!({"sku": sku, "count": 1}),
-        )
-        .await;
-    let id = r.body["order_id"].as_u64().unwrap();
-    app.post_empty(&format!("/v1/orders/{id}/cancel"), Some(&t))
-        .await;
-    let open = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&t),
-            json!({"sku": sku, "count": 1}),
-        )
-        .await;
+    let id = app.buy_now(&t, sku, 1).await.order_id;
+    app.try_cancel(&t, id).await;
+    let open = app.try_buy_now(&t, sku, 1).await;
     assert_eq!(open.status, StatusCode::CREATED, "{:?}", open.body);
     while app.write_back().await.events > 0 {}
     app.sweep().await;
@@ -280,21 +261,10 @@ async fn a_customer_order_index_lets_go_of_written_orders_and_the_listing_still_
     let t = app.customer_token(40_000);
     let mut ids = Vec::new();
     for i in 0..ORDERS {
-        let r = app
-            .post(
-                "/v1/orders/buy-now",
-                Some(&t),
-                json!({"sku": sku, "count": 1}),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-        let id = r.body["order_id"].as_u64().unwrap();
+        let id = app.buy_now(&t, sku, 1).await.order_id;
         // Most are paid; every tenth stays open.
         if i % 10 != 0 {
-            let r = app
-                .post_empty(&format!("/v1/orders/{id}/pay"), Some(&t))
-                .await;
-            assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+            app.pay(&t, id).await;
         }
         ids.push(id);
     }

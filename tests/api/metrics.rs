@@ -1,11 +1,11 @@
 //! The metrics tell the sale's story: a short sale, then every metric the dashboard and the
-//! README catalogue name is on `/metrics`; the ops files parse and fit together.
+//! catalogue in docs/OPERATIONS.md name is on `/metrics`; the ops files parse and fit together.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::helpers::*;
 
@@ -69,51 +69,22 @@ pub fn alert_rules() -> Vec<(String, String)> {
 }
 
 #[tokio::test]
-async fn a_short_sale_exposes_every_metric_the_dashboard_and_readme_name() {
+async fn a_short_sale_exposes_every_metric_the_dashboard_and_catalogue_name() {
     let app = spawn_app_with(|c| c.sale.payment_ttl = Duration::from_millis(300)).await;
     let sku = app.sale_product(3, Some(2)).await;
     let (a, b) = (app.customer_token(1), app.customer_token(2));
-    assert_eq!(
-        app.post("/v1/cart/items", Some(&a), json!({"sku": sku, "count": 2}))
-            .await
-            .status,
-        StatusCode::OK
-    );
-    assert_eq!(
-        app.post("/v1/cart/items", Some(&a), json!({"sku": sku, "count": 1}))
-            .await
-            .code(),
-        "limit_exceeded"
-    );
-    let order = app.post_empty("/v1/orders", Some(&a)).await.body["order_id"]
+    app.cart_add(&a, sku, 2).await;
+    assert_eq!(app.try_cart_add(&a, sku, 1).await.code(), "limit_exceeded");
+    let order = app.try_checkout(&a).await.body["order_id"]
         .as_u64()
         .unwrap();
-    assert_eq!(
-        app.post_empty(&format!("/v1/orders/{order}/pay"), Some(&a))
-            .await
-            .status,
-        StatusCode::OK
-    );
-    assert_eq!(
-        app.post("/v1/cart/items", Some(&b), json!({"sku": sku, "count": 2}))
-            .await
-            .code(),
-        "out_of_stock"
-    );
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&b),
-            json!({"sku": sku, "count": 1}),
-        )
-        .await;
-    let expiring = r.body["order_id"].as_u64().unwrap();
+    app.pay(&a, order).await;
+    assert_eq!(app.try_cart_add(&b, sku, 2).await.code(), "out_of_stock");
+    let expiring = app.buy_now(&b, sku, 1).await.order_id;
     tokio::time::sleep(Duration::from_millis(400)).await;
     app.sweep().await;
     assert_eq!(
-        app.get(&format!("/v1/orders/{expiring}"), Some(&b))
-            .await
-            .body["cancel_reason"],
+        app.try_order(&b, expiring).await.body["cancel_reason"],
         "expired"
     );
     app.write_back().await;
@@ -173,8 +144,8 @@ async fn a_short_sale_exposes_every_metric_the_dashboard_and_readme_name() {
         }
     }
 
-    let readme = repo_file("README.md");
-    let section = readme
+    let operations = repo_file("docs/OPERATIONS.md");
+    let section = operations
         .split("## Metrics")
         .nth(1)
         .unwrap()
@@ -200,7 +171,7 @@ async fn a_short_sale_exposes_every_metric_the_dashboard_and_readme_name() {
     let missing: Vec<_> = catalogue.iter().filter(|n| !have.contains(*n)).collect();
     assert!(
         missing.is_empty(),
-        "the README catalogues metrics /metrics lacks: {missing:?}"
+        "docs/OPERATIONS.md catalogues metrics /metrics lacks: {missing:?}"
     );
     // And the other way round: nothing is exported that the catalogue does not describe.
     let undocumented: Vec<_> = have
@@ -215,7 +186,7 @@ async fn a_short_sale_exposes_every_metric_the_dashboard_and_readme_name() {
         .collect();
     assert!(
         undocumented.is_empty(),
-        "exported but not in the README catalogue: {undocumented:?}"
+        "exported but not in the catalogue of docs/OPERATIONS.md: {undocumented:?}"
     );
 }
 

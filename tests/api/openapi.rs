@@ -488,18 +488,12 @@ async fn live_answers_have_the_documented_fields() {
     assert_eq!(keys(&product.body["sale"]), fields("SaleView"));
 
     let (_, token) = app.register("openapi_alice").await;
-    let cart = app
-        .post(
-            "/v1/cart/items",
-            Some(&token),
-            json!({"sku": sku, "count": 2}),
-        )
-        .await;
+    let cart = app.try_cart_add(&token, sku, 2).await;
     assert_eq!(cart.status, StatusCode::OK, "{:?}", cart.body);
     assert_eq!(keys(&cart.body), fields("CartView"));
     assert_eq!(keys(&cart.body["items"][0]), fields("CartLine"));
 
-    let order = app.post_empty("/v1/orders", Some(&token)).await;
+    let order = app.try_checkout(&token).await;
     assert_eq!(order.status, StatusCode::CREATED, "{:?}", order.body);
     assert_eq!(keys(&order.body), fields("OrderView"));
     assert_eq!(keys(&order.body["items"][0]), fields("OrderItem"));
@@ -507,7 +501,7 @@ async fn live_answers_have_the_documented_fields() {
     let me = app.get("/v1/users/me", Some(&token)).await;
     assert_eq!(keys(&me.body), fields("Me"));
 
-    let err = app.post_empty("/v1/orders", Some(&token)).await;
+    let err = app.try_checkout(&token).await;
     assert_eq!(err.code(), "cart_empty", "{:?}", err.body);
     assert_eq!(keys(&err.body), fields("ErrorEnvelope"));
 }

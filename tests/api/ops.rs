@@ -180,8 +180,7 @@ async fn bodies_over_the_limit_are_refused() {
             json!({"username": big, "password": "long-enough-password"}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{:?}", r.body);
-    assert_eq!(r.code(), "payload_too_large");
+    r.assert_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "");
     assert_envelope(&r, "413 on /v1/users");
 
     // On an admin route too, and a body under the limit still works.
@@ -192,8 +191,7 @@ async fn bodies_over_the_limit_are_refused() {
             json!({"name": "y".repeat(4096), "price": 1}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{:?}", r.body);
-    assert_eq!(r.code(), "payload_too_large");
+    r.assert_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "");
     let r = app
         .post(
             "/v1/users",
@@ -270,18 +268,13 @@ async fn every_error_uses_the_envelope() {
     ));
     cases.push((
         "out_of_stock",
-        app.post(
-            "/v1/cart/items",
-            Some(&customer),
-            json!({"sku": sku, "count": 2}),
-        )
-        .await,
+        app.try_cart_add(&customer, sku, 2).await,
         StatusCode::CONFLICT,
         "out_of_stock",
     ));
     cases.push((
         "cart_empty",
-        app.post_empty("/v1/orders", Some(&customer)).await,
+        app.try_checkout(&customer).await,
         StatusCode::CONFLICT,
         "cart_empty",
     ));

@@ -13,12 +13,10 @@ async fn checkout_then_pay() {
     let a = app.sale_product(10, None).await;
     let b = app.sale_product(10, None).await;
     let t = app.customer_token(601);
-    app.post("/v1/cart/items", Some(&t), json!({"sku": a, "count": 2}))
-        .await;
-    app.post("/v1/cart/items", Some(&t), json!({"sku": b, "count": 1}))
-        .await;
+    app.try_cart_add(&t, a, 2).await;
+    app.try_cart_add(&t, b, 1).await;
 
-    let r = app.post_empty("/v1/orders", Some(&t)).await;
+    let r = app.try_checkout(&t).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let o = r.body.clone();
     assert_eq!(o["status"], "awaiting_payment");
@@ -47,7 +45,7 @@ async fn checkout_then_pay() {
     let bk = app.assert_identity(a).await;
     assert_eq!((bk.held, bk.reserved, bk.available), (0, 2, 8));
 
-    let r = app.get(&format!("/v1/orders/{id}"), Some(&t)).await;
+    let r = app.try_order(&t, id).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body, o);
 
@@ -61,9 +59,7 @@ async fn checkout_then_pay() {
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.body["status"], "paid");
     assert!(r.body["paid_at"].is_string());
-    let again = app
-        .post_empty(&format!("/v1/orders/{id}/pay"), Some(&t))
-        .await;
+    let again = app.try_pay(&t, id).await;
     assert_eq!(
         again.status,
         StatusCode::OK,
@@ -73,13 +69,8 @@ async fn checkout_then_pay() {
     let bk = app.assert_identity(a).await;
     assert_eq!((bk.reserved, bk.sold, bk.available), (0, 2, 8));
 
-    let r = app
-        .post_empty(&format!("/v1/orders/{id}/cancel"), Some(&t))
-        .await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::CONFLICT, "order_not_cancellable")
-    );
+    let r = app.try_cancel(&t, id).await;
+    r.assert_error(StatusCode::CONFLICT, "order_not_cancellable", "");
     app.assert_identity(b).await;
 }
 
@@ -88,50 +79,28 @@ async fn cancel_gives_units_back_and_cannot_be_paid() {
     let app = spawn_app().await;
     let sku = app.sale_product(5, Some(3)).await;
     let t = app.customer_token(602);
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&t),
-            json!({"sku": sku, "count": 3}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let id = r.body["order_id"].as_u64().unwrap();
+    let id = app.buy_now(&t, sku, 3).await.order_id;
     assert_eq!(app.available(sku).await, 2);
     // The limit counts reserved units.
-    let r = app
-        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 1}))
-        .await;
+    let r = app.try_cart_add(&t, sku, 1).await;
     assert_eq!(r.code(), "limit_exceeded");
 
-    let r = app
-        .post_empty(&format!("/v1/orders/{id}/cancel"), Some(&t))
-        .await;
+    let r = app.try_cancel(&t, id).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["status"], "cancelled");
     assert_eq!(r.body["cancel_reason"], "customer");
     assert!(r.body["cancelled_at"].is_string());
     assert_eq!(app.available(sku).await, 5);
-    let again = app
-        .post_empty(&format!("/v1/orders/{id}/cancel"), Some(&t))
-        .await;
+    let again = app.try_cancel(&t, id).await;
     assert_eq!(
         again.status,
         StatusCode::OK,
         "cancelling twice answers the cancelled order"
     );
-    let r = app
-        .post_empty(&format!("/v1/orders/{id}/pay"), Some(&t))
-        .await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::CONFLICT, "order_not_payable")
-    );
+    let r = app.try_pay(&t, id).await;
+    r.assert_error(StatusCode::CONFLICT, "order_not_payable", "");
     // Cancelled units no longer count against the limit.
-    let r = app
-        .post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 3}))
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    app.cart_add(&t, sku, 3).await;
     let b = app.assert_identity(sku).await;
     assert_eq!((b.held, b.reserved, b.sold), (3, 0, 0));
 }
@@ -141,31 +110,10 @@ async fn bought_units_count_against_the_limit() {
     let app = spawn_app().await;
     let sku = app.sale_product(10, Some(2)).await;
     let t = app.customer_token(603);
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&t),
-            json!({"sku": sku, "count": 2}),
-        )
-        .await;
-    let id = r.body["order_id"].as_u64().unwrap();
-    assert_eq!(
-        app.post_empty(&format!("/v1/orders/{id}/pay"), Some(&t))
-            .await
-            .status,
-        StatusCode::OK
-    );
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&t),
-            json!({"sku": sku, "count": 1}),
-        )
-        .await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::CONFLICT, "limit_exceeded")
-    );
+    let id = app.buy_now(&t, sku, 2).await.order_id;
+    app.pay(&t, id).await;
+    let r = app.try_buy_now(&t, sku, 1).await;
+    r.assert_error(StatusCode::CONFLICT, "limit_exceeded", "");
     assert!(
         r.body["error"]["order_id"].is_null(),
         "a refusal before anything was reserved records no order"
@@ -178,26 +126,15 @@ async fn failed_orders_are_recorded_and_listed() {
     let app = spawn_app().await;
     let sku = app.sale_product(2, None).await;
     let t = app.customer_token(604);
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&t),
-            json!({"sku": sku, "count": 3}),
-        )
-        .await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::CONFLICT, "out_of_stock"),
-        "{:?}",
-        r.body
-    );
+    let r = app.try_buy_now(&t, sku, 3).await;
+    r.assert_error(StatusCode::CONFLICT, "out_of_stock", "");
     assert!(
         r.body["error"]["order_id"].is_null(),
         "nothing was reserved: no order recorded"
     );
     // A checkout that took a line and was then refused on another is recorded as failed.
-    let failed = crate::checkout::failed_order(&app, 604, sku, 2).await;
-    let o = app.get(&format!("/v1/orders/{failed}"), Some(&t)).await;
+    let failed = app.failed_order(604, sku, 2).await;
+    let o = app.try_order(&t, failed).await;
     assert_eq!(o.status, StatusCode::OK);
     assert_eq!(o.body["status"], "failed");
     assert_eq!(o.body["cancel_reason"], "failed");
@@ -212,14 +149,8 @@ async fn failed_orders_are_recorded_and_listed() {
     // A cart line whose hold expired (and was swept, its units bought by another customer) is
     // not ordered: checkout orders what the cart shows.
     let other = app.sale_product(5, None).await;
-    app.post(
-        "/v1/cart/items",
-        Some(&t),
-        json!({"sku": other, "count": 2}),
-    )
-    .await;
-    app.post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
-        .await;
+    app.try_cart_add(&t, other, 2).await;
+    app.try_cart_add(&t, sku, 2).await;
     let keys = app
         .state
         .redis
@@ -243,12 +174,12 @@ async fn failed_orders_are_recorded_and_listed() {
         )
         .await;
     assert_eq!(r2.status, StatusCode::OK);
-    let r = app.post_empty("/v1/orders", Some(&t)).await;
+    let r = app.try_checkout(&t).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     assert_eq!(r.body["items"].as_array().unwrap().len(), 1);
 
-    let r = app.post_empty("/v1/orders", Some(&t)).await;
-    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "cart_empty"));
+    let r = app.try_checkout(&t).await;
+    r.assert_error(StatusCode::CONFLICT, "cart_empty", "");
 
     let list = app.get("/v1/orders?status=failed", Some(&t)).await;
     assert_eq!(list.status, StatusCode::OK);
@@ -273,40 +204,21 @@ async fn unpaid_orders_expire_and_give_units_back() {
     .await;
     let sku = app.sale_product(4, None).await;
     let t = app.customer_token(606);
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&t),
-            json!({"sku": sku, "count": 3}),
-        )
-        .await;
-    let id = r.body["order_id"].as_u64().unwrap();
-    let r2 = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&t),
-            json!({"sku": sku, "count": 1}),
-        )
-        .await;
-    let id2 = r2.body["order_id"].as_u64().unwrap();
+    let id = app.buy_now(&t, sku, 3).await.order_id;
+    let id2 = app.buy_now(&t, sku, 1).await.order_id;
     assert_eq!(app.available(sku).await, 0);
     tokio::time::sleep(Duration::from_millis(700)).await;
 
     // Reading an order past its window settles it.
-    let o = app.get(&format!("/v1/orders/{id}"), Some(&t)).await;
+    let o = app.try_order(&t, id).await;
     assert_eq!(o.body["status"], "cancelled");
     assert_eq!(o.body["cancel_reason"], "expired");
     assert_eq!(app.available(sku).await, 3);
     // The sweeper settles the other one.
     app.sweep().await;
     assert_eq!(app.available(sku).await, 4);
-    let r = app
-        .post_empty(&format!("/v1/orders/{id2}/pay"), Some(&t))
-        .await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::CONFLICT, "order_not_payable")
-    );
+    let r = app.try_pay(&t, id2).await;
+    r.assert_error(StatusCode::CONFLICT, "order_not_payable", "");
     let b = app.assert_identity(sku).await;
     assert_eq!((b.reserved, b.sold, b.available), (0, 0, 4));
 }
@@ -317,37 +229,22 @@ async fn another_customers_order_is_not_found() {
     let sku = app.sale_product(5, None).await;
     let owner = app.customer_token(607);
     let other = app.customer_token(608);
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&owner),
-            json!({"sku": sku, "count": 1}),
-        )
-        .await;
+    let r = app.try_buy_now(&owner, sku, 1).await;
     let id = r.body["order_id"].as_u64().unwrap();
     for r in [
-        app.get(&format!("/v1/orders/{id}"), Some(&other)).await,
-        app.post_empty(&format!("/v1/orders/{id}/pay"), Some(&other))
-            .await,
-        app.post_empty(&format!("/v1/orders/{id}/cancel"), Some(&other))
-            .await,
+        app.try_order(&other, id).await,
+        app.try_pay(&other, id).await,
+        app.try_cancel(&other, id).await,
         app.get("/v1/orders/987654321", Some(&owner)).await,
     ] {
-        assert_eq!(
-            (r.status, r.code()),
-            (StatusCode::NOT_FOUND, "not_found"),
-            "{:?}",
-            r.body
-        );
+        r.assert_error(StatusCode::NOT_FOUND, "not_found", "");
     }
     assert_eq!(
         app.get("/v1/orders", Some(&other)).await.body["items"],
         json!([])
     );
     assert_eq!(
-        app.get(&format!("/v1/orders/{id}"), Some(&owner))
-            .await
-            .body["status"],
+        app.try_order(&owner, id).await.body["status"],
         "awaiting_payment"
     );
     assert_eq!(
@@ -367,40 +264,20 @@ async fn order_input_errors() {
         json!({"sku": "x", "count": 1}),
     ] {
         let r = app.post("/v1/orders/buy-now", Some(&t), bad.clone()).await;
-        assert_eq!(
-            (r.status, r.code()),
-            (StatusCode::BAD_REQUEST, "invalid_request"),
-            "{bad}"
-        );
+        r.assert_error(StatusCode::BAD_REQUEST, "invalid_request", &bad);
     }
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&t),
-            json!({"sku": 4_000_000, "count": 1}),
-        )
-        .await;
-    assert_eq!((r.status, r.code()), (StatusCode::NOT_FOUND, "not_found"));
+    let r = app.try_buy_now(&t, 4_000_000, 1).await;
+    r.assert_error(StatusCode::NOT_FOUND, "not_found", "");
     let r = app
         .post_raw("/v1/orders/1/pay", Some(&t), "application/json", "{nope")
         .await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::BAD_REQUEST, "invalid_json")
-    );
+    r.assert_error(StatusCode::BAD_REQUEST, "invalid_json", "");
     for q in ["status=shipped", "limit=0", "limit=101", "before_id=x"] {
         let r = app.get(&format!("/v1/orders?{q}"), Some(&t)).await;
-        assert_eq!(
-            (r.status, r.code()),
-            (StatusCode::BAD_REQUEST, "invalid_request"),
-            "{q}"
-        );
+        r.assert_error(StatusCode::BAD_REQUEST, "invalid_request", q);
     }
     let r = app.post_empty("/v1/orders", None).await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::UNAUTHORIZED, "unauthenticated")
-    );
+    r.assert_error(StatusCode::UNAUTHORIZED, "unauthenticated", "");
     assert_eq!(app.available(sku).await, 5);
 }
 
@@ -413,15 +290,7 @@ async fn payment_ref_counts_characters() {
     let t = app.customer_token(611);
     let mut ids = Vec::new();
     for _ in 0..2 {
-        let r = app
-            .post(
-                "/v1/orders/buy-now",
-                Some(&t),
-                json!({"sku": sku, "count": 1}),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-        ids.push(r.body["order_id"].as_u64().unwrap());
+        ids.push(app.buy_now(&t, sku, 1).await.order_id);
     }
     let r = app
         .post(
@@ -430,10 +299,7 @@ async fn payment_ref_counts_characters() {
             json!({"payment_ref": "é".repeat(129)}),
         )
         .await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::BAD_REQUEST, "invalid_request")
-    );
+    r.assert_error(StatusCode::BAD_REQUEST, "invalid_request", "");
     let r = app
         .post(
             &format!("/v1/orders/{}/pay", ids[1]),
@@ -452,17 +318,9 @@ async fn listing_is_newest_first_and_pages() {
     let t = app.customer_token(610);
     let mut ids = Vec::new();
     for _ in 0..5 {
-        let r = app
-            .post(
-                "/v1/orders/buy-now",
-                Some(&t),
-                json!({"sku": sku, "count": 1}),
-            )
-            .await;
-        ids.push(r.body["order_id"].as_u64().unwrap());
+        ids.push(app.buy_now(&t, sku, 1).await.order_id);
     }
-    app.post_empty(&format!("/v1/orders/{}/pay", ids[1]), Some(&t))
-        .await;
+    app.try_pay(&t, ids[1]).await;
     ids.reverse();
     let p1 = app.get("/v1/orders?limit=2", Some(&t)).await;
     let got: Vec<u64> = p1.body["items"]
@@ -501,8 +359,7 @@ async fn idempotent_checkout_makes_one_order() {
     let app = spawn_app().await;
     let sku = app.sale_product(10, None).await;
     let t = app.customer_token(611);
-    app.post("/v1/cart/items", Some(&t), json!({"sku": sku, "count": 2}))
-        .await;
+    app.try_cart_add(&t, sku, 2).await;
     let sends = (0..20).map(|_| {
         app.client
             .post(format!("{}/v1/orders", app.addr))

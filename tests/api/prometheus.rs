@@ -237,30 +237,13 @@ async fn a_real_prometheus_sees_every_dashboard_query_and_fires_the_write_back_a
     // A short sale: cart, checkout, pay, a refusal, an expiry, the write-back.
     let sku = app.sale_product(5, Some(2)).await;
     let (a, b) = (app.customer_token(1), app.customer_token(2));
-    let r = app
-        .post("/v1/cart/items", Some(&a), json!({"sku": sku, "count": 2}))
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    let order = app.post_empty("/v1/orders", Some(&a)).await.body["order_id"]
+    app.cart_add(&a, sku, 2).await;
+    let order = app.try_checkout(&a).await.body["order_id"]
         .as_u64()
         .unwrap();
-    let r = app
-        .post_empty(&format!("/v1/orders/{order}/pay"), Some(&a))
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    assert_eq!(
-        app.post("/v1/cart/items", Some(&a), json!({"sku": sku, "count": 1}))
-            .await
-            .code(),
-        "limit_exceeded"
-    );
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&b),
-            json!({"sku": sku, "count": 1}),
-        )
-        .await;
+    app.pay(&a, order).await;
+    assert_eq!(app.try_cart_add(&a, sku, 1).await.code(), "limit_exceeded");
+    let r = app.try_buy_now(&b, sku, 1).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
 
     // Every dashboard query returns data once Prometheus has scraped twice or more (rate()

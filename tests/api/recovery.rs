@@ -101,17 +101,6 @@ async fn race_admin_with_write_back(app: &TestApp, sku: u64, w: u64, delta: i64)
     adjusted
 }
 
-async fn reconciles(app: &TestApp) {
-    let checks = flashsale::service::reconcile::check(&app.state)
-        .await
-        .unwrap();
-    assert!(
-        checks.iter().all(|c| c.ok()),
-        "{}",
-        flashsale::service::reconcile::table(&checks)
-    );
-}
-
 // ---- 12.1: admin stock changes vs the write-back ------------------------------------------
 
 /// The admin's change reads on_hand, the write-back lowers it and commits, then the admin's
@@ -138,7 +127,7 @@ async fn an_admin_stock_change_racing_the_write_back_loses_no_update() {
     );
     let b = app.assert_identity(sku).await;
     assert_eq!((b.on_hand, b.available, b.sold), (96, 96, 0));
-    reconciles(&app).await;
+    app.assert_reconciles().await;
 
     // The same with a removal.
     app.buy_and_pay(1202, sku, 3).await;
@@ -147,7 +136,7 @@ async fn an_admin_stock_change_racing_the_write_back_loses_no_update() {
     assert_eq!(on_hand(&app, sku).await, 91, "96 - 3 sold - 2 removed");
     let b = app.assert_identity(sku).await;
     assert_eq!((b.on_hand, b.available, b.sold), (91, 91, 0));
-    reconciles(&app).await;
+    app.assert_reconciles().await;
 }
 
 /// Paying customers and an admin adding units all the time, the write-back running throughout:
@@ -194,7 +183,7 @@ async fn stock_changes_under_a_running_sale_add_up_exactly() {
     assert_eq!(on_hand(&app, sku).await, 1_000 + added - sold as i64);
     let b = app.assert_identity(sku).await;
     assert_eq!(b.sold, 0);
-    reconciles(&app).await;
+    app.assert_reconciles().await;
 }
 
 // ---- 12.2: MySQL trouble never drops a paid order; set-aside events and their replay ------
@@ -282,7 +271,7 @@ async fn a_paid_order_reaches_mysql_through_lock_wait_timeouts_and_a_missing_tab
     let b = app.assert_identity(sku).await;
     assert_eq!((b.on_hand, b.sold), (95, 0));
     assert_eq!(outbox_len(&app).await, 0);
-    reconciles(&app).await;
+    app.assert_reconciles().await;
 }
 
 #[tokio::test]
@@ -346,11 +335,10 @@ async fn outbox_dead_command(app: &TestApp, args: &[&str]) -> (String, i32) {
     {
         cmd.env_remove(k);
     }
-    let env = crate::process::Service::env_of(&app.state.cfg, 0);
     let out = cmd
         .arg("outbox-dead")
         .args(args)
-        .envs(env)
+        .envs(Service::env_of(&app.state.cfg, 0))
         .output()
         .await
         .expect("the flashsale binary runs");
@@ -441,7 +429,7 @@ async fn a_set_aside_event_is_replayed_exactly_once() {
     assert_eq!(app.write_back().await.events, 0);
     let b = app.assert_identity(sku).await;
     assert_eq!((b.on_hand, b.sold), (7, 0), "on_hand lowered once");
-    reconciles(&app).await;
+    app.assert_reconciles().await;
 }
 
 // ---- 13.1: order ids after Redis lost its data ----------------------------------------------
@@ -478,8 +466,7 @@ async fn order_ids_never_repeat_after_redis_lost_its_data_under_the_running_serv
             json!({"sku": sku, "count": 5}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
-    assert_eq!(r.code(), "unavailable");
+    r.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "");
     assert_eq!(
         app.get("/readyz", None).await.status,
         StatusCode::SERVICE_UNAVAILABLE
@@ -540,19 +527,12 @@ async fn a_lost_id_counter_and_mysql_unable_to_tell_the_largest_id_sell_nothing(
         .await
         .unwrap();
     let t = app.customer_token(1314);
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&t),
-            json!({"sku": sku, "count": 2}),
-        )
-        .await;
+    let r = app.try_buy_now(&t, sku, 2).await;
     sqlx::raw_sql("RENAME TABLE orders_away TO orders")
         .execute(&mut third)
         .await
         .unwrap();
-    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
-    assert_eq!(r.code(), "unavailable");
+    r.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "");
     assert_eq!(app.available(sku).await, 9, "nothing taken");
     flashsale::service::reconcile::rebuild_cache(&app.state)
         .await

@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use flashsale::startup::Application;
 use reqwest::StatusCode;
-use serde_json::json;
 
+use crate::helpers::{OwnRedis, eventually, free_port};
 use crate::helpers::{drop_database, spawn_app_with, test_config, test_names};
-use crate::process::{OwnRedis, eventually, free_port};
 
 async fn own_redis() -> OwnRedis {
     let port = free_port();
@@ -61,13 +60,7 @@ async fn a_policy_changed_at_run_time_stops_sales_and_readiness_until_it_is_noev
     .await;
     let sku = app.sale_product(10, None).await;
     let token = app.customer_token(7);
-    let add = |n: u32| {
-        app.post(
-            "/v1/cart/items",
-            Some(&token),
-            json!({"sku": sku, "count": n}),
-        )
-    };
+    let add = |n: u32| app.try_cart_add(&token, sku, u64::from(n));
     assert_eq!(app.get("/readyz", None).await.status, StatusCode::OK);
     assert_eq!(add(1).await.status, StatusCode::OK);
 
@@ -90,15 +83,8 @@ async fn a_policy_changed_at_run_time_stops_sales_and_readiness_until_it_is_noev
     let before = app.assert_identity(sku).await;
     for _ in 0..3 {
         let r = add(1).await;
-        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(r.code(), "unavailable");
-        let r = app
-            .post(
-                "/v1/orders/buy-now",
-                Some(&token),
-                json!({"sku": sku, "count": 1}),
-            )
-            .await;
+        r.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "");
+        let r = app.try_buy_now(&token, sku, 1).await;
         assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
     }
     assert_eq!(
@@ -131,13 +117,7 @@ async fn a_full_redis_answers_503_and_changes_nothing() {
     let app = spawn_app_with(|c| c.stores.redis_url = url.clone()).await;
     let sku = app.sale_product(10, None).await;
     let token = app.customer_token(8);
-    let buy = || {
-        app.post(
-            "/v1/orders/buy-now",
-            Some(&token),
-            json!({"sku": sku, "count": 1}),
-        )
-    };
+    let buy = || app.try_buy_now(&token, sku, 1);
     assert_eq!(buy().await.status, StatusCode::CREATED);
     let before = app.assert_identity(sku).await;
 
@@ -145,8 +125,7 @@ async fn a_full_redis_answers_503_and_changes_nothing() {
     set_config(&url, "maxmemory", "1").await;
     for _ in 0..3 {
         let r = buy().await;
-        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
-        assert_eq!(r.code(), "unavailable");
+        r.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "");
     }
     set_config(&url, "maxmemory", "0").await;
     assert_eq!(

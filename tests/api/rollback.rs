@@ -7,15 +7,6 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-async fn buy(app: &TestApp, t: &str, sku: u64, count: u64) -> Resp {
-    app.post(
-        "/v1/orders/buy-now",
-        Some(t),
-        json!({"sku": sku, "count": count}),
-    )
-    .await
-}
-
 async fn mark(app: &TestApp) -> u64 {
     sqlx::query_scalar::<_, u64>("SELECT v FROM order_id_mark WHERE id = 1")
         .fetch_one(&app.state.db)
@@ -83,13 +74,10 @@ async fn a_counter_behind_mysql_stops_sales_until_rebuild_cache() {
     let app = spawn_app().await;
     let sku = app.sale_product(3, None).await;
     let ta = app.customer_token(7_601);
-    let r = buy(&app, &ta, sku, 3).await;
+    let r = app.try_buy_now(&ta, sku, 3).await;
     assert_eq!(r.status, StatusCode::CREATED);
     let a = r.body["order_id"].as_u64().unwrap();
-    let r = app
-        .post_empty(&format!("/v1/orders/{a}/pay"), Some(&ta))
-        .await;
-    assert_eq!(r.status, StatusCode::OK);
+    app.pay(&ta, a).await;
     app.write_back().await;
     // Redis goes back to before the sale (as a restart from an older AOF would): stock 3
     // available, the counter 0, A's order unknown.
@@ -116,18 +104,13 @@ async fn a_counter_behind_mysql_stops_sales_until_rebuild_cache() {
     assert_eq!(app.get("/readyz", None).await.status, 503);
     let tb = app.customer_token(7_602);
     for _ in 0..2 {
-        let r = buy(&app, &tb, sku, 1).await;
-        assert_eq!(
-            (r.status, r.code()),
-            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-        );
+        let r = app.try_buy_now(&tb, sku, 1).await;
+        r.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "");
     }
-    let r = app
-        .post("/v1/cart/items", Some(&tb), json!({"sku": sku, "count": 1}))
-        .await;
+    let r = app.try_cart_add(&tb, sku, 1).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
     // A still reads the paid order (from MySQL); nothing was sold or created.
-    let r = app.get(&format!("/v1/orders/{a}"), Some(&ta)).await;
+    let r = app.try_order(&ta, a).await;
     assert_eq!(
         (r.status, r.body["status"].as_str()),
         (StatusCode::OK, Some("paid"))
@@ -141,7 +124,7 @@ async fn a_counter_behind_mysql_stops_sales_until_rebuild_cache() {
     flashsale::service::order_ids::watch(&app.state)
         .await
         .unwrap();
-    assert_eq!(buy(&app, &tb, sku, 1).await.status, 503);
+    assert_eq!(app.try_buy_now(&tb, sku, 1).await.status, 503);
 
     let report = flashsale::service::reconcile::rebuild_cache(&app.state)
         .await
@@ -149,7 +132,7 @@ async fn a_counter_behind_mysql_stops_sales_until_rebuild_cache() {
     assert_eq!(report.skus_loaded, 1, "{report:?}");
     assert!(report.problems.is_empty(), "{report:?}");
     assert_eq!(app.get("/readyz", None).await.status, StatusCode::OK);
-    let r = buy(&app, &tb, sku, 1).await;
+    let r = app.try_buy_now(&tb, sku, 1).await;
     assert_eq!(r.code(), "out_of_stock", "{:?}", r.body);
     let b = app.assert_identity(sku).await;
     assert_eq!((b.on_hand, b.available, b.sold), (0, 0, 0));
@@ -158,14 +141,7 @@ async fn a_counter_behind_mysql_stops_sales_until_rebuild_cache() {
         .await
         .unwrap();
     assert!(id > a);
-    let checks = flashsale::service::reconcile::check(&app.state)
-        .await
-        .unwrap();
-    assert!(
-        checks.iter().all(|c| c.ok()),
-        "{}",
-        flashsale::service::reconcile::table(&checks)
-    );
+    app.assert_reconciles().await;
 }
 
 /// rebuild-cache on a Redis that is behind keeps the open orders Redis and MySQL know: the
@@ -175,12 +151,12 @@ async fn rebuild_cache_keeps_open_orders_and_drops_cart_holds() {
     let app = spawn_app().await;
     let sku = app.sale_product(10, None).await;
     let t1 = app.customer_token(7_701);
-    let written = buy(&app, &t1, sku, 2).await.body["order_id"]
+    let written = app.try_buy_now(&t1, sku, 2).await.body["order_id"]
         .as_u64()
         .unwrap();
     app.write_back().await;
     // Not written back yet when rebuild-cache runs.
-    let unwritten = buy(&app, &t1, sku, 3).await.body["order_id"]
+    let unwritten = app.try_buy_now(&t1, sku, 3).await.body["order_id"]
         .as_u64()
         .unwrap();
     let r = app
@@ -200,9 +176,7 @@ async fn rebuild_cache_keeps_open_orders_and_drops_cart_holds() {
     assert_eq!((b.on_hand, b.available, b.held, b.reserved), (10, 5, 0, 5));
     // Both orders can be paid.
     for id in [written, unwritten] {
-        let r = app
-            .post_empty(&format!("/v1/orders/{id}/pay"), Some(&t1))
-            .await;
+        let r = app.try_pay(&t1, id).await;
         assert_eq!(r.status, StatusCode::OK, "order {id}: {:?}", r.body);
     }
     app.write_back().await;
@@ -221,7 +195,7 @@ async fn the_other_instances_stop_too_and_resume_after_one_rebuild() {
     };
     let sku = app.sale_product(5, None).await;
     let t = app.customer_token(7_801);
-    let a = buy(&app, &t, sku, 1).await.body["order_id"]
+    let a = app.try_buy_now(&t, sku, 1).await.body["order_id"]
         .as_u64()
         .unwrap();
     // Redis goes back one id (the order record stays: only the counter matters here).
@@ -232,11 +206,8 @@ async fn the_other_instances_stop_too_and_resume_after_one_rebuild() {
         .set(app.state.redis.keys.order_seq(), a - 1)
         .await
         .unwrap();
-    let r = buy(&app, &t, sku, 1).await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-    );
+    let r = app.try_buy_now(&t, sku, 1).await;
+    r.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "");
     // The other instance: MySQL holds no order yet, so only the flag tells it.
     let before = flashsale::service::order_ids::next(&other).await;
     assert!(before.is_ok(), "{before:?}: not told yet (it has no floor)");
@@ -251,7 +222,7 @@ async fn the_other_instances_stop_too_and_resume_after_one_rebuild() {
         .unwrap();
     let id = flashsale::service::order_ids::next(&other).await.unwrap();
     assert!(id > a);
-    let r = buy(&app, &t, sku, 1).await;
+    let r = app.try_buy_now(&t, sku, 1).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     assert!(r.body["order_id"].as_u64().unwrap() > id);
 }
@@ -264,7 +235,7 @@ async fn rebuild_cache_expires_an_order_whose_window_passed_while_redis_was_lost
     let app = spawn_app_with(|c| c.sale.payment_ttl = std::time::Duration::from_secs(1)).await;
     let sku = app.sale_product(5, None).await;
     let t = app.customer_token(8_801);
-    let r = buy(&app, &t, sku, 2).await;
+    let r = app.try_buy_now(&t, sku, 2).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let id = r.body["order_id"].as_u64().unwrap();
     while app.write_back().await.events > 0 {}
@@ -284,7 +255,7 @@ async fn rebuild_cache_expires_an_order_whose_window_passed_while_redis_was_lost
         .await
         .unwrap();
     assert_eq!(status, "cancelled", "expired in MySQL");
-    let r = app.get(&format!("/v1/orders/{id}"), Some(&t)).await;
+    let r = app.try_order(&t, id).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.body["cancel_reason"], "expired");
     let b = app.assert_identity(sku).await;

@@ -49,6 +49,24 @@ async fn hold(app: &TestApp, sku: Sku, user_id: u64, count: u32, ttl: Duration) 
     }
 }
 
+/// Customers 1..=`n` each buy one unit of `sku` (in the service, 32 at a time); returns each
+/// order's id and payment deadline (ms).
+async fn place_orders(app: &TestApp, sku: Sku, n: u64) -> Vec<(u64, i64)> {
+    futures::stream::iter(1..=n)
+        .map(|user| {
+            let state = app.state.clone();
+            async move {
+                let o = orders::buy_now(&state, user, sku, Count::parse(1).unwrap(), &())
+                    .await
+                    .expect("buy-now");
+                (o.order_id, o.expires_at.timestamp_millis())
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await
+}
+
 /// 13.5: 3,000 unpaid orders and 1,200 expired cart holds on one sku, all past their deadline:
 /// ONE sweep gives every unit back and expires every order (it used to stop after 500 due orders
 /// per sku and pass, so 20,000 orders came back at 500 a second).
@@ -66,19 +84,7 @@ async fn one_sweep_drains_every_due_order_and_hold_of_a_sku() {
     let sku_n = app.sale_product((ORDERS + HOLDS + 100) as i64, None).await;
     let sku = Sku::parse(sku_n).unwrap();
 
-    let placed: Vec<(u64, i64)> = futures::stream::iter(1..=ORDERS)
-        .map(|user| {
-            let state = app.state.clone();
-            async move {
-                let o = orders::buy_now(&state, user, sku, Count::parse(1).unwrap(), &())
-                    .await
-                    .expect("buy-now");
-                (o.order_id, o.expires_at.timestamp_millis())
-            }
-        })
-        .buffer_unordered(32)
-        .collect()
-        .await;
+    let placed = place_orders(&app, sku, ORDERS).await;
     let mut last = placed.iter().map(|p| p.1).max().unwrap();
     for user in ORDERS + 1..=ORDERS + HOLDS {
         last = last.max(hold(&app, sku, user, 1, Duration::from_secs(3)).await);
@@ -296,19 +302,7 @@ async fn two_sweepers_at_once_give_back_each_unit_once() {
     .await;
     let sku_n = app.sale_product((ORDERS + HOLDS) as i64, None).await;
     let sku = Sku::parse(sku_n).unwrap();
-    let placed: Vec<(u64, i64)> = futures::stream::iter(1..=ORDERS)
-        .map(|user| {
-            let state = app.state.clone();
-            async move {
-                let o = orders::buy_now(&state, user, sku, Count::parse(1).unwrap(), &())
-                    .await
-                    .expect("buy-now");
-                (o.order_id, o.expires_at.timestamp_millis())
-            }
-        })
-        .buffer_unordered(32)
-        .collect()
-        .await;
+    let placed = place_orders(&app, sku, ORDERS).await;
     let mut last = placed.iter().map(|p| p.1).max().unwrap();
     for user in ORDERS + 1..=ORDERS + HOLDS {
         last = last.max(hold(&app, sku, user, 1, Duration::from_secs(2)).await);

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::StatusCode as AxStatus;
-use flashsale::app::AppState;
 use flashsale::config::Config;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -21,9 +20,9 @@ use prost::Message;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{TestApp, test_config, test_names};
+use crate::helpers::TestApp;
+use crate::helpers::{OwnRedis, Service, eventually, free_port, start_service_env};
 use crate::metrics::repo_file;
-use crate::process::{OwnRedis, Service, eventually, free_port};
 
 /// One span as received, with its resource's service name.
 #[derive(Debug, Clone)]
@@ -163,17 +162,7 @@ async fn start_traced_with(
     tweak: impl FnOnce(&mut Config),
     otel: &[(&str, String)],
 ) -> (Service, TestApp) {
-    let (db_name, prefix) = test_names();
-    let mut cfg = test_config(&db_name, &prefix);
-    cfg.outbox.worker = true;
-    tweak(&mut cfg);
-    let port = free_port();
-    let log = std::env::temp_dir().join(format!("{prefix}.log"));
-    let mut env = Service::env_of(&cfg, port);
-    env.extend(otel.iter().map(|(k, v)| (k.to_string(), v.clone())));
-    let svc = Service::start(env, log, port).await;
-    let state = AppState::connect(cfg).await.unwrap();
-    let app = TestApp::attach(format!("http://127.0.0.1:{port}"), state, db_name, prefix).await;
+    let (svc, app, _) = start_service_env(tweak, otel).await;
     (svc, app)
 }
 
@@ -282,13 +271,7 @@ async fn a_buy_now_sends_its_http_redis_and_mysql_spans_to_the_otlp_endpoint() {
     .await;
     let sku = app.sale_product(5, None).await;
     let t = app.customer_token(901);
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&t),
-            json!({"sku": sku, "count": 2}),
-        )
-        .await;
+    let r = app.try_buy_now(&t, sku, 2).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let order_id = r.body["order_id"].as_u64().unwrap();
     let request_id = r.headers["x-request-id"].to_str().unwrap().to_string();
@@ -462,13 +445,7 @@ async fn nothing_is_sent_when_traces_are_switched_off() {
         .await;
         let sku = app.sale_product(1, None).await;
         let t = app.customer_token(902);
-        let r = app
-            .post(
-                "/v1/orders/buy-now",
-                Some(&t),
-                json!({"sku": sku, "count": 1}),
-            )
-            .await;
+        let r = app.try_buy_now(&t, sku, 1).await;
         assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
         stop(&mut svc, Duration::from_secs(30)).await;
         assert_eq!(rx.request_count(), 0, "{off:?}: something was exported");
@@ -493,13 +470,7 @@ async fn a_collector_that_never_answers_slows_no_request_and_holds_no_shutdown()
     let sku = app.sale_product(30, None).await;
     let t = app.customer_token(903);
     for _ in 0..30 {
-        let r = app
-            .post(
-                "/v1/orders/buy-now",
-                Some(&t),
-                json!({"sku": sku, "count": 1}),
-            )
-            .await;
+        let r = app.try_buy_now(&t, sku, 1).await;
         assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     }
     assert_eq!(app.available(sku).await, 0);
@@ -563,13 +534,7 @@ async fn with_redis_down_the_request_and_script_spans_say_error() {
     let sku = app.sale_product(5, None).await;
     let t = app.customer_token(904);
     redis_server.kill();
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&t),
-            json!({"sku": sku, "count": 1}),
-        )
-        .await;
+    let r = app.try_buy_now(&t, sku, 1).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
     let request_id = r.headers["x-request-id"].to_str().unwrap().to_string();
     stop(&mut svc, Duration::from_secs(60)).await;

@@ -51,13 +51,7 @@ async fn sale_times_outside_the_storable_range_are_invalid_requests() {
     let w = app.warehouse("Far future").await;
     assert_eq!(app.add_stock(sku, w, 1).await.status, StatusCode::OK);
     let t = app.customer_token(9_002);
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&t),
-            json!({"sku": sku, "count": 1}),
-        )
-        .await;
+    let r = app.try_buy_now(&t, sku, 1).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     assert_eq!(r.body["items"][0]["unit_price"], 1);
 }
@@ -87,8 +81,7 @@ async fn a_delta_of_i64_min_is_an_invalid_request() {
             json!({"warehouse_id": w, "delta": -9_223_372_036_854_775_809i128 as f64}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
-    assert_eq!(r.code(), "invalid_request");
+    r.assert_error(StatusCode::BAD_REQUEST, "invalid_request", "");
     let b = app.assert_identity(sku).await;
     assert_eq!((b.on_hand, b.available), (5, 5), "nothing changed");
 }

@@ -752,13 +752,7 @@ async fn a_webhook_group_behind_the_cap_loses_no_event_and_delivered_ones_are_tr
 
     // The next write-back trims what the group has had (MINID ~: whole nodes at a time).
     let t = app.customer_token(59_999);
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&t),
-            json!({"sku": sku, "count": 1}),
-        )
-        .await;
+    let r = app.try_buy_now(&t, sku, 1).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "sold out: {:?}", r.body);
     let extra = app.sale_product(1, None).await;
     app.buy_and_pay(59_998, extra, 1).await;

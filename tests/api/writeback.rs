@@ -26,25 +26,10 @@ async fn every_outcome_reaches_mysql_once() {
     let sku = app.sale_product(20, None).await;
     let paid = app.buy_and_pay(701, sku, 3).await;
     let t = app.customer_token(702);
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&t),
-            json!({"sku": sku, "count": 2}),
-        )
-        .await;
-    let cancelled = r.body["order_id"].as_u64().unwrap();
-    app.post_empty(&format!("/v1/orders/{cancelled}/cancel"), Some(&t))
-        .await;
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&t),
-            json!({"sku": sku, "count": 1}),
-        )
-        .await;
-    let expiring = r.body["order_id"].as_u64().unwrap();
-    let failed = crate::checkout::failed_order(&app, 702, sku, 1).await;
+    let cancelled = app.buy_now(&t, sku, 2).await.order_id;
+    app.try_cancel(&t, cancelled).await;
+    let expiring = app.buy_now(&t, sku, 1).await.order_id;
+    let failed = app.failed_order(702, sku, 1).await;
 
     // Before the write-back: sold in Redis, not yet off MySQL's on_hand.
     let b = app.assert_identity(sku).await;
@@ -260,14 +245,7 @@ async fn a_crash_between_commit_and_ack_applies_nothing_twice() {
         "on_hand lowered once, not twice"
     );
 
-    let checks = flashsale::service::reconcile::check(&app.state)
-        .await
-        .unwrap();
-    assert!(
-        checks.iter().all(|c| c.ok()),
-        "{}",
-        flashsale::service::reconcile::table(&checks)
-    );
+    app.assert_reconciles().await;
 }
 
 #[tokio::test]
@@ -331,14 +309,7 @@ async fn redis_flushed_rebuild_restores_without_overselling() {
     let sku = app.sale_product(10, Some(4)).await;
     app.buy_and_pay(901, sku, 3).await; // paid: 3
     let t = app.customer_token(902);
-    let r = app
-        .post(
-            "/v1/orders/buy-now",
-            Some(&t),
-            json!({"sku": sku, "count": 4}),
-        )
-        .await;
-    let open = r.body["order_id"].as_u64().unwrap(); // awaiting payment: 4
+    let open = app.buy_now(&t, sku, 4).await.order_id; // awaiting payment: 4
     app.post(
         "/v1/cart/items",
         Some(&app.customer_token(903)),
@@ -401,10 +372,7 @@ async fn redis_flushed_rebuild_restores_without_overselling() {
         r.body
     );
     // The restored order can still be paid, and the paid one is still listed.
-    let r = app
-        .post_empty(&format!("/v1/orders/{open}/pay"), Some(&t))
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    app.pay(&t, open).await;
     let list = app
         .get("/v1/orders?status=paid", Some(&app.customer_token(901)))
         .await;
@@ -412,12 +380,5 @@ async fn redis_flushed_rebuild_restores_without_overselling() {
     app.write_back().await;
     let b = app.assert_identity(sku).await;
     assert_eq!((b.on_hand, b.reserved, b.sold), (3, 3, 0));
-    let checks = flashsale::service::reconcile::check(&app.state)
-        .await
-        .unwrap();
-    assert!(
-        checks.iter().all(|c| c.ok()),
-        "{}",
-        flashsale::service::reconcile::table(&checks)
-    );
+    app.assert_reconciles().await;
 }

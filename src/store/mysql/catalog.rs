@@ -3,8 +3,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::{MySqlConnection, MySqlPool};
 
+use super::error::{DbError, DbResult, OnDuplicate};
 use crate::domain::{Price, ProductName, SaleWindow, Sku, WarehouseName};
-use crate::error::{AppError, AppResult, OnConflict};
 
 /// A product with its sale window, if one is set.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -48,7 +48,7 @@ pub async fn insert_product(
     sku: Option<Sku>,
     name: &ProductName,
     price: Price,
-) -> AppResult<Sku> {
+) -> DbResult<Sku> {
     let insert = |sku: Option<u32>| {
         sqlx::query("INSERT INTO products (sku, name, price) VALUES (?, ?, ?)")
             .bind(sku)
@@ -59,11 +59,11 @@ pub async fn insert_product(
     if let Some(sku) = sku {
         let r = insert(Some(sku.get()))
             .await
-            .on_duplicate(|| AppError::AlreadyExists(format!("sku {sku} exists")))?;
-        return Sku::parse(r.last_insert_id());
+            .on_duplicate(|| format!("sku {sku} exists"))?;
+        return assigned_sku(r.last_insert_id());
     }
     match insert(None).await {
-        Ok(r) => return Sku::parse(r.last_insert_id()),
+        Ok(r) => return assigned_sku(r.last_insert_id()),
         Err(e) if !auto_increment_exhausted(&e) => return Err(e.into()),
         Err(_) => {}
     }
@@ -79,18 +79,23 @@ pub async fn insert_product(
         .fetch_one(pool)
         .await?;
         let Some(free) = free else {
-            return Err(AppError::AlreadyExists("every sku is taken".into()));
+            return Err(DbError::AlreadyExists("every sku is taken".into()));
         };
-        let free = Sku::parse(free)?;
+        let free = assigned_sku(free)?;
         match insert(Some(free.get())).await {
             Ok(_) => return Ok(free),
             Err(sqlx::Error::Database(db)) if db.is_unique_violation() => continue,
             Err(e) => return Err(e.into()),
         }
     }
-    Err(AppError::AlreadyExists(
+    Err(DbError::AlreadyExists(
         "other products took every free sku found; retry".into(),
     ))
+}
+
+/// A sku MySQL chose: the column (INT UNSIGNED, never 0) keeps it within `Sku`'s range.
+fn assigned_sku(id: u64) -> DbResult<Sku> {
+    Sku::parse(id).map_err(|e| DbError::Inconsistent(format!("an assigned sku: {e}")))
 }
 
 /// The AUTO_INCREMENT counter is past the column's range: MariaDB answers "out of range"
@@ -109,7 +114,7 @@ fn auto_increment_exhausted(e: &sqlx::Error) -> bool {
 }
 
 #[tracing::instrument(skip(db))]
-pub async fn get_product<'e, E>(db: E, sku: Sku) -> AppResult<Option<ProductRow>>
+pub async fn get_product<'e, E>(db: E, sku: Sku) -> DbResult<Option<ProductRow>>
 where
     E: sqlx::Executor<'e, Database = sqlx::MySql>,
 {
@@ -126,7 +131,7 @@ pub async fn list_products(
     pool: &MySqlPool,
     after_sku: u32,
     limit: u32,
-) -> AppResult<Vec<ProductRow>> {
+) -> DbResult<Vec<ProductRow>> {
     Ok(
         sqlx::query_as::<_, ProductRow>(select_product!("WHERE p.sku > ? ORDER BY p.sku LIMIT ?"))
             .bind(after_sku)
@@ -143,7 +148,7 @@ pub async fn unfinished_sales(
     pool: &MySqlPool,
     now: DateTime<Utc>,
     limit: u32,
-) -> AppResult<Vec<ProductRow>> {
+) -> DbResult<Vec<ProductRow>> {
     Ok(sqlx::query_as::<_, ProductRow>(select_product!(
         "WHERE s.ends_at > ? ORDER BY s.starts_at, p.sku LIMIT ?"
     ))
@@ -155,7 +160,7 @@ pub async fn unfinished_sales(
 
 /// Skus whose sale window is open at `now` (for the live views and the seed).
 #[tracing::instrument(skip(pool))]
-pub async fn active_sale_skus(pool: &MySqlPool, now: DateTime<Utc>) -> AppResult<Vec<u32>> {
+pub async fn active_sale_skus(pool: &MySqlPool, now: DateTime<Utc>) -> DbResult<Vec<u32>> {
     Ok(sqlx::query_scalar::<_, u32>(
         "SELECT sku FROM sales WHERE starts_at <= ? AND ends_at > ? ORDER BY sku",
     )
@@ -167,7 +172,7 @@ pub async fn active_sale_skus(pool: &MySqlPool, now: DateTime<Utc>) -> AppResult
 
 /// Locks the product row for the rest of the transaction: every stock or catalog change of one
 /// sku goes through this lock, so loading Redis from MySQL never races a change.
-pub async fn lock_product(conn: &mut MySqlConnection, sku: Sku) -> AppResult<Option<ProductRow>> {
+pub async fn lock_product(conn: &mut MySqlConnection, sku: Sku) -> DbResult<Option<ProductRow>> {
     Ok(
         sqlx::query_as::<_, ProductRow>(select_product!("WHERE p.sku = ? FOR UPDATE"))
             .bind(sku.get())
@@ -181,7 +186,7 @@ pub async fn update_product(
     sku: Sku,
     name: Option<&ProductName>,
     price: Option<Price>,
-) -> AppResult<()> {
+) -> DbResult<()> {
     sqlx::query(
         "UPDATE products SET name = COALESCE(?, name), price = COALESCE(?, price) WHERE sku = ?",
     )
@@ -193,7 +198,7 @@ pub async fn update_product(
     Ok(())
 }
 
-pub async fn put_sale(conn: &mut MySqlConnection, sku: Sku, sale: &SaleWindow) -> AppResult<()> {
+pub async fn put_sale(conn: &mut MySqlConnection, sku: Sku, sale: &SaleWindow) -> DbResult<()> {
     sqlx::query(
         "INSERT INTO sales (sku, sale_price, starts_at, ends_at, per_customer_limit) \
          VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE sale_price = VALUES(sale_price), \
@@ -212,7 +217,7 @@ pub async fn put_sale(conn: &mut MySqlConnection, sku: Sku, sale: &SaleWindow) -
     Ok(())
 }
 
-pub async fn delete_sale(conn: &mut MySqlConnection, sku: Sku) -> AppResult<bool> {
+pub async fn delete_sale(conn: &mut MySqlConnection, sku: Sku) -> DbResult<bool> {
     let r = sqlx::query("DELETE FROM sales WHERE sku = ?")
         .bind(sku.get())
         .execute(conn)
@@ -221,18 +226,16 @@ pub async fn delete_sale(conn: &mut MySqlConnection, sku: Sku) -> AppResult<bool
 }
 
 #[tracing::instrument(skip(pool))]
-pub async fn insert_warehouse(pool: &MySqlPool, name: &WarehouseName) -> AppResult<u32> {
+pub async fn insert_warehouse(pool: &MySqlPool, name: &WarehouseName) -> DbResult<u32> {
     let r = sqlx::query("INSERT INTO warehouses (name) VALUES (?)")
         .bind(name.as_str())
         .execute(pool)
         .await
-        .on_duplicate(|| {
-            AppError::AlreadyExists(format!("warehouse {:?} exists", name.as_str()))
-        })?;
+        .on_duplicate(|| format!("warehouse {:?} exists", name.as_str()))?;
     Ok(r.last_insert_id() as u32)
 }
 
-pub async fn warehouse_exists(conn: &mut MySqlConnection, id: u32) -> AppResult<bool> {
+pub async fn warehouse_exists(conn: &mut MySqlConnection, id: u32) -> DbResult<bool> {
     Ok(
         sqlx::query_scalar::<_, u32>("SELECT id FROM warehouses WHERE id = ?")
             .bind(id)
@@ -243,7 +246,7 @@ pub async fn warehouse_exists(conn: &mut MySqlConnection, id: u32) -> AppResult<
 }
 
 /// (warehouse_id, on_hand) of a sku, ascending by warehouse.
-pub async fn stock_of(conn: &mut MySqlConnection, sku: Sku) -> AppResult<Vec<(u32, u64)>> {
+pub async fn stock_of(conn: &mut MySqlConnection, sku: Sku) -> DbResult<Vec<(u32, u64)>> {
     Ok(sqlx::query_as::<_, (u32, u64)>(
         "SELECT warehouse_id, on_hand FROM stock WHERE sku = ? ORDER BY warehouse_id",
     )
@@ -263,7 +266,7 @@ pub async fn add_on_hand(
     sku: Sku,
     warehouse_id: u32,
     delta: i64,
-) -> AppResult<Option<u64>> {
+) -> DbResult<Option<u64>> {
     let changed = if delta >= 0 {
         sqlx::query(
             "INSERT INTO stock (sku, warehouse_id, on_hand) VALUES (?, ?, ?) \
@@ -305,8 +308,48 @@ pub async fn add_on_hand(
     ))
 }
 
+/// Notes an admin stock change under its token, in the transaction that makes it.
+pub async fn note_adjustment(
+    conn: &mut MySqlConnection,
+    token: u64,
+    sku: Sku,
+    warehouse_id: u32,
+    delta: i64,
+    on_hand_after: u64,
+) -> DbResult<()> {
+    sqlx::query(
+        "INSERT INTO stock_adjustments (token, sku, warehouse_id, delta, on_hand_after) \
+         VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(token)
+    .bind(sku.get())
+    .bind(warehouse_id)
+    .bind(delta)
+    .bind(on_hand_after)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether the stock change noted under `token` was committed. Takes the product's row lock
+/// first: while the transaction that made the change is still open on the server (its client
+/// gone), it holds that lock, and its outcome is not decided yet.
+pub async fn adjustment_committed(pool: &MySqlPool, sku: Sku, token: u64) -> DbResult<bool> {
+    let mut tx = pool.begin().await?;
+    lock_product(&mut tx, sku).await?;
+    // A locking read: the latest committed row, not a snapshot.
+    let found = sqlx::query_scalar::<_, u64>(
+        "SELECT token FROM stock_adjustments WHERE token = ? FOR UPDATE",
+    )
+    .bind(token)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.rollback().await?;
+    Ok(found.is_some())
+}
+
 /// The largest order id MySQL knows (0 when none): the floor of the Redis id sequence.
-pub async fn max_order_id(pool: &MySqlPool) -> AppResult<u64> {
+pub async fn max_order_id(pool: &MySqlPool) -> DbResult<u64> {
     Ok(
         sqlx::query_scalar::<_, Option<u64>>("SELECT MAX(id) FROM orders")
             .fetch_one(pool)
@@ -317,7 +360,7 @@ pub async fn max_order_id(pool: &MySqlPool) -> AppResult<u64> {
 
 /// The order id high-water mark: every id Redis ever handed out is at or below it.
 #[tracing::instrument(skip(pool))]
-pub async fn order_id_mark(pool: &MySqlPool) -> AppResult<u64> {
+pub async fn order_id_mark(pool: &MySqlPool) -> DbResult<u64> {
     Ok(
         sqlx::query_scalar::<_, Option<u64>>("SELECT MAX(v) FROM order_id_mark")
             .fetch_one(pool)
@@ -328,7 +371,7 @@ pub async fn order_id_mark(pool: &MySqlPool) -> AppResult<u64> {
 
 /// Raises the order id mark to at least `to` (never lowers it) and returns the mark.
 #[tracing::instrument(skip(pool))]
-pub async fn raise_order_id_mark(pool: &MySqlPool, to: u64) -> AppResult<u64> {
+pub async fn raise_order_id_mark(pool: &MySqlPool, to: u64) -> DbResult<u64> {
     sqlx::query(
         "INSERT INTO order_id_mark (id, v) VALUES (1, ?) \
          ON DUPLICATE KEY UPDATE v = GREATEST(v, ?)",

@@ -1,8 +1,11 @@
 //! MySQL/MariaDB access: pool, database creation, migrations, and queries by table.
 
 pub mod catalog;
+mod error;
 pub mod orders;
 pub mod users;
+
+pub use error::{DbError, DbResult};
 
 use std::str::FromStr;
 use std::time::Duration;

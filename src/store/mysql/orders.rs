@@ -4,8 +4,8 @@
 use chrono::{DateTime, NaiveDateTime, Utc};
 use sqlx::{MySqlConnection, MySqlPool};
 
+use super::error::{DbError, DbResult};
 use crate::domain::{OrderItem, Sku};
-use crate::error::{AppError, AppResult};
 use crate::store::redis::outbox::OutboxEvent;
 
 fn naive(ms: i64) -> NaiveDateTime {
@@ -28,7 +28,7 @@ fn rows_of(rows: usize, cols: usize) -> String {
 pub async fn apply_events(
     conn: &mut MySqlConnection,
     events: &[&OutboxEvent],
-) -> AppResult<Vec<u64>> {
+) -> DbResult<Vec<u64>> {
     // Only the row of the same order may be updated: user and creation time never change.
     let same = "(user_id = VALUES(user_id) AND created_at = VALUES(created_at))";
     for chunk in events.chunks(200) {
@@ -140,7 +140,7 @@ pub struct Movement {
 /// Lowers on_hand by the units paid orders took, once per (order, sku, warehouse): movements
 /// recorded before are skipped; a concurrent writer recording the same one makes this
 /// transaction fail (primary key) rather than count it twice. Returns the units applied now.
-pub async fn apply_movements(conn: &mut MySqlConnection, movements: &[Movement]) -> AppResult<u64> {
+pub async fn apply_movements(conn: &mut MySqlConnection, movements: &[Movement]) -> DbResult<u64> {
     if movements.is_empty() {
         return Ok(0);
     }
@@ -197,7 +197,7 @@ pub async fn apply_movements(conn: &mut MySqlConnection, movements: &[Movement])
         .await?
         .rows_affected();
         if updated != 1 {
-            return Err(AppError::internal(format!(
+            return Err(DbError::Inconsistent(format!(
                 "sku {sku} warehouse {warehouse_id} has less on hand than the {units} sold"
             )));
         }
@@ -225,7 +225,7 @@ const ORDER_COLUMNS: &str = "id, user_id, status, total_price, created_at, expir
 pub async fn get_order(
     pool: &MySqlPool,
     order_id: u64,
-) -> AppResult<Option<(OrderRow, Vec<OrderItem>)>> {
+) -> DbResult<Option<(OrderRow, Vec<OrderItem>)>> {
     let row = sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(format!(
         "SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?"
     )))
@@ -247,7 +247,7 @@ pub async fn user_orders(
     before: Option<u64>,
     status: Option<&str>,
     limit: u32,
-) -> AppResult<Vec<(OrderRow, Vec<OrderItem>)>> {
+) -> DbResult<Vec<(OrderRow, Vec<OrderItem>)>> {
     let rows = sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(format!(
         "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = ? AND id < ? \
          AND (? IS NULL OR status = ?) ORDER BY id DESC LIMIT ?"
@@ -266,7 +266,7 @@ pub async fn user_orders(
 async fn with_items(
     pool: &MySqlPool,
     rows: Vec<OrderRow>,
-) -> AppResult<Vec<(OrderRow, Vec<OrderItem>)>> {
+) -> DbResult<Vec<(OrderRow, Vec<OrderItem>)>> {
     let ids: Vec<u64> = rows.iter().map(|r| r.id).collect();
     let mut items = items_of(pool, &ids).await?;
     Ok(rows
@@ -281,7 +281,7 @@ async fn with_items(
 async fn items_of(
     pool: &MySqlPool,
     order_ids: &[u64],
-) -> AppResult<std::collections::HashMap<u64, Vec<OrderItem>>> {
+) -> DbResult<std::collections::HashMap<u64, Vec<OrderItem>>> {
     let mut out: std::collections::HashMap<u64, Vec<OrderItem>> = Default::default();
     if order_ids.is_empty() {
         return Ok(out);
@@ -307,7 +307,7 @@ async fn items_of(
 }
 
 /// Which of `order_ids` had their units of `sku` written back (a stock movement exists).
-pub async fn written_back(pool: &MySqlPool, sku: Sku, order_ids: &[u64]) -> AppResult<Vec<u64>> {
+pub async fn written_back(pool: &MySqlPool, sku: Sku, order_ids: &[u64]) -> DbResult<Vec<u64>> {
     if order_ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -324,7 +324,7 @@ pub async fn written_back(pool: &MySqlPool, sku: Sku, order_ids: &[u64]) -> AppR
 
 /// Orders still waiting for payment in MySQL: what a rebuilt Redis must reserve again (or
 /// expire, when their window passed while Redis had lost them).
-pub async fn open_orders(pool: &MySqlPool) -> AppResult<Vec<(OrderRow, Vec<OrderItem>)>> {
+pub async fn open_orders(pool: &MySqlPool) -> DbResult<Vec<(OrderRow, Vec<OrderItem>)>> {
     let rows = sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(format!(
         "SELECT {ORDER_COLUMNS} FROM orders WHERE status = 'awaiting_payment' ORDER BY id"
     )))
@@ -335,7 +335,7 @@ pub async fn open_orders(pool: &MySqlPool) -> AppResult<Vec<(OrderRow, Vec<Order
 
 /// Units each customer bought of a sku (paid orders written back): the per-customer limit's
 /// memory.
-pub async fn bought_units(conn: &mut MySqlConnection, sku: Sku) -> AppResult<Vec<(u64, u64)>> {
+pub async fn bought_units(conn: &mut MySqlConnection, sku: Sku) -> DbResult<Vec<(u64, u64)>> {
     Ok(sqlx::query_as::<_, (u64, u64)>(
         "SELECT o.user_id, CAST(SUM(i.count) AS UNSIGNED) FROM orders o \
          JOIN order_items i ON i.order_id = o.id WHERE o.status = 'paid' AND i.sku = ? \
@@ -347,7 +347,7 @@ pub async fn bought_units(conn: &mut MySqlConnection, sku: Sku) -> AppResult<Vec
 }
 
 /// Units of a sku sold and taken off on_hand so far.
-pub async fn sold_units(conn: &mut MySqlConnection, sku: Sku) -> AppResult<u64> {
+pub async fn sold_units(conn: &mut MySqlConnection, sku: Sku) -> DbResult<u64> {
     Ok(sqlx::query_scalar::<_, Option<u64>>(
         "SELECT CAST(SUM(units) AS UNSIGNED) FROM stock_movements WHERE sku = ?",
     )

@@ -2,8 +2,8 @@
 
 use sqlx::MySqlPool;
 
+use super::error::{DbResult, OnDuplicate};
 use crate::domain::{Role, Username};
-use crate::error::{AppError, AppResult, OnConflict};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct UserRow {
@@ -25,21 +25,19 @@ pub async fn insert_user(
     username: &Username,
     password_hash: &str,
     role: Role,
-) -> AppResult<u64> {
+) -> DbResult<u64> {
     let r = sqlx::query("INSERT INTO users (username, password_hash, role) VALUES (?, ?, ?)")
         .bind(username.as_str())
         .bind(password_hash)
         .bind(role.as_str())
         .execute(pool)
         .await
-        .on_duplicate(|| {
-            AppError::AlreadyExists(format!("username {:?} is taken", username.as_str()))
-        })?;
+        .on_duplicate(|| format!("username {:?} is taken", username.as_str()))?;
     Ok(r.last_insert_id())
 }
 
 #[tracing::instrument(skip(pool))]
-pub async fn find_by_username(pool: &MySqlPool, username: &str) -> AppResult<Option<UserRow>> {
+pub async fn find_by_username(pool: &MySqlPool, username: &str) -> DbResult<Option<UserRow>> {
     Ok(sqlx::query_as::<_, UserRow>(
         "SELECT id, username, password_hash, role FROM users WHERE username = ?",
     )
@@ -49,7 +47,7 @@ pub async fn find_by_username(pool: &MySqlPool, username: &str) -> AppResult<Opt
 }
 
 #[tracing::instrument(skip(pool))]
-pub async fn find_by_id(pool: &MySqlPool, id: u64) -> AppResult<Option<UserRow>> {
+pub async fn find_by_id(pool: &MySqlPool, id: u64) -> DbResult<Option<UserRow>> {
     Ok(sqlx::query_as::<_, UserRow>(
         "SELECT id, username, password_hash, role FROM users WHERE id = ?",
     )

@@ -172,6 +172,11 @@ impl SkuKeys {
     pub fn staging(&self, token: u64, what: &str) -> String {
         format!("{}load:{token:016x}:{what}", self.base)
     }
+    /// Whether an admin stock change (by its token) was applied or taken back
+    /// (lua/adjust_stock.lua).
+    pub fn adjustment(&self, token: u64) -> String {
+        format!("{}adj:{token:016x}", self.base)
+    }
     /// What a reservation's TTL key starts with (the rid follows).
     pub fn ttl_base(&self) -> &str {
         &self.base

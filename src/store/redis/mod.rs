@@ -610,18 +610,27 @@ impl Redis {
         Ok(())
     }
 
+    /// Applies (or, `undo`, takes back) the admin stock change `token`; repeating either is
+    /// harmless (lua/adjust_stock.lua).
     pub async fn adjust_stock(
         &self,
         sku: Sku,
         warehouse_id: u32,
         delta: i64,
+        token: u64,
+        undo: bool,
     ) -> AppResult<AdjustOutcome> {
+        let k = self.keys.sku(sku);
         let r = self
             .eval(
                 "adjust_stock",
                 &self.scripts.adjust_stock,
-                &[&self.keys.sku(sku).stock()],
-                &[&warehouse_id.to_string(), &delta.to_string()],
+                &[&k.stock(), &k.adjustment(token)],
+                &[
+                    &warehouse_id.to_string(),
+                    &delta.to_string(),
+                    if undo { "undo" } else { "apply" },
+                ],
             )
             .await?;
         Ok(match r.tag() {
@@ -633,6 +642,7 @@ impl Redis {
                 available_here: r.int(1)?,
             },
             "not_loaded" => AdjustOutcome::NotLoaded,
+            "same" => AdjustOutcome::Same,
             other => return Err(r.unexpected(other)),
         })
     }
@@ -1683,9 +1693,16 @@ pub enum ConvertOutcome {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdjustOutcome {
-    Adjusted { here: i64, available: i64 },
-    Short { available_here: i64 },
+    Adjusted {
+        here: i64,
+        available: i64,
+    },
+    Short {
+        available_here: i64,
+    },
     NotLoaded,
+    /// The change was applied (or taken back) before: nothing done now.
+    Same,
 }
 
 pub enum OrderAction<'a> {

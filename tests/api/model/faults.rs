@@ -156,6 +156,7 @@ impl Drop for RedisProc {
 pub struct Proxy {
     pub port: u16,
     up: Arc<AtomicBool>,
+    commit_trap: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<AbortHandle>>>,
     accept: AbortHandle,
 }
@@ -165,21 +166,22 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let up = Arc::new(AtomicBool::new(true));
+        let commit_trap = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
-        let (up2, conns2) = (up.clone(), conns.clone());
+        let (up2, conns2, trap2) = (up.clone(), conns.clone(), commit_trap.clone());
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     continue;
                 };
                 if !up2.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
-                let target = target.clone();
+                let (target, trap) = (target.clone(), trap2.clone());
                 let h = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = TcpStream::connect(target).await {
+                        forward(inbound, outbound, trap).await;
                     }
                 });
                 let mut c = conns2.lock().unwrap();
@@ -191,9 +193,21 @@ impl Proxy {
         Proxy {
             port,
             up,
+            commit_trap,
             conns,
             accept,
         }
+    }
+
+    /// The next `COMMIT` a client sends reaches MySQL, which commits; its answer never comes
+    /// back: the connection breaks (a connection lost during the commit).
+    pub fn break_next_commit(&self) {
+        self.commit_trap.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the trap is still waiting for a `COMMIT`.
+    pub fn commit_trap_armed(&self) -> bool {
+        self.commit_trap.load(Ordering::SeqCst)
     }
 
     pub fn cut(&self) {
@@ -214,6 +228,55 @@ impl Drop for Proxy {
         for h in self.conns.lock().unwrap().drain(..) {
             h.abort();
         }
+    }
+}
+
+/// Copies both ways; with `trap` set, the first `COMMIT` from the client is passed on, MySQL's
+/// answer to it is swallowed, and the connection then breaks.
+async fn forward(inbound: TcpStream, outbound: TcpStream, trap: Arc<AtomicBool>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_in, mut client_out) = inbound.into_split();
+    let (mut server_in, mut server_out) = outbound.into_split();
+    let swallow = Arc::new(AtomicBool::new(false));
+    let swallow2 = swallow.clone();
+    let to_client = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match server_in.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) if !swallow2.load(Ordering::SeqCst) => {
+                    if client_out.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
+    };
+    let to_server = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match client_in.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            // A COM_QUERY packet: 3 bytes of length, a sequence byte, 0x03, the statement.
+            let commit = buf[..n].windows(7).any(|w| w == b"\x03COMMIT");
+            if commit && trap.load(Ordering::SeqCst) {
+                swallow.store(true, Ordering::SeqCst);
+                trap.store(false, Ordering::SeqCst);
+                let _ = server_out.write_all(&buf[..n]).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                return;
+            }
+            if server_out.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = to_client => {}
+        _ = to_server => {}
     }
 }
 
@@ -347,7 +410,7 @@ pub struct ServiceProc {
 
 impl ServiceProc {
     pub async fn start(cfg: &flashsale::config::Config) -> ServiceProc {
-        let port = crate::process::free_port();
+        let port = crate::helpers::free_port();
         let d = |d: Duration| format!("{}ms", d.as_millis());
         let env: Vec<(String, String)> = [
             ("FLASHSALE_MYSQL_URL", cfg.stores.mysql_url.clone()),

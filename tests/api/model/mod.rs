@@ -13,7 +13,7 @@
 //! concurrent requests is the machine's, so a seed reproduces a run's shape, not its exact
 //! history: every discrepancy is printed with its seed, round and the round's operation log.
 
-mod faults;
+pub(crate) mod faults;
 mod reference;
 
 use std::collections::{BTreeMap, HashMap};
@@ -725,10 +725,14 @@ impl World {
             self.dead_seen = dead;
         }
         let seen = &mut seen;
-        // Orders: retried a few times, as a sweep may be finishing an expiry meanwhile.
+        // Orders: an expiry can land between reading MySQL and reading Redis (the sweeper
+        // expires, the write-back follows). A problem counts once two readings in a row, with a
+        // drain between, find the same problems; until then (at most 8 readings) it is read
+        // again.
         let mut order_problems = Vec::new();
         let mut stored = BTreeMap::new();
-        for attempt in 0..4 {
+        let mut previous: Option<Vec<(u64, &'static str)>> = None;
+        for attempt in 0..8 {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(400)).await;
                 drain(&self.app, Duration::from_secs(10)).await;
@@ -784,6 +788,12 @@ impl World {
             if order_problems.is_empty() {
                 break;
             }
+            let now: Vec<(u64, &'static str)> =
+                order_problems.iter().map(|(id, k, _)| (*id, *k)).collect();
+            if previous.as_ref() == Some(&now) {
+                break;
+            }
+            previous = Some(now);
         }
         for (id, k, d) in order_problems {
             seen.insert(format!("order:{id}"));
@@ -838,7 +848,7 @@ impl World {
 }
 
 async fn setup(seed: u64, child: bool) -> (World, Model) {
-    let redis = RedisProc::start(crate::process::free_port()).await;
+    let redis = RedisProc::start(crate::helpers::free_port()).await;
     let proxy = Proxy::start("127.0.0.1:3306".into()).await;
     let base = mysql_base();
     let host = base.trim_start_matches("mysql://root@").to_string();

@@ -1,0 +1,323 @@
+//! `spawn_app()` and friends: a real app on 127.0.0.1:0 against the real Redis and MySQL, with
+//! its own database and Redis key prefix, dropped with the handle; and the raw HTTP requests the
+//! typed calls (calls.rs) are made of.
+
+use std::time::Duration;
+
+use flashsale::app::AppState;
+use flashsale::config::Config;
+use flashsale::startup::Application;
+use rand::Rng;
+use redis::AsyncCommands;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+pub const ADMIN_PASSWORD: &str = "admin-test-password";
+
+pub fn mysql_base() -> String {
+    std::env::var("FLASHSALE_TEST_MYSQL_BASE")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+fn redis_url() -> String {
+    std::env::var("FLASHSALE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub struct TestApp {
+    pub addr: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    pub admin_token: String,
+    pub db_name: String,
+    pub prefix: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub struct Resp {
+    pub status: StatusCode,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Resp {
+    /// The error code of an error envelope ("" when there is none).
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+/// Drops a test's database (best effort: a test that never made it has nothing to drop).
+pub async fn drop_database(db_name: &str) {
+    if let Ok(mut conn) = <sqlx::MySqlConnection as sqlx::Connection>::connect(&mysql_base()).await
+    {
+        let sql = format!("DROP DATABASE IF EXISTS `{db_name}`");
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await;
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// A fresh test identity: its database name and Redis prefix.
+pub fn test_names() -> (String, String) {
+    let id: u64 = rand::rng().random();
+    (format!("fs_test_{id:016x}"), format!("fst{id:016x}"))
+}
+
+/// The test defaults for a database and a prefix.
+pub fn test_config(db_name: &str, prefix: &str) -> Config {
+    let mut cfg = Config::defaults();
+    cfg.stores.mysql_url = format!("{}/{db_name}", mysql_base());
+    cfg.stores.redis_url = redis_url();
+    cfg.stores.redis_prefix = prefix.to_string();
+    cfg.http.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.auth.jwt_secret = Some(format!("test-secret-{prefix}-0123456789abcdef"));
+    cfg.auth.admin_password = Some(ADMIN_PASSWORD.into());
+    cfg.auth.argon2_memory_kib = 1024;
+    cfg.sweeper.sweep_interval = Duration::from_millis(100);
+    cfg.stores.mysql_pool = 8;
+    // Tests drive the write-back themselves (`write_back()`), so they can look in between.
+    cfg.outbox.worker = false;
+    // Every test comes from 127.0.0.1; the rate-limit tests turn the limits on.
+    cfg.limits.rate_limits = false;
+    cfg
+}
+
+/// Starts the app with the test defaults, changed by `tweak`.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let (db_name, prefix) = test_names();
+    let mut cfg = test_config(&db_name, &prefix);
+    tweak(&mut cfg);
+    let app = Application::build(cfg).await.expect("the app builds");
+    let addr = format!("http://127.0.0.1:{}", app.port());
+    let state = app.state();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = rx.await;
+    }));
+    TestApp::signed_in(addr, state, db_name, prefix, Some((tx, server))).await
+}
+
+impl TestApp {
+    /// A handle on a service that runs elsewhere (a child process) at `addr`, with `state`
+    /// connected to its stores; dropping it drops the test's database and Redis keys.
+    pub async fn attach(addr: String, state: AppState, db_name: String, prefix: String) -> TestApp {
+        TestApp::signed_in(addr, state, db_name, prefix, None).await
+    }
+
+    /// The handle with its HTTP client and the admin's token; `server` is the in-process
+    /// server's stop signal and task, when the test runs one.
+    async fn signed_in(
+        addr: String,
+        state: AppState,
+        db_name: String,
+        prefix: String,
+        server: Option<(
+            tokio::sync::oneshot::Sender<()>,
+            tokio::task::JoinHandle<anyhow::Result<()>>,
+        )>,
+    ) -> TestApp {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let (shutdown, server) = server.unzip();
+        let mut t = TestApp {
+            addr,
+            client,
+            state,
+            admin_token: String::new(),
+            db_name,
+            prefix,
+            shutdown,
+            server,
+        };
+        t.admin_token = t.login("admin", ADMIN_PASSWORD).await;
+        t
+    }
+
+    /// Sends the shutdown signal (as SIGTERM would) and returns the server task, which ends when
+    /// the app has finished its requests in flight and stopped its background work.
+    pub fn begin_shutdown(&mut self) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.server.take().expect("the server runs")
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Resp {
+        self.send(method, path, token, body, &[]).await
+    }
+
+    /// A request with extra headers (an `Idempotency-Key`, an `Origin`, ...).
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let mut req = self.client.request(method, format!("{}{path}", self.addr));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let stream = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("text/event-stream"));
+        // An event stream stays open: its status and headers are the answer (tests/api/live.rs
+        // reads streams).
+        let text = if stream {
+            String::new()
+        } else {
+            resp.text().await.unwrap_or_default()
+        };
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Resp {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Resp {
+        self.request(Method::GET, path, token, None).await
+    }
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Resp {
+        self.request(Method::POST, path, token, Some(body)).await
+    }
+    pub async fn post_empty(&self, path: &str, token: Option<&str>) -> Resp {
+        self.request(Method::POST, path, token, None).await
+    }
+    pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> Resp {
+        self.request(Method::PUT, path, token, Some(body)).await
+    }
+    pub async fn patch(&self, path: &str, token: Option<&str>, body: Value) -> Resp {
+        self.request(Method::PATCH, path, token, Some(body)).await
+    }
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> Resp {
+        self.request(Method::DELETE, path, token, None).await
+    }
+
+    /// POST with a raw body and content type (malformed-input tests).
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Resp {
+        let mut req = self
+            .client
+            .post(format!("{}{path}", self.addr))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.json().await.unwrap_or(Value::Null);
+        Resp {
+            status,
+            body,
+            headers,
+        }
+    }
+}
+
+/// Opens a raw connection to the app and sends the head of `method_path` plus the first `sent`
+/// bytes of a JSON body of `len` bytes: a request still coming.
+pub async fn partial_request(
+    app: &TestApp,
+    method_path: &str,
+    token: Option<&str>,
+    len: usize,
+    sent: &[u8],
+) -> TcpStream {
+    let port = app.addr.rsplit(':').next().unwrap();
+    let mut s = TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "{method_path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}Content-Length: {len}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(sent).await.unwrap();
+    s
+}
+
+impl Drop for TestApp {
+    /// Stops the app and drops the test's database and Redis keys, even when the test failed.
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let db_name = self.db_name.clone();
+        let pattern = format!("{}:*", self.prefix);
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                drop_database(&db_name).await;
+                if let Ok(client) = redis::Client::open(redis_url())
+                    && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                {
+                    let mut cursor: u64 = 0;
+                    loop {
+                        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(&pattern)
+                            .arg("COUNT")
+                            .arg(1000)
+                            .query_async(&mut conn)
+                            .await
+                            .unwrap_or((0, Vec::new()));
+                        if !keys.is_empty() {
+                            let _: Result<(), _> = conn.del(keys).await;
+                        }
+                        if next == 0 {
+                            break;
+                        }
+                        cursor = next;
+                    }
+                }
+            });
+        })
+        .join();
+    }
+}
