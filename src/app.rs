@@ -1,22 +1,18 @@
-//! Application state, start-up (database, migrations, scripts, admin account) and the server.
+//! The application's state: what every handler, worker and tool reads (the stores, the token
+//! keys, the settings, the live hub). Only the state: it is built by `AppState::connect` in
+//! src/startup.rs, which also runs the service.
 
-use std::future::Future;
 use std::sync::Arc;
 
-use anyhow::Context;
 use axum::extract::FromRef;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::MySqlPool;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
-use crate::auth::{self, Jwt};
-use crate::config::{Config, DEV_ADMIN_PASSWORD};
-use crate::domain::{Password, Role, Username};
+use crate::auth::Jwt;
+use crate::config::Config;
 use crate::service::live::Hub;
-use crate::store::mysql;
+use crate::service::lookups::Lookups;
 use crate::store::redis::Redis;
-use crate::{http, telemetry, worker};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -30,225 +26,11 @@ pub struct AppState {
     /// Live stock for the SSE streams (`worker::live::run` feeds it).
     pub live: Arc<Hub>,
     /// Product lookups that reach MySQL: unknown skus remembered, loads done once.
-    pub lookups: Arc<crate::service::lookups::Lookups>,
+    pub lookups: Arc<Lookups>,
 }
 
 impl FromRef<AppState> for MySqlPool {
     fn from_ref(s: &AppState) -> Self {
         s.db.clone()
     }
-}
-
-impl AppState {
-    /// Connects to MySQL (creating and migrating the database) and Redis.
-    pub async fn connect(cfg: Config) -> anyhow::Result<Self> {
-        cfg.validate().map_err(|e| anyhow::anyhow!(e))?;
-        let secret = match &cfg.jwt_secret {
-            Some(s) => s.clone(),
-            None => {
-                tracing::warn!(
-                    "no FLASHSALE_JWT_SECRET: generated a random one for this run (dev mode). \
-                     Tokens die with this process and are not shared between instances; \
-                     set a secret and --production for real deployments"
-                );
-                auth::generate_secret()
-            }
-        };
-        let db = mysql::connect_and_migrate(&cfg).await?;
-        let redis = Redis::connect(&cfg)?;
-        let jwt = Arc::new(Jwt::new(secret.as_bytes(), cfg.token_ttl));
-        let instance = format!(
-            "{}-{}-{:04x}",
-            std::env::var("HOSTNAME").unwrap_or_else(|_| "flashsale".into()),
-            std::process::id(),
-            rand::random::<u16>()
-        );
-        Ok(AppState {
-            db,
-            redis,
-            instance: instance.into(),
-            jwt,
-            // The recorder first: the hub registers its metrics.
-            metrics: telemetry::metrics_handle(),
-            live: Arc::new(Hub::new(
-                cfg.live_max_watchers,
-                cfg.live_max_per_client,
-                cfg.live_resync,
-            )),
-            lookups: Arc::new(crate::service::lookups::Lookups::new(
-                cfg.unknown_sku_ttl,
-                cfg.mysql_pool,
-                cfg.mysql_timeout,
-            )),
-            cfg: Arc::new(cfg),
-        })
-    }
-}
-
-pub struct Application {
-    listener: TcpListener,
-    state: AppState,
-}
-
-impl Application {
-    /// Everything `serve` needs, ready: state connected, admin present, listener bound (port 0
-    /// picks a free port, for tests).
-    pub async fn build(cfg: Config) -> anyhow::Result<Self> {
-        let listen = cfg.listen;
-        let state = AppState::connect(cfg).await?;
-        bootstrap(&state).await?;
-        let listener = TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("binding {listen}"))?;
-        Ok(Application { listener, state })
-    }
-
-    pub fn port(&self) -> u16 {
-        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
-    }
-
-    pub fn state(&self) -> AppState {
-        self.state.clone()
-    }
-
-    /// Serves until SIGTERM or ctrl-c.
-    pub async fn run(self) -> anyhow::Result<()> {
-        self.run_until(shutdown_signal()).await
-    }
-
-    /// Serves the API and runs the sweeper until `shutdown` completes; then stops accepting,
-    /// lets in-flight requests finish (at most `shutdown_grace`), and stops the background work:
-    /// the outbox writer finishes the batch it is writing. Last, the queued spans are exported
-    /// (when traces are on; at most the OTLP export timeout).
-    pub async fn run_until(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let sweeper = tokio::spawn(worker::sweeper::run(self.state.clone(), stop_rx.clone()));
-        let gauges = tokio::spawn(worker::gauges::run(self.state.clone(), stop_rx.clone()));
-        let writer = self
-            .state
-            .cfg
-            .worker
-            .then(|| tokio::spawn(worker::writer::run(self.state.clone(), stop_rx.clone())));
-        let webhooks = self
-            .state
-            .cfg
-            .webhook_url
-            .is_some()
-            .then(|| tokio::spawn(worker::webhooks::run(self.state.clone(), stop_rx.clone())));
-        let live = tokio::spawn(worker::live::run(self.state.clone(), stop_rx.clone()));
-        // Live streams never end by themselves: end them when the shutdown starts, so the
-        // graceful shutdown does not wait for them.
-        let hub = self.state.live.clone();
-        let shutdown = async move {
-            shutdown.await;
-            hub.close();
-        };
-        let router = http::router(self.state.clone());
-        tracing::info!(addr = %self.listener.local_addr()?, "flashsale listening");
-        let cfg = &self.state.cfg;
-        let limits = crate::server::ServeLimits {
-            max_connections: cfg.max_connections,
-            header_limit: cfg.header_limit,
-            header_timeout: cfg.header_timeout,
-            shutdown_grace: cfg.shutdown_grace,
-        };
-        crate::server::serve(self.listener, router, limits, shutdown).await;
-        let _ = stop_tx.send(true);
-        let _ = sweeper.await;
-        let _ = gauges.await;
-        let _ = live.await;
-        for task in [writer, webhooks].into_iter().flatten() {
-            let _ = task.await;
-        }
-        tracing::info!("flashsale stopped");
-        // The spans of the last requests and of the final write-back go out before the exit.
-        telemetry::flush_traces().await;
-        Ok(())
-    }
-}
-
-/// Start-up work that needs both stores: scripts loaded, admin account, order id floor.
-async fn bootstrap(state: &AppState) -> anyhow::Result<()> {
-    if let Err(e) = state.redis.load_scripts().await {
-        tracing::warn!(error = %e, "could not load the Lua scripts now; they load on first use");
-    }
-    match state.redis.check_eviction_policy().await {
-        Ok(()) => {}
-        Err(e) if state.redis.eviction_refusal().is_some() => anyhow::bail!(
-            "{e}. Set `maxmemory-policy noeviction` in redis.conf (or CONFIG SET) and start again"
-        ),
-        Err(e) => tracing::warn!(
-            error = %e,
-            "could not read Redis's maxmemory-policy now; it is checked every metrics interval \
-             and nothing is sold while it is not noeviction"
-        ),
-    }
-    ensure_admin(state).await?;
-    // Unknown usernames are checked against it: made now, so no login pays for it.
-    auth::dummy_hash(state.cfg.argon2_memory_kib).await?;
-    // Requests check the counter again (a missing one is raised before any id is handed out).
-    if let Err(e) = crate::service::order_ids::raise(state, false, false).await {
-        tracing::warn!(error = %e, "could not check the order id sequence against MySQL");
-    }
-    Ok(())
-}
-
-/// Creates the configured admin account when it does not exist.
-async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
-    let cfg = &state.cfg;
-    let username = Username::parse(&cfg.admin_username)
-        .map_err(|e| anyhow::anyhow!("FLASHSALE_ADMIN_USERNAME: {e}"))?;
-    if let Some(u) = mysql::users::find_by_username(&state.db, username.as_str()).await? {
-        if u.role() != Role::Admin {
-            tracing::warn!(username = %u.username, "the configured admin exists but is not an admin");
-        }
-        return Ok(());
-    }
-    let password = match &cfg.admin_password {
-        Some(p) => p.clone(),
-        None => {
-            tracing::warn!(
-                username = %username.as_str(),
-                "no FLASHSALE_ADMIN_PASSWORD: the admin gets the dev password {DEV_ADMIN_PASSWORD:?}"
-            );
-            DEV_ADMIN_PASSWORD.to_string()
-        }
-    };
-    let password =
-        Password::parse(&password).map_err(|e| anyhow::anyhow!("FLASHSALE_ADMIN_PASSWORD: {e}"))?;
-    let hash = auth::hash_password(password, cfg.argon2_memory_kib).await?;
-    match mysql::users::insert_user(&state.db, &username, &hash, Role::Admin).await {
-        Ok(id) => {
-            tracing::info!(user.id = id, username = %username.as_str(), "created the admin account")
-        }
-        // Another instance created it at the same moment.
-        Err(mysql::DbError::AlreadyExists(_)) => {}
-        Err(e) => return Err(anyhow::anyhow!("creating the admin: {e}")),
-    }
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
-    }
-    tracing::info!("shutdown signal received");
 }

@@ -14,7 +14,7 @@ use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
-use crate::config::{Config, LogFormat, TraceExport};
+use crate::config::{LogFormat, OtelConfig, TelemetryConfig, TraceExport};
 
 fn log_filter() -> EnvFilter {
     EnvFilter::try_from_default_env()
@@ -26,8 +26,8 @@ fn log_filter() -> EnvFilter {
 /// traces; without one the subscriber is exactly the logging one, and the trace-only spans
 /// (`redis.script`, `mysql.transaction`, at debug level) stay disabled at their call sites
 /// (unless `RUST_LOG` asks for debug).
-pub fn init_tracing(cfg: &Config) -> anyhow::Result<()> {
-    let Some(export) = cfg.otel.traces().map_err(anyhow::Error::msg)? else {
+pub fn init_tracing(cfg: &TelemetryConfig, otel: &OtelConfig) -> anyhow::Result<()> {
+    let Some(export) = otel.traces().map_err(anyhow::Error::msg)? else {
         let builder = tracing_subscriber::fmt()
             .with_env_filter(log_filter())
             .with_writer(std::io::stderr);

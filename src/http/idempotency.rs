@@ -83,7 +83,7 @@ struct Holder {
 
 impl Holder {
     async fn renew(&self) {
-        let lease = self.state.cfg.idempotency_lease;
+        let lease = self.state.cfg.sale.idempotency_lease;
         match self
             .state
             .redis
@@ -176,7 +176,7 @@ where
     };
     let record = state.redis.keys.idempotency(user_id, scope, &key);
     let owner = crate::auth::generate_secret();
-    let lease = state.cfg.idempotency_lease;
+    let lease = state.cfg.sale.idempotency_lease;
     let started = Instant::now();
     let resume_order = loop {
         match state

@@ -39,7 +39,7 @@ impl FromRequestParts<AppState> for ClientIp {
     ) -> Result<Self, Self::Rejection> {
         Ok(ClientIp(crate::server::client_ip(
             parts,
-            state.cfg.trust_forwarded_for,
+            state.cfg.http.trust_forwarded_for,
         )))
     }
 }
@@ -144,7 +144,7 @@ pub async fn sale_rate_limit(
     let path = req.uri().path();
     let sale_route =
         path.starts_with("/v1/cart") || path.starts_with("/v1/orders") || is_stream(path);
-    if !cfg.rate_limits || !sale_route {
+    if !cfg.limits.rate_limits || !sale_route {
         return next.run(req).await;
     }
     let caller = bearer_token(req.headers())
@@ -165,8 +165,8 @@ pub async fn sale_rate_limit(
             refusal: "too many requests from this address",
             key: keys.rate_bucket("ip", &ip.to_string()),
             bucket: Bucket {
-                per_second: cfg.rate_ip_per_sec,
-                burst: cfg.rate_ip_burst,
+                per_second: cfg.limits.rate_ip_per_sec,
+                burst: cfg.limits.rate_ip_burst,
             },
             mode: BucketMode::Take,
         });
@@ -177,8 +177,8 @@ pub async fn sale_rate_limit(
             refusal: "too many requests from this customer",
             key: keys.rate_bucket("customer", &user.user_id.to_string()),
             bucket: Bucket {
-                per_second: cfg.rate_customer_per_sec,
-                burst: cfg.rate_customer_burst,
+                per_second: cfg.limits.rate_customer_per_sec,
+                burst: cfg.limits.rate_customer_burst,
             },
             mode: BucketMode::Take,
         });
@@ -222,7 +222,7 @@ fn failure_buckets(
             scope: "login_user_address",
             refusal: "too many failed sign-ins for this username from this address",
             key: keys.rate_bucket("login-fail", &format!("{}|{username}", address_key(ip))),
-            bucket: per_minute(cfg.login_failures_per_min),
+            bucket: per_minute(cfg.limits.login_failures_per_min),
             mode,
         });
     }
@@ -230,7 +230,7 @@ fn failure_buckets(
         scope: "login_user",
         refusal: "too many failed sign-ins for this username",
         key: keys.rate_bucket("login-user", username),
-        bucket: per_minute(cfg.login_user_failures_per_min),
+        bucket: per_minute(cfg.limits.login_user_failures_per_min),
         mode,
     });
     checks
@@ -247,7 +247,7 @@ pub async fn check_login(
     username: Option<&str>,
 ) -> Result<(), AppError> {
     let cfg = &state.cfg;
-    if !cfg.rate_limits {
+    if !cfg.limits.rate_limits {
         return Ok(());
     }
     let mut checks = Vec::with_capacity(3);
@@ -256,7 +256,7 @@ pub async fn check_login(
             scope: "login_ip",
             refusal: "too many sign-in attempts from this address",
             key: state.redis.keys.rate_bucket("login-ip", &address_key(ip)),
-            bucket: per_minute(cfg.login_ip_per_min),
+            bucket: per_minute(cfg.limits.login_ip_per_min),
             mode: BucketMode::Take,
         });
     }
@@ -271,7 +271,7 @@ pub async fn check_login(
 /// A login that was not a wrong password (right, or not decided: an error) gives back the
 /// tokens `check_login` took from the username's failure buckets; a wrong one keeps them spent.
 pub async fn refund_login(state: &AppState, ip: Option<IpAddr>, username: &str) {
-    if !state.cfg.rate_limits {
+    if !state.cfg.limits.rate_limits {
         return;
     }
     let calls: Vec<_> = failure_buckets(state, ip, username, BucketMode::Refund)

@@ -193,7 +193,7 @@ fn respond(state: &AppState, watch: Watch) -> impl IntoResponse + use<> {
     (
         // Proxies (nginx) must not buffer the stream.
         [(HeaderName::from_static("x-accel-buffering"), "no")],
-        sse(stream, state.cfg.live_heartbeat),
+        sse(stream, state.cfg.live.live_heartbeat),
     )
 }
 

@@ -29,7 +29,7 @@ use tower_http::trace::TraceLayer;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::AppState;
-use crate::config::Config;
+use crate::config::HttpConfig;
 use crate::error::AppError;
 
 /// Every route, each registered with its OpenAPI operation (`utoipa_axum::routes!`): the router
@@ -57,23 +57,23 @@ fn streams() -> OpenApiRouter<AppState> {
 
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
-    let body_limit = state.cfg.body_limit;
-    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(state.cfg.max_in_flight));
-    let cors = cors(&state.cfg);
+    let body_limit = state.cfg.http.body_limit;
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(state.cfg.http.max_in_flight));
+    let cors = cors(&state.cfg.http);
     let (requests, mut doc) = requests().split_for_parts();
     let (streams, streams_doc) = streams().split_for_parts();
     doc.merge(streams_doc);
     openapi::publish(&doc);
     let routes = requests
         .merge(streams)
-        .merge(web::router(&state.cfg))
+        .merge(web::router(&state.cfg.http))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             limits::sale_rate_limit,
         ))
         .layer(middleware::from_fn_with_state(
-            state.cfg.request_timeout,
+            state.cfg.http.request_timeout,
             limits::deadline,
         ))
         .layer(middleware::from_fn_with_state(
@@ -163,7 +163,7 @@ impl<B> tower_http::trace::OnResponse<B> for RecordResponse {
 
 /// CORS from `FLASHSALE_CORS_ORIGINS` (none when empty): exact origins or any (`*`), without
 /// credentials (the API takes bearer tokens, never cookies).
-fn cors(cfg: &Config) -> Option<CorsLayer> {
+fn cors(cfg: &HttpConfig) -> Option<CorsLayer> {
     let origins: Vec<&str> = cfg.cors_origins().collect();
     if origins.is_empty() {
         return None;

@@ -78,7 +78,7 @@ async fn create_user(
     limits::check_login(&state, ip, None).await?;
     let username = Username::parse(&body.username)?;
     let password = Password::parse(&body.password)?;
-    let hash = auth::hash_password(password, state.cfg.argon2_memory_kib).await?;
+    let hash = auth::hash_password(password, state.cfg.auth.argon2_memory_kib).await?;
     let user_id = users::insert_user(&state.db, &username, &hash, Role::Customer).await?;
     tracing::info!(user.id = user_id, "user created");
     Ok((
@@ -148,7 +148,7 @@ async fn create_token(
         let ok = auth::verify_password(
             body.password,
             user.as_ref().map(|u| u.password_hash.clone()),
-            state.cfg.argon2_memory_kib,
+            state.cfg.auth.argon2_memory_kib,
         )
         .await?;
         Ok::<_, AppError>(user.filter(|_| ok))

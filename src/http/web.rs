@@ -16,7 +16,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::app::AppState;
-use crate::config::Config;
+use crate::config::HttpConfig;
 
 const INDEX: &str = include_str!("../../web/index.html");
 const APP_JS: &str = include_str!("../../web/app.js");
@@ -32,7 +32,7 @@ struct Page {
 }
 
 impl Page {
-    fn new(cfg: &Config) -> Self {
+    fn new(cfg: &HttpConfig) -> Self {
         // Checked at start-up (`Config::validate`): scheme, host and port only.
         let origin = cfg.storefront_api_origin.trim();
         let index = INDEX.replacen(
@@ -62,7 +62,7 @@ impl Page {
     }
 }
 
-pub fn router(cfg: &Config) -> Router<AppState> {
+pub fn router(cfg: &HttpConfig) -> Router<AppState> {
     let page = Page::new(cfg);
     let index = {
         let page = page.clone();
@@ -120,7 +120,7 @@ mod tests {
     #[test]
     fn the_api_origin_goes_into_the_page_and_its_policy() {
         assert!(INDEX.contains(API_META), "web/index.html has the meta tag");
-        let mut cfg = Config::defaults();
+        let mut cfg = crate::config::Config::defaults().http;
         let p = Page::new(&cfg);
         assert!(p.index.contains(API_META));
         assert!(p.csp.to_str().unwrap().contains("connect-src 'self';"));

@@ -83,7 +83,7 @@ pub async fn add_item(
         user_id,
         count: count.get(),
         rid: Rid::Hold { user_id },
-        deadline: Deadline::In(state.cfg.cart_hold_ttl),
+        deadline: Deadline::In(state.cfg.sale.cart_hold_ttl),
         mode: ReserveMode::Add,
     })
     .await?;
@@ -103,9 +103,9 @@ pub async fn add_item(
     // (holds are never renewed): a customer who walks away leaves nothing behind.
     let members = state
         .redis
-        .index_cart_line(user_id, sku, state.cfg.cart_hold_ttl)
+        .index_cart_line(user_id, sku, state.cfg.sale.cart_hold_ttl)
         .await?;
-    let max_lines = state.cfg.max_cart_lines;
+    let max_lines = state.cfg.sale.max_cart_lines;
     if members.len() > max_lines && units == count.get() {
         // A new line past the limit (the index may still name lapsed lines: count live ones).
         let skus: Vec<Sku> = members
@@ -161,7 +161,7 @@ pub async fn forget_lines(state: &AppState, user_id: u64, skus: &[Sku]) -> AppRe
     if !live.is_empty() {
         state
             .redis
-            .index_cart_lines(user_id, &live, state.cfg.cart_hold_ttl)
+            .index_cart_lines(user_id, &live, state.cfg.sale.cart_hold_ttl)
             .await?;
     }
     Ok(())

@@ -7,6 +7,8 @@ pub mod live;
 pub mod lookups;
 pub mod order_ids;
 pub mod orders;
+pub mod outbox_dead;
+pub mod reconcile;
 
 use chrono::{DateTime, Utc};
 

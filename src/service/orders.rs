@@ -151,7 +151,7 @@ pub enum Placing {
 /// holder takes its `created_at` before it binds the order id, so its lines' deadline is at
 /// most `payment_ttl` after any fence set once the id was bound.
 fn fence_keep(state: &AppState) -> std::time::Duration {
-    state.cfg.payment_ttl + std::time::Duration::from_secs(60)
+    state.cfg.sale.payment_ttl + std::time::Duration::from_secs(60)
 }
 
 /// The order a request with the same `Idempotency-Key` was creating when it vanished: see
@@ -460,7 +460,7 @@ async fn place(
         .collect();
     // At the catalog's prices; checked again at the prices the lines are taken at.
     total(&requested)?;
-    let payment_ms = state.cfg.payment_ttl.as_millis() as i64;
+    let payment_ms = state.cfg.sale.payment_ttl.as_millis() as i64;
     let mut expires_at = started_at + payment_ms;
 
     let mut taken: Vec<Taken> = Vec::with_capacity(wants.len());

@@ -30,13 +30,14 @@ pub async fn refresh(state: &AppState) -> AppResult<()> {
     let idle = state.db.num_idle() as f64;
     metrics::gauge!("flashsale_mysql_pool_connections", "state" => "in_use").set(size - idle);
     metrics::gauge!("flashsale_mysql_pool_connections", "state" => "idle").set(idle);
-    metrics::gauge!("flashsale_mysql_pool_max_connections").set(f64::from(state.cfg.mysql_pool));
+    metrics::gauge!("flashsale_mysql_pool_max_connections")
+        .set(f64::from(state.cfg.stores.mysql_pool));
     let s = state.redis.pool_status();
     metrics::gauge!("flashsale_redis_pool_connections", "state" => "in_use").set(s.in_use as f64);
     metrics::gauge!("flashsale_redis_pool_connections", "state" => "idle").set(s.idle as f64);
     metrics::gauge!("flashsale_redis_pool_max_connections").set(s.max as f64);
     // The cap beside the count, so an alert can say "near the cap" whatever it is set to.
-    metrics::gauge!("flashsale_live_max_watchers").set(state.cfg.live_max_watchers as f64);
+    metrics::gauge!("flashsale_live_max_watchers").set(state.cfg.live.live_max_watchers as f64);
 
     let now = chrono::Utc::now();
     for sku in catalog::active_sale_skus(&state.db, now)
@@ -81,7 +82,13 @@ async fn watch_eviction_policy(state: &AppState) {
 
 /// Refreshes the gauges until `stop` turns true.
 pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(state.cfg.metrics_interval.max(Duration::from_millis(50)));
+    let mut tick = tokio::time::interval(
+        state
+            .cfg
+            .telemetry
+            .metrics_interval
+            .max(Duration::from_millis(50)),
+    );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {

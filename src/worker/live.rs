@@ -38,14 +38,14 @@ async fn resync(state: &AppState) -> AppResult<()> {
 pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     let hub = state.live.clone();
     let cfg = state.cfg.clone();
-    let mut tick = tokio::time::interval(cfg.live_tick);
+    let mut tick = tokio::time::interval(cfg.live.live_tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut resync_tick = tokio::time::interval(cfg.live_resync);
+    let mut resync_tick = tokio::time::interval(cfg.live.live_resync);
     resync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut backoff = Duration::from_millis(100);
     'connect: loop {
         let connected = tokio::select! {
-            r = tokio::time::timeout(cfg.redis_timeout, state.redis.subscribe_stock()) => r,
+            r = tokio::time::timeout(cfg.stores.redis_timeout, state.redis.subscribe_stock()) => r,
             _ = stop.changed() => break 'connect,
         };
         let mut announcements = match connected {

@@ -144,13 +144,13 @@ async fn sweep_sku(state: &AppState, sku: Sku) -> AppResult<SweepStats> {
 /// Sweeps every `sweep_interval` until `stop` turns true; audits the due index at start and
 /// every `sweep_audit_interval`.
 pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(state.cfg.sweep_interval);
+    let mut tick = tokio::time::interval(state.cfg.sweeper.sweep_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_audit: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if last_audit.is_none_or(|t| t.elapsed() >= state.cfg.sweep_audit_interval) {
+                if last_audit.is_none_or(|t| t.elapsed() >= state.cfg.sweeper.sweep_audit_interval) {
                     match state.redis.audit_due(AUDIT_CHUNK).await {
                         Ok((skus, noted)) => {
                             last_audit = Some(Instant::now());

@@ -130,18 +130,20 @@ impl Webhooks {
     pub fn named(state: AppState, consumer: &str) -> AppResult<Self> {
         let url = state
             .cfg
+            .webhooks
             .webhook_url
             .clone()
             .ok_or_else(|| AppError::internal("no webhook URL configured"))?;
         let secret = state
             .cfg
+            .webhooks
             .webhook_secret
             .clone()
             .unwrap_or_default()
             .into_bytes();
         let client = reqwest::Client::builder()
-            .timeout(state.cfg.webhook_timeout)
-            .connect_timeout(state.cfg.webhook_timeout)
+            .timeout(state.cfg.webhooks.webhook_timeout)
+            .connect_timeout(state.cfg.webhooks.webhook_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("flashsale/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -181,7 +183,7 @@ impl Webhooks {
     async fn claim(&self, count: usize) -> AppResult<Vec<StreamEntry>> {
         let claimed = self
             .stream
-            .claim_idle(self.state.cfg.claim_idle, count)
+            .claim_idle(self.state.cfg.outbox.claim_idle, count)
             .await?;
         if !claimed.is_empty() {
             tracing::info!(
@@ -282,7 +284,7 @@ impl Webhooks {
     }
 
     fn keep_every(&self) -> Duration {
-        (self.state.cfg.claim_idle / 3).max(Duration::from_millis(100))
+        (self.state.cfg.outbox.claim_idle / 3).max(Duration::from_millis(100))
     }
 
     /// Re-claims the entries this consumer holds (under way or waiting for a retry),
@@ -356,7 +358,7 @@ impl<'a> Dispatch<'a> {
     }
 
     fn concurrency(&self) -> usize {
-        self.hooks.state.cfg.webhook_concurrency.max(1)
+        self.hooks.state.cfg.webhooks.webhook_concurrency.max(1)
     }
 
     fn start(&mut self, job: Job) {
@@ -390,7 +392,7 @@ impl<'a> Dispatch<'a> {
             self.pending_after = entries.last().map(|e| e.id.clone());
         } else if self
             .last_claim
-            .is_none_or(|t| t.elapsed() >= hooks.state.cfg.claim_idle / 2)
+            .is_none_or(|t| t.elapsed() >= hooks.state.cfg.outbox.claim_idle / 2)
         {
             self.last_claim = Some(Instant::now());
             entries = hooks.claim(free).await?;
@@ -431,7 +433,7 @@ impl<'a> Dispatch<'a> {
             Err(why) => why,
         };
         metrics::counter!("flashsale_webhook_deliveries_total", "outcome" => "failed").increment(1);
-        if job.attempts >= hooks.state.cfg.webhook_max_attempts.max(1) {
+        if job.attempts >= hooks.state.cfg.webhooks.webhook_max_attempts.max(1) {
             tracing::error!(event.id = %job.event_id, attempts = job.attempts, error = %why, "webhook delivery failed every attempt; the event is set aside in webhook-dead");
             hooks
                 .give_up(&job.id, &job.event_id, &job.body, &why, job.attempts)
@@ -440,7 +442,7 @@ impl<'a> Dispatch<'a> {
             self.stats.gave_up += 1;
             return Ok(());
         }
-        let delay = retry_delay(hooks.state.cfg.webhook_retry, job.attempts);
+        let delay = retry_delay(hooks.state.cfg.webhooks.webhook_retry, job.attempts);
         tracing::warn!(event.id = %job.event_id, attempt = job.attempts, error = %why, retry_in_ms = delay.as_millis() as u64, "webhook delivery failed; will retry");
         self.seq += 1;
         self.waiting.insert((Instant::now() + delay, self.seq), job);

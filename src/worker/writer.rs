@@ -247,7 +247,7 @@ impl Writer {
             let mut entries = self.read_pending().await?;
             entries.retain(|e| self.due(e));
             if entries.is_empty() {
-                entries = self.claim(self.state.cfg.claim_idle).await?;
+                entries = self.claim(self.state.cfg.outbox.claim_idle).await?;
                 entries.retain(|e| self.due(e));
             }
             if entries.is_empty() {
@@ -266,7 +266,7 @@ impl Writer {
     /// This consumer's pending entries, up to a batch from every partition.
     async fn read_pending(&self) -> AppResult<Vec<StreamEntry>> {
         self.stream
-            .read_pending("0", self.state.cfg.worker_batch)
+            .read_pending("0", self.state.cfg.outbox.worker_batch)
             .await
     }
 
@@ -274,7 +274,7 @@ impl Writer {
     /// of its own.
     async fn read_new(&self, block: Option<Duration>) -> AppResult<Vec<StreamEntry>> {
         self.stream
-            .read_new(self.state.cfg.worker_batch, block)
+            .read_new(self.state.cfg.outbox.worker_batch, block)
             .await
     }
 
@@ -282,7 +282,7 @@ impl Writer {
     async fn claim(&self, min_idle: Duration) -> AppResult<Vec<StreamEntry>> {
         let claimed = self
             .stream
-            .claim_idle(min_idle, self.state.cfg.worker_batch)
+            .claim_idle(min_idle, self.state.cfg.outbox.worker_batch)
             .await?;
         if !claimed.is_empty() {
             metrics::counter!("flashsale_outbox_claimed_total").increment(claimed.len() as u64);
@@ -511,7 +511,7 @@ impl Writer {
         // (reads fall back to MySQL after); the public events go out.
         redis.mark_written_many(&paid_lines).await?;
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let ttl = self.state.cfg.order_cache_ttl.as_secs().max(1) as i64;
+        let ttl = self.state.cfg.outbox.order_cache_ttl.as_secs().max(1) as i64;
         let mut published = Vec::with_capacity(events.len());
         for (_, _, ev) in events {
             let payload = serde_json::to_string(&PublicEvent::of(ev))
@@ -528,7 +528,7 @@ impl Writer {
                 .record((now_ms - ev.at_ms).max(0) as f64 / 1000.0);
         }
         redis
-            .publish_written(&published, ttl, self.state.cfg.events_max_len)
+            .publish_written(&published, ttl, self.state.cfg.outbox.events_max_len)
             .await?;
         Ok(())
     }
@@ -605,9 +605,9 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             // attempt), then entries of stopped instances, then new ones.
             let mut entries = writer.read_pending().await?;
             entries.retain(|e| writer.due(e));
-            if entries.is_empty() && last_claim.elapsed() >= state.cfg.claim_idle / 2 {
+            if entries.is_empty() && last_claim.elapsed() >= state.cfg.outbox.claim_idle / 2 {
                 last_claim = Instant::now();
-                entries = writer.claim(state.cfg.claim_idle).await?;
+                entries = writer.claim(state.cfg.outbox.claim_idle).await?;
                 entries.retain(|e| writer.due(e));
             }
             if entries.is_empty() {

@@ -12,7 +12,8 @@ async fn a_stock_change_committed_while_its_connection_broke_stays_in_redis() {
     let host = mysql_base().trim_start_matches("mysql://root@").to_string();
     let proxy = Proxy::start(host.clone()).await;
     let through = format!("127.0.0.1:{}", proxy.port);
-    let app = spawn_app_with(|c| c.mysql_url = c.mysql_url.replace(&host, &through)).await;
+    let app =
+        spawn_app_with(|c| c.stores.mysql_url = c.stores.mysql_url.replace(&host, &through)).await;
     let w = app.warehouse("w").await;
     let sku = app.product("p", 100).await;
     assert_eq!(app.add_stock(sku, w, 10).await.status, StatusCode::OK);
@@ -98,7 +99,8 @@ async fn a_price_change_committed_while_its_connection_broke_is_what_redis_sells
     let host = mysql_base().trim_start_matches("mysql://root@").to_string();
     let proxy = Proxy::start(host.clone()).await;
     let through = format!("127.0.0.1:{}", proxy.port);
-    let app = spawn_app_with(|c| c.mysql_url = c.mysql_url.replace(&host, &through)).await;
+    let app =
+        spawn_app_with(|c| c.stores.mysql_url = c.stores.mysql_url.replace(&host, &through)).await;
     let sku = app.product("p", 100).await;
 
     proxy.break_next_commit();

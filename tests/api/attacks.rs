@@ -114,7 +114,7 @@ async fn break_next_order_record(app: &TestApp) -> String {
 /// to its key.
 #[tokio::test]
 async fn attack_checkout_retry_after_dead_process_is_refused_by_its_own_lock() {
-    let app = spawn_app_with(|c| c.idempotency_lease = Duration::from_millis(300)).await;
+    let app = spawn_app_with(|c| c.sale.idempotency_lease = Duration::from_millis(300)).await;
     let sku = app.sale_product(10, None).await;
     let user = 9_101;
     let t = app.customer_token(user);
@@ -161,7 +161,7 @@ async fn attack_checkout_retry_after_dead_process_is_refused_by_its_own_lock() {
 /// sale and the customer lost them.
 #[tokio::test]
 async fn attack_checkout_retry_after_dead_process_strands_the_converted_lines() {
-    let app = spawn_app_with(|c| c.idempotency_lease = Duration::from_millis(300)).await;
+    let app = spawn_app_with(|c| c.sale.idempotency_lease = Duration::from_millis(300)).await;
     let sku = app.sale_product(10, None).await;
     let user = 9_102;
     let t = app.customer_token(user);
@@ -189,7 +189,7 @@ async fn attack_checkout_retry_after_dead_process_strands_the_converted_lines() 
 /// lines). The customer's retry answers 409 `cart_empty`, the held units went to everyone.
 #[tokio::test]
 async fn attack_checkout_retry_after_dead_process_fails_its_recorded_order_and_loses_the_cart() {
-    let app = spawn_app_with(|c| c.idempotency_lease = Duration::from_millis(300)).await;
+    let app = spawn_app_with(|c| c.sale.idempotency_lease = Duration::from_millis(300)).await;
     let sku = app.sale_product(10, None).await;
     let user = 9_105;
     let t = app.customer_token(user);
@@ -265,7 +265,7 @@ enum Stall {
 /// while A still works. The client's retry B (instance 2) takes the key over and stalls too.
 /// Then instance 1 looks again, MySQL lets both go on. Returns both answers and the orders.
 async fn lease_lost_race(stall: Stall) -> ((StatusCode, Value), (StatusCode, Value), Vec<Value>) {
-    use flashsale::app::Application;
+    use flashsale::startup::Application;
     use sqlx::Executor;
 
     use crate::helpers::{OwnRedis, eventually, free_port};
@@ -277,10 +277,10 @@ async fn lease_lost_race(stall: Stall) -> ((StatusCode, Value), (StatusCode, Val
     )
     .await;
     let tweak = |c: &mut flashsale::config::Config| {
-        c.redis_url = own.url();
-        c.idempotency_lease = Duration::from_millis(600);
+        c.stores.redis_url = own.url();
+        c.sale.idempotency_lease = Duration::from_millis(600);
         // The instances look at the policy only when the test asks them to.
-        c.metrics_interval = Duration::from_secs(3600);
+        c.telemetry.metrics_interval = Duration::from_secs(3600);
     };
     let app = spawn_app_with(tweak).await;
     // A second instance of the same deployment (same MySQL database, Redis and prefix).
@@ -463,7 +463,7 @@ async fn attack_idempotency_lease_lost_after_bind_still_places_a_second_order() 
 #[tokio::test]
 async fn attack_stalled_holder_cannot_record_its_order_once_a_retry_took_over() {
     use flashsale::store::redis::{Created, Deadline, ReserveMode, ReserveRequest, Rid};
-    let app = spawn_app_with(|c| c.idempotency_lease = Duration::from_millis(300)).await;
+    let app = spawn_app_with(|c| c.sale.idempotency_lease = Duration::from_millis(300)).await;
     let sku = app.sale_product(10, None).await;
     let user = 9_201;
     let t = app.customer_token(user);
@@ -550,7 +550,7 @@ async fn attack_stalled_holder_cannot_record_its_order_once_a_retry_took_over() 
 #[tokio::test]
 async fn attack_checkout_stalled_holder_and_its_retry_place_one_order() {
     use flashsale::store::redis::{Created, Decision, OrderAction};
-    let app = spawn_app_with(|c| c.idempotency_lease = Duration::from_millis(300)).await;
+    let app = spawn_app_with(|c| c.sale.idempotency_lease = Duration::from_millis(300)).await;
     let a = app.sale_product(10, None).await;
     let b = app.sale_product(10, None).await;
     let user = 9_202;
@@ -654,7 +654,7 @@ async fn attack_checkout_stalled_holder_and_its_retry_place_one_order() {
 /// deadline (never extended to the order's payment window).
 #[tokio::test]
 async fn attack_failed_checkout_returns_the_hold_with_its_own_deadline() {
-    let app = spawn_app_with(|c| c.cart_hold_ttl = Duration::from_secs(120)).await;
+    let app = spawn_app_with(|c| c.sale.cart_hold_ttl = Duration::from_secs(120)).await;
     let sku = app.sale_product(10, None).await;
     let t = app.customer_token(9_203);
     app.cart_add(&t, sku, 2).await;
@@ -689,7 +689,7 @@ async fn attack_failed_checkout_returns_the_hold_with_its_own_deadline() {
 #[tokio::test]
 async fn attack_a_lapsed_hold_is_not_revived_by_a_failed_checkout() {
     use flashsale::store::redis::Returned;
-    let app = spawn_app_with(|c| c.cart_hold_ttl = Duration::from_millis(300)).await;
+    let app = spawn_app_with(|c| c.sale.cart_hold_ttl = Duration::from_millis(300)).await;
     let sku = app.sale_product(10, None).await;
     let user = 9_204;
     let t = app.customer_token(user);
@@ -721,7 +721,7 @@ async fn attack_a_lapsed_hold_is_not_revived_by_a_failed_checkout() {
 /// A sku holding a line of the order that holds the customer's checkout lock is kept.
 #[tokio::test]
 async fn attack_a_cart_read_between_the_dead_checkout_and_its_retry_keeps_the_converted_line() {
-    let app = spawn_app_with(|c| c.idempotency_lease = Duration::from_millis(300)).await;
+    let app = spawn_app_with(|c| c.sale.idempotency_lease = Duration::from_millis(300)).await;
     let sku = app.sale_product(10, None).await;
     let user = 9_205;
     let t = app.customer_token(user);
@@ -746,7 +746,7 @@ async fn attack_a_cart_read_between_the_dead_checkout_and_its_retry_keeps_the_co
 /// others wait for its answer; all answer that one order, its units reserved once.
 #[tokio::test]
 async fn attack_concurrent_retries_of_a_dead_checkout_answer_one_order() {
-    let app = spawn_app_with(|c| c.idempotency_lease = Duration::from_millis(300)).await;
+    let app = spawn_app_with(|c| c.sale.idempotency_lease = Duration::from_millis(300)).await;
     let sku = app.sale_product(10, None).await;
     let user = 9_206;
     let t = app.customer_token(user);

@@ -65,8 +65,8 @@ async fn attack_index_trim_hides_unwritten_open_orders_from_their_owner() {
 #[tokio::test]
 async fn attack_index_expiry_hides_paid_orders_not_yet_written() {
     let app = spawn_app_with(|c| {
-        c.payment_ttl = Duration::from_secs(1);
-        c.order_cache_ttl = Duration::from_secs(1);
+        c.sale.payment_ttl = Duration::from_secs(1);
+        c.outbox.order_cache_ttl = Duration::from_secs(1);
     })
     .await;
     let sku = app.sale_product(10, None).await;
@@ -130,8 +130,8 @@ async fn attack_redis_back_from_older_persistence_reuses_ids_and_resells() {
     let redis_server = crate::helpers::OwnRedis::start(port, &dir).await;
     let url = redis_server.url();
     let app = spawn_app_with(|c| {
-        c.redis_url = url.clone();
-        c.redis_timeout = Duration::from_millis(500);
+        c.stores.redis_url = url.clone();
+        c.stores.redis_timeout = Duration::from_millis(500);
     })
     .await;
     let sku = app.sale_product(3, None).await;
@@ -182,7 +182,7 @@ async fn attack_redis_back_from_older_persistence_reuses_ids_and_resells() {
                 ra.status
             ));
         }
-        flashsale::reconcile::rebuild_cache(&app.state)
+        flashsale::service::reconcile::rebuild_cache(&app.state)
             .await
             .unwrap();
         if app.get("/readyz", None).await.status != StatusCode::OK {
@@ -195,9 +195,11 @@ async fn attack_redis_back_from_older_persistence_reuses_ids_and_resells() {
                 r.body
             ));
         }
-        let checks = flashsale::reconcile::check(&app.state).await.unwrap();
+        let checks = flashsale::service::reconcile::check(&app.state)
+            .await
+            .unwrap();
         if !checks.iter().all(|c| c.ok()) {
-            wrong.push(flashsale::reconcile::table(&checks));
+            wrong.push(flashsale::service::reconcile::table(&checks));
         }
     }
     if r.status == StatusCode::CREATED {
@@ -238,7 +240,7 @@ async fn attack_failed_stock_addition_leaves_sold_units_mysql_never_had() {
         .unwrap()
         .into();
     // Another session holds the stock row (a write-back, a second admin, ...).
-    let mut other = sqlx::MySqlConnection::connect(&app.state.cfg.mysql_url)
+    let mut other = sqlx::MySqlConnection::connect(&app.state.cfg.stores.mysql_url)
         .await
         .unwrap();
     sqlx::query("BEGIN").execute(&mut other).await.unwrap();
@@ -354,7 +356,7 @@ async fn counting_receiver() -> (
 async fn attack_event_stream_trim_drops_webhook_events_never_delivered() {
     const ORDERS: usize = 300;
     let (url, seen) = counting_receiver().await;
-    let app = spawn_app_with(|c| c.events_max_len = 10).await;
+    let app = spawn_app_with(|c| c.outbox.events_max_len = 10).await;
     // Webhooks were on before the sale (an instance with FLASHSALE_WEBHOOK_URL started, which
     // makes the group); the sender then fell behind. (Events written while no group exists at
     // all are capped by length: API.md, "Order events".)
@@ -377,8 +379,8 @@ async fn attack_event_stream_trim_drops_webhook_events_never_delivered() {
 
     // The sender catches up.
     let mut cfg = (*app.state.cfg).clone();
-    cfg.webhook_url = Some(url);
-    cfg.webhook_secret = Some("x2".into());
+    cfg.webhooks.webhook_url = Some(url);
+    cfg.webhooks.webhook_secret = Some("x2".into());
     let state = flashsale::app::AppState {
         cfg: std::sync::Arc::new(cfg),
         ..app.state.clone()
@@ -406,8 +408,8 @@ async fn attack_rebuild_cache_keeps_stale_counters_after_a_partial_loss() {
     let redis_server = crate::helpers::OwnRedis::start(port, &dir).await;
     let url = redis_server.url();
     let app = spawn_app_with(|c| {
-        c.redis_url = url.clone();
-        c.redis_timeout = Duration::from_millis(500);
+        c.stores.redis_url = url.clone();
+        c.stores.redis_timeout = Duration::from_millis(500);
     })
     .await;
     let sku = app.sale_product(3, None).await;
@@ -429,10 +431,12 @@ async fn attack_rebuild_cache_keeps_stale_counters_after_a_partial_loss() {
         || async { app.get(&format!("/v1/products/{sku}"), None).await.status == StatusCode::OK },
     )
     .await;
-    let report = flashsale::reconcile::rebuild_cache(&app.state)
+    let report = flashsale::service::reconcile::rebuild_cache(&app.state)
         .await
         .unwrap();
-    let checks = flashsale::reconcile::check(&app.state).await.unwrap();
+    let checks = flashsale::service::reconcile::check(&app.state)
+        .await
+        .unwrap();
 
     let tb = app.customer_token(7_402);
     let r = app.try_buy_now(&tb, sku, 3).await;
@@ -442,7 +446,7 @@ async fn attack_rebuild_cache_keeps_stale_counters_after_a_partial_loss() {
         "MySQL has 0 on hand and 3 paid, but after rebuild-cache ({report:?}) the service sold \
          again: {:?}; reconcile said: {}",
         r.body,
-        flashsale::reconcile::table(&checks)
+        flashsale::service::reconcile::table(&checks)
     );
 }
 
@@ -460,7 +464,7 @@ async fn attack_ids_burned_by_refusals_outrun_the_margin_after_a_loss() {
     let redis_server = crate::helpers::OwnRedis::start(port, &dir).await;
     let url = redis_server.url();
     let app = spawn_app_with(|c| {
-        c.redis_url = url.clone();
+        c.stores.redis_url = url.clone();
     })
     .await;
     let sku = app.sale_product(1, None).await;
@@ -503,7 +507,7 @@ async fn attack_ids_burned_by_refusals_outrun_the_margin_after_a_loss() {
         matches!(refused, Err(flashsale::error::AppError::Unavailable(_))),
         "an id handed out on a Redis that lost its data: {refused:?}"
     );
-    flashsale::reconcile::rebuild_cache(&app.state)
+    flashsale::service::reconcile::rebuild_cache(&app.state)
         .await
         .unwrap();
     let after = flashsale::service::order_ids::next(&app.state)

@@ -177,7 +177,7 @@ async fn every_cart_error_code_and_nothing_changes() {
 
 #[tokio::test]
 async fn holds_expire_and_units_come_back() {
-    let app = spawn_app_with(|c| c.cart_hold_ttl = Duration::from_millis(600)).await;
+    let app = spawn_app_with(|c| c.sale.cart_hold_ttl = Duration::from_millis(600)).await;
     let sku = app.sale_product(5, None).await;
     let t = app.customer_token(504);
     app.cart_add(&t, sku, 4).await;
@@ -193,8 +193,8 @@ async fn holds_expire_and_units_come_back() {
 
     // An expired hold that was not swept yet is given back when its line changes again.
     let app2 = spawn_app_with(|c| {
-        c.cart_hold_ttl = Duration::from_millis(300);
-        c.sweep_interval = Duration::from_secs(3600);
+        c.sale.cart_hold_ttl = Duration::from_millis(300);
+        c.sweeper.sweep_interval = Duration::from_secs(3600);
     })
     .await;
     let sku2 = app2.sale_product(3, Some(3)).await;

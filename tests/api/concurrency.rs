@@ -120,11 +120,11 @@ async fn mixed_run_keeps_the_identity() {
     const WORKERS: usize = 48;
     let app = Arc::new(
         spawn_app_with(|c| {
-            c.cart_hold_ttl = Duration::from_millis(250);
-            c.payment_ttl = Duration::from_millis(350);
-            c.sweep_interval = Duration::from_millis(50);
+            c.sale.cart_hold_ttl = Duration::from_millis(250);
+            c.sale.payment_ttl = Duration::from_millis(350);
+            c.sweeper.sweep_interval = Duration::from_millis(50);
             // The write-back runs in the background during the run, as in production.
-            c.worker = true;
+            c.outbox.worker = true;
         })
         .await,
     );
@@ -328,8 +328,8 @@ async fn mixed_run_keeps_the_identity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pay_racing_expiry() {
     let app = spawn_app_with(|c| {
-        c.payment_ttl = Duration::from_millis(300);
-        c.sweep_interval = Duration::from_secs(3600);
+        c.sale.payment_ttl = Duration::from_millis(300);
+        c.sweeper.sweep_interval = Duration::from_secs(3600);
     })
     .await;
     const ROUNDS: usize = 40;

@@ -9,7 +9,7 @@ use crate::helpers::{TestApp, spawn_app, spawn_app_with};
 const SHOP: &str = "https://shop.example";
 
 async fn shop_app() -> TestApp {
-    spawn_app_with(|c| c.cors_origins = vec![SHOP.into()]).await
+    spawn_app_with(|c| c.http.cors_origins = vec![SHOP.into()]).await
 }
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -144,7 +144,7 @@ async fn no_cors_by_default() {
 
 #[tokio::test]
 async fn star_allows_any_origin() {
-    let app = spawn_app_with(|c| c.cors_origins = vec!["*".into()]).await;
+    let app = spawn_app_with(|c| c.http.cors_origins = vec!["*".into()]).await;
     for origin in [SHOP, "https://anyone.example", "http://localhost:3000"] {
         let r = preflight(&app, origin).await;
         assert!(r.status().is_success(), "preflight: {}", r.status());

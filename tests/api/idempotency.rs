@@ -72,7 +72,7 @@ async fn retry_until_answered(
 
 #[tokio::test]
 async fn a_request_cut_off_mid_way_leaves_one_order_and_its_retry_gets_it() {
-    let app = spawn_app_with(|c| c.request_timeout = Duration::from_secs(1)).await;
+    let app = spawn_app_with(|c| c.http.request_timeout = Duration::from_secs(1)).await;
     let t = app.customer_token(7_001);
 
     for (key, cut) in [("bn-408", "deadline"), ("bn-hangup", "hang-up")] {
@@ -157,7 +157,7 @@ async fn vanished_holder(
 
 #[tokio::test]
 async fn a_key_whose_holder_vanished_is_free_once_its_lease_runs_out() {
-    let app = spawn_app_with(|c| c.idempotency_lease = Duration::from_millis(300)).await;
+    let app = spawn_app_with(|c| c.sale.idempotency_lease = Duration::from_millis(300)).await;
     let sku = app.sale_product(10, None).await;
     let t = app.customer_token(7_002);
     vanished_holder(&app, 7_002, "k-free", sku, None).await;
@@ -183,7 +183,7 @@ async fn a_key_whose_holder_vanished_is_free_once_its_lease_runs_out() {
 
 #[tokio::test]
 async fn a_retry_answers_the_order_a_vanished_request_placed() {
-    let app = spawn_app_with(|c| c.idempotency_lease = Duration::from_millis(300)).await;
+    let app = spawn_app_with(|c| c.sale.idempotency_lease = Duration::from_millis(300)).await;
     let sku = app.sale_product(10, None).await;
     let t = app.customer_token(7_003);
     // The vanished request had placed its order (awaiting payment) but stored no answer.
@@ -210,7 +210,7 @@ async fn a_retry_answers_the_order_a_vanished_request_placed() {
 async fn a_retry_fails_a_half_made_order_and_places_one_afresh() {
     use flashsale::domain::Sku;
     use flashsale::store::redis::{Deadline, ReserveMode, ReserveRequest, Rid};
-    let app = spawn_app_with(|c| c.idempotency_lease = Duration::from_millis(300)).await;
+    let app = spawn_app_with(|c| c.sale.idempotency_lease = Duration::from_millis(300)).await;
     let sku = app.sale_product(10, None).await;
     let t = app.customer_token(7_004);
     // The vanished request had created its order and reserved its line, not activated it.
@@ -270,7 +270,7 @@ async fn a_retry_fails_a_half_made_order_and_places_one_afresh() {
 /// Many repeats at once, while the first is cut off: still one order.
 #[tokio::test]
 async fn concurrent_repeats_of_a_cut_off_request_make_one_order() {
-    let app = spawn_app_with(|c| c.request_timeout = Duration::from_secs(1)).await;
+    let app = spawn_app_with(|c| c.http.request_timeout = Duration::from_secs(1)).await;
     let sku = app.sale_product(100, None).await;
     let t = app.customer_token(7_005);
     forget_sku_in_redis(&app, sku).await;
@@ -296,7 +296,7 @@ async fn concurrent_repeats_of_a_cut_off_request_make_one_order() {
 /// still waits for the first instead of running a second order.
 #[tokio::test]
 async fn a_slow_request_keeps_its_key_past_the_lease_length() {
-    let app = spawn_app_with(|c| c.idempotency_lease = Duration::from_millis(300)).await;
+    let app = spawn_app_with(|c| c.sale.idempotency_lease = Duration::from_millis(300)).await;
     let sku = app.sale_product(10, None).await;
     let t = app.customer_token(7_006);
     forget_sku_in_redis(&app, sku).await;
@@ -332,7 +332,7 @@ async fn a_slow_request_keeps_its_key_past_the_lease_length() {
 #[tokio::test]
 async fn an_operation_that_panics_releases_its_key() {
     use flashsale::http::idempotency::once;
-    let app = spawn_app_with(|c| c.idempotency_lease = Duration::from_secs(60)).await;
+    let app = spawn_app_with(|c| c.sale.idempotency_lease = Duration::from_secs(60)).await;
     let state = &app.state;
     let r = once(
         state,

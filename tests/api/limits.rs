@@ -45,9 +45,9 @@ async fn read_answer(s: &mut TcpStream, within: Duration) -> String {
 #[tokio::test]
 async fn a_burst_from_one_customer_gets_429_while_others_are_served() {
     let app = spawn_app_with(|c| {
-        c.rate_limits = true;
-        c.rate_customer_per_sec = 1.0;
-        c.rate_customer_burst = 5;
+        c.limits.rate_limits = true;
+        c.limits.rate_customer_per_sec = 1.0;
+        c.limits.rate_customer_burst = 5;
     })
     .await;
     let sku = app.sale_product(1_000, None).await;
@@ -107,9 +107,9 @@ async fn a_burst_from_one_customer_gets_429_while_others_are_served() {
 #[tokio::test]
 async fn one_address_is_limited_across_its_customers() {
     let app = spawn_app_with(|c| {
-        c.rate_limits = true;
-        c.rate_ip_per_sec = 0.5;
-        c.rate_ip_burst = 3;
+        c.limits.rate_limits = true;
+        c.limits.rate_ip_per_sec = 0.5;
+        c.limits.rate_ip_burst = 3;
     })
     .await;
     let mut tokens = Vec::new();
@@ -139,9 +139,9 @@ async fn one_address_is_limited_across_its_customers() {
 #[tokio::test]
 async fn failed_logins_are_limited_per_username_and_address_and_attempts_per_address() {
     let app = spawn_app_with(|c| {
-        c.rate_limits = true;
-        c.login_failures_per_min = 3.0;
-        c.login_ip_per_min = 1_000.0;
+        c.limits.rate_limits = true;
+        c.limits.login_failures_per_min = 3.0;
+        c.limits.login_ip_per_min = 1_000.0;
     })
     .await;
     app.register("victim").await;
@@ -178,8 +178,8 @@ async fn failed_logins_are_limited_per_username_and_address_and_attempts_per_add
 
     // Attempts per address: sign-ups and logins share the bucket.
     let app = spawn_app_with(|c| {
-        c.rate_limits = true;
-        c.login_ip_per_min = 4.0;
+        c.limits.rate_limits = true;
+        c.limits.login_ip_per_min = 4.0;
     })
     .await;
     // spawn_app's admin login took one token.
@@ -213,7 +213,7 @@ async fn failed_logins_are_limited_per_username_and_address_and_attempts_per_add
 
 #[tokio::test]
 async fn a_cart_holds_at_most_max_cart_lines_products() {
-    let app = spawn_app_with(|c| c.max_cart_lines = 2).await;
+    let app = spawn_app_with(|c| c.sale.max_cart_lines = 2).await;
     let skus = [
         app.sale_product(10, None).await,
         app.sale_product(10, None).await,
@@ -240,8 +240,8 @@ async fn a_cart_holds_at_most_max_cart_lines_products() {
 #[tokio::test]
 async fn oversized_or_slow_request_heads_are_refused() {
     let app = spawn_app_with(|c| {
-        c.header_limit = 8 * 1024;
-        c.header_timeout = Duration::from_millis(300);
+        c.http.header_limit = 8 * 1024;
+        c.http.header_timeout = Duration::from_millis(300);
     })
     .await;
     let r = app
@@ -278,7 +278,7 @@ async fn oversized_or_slow_request_heads_are_refused() {
 
 #[tokio::test]
 async fn a_request_not_complete_in_time_gets_408_and_changes_nothing() {
-    let app = spawn_app_with(|c| c.request_timeout = Duration::from_millis(400)).await;
+    let app = spawn_app_with(|c| c.http.request_timeout = Duration::from_millis(400)).await;
     let sku = app.sale_product(10, None).await;
     let (_, t) = app.register("slowpoke").await;
     let body = format!("{{\"sku\": {sku}, \"count\": 1}}");
@@ -298,7 +298,7 @@ async fn a_request_not_complete_in_time_gets_408_and_changes_nothing() {
 
 #[tokio::test]
 async fn past_the_in_flight_cap_requests_get_503_at_once() {
-    let app = spawn_app_with(|c| c.max_in_flight = 2).await;
+    let app = spawn_app_with(|c| c.http.max_in_flight = 2).await;
     let body = br#"{"username": "slow-signup", "password": "slow-password"}"#;
     // Two requests whose bodies are still coming hold both slots.
     let mut a = partial_request(&app, "POST /v1/users", None, body.len(), &body[..10]).await;
@@ -325,8 +325,8 @@ async fn past_the_in_flight_cap_requests_get_503_at_once() {
 #[tokio::test]
 async fn an_exhausted_mysql_pool_answers_503_quickly_and_changes_nothing() {
     let app = spawn_app_with(|c| {
-        c.mysql_pool = 1;
-        c.mysql_timeout = Duration::from_millis(300);
+        c.stores.mysql_pool = 1;
+        c.stores.mysql_timeout = Duration::from_millis(300);
     })
     .await;
     // The test holds the pool's only connection.

@@ -135,8 +135,8 @@ async fn buy_now(app: &TestApp, token: &str, sku: u64, count: u64) {
 }
 
 fn fast(c: &mut flashsale::config::Config) {
-    c.live_tick = Duration::from_millis(50);
-    c.live_resync = Duration::from_millis(500);
+    c.live.live_tick = Duration::from_millis(50);
+    c.live.live_resync = Duration::from_millis(500);
 }
 
 #[tokio::test]
@@ -178,7 +178,7 @@ async fn a_sku_stream_starts_with_the_count_and_follows_purchases_and_restocks()
 async fn each_script_call_that_changes_stock_announces_once() {
     let app = spawn_app().await;
     let sku = app.sale_product(10, None).await;
-    let client = redis::Client::open(app.state.cfg.redis_url.as_str()).unwrap();
+    let client = redis::Client::open(app.state.cfg.stores.redis_url.as_str()).unwrap();
     let mut ps = client.get_async_pubsub().await.unwrap();
     ps.subscribe(format!("{}:stock-live", app.prefix))
         .await
@@ -214,7 +214,7 @@ async fn each_script_call_that_changes_stock_announces_once() {
 
 #[tokio::test]
 async fn rapid_purchases_are_coalesced_into_few_events() {
-    let app = spawn_app_with(|c| c.live_tick = Duration::from_millis(250)).await;
+    let app = spawn_app_with(|c| c.live.live_tick = Duration::from_millis(250)).await;
     let sku = app.sale_product(1_000, None).await;
     let mut s = SseClient::open(&app, &format!("/v1/products/{sku}/stock/stream"), None).await;
     assert_eq!(
@@ -249,7 +249,7 @@ async fn rapid_purchases_are_coalesced_into_few_events() {
 
 #[tokio::test]
 async fn a_quiet_stream_sends_heartbeats() {
-    let app = spawn_app_with(|c| c.live_heartbeat = Duration::from_millis(200)).await;
+    let app = spawn_app_with(|c| c.live.live_heartbeat = Duration::from_millis(200)).await;
     let sku = app.sale_product(3, None).await;
     let mut s = SseClient::open(&app, &format!("/v1/products/{sku}/stock/stream"), None).await;
     assert_eq!(s.next(Duration::from_secs(5)).await.unwrap().event, "stock");
@@ -358,7 +358,7 @@ async fn a_reconnect_with_last_event_id_gets_the_current_count_first() {
 
 #[tokio::test]
 async fn streams_beyond_the_cap_are_refused_with_503() {
-    let app = spawn_app_with(|c| c.live_max_watchers = 2).await;
+    let app = spawn_app_with(|c| c.live.live_max_watchers = 2).await;
     let sku = app.sale_product(3, None).await;
     let path = format!("/v1/products/{sku}/stock/stream");
     let a = SseClient::open(&app, &path, None).await;
@@ -386,7 +386,7 @@ async fn streams_beyond_the_cap_are_refused_with_503() {
 
 #[tokio::test]
 async fn streams_carry_cors_headers_for_allowed_origins() {
-    let app = spawn_app_with(|c| c.cors_origins = vec!["https://shop.example".into()]).await;
+    let app = spawn_app_with(|c| c.http.cors_origins = vec!["https://shop.example".into()]).await;
     let sku = app.sale_product(3, None).await;
     for path in [
         format!("/v1/products/{sku}/stock/stream"),
@@ -419,9 +419,9 @@ async fn shutdown_ends_open_streams_at_once() {
     let sku = app.sale_product(3, None).await;
     // A second instance on the same stores, whose shutdown this test drives.
     let mut cfg = (*app.state.cfg).clone();
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.shutdown_grace = Duration::from_secs(30);
-    let server = flashsale::app::Application::build(cfg).await.unwrap();
+    cfg.http.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.http.shutdown_grace = Duration::from_secs(30);
+    let server = flashsale::startup::Application::build(cfg).await.unwrap();
     let addr = format!("http://127.0.0.1:{}", server.port());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(server.run_until(async {
@@ -466,9 +466,9 @@ async fn open_as(app: &TestApp, path: &str, ip: &str) -> reqwest::Response {
 async fn one_address_cannot_take_every_stream_slot() {
     let app = spawn_app_with(|c| {
         fast(c);
-        c.live_max_watchers = 6;
-        c.live_max_per_client = 3;
-        c.trust_forwarded_for = true;
+        c.live.live_max_watchers = 6;
+        c.live.live_max_per_client = 3;
+        c.http.trust_forwarded_for = true;
     })
     .await;
     let sku = app.sale_product(3, None).await;
@@ -538,9 +538,9 @@ async fn one_address_cannot_take_every_stream_slot() {
 #[tokio::test]
 async fn opening_streams_takes_from_the_address_rate_bucket() {
     let app = spawn_app_with(|c| {
-        c.rate_limits = true;
-        c.rate_ip_burst = 3;
-        c.rate_ip_per_sec = 0.01;
+        c.limits.rate_limits = true;
+        c.limits.rate_ip_burst = 3;
+        c.limits.rate_ip_per_sec = 0.01;
     })
     .await;
     let sku = app.sale_product(3, None).await;
@@ -565,7 +565,7 @@ async fn opening_streams_takes_from_the_address_rate_bucket() {
 async fn an_open_stream_outlives_the_request_deadline() {
     let app = spawn_app_with(|c| {
         fast(c);
-        c.request_timeout = Duration::from_secs(1);
+        c.http.request_timeout = Duration::from_secs(1);
     })
     .await;
     let sku = app.sale_product(5, None).await;

@@ -166,7 +166,7 @@ async fn rebuild_cache_goes_on_past_a_sku_it_cannot_load() {
         .await
         .unwrap();
 
-    let report = flashsale::reconcile::rebuild_cache(&app.state)
+    let report = flashsale::service::reconcile::rebuild_cache(&app.state)
         .await
         .expect("rebuild-cache runs to the end");
     assert_eq!(report.skus_loaded, 2, "{report:?}");

@@ -33,11 +33,11 @@ async fn login_from(app: &TestApp, address: &str, username: &str, password: &str
 #[tokio::test]
 async fn guesses_from_elsewhere_do_not_lock_the_owner_out() {
     let app = spawn_app_with(|c| {
-        c.rate_limits = true;
-        c.trust_forwarded_for = true;
-        c.login_failures_per_min = 5.0;
-        c.login_user_failures_per_min = 1_000.0;
-        c.login_ip_per_min = 1_000.0;
+        c.limits.rate_limits = true;
+        c.http.trust_forwarded_for = true;
+        c.limits.login_failures_per_min = 5.0;
+        c.limits.login_user_failures_per_min = 1_000.0;
+        c.limits.login_ip_per_min = 1_000.0;
     })
     .await;
     app.register("victim").await;
@@ -73,11 +73,11 @@ async fn guesses_from_elsewhere_do_not_lock_the_owner_out() {
 #[tokio::test]
 async fn guessing_spread_over_many_addresses_meets_the_username_ceiling() {
     let app = spawn_app_with(|c| {
-        c.rate_limits = true;
-        c.trust_forwarded_for = true;
-        c.login_failures_per_min = 2.0;
-        c.login_user_failures_per_min = 6.0;
-        c.login_ip_per_min = 1_000.0;
+        c.limits.rate_limits = true;
+        c.http.trust_forwarded_for = true;
+        c.limits.login_failures_per_min = 2.0;
+        c.limits.login_user_failures_per_min = 6.0;
+        c.limits.login_ip_per_min = 1_000.0;
     })
     .await;
     app.register("target").await;
@@ -159,10 +159,10 @@ async fn logins_fail_closed_while_redis_is_down() {
     let mut redis_server = OwnRedis::start(port).await;
     let url = redis_server.url();
     let app = spawn_app_with(|c| {
-        c.redis_url = url.clone();
-        c.redis_timeout = Duration::from_millis(300);
-        c.rate_limits = true;
-        c.login_failures_per_min = 5.0;
+        c.stores.redis_url = url.clone();
+        c.stores.redis_timeout = Duration::from_millis(300);
+        c.limits.rate_limits = true;
+        c.limits.login_failures_per_min = 5.0;
     })
     .await;
     app.register("owner").await;
@@ -228,13 +228,13 @@ async fn logins_fail_closed_while_redis_is_down() {
 #[tokio::test]
 async fn concurrent_guesses_get_no_more_tries_than_the_bucket_holds() {
     let app = spawn_app_with(|c| {
-        c.rate_limits = true;
-        c.trust_forwarded_for = true;
-        c.login_failures_per_min = 3.0;
-        c.login_user_failures_per_min = 1_000.0;
-        c.login_ip_per_min = 1_000.0;
+        c.limits.rate_limits = true;
+        c.http.trust_forwarded_for = true;
+        c.limits.login_failures_per_min = 3.0;
+        c.limits.login_user_failures_per_min = 1_000.0;
+        c.limits.login_ip_per_min = 1_000.0;
         // Argon2 as costly as in production: the window between look and charge is real.
-        c.argon2_memory_kib = 19 * 1024;
+        c.auth.argon2_memory_kib = 19 * 1024;
     })
     .await;
     app.register("crowded").await;
@@ -267,11 +267,11 @@ async fn concurrent_guesses_get_no_more_tries_than_the_bucket_holds() {
 #[tokio::test]
 async fn refused_attempts_do_not_drain_the_username_ceiling() {
     let app = spawn_app_with(|c| {
-        c.rate_limits = true;
-        c.trust_forwarded_for = true;
-        c.login_failures_per_min = 3.0;
-        c.login_user_failures_per_min = 8.0;
-        c.login_ip_per_min = 1_000.0;
+        c.limits.rate_limits = true;
+        c.http.trust_forwarded_for = true;
+        c.limits.login_failures_per_min = 3.0;
+        c.limits.login_user_failures_per_min = 8.0;
+        c.limits.login_ip_per_min = 1_000.0;
     })
     .await;
     app.register("hammered").await;
@@ -287,12 +287,12 @@ async fn refused_attempts_do_not_drain_the_username_ceiling() {
 
     // Nor does a refusal by the address's attempt bucket take the username's tokens.
     let app = spawn_app_with(|c| {
-        c.rate_limits = true;
-        c.trust_forwarded_for = true;
-        c.login_failures_per_min = 10.0;
-        c.login_user_failures_per_min = 4.0;
+        c.limits.rate_limits = true;
+        c.http.trust_forwarded_for = true;
+        c.limits.login_failures_per_min = 10.0;
+        c.limits.login_user_failures_per_min = 4.0;
         // spawn_app's admin login and the sign-up and login of `register` come from 127.0.0.1.
-        c.login_ip_per_min = 3.0;
+        c.limits.login_ip_per_min = 3.0;
     })
     .await;
     app.register("quiet").await;

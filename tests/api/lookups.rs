@@ -30,9 +30,9 @@ async fn status_of(client: &reqwest::Client, url: String) -> StatusCode {
 #[tokio::test]
 async fn a_burst_of_lookups_on_a_pool_of_two_gets_no_503_and_readyz_stays_ready() {
     let app = spawn_app_with(|c| {
-        c.mysql_pool = 2;
-        c.mysql_timeout = Duration::from_secs(1);
-        c.live_max_per_client = 1_000;
+        c.stores.mysql_pool = 2;
+        c.stores.mysql_timeout = Duration::from_secs(1);
+        c.live.live_max_per_client = 1_000;
     })
     .await;
     let known: Vec<u32> = (7001..7021).collect();
@@ -139,7 +139,7 @@ async fn an_unknown_sku_costs_mysql_work_once_until_it_is_created_here() {
 
 #[tokio::test]
 async fn a_sku_created_on_another_instance_is_found_after_the_negative_cache_ttl() {
-    let app = spawn_app_with(|c| c.unknown_sku_ttl = Duration::from_secs(2)).await;
+    let app = spawn_app_with(|c| c.sale.unknown_sku_ttl = Duration::from_secs(2)).await;
     let r = app.get("/v1/products/888888", None).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     unloaded_products(&app, [888888]).await;
@@ -183,8 +183,8 @@ async fn lock_waiters(app: &TestApp, conn: &mut sqlx::MySqlConnection) -> i64 {
 #[tokio::test]
 async fn concurrent_loads_of_one_sku_take_one_connection_while_mysql_is_stuck() {
     let app = spawn_app_with(|c| {
-        c.mysql_pool = 3;
-        c.mysql_timeout = Duration::from_secs(20);
+        c.stores.mysql_pool = 3;
+        c.stores.mysql_timeout = Duration::from_secs(20);
     })
     .await;
     unloaded_products(&app, [6001, 6002]).await;

@@ -12,6 +12,7 @@ mod cart;
 mod catalog;
 mod checkout;
 mod concurrency;
+mod config_doc;
 mod cors;
 mod idempotency;
 mod limits;

@@ -102,12 +102,12 @@ async fn every_redis_key_a_sale_leaves_has_a_bound() {
     const ORDERS: u64 = 300;
     const EVENTS_CAP: u64 = 50;
     let app = spawn_app_with(|c| {
-        c.events_max_len = EVENTS_CAP;
-        c.rate_limits = true;
-        c.rate_customer_per_sec = 1000.0;
-        c.rate_customer_burst = 1000;
-        c.rate_ip_per_sec = 100_000.0;
-        c.rate_ip_burst = 100_000;
+        c.outbox.events_max_len = EVENTS_CAP;
+        c.limits.rate_limits = true;
+        c.limits.rate_customer_per_sec = 1000.0;
+        c.limits.rate_customer_burst = 1000;
+        c.limits.rate_ip_per_sec = 100_000.0;
+        c.limits.rate_ip_burst = 100_000;
     })
     .await;
     let sku = app.sale_product(ORDERS as i64 + 20, Some(2)).await;

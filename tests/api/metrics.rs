@@ -70,7 +70,7 @@ pub fn alert_rules() -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn a_short_sale_exposes_every_metric_the_dashboard_and_catalogue_name() {
-    let app = spawn_app_with(|c| c.payment_ttl = Duration::from_millis(300)).await;
+    let app = spawn_app_with(|c| c.sale.payment_ttl = Duration::from_millis(300)).await;
     let sku = app.sale_product(3, Some(2)).await;
     let (a, b) = (app.customer_token(1), app.customer_token(2));
     app.cart_add(&a, sku, 2).await;

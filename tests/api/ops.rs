@@ -171,7 +171,7 @@ async fn method_not_allowed_lists_the_allowed_methods() {
 
 #[tokio::test]
 async fn bodies_over_the_limit_are_refused() {
-    let app = spawn_app_with(|c| c.body_limit = 1024).await;
+    let app = spawn_app_with(|c| c.http.body_limit = 1024).await;
     let big = "x".repeat(4096);
     let r = app
         .post(

@@ -198,8 +198,8 @@ async fn failed_orders_are_recorded_and_listed() {
 #[tokio::test]
 async fn unpaid_orders_expire_and_give_units_back() {
     let app = spawn_app_with(|c| {
-        c.payment_ttl = Duration::from_millis(500);
-        c.sweep_interval = Duration::from_secs(3600);
+        c.sale.payment_ttl = Duration::from_millis(500);
+        c.sweeper.sweep_interval = Duration::from_secs(3600);
     })
     .await;
     let sku = app.sale_product(4, None).await;

@@ -177,8 +177,8 @@ async fn mysql_on_hand(app: &TestApp, sku: u64) -> i64 {
 async fn sigkill_in_the_middle_of_a_sale_loses_no_paid_order() {
     const UNITS: i64 = 600;
     let (svc, app, port) = start_service(|c| {
-        c.payment_ttl = Duration::from_secs(2);
-        c.claim_idle = Duration::from_millis(500);
+        c.sale.payment_ttl = Duration::from_secs(2);
+        c.outbox.claim_idle = Duration::from_millis(500);
     })
     .await;
     // Let the sale run, then kill the service without warning, mid-request.
@@ -339,9 +339,9 @@ async fn redis_restarted_in_the_middle_of_a_sale_gives_503s_then_no_oversell() {
     let mut redis_server = OwnRedis::start(port, &dir).await;
     let url = redis_server.url();
     let app = spawn_app_with(|c| {
-        c.redis_url = url.clone();
-        c.redis_timeout = Duration::from_millis(500);
-        c.payment_ttl = Duration::from_secs(2);
+        c.stores.redis_url = url.clone();
+        c.stores.redis_timeout = Duration::from_millis(500);
+        c.sale.payment_ttl = Duration::from_secs(2);
     })
     .await;
     let (sku, buyers) = start_sale(&app, UNITS, 16, 10).await;

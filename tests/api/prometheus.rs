@@ -211,18 +211,21 @@ fn authority(url: &str) -> &str {
 
 #[tokio::test]
 async fn a_real_prometheus_sees_every_dashboard_query_and_fires_the_write_back_alert() {
-    let upstream = authority(&test_config("db", "prefix").mysql_url).to_string();
+    let upstream = authority(&test_config("db", "prefix").stores.mysql_url).to_string();
     let proxy = MysqlProxy::start(&upstream).await;
     let via = proxy.addr.to_string();
     let app = spawn_app_with(|c| {
-        c.mysql_url = c.mysql_url.replacen(&upstream, &via, 1);
-        c.worker = true;
-        c.metrics_interval = Duration::from_millis(500);
-        c.mysql_timeout = Duration::from_millis(500);
-        c.payment_ttl = Duration::from_secs(2);
+        c.stores.mysql_url = c.stores.mysql_url.replacen(&upstream, &via, 1);
+        c.outbox.worker = true;
+        c.telemetry.metrics_interval = Duration::from_millis(500);
+        c.stores.mysql_timeout = Duration::from_millis(500);
+        c.sale.payment_ttl = Duration::from_secs(2);
     })
     .await;
-    assert!(app.state.cfg.mysql_url.contains(&via), "through the proxy");
+    assert!(
+        app.state.cfg.stores.mysql_url.contains(&via),
+        "through the proxy"
+    );
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

@@ -30,7 +30,7 @@ async fn on_hand(app: &TestApp, sku: u64) -> i64 {
 
 /// Another MySQL session on the test's database (the "third session" of the race tests).
 async fn session(app: &TestApp) -> sqlx::MySqlConnection {
-    sqlx::MySqlConnection::connect(&app.state.cfg.mysql_url)
+    sqlx::MySqlConnection::connect(&app.state.cfg.stores.mysql_url)
         .await
         .unwrap()
 }
@@ -212,7 +212,7 @@ async fn impatient_pool(app: &TestApp) -> sqlx::MySqlPool {
                 Ok(())
             })
         })
-        .connect(&app.state.cfg.mysql_url)
+        .connect(&app.state.cfg.stores.mysql_url)
         .await
         .unwrap()
 }
@@ -307,30 +307,50 @@ async fn an_unparseable_event_is_set_aside_whole_and_the_rest_is_written() {
     assert_eq!(app.state.redis.set_aside_count().await.unwrap(), 1);
 
     // The operator's list shows it; a replay puts it back, and it is set aside again.
-    use flashsale::config::OutboxDeadAction;
-    let (text, code) =
-        flashsale::outbox_dead::run(&app.state, &OutboxDeadAction::List { limit: 10 })
-            .await
-            .unwrap();
+    let listed = flashsale::service::outbox_dead::list(&app.state, 10)
+        .await
+        .unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|e| e.id == kept[0].id && e.reason == "unparseable"),
+        "{listed:?}"
+    );
+    let (text, code) = outbox_dead_command(&app, &["list", "--limit", "10"]).await;
     assert_eq!(code, 0);
     assert!(
         text.contains(&kept[0].id) && text.contains("unparseable"),
         "{text}"
     );
-    let (_, code) = flashsale::outbox_dead::run(
-        &app.state,
-        &OutboxDeadAction::Show {
-            id: "3-nonsense".into(),
-        },
-    )
-    .await
-    .unwrap();
+    let (_, code) = outbox_dead_command(&app, &["show", "3-nonsense"]).await;
     assert_eq!(code, 2, "a malformed id");
+}
+
+/// `flashsale outbox-dead <args>` (the binary) on this app's stores: what it printed, and its
+/// exit code.
+async fn outbox_dead_command(app: &TestApp, args: &[&str]) -> (String, i32) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_flashsale"));
+    for (k, _) in
+        std::env::vars().filter(|(k, _)| k.starts_with("FLASHSALE_") || k.starts_with("OTEL_"))
+    {
+        cmd.env_remove(k);
+    }
+    let out = cmd
+        .arg("outbox-dead")
+        .args(args)
+        .envs(Service::env_of(&app.state.cfg, 0))
+        .output()
+        .await
+        .expect("the flashsale binary runs");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status.code().unwrap_or(-1),
+    )
 }
 
 #[tokio::test]
 async fn a_set_aside_event_is_replayed_exactly_once() {
-    use flashsale::config::OutboxDeadAction;
+    use flashsale::service::outbox_dead::{self, Replayed, SetAsideId};
     use flashsale::store::redis::outbox::SetAsideReason;
 
     let app = spawn_app().await;
@@ -377,12 +397,20 @@ async fn a_set_aside_event_is_replayed_exactly_once() {
         .clone();
 
     // Two operators replay it at the same moment: once.
-    let action = OutboxDeadAction::Replay { id: id.clone() };
-    let replay = || flashsale::outbox_dead::run(&app.state, &action);
+    let id = SetAsideId::parse(&id).unwrap();
+    let replay = || outbox_dead::replay(&app.state, &id);
     let (a, b) = tokio::join!(replay(), replay());
-    let mut codes = [a.unwrap().1, b.unwrap().1];
-    codes.sort();
-    assert_eq!(codes, [0, 1], "one replayed, one found it gone");
+    let both = [a.unwrap(), b.unwrap()];
+    let requeued = both
+        .iter()
+        .filter(|r| matches!(r, Replayed::Requeued(_)))
+        .count();
+    let gone = both.iter().filter(|r| **r == Replayed::Gone).count();
+    assert_eq!(
+        (requeued, gone),
+        (1, 1),
+        "one replayed, one found it gone: {both:?}"
+    );
     assert_eq!(app.state.redis.set_aside_count().await.unwrap(), 0);
     let s = app.write_back().await;
     assert_eq!((s.events, s.set_aside), (1, 0));
@@ -397,8 +425,7 @@ async fn a_set_aside_event_is_replayed_exactly_once() {
     .unwrap();
     assert_eq!(event_id, format!("{p}-{paid}"));
     // And again: nothing more.
-    let (_, code) = replay().await.unwrap();
-    assert_eq!(code, 1);
+    assert_eq!(replay().await.unwrap(), Replayed::Gone);
     assert_eq!(app.write_back().await.events, 0);
     let b = app.assert_identity(sku).await;
     assert_eq!((b.on_hand, b.sold), (7, 0), "on_hand lowered once");
@@ -444,7 +471,7 @@ async fn order_ids_never_repeat_after_redis_lost_its_data_under_the_running_serv
         app.get("/readyz", None).await.status,
         StatusCode::SERVICE_UNAVAILABLE
     );
-    flashsale::reconcile::rebuild_cache(&app.state)
+    flashsale::service::reconcile::rebuild_cache(&app.state)
         .await
         .unwrap();
 
@@ -485,7 +512,7 @@ async fn a_lost_id_counter_and_mysql_unable_to_tell_the_largest_id_sell_nothing(
     // The operator rebuilds (sales stop until then); then the orders table goes away for a
     // while and Redis loses the id counter once more.
     let _ = app.get("/readyz", None).await;
-    flashsale::reconcile::rebuild_cache(&app.state)
+    flashsale::service::reconcile::rebuild_cache(&app.state)
         .await
         .unwrap();
     assert_eq!(app.available(sku).await, 9);
@@ -507,7 +534,7 @@ async fn a_lost_id_counter_and_mysql_unable_to_tell_the_largest_id_sell_nothing(
         .unwrap();
     r.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "");
     assert_eq!(app.available(sku).await, 9, "nothing taken");
-    flashsale::reconcile::rebuild_cache(&app.state)
+    flashsale::service::reconcile::rebuild_cache(&app.state)
         .await
         .unwrap();
     let b = app.buy_and_pay(1314, sku, 2).await;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use flashsale::app::Application;
+use flashsale::startup::Application;
 use reqwest::StatusCode;
 
 use crate::helpers::{OwnRedis, eventually, free_port};
@@ -38,7 +38,7 @@ async fn the_service_refuses_to_start_on_a_redis_that_may_evict() {
     set_policy(&redis_server.url(), "allkeys-lru").await;
     let (db_name, prefix) = test_names();
     let mut cfg = test_config(&db_name, &prefix);
-    cfg.redis_url = redis_server.url();
+    cfg.stores.redis_url = redis_server.url();
     let err = match Application::build(cfg).await {
         Ok(_) => panic!("the service started on a Redis with allkeys-lru"),
         Err(e) => format!("{e:#}"),
@@ -54,8 +54,8 @@ async fn a_policy_changed_at_run_time_stops_sales_and_readiness_until_it_is_noev
     let redis_server = own_redis().await;
     let url = redis_server.url();
     let app = spawn_app_with(|c| {
-        c.redis_url = url.clone();
-        c.metrics_interval = Duration::from_millis(100);
+        c.stores.redis_url = url.clone();
+        c.telemetry.metrics_interval = Duration::from_millis(100);
     })
     .await;
     let sku = app.sale_product(10, None).await;
@@ -114,7 +114,7 @@ async fn a_policy_changed_at_run_time_stops_sales_and_readiness_until_it_is_noev
 async fn a_full_redis_answers_503_and_changes_nothing() {
     let redis_server = own_redis().await;
     let url = redis_server.url();
-    let app = spawn_app_with(|c| c.redis_url = url.clone()).await;
+    let app = spawn_app_with(|c| c.stores.redis_url = url.clone()).await;
     let sku = app.sale_product(10, None).await;
     let token = app.customer_token(8);
     let buy = || app.try_buy_now(&token, sku, 1);

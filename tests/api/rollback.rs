@@ -126,7 +126,7 @@ async fn a_counter_behind_mysql_stops_sales_until_rebuild_cache() {
         .unwrap();
     assert_eq!(app.try_buy_now(&tb, sku, 1).await.status, 503);
 
-    let report = flashsale::reconcile::rebuild_cache(&app.state)
+    let report = flashsale::service::reconcile::rebuild_cache(&app.state)
         .await
         .unwrap();
     assert_eq!(report.skus_loaded, 1, "{report:?}");
@@ -167,7 +167,7 @@ async fn rebuild_cache_keeps_open_orders_and_drops_cart_holds() {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    let report = flashsale::reconcile::rebuild_cache(&app.state)
+    let report = flashsale::service::reconcile::rebuild_cache(&app.state)
         .await
         .unwrap();
     assert!(report.problems.is_empty(), "{report:?}");
@@ -190,7 +190,7 @@ async fn rebuild_cache_keeps_open_orders_and_drops_cart_holds() {
 async fn the_other_instances_stop_too_and_resume_after_one_rebuild() {
     let app = spawn_app().await;
     let other = flashsale::app::AppState {
-        redis: flashsale::store::redis::Redis::connect(&app.state.cfg).unwrap(),
+        redis: flashsale::store::redis::Redis::connect(&app.state.cfg.stores).unwrap(),
         ..app.state.clone()
     };
     let sku = app.sale_product(5, None).await;
@@ -217,7 +217,7 @@ async fn the_other_instances_stop_too_and_resume_after_one_rebuild() {
         .unwrap_err();
     assert_eq!(e.code(), "unavailable");
 
-    flashsale::reconcile::rebuild_cache(&app.state)
+    flashsale::service::reconcile::rebuild_cache(&app.state)
         .await
         .unwrap();
     let id = flashsale::service::order_ids::next(&other).await.unwrap();
@@ -232,7 +232,7 @@ async fn the_other_instances_stop_too_and_resume_after_one_rebuild() {
 /// its pay answered 503 "being restored" for ever).
 #[tokio::test]
 async fn rebuild_cache_expires_an_order_whose_window_passed_while_redis_was_lost() {
-    let app = spawn_app_with(|c| c.payment_ttl = std::time::Duration::from_secs(1)).await;
+    let app = spawn_app_with(|c| c.sale.payment_ttl = std::time::Duration::from_secs(1)).await;
     let sku = app.sale_product(5, None).await;
     let t = app.customer_token(8_801);
     let r = app.try_buy_now(&t, sku, 2).await;
@@ -244,7 +244,7 @@ async fn rebuild_cache_expires_an_order_whose_window_passed_while_redis_was_lost
     let _: () = conn.del(keys).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
 
-    flashsale::reconcile::rebuild_cache(&app.state)
+    flashsale::service::reconcile::rebuild_cache(&app.state)
         .await
         .unwrap();
     while app.write_back().await.events > 0 {}

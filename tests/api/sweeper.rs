@@ -76,9 +76,9 @@ async fn one_sweep_drains_every_due_order_and_hold_of_a_sku() {
     const HOLDS: u64 = 1_200;
     let app = spawn_app_with(|c| {
         // Only this test's own sweeps run.
-        c.sweep_interval = Duration::from_secs(3600);
-        c.payment_ttl = Duration::from_secs(3);
-        c.cart_hold_ttl = Duration::from_secs(3);
+        c.sweeper.sweep_interval = Duration::from_secs(3600);
+        c.sale.payment_ttl = Duration::from_secs(3);
+        c.sale.cart_hold_ttl = Duration::from_secs(3);
     })
     .await;
     let sku_n = app.sale_product((ORDERS + HOLDS + 100) as i64, None).await;
@@ -133,7 +133,7 @@ async fn one_sweep_drains_every_due_order_and_hold_of_a_sku() {
 #[tokio::test]
 async fn idle_skus_cost_the_sweeper_nothing() {
     const IDLE: u64 = 3_000;
-    let app = spawn_app_with(|c| c.sweep_interval = Duration::from_secs(3600)).await;
+    let app = spawn_app_with(|c| c.sweeper.sweep_interval = Duration::from_secs(3600)).await;
     let meta = SkuMeta {
         name: "Idle".into(),
         price: 100,
@@ -187,7 +187,7 @@ async fn idle_skus_cost_the_sweeper_nothing() {
 /// the sweep does not see it, the audit puts it back, and the next sweep gives the units back.
 #[tokio::test]
 async fn the_audit_puts_back_a_sku_whose_note_was_lost() {
-    let app = spawn_app_with(|c| c.sweep_interval = Duration::from_secs(3600)).await;
+    let app = spawn_app_with(|c| c.sweeper.sweep_interval = Duration::from_secs(3600)).await;
     let sku_n = app.sale_product(10, None).await;
     let sku = Sku::parse(sku_n).unwrap();
     let deadline = hold(&app, sku, 7, 4, Duration::from_millis(200)).await;
@@ -218,7 +218,7 @@ async fn the_audit_puts_back_a_sku_whose_note_was_lost() {
 /// the entry on what it saw before the note.
 #[tokio::test]
 async fn a_note_during_a_sweep_keeps_the_due_entry() {
-    let app = spawn_app_with(|c| c.sweep_interval = Duration::from_secs(3600)).await;
+    let app = spawn_app_with(|c| c.sweeper.sweep_interval = Duration::from_secs(3600)).await;
     let sku_n = app.sale_product(10, None).await;
     let sku = Sku::parse(sku_n).unwrap();
     let redis = &app.state.redis;
@@ -241,7 +241,7 @@ async fn a_note_during_a_sweep_keeps_the_due_entry() {
 /// real expired hold: one sweep ends, drops them, and still gives the hold back.
 #[tokio::test]
 async fn orphan_index_entries_neither_stall_nor_loop_the_sweep() {
-    let app = spawn_app_with(|c| c.sweep_interval = Duration::from_secs(3600)).await;
+    let app = spawn_app_with(|c| c.sweeper.sweep_interval = Duration::from_secs(3600)).await;
     let sku_n = app.sale_product(10, None).await;
     let sku = Sku::parse(sku_n).unwrap();
     let exp = app.state.redis.keys.sku(sku).exp();
@@ -263,7 +263,7 @@ async fn orphan_index_entries_neither_stall_nor_loop_the_sweep() {
 /// at the next pass; a reservation made after a pass began is noted at the next one.
 #[tokio::test]
 async fn notes_are_coalesced_per_sku_until_the_next_pass() {
-    let app = spawn_app_with(|c| c.sweep_interval = Duration::from_secs(3600)).await;
+    let app = spawn_app_with(|c| c.sweeper.sweep_interval = Duration::from_secs(3600)).await;
     let sku_n = app.sale_product(1_000, None).await;
     let sku = Sku::parse(sku_n).unwrap();
     let redis = &app.state.redis;
@@ -296,8 +296,8 @@ async fn two_sweepers_at_once_give_back_each_unit_once() {
     const ORDERS: u64 = 1_000;
     const HOLDS: u64 = 700;
     let app = spawn_app_with(|c| {
-        c.sweep_interval = Duration::from_secs(3600);
-        c.payment_ttl = Duration::from_secs(2);
+        c.sweeper.sweep_interval = Duration::from_secs(3600);
+        c.sale.payment_ttl = Duration::from_secs(2);
     })
     .await;
     let sku_n = app.sale_product((ORDERS + HOLDS) as i64, None).await;
@@ -340,9 +340,9 @@ async fn reconcile_during_a_live_sale_finds_counters_and_ledgers_together() {
 
     let app = Arc::new(
         spawn_app_with(|c| {
-            c.cart_hold_ttl = std::time::Duration::from_millis(150);
-            c.sweep_interval = std::time::Duration::from_millis(5);
-            c.worker = true;
+            c.sale.cart_hold_ttl = std::time::Duration::from_millis(150);
+            c.sweeper.sweep_interval = std::time::Duration::from_millis(5);
+            c.outbox.worker = true;
         })
         .await,
     );
@@ -364,7 +364,9 @@ async fn reconcile_during_a_live_sale_finds_counters_and_ledgers_together() {
         .collect();
     let mut checked = 0;
     for _ in 0..300 {
-        let checks = flashsale::reconcile::check(&app.state).await.unwrap();
+        let checks = flashsale::service::reconcile::check(&app.state)
+            .await
+            .unwrap();
         for c in &checks {
             assert!(c.ok(), "reconcile during the sale: {c:?}");
             checked += 1;

@@ -522,7 +522,7 @@ async fn with_redis_down_the_request_and_script_spans_say_error() {
     let url = redis_server.url();
     let rx = Receiver::start(false).await;
     let (mut svc, app) = start_traced_with(
-        |c| c.redis_url = url.clone(),
+        |c| c.stores.redis_url = url.clone(),
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.url.clone()),
             ("FLASHSALE_REDIS_TIMEOUT", "300ms".into()),

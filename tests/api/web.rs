@@ -89,7 +89,8 @@ async fn the_storefront_calls_only_its_own_origin_and_says_so_in_its_headers() {
 
 #[tokio::test]
 async fn a_deployed_api_origin_is_the_only_other_one_the_page_may_call() {
-    let app = spawn_app_with(|c| c.storefront_api_origin = "https://api.shop.example".into()).await;
+    let app =
+        spawn_app_with(|c| c.http.storefront_api_origin = "https://api.shop.example".into()).await;
     let r = app
         .client
         .get(format!("{}/", app.addr))
@@ -108,6 +109,7 @@ async fn a_deployed_api_origin_is_the_only_other_one_the_page_may_call() {
     );
     // An origin that is not one cannot be configured (it would go into the page).
     let mut cfg = flashsale::config::Config::defaults();
-    cfg.storefront_api_origin = r#"https://x.example"><script src="//evil.example/x.js">"#.into();
+    cfg.http.storefront_api_origin =
+        r#"https://x.example"><script src="//evil.example/x.js">"#.into();
     assert!(cfg.validate().is_err());
 }

@@ -175,9 +175,9 @@ fn deliveries(app: &TestApp, outcome: &str) -> f64 {
 /// app itself runs none.
 fn webhook_state(app: &TestApp, url: &str, tweak: impl FnOnce(&mut Config)) -> AppState {
     let mut cfg = (*app.state.cfg).clone();
-    cfg.webhook_url = Some(url.to_string());
-    cfg.webhook_secret = Some(SECRET.into());
-    cfg.webhook_retry = Duration::from_millis(20);
+    cfg.webhooks.webhook_url = Some(url.to_string());
+    cfg.webhooks.webhook_secret = Some(SECRET.into());
+    cfg.webhooks.webhook_retry = Duration::from_millis(20);
     tweak(&mut cfg);
     AppState {
         cfg: Arc::new(cfg),
@@ -189,9 +189,9 @@ fn webhook_state(app: &TestApp, url: &str, tweak: impl FnOnce(&mut Config)) -> A
 async fn order_events_are_signed_retried_and_delivered_once_acknowledged() {
     let (url, hook) = receiver(2, Duration::ZERO).await;
     let app = spawn_app_with(|c| {
-        c.webhook_url = Some(url.clone());
-        c.webhook_secret = Some(SECRET.into());
-        c.webhook_retry = Duration::from_millis(50);
+        c.webhooks.webhook_url = Some(url.clone());
+        c.webhooks.webhook_secret = Some(SECRET.into());
+        c.webhooks.webhook_retry = Duration::from_millis(50);
     })
     .await;
     let sku = app.sale_product(10, None).await;
@@ -283,10 +283,10 @@ async fn a_receiver_that_keeps_failing_gets_events_set_aside_while_the_sale_goes
     // Slow and failing: each attempt takes 200 ms and is answered 500.
     let (url, hook) = receiver(usize::MAX, Duration::from_millis(200)).await;
     let app = spawn_app_with(|c| {
-        c.webhook_url = Some(url.clone());
-        c.webhook_secret = Some(SECRET.into());
-        c.webhook_retry = Duration::from_millis(50);
-        c.webhook_max_attempts = 2;
+        c.webhooks.webhook_url = Some(url.clone());
+        c.webhooks.webhook_secret = Some(SECRET.into());
+        c.webhooks.webhook_retry = Duration::from_millis(50);
+        c.webhooks.webhook_max_attempts = 2;
     })
     .await;
     let sku = app.sale_product(20, None).await;
@@ -357,7 +357,9 @@ async fn deliveries_left_by_a_dead_instance_are_taken_over() {
     let (url, hook) = receiver(0, Duration::ZERO).await;
     // The app runs no sender; this test drives two by hand.
     let app = spawn_app().await;
-    let state = webhook_state(&app, &url, |c| c.claim_idle = Duration::from_millis(300));
+    let state = webhook_state(&app, &url, |c| {
+        c.outbox.claim_idle = Duration::from_millis(300)
+    });
     let sku = app.sale_product(5, None).await;
     app.buy_and_pay(9301, sku, 1).await;
     app.write_back().await;
@@ -471,9 +473,9 @@ async fn a_long_retry_is_not_taken_for_a_dead_instance() {
     let app = spawn_app().await;
     // Retries wait longer than `claim_idle`: the entries held meanwhile must not look abandoned.
     let state = webhook_state(&app, &url, |c| {
-        c.claim_idle = Duration::from_millis(300);
-        c.webhook_retry = Duration::from_millis(400);
-        c.webhook_max_attempts = 3;
+        c.outbox.claim_idle = Duration::from_millis(300);
+        c.webhooks.webhook_retry = Duration::from_millis(400);
+        c.webhooks.webhook_max_attempts = 3;
     });
     let sku = app.sale_product(5, None).await;
     app.buy_and_pay(9401, sku, 1).await;
@@ -590,9 +592,9 @@ async fn slow_and_failing_events_do_not_hold_up_the_others() {
 
     let app = spawn_app().await;
     let state = webhook_state(&app, &url, |c| {
-        c.webhook_retry = Duration::from_millis(100);
-        c.webhook_max_attempts = 3;
-        c.webhook_concurrency = 4;
+        c.webhooks.webhook_retry = Duration::from_millis(100);
+        c.webhooks.webhook_max_attempts = 3;
+        c.webhooks.webhook_concurrency = 4;
     });
     let hooks = Webhooks::new(state).unwrap();
     hooks.ensure_group().await.unwrap();
@@ -674,10 +676,10 @@ async fn an_answer_slower_than_the_timeout_fails_that_event_only() {
 
     let app = spawn_app().await;
     let state = webhook_state(&app, &url, |c| {
-        c.webhook_retry = Duration::from_millis(50);
-        c.webhook_max_attempts = 2;
-        c.webhook_concurrency = 2;
-        c.webhook_timeout = Duration::from_millis(300);
+        c.webhooks.webhook_retry = Duration::from_millis(50);
+        c.webhooks.webhook_max_attempts = 2;
+        c.webhooks.webhook_concurrency = 2;
+        c.webhooks.webhook_timeout = Duration::from_millis(300);
     });
     let hooks = Webhooks::new(state).unwrap();
     hooks.ensure_group().await.unwrap();
@@ -712,7 +714,7 @@ async fn an_answer_slower_than_the_timeout_fails_that_event_only() {
 async fn a_webhook_group_behind_the_cap_loses_no_event_and_delivered_ones_are_trimmed() {
     const ORDERS: usize = 120;
     let (url, hook) = receiver(0, Duration::ZERO).await;
-    let app = spawn_app_with(|c| c.events_max_len = 10).await;
+    let app = spawn_app_with(|c| c.outbox.events_max_len = 10).await;
     let state = webhook_state(&app, &url, |_| {});
     let sender = Webhooks::new(state).unwrap();
     // The sender started (its group exists), then fell behind.

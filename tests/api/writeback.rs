@@ -22,7 +22,7 @@ async fn backlog(app: &TestApp) -> (u64, u64) {
 
 #[tokio::test]
 async fn every_outcome_reaches_mysql_once() {
-    let app = spawn_app_with(|c| c.payment_ttl = Duration::from_millis(800)).await;
+    let app = spawn_app_with(|c| c.sale.payment_ttl = Duration::from_millis(800)).await;
     let sku = app.sale_product(20, None).await;
     let paid = app.buy_and_pay(701, sku, 3).await;
     let t = app.customer_token(702);
@@ -198,7 +198,7 @@ async fn mysql_down_the_sale_goes_on_and_nothing_is_lost() {
 
 #[tokio::test]
 async fn a_crash_between_commit_and_ack_applies_nothing_twice() {
-    let app = spawn_app_with(|c| c.claim_idle = Duration::ZERO).await;
+    let app = spawn_app_with(|c| c.outbox.claim_idle = Duration::ZERO).await;
     let sku = app.sale_product(50, None).await;
     for i in 0..10 {
         app.buy_and_pay(50_000 + i, sku, 2).await;
@@ -254,9 +254,15 @@ async fn reconcile_finds_a_planted_mismatch() {
     let sku = app.sale_product(10, None).await;
     app.buy_and_pay(801, sku, 2).await;
     app.write_back().await;
-    let checks = flashsale::reconcile::check(&app.state).await.unwrap();
+    let checks = flashsale::service::reconcile::check(&app.state)
+        .await
+        .unwrap();
     assert_eq!(checks.len(), 1);
-    assert!(checks[0].ok(), "{}", flashsale::reconcile::table(&checks));
+    assert!(
+        checks[0].ok(),
+        "{}",
+        flashsale::service::reconcile::table(&checks)
+    );
     assert_eq!(
         (checks[0].on_hand, checks[0].available, checks[0].sold),
         (8, 8, 0)
@@ -276,9 +282,11 @@ async fn reconcile_finds_a_planted_mismatch() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let checks = flashsale::reconcile::check(&app.state).await.unwrap();
+    let checks = flashsale::service::reconcile::check(&app.state)
+        .await
+        .unwrap();
     assert!(!checks[0].ok());
-    let table = flashsale::reconcile::table(&checks);
+    let table = flashsale::service::reconcile::table(&checks);
     assert!(table.contains("MISMATCH"), "{table}");
     assert!(
         checks[0].problems.iter().any(|p| p.contains("on_hand")),
@@ -320,7 +328,7 @@ async fn redis_flushed_rebuild_restores_without_overselling() {
         .unwrap();
     let _: () = conn.del(keys).await.unwrap();
 
-    let report = flashsale::reconcile::rebuild_cache(&app.state)
+    let report = flashsale::service::reconcile::rebuild_cache(&app.state)
         .await
         .unwrap();
     assert_eq!(report.skus_loaded, 1);

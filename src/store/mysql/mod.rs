@@ -15,12 +15,12 @@ use sqlx::migrate::MigrateDatabase;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::{MySql, MySqlPool};
 
-use crate::config::Config;
+use crate::config::StoresConfig;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Creates the database when missing, opens a pool (sessions in UTC), applies the migrations.
-pub async fn connect_and_migrate(cfg: &Config) -> anyhow::Result<MySqlPool> {
+pub async fn connect_and_migrate(cfg: &StoresConfig) -> anyhow::Result<MySqlPool> {
     ensure_database(&cfg.mysql_url).await?;
     let pool = pool(cfg)?;
     MIGRATOR
@@ -45,7 +45,7 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
 }
 
 /// A lazily connecting pool: the service starts (and answers 503) while MySQL is down.
-pub fn pool(cfg: &Config) -> anyhow::Result<MySqlPool> {
+pub fn pool(cfg: &StoresConfig) -> anyhow::Result<MySqlPool> {
     let opts = MySqlConnectOptions::from_str(&cfg.mysql_url)
         .with_context(|| format!("parsing {}", redact(&cfg.mysql_url)))?
         .timezone(Some("+00:00".to_string()));

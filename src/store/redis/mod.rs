@@ -45,7 +45,7 @@ pub use reservations::{
 use scripts::Scripts;
 pub use stock::{AdjustOutcome, SkuLoad, StockSnapshot};
 
-use crate::config::Config;
+use crate::config::StoresConfig;
 use crate::domain::Sku;
 /// The catalog entry the stock scripts read (a domain type; re-exported for the callers that
 /// load skus through this module).
@@ -76,7 +76,7 @@ pub struct Redis {
 
 impl Redis {
     /// Connects lazily: the service starts while Redis is down and answers 503 until it is up.
-    pub fn connect(cfg: &Config) -> anyhow::Result<Self> {
+    pub fn connect(cfg: &StoresConfig) -> anyhow::Result<Self> {
         let client = redis::Client::open(cfg.redis_url.as_str())?;
         let mgr = ConnectionManagerConfig::new()
             .set_response_timeout(Some(cfg.redis_timeout))

@@ -11,11 +11,13 @@ use super::views::Buckets;
 impl TestApp {
     /// Checks that `flashsale reconcile`'s checks all pass (MySQL and Redis agree).
     pub async fn assert_reconciles(&self) {
-        let checks = flashsale::reconcile::check(&self.state).await.unwrap();
+        let checks = flashsale::service::reconcile::check(&self.state)
+            .await
+            .unwrap();
         assert!(
             checks.iter().all(|c| c.ok()),
             "{}",
-            flashsale::reconcile::table(&checks)
+            flashsale::service::reconcile::table(&checks)
         );
     }
 

@@ -31,25 +31,25 @@ impl Service {
     pub fn env_of(cfg: &Config, port: u16) -> Vec<(String, String)> {
         let d = |d: Duration| format!("{}ms", d.as_millis());
         [
-            ("FLASHSALE_MYSQL_URL", cfg.mysql_url.clone()),
-            ("FLASHSALE_REDIS_URL", cfg.redis_url.clone()),
-            ("FLASHSALE_REDIS_PREFIX", cfg.redis_prefix.clone()),
+            ("FLASHSALE_MYSQL_URL", cfg.stores.mysql_url.clone()),
+            ("FLASHSALE_REDIS_URL", cfg.stores.redis_url.clone()),
+            ("FLASHSALE_REDIS_PREFIX", cfg.stores.redis_prefix.clone()),
             ("FLASHSALE_LISTEN", format!("127.0.0.1:{port}")),
-            ("FLASHSALE_JWT_SECRET", cfg.jwt_secret.clone().unwrap()),
+            ("FLASHSALE_JWT_SECRET", cfg.auth.jwt_secret.clone().unwrap()),
             (
                 "FLASHSALE_ADMIN_PASSWORD",
-                cfg.admin_password.clone().unwrap(),
+                cfg.auth.admin_password.clone().unwrap(),
             ),
             (
                 "FLASHSALE_ARGON2_MEMORY_KIB",
-                cfg.argon2_memory_kib.to_string(),
+                cfg.auth.argon2_memory_kib.to_string(),
             ),
-            ("FLASHSALE_CART_HOLD_TTL", d(cfg.cart_hold_ttl)),
-            ("FLASHSALE_PAYMENT_TTL", d(cfg.payment_ttl)),
-            ("FLASHSALE_SWEEP_INTERVAL", d(cfg.sweep_interval)),
-            ("FLASHSALE_CLAIM_IDLE", d(cfg.claim_idle)),
-            ("FLASHSALE_WORKER", cfg.worker.to_string()),
-            ("FLASHSALE_RATE_LIMITS", cfg.rate_limits.to_string()),
+            ("FLASHSALE_CART_HOLD_TTL", d(cfg.sale.cart_hold_ttl)),
+            ("FLASHSALE_PAYMENT_TTL", d(cfg.sale.payment_ttl)),
+            ("FLASHSALE_SWEEP_INTERVAL", d(cfg.sweeper.sweep_interval)),
+            ("FLASHSALE_CLAIM_IDLE", d(cfg.outbox.claim_idle)),
+            ("FLASHSALE_WORKER", cfg.outbox.worker.to_string()),
+            ("FLASHSALE_RATE_LIMITS", cfg.limits.rate_limits.to_string()),
             ("RUST_LOG", "debug,sqlx=info,hyper=info,h2=info".into()),
         ]
         .into_iter()
@@ -128,7 +128,7 @@ pub async fn start_service_env(
 ) -> (Service, TestApp, u16) {
     let (db_name, prefix) = test_names();
     let mut cfg = test_config(&db_name, &prefix);
-    cfg.worker = true;
+    cfg.outbox.worker = true;
     tweak(&mut cfg);
     let port = free_port();
     let log = std::env::temp_dir().join(format!("{prefix}.log"));

@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-use flashsale::app::{AppState, Application};
+use flashsale::app::AppState;
 use flashsale::config::Config;
+use flashsale::startup::Application;
 use rand::Rng;
 use redis::AsyncCommands;
 use reqwest::{Method, StatusCode};
@@ -72,19 +73,19 @@ pub fn test_names() -> (String, String) {
 /// The test defaults for a database and a prefix.
 pub fn test_config(db_name: &str, prefix: &str) -> Config {
     let mut cfg = Config::defaults();
-    cfg.mysql_url = format!("{}/{db_name}", mysql_base());
-    cfg.redis_url = redis_url();
-    cfg.redis_prefix = prefix.to_string();
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.jwt_secret = Some(format!("test-secret-{prefix}-0123456789abcdef"));
-    cfg.admin_password = Some(ADMIN_PASSWORD.into());
-    cfg.argon2_memory_kib = 1024;
-    cfg.sweep_interval = Duration::from_millis(100);
-    cfg.mysql_pool = 8;
+    cfg.stores.mysql_url = format!("{}/{db_name}", mysql_base());
+    cfg.stores.redis_url = redis_url();
+    cfg.stores.redis_prefix = prefix.to_string();
+    cfg.http.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.auth.jwt_secret = Some(format!("test-secret-{prefix}-0123456789abcdef"));
+    cfg.auth.admin_password = Some(ADMIN_PASSWORD.into());
+    cfg.auth.argon2_memory_kib = 1024;
+    cfg.sweeper.sweep_interval = Duration::from_millis(100);
+    cfg.stores.mysql_pool = 8;
     // Tests drive the write-back themselves (`write_back()`), so they can look in between.
-    cfg.worker = false;
+    cfg.outbox.worker = false;
     // Every test comes from 127.0.0.1; the rate-limit tests turn the limits on.
-    cfg.rate_limits = false;
+    cfg.limits.rate_limits = false;
     cfg
 }
 

@@ -413,33 +413,36 @@ impl ServiceProc {
         let port = crate::helpers::free_port();
         let d = |d: Duration| format!("{}ms", d.as_millis());
         let env: Vec<(String, String)> = [
-            ("FLASHSALE_MYSQL_URL", cfg.mysql_url.clone()),
-            ("FLASHSALE_REDIS_URL", cfg.redis_url.clone()),
-            ("FLASHSALE_REDIS_PREFIX", cfg.redis_prefix.clone()),
+            ("FLASHSALE_MYSQL_URL", cfg.stores.mysql_url.clone()),
+            ("FLASHSALE_REDIS_URL", cfg.stores.redis_url.clone()),
+            ("FLASHSALE_REDIS_PREFIX", cfg.stores.redis_prefix.clone()),
             ("FLASHSALE_LISTEN", format!("127.0.0.1:{port}")),
-            ("FLASHSALE_JWT_SECRET", cfg.jwt_secret.clone().unwrap()),
+            ("FLASHSALE_JWT_SECRET", cfg.auth.jwt_secret.clone().unwrap()),
             (
                 "FLASHSALE_ADMIN_PASSWORD",
-                cfg.admin_password.clone().unwrap(),
+                cfg.auth.admin_password.clone().unwrap(),
             ),
             (
                 "FLASHSALE_ARGON2_MEMORY_KIB",
-                cfg.argon2_memory_kib.to_string(),
+                cfg.auth.argon2_memory_kib.to_string(),
             ),
-            ("FLASHSALE_CART_HOLD_TTL", d(cfg.cart_hold_ttl)),
-            ("FLASHSALE_PAYMENT_TTL", d(cfg.payment_ttl)),
-            ("FLASHSALE_SWEEP_INTERVAL", d(cfg.sweep_interval)),
-            ("FLASHSALE_CLAIM_IDLE", d(cfg.claim_idle)),
-            ("FLASHSALE_METRICS_INTERVAL", d(cfg.metrics_interval)),
-            ("FLASHSALE_REDIS_TIMEOUT", d(cfg.redis_timeout)),
-            ("FLASHSALE_WORKER", cfg.worker.to_string()),
-            ("FLASHSALE_RATE_LIMITS", cfg.rate_limits.to_string()),
+            ("FLASHSALE_CART_HOLD_TTL", d(cfg.sale.cart_hold_ttl)),
+            ("FLASHSALE_PAYMENT_TTL", d(cfg.sale.payment_ttl)),
+            ("FLASHSALE_SWEEP_INTERVAL", d(cfg.sweeper.sweep_interval)),
+            ("FLASHSALE_CLAIM_IDLE", d(cfg.outbox.claim_idle)),
+            (
+                "FLASHSALE_METRICS_INTERVAL",
+                d(cfg.telemetry.metrics_interval),
+            ),
+            ("FLASHSALE_REDIS_TIMEOUT", d(cfg.stores.redis_timeout)),
+            ("FLASHSALE_WORKER", cfg.outbox.worker.to_string()),
+            ("FLASHSALE_RATE_LIMITS", cfg.limits.rate_limits.to_string()),
             ("RUST_LOG", "info".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let log = std::env::temp_dir().join(format!("{}-model.log", cfg.redis_prefix));
+        let log = std::env::temp_dir().join(format!("{}-model.log", cfg.stores.redis_prefix));
         let s = ServiceProc {
             child: Mutex::new(None),
             env,

@@ -673,7 +673,7 @@ impl World {
             })
         };
         // reconcile: the identity and Redis's counters against its ledgers.
-        match flashsale::reconcile::check(&self.app.state).await {
+        match flashsale::service::reconcile::check(&self.app.state).await {
             Ok(checks) => {
                 for c in checks.iter().filter(|c| !c.ok()) {
                     let diff =
@@ -854,15 +854,18 @@ async fn setup(seed: u64, child: bool) -> (World, Model) {
     let host = base.trim_start_matches("mysql://root@").to_string();
     let (url, pport) = (redis.url(), proxy.port);
     let tweak = |c: &mut flashsale::config::Config| {
-        c.redis_url = url;
-        c.mysql_url = c.mysql_url.replace(&host, &format!("127.0.0.1:{pport}"));
-        c.worker = true;
-        c.cart_hold_ttl = HOLD_TTL;
-        c.payment_ttl = PAYMENT_TTL;
-        c.sweep_interval = Duration::from_millis(100);
-        c.claim_idle = Duration::from_secs(1);
-        c.metrics_interval = Duration::from_millis(200);
-        c.redis_timeout = Duration::from_millis(1000);
+        c.stores.redis_url = url;
+        c.stores.mysql_url = c
+            .stores
+            .mysql_url
+            .replace(&host, &format!("127.0.0.1:{pport}"));
+        c.outbox.worker = true;
+        c.sale.cart_hold_ttl = HOLD_TTL;
+        c.sale.payment_ttl = PAYMENT_TTL;
+        c.sweeper.sweep_interval = Duration::from_millis(100);
+        c.outbox.claim_idle = Duration::from_secs(1);
+        c.telemetry.metrics_interval = Duration::from_millis(200);
+        c.stores.redis_timeout = Duration::from_millis(1000);
     };
     let (app, service) = if child {
         let (db_name, prefix) = crate::helpers::test_names();
@@ -1053,7 +1056,7 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
             // notice the restart (a broken pipe), so a failed attempt is tried again.
             let mut outcome = Err(String::new());
             for _ in 0..10 {
-                outcome = flashsale::reconcile::rebuild_cache(&world.app.state)
+                outcome = flashsale::service::reconcile::rebuild_cache(&world.app.state)
                     .await
                     .map_err(|e| e.to_string());
                 if outcome.is_ok() {

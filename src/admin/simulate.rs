@@ -5,6 +5,7 @@
 //! API (and with `reconcile` when the service is this process's own). Oversold units must be 0.
 
 use std::collections::BTreeMap;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -15,9 +16,13 @@ use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::app::Application;
-use crate::config::{Config, DEV_ADMIN_PASSWORD};
-use crate::domain::Role;
+use flashsale::app::AppState;
+use flashsale::auth::{self, Jwt};
+use flashsale::config::{Config, DEV_ADMIN_PASSWORD};
+use flashsale::domain::Role;
+use flashsale::service::reconcile;
+use flashsale::startup::Application;
+use flashsale::worker::writer::{Fault, Writer};
 
 #[derive(Debug, Clone, Args)]
 pub struct SimulateArgs {
@@ -132,7 +137,23 @@ impl Client {
     }
 }
 
-pub async fn run(mut cfg: Config, args: SimulateArgs) -> anyhow::Result<Report> {
+/// Runs the sale and prints its report (JSON with `--json`); exit 1 when a unit was oversold or
+/// the stock does not add up.
+pub async fn run(cfg: Config, args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    let json = args.json;
+    let report = simulate(cfg, args).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print(&report);
+    }
+    if report.oversold_units > 0 || !report.identity_ok || report.reconcile_ok == Some(false) {
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn simulate(mut cfg: Config, args: SimulateArgs) -> anyhow::Result<Report> {
     // The service: the one named, or our own on a fresh database and prefix.
     let own = args.url.is_none();
     let mut shutdown = None;
@@ -142,19 +163,20 @@ pub async fn run(mut cfg: Config, args: SimulateArgs) -> anyhow::Result<Report> 
         None => {
             let tag: u32 = rand::random();
             let (server, _) = cfg
+                .stores
                 .mysql_url
                 .rsplit_once('/')
                 .context("FLASHSALE_MYSQL_URL has no database")?;
-            cfg.mysql_url = format!("{server}/flashsale_simulate_{tag:08x}");
-            cfg.redis_prefix = format!("sim{tag:08x}");
-            cfg.listen = "127.0.0.1:0".parse()?;
-            cfg.cart_hold_ttl = Duration::from_secs(3);
-            cfg.payment_ttl = Duration::from_secs(3);
-            cfg.sweep_interval = Duration::from_millis(250);
+            cfg.stores.mysql_url = format!("{server}/flashsale_simulate_{tag:08x}");
+            cfg.stores.redis_prefix = format!("sim{tag:08x}");
+            cfg.http.listen = "127.0.0.1:0".parse()?;
+            cfg.sale.cart_hold_ttl = Duration::from_secs(3);
+            cfg.sale.payment_ttl = Duration::from_secs(3);
+            cfg.sweeper.sweep_interval = Duration::from_millis(250);
             // Every simulated buyer comes from this one address.
-            cfg.rate_limits = false;
-            if cfg.jwt_secret.is_none() {
-                cfg.jwt_secret = Some(crate::auth::generate_secret());
+            cfg.limits.rate_limits = false;
+            if cfg.auth.jwt_secret.is_none() {
+                cfg.auth.jwt_secret = Some(auth::generate_secret());
             }
             let app = Application::build(cfg.clone()).await?;
             let port = app.port();
@@ -180,6 +202,7 @@ pub async fn run(mut cfg: Config, args: SimulateArgs) -> anyhow::Result<Report> 
 
     // The sale: one hot sku with `units`, its window open now.
     let admin_pw = cfg
+        .auth
         .admin_password
         .clone()
         .unwrap_or_else(|| DEV_ADMIN_PASSWORD.into());
@@ -188,7 +211,7 @@ pub async fn run(mut cfg: Config, args: SimulateArgs) -> anyhow::Result<Report> 
             reqwest::Method::POST,
             "/v1/auth/token",
             None,
-            Some(json!({"username": cfg.admin_username, "password": admin_pw})),
+            Some(json!({"username": cfg.auth.admin_username, "password": admin_pw})),
         )
         .await?;
     if s != 200 {
@@ -233,10 +256,11 @@ pub async fn run(mut cfg: Config, args: SimulateArgs) -> anyhow::Result<Report> 
         .await?;
     // Buyers' tokens: minted with the service's secret (logins would measure argon2, not the sale).
     let secret = cfg
+        .auth
         .jwt_secret
         .clone()
         .context("simulate against --url needs FLASHSALE_JWT_SECRET (the service's)")?;
-    let jwt = crate::auth::Jwt::new(secret.as_bytes(), Duration::from_secs(3600));
+    let jwt = Jwt::new(secret.as_bytes(), Duration::from_secs(3600));
     let first_buyer = 1_000_000_000 + u64::from(rand::random::<u32>());
     let tokens: Vec<String> = (0..args.buyers)
         .map(|i| jwt.issue(first_buyer + i, Role::Customer))
@@ -309,10 +333,10 @@ pub async fn run(mut cfg: Config, args: SimulateArgs) -> anyhow::Result<Report> 
     let units_sold = paid_units.load(Ordering::Relaxed);
     let reconcile_ok = match &state {
         Some(st) => {
-            crate::worker::writer::Writer::new(st.clone())
-                .run_once(&st.db, crate::worker::writer::Fault::None)
+            Writer::new(st.clone())
+                .run_once(&st.db, Fault::None)
                 .await?;
-            Some(crate::reconcile::check(st).await?.iter().all(|c| c.ok()))
+            Some(reconcile::check(st).await?.iter().all(|c| c.ok()))
         }
         None => None,
     };
@@ -379,8 +403,9 @@ async fn buyer(
     Ok((s == 200).then_some(count))
 }
 
-/// Drops the simulation's own database and Redis keys.
-async fn cleanup(state: &crate::app::AppState) {
+/// Drops the simulation's own database and Redis keys (over a connection of its own: a sweep of
+/// every key is this tool's business, not the service's).
+async fn cleanup(state: &AppState) {
     let db: Option<String> = sqlx::query_scalar("SELECT DATABASE()")
         .fetch_one(&state.db)
         .await
@@ -397,7 +422,7 @@ async fn cleanup(state: &crate::app::AppState) {
 }
 
 /// The report as a person reads it.
-pub fn print(r: &Report) {
+fn print(r: &Report) {
     println!(
         "flash sale simulation: {} buyers, {} units, concurrency {}",
         r.buyers, r.units, r.concurrency

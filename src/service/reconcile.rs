@@ -1,5 +1,5 @@
-//! `flashsale reconcile` and `flashsale rebuild-cache`: Redis checked against MySQL per sku, and
-//! Redis rebuilt from MySQL after it lost its data.
+//! Redis checked against MySQL per sku, and Redis rebuilt from MySQL after it lost its data: what
+//! the `flashsale reconcile` and `flashsale rebuild-cache` commands (src/admin/) run.
 
 use crate::app::AppState;
 use crate::domain::OrderStatus;

@@ -1,12 +1,14 @@
 //! `flashsale seed`: a demo 12.12 catalog. Safe to run again: existing products keep their
 //! stock; every demo sale window is (re)opened from now for two hours.
 
-use chrono::{Duration, Utc};
+use std::process::ExitCode;
 
-use crate::app::AppState;
-use crate::domain::{Price, ProductName, SaleWindow, Sku, StockDelta, WarehouseName};
-use crate::error::AppError;
-use crate::service::catalog;
+use chrono::{Duration, Utc};
+use flashsale::app::AppState;
+use flashsale::config::Config;
+use flashsale::domain::{Price, ProductName, SaleWindow, Sku, StockDelta, WarehouseName};
+use flashsale::error::AppError;
+use flashsale::service::catalog;
 
 const PRODUCTS: &[(u32, &str, u64, u64, u32)] = &[
     // sku, name, price, sale price (minor units), per-customer limit
@@ -18,7 +20,8 @@ const PRODUCTS: &[(u32, &str, u64, u64, u32)] = &[
 
 const WAREHOUSES: &[&str] = &["Shanghai DC", "Shenzhen DC"];
 
-pub async fn run(state: &AppState) -> anyhow::Result<()> {
+pub async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
+    let state = &AppState::connect(cfg).await?;
     let mut warehouse_ids = Vec::new();
     for name in WAREHOUSES {
         let name = WarehouseName::parse(name)?;
@@ -69,5 +72,5 @@ pub async fn run(state: &AppState) -> anyhow::Result<()> {
         starts.format("%H:%M:%S"),
         ends.format("%H:%M:%S UTC")
     );
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,57 @@
+//! The `flashsale` command line: the settings (src/config/, every one also a `FLASHSALE_*`
+//! variable) and the commands. Part of the binary (main.rs declares it), not of the library.
+
+use clap::{Parser, Subcommand};
+use flashsale::config::Config;
+
+use crate::admin::outbox_dead::OutboxDeadAction;
+use crate::admin::simulate::SimulateArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flashsale",
+    version,
+    about = "A flash-sale back end that cannot oversell"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API and its background workers (the default).
+    #[command(next_line_help = true)]
+    #[command(
+        after_help = "Every setting is a flag and an environment variable (the flag wins). \
+                            Durations take `500ms`, `30s`, `10m`, `1h`, or a number of seconds."
+    )]
+    Serve,
+    /// Create the database if missing and apply the migrations, then exit.
+    Migrate,
+    /// Load a demo 12.12 catalog: products, two warehouses, stock, a sale window opening now.
+    Seed,
+    /// Compare Redis with MySQL per sku; exits 1 on a mismatch.
+    Reconcile,
+    /// Rebuild Redis from MySQL after Redis lost its data (before the service takes traffic).
+    RebuildCache,
+    /// Outbox events set aside because they can never be written (unparseable, or an order id
+    /// MySQL holds for another order): list, show, replay exactly once.
+    OutboxDead {
+        #[command(subcommand)]
+        action: OutboxDeadAction,
+    },
+    /// A 12.12 sale from the buyers' side, with a report (against --url, or a service of its own).
+    Simulate(SimulateArgs),
+    /// Print customer access tokens signed with FLASHSALE_JWT_SECRET, one a line (load tests).
+    MintTokens {
+        /// How many.
+        #[arg(long, default_value_t = 1_000)]
+        count: u64,
+        /// The first customer id; the others follow.
+        #[arg(long, default_value_t = 1_000_000)]
+        first_user_id: u64,
+    },
+}

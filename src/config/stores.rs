@@ -1,0 +1,64 @@
+//! Stores settings.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use super::parse_duration;
+
+/// Where the data lives: MySQL (the source of truth) and Redis (the sale's counters).
+#[derive(Debug, Clone, Args)]
+pub struct StoresConfig {
+    /// MySQL/MariaDB URL; the database is created at start-up when missing, then migrated.
+    #[arg(
+        long,
+        env = "FLASHSALE_MYSQL_URL",
+        default_value = "mysql://root@127.0.0.1:3306/flashsale",
+        global = true
+    )]
+    pub mysql_url: String,
+
+    /// Size of the MySQL connection pool.
+    #[arg(
+        long,
+        env = "FLASHSALE_MYSQL_POOL",
+        default_value_t = 16,
+        global = true
+    )]
+    pub mysql_pool: u32,
+
+    /// How long a request waits for a MySQL connection before answering 503.
+    #[arg(long, env = "FLASHSALE_MYSQL_TIMEOUT", default_value = "3s", value_parser = parse_duration, global = true)]
+    pub mysql_timeout: Duration,
+
+    /// Redis URL.
+    #[arg(
+        long,
+        env = "FLASHSALE_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        global = true
+    )]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key, so several deployments (or tests) share one Redis.
+    #[arg(
+        long,
+        env = "FLASHSALE_REDIS_PREFIX",
+        default_value = "fs",
+        global = true
+    )]
+    pub redis_prefix: String,
+
+    /// Deadline of one Redis command; past it the request answers 503 `unavailable`.
+    #[arg(long, env = "FLASHSALE_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration, global = true)]
+    pub redis_timeout: Duration,
+}
+
+impl StoresConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.redis_prefix.is_empty() || self.redis_prefix.contains(['{', '}', ' ']) {
+            return Err("the Redis prefix must be non-empty, without braces or spaces".into());
+        }
+        Ok(())
+    }
+}
