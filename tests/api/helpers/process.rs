@@ -48,6 +48,11 @@ impl Service {
             ("FLASHSALE_PAYMENT_TTL", d(cfg.sale.payment_ttl)),
             ("FLASHSALE_SWEEP_INTERVAL", d(cfg.sweeper.sweep_interval)),
             ("FLASHSALE_CLAIM_IDLE", d(cfg.outbox.claim_idle)),
+            (
+                "FLASHSALE_METRICS_INTERVAL",
+                d(cfg.telemetry.metrics_interval),
+            ),
+            ("FLASHSALE_REDIS_TIMEOUT", d(cfg.stores.redis_timeout)),
             ("FLASHSALE_WORKER", cfg.outbox.worker.to_string()),
             ("FLASHSALE_RATE_LIMITS", cfg.limits.rate_limits.to_string()),
             ("RUST_LOG", "debug,sqlx=info,hyper=info,h2=info".into()),

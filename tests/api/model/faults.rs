@@ -411,37 +411,17 @@ pub struct ServiceProc {
 impl ServiceProc {
     pub async fn start(cfg: &flashsale::config::Config) -> ServiceProc {
         let port = crate::helpers::free_port();
-        let d = |d: Duration| format!("{}ms", d.as_millis());
-        let env: Vec<(String, String)> = [
-            ("FLASHSALE_MYSQL_URL", cfg.stores.mysql_url.clone()),
-            ("FLASHSALE_REDIS_URL", cfg.stores.redis_url.clone()),
-            ("FLASHSALE_REDIS_PREFIX", cfg.stores.redis_prefix.clone()),
-            ("FLASHSALE_LISTEN", format!("127.0.0.1:{port}")),
-            ("FLASHSALE_JWT_SECRET", cfg.auth.jwt_secret.clone().unwrap()),
-            (
-                "FLASHSALE_ADMIN_PASSWORD",
-                cfg.auth.admin_password.clone().unwrap(),
-            ),
-            (
-                "FLASHSALE_ARGON2_MEMORY_KIB",
-                cfg.auth.argon2_memory_kib.to_string(),
-            ),
-            ("FLASHSALE_CART_HOLD_TTL", d(cfg.sale.cart_hold_ttl)),
-            ("FLASHSALE_PAYMENT_TTL", d(cfg.sale.payment_ttl)),
-            ("FLASHSALE_SWEEP_INTERVAL", d(cfg.sweeper.sweep_interval)),
-            ("FLASHSALE_CLAIM_IDLE", d(cfg.outbox.claim_idle)),
-            (
-                "FLASHSALE_METRICS_INTERVAL",
-                d(cfg.telemetry.metrics_interval),
-            ),
-            ("FLASHSALE_REDIS_TIMEOUT", d(cfg.stores.redis_timeout)),
-            ("FLASHSALE_WORKER", cfg.outbox.worker.to_string()),
-            ("FLASHSALE_RATE_LIMITS", cfg.limits.rate_limits.to_string()),
-            ("RUST_LOG", "info".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        // The tests' environment for the binary, quieter.
+        let env: Vec<(String, String)> = crate::helpers::Service::env_of(cfg, port)
+            .into_iter()
+            .map(|(k, v)| {
+                if k == "RUST_LOG" {
+                    (k, "info".into())
+                } else {
+                    (k, v)
+                }
+            })
+            .collect();
         let log = std::env::temp_dir().join(format!("{}-model.log", cfg.stores.redis_prefix));
         let s = ServiceProc {
             child: Mutex::new(None),
