@@ -186,9 +186,11 @@ pub async fn list_products(
 }
 
 /// Runs `change` on a sku inside a MySQL transaction that holds the product's row lock, then
-/// mirrors the product's new catalog entry into Redis before committing. If Redis fails, MySQL
-/// rolls back: nothing changed. If the commit fails (or seems to: its answer may be lost), Redis
-/// gets what MySQL holds once that transaction is over.
+/// mirrors the product's new catalog entry into Redis before committing. If the Redis call fails,
+/// MySQL rolls back; as the call may still have run (a timeout: its answer lost, the call itself
+/// on its way), Redis then gets what MySQL holds once the rollback is through. If the commit
+/// fails (or seems to: its answer may be lost), Redis likewise gets what MySQL holds once that
+/// transaction is over.
 #[tracing::instrument(name = "mysql.transaction", level = "debug", skip_all,
     fields(otel.kind = "client", db.system = "mysql", db.operation.name = "change_product",
         sku = %sku))]
@@ -206,31 +208,45 @@ where
     let new = db::lock_product(&mut tx, sku)
         .await?
         .ok_or_else(|| no_product(sku))?;
-    state.redis.set_meta(sku, &meta_of(&new)).await?;
+    if let Err(e) = state.redis.set_meta(sku, &meta_of(&new)).await {
+        // Rolled back (the transaction is dropped unsent); the entry Redis may still get is
+        // overwritten with MySQL's once the row lock is free.
+        drop(tx);
+        return match mirror_catalog_entry(state, sku).await {
+            Some(_) => Err(e),
+            None => Err(not_known_yet(sku, "catalog change", &e)),
+        };
+    }
     if let Err(e) = tx.commit().await {
         // The commit may have gone through with its answer lost: once the broken transaction
         // is over (its row lock free), Redis gets what MySQL holds.
         let e = AppError::from(e);
-        let state = state.clone();
-        let now = settle_in_background(sku, "catalog change", move || {
-            let state = state.clone();
-            async move {
-                let mut tx = state.db.begin().await?;
-                let row = db::lock_product(&mut tx, sku).await?;
-                if let Some(row) = &row {
-                    state.redis.set_meta(sku, &meta_of(row)).await?;
-                }
-                tx.rollback().await?;
-                AppResult::Ok(row)
-            }
-        });
-        return match now.await {
+        return match mirror_catalog_entry(state, sku).await {
             Some(Some(row)) if row == new => Ok(new),
             Some(_) => Err(e),
             None => Err(not_known_yet(sku, "catalog change", &e)),
         };
     }
     Ok(new)
+}
+
+/// Gives Redis the catalog entry MySQL holds, under the product's row lock (so once a broken
+/// transaction on it is over), in the background; `None`: not done within [`SETTLE_WAIT`].
+async fn mirror_catalog_entry(state: &AppState, sku: Sku) -> Option<Option<ProductRow>> {
+    let state = state.clone();
+    settle_in_background(sku, "catalog change", move || {
+        let state = state.clone();
+        async move {
+            let mut tx = state.db.begin().await?;
+            let row = db::lock_product(&mut tx, sku).await?;
+            if let Some(row) = &row {
+                state.redis.set_meta(sku, &meta_of(row)).await?;
+            }
+            tx.rollback().await?;
+            AppResult::Ok(row)
+        }
+    })
+    .await
 }
 
 pub async fn update_product(
