@@ -351,7 +351,6 @@ pub async fn adjust_stock(
         warehouse_id,
         delta: d,
         token: rand::random(),
-        rebuilt_before: state.redis.rebuild_marker().await?,
     };
     db::note_adjustment(&mut tx, change.token, sku, warehouse_id, d, on_hand).await?;
     let here = match state
@@ -416,14 +415,13 @@ struct Change {
     warehouse_id: u32,
     delta: i64,
     token: u64,
-    /// rebuild-cache's marker when the change began: a rebuild since loaded the counters from
-    /// MySQL, so Redis's part is no longer there to take back.
-    rebuilt_before: Option<String>,
 }
 
 /// Settles a broken-off change: MySQL (its token row, once the transaction is over) says
 /// whether it happened; when it did not, Redis's part is taken back (lua/adjust_stock.lua: only
-/// if it was applied, at most once). `Ok(())`: the change was committed after all.
+/// if it was applied to the counters Redis holds now, at most once; counters rebuild-cache
+/// loaded since came from MySQL and are left alone). `Ok(())`: the change was committed after
+/// all.
 async fn settle_change(
     state: &AppState,
     change: Change,
@@ -495,8 +493,8 @@ async fn settle_once(state: &AppState, c: &Change, committed: Option<bool>) -> A
         Some(known) => known,
         None => db::adjustment_committed(&state.db, c.sku, c.token).await?,
     };
-    if committed || state.redis.rebuild_marker().await? != c.rebuilt_before {
-        return Ok(committed);
+    if committed {
+        return Ok(true);
     }
     if let AdjustOutcome::Short { available_here } = state
         .redis
