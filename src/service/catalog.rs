@@ -445,7 +445,7 @@ async fn settle_change(
 
 /// What a request answers when its broken-off change is still being settled.
 fn not_known_yet(sku: Sku, what: &str, e: &AppError) -> AppError {
-    AppError::Unavailable(format!(
+    AppError::OutcomeUnknown(format!(
         "sku {sku}: the {what}'s outcome is not known yet ({e}); it is settled in the \
          background: read it again before repeating it"
     ))

@@ -23,12 +23,17 @@ enum Trap {
     Drop(Duration),
     /// Holds it for the duration, then passes it on and goes on as usual.
     Delay(Duration),
+    /// Passes it on (MySQL commits) and swallows the answer; the connection hangs until the
+    /// proxy is cut.
+    Swallow,
 }
 
 /// A TCP proxy in front of MariaDB with a COMMIT trap, and `cut`/`restore` like the model's.
 struct CommitProxy {
     port: u16,
     trap: Arc<Mutex<Option<Trap>>>,
+    /// Set once a `Swallow` trap passed its COMMIT on.
+    swallowed: Arc<std::sync::atomic::AtomicBool>,
     up: Arc<std::sync::atomic::AtomicBool>,
     conns: Arc<Mutex<Vec<AbortHandle>>>,
     accept: AbortHandle,
@@ -40,9 +45,11 @@ impl CommitProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let trap: Arc<Mutex<Option<Trap>>> = Arc::default();
+        let swallowed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let conns: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
-        let (trap2, up2, conns2) = (trap.clone(), up.clone(), conns.clone());
+        let (trap2, up2, conns2, sw2) =
+            (trap.clone(), up.clone(), conns.clone(), swallowed.clone());
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((inbound, _)) = listener.accept().await else {
@@ -52,10 +59,10 @@ impl CommitProxy {
                     drop(inbound);
                     continue;
                 }
-                let (target, trap) = (target.clone(), trap2.clone());
+                let (target, trap, sw) = (target.clone(), trap2.clone(), sw2.clone());
                 let h = tokio::spawn(async move {
                     if let Ok(outbound) = TcpStream::connect(target).await {
-                        forward(inbound, outbound, trap).await;
+                        forward(inbound, outbound, trap, sw).await;
                     }
                 });
                 let mut c = conns2.lock().unwrap();
@@ -67,6 +74,7 @@ impl CommitProxy {
         CommitProxy {
             port,
             trap,
+            swallowed,
             up,
             conns,
             accept,
@@ -103,16 +111,24 @@ impl Drop for CommitProxy {
     }
 }
 
-async fn forward(inbound: TcpStream, outbound: TcpStream, trap: Arc<Mutex<Option<Trap>>>) {
+async fn forward(
+    inbound: TcpStream,
+    outbound: TcpStream,
+    trap: Arc<Mutex<Option<Trap>>>,
+    swallowed: Arc<std::sync::atomic::AtomicBool>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut client_in, mut client_out) = inbound.into_split();
     let (mut server_in, server_out) = outbound.into_split();
     let server_out = Arc::new(tokio::sync::Mutex::new(server_out));
+    let mute = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mute2 = mute.clone();
     let to_client = async move {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             match server_in.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
+                Ok(_) if mute2.load(std::sync::atomic::Ordering::SeqCst) => {}
                 Ok(n) => {
                     if client_out.write_all(&buf[..n]).await.is_err() {
                         return;
@@ -138,6 +154,12 @@ async fn forward(inbound: TcpStream, outbound: TcpStream, trap: Arc<Mutex<Option
             match sprung {
                 Some(Trap::Drop(hold)) => return Some(hold),
                 Some(Trap::Delay(d)) => tokio::time::sleep(d).await,
+                Some(Trap::Swallow) => {
+                    mute.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let _ = out2.lock().await.write_all(&buf[..n]).await;
+                    swallowed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    std::future::pending::<()>().await;
+                }
                 None => {}
             }
             if out2.lock().await.write_all(&buf[..n]).await.is_err() {
@@ -519,5 +541,56 @@ async fn a_settle_during_a_rebuild_does_not_take_a_change_back_twice() {
     assert_eq!(
         avail, on_hand,
         "Redis sells {avail} units, MySQL has {on_hand}: the removal was taken back twice"
+    );
+}
+
+/// A stock change whose COMMIT went through while its answer was lost, and MySQL then out of
+/// reach for longer than the request waits for the settle: the 503 says the outcome is not known
+/// yet. It must not also say "nothing was changed, retry shortly" with a `Retry-After` (what
+/// every other 503 says): an admin or a client retrying on it adds the units twice.
+#[tokio::test]
+async fn a_stock_change_of_unknown_outcome_does_not_answer_nothing_was_changed() {
+    let (app, proxy) = app_through_proxy().await;
+    let w = app.warehouse("w").await;
+    let sku = app.product("p", 100).await;
+    app.restock(sku, w, 10).await;
+
+    proxy.arm(Trap::Swallow);
+    let admin = {
+        let (addr, client, token) = (
+            app.addr.clone(),
+            app.client.clone(),
+            app.admin_token.clone(),
+        );
+        tokio::spawn(async move {
+            let r = client
+                .post(format!("{addr}/v1/products/{sku}/stock"))
+                .bearer_auth(token)
+                .json(&serde_json::json!({"warehouse_id": w, "delta": 5}))
+                .send()
+                .await
+                .unwrap();
+            let retry_after = r.headers().get("retry-after").cloned();
+            (r.status(), retry_after, r.text().await.unwrap())
+        })
+    };
+    let swallowed = proxy.swallowed.clone();
+    until("the COMMIT passed on", || {
+        let s = swallowed.clone();
+        async move { s.load(std::sync::atomic::Ordering::SeqCst) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.cut();
+    let (status, retry_after, body) = admin.await.unwrap();
+    proxy.restore();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    until("the committed change in MySQL", || async {
+        mysql_on_hand(&app, sku).await == 15
+    })
+    .await;
+    assert!(
+        !body.contains("nothing was changed") && retry_after.is_none(),
+        "the change was committed, and the answer says: {body} (Retry-After: {retry_after:?})"
     );
 }
