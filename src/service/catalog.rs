@@ -209,13 +209,15 @@ where
         .await?
         .ok_or_else(|| no_product(sku))?;
     if let Err(e) = state.redis.set_meta(sku, &meta_of(&new)).await {
-        // Rolled back (the transaction is dropped unsent); the entry Redis may still get is
-        // overwritten with MySQL's once the row lock is free.
+        // Rolled back (the transaction is dropped unsent): the change did not happen, whatever
+        // the wait below gives. The entry Redis may still get (a timeout: the call on its way)
+        // is overwritten with MySQL's once the row lock is free; a call refused before it was
+        // sent (sales refused) left nothing to overwrite.
         drop(tx);
-        return match mirror_catalog_entry(state, sku).await {
-            Some(_) => Err(e),
-            None => Err(not_known_yet(sku, "catalog change", &e)),
-        };
+        if state.redis.eviction_refusal().is_none() && !state.redis.is_behind() {
+            mirror_catalog_entry(state, sku).await;
+        }
+        return Err(e);
     }
     if let Err(e) = tx.commit().await {
         // The commit may have gone through with its answer lost: once the broken transaction
@@ -224,7 +226,7 @@ where
         return match mirror_catalog_entry(state, sku).await {
             Some(Some(row)) if row == new => Ok(new),
             Some(_) => Err(e),
-            None => Err(not_known_yet(sku, "catalog change", &e)),
+            None => Err(not_known_yet(sku, "catalog change", &e, true)),
         };
     }
     Ok(new)
@@ -439,16 +441,26 @@ async fn settle_change(
             Ok(())
         }
         Some(false) => Err(e),
-        None => Err(not_known_yet(sku, "stock change", &e)),
+        // Whether the commit went through is not known yet: `committed` is known only when the
+        // change never reached its commit (MySQL rolled back; Redis's part is taken back).
+        None => Err(not_known_yet(sku, "stock change", &e, committed.is_none())),
     }
 }
 
-/// What a request answers when its broken-off change is still being settled.
-fn not_known_yet(sku: Sku, what: &str, e: &AppError) -> AppError {
-    AppError::OutcomeUnknown(format!(
+/// What a request answers when its broken-off change is still being settled. `may_have_happened`:
+/// its commit's answer was lost, so it may have been committed ([`AppError::OutcomeUnknown`]: no
+/// "nothing was changed", no `Retry-After`); otherwise MySQL rolled it back and only Redis's part
+/// is still being put right (503 `unavailable`).
+fn not_known_yet(sku: Sku, what: &str, e: &AppError, may_have_happened: bool) -> AppError {
+    let m = format!(
         "sku {sku}: the {what}'s outcome is not known yet ({e}); it is settled in the \
          background: read it again before repeating it"
-    ))
+    );
+    if may_have_happened {
+        AppError::OutcomeUnknown(m)
+    } else {
+        AppError::Unavailable(m)
+    }
 }
 
 /// How long a request waits for its broken-off change to be settled.
