@@ -660,3 +660,35 @@ async fn a_stock_change_in_flight_when_the_service_dies_is_settled_after_the_res
         avail - on_hand
     );
 }
+
+/// A catalog entry in Redis that MySQL does not hold (what a timed-out price change left before
+/// it was fixed): reconcile does not compare catalog entries, and rebuild-cache kept an existing
+/// entry, so nothing an operator runs put it right. rebuild-cache now writes MySQL's.
+#[tokio::test]
+async fn rebuild_cache_puts_a_stale_catalog_entry_right() {
+    use redis::AsyncCommands;
+
+    let app = spawn_app_with(|_| {}).await;
+    let sku = app.product("p", 100).await;
+    let s = Sku::parse(sku).unwrap();
+    app.get_product(sku).await;
+    let meta_key = app.state.redis.keys.sku(s).meta();
+    let _: () = app
+        .state
+        .redis
+        .conn()
+        .hset(&meta_key, "price", 1)
+        .await
+        .unwrap();
+    let report = flashsale::service::reconcile::rebuild_cache(&app.state)
+        .await
+        .unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let meta = app.state.redis.metas(&[s]).await.unwrap()[0]
+        .clone()
+        .unwrap();
+    assert_eq!(
+        meta.price, 100,
+        "Redis still sells at the price MySQL never held"
+    );
+}
