@@ -38,8 +38,10 @@ if need_stock then
   if n_users > 0 then redis.call('RENAME', st_users, users) else redis.call('DEL', users) end
   if n_w > 0 then redis.call('RENAME', st_stock, stock) end
   redis.call('PERSIST', stock)
+  -- 'gen' tells these counters from those of an earlier load (adjust_stock.lua's undo).
+  local t = redis.call('TIME')
   redis.call('HSET', stock, 'avail', avail, 'held', 0, 'reserved', 0, 'sold', 0,
-    'sold_total', sold_total)
+    'sold_total', sold_total, 'gen', t[1] .. string.format('%06d', tonumber(t[2])))
   redis.call('PERSIST', users)
   loaded_stock = 1
   live_changed(stock, tonumber(avail))

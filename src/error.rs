@@ -52,6 +52,12 @@ pub enum AppError {
     },
     #[error("{0}")]
     Unavailable(String),
+    /// A change broken off mid-way (its commit's answer lost) whose outcome is still being
+    /// settled: it may have happened. Answered 503 `unavailable` like a dependency that is down,
+    /// but without "nothing was changed" and without `Retry-After`: repeating it blindly could
+    /// make it twice.
+    #[error("{0}")]
+    OutcomeUnknown(String),
     /// A checkout that reserved part of its lines and then met a refusal: the lines were given
     /// back, the `failed` order stays listed, and its id is told.
     #[error("{message}")]
@@ -87,7 +93,7 @@ impl AppError {
             AppError::RequestTimeout(_) => "request_timeout",
             AppError::PayloadTooLarge(_) => "payload_too_large",
             AppError::RateLimited { .. } => "rate_limited",
-            AppError::Unavailable(_) => "unavailable",
+            AppError::Unavailable(_) | AppError::OutcomeUnknown(_) => "unavailable",
             AppError::CheckoutFailed { code, .. } => code,
             AppError::Internal(_) => "internal",
         }

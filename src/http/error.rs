@@ -42,7 +42,9 @@ impl AppError {
             AppError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Unavailable(_) | AppError::OutcomeUnknown(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -57,6 +59,10 @@ impl AppError {
             AppError::Unavailable(m) => {
                 tracing::warn!(reason = %m, "dependency unavailable");
                 format!("{m}; nothing was changed, retry shortly")
+            }
+            AppError::OutcomeUnknown(m) => {
+                tracing::warn!(reason = %m, "a change's outcome is not known yet");
+                m.clone()
             }
             other => other.to_string(),
         };

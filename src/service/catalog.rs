@@ -186,9 +186,11 @@ pub async fn list_products(
 }
 
 /// Runs `change` on a sku inside a MySQL transaction that holds the product's row lock, then
-/// mirrors the product's new catalog entry into Redis before committing. If Redis fails, MySQL
-/// rolls back: nothing changed. If the commit fails (or seems to: its answer may be lost), Redis
-/// gets what MySQL holds once that transaction is over.
+/// mirrors the product's new catalog entry into Redis before committing. If the Redis call fails,
+/// MySQL rolls back; as the call may still have run (a timeout: its answer lost, the call itself
+/// on its way), Redis then gets what MySQL holds once the rollback is through. If the commit
+/// fails (or seems to: its answer may be lost), Redis likewise gets what MySQL holds once that
+/// transaction is over.
 #[tracing::instrument(name = "mysql.transaction", level = "debug", skip_all,
     fields(otel.kind = "client", db.system = "mysql", db.operation.name = "change_product",
         sku = %sku))]
@@ -206,31 +208,47 @@ where
     let new = db::lock_product(&mut tx, sku)
         .await?
         .ok_or_else(|| no_product(sku))?;
-    state.redis.set_meta(sku, &meta_of(&new)).await?;
+    if let Err(e) = state.redis.set_meta(sku, &meta_of(&new)).await {
+        // Rolled back (the transaction is dropped unsent): the change did not happen, whatever
+        // the wait below gives. The entry Redis may still get (a timeout: the call on its way)
+        // is overwritten with MySQL's once the row lock is free; a call refused before it was
+        // sent (sales refused) left nothing to overwrite.
+        drop(tx);
+        if state.redis.eviction_refusal().is_none() && !state.redis.is_behind() {
+            mirror_catalog_entry(state, sku).await;
+        }
+        return Err(e);
+    }
     if let Err(e) = tx.commit().await {
         // The commit may have gone through with its answer lost: once the broken transaction
         // is over (its row lock free), Redis gets what MySQL holds.
         let e = AppError::from(e);
-        let state = state.clone();
-        let now = settle_in_background(sku, "catalog change", move || {
-            let state = state.clone();
-            async move {
-                let mut tx = state.db.begin().await?;
-                let row = db::lock_product(&mut tx, sku).await?;
-                if let Some(row) = &row {
-                    state.redis.set_meta(sku, &meta_of(row)).await?;
-                }
-                tx.rollback().await?;
-                AppResult::Ok(row)
-            }
-        });
-        return match now.await {
+        return match mirror_catalog_entry(state, sku).await {
             Some(Some(row)) if row == new => Ok(new),
             Some(_) => Err(e),
-            None => Err(not_known_yet(sku, "catalog change", &e)),
+            None => Err(not_known_yet(sku, "catalog change", &e, true)),
         };
     }
     Ok(new)
+}
+
+/// Gives Redis the catalog entry MySQL holds, under the product's row lock (so once a broken
+/// transaction on it is over), in the background; `None`: not done within [`SETTLE_WAIT`].
+async fn mirror_catalog_entry(state: &AppState, sku: Sku) -> Option<Option<ProductRow>> {
+    let state = state.clone();
+    settle_in_background(sku, "catalog change", move || {
+        let state = state.clone();
+        async move {
+            let mut tx = state.db.begin().await?;
+            let row = db::lock_product(&mut tx, sku).await?;
+            if let Some(row) = &row {
+                state.redis.set_meta(sku, &meta_of(row)).await?;
+            }
+            tx.rollback().await?;
+            AppResult::Ok(row)
+        }
+    })
+    .await
 }
 
 pub async fn update_product(
@@ -335,7 +353,6 @@ pub async fn adjust_stock(
         warehouse_id,
         delta: d,
         token: rand::random(),
-        rebuilt_before: state.redis.rebuild_marker().await?,
     };
     db::note_adjustment(&mut tx, change.token, sku, warehouse_id, d, on_hand).await?;
     let here = match state
@@ -400,14 +417,13 @@ struct Change {
     warehouse_id: u32,
     delta: i64,
     token: u64,
-    /// rebuild-cache's marker when the change began: a rebuild since loaded the counters from
-    /// MySQL, so Redis's part is no longer there to take back.
-    rebuilt_before: Option<String>,
 }
 
 /// Settles a broken-off change: MySQL (its token row, once the transaction is over) says
 /// whether it happened; when it did not, Redis's part is taken back (lua/adjust_stock.lua: only
-/// if it was applied, at most once). `Ok(())`: the change was committed after all.
+/// if it was applied to the counters Redis holds now, at most once; counters rebuild-cache
+/// loaded since came from MySQL and are left alone). `Ok(())`: the change was committed after
+/// all.
 async fn settle_change(
     state: &AppState,
     change: Change,
@@ -425,16 +441,26 @@ async fn settle_change(
             Ok(())
         }
         Some(false) => Err(e),
-        None => Err(not_known_yet(sku, "stock change", &e)),
+        // Whether the commit went through is not known yet: `committed` is known only when the
+        // change never reached its commit (MySQL rolled back; Redis's part is taken back).
+        None => Err(not_known_yet(sku, "stock change", &e, committed.is_none())),
     }
 }
 
-/// What a request answers when its broken-off change is still being settled.
-fn not_known_yet(sku: Sku, what: &str, e: &AppError) -> AppError {
-    AppError::Unavailable(format!(
+/// What a request answers when its broken-off change is still being settled. `may_have_happened`:
+/// its commit's answer was lost, so it may have been committed ([`AppError::OutcomeUnknown`]: no
+/// "nothing was changed", no `Retry-After`); otherwise MySQL rolled it back and only Redis's part
+/// is still being put right (503 `unavailable`).
+fn not_known_yet(sku: Sku, what: &str, e: &AppError, may_have_happened: bool) -> AppError {
+    let m = format!(
         "sku {sku}: the {what}'s outcome is not known yet ({e}); it is settled in the \
          background: read it again before repeating it"
-    ))
+    );
+    if may_have_happened {
+        AppError::OutcomeUnknown(m)
+    } else {
+        AppError::Unavailable(m)
+    }
 }
 
 /// How long a request waits for its broken-off change to be settled.
@@ -479,8 +505,8 @@ async fn settle_once(state: &AppState, c: &Change, committed: Option<bool>) -> A
         Some(known) => known,
         None => db::adjustment_committed(&state.db, c.sku, c.token).await?,
     };
-    if committed || state.redis.rebuild_marker().await? != c.rebuilt_before {
-        return Ok(committed);
+    if committed {
+        return Ok(true);
     }
     if let AdjustOutcome::Short { available_here } = state
         .redis

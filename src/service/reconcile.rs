@@ -182,18 +182,28 @@ pub struct RebuildReport {
     pub problems: Vec<String>,
 }
 
-/// Loads one sku's counters into Redis from MySQL, dropping those Redis holds (they may be
-/// behind MySQL: Redis back from older persistence). A sku whose counters cannot be read is left
-/// alone and reported.
+/// Loads one sku's counters and catalog entry into Redis from MySQL, dropping the counters Redis
+/// holds (they may be behind MySQL: Redis back from older persistence). A sku whose counters cannot be read is left
+/// alone and reported. Under the product's row lock, as every admin change: a change holds it
+/// from before its Redis part to its commit, so the reload sees it whole or not at all (a
+/// reload between a removal's Redis part and its commit put the removed units back).
 async fn rebuild_sku(state: &AppState, row: &catalog_db::ProductRow) -> AppResult<()> {
     let sku = Sku::parse(u64::from(row.sku))?;
+    let mut tx = state.db.begin().await?;
+    let Some(row) = catalog_db::lock_product(&mut tx, sku).await? else {
+        // Gone since it was listed.
+        return Ok(());
+    };
     if state.redis.stock(sku).await?.is_some() {
         state.redis.drop_sku_counters(sku).await?;
     }
-    let mut conn = state.db.acquire().await?;
-    let load = sku_load(&mut conn, sku).await?;
-    drop(conn);
-    state.redis.load_sku(sku, &meta_of(row), &load).await?;
+    // Read after the lock was granted: the first plain read sets the transaction's snapshot.
+    let load = sku_load(&mut tx, sku).await?;
+    state.redis.load_sku(sku, &meta_of(&row), &load).await?;
+    // The catalog entry too (a load keeps an existing one): an entry MySQL rolled back (a change
+    // whose Redis call timed out and still ran) is otherwise never put right.
+    state.redis.set_meta(sku, &meta_of(&row)).await?;
+    tx.rollback().await?;
     Ok(())
 }
 

@@ -6,6 +6,7 @@ mod helpers;
 mod adjust;
 mod attacks;
 mod attacks2;
+mod attacks3;
 mod auth;
 mod authz;
 mod cart;

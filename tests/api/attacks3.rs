@@ -1,0 +1,694 @@
+//! A third attacker's findings on admin stock and catalog changes broken off mid-way: a Redis
+//! call that timed out and still ran, a COMMIT that never reached MySQL while the connection's
+//! server side stayed open, and `flashsale rebuild-cache` running beside a change or its settle.
+//! Each test stages its fault with a redis-server or a TCP proxy of its own.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flashsale::domain::Sku;
+use reqwest::StatusCode;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+
+use crate::helpers::{TestApp, mysql_base, spawn_app_with};
+use crate::model::faults::RedisProc;
+
+/// What the proxy does with the next `COMMIT` a client sends.
+#[derive(Debug, Clone, Copy)]
+enum Trap {
+    /// Never passes it on: the client's side of the connection breaks at once, MySQL's side
+    /// stays open (the transaction open, its locks held) for the duration, then closes
+    /// (MySQL rolls back). A link that died with the COMMIT in it.
+    Drop(Duration),
+    /// Holds it for the duration, then passes it on and goes on as usual.
+    Delay(Duration),
+    /// Passes it on (MySQL commits) and swallows the answer; the connection hangs until the
+    /// proxy is cut.
+    Swallow,
+}
+
+/// A TCP proxy in front of MariaDB with a COMMIT trap, and `cut`/`restore` like the model's.
+struct CommitProxy {
+    port: u16,
+    trap: Arc<Mutex<Option<Trap>>>,
+    /// Set once a `Swallow` trap passed its COMMIT on.
+    swallowed: Arc<std::sync::atomic::AtomicBool>,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<Mutex<Vec<AbortHandle>>>,
+    accept: AbortHandle,
+}
+
+impl CommitProxy {
+    async fn start(target: String) -> CommitProxy {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let trap: Arc<Mutex<Option<Trap>>> = Arc::default();
+        let swallowed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let (trap2, up2, conns2, sw2) =
+            (trap.clone(), up.clone(), conns.clone(), swallowed.clone());
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let (target, trap, sw) = (target.clone(), trap2.clone(), sw2.clone());
+                let h = tokio::spawn(async move {
+                    if let Ok(outbound) = TcpStream::connect(target).await {
+                        forward(inbound, outbound, trap, sw).await;
+                    }
+                });
+                let mut c = conns2.lock().unwrap();
+                c.retain(|h| !h.is_finished());
+                c.push(h.abort_handle());
+            }
+        })
+        .abort_handle();
+        CommitProxy {
+            port,
+            trap,
+            swallowed,
+            up,
+            conns,
+            accept,
+        }
+    }
+
+    fn arm(&self, t: Trap) {
+        *self.trap.lock().unwrap() = Some(t);
+    }
+
+    fn armed(&self) -> bool {
+        self.trap.lock().unwrap().is_some()
+    }
+
+    /// Every connection dropped (MySQL rolls back what they had open), new ones refused.
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for CommitProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+}
+
+async fn forward(
+    inbound: TcpStream,
+    outbound: TcpStream,
+    trap: Arc<Mutex<Option<Trap>>>,
+    swallowed: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_in, mut client_out) = inbound.into_split();
+    let (mut server_in, server_out) = outbound.into_split();
+    let server_out = Arc::new(tokio::sync::Mutex::new(server_out));
+    let mute = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mute2 = mute.clone();
+    let to_client = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match server_in.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) if mute2.load(std::sync::atomic::Ordering::SeqCst) => {}
+                Ok(n) => {
+                    if client_out.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let out2 = server_out.clone();
+    let to_server = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match client_in.read(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => n,
+            };
+            let commit = buf[..n].windows(7).any(|w| w == b"\x03COMMIT");
+            let sprung = if commit {
+                trap.lock().unwrap().take()
+            } else {
+                None
+            };
+            match sprung {
+                Some(Trap::Drop(hold)) => return Some(hold),
+                Some(Trap::Delay(d)) => tokio::time::sleep(d).await,
+                Some(Trap::Swallow) => {
+                    mute.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let _ = out2.lock().await.write_all(&buf[..n]).await;
+                    swallowed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    std::future::pending::<()>().await;
+                }
+                None => {}
+            }
+            if out2.lock().await.write_all(&buf[..n]).await.is_err() {
+                return None;
+            }
+        }
+    };
+    let hold = tokio::select! {
+        _ = to_client => None,
+        h = to_server => h,
+    };
+    // Dropped COMMIT: the client's side is gone (both halves dropped with the futures); MySQL's
+    // side stays open for `hold`, its transaction still open.
+    if let Some(hold) = hold {
+        tokio::time::sleep(hold).await;
+    }
+    drop(server_out);
+}
+
+/// An app whose MySQL connections go through a `CommitProxy`.
+async fn app_through_proxy() -> (TestApp, CommitProxy) {
+    let host = mysql_base().trim_start_matches("mysql://root@").to_string();
+    let proxy = CommitProxy::start(host.clone()).await;
+    let through = format!("127.0.0.1:{}", proxy.port);
+    let app =
+        spawn_app_with(|c| c.stores.mysql_url = c.stores.mysql_url.replace(&host, &through)).await;
+    (app, proxy)
+}
+
+/// A pool straight to the test's database (not through the proxy).
+async fn direct_pool(app: &TestApp) -> sqlx::MySqlPool {
+    sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(4)
+        .connect(&format!("{}/{}", mysql_base(), app.db_name))
+        .await
+        .unwrap()
+}
+
+/// Waits until `f` holds (10 s at most).
+async fn until<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Redis's available count of a sku, straight from its stock hash.
+async fn redis_avail(app: &TestApp, sku: u64) -> i64 {
+    app.state
+        .redis
+        .stock(Sku::parse(sku).unwrap())
+        .await
+        .unwrap()
+        .map(|s| s.available)
+        .unwrap_or(-1)
+}
+
+/// MySQL's on-hand units of a sku, all warehouses.
+async fn mysql_on_hand(app: &TestApp, sku: u64) -> i64 {
+    sqlx::query_scalar::<_, Option<i64>>(
+        "SELECT CAST(SUM(on_hand) AS SIGNED) FROM stock WHERE sku = ?",
+    )
+    .bind(sku as u32)
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap()
+    .unwrap_or(0)
+}
+
+/// Keeps a redis-server busy for `busy` with a script that loops (commands sent meanwhile wait
+/// and run after it, as on a Redis stalled by a slow command or a fork).
+fn stall_redis(url: String, busy: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let client = redis::Client::open(url).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let script = "local t0 = redis.call('TIME') \
+            local stop = tonumber(t0[1]) * 1000000 + tonumber(t0[2]) + tonumber(ARGV[1]) \
+            while true do \
+              local t = redis.call('TIME') \
+              if tonumber(t[1]) * 1000000 + tonumber(t[2]) >= stop then break end \
+            end return 1";
+        let _: Result<i64, _> = redis::cmd("EVAL")
+            .arg(script)
+            .arg(0)
+            .arg(busy.as_micros() as u64)
+            .query_async(&mut c)
+            .await;
+    })
+}
+
+/// An app on a redis-server of its own, with a short Redis response timeout.
+async fn app_on_own_redis() -> (TestApp, RedisProc) {
+    let port = 21_000 + (rand::random::<u16>() % 8_000);
+    let redis = RedisProc::start(port).await;
+    let url = redis.url();
+    let app = spawn_app_with(|c| {
+        c.stores.redis_url = url;
+        c.stores.redis_timeout = Duration::from_millis(300);
+    })
+    .await;
+    (app, redis)
+}
+
+/// A price change whose Redis call timed out while Redis was stalled: MySQL rolled the change
+/// back, and the call still ran once Redis was free. Redis must not be left selling at a price
+/// MySQL never committed (reconcile does not compare catalog entries).
+#[tokio::test]
+async fn a_price_change_whose_redis_call_timed_out_leaves_redis_at_mysqls_price() {
+    let (app, redis) = app_on_own_redis().await;
+    let sku = app.product("p", 100).await;
+    let s = Sku::parse(sku).unwrap();
+    // Loaded into Redis (the catalog entry too).
+    app.get_product(sku).await;
+
+    let stall = stall_redis(redis.url(), Duration::from_millis(1_500));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = app
+        .patch(
+            &format!("/v1/products/{sku}"),
+            Some(&app.admin_token),
+            serde_json::json!({"price": 1}),
+        )
+        .await;
+    stall.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+
+    let mysql_price: u64 = sqlx::query_scalar("SELECT price FROM products WHERE sku = ?")
+        .bind(sku as u32)
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    let redis_price = app.state.redis.metas(&[s]).await.unwrap()[0]
+        .clone()
+        .expect("a catalog entry")
+        .price;
+    assert_eq!(
+        redis_price, mysql_price,
+        "answer {} {:?}: Redis sells at {redis_price}, MySQL holds {mysql_price}",
+        r.status, r.body
+    );
+    if r.status == StatusCode::OK {
+        assert_eq!(
+            mysql_price, 1,
+            "answered 200 but the change is not in MySQL"
+        );
+    }
+}
+
+/// The same for a stock change, its Redis call stalled after MySQL's part (held up: the token
+/// in lua/adjust_stock.lua makes the late call and its undo meet once, in either order).
+#[tokio::test]
+async fn a_stock_change_whose_redis_call_timed_out_leaves_redis_at_mysqls_stock() {
+    let (app, redis) = app_on_own_redis().await;
+    let direct = direct_pool(&app).await;
+    let w = app.warehouse("w").await;
+    let sku = app.product("p", 100).await;
+    app.restock(sku, w, 10).await;
+
+    // The change waits at its note in stock_adjustments (a third session holds the table's
+    // gap), after its Redis reads; Redis stalls; the note goes in; the Redis call times out.
+    let mut holder = direct.begin().await.unwrap();
+    sqlx::query("SELECT token FROM stock_adjustments FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let admin = {
+        let (addr, client, token) = (
+            app.addr.clone(),
+            app.client.clone(),
+            app.admin_token.clone(),
+        );
+        tokio::spawn(async move {
+            let r = client
+                .post(format!("{addr}/v1/products/{sku}/stock"))
+                .bearer_auth(token)
+                .json(&serde_json::json!({"warehouse_id": w, "delta": 5}))
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.text().await.unwrap())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let stall = stall_redis(redis.url(), Duration::from_millis(1_500));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    holder.rollback().await.unwrap();
+    let (status, body) = admin.await.unwrap();
+    stall.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let (on_hand, avail) = (mysql_on_hand(&app, sku).await, redis_avail(&app, sku).await);
+    assert_eq!(
+        avail, on_hand,
+        "answer {status} {body}: Redis has {avail} available, MySQL {on_hand} on hand"
+    );
+    assert_eq!(
+        on_hand,
+        if status == StatusCode::OK { 15 } else { 10 },
+        "{status} {body}"
+    );
+    app.assert_identity(sku).await;
+}
+
+/// An addition whose COMMIT never reached MySQL, the connection's server side still open (its
+/// row locks held until MySQL notices): Redis's part is sellable at once, and customers buy it
+/// before the settle can take it back. MySQL then rolls back: the units sold never existed.
+#[tokio::test]
+#[ignore = "finding, not fixed: an addition is sellable in Redis before its COMMIT is known"]
+async fn an_addition_whose_commit_never_arrived_is_not_sold() {
+    let (app, proxy) = app_through_proxy().await;
+    let w = app.warehouse("w").await;
+    let sku = app.product("p", 100).await;
+    app.open_sale(sku, 50, None).await;
+    assert_eq!(redis_avail(&app, sku).await, 0);
+
+    proxy.arm(Trap::Drop(Duration::from_millis(2_000)));
+    let admin = {
+        let (addr, client, token) = (
+            app.addr.clone(),
+            app.client.clone(),
+            app.admin_token.clone(),
+        );
+        tokio::spawn(async move {
+            client
+                .post(format!("{addr}/v1/products/{sku}/stock"))
+                .bearer_auth(token)
+                .json(&serde_json::json!({"warehouse_id": w, "delta": 3}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    until("Redis's part of the addition", || async {
+        redis_avail(&app, sku).await == 3
+    })
+    .await;
+    let t = app.customer_token(7);
+    let bought = app.try_buy_now(&t, sku, 3).await;
+    let status = admin.await.unwrap();
+    assert!(!proxy.armed(), "the COMMIT never came");
+    // The settle has run once MySQL rolled back (the request waits up to 3 s for it).
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let on_hand = mysql_on_hand(&app, sku).await;
+    assert_eq!(on_hand, 0, "MySQL rolled the addition back");
+    assert_ne!(
+        bought.status,
+        StatusCode::CREATED,
+        "admin answered {status}; a customer bought 3 units of an addition MySQL never \
+         committed (on hand {on_hand}, Redis available {}): oversold",
+        redis_avail(&app, sku).await
+    );
+}
+
+/// `flashsale rebuild-cache` running while a removal is between its Redis part and its COMMIT:
+/// the rebuild reloads the sku from MySQL without the uncommitted removal, then the COMMIT goes
+/// through. Redis must not keep the removed units.
+#[tokio::test]
+async fn a_rebuild_during_a_removal_does_not_put_the_removed_units_back() {
+    let (app, proxy) = app_through_proxy().await;
+    let w = app.warehouse("w").await;
+    let sku = app.product("p", 100).await;
+    app.restock(sku, w, 10).await;
+
+    proxy.arm(Trap::Delay(Duration::from_millis(1_500)));
+    let admin = {
+        let (addr, client, token) = (
+            app.addr.clone(),
+            app.client.clone(),
+            app.admin_token.clone(),
+        );
+        tokio::spawn(async move {
+            client
+                .post(format!("{addr}/v1/products/{sku}/stock"))
+                .bearer_auth(token)
+                .json(&serde_json::json!({"warehouse_id": w, "delta": -5}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    until("Redis's part of the removal", || async {
+        redis_avail(&app, sku).await == 5
+    })
+    .await;
+    let report = flashsale::service::reconcile::rebuild_cache(&app.state)
+        .await
+        .unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(admin.await.unwrap(), StatusCode::OK);
+    let (on_hand, avail) = (mysql_on_hand(&app, sku).await, redis_avail(&app, sku).await);
+    assert_eq!(on_hand, 5);
+    assert_eq!(
+        avail, on_hand,
+        "after the rebuild Redis sells {avail} units, MySQL has {on_hand}"
+    );
+}
+
+/// A removal broken off at its COMMIT (never committed) is settled while `rebuild-cache` is
+/// under way: the rebuild already reloaded the sku from MySQL (which never took the removal)
+/// but has not written its marker yet, so the settle takes the removal back a second time.
+#[tokio::test]
+async fn a_settle_during_a_rebuild_does_not_take_a_change_back_twice() {
+    let (app, proxy) = app_through_proxy().await;
+    let direct = direct_pool(&app).await;
+    let w = app.warehouse("w").await;
+    let sku = app.product("a", 100).await;
+    let later = app.product("b", 100).await;
+    assert!(later > sku);
+    app.restock(sku, w, 10).await;
+
+    // The removal's COMMIT held, then the link cut: never committed; the service's settle
+    // cannot reach MySQL until `restore`.
+    proxy.arm(Trap::Delay(Duration::from_secs(30)));
+    let admin = {
+        let (addr, client, token) = (
+            app.addr.clone(),
+            app.client.clone(),
+            app.admin_token.clone(),
+        );
+        tokio::spawn(async move {
+            client
+                .post(format!("{addr}/v1/products/{sku}/stock"))
+                .bearer_auth(token)
+                .json(&serde_json::json!({"warehouse_id": w, "delta": -5}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    until("Redis's part of the removal", || async {
+        redis_avail(&app, sku).await == 5
+    })
+    .await;
+    proxy.cut();
+    let status = admin.await.unwrap();
+    assert_ne!(status, StatusCode::OK, "the removal was never committed");
+
+    // rebuild-cache, run by an operator on a link of its own, is slow past this sku: the next
+    // product's row is held by a third session.
+    let mut holder = direct.begin().await.unwrap();
+    sqlx::query("SELECT sku FROM products WHERE sku = ? FOR UPDATE")
+        .bind(later as u32)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let rebuild = {
+        let state = flashsale::app::AppState {
+            db: direct.clone(),
+            ..app.state.clone()
+        };
+        tokio::spawn(async move { flashsale::service::reconcile::rebuild_cache(&state).await })
+    };
+    until("the rebuild's reload of the sku", || async {
+        redis_avail(&app, sku).await == 10
+    })
+    .await;
+
+    // MySQL reachable again: the settle (retrying with a growing pause) finds the removal
+    // never committed.
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < deadline && redis_avail(&app, sku).await == 10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    holder.rollback().await.unwrap();
+    let report = rebuild.await.unwrap().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let (on_hand, avail) = (mysql_on_hand(&app, sku).await, redis_avail(&app, sku).await);
+    assert_eq!(on_hand, 10, "MySQL never took the removal");
+    assert_eq!(
+        avail, on_hand,
+        "Redis sells {avail} units, MySQL has {on_hand}: the removal was taken back twice"
+    );
+}
+
+/// A stock change whose COMMIT went through while its answer was lost, and MySQL then out of
+/// reach for longer than the request waits for the settle: the 503 says the outcome is not known
+/// yet. It must not also say "nothing was changed, retry shortly" with a `Retry-After` (what
+/// every other 503 says): an admin or a client retrying on it adds the units twice.
+#[tokio::test]
+async fn a_stock_change_of_unknown_outcome_does_not_answer_nothing_was_changed() {
+    let (app, proxy) = app_through_proxy().await;
+    let w = app.warehouse("w").await;
+    let sku = app.product("p", 100).await;
+    app.restock(sku, w, 10).await;
+
+    proxy.arm(Trap::Swallow);
+    let admin = {
+        let (addr, client, token) = (
+            app.addr.clone(),
+            app.client.clone(),
+            app.admin_token.clone(),
+        );
+        tokio::spawn(async move {
+            let r = client
+                .post(format!("{addr}/v1/products/{sku}/stock"))
+                .bearer_auth(token)
+                .json(&serde_json::json!({"warehouse_id": w, "delta": 5}))
+                .send()
+                .await
+                .unwrap();
+            let retry_after = r.headers().get("retry-after").cloned();
+            (r.status(), retry_after, r.text().await.unwrap())
+        })
+    };
+    let swallowed = proxy.swallowed.clone();
+    until("the COMMIT passed on", || {
+        let s = swallowed.clone();
+        async move { s.load(std::sync::atomic::Ordering::SeqCst) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.cut();
+    let (status, retry_after, body) = admin.await.unwrap();
+    proxy.restore();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    until("the committed change in MySQL", || async {
+        mysql_on_hand(&app, sku).await == 15
+    })
+    .await;
+    assert!(
+        !body.contains("nothing was changed") && retry_after.is_none(),
+        "the change was committed, and the answer says: {body} (Retry-After: {retry_after:?})"
+    );
+}
+
+/// The service killed between a stock change's Redis part and its COMMIT (a crash, a deploy's
+/// SIGKILL, an OOM kill): MySQL rolls the change back when the connection dies, and nothing is
+/// left to settle it: the settle task lived in the process. Redis keeps the five units of an
+/// addition MySQL never had, after the restart too.
+#[tokio::test]
+#[ignore = "finding, not fixed: a change in flight when the process dies is never settled"]
+async fn a_stock_change_in_flight_when_the_service_dies_is_settled_after_the_restart() {
+    let host = mysql_base().trim_start_matches("mysql://root@").to_string();
+    let proxy = Arc::new(CommitProxy::start(host.clone()).await);
+    let through = format!("127.0.0.1:{}", proxy.port);
+    let (db_name, prefix) = crate::helpers::test_names();
+    let direct_cfg = crate::helpers::test_config(&db_name, &prefix);
+    let mut cfg = direct_cfg.clone();
+    cfg.stores.mysql_url = cfg.stores.mysql_url.replace(&host, &through);
+    let service = crate::model::faults::ServiceProc::start(&cfg).await;
+    let state = flashsale::app::AppState::connect(direct_cfg).await.unwrap();
+    let app = TestApp::attach(service.addr(), state, db_name, prefix).await;
+    let w = app.warehouse("w").await;
+    let sku = app.product("p", 100).await;
+    app.restock(sku, w, 10).await;
+
+    proxy.arm(Trap::Delay(Duration::from_secs(60)));
+    let admin = {
+        let (addr, client, token) = (
+            app.addr.clone(),
+            app.client.clone(),
+            app.admin_token.clone(),
+        );
+        tokio::spawn(async move {
+            client
+                .post(format!("{addr}/v1/products/{sku}/stock"))
+                .bearer_auth(token)
+                .json(&serde_json::json!({"warehouse_id": w, "delta": 5}))
+                .send()
+                .await
+                .map(|r| r.status())
+        })
+    };
+    until("Redis's part of the addition", || async {
+        redis_avail(&app, sku).await == 15
+    })
+    .await;
+    // SIGKILL; the held COMMIT's connection then drops (MySQL rolls back); the service comes
+    // back.
+    let p = proxy.clone();
+    let cutter = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        p.cut();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        p.restore();
+    });
+    service.kill_and_restart(Duration::from_millis(500)).await;
+    cutter.await.unwrap();
+    let _ = admin.await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let (on_hand, avail) = (mysql_on_hand(&app, sku).await, redis_avail(&app, sku).await);
+    assert_eq!(on_hand, 10, "MySQL rolled the addition back");
+    assert_eq!(
+        avail,
+        on_hand,
+        "after the restart Redis sells {avail} units, MySQL has {on_hand}: oversold by {}",
+        avail - on_hand
+    );
+}
+
+/// A catalog entry in Redis that MySQL does not hold (what a timed-out price change left before
+/// it was fixed): reconcile does not compare catalog entries, and rebuild-cache kept an existing
+/// entry, so nothing an operator runs put it right. rebuild-cache now writes MySQL's.
+#[tokio::test]
+async fn rebuild_cache_puts_a_stale_catalog_entry_right() {
+    use redis::AsyncCommands;
+
+    let app = spawn_app_with(|_| {}).await;
+    let sku = app.product("p", 100).await;
+    let s = Sku::parse(sku).unwrap();
+    app.get_product(sku).await;
+    let meta_key = app.state.redis.keys.sku(s).meta();
+    let _: () = app
+        .state
+        .redis
+        .conn()
+        .hset(&meta_key, "price", 1)
+        .await
+        .unwrap();
+    let report = flashsale::service::reconcile::rebuild_cache(&app.state)
+        .await
+        .unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let meta = app.state.redis.metas(&[s]).await.unwrap()[0]
+        .clone()
+        .unwrap();
+    assert_eq!(
+        meta.price, 100,
+        "Redis still sells at the price MySQL never held"
+    );
+}
