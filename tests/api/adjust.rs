@@ -4,28 +4,21 @@
 
 use reqwest::StatusCode;
 
-use crate::helpers::{mysql_base, spawn_app_with};
-use crate::model::faults::Proxy;
+use crate::helpers::spawn_app_with;
+use crate::model::faults::{Trap, app_through_proxy};
 
 #[tokio::test]
 async fn a_stock_change_committed_while_its_connection_broke_stays_in_redis() {
-    let host = mysql_base().trim_start_matches("mysql://root@").to_string();
-    let proxy = Proxy::start(host.clone()).await;
-    let through = format!("127.0.0.1:{}", proxy.port);
-    let app =
-        spawn_app_with(|c| c.stores.mysql_url = c.stores.mysql_url.replace(&host, &through)).await;
+    let (app, proxy) = app_through_proxy().await;
     let w = app.warehouse("w").await;
     let sku = app.product("p", 100).await;
     assert_eq!(app.add_stock(sku, w, 10).await.status, StatusCode::OK);
 
     let mut expected = 10;
     for delta in [-2i64, 3, -1] {
-        proxy.break_next_commit();
+        proxy.arm(Trap::AnswerLost);
         let r = app.add_stock(sku, w, delta).await;
-        assert!(
-            !proxy.commit_trap_armed(),
-            "the change's COMMIT went through the trap"
-        );
+        assert!(!proxy.armed(), "the change's COMMIT went through the trap");
         // MySQL committed: the change happened, and the answer says so.
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
         expected += delta;
@@ -96,14 +89,10 @@ async fn a_stock_change_applies_and_is_taken_back_at_most_once() {
 async fn a_price_change_committed_while_its_connection_broke_is_what_redis_sells_at() {
     use flashsale::domain::Sku;
 
-    let host = mysql_base().trim_start_matches("mysql://root@").to_string();
-    let proxy = Proxy::start(host.clone()).await;
-    let through = format!("127.0.0.1:{}", proxy.port);
-    let app =
-        spawn_app_with(|c| c.stores.mysql_url = c.stores.mysql_url.replace(&host, &through)).await;
+    let (app, proxy) = app_through_proxy().await;
     let sku = app.product("p", 100).await;
 
-    proxy.break_next_commit();
+    proxy.arm(Trap::AnswerLost);
     let path = format!("/v1/products/{sku}");
     let r = app
         .patch(
@@ -112,10 +101,7 @@ async fn a_price_change_committed_while_its_connection_broke_is_what_redis_sells
             serde_json::json!({"price": 250}),
         )
         .await;
-    assert!(
-        !proxy.commit_trap_armed(),
-        "the change's COMMIT went through the trap"
-    );
+    assert!(!proxy.armed(), "the change's COMMIT went through the trap");
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.body["price"], 250, "{:?}", r.body);
     let metas = app

@@ -3,191 +3,14 @@
 //! server side stayed open, and `flashsale rebuild-cache` running beside a change or its settle.
 //! Each test stages its fault with a redis-server or a TCP proxy of its own.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashsale::domain::Sku;
 use reqwest::StatusCode;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::AbortHandle;
 
-use crate::helpers::{TestApp, mysql_base, spawn_app_with};
-use crate::model::faults::RedisProc;
-
-/// What the proxy does with the next `COMMIT` a client sends.
-#[derive(Debug, Clone, Copy)]
-enum Trap {
-    /// Never passes it on: the client's side of the connection breaks at once, MySQL's side
-    /// stays open (the transaction open, its locks held) for the duration, then closes
-    /// (MySQL rolls back). A link that died with the COMMIT in it.
-    Drop(Duration),
-    /// Holds it for the duration, then passes it on and goes on as usual.
-    Delay(Duration),
-    /// Passes it on (MySQL commits) and swallows the answer; the connection hangs until the
-    /// proxy is cut.
-    Swallow,
-}
-
-/// A TCP proxy in front of MariaDB with a COMMIT trap, and `cut`/`restore` like the model's.
-struct CommitProxy {
-    port: u16,
-    trap: Arc<Mutex<Option<Trap>>>,
-    /// Set once a `Swallow` trap passed its COMMIT on.
-    swallowed: Arc<std::sync::atomic::AtomicBool>,
-    up: Arc<std::sync::atomic::AtomicBool>,
-    conns: Arc<Mutex<Vec<AbortHandle>>>,
-    accept: AbortHandle,
-}
-
-impl CommitProxy {
-    async fn start(target: String) -> CommitProxy {
-        use std::sync::atomic::Ordering;
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let trap: Arc<Mutex<Option<Trap>>> = Arc::default();
-        let swallowed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let conns: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
-        let (trap2, up2, conns2, sw2) =
-            (trap.clone(), up.clone(), conns.clone(), swallowed.clone());
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((inbound, _)) = listener.accept().await else {
-                    continue;
-                };
-                if !up2.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                let (target, trap, sw) = (target.clone(), trap2.clone(), sw2.clone());
-                let h = tokio::spawn(async move {
-                    if let Ok(outbound) = TcpStream::connect(target).await {
-                        forward(inbound, outbound, trap, sw).await;
-                    }
-                });
-                let mut c = conns2.lock().unwrap();
-                c.retain(|h| !h.is_finished());
-                c.push(h.abort_handle());
-            }
-        })
-        .abort_handle();
-        CommitProxy {
-            port,
-            trap,
-            swallowed,
-            up,
-            conns,
-            accept,
-        }
-    }
-
-    fn arm(&self, t: Trap) {
-        *self.trap.lock().unwrap() = Some(t);
-    }
-
-    fn armed(&self) -> bool {
-        self.trap.lock().unwrap().is_some()
-    }
-
-    /// Every connection dropped (MySQL rolls back what they had open), new ones refused.
-    fn cut(&self) {
-        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
-        for h in self.conns.lock().unwrap().drain(..) {
-            h.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl Drop for CommitProxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-        for h in self.conns.lock().unwrap().drain(..) {
-            h.abort();
-        }
-    }
-}
-
-async fn forward(
-    inbound: TcpStream,
-    outbound: TcpStream,
-    trap: Arc<Mutex<Option<Trap>>>,
-    swallowed: Arc<std::sync::atomic::AtomicBool>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (mut client_in, mut client_out) = inbound.into_split();
-    let (mut server_in, server_out) = outbound.into_split();
-    let server_out = Arc::new(tokio::sync::Mutex::new(server_out));
-    let mute = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mute2 = mute.clone();
-    let to_client = async move {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            match server_in.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) if mute2.load(std::sync::atomic::Ordering::SeqCst) => {}
-                Ok(n) => {
-                    if client_out.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    };
-    let out2 = server_out.clone();
-    let to_server = async move {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let n = match client_in.read(&mut buf).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => n,
-            };
-            let commit = buf[..n].windows(7).any(|w| w == b"\x03COMMIT");
-            let sprung = if commit {
-                trap.lock().unwrap().take()
-            } else {
-                None
-            };
-            match sprung {
-                Some(Trap::Drop(hold)) => return Some(hold),
-                Some(Trap::Delay(d)) => tokio::time::sleep(d).await,
-                Some(Trap::Swallow) => {
-                    mute.store(true, std::sync::atomic::Ordering::SeqCst);
-                    let _ = out2.lock().await.write_all(&buf[..n]).await;
-                    swallowed.store(true, std::sync::atomic::Ordering::SeqCst);
-                    std::future::pending::<()>().await;
-                }
-                None => {}
-            }
-            if out2.lock().await.write_all(&buf[..n]).await.is_err() {
-                return None;
-            }
-        }
-    };
-    let hold = tokio::select! {
-        _ = to_client => None,
-        h = to_server => h,
-    };
-    // Dropped COMMIT: the client's side is gone (both halves dropped with the futures); MySQL's
-    // side stays open for `hold`, its transaction still open.
-    if let Some(hold) = hold {
-        tokio::time::sleep(hold).await;
-    }
-    drop(server_out);
-}
-
-/// An app whose MySQL connections go through a `CommitProxy`.
-async fn app_through_proxy() -> (TestApp, CommitProxy) {
-    let host = mysql_base().trim_start_matches("mysql://root@").to_string();
-    let proxy = CommitProxy::start(host.clone()).await;
-    let through = format!("127.0.0.1:{}", proxy.port);
-    let app =
-        spawn_app_with(|c| c.stores.mysql_url = c.stores.mysql_url.replace(&host, &through)).await;
-    (app, proxy)
-}
+use crate::helpers::{TestApp, eventually, mysql_base, spawn_app_with};
+use crate::model::faults::{Proxy, RedisProc, Trap, app_through_proxy};
 
 /// A pool straight to the test's database (not through the proxy).
 async fn direct_pool(app: &TestApp) -> sqlx::MySqlPool {
@@ -196,19 +19,6 @@ async fn direct_pool(app: &TestApp) -> sqlx::MySqlPool {
         .connect(&format!("{}/{}", mysql_base(), app.db_name))
         .await
         .unwrap()
-}
-
-/// Waits until `f` holds (10 s at most).
-async fn until<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Redis's available count of a sku, straight from its stock hash.
@@ -397,9 +207,11 @@ async fn an_addition_whose_commit_never_arrived_is_not_sold() {
                 .status()
         })
     };
-    until("Redis's part of the addition", || async {
-        redis_avail(&app, sku).await == 3
-    })
+    eventually(
+        "Redis's part of the addition",
+        Duration::from_secs(10),
+        || async { redis_avail(&app, sku).await == 3 },
+    )
     .await;
     let t = app.customer_token(7);
     let bought = app.try_buy_now(&t, sku, 3).await;
@@ -446,9 +258,11 @@ async fn a_rebuild_during_a_removal_does_not_put_the_removed_units_back() {
                 .status()
         })
     };
-    until("Redis's part of the removal", || async {
-        redis_avail(&app, sku).await == 5
-    })
+    eventually(
+        "Redis's part of the removal",
+        Duration::from_secs(10),
+        || async { redis_avail(&app, sku).await == 5 },
+    )
     .await;
     let report = flashsale::service::reconcile::rebuild_cache(&app.state)
         .await
@@ -496,9 +310,11 @@ async fn a_settle_during_a_rebuild_does_not_take_a_change_back_twice() {
                 .status()
         })
     };
-    until("Redis's part of the removal", || async {
-        redis_avail(&app, sku).await == 5
-    })
+    eventually(
+        "Redis's part of the removal",
+        Duration::from_secs(10),
+        || async { redis_avail(&app, sku).await == 5 },
+    )
     .await;
     proxy.cut();
     let status = admin.await.unwrap();
@@ -519,9 +335,11 @@ async fn a_settle_during_a_rebuild_does_not_take_a_change_back_twice() {
         };
         tokio::spawn(async move { flashsale::service::reconcile::rebuild_cache(&state).await })
     };
-    until("the rebuild's reload of the sku", || async {
-        redis_avail(&app, sku).await == 10
-    })
+    eventually(
+        "the rebuild's reload of the sku",
+        Duration::from_secs(10),
+        || async { redis_avail(&app, sku).await == 10 },
+    )
     .await;
 
     // MySQL reachable again: the settle (retrying with a growing pause) finds the removal
@@ -575,7 +393,7 @@ async fn a_stock_change_of_unknown_outcome_does_not_answer_nothing_was_changed()
         })
     };
     let swallowed = proxy.swallowed.clone();
-    until("the COMMIT passed on", || {
+    eventually("the COMMIT passed on", Duration::from_secs(10), || {
         let s = swallowed.clone();
         async move { s.load(std::sync::atomic::Ordering::SeqCst) }
     })
@@ -585,9 +403,11 @@ async fn a_stock_change_of_unknown_outcome_does_not_answer_nothing_was_changed()
     let (status, retry_after, body) = admin.await.unwrap();
     proxy.restore();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    until("the committed change in MySQL", || async {
-        mysql_on_hand(&app, sku).await == 15
-    })
+    eventually(
+        "the committed change in MySQL",
+        Duration::from_secs(10),
+        || async { mysql_on_hand(&app, sku).await == 15 },
+    )
     .await;
     assert!(
         !body.contains("nothing was changed") && retry_after.is_none(),
@@ -603,7 +423,7 @@ async fn a_stock_change_of_unknown_outcome_does_not_answer_nothing_was_changed()
 #[ignore = "finding, not fixed: a change in flight when the process dies is never settled"]
 async fn a_stock_change_in_flight_when_the_service_dies_is_settled_after_the_restart() {
     let host = mysql_base().trim_start_matches("mysql://root@").to_string();
-    let proxy = Arc::new(CommitProxy::start(host.clone()).await);
+    let proxy = Arc::new(Proxy::start(host.clone()).await);
     let through = format!("127.0.0.1:{}", proxy.port);
     let (db_name, prefix) = crate::helpers::test_names();
     let direct_cfg = crate::helpers::test_config(&db_name, &prefix);
@@ -633,9 +453,11 @@ async fn a_stock_change_in_flight_when_the_service_dies_is_settled_after_the_res
                 .map(|r| r.status())
         })
     };
-    until("Redis's part of the addition", || async {
-        redis_avail(&app, sku).await == 15
-    })
+    eventually(
+        "Redis's part of the addition",
+        Duration::from_secs(10),
+        || async { redis_avail(&app, sku).await == 15 },
+    )
     .await;
     // SIGKILL; the held COMMIT's connection then drops (MySQL rolls back); the service comes
     // back.

@@ -151,12 +151,32 @@ impl Drop for RedisProc {
     }
 }
 
+/// What the proxy does with the next `COMMIT` a client sends.
+#[derive(Debug, Clone, Copy)]
+pub enum Trap {
+    /// Passes it on (MySQL commits), swallows the answer, and breaks the connection shortly
+    /// after: a connection lost during the commit.
+    AnswerLost,
+    /// Never passes it on: the client's side of the connection breaks at once, MySQL's side
+    /// stays open (the transaction open, its locks held) for the duration, then closes
+    /// (MySQL rolls back). A link that died with the COMMIT in it.
+    Drop(Duration),
+    /// Holds it for the duration, then passes it on and goes on as usual.
+    Delay(Duration),
+    /// Passes it on (MySQL commits) and swallows the answer; the connection hangs until the
+    /// proxy is cut.
+    Swallow,
+}
+
 /// A TCP proxy in front of MariaDB: `cut()` drops every connection and refuses new ones (what
-/// the service sees of a stopped MySQL), `restore()` lets them through again.
+/// the service sees of a stopped MySQL), `restore()` lets them through again; `arm()` sets a
+/// trap for the next `COMMIT`.
 pub struct Proxy {
     pub port: u16,
     up: Arc<AtomicBool>,
-    commit_trap: Arc<AtomicBool>,
+    trap: Arc<Mutex<Option<Trap>>>,
+    /// Set once a trap passed its COMMIT on with the answer swallowed.
+    pub swallowed: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<AbortHandle>>>,
     accept: AbortHandle,
 }
@@ -166,9 +186,11 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let up = Arc::new(AtomicBool::new(true));
-        let commit_trap = Arc::new(AtomicBool::new(false));
+        let trap: Arc<Mutex<Option<Trap>>> = Arc::default();
+        let swallowed = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
-        let (up2, conns2, trap2) = (up.clone(), conns.clone(), commit_trap.clone());
+        let (up2, conns2, trap2, sw2) =
+            (up.clone(), conns.clone(), trap.clone(), swallowed.clone());
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((inbound, _)) = listener.accept().await else {
@@ -178,10 +200,10 @@ impl Proxy {
                     drop(inbound);
                     continue;
                 }
-                let (target, trap) = (target.clone(), trap2.clone());
+                let (target, trap, sw) = (target.clone(), trap2.clone(), sw2.clone());
                 let h = tokio::spawn(async move {
                     if let Ok(outbound) = TcpStream::connect(target).await {
-                        forward(inbound, outbound, trap).await;
+                        forward(inbound, outbound, trap, sw).await;
                     }
                 });
                 let mut c = conns2.lock().unwrap();
@@ -193,21 +215,21 @@ impl Proxy {
         Proxy {
             port,
             up,
-            commit_trap,
+            trap,
+            swallowed,
             conns,
             accept,
         }
     }
 
-    /// The next `COMMIT` a client sends reaches MySQL, which commits; its answer never comes
-    /// back: the connection breaks (a connection lost during the commit).
-    pub fn break_next_commit(&self) {
-        self.commit_trap.store(true, Ordering::SeqCst);
+    /// Sets `t` for the next `COMMIT` a client sends.
+    pub fn arm(&self, t: Trap) {
+        *self.trap.lock().unwrap() = Some(t);
     }
 
     /// Whether the trap is still waiting for a `COMMIT`.
-    pub fn commit_trap_armed(&self) -> bool {
-        self.commit_trap.load(Ordering::SeqCst)
+    pub fn armed(&self) -> bool {
+        self.trap.lock().unwrap().is_some()
     }
 
     pub fn cut(&self) {
@@ -231,53 +253,93 @@ impl Drop for Proxy {
     }
 }
 
-/// Copies both ways; with `trap` set, the first `COMMIT` from the client is passed on, MySQL's
-/// answer to it is swallowed, and the connection then breaks.
-async fn forward(inbound: TcpStream, outbound: TcpStream, trap: Arc<AtomicBool>) {
+/// Copies both ways, springing the armed trap on the first `COMMIT` from the client.
+async fn forward(
+    inbound: TcpStream,
+    outbound: TcpStream,
+    trap: Arc<Mutex<Option<Trap>>>,
+    swallowed: Arc<AtomicBool>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut client_in, mut client_out) = inbound.into_split();
-    let (mut server_in, mut server_out) = outbound.into_split();
-    let swallow = Arc::new(AtomicBool::new(false));
-    let swallow2 = swallow.clone();
+    let (mut server_in, server_out) = outbound.into_split();
+    let server_out = Arc::new(tokio::sync::Mutex::new(server_out));
+    let mute = Arc::new(AtomicBool::new(false));
+    let mute2 = mute.clone();
     let to_client = async move {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             match server_in.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
-                Ok(n) if !swallow2.load(Ordering::SeqCst) => {
+                Ok(_) if mute2.load(Ordering::SeqCst) => {}
+                Ok(n) => {
                     if client_out.write_all(&buf[..n]).await.is_err() {
                         return;
                     }
                 }
-                Ok(_) => {}
             }
         }
     };
+    let out2 = server_out.clone();
     let to_server = async move {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             let n = match client_in.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => return None,
                 Ok(n) => n,
             };
             // A COM_QUERY packet: 3 bytes of length, a sequence byte, 0x03, the statement.
             let commit = buf[..n].windows(7).any(|w| w == b"\x03COMMIT");
-            if commit && trap.load(Ordering::SeqCst) {
-                swallow.store(true, Ordering::SeqCst);
-                trap.store(false, Ordering::SeqCst);
-                let _ = server_out.write_all(&buf[..n]).await;
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                return;
+            let sprung = if commit {
+                trap.lock().unwrap().take()
+            } else {
+                None
+            };
+            match sprung {
+                Some(Trap::Drop(hold)) => return Some(hold),
+                Some(Trap::Delay(d)) => tokio::time::sleep(d).await,
+                Some(t @ (Trap::Swallow | Trap::AnswerLost)) => {
+                    mute.store(true, Ordering::SeqCst);
+                    let _ = out2.lock().await.write_all(&buf[..n]).await;
+                    swallowed.store(true, Ordering::SeqCst);
+                    if matches!(t, Trap::AnswerLost) {
+                        // MySQL commits meanwhile; then the connection breaks.
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        return None;
+                    }
+                    std::future::pending::<()>().await;
+                }
+                None => {}
             }
-            if server_out.write_all(&buf[..n]).await.is_err() {
-                return;
+            if out2.lock().await.write_all(&buf[..n]).await.is_err() {
+                return None;
             }
         }
     };
-    tokio::select! {
-        _ = to_client => {}
-        _ = to_server => {}
+    let hold = tokio::select! {
+        _ = to_client => None,
+        h = to_server => h,
+    };
+    // Dropped COMMIT: the client's side is gone (both halves dropped with the futures); MySQL's
+    // side stays open for `hold`, its transaction still open.
+    if let Some(hold) = hold {
+        tokio::time::sleep(hold).await;
     }
+    drop(server_out);
+}
+
+/// An app whose MySQL connections go through a [`Proxy`] of its own.
+pub async fn app_through_proxy() -> (TestApp, Proxy) {
+    let host = crate::helpers::mysql_base()
+        .trim_start_matches("mysql://root@")
+        .to_string();
+    let proxy = Proxy::start(host.clone()).await;
+    let through = format!("127.0.0.1:{}", proxy.port);
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.stores.mysql_url = c.stores.mysql_url.replace(&host, &through)
+    })
+    .await;
+    (app, proxy)
 }
 
 /// KILLs every connection to `db` (the service's, through the proxy) for `dur`, every 25 ms.
