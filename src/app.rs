@@ -12,6 +12,7 @@ use crate::auth::Jwt;
 use crate::config::Config;
 use crate::service::live::Hub;
 use crate::service::lookups::Lookups;
+use crate::service::sold_out::SoldOut;
 use crate::store::redis::Redis;
 
 #[derive(Clone)]
@@ -27,6 +28,8 @@ pub struct AppState {
     pub live: Arc<Hub>,
     /// Product lookups that reach MySQL: unknown skus remembered, loads done once.
     pub lookups: Arc<Lookups>,
+    /// The skus this instance knows to be sold out (`worker::live::run` feeds it too).
+    pub sold_out: Arc<SoldOut>,
 }
 
 impl FromRef<AppState> for MySqlPool {

@@ -15,6 +15,7 @@ use crate::config::{Config, DEV_ADMIN_PASSWORD};
 use crate::domain::{Password, Role, Username};
 use crate::service::live::Hub;
 use crate::service::lookups::Lookups;
+use crate::service::sold_out::SoldOut;
 use crate::store::mysql;
 use crate::store::redis::Redis;
 use crate::{http, server, telemetry, worker};
@@ -60,6 +61,7 @@ impl AppState {
                 cfg.stores.mysql_pool,
                 cfg.stores.mysql_timeout,
             )),
+            sold_out: Arc::new(SoldOut::new(cfg.sale.sold_out_trust)),
             cfg: Arc::new(cfg),
         })
     }

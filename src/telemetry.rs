@@ -305,6 +305,12 @@ pub fn metrics_handle() -> PrometheusHandle {
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Prefix("flashsale_outbox_".into()), &latency)
                 })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("flashsale_reserve_batch_size".into()),
+                        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1000.0],
+                    )
+                })
                 .expect("valid buckets")
                 .build_recorder();
             let handle = recorder.handle();
@@ -408,6 +414,15 @@ fn describe() {
     describe_counter!(
         "flashsale_reservations_total",
         "Reservation attempts by kind (cart, order) and outcome"
+    );
+    describe_histogram!(
+        "flashsale_reserve_batch_size",
+        "Reservations of one sku that went together in one script call"
+    );
+    describe_counter!(
+        "flashsale_sold_out_in_process_total",
+        "Adds to cart refused 409 out_of_stock by this instance without asking Redis (the sku \
+         known sold out)"
     );
     describe_counter!(
         "flashsale_orders_total",

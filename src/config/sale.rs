@@ -37,6 +37,12 @@ pub struct SaleConfig {
     /// long after its creation; one created on this instance at once.
     #[arg(long, env = "FLASHSALE_UNKNOWN_SKU_TTL", default_value = "5s", value_parser = parse_duration, global = true)]
     pub unknown_sku_ttl: Duration,
+
+    /// How long this instance trusts that a sku is sold out (announced, or answered by Redis)
+    /// and answers 409 `out_of_stock` without asking Redis; any announcement of units coming back
+    /// ends it at once. 0: always ask Redis.
+    #[arg(long, env = "FLASHSALE_SOLD_OUT_TRUST", default_value = "1s", value_parser = parse_duration, global = true)]
+    pub sold_out_trust: Duration,
 }
 
 impl SaleConfig {

@@ -52,12 +52,25 @@ pub struct StoresConfig {
     /// Deadline of one Redis command; past it the request answers 503 `unavailable`.
     #[arg(long, env = "FLASHSALE_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration, global = true)]
     pub redis_timeout: Duration,
+
+    /// Most reservations of one sku that go in one script call: requests arriving while a call
+    /// for their sku is in flight wait and go together in the next (1: one call each).
+    #[arg(
+        long,
+        env = "FLASHSALE_REDIS_RESERVE_BATCH",
+        default_value_t = 64,
+        global = true
+    )]
+    pub redis_reserve_batch: usize,
 }
 
 impl StoresConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(['{', '}', ' ']) {
             return Err("the Redis prefix must be non-empty, without braces or spaces".into());
+        }
+        if !(1..=1000).contains(&self.redis_reserve_batch) {
+            return Err("FLASHSALE_REDIS_RESERVE_BATCH must be 1..=1000".into());
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::sold_out::Check;
 use super::{catalog, from_ms};
 use crate::app::AppState;
 use crate::domain::{Count, MAX_LINE_UNITS, MAX_ORDER_TOTAL, Sku, SkuMeta};
@@ -57,19 +58,41 @@ pub fn too_large(sku: Sku, units: i64, unit_price: u64) -> AppError {
 }
 
 /// Reserves, loading the sku from MySQL once when Redis does not know it (404: no product).
+/// A sku this instance knows to be sold out is refused without asking Redis
+/// (src/service/sold_out.rs), unless Redis is refused for sales now (its 503 comes first).
 pub async fn reserve_loading(
     state: &AppState,
     req: impl Fn() -> ReserveRequest,
 ) -> AppResult<ReserveOutcome> {
-    let outcome = state.redis.reserve(req()).await?;
-    if outcome != ReserveOutcome::NotLoaded {
-        return Ok(outcome);
+    let first = req();
+    let sku = first.sku;
+    // Only for adds to a cart hold: an order line's retry is answered by its existing
+    // reservation, which a sold-out sku still has.
+    let asked = if first.mode == ReserveMode::Add {
+        match state.sold_out.check(sku) {
+            Check::SoldOut if !state.redis.refuses_sales() => {
+                return Ok(ReserveOutcome::OutOfStock { available: 0 });
+            }
+            Check::SoldOut => None,
+            Check::Ask(asked) => Some(asked),
+        }
+    } else {
+        None
+    };
+    let mut outcome = state.redis.reserve(req()).await?;
+    if outcome == ReserveOutcome::NotLoaded {
+        if !catalog::ensure_loaded(state, sku).await? {
+            return Err(AppError::NotFound(format!("no product with sku {sku}")));
+        }
+        outcome = state.redis.reserve(req()).await?;
     }
-    let sku = req().sku;
-    if !catalog::ensure_loaded(state, sku).await? {
-        return Err(AppError::NotFound(format!("no product with sku {sku}")));
+    if let Some(asked) = asked
+        && let ReserveOutcome::OutOfStock { available } | ReserveOutcome::Reserved { available, .. } =
+            outcome
+    {
+        state.sold_out.reply(sku, asked, available);
     }
-    state.redis.reserve(req()).await
+    Ok(outcome)
 }
 
 pub async fn add_item(

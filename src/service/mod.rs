@@ -9,6 +9,7 @@ pub mod order_ids;
 pub mod orders;
 pub mod outbox_dead;
 pub mod reconcile;
+pub mod sold_out;
 
 use chrono::{DateTime, Utc};
 

@@ -65,6 +65,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             }
         };
         backoff = Duration::from_millis(100);
+        state.sold_out.subscribed(true);
         tracing::debug!(channel = %state.redis.keys.stock_live(), "live stock: subscribed");
         // Announcements made while unsubscribed are lost: read the watched skus afresh.
         if let Err(e) = resync(&state).await {
@@ -73,8 +74,12 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         loop {
             tokio::select! {
                 a = announcements.next() => match a {
-                    Some((sku, avail)) => hub.announce(sku, avail),
+                    Some((sku, avail)) => {
+                        state.sold_out.announce(sku, avail);
+                        hub.announce(sku, avail);
+                    }
                     None => {
+                        state.sold_out.subscribed(false);
                         tracing::warn!("live stock: the subscription was lost; resubscribing");
                         continue 'connect;
                     }
@@ -99,5 +104,6 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             }
         }
     }
+    state.sold_out.subscribed(false);
     hub.close();
 }

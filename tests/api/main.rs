@@ -15,6 +15,7 @@ mod checkout;
 mod concurrency;
 mod config_doc;
 mod cors;
+mod hot_path;
 mod idempotency;
 mod limits;
 mod live;

@@ -2,7 +2,8 @@
 //! multiplexed connection for every request (concurrent requests are pipelined onto it), a
 //! small pool for blocking stream reads, the Lua scripts (scripts.rs: the registry and how a
 //! script is called), and one file per script family with the typed outcomes of its calls:
-//! stock.rs, reservations.rs, due.rs, orders.rs, order_ids.rs, rate_limit.rs, idempotency.rs,
+//! stock.rs, reservations.rs (with lanes.rs, which gathers concurrent reservations of a sku into
+//! one call), due.rs, orders.rs, order_ids.rs, rate_limit.rs, idempotency.rs,
 //! outbox.rs, repair.rs; plus the plain commands of cart.rs, events.rs, streams.rs (the
 //! consumer-group reader of the outbox writer and the webhook sender), live.rs (pub/sub) and
 //! eviction.rs. The outcomes are re-exported here.
@@ -13,6 +14,7 @@ pub mod events;
 pub mod eviction;
 pub mod idempotency;
 pub mod keys;
+mod lanes;
 pub mod live;
 pub mod order_ids;
 pub mod orders;
@@ -72,6 +74,8 @@ pub struct Redis {
     repair: bool,
     /// Deadlines noted since the last flush, earliest per sku (see [`Redis::note_due`]).
     due_notes: Arc<Mutex<HashMap<Sku, i64>>>,
+    /// Reservations waiting for their sku's call in flight (lanes.rs).
+    lanes: Arc<lanes::Lanes>,
 }
 
 impl Redis {
@@ -105,6 +109,7 @@ impl Redis {
             rollback: Arc::default(),
             repair: false,
             due_notes: Arc::default(),
+            lanes: Arc::new(lanes::Lanes::new(cfg.redis_reserve_batch)),
         })
     }
 

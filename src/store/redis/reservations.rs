@@ -2,10 +2,11 @@
 //! lua/convert_hold.lua, lua/return_to_cart.lua, lua/release.lua), their sale and write-back
 //! (lua/commit_sold.lua, lua/mark_written.lua) and the sweep of expired ones (lua/sweep.lua).
 
+use super::lanes::BatchError;
 use super::scripts::Reply;
 use super::{Redis, Rid};
 use crate::domain::Sku;
-use crate::error::AppResult;
+use crate::error::{AppError, AppResult};
 
 pub enum Deadline {
     /// From now (Redis time).
@@ -57,6 +58,35 @@ pub enum ReserveOutcome {
         unit_price: u64,
     },
     NotLoaded,
+}
+
+impl ReserveOutcome {
+    /// One entry of lua/reserve.lua's reply.
+    fn of(r: &Reply) -> AppResult<Self> {
+        Ok(match r.tag() {
+            "ok" => ReserveOutcome::Reserved {
+                units: r.int(1)? as u32,
+                deadline_ms: r.int(2)?,
+                unit_price: r.int(3)? as u64,
+                available: r.int(4)?,
+                name: r.str_at(5).unwrap_or_default(),
+            },
+            "out_of_stock" => ReserveOutcome::OutOfStock {
+                available: r.int(1)?,
+            },
+            "limit_exceeded" => ReserveOutcome::LimitExceeded {
+                has: r.int(1)?,
+                limit: r.int(2)?,
+            },
+            "sale_not_active" => ReserveOutcome::SaleNotActive,
+            "too_large" => ReserveOutcome::TooLarge {
+                units: r.int(1)?,
+                unit_price: r.int(2)? as u64,
+            },
+            "not_loaded" => ReserveOutcome::NotLoaded,
+            other => return Err(r.unexpected(other)),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,65 +178,72 @@ pub struct SweepBatch {
 }
 
 impl Redis {
-    pub async fn reserve(&self, req: ReserveRequest) -> AppResult<ReserveOutcome> {
-        let k = self.keys.sku(req.sku);
-        let (kind, ms) = match req.deadline {
-            Deadline::In(d) => ("ttl", d.as_millis().to_string()),
-            Deadline::At(ms) => ("at", ms.to_string()),
-        };
-        let mode = match req.mode {
-            ReserveMode::Add => "add",
-            ReserveMode::Once => "once",
-            ReserveMode::Restore => "restore",
-        };
-        let r = self
-            .eval(
-                "reserve",
-                &self.scripts.reserve,
-                &[
-                    &k.meta(),
-                    &k.stock(),
-                    &k.users(),
-                    &k.res(),
-                    &k.exp(),
-                    &k.ttl(&req.rid),
-                ],
-                &[
-                    &req.user_id.to_string(),
-                    &req.count.to_string(),
-                    &req.rid.to_string(),
-                    kind,
-                    &ms,
-                    mode,
-                ],
-            )
-            .await?;
-        if r.tag() == "ok" {
-            self.note_due(req.sku, r.int(2)?);
+    /// Runs `reqs` (all of `sku`) in one call, each with its own outcome, as the lanes do; for
+    /// tests and tools that need the grouping fixed. The error is the whole call's failure.
+    pub async fn reserve_together(
+        &self,
+        sku: Sku,
+        reqs: &[ReserveRequest],
+    ) -> AppResult<Vec<AppResult<ReserveOutcome>>> {
+        self.reserve_now(sku, reqs)
+            .await
+            .map_err(|e| e.into_errors(1).remove(0))
+    }
+
+    /// Runs reservations of one sku in one call of lua/reserve.lua, in order, each with its own
+    /// outcome (as many calls one after another would). Callers go through [`Redis::reserve`],
+    /// which gathers concurrent requests of a sku into such calls (src/store/redis/lanes.rs).
+    pub(super) async fn reserve_now(
+        &self,
+        sku: Sku,
+        reqs: &[ReserveRequest],
+    ) -> Result<Vec<AppResult<ReserveOutcome>>, BatchError> {
+        let k = self.keys.sku(sku);
+        let mut keys = vec![k.meta(), k.stock(), k.users(), k.res(), k.exp()];
+        let mut args = Vec::with_capacity(reqs.len() * 6);
+        for req in reqs {
+            debug_assert_eq!(req.sku, sku);
+            let (kind, ms) = match req.deadline {
+                Deadline::In(d) => ("ttl", d.as_millis().to_string()),
+                Deadline::At(ms) => ("at", ms.to_string()),
+            };
+            let mode = match req.mode {
+                ReserveMode::Add => "add",
+                ReserveMode::Once => "once",
+                ReserveMode::Restore => "restore",
+            };
+            keys.push(k.ttl(&req.rid));
+            args.extend([
+                req.user_id.to_string(),
+                req.count.to_string(),
+                req.rid.to_string(),
+                kind.to_string(),
+                ms,
+                mode.to_string(),
+            ]);
         }
-        Ok(match r.tag() {
-            "ok" => ReserveOutcome::Reserved {
-                units: r.int(1)? as u32,
-                deadline_ms: r.int(2)?,
-                unit_price: r.int(3)? as u64,
-                available: r.int(4)?,
-                name: r.str_at(5).unwrap_or_default(),
-            },
-            "out_of_stock" => ReserveOutcome::OutOfStock {
-                available: r.int(1)?,
-            },
-            "limit_exceeded" => ReserveOutcome::LimitExceeded {
-                has: r.int(1)?,
-                limit: r.int(2)?,
-            },
-            "sale_not_active" => ReserveOutcome::SaleNotActive,
-            "too_large" => ReserveOutcome::TooLarge {
-                units: r.int(1)?,
-                unit_price: r.int(2)? as u64,
-            },
-            "not_loaded" => ReserveOutcome::NotLoaded,
-            other => return Err(r.unexpected(other)),
-        })
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let replies = self
+            .eval_all("reserve", &self.scripts.reserve, &keys, &args)
+            .await?;
+        if replies.len() != reqs.len() {
+            return Err(BatchError::App(AppError::internal(format!(
+                "script reserve: {} replies for {} entries",
+                replies.len(),
+                reqs.len()
+            ))));
+        }
+        Ok(replies
+            .into_iter()
+            .map(|r| {
+                let outcome = ReserveOutcome::of(&r?)?;
+                if let ReserveOutcome::Reserved { deadline_ms, .. } = outcome {
+                    self.note_due(sku, deadline_ms);
+                }
+                Ok(outcome)
+            })
+            .collect())
     }
 
     pub async fn convert_hold(

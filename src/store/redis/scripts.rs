@@ -9,6 +9,7 @@ use redis::{Script, Value};
 use tracing::Instrument as _;
 
 use super::Redis;
+use super::lanes::BatchError;
 use crate::error::{AppError, AppResult};
 
 const LIB: &str = include_str!("../../../lua/lib.lua");
@@ -170,6 +171,12 @@ impl Redis {
         Ok(())
     }
 
+    /// Whether stock scripts are refused now (503) as seen in process, without asking Redis:
+    /// an unsafe eviction policy, or Redis behind MySQL.
+    pub fn refuses_sales(&self) -> bool {
+        self.eviction.refusal().is_some() || self.is_behind()
+    }
+
     pub(super) async fn eval(
         &self,
         name: &'static str,
@@ -178,6 +185,41 @@ impl Redis {
         args: &[&str],
     ) -> AppResult<Reply> {
         self.refuse_if_evicting(name).await?;
+        Reply::parse(name, self.invoke(name, script, keys, args).await?)
+    }
+
+    /// Calls a script whose reply is one reply per entry (lua/reserve.lua). A failure of the
+    /// whole call is a [`BatchError`], which every entry's caller gets a copy of.
+    pub(super) async fn eval_all(
+        &self,
+        name: &'static str,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<Vec<AppResult<Reply>>, BatchError> {
+        self.refuse_if_evicting(name)
+            .await
+            .map_err(BatchError::App)?;
+        match self
+            .invoke(name, script, keys, args)
+            .await
+            .map_err(BatchError::Redis)?
+        {
+            Value::Array(items) => Ok(items.into_iter().map(|v| Reply::parse(name, v)).collect()),
+            other => Err(BatchError::App(AppError::internal(format!(
+                "script {name}: expected one reply per entry, got {other:?}"
+            )))),
+        }
+    }
+
+    /// One EVALSHA (loading the script on NOSCRIPT), timed and counted.
+    async fn invoke(
+        &self,
+        name: &'static str,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<Value, redis::RedisError> {
         let mut inv = script.prepare_invoke();
         for k in keys {
             inv.key(*k);
@@ -197,7 +239,7 @@ impl Redis {
             metrics::counter!("flashsale_lua_errors_total", "script" => name).increment(1);
             span.record("otel.status_code", "error");
         }
-        Reply::parse(name, r?)
+        r
     }
 
     /// Runs one script over many key/arg sets in a single pipeline (EVALSHA; the scripts are

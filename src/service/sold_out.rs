@@ -1,0 +1,289 @@
+//! Sold-out answered in process: this instance's knowledge of which skus have nothing available,
+//! so the crowd that arrives after a hot sku is gone costs Redis nothing.
+//!
+//! What it knows comes from two places: the scripts' announcements of every change of a sku's
+//! `avail` (the live stock feed, src/worker/live.rs, delivers them in Redis's order), and the
+//! replies of reservation calls (an `out_of_stock`, or the last unit taken). A sku is refused
+//! here only while
+//! - the feed is subscribed (a lost subscription forgets everything: announcements made while it
+//!   was down are lost), and
+//! - its zero count was announced or confirmed by a reply within `sold_out_trust`; past that the
+//!   next request asks Redis again, and its answer renews or ends the knowledge. So a count that
+//!   somehow never reached this instance refuses for at most `sold_out_trust`.
+//!
+//! Any announcement of units coming back (a cancel, an expiry, a restock, a reload) ends the
+//! knowledge at once. A reply is applied only if no announcement of that sku came in since its
+//! request asked (the announcement is at least as new), nor did the subscription change.
+//! Redis still decides every success: this only refuses what Redis would refuse a moment earlier
+//! or later.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::domain::Sku;
+
+#[derive(Default)]
+struct Inner {
+    /// Bumped on every change of the subscription (lost or made).
+    epoch: u64,
+    subscribed: bool,
+    /// Counts every announcement received.
+    seq: u64,
+    skus: HashMap<u32, Known>,
+    /// `seq` when entries without a zero count were last dropped (to bound the map): a reply
+    /// to a request that asked before it, of a sku without an entry, is not applied.
+    pruned: u64,
+}
+
+/// Skus remembered before the ones not known sold out are dropped.
+const MAX_REMEMBERED: usize = 4096;
+
+#[derive(Default)]
+struct Known {
+    /// `seq` at this sku's latest announcement.
+    announced: u64,
+    /// When its count was last known to be zero (None: not known to be).
+    zero_at: Option<Instant>,
+}
+
+/// What a request saw when it asked, to apply its reply with (see [`SoldOut::check`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Asked {
+    epoch: u64,
+    seq: u64,
+}
+
+/// The answer of [`SoldOut::check`].
+#[derive(Debug, Clone, Copy)]
+pub enum Check {
+    /// Known sold out (within the trust window): refuse without asking Redis.
+    SoldOut,
+    /// Ask Redis; hand its reply to [`SoldOut::reply`].
+    Ask(Asked),
+}
+
+pub struct SoldOut {
+    trust: Duration,
+    inner: Mutex<Inner>,
+    /// Requests refused here.
+    refused: AtomicU64,
+}
+
+impl SoldOut {
+    /// `trust` zero turns the in-process answer off.
+    pub fn new(trust: Duration) -> Self {
+        metrics::counter!("flashsale_sold_out_in_process_total").increment(0);
+        SoldOut {
+            trust,
+            inner: Mutex::default(),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `sku` is known sold out now; otherwise what to apply Redis's reply with.
+    pub fn check(&self, sku: Sku) -> Check {
+        let g = self.lock();
+        if self.known(&g, sku) {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("flashsale_sold_out_in_process_total").increment(1);
+            return Check::SoldOut;
+        }
+        Check::Ask(Asked {
+            epoch: g.epoch,
+            seq: g.seq,
+        })
+    }
+
+    fn known(&self, g: &Inner, sku: Sku) -> bool {
+        g.subscribed
+            && !self.trust.is_zero()
+            && g.skus
+                .get(&sku.get())
+                .and_then(|k| k.zero_at)
+                .is_some_and(|at| at.elapsed() < self.trust)
+    }
+
+    /// Whether `sku` is known sold out now (as [`SoldOut::check`], without counting a refusal).
+    pub fn is_known(&self, sku: Sku) -> bool {
+        self.known(&self.lock(), sku)
+    }
+
+    /// Requests this instance refused without asking Redis, since it started.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Redis's reply to a request that asked with `asked`: `available` units of `sku` were left
+    /// (an `out_of_stock`'s count, or the count after a reservation).
+    pub fn reply(&self, sku: Sku, asked: Asked, available: i64) {
+        let mut g = self.lock();
+        if available > 0 {
+            // Nothing to learn: a zero count is ended by announcements, which come in order.
+            return;
+        }
+        if !g.subscribed || g.epoch != asked.epoch {
+            return;
+        }
+        let pruned = g.pruned;
+        match g.skus.get_mut(&sku.get()) {
+            Some(k) if k.announced > asked.seq => {}
+            Some(k) => k.zero_at = Some(Instant::now()),
+            None if asked.seq < pruned => {}
+            None => {
+                g.skus.insert(
+                    sku.get(),
+                    Known {
+                        announced: 0,
+                        zero_at: Some(Instant::now()),
+                    },
+                );
+            }
+        }
+    }
+
+    /// A script announced `sku`'s new available count (in Redis's order).
+    pub fn announce(&self, sku: u32, available: i64) {
+        let mut g = self.lock();
+        g.seq += 1;
+        let seq = g.seq;
+        let k = g.skus.entry(sku).or_default();
+        k.announced = seq;
+        k.zero_at = (available <= 0).then(Instant::now);
+        if g.skus.len() > MAX_REMEMBERED {
+            let trust = self.trust;
+            g.skus
+                .retain(|_, k| k.zero_at.is_some_and(|at| at.elapsed() < trust));
+            g.pruned = seq;
+        }
+    }
+
+    /// The feed subscribed (`true`) or lost its subscription (`false`): either way what was
+    /// known before may be stale, and replies to requests made before are not applied.
+    pub fn subscribed(&self, on: bool) {
+        let mut g = self.lock();
+        g.epoch += 1;
+        g.subscribed = on;
+        g.skus.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sku(n: u32) -> Sku {
+        Sku::parse(u64::from(n)).unwrap()
+    }
+
+    fn asked(s: &SoldOut, n: u32) -> Asked {
+        match s.check(sku(n)) {
+            Check::Ask(a) => a,
+            Check::SoldOut => panic!("sku {n} refused"),
+        }
+    }
+
+    #[test]
+    fn nothing_is_known_without_the_subscription() {
+        let s = SoldOut::new(Duration::from_secs(60));
+        let a = asked(&s, 1);
+        s.reply(sku(1), a, 0);
+        s.announce(1, 0);
+        assert!(!s.is_known(sku(1)), "not subscribed: nothing is trusted");
+        s.subscribed(true);
+        s.announce(1, 0);
+        assert!(s.is_known(sku(1)));
+        assert!(matches!(s.check(sku(1)), Check::SoldOut));
+        assert_eq!(s.refused(), 1);
+        s.subscribed(false);
+        assert!(!s.is_known(sku(1)), "a lost subscription forgets");
+        s.subscribed(true);
+        assert!(!s.is_known(sku(1)), "and a new one starts from nothing");
+    }
+
+    #[test]
+    fn units_coming_back_end_it_at_once() {
+        let s = SoldOut::new(Duration::from_secs(60));
+        s.subscribed(true);
+        s.announce(7, 0);
+        assert!(s.is_known(sku(7)));
+        s.announce(7, 1);
+        assert!(!s.is_known(sku(7)));
+        assert!(!s.is_known(sku(8)), "other skus are not touched");
+    }
+
+    #[test]
+    fn a_reply_older_than_an_announcement_is_not_applied() {
+        let s = SoldOut::new(Duration::from_secs(60));
+        s.subscribed(true);
+        // Asked; then a unit came back (announced) before the zero reply was handled.
+        let a = asked(&s, 3);
+        s.announce(3, 1);
+        s.reply(sku(3), a, 0);
+        assert!(!s.is_known(sku(3)));
+        // The same with no entry for the sku before the announcement.
+        let a = asked(&s, 4);
+        s.announce(4, 2);
+        s.reply(sku(4), a, 0);
+        assert!(!s.is_known(sku(4)));
+        // Announcements of other skus do not stop a reply.
+        let a = asked(&s, 5);
+        s.announce(6, 2);
+        s.reply(sku(5), a, 0);
+        assert!(s.is_known(sku(5)));
+        // A reply to a request that asked before the subscription changed is not applied.
+        let a = asked(&s, 9);
+        s.subscribed(false);
+        s.subscribed(true);
+        s.reply(sku(9), a, 0);
+        assert!(!s.is_known(sku(9)));
+    }
+
+    #[test]
+    fn a_reply_with_units_left_teaches_nothing() {
+        let s = SoldOut::new(Duration::from_secs(60));
+        s.subscribed(true);
+        let a = asked(&s, 2);
+        s.reply(sku(2), a, 3);
+        assert!(!s.is_known(sku(2)));
+    }
+
+    #[test]
+    fn knowledge_lapses_after_the_trust_window() {
+        let s = SoldOut::new(Duration::from_millis(30));
+        s.subscribed(true);
+        s.announce(1, 0);
+        assert!(s.is_known(sku(1)));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!s.is_known(sku(1)), "past the window Redis is asked again");
+        let a = asked(&s, 1);
+        s.reply(sku(1), a, 0);
+        assert!(s.is_known(sku(1)), "and its answer renews it");
+        let off = SoldOut::new(Duration::ZERO);
+        off.subscribed(true);
+        off.announce(1, 0);
+        assert!(!off.is_known(sku(1)), "a zero window turns it off");
+    }
+
+    #[test]
+    fn the_map_stays_bounded_and_pruning_keeps_replies_safe() {
+        let s = SoldOut::new(Duration::from_secs(60));
+        s.subscribed(true);
+        let a = asked(&s, 1);
+        for n in 10..(10 + MAX_REMEMBERED as u32 + 10) {
+            s.announce(n, 5);
+        }
+        assert!(s.lock().skus.len() <= MAX_REMEMBERED);
+        // Sku 1 was never announced, but a reply that asked before the pruning cannot know.
+        s.reply(sku(1), a, 0);
+        assert!(!s.is_known(sku(1)));
+        let a = asked(&s, 1);
+        s.reply(sku(1), a, 0);
+        assert!(s.is_known(sku(1)));
+    }
+}

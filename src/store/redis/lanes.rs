@@ -1,0 +1,162 @@
+//! Opportunistic batching of reservations: one lane per sku. A request whose sku has no call in
+//! flight starts one at once (a lone request is never delayed); requests arriving while a call
+//! for their sku is in flight wait, and go together in the next call, at most
+//! `redis_reserve_batch` of them, in arrival order. lua/reserve.lua runs a call's entries one
+//! after another, each with its own outcome, exactly as separate calls would; a failure of the
+//! whole call (a Redis error, a timeout, a refusal) answers every entry of it with that error.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+use super::Redis;
+use super::reservations::{ReserveOutcome, ReserveRequest};
+use crate::domain::Sku;
+use crate::error::{AppError, AppResult};
+
+/// Why a whole call failed; every entry of it gets its own copy.
+#[derive(Debug)]
+pub enum BatchError {
+    Redis(redis::RedisError),
+    App(AppError),
+}
+
+impl From<AppError> for BatchError {
+    fn from(e: AppError) -> Self {
+        BatchError::App(e)
+    }
+}
+
+impl BatchError {
+    /// The error each of `n` entries answers with.
+    pub(super) fn into_errors(self, n: usize) -> Vec<AppError> {
+        match self {
+            BatchError::Redis(e) => (0..n).map(|_| AppError::from(e.clone())).collect(),
+            BatchError::App(e) => {
+                let unavailable = matches!(e, AppError::Unavailable(_));
+                let message = e.to_string();
+                let mut errors = vec![e];
+                errors.extend((1..n).map(|_| {
+                    if unavailable {
+                        AppError::Unavailable(message.clone())
+                    } else {
+                        AppError::internal(message.clone())
+                    }
+                }));
+                errors
+            }
+        }
+    }
+}
+
+struct Waiter {
+    req: ReserveRequest,
+    reply: oneshot::Sender<AppResult<ReserveOutcome>>,
+}
+
+/// The lanes of the skus with a call in flight (a sku is here exactly while its driver runs).
+pub(super) struct Lanes {
+    max_batch: usize,
+    waiting: Mutex<HashMap<Sku, VecDeque<Waiter>>>,
+}
+
+impl Lanes {
+    pub(super) fn new(max_batch: usize) -> Self {
+        Lanes {
+            max_batch: max_batch.max(1),
+            waiting: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Sku, VecDeque<Waiter>>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Ends a lane whose driver stopped without emptying it (a panic, the runtime shutting down):
+/// its waiters' answers are dropped, so they fail instead of waiting forever, and the next
+/// request of the sku starts a new driver.
+struct DriverGuard {
+    lanes: Arc<Lanes>,
+    sku: Sku,
+    armed: bool,
+}
+
+impl Drop for DriverGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.lanes.lock().remove(&self.sku);
+        }
+    }
+}
+
+impl Redis {
+    /// Reserves units of a sku (lua/reserve.lua), in one call with the other requests of that
+    /// sku that arrived while its previous call was in flight.
+    pub async fn reserve(&self, req: ReserveRequest) -> AppResult<ReserveOutcome> {
+        let sku = req.sku;
+        let (reply, answer) = oneshot::channel();
+        let waiter = Waiter { req, reply };
+        let start = {
+            let mut lanes = self.lanes.lock();
+            match lanes.get_mut(&sku) {
+                Some(lane) => {
+                    lane.push_back(waiter);
+                    false
+                }
+                None => {
+                    lanes.insert(sku, VecDeque::from([waiter]));
+                    true
+                }
+            }
+        };
+        if start {
+            // Its own task: a request that goes away (its client hung up) must not take the
+            // others' call with it.
+            tokio::spawn(self.clone().drive(sku));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(AppError::internal(format!(
+                "sku {sku}: the reservation call ended without an answer"
+            )))
+        })
+    }
+
+    /// Runs the sku's calls until no request waits.
+    async fn drive(self, sku: Sku) {
+        let mut guard = DriverGuard {
+            lanes: self.lanes.clone(),
+            sku,
+            armed: true,
+        };
+        loop {
+            let batch: Vec<Waiter> = {
+                let mut lanes = self.lanes.lock();
+                let Some(lane) = lanes.get_mut(&sku) else {
+                    guard.armed = false;
+                    return;
+                };
+                if lane.is_empty() {
+                    lanes.remove(&sku);
+                    guard.armed = false;
+                    return;
+                }
+                let n = lane.len().min(self.lanes.max_batch);
+                lane.drain(..n).collect()
+            };
+            metrics::histogram!("flashsale_reserve_batch_size").record(batch.len() as f64);
+            let (reqs, replies): (Vec<ReserveRequest>, Vec<_>) =
+                batch.into_iter().map(|w| (w.req, w.reply)).unzip();
+            let outcomes = match self.reserve_now(sku, &reqs).await {
+                Ok(outcomes) => outcomes,
+                Err(e) => e.into_errors(reqs.len()).into_iter().map(Err).collect(),
+            };
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                // The request may have gone away; its units stay reserved, as they would have
+                // had it waited (a hold lapses at its deadline).
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+}
