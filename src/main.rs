@@ -12,6 +12,11 @@ use flashsale::telemetry;
 
 use crate::cli::{Cli, Command};
 
+/// mimalloc instead of glibc's malloc: under load glibc's spent a fifth of the service's CPU
+/// (consolidating and unlinking freed chunks) and kept more memory (docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();

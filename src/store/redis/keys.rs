@@ -10,13 +10,14 @@ pub const ORDER_PARTITIONS: u64 = 16;
 
 #[derive(Debug, Clone)]
 pub struct Keys {
-    prefix: String,
+    /// Shared: the state (and so this) is cloned for every request.
+    prefix: std::sync::Arc<str>,
 }
 
 impl Keys {
     pub fn new(prefix: &str) -> Self {
         Keys {
-            prefix: prefix.to_string(),
+            prefix: prefix.into(),
         }
     }
 

@@ -62,8 +62,9 @@ pub struct Redis {
     /// Connections that one task holds alone: blocking stream reads (the outbox writer, the
     /// webhook sender), which must not stall the shared multiplexed connection.
     blocking: deadpool_redis::Pool,
-    /// For connections of their own: the live stock subscription.
-    client: redis::Client,
+    /// For connections of their own: the live stock subscription (shared: a client's clone
+    /// copies its connection settings, and the state is cloned for every request).
+    client: Arc<redis::Client>,
     /// The response timeout of the shared connection.
     timeout: Duration,
     pub keys: Keys,
@@ -98,7 +99,7 @@ impl Redis {
         Ok(Redis {
             conn,
             blocking,
-            client,
+            client: Arc::new(client),
             timeout: cfg.redis_timeout,
             keys: Keys::new(&cfg.redis_prefix),
             scripts: Arc::new(Scripts::new()),
