@@ -191,10 +191,13 @@ async fn holds_expire_and_units_come_back() {
     let b = app.assert_identity(sku).await;
     assert_eq!((b.held, b.available), (0, 5));
 
-    // An expired hold that was not swept yet is given back when its line changes again.
+    // An expired hold that was not swept yet is given back when its line changes again (when
+    // Redis is asked: with the sku known sold out here, the customer waits for the sweep like
+    // everyone else, DESIGN.md "The hot path: sold-out in process"; shown below).
     let app2 = spawn_app_with(|c| {
         c.sale.cart_hold_ttl = Duration::from_millis(300);
         c.sweeper.sweep_interval = Duration::from_secs(3600);
+        c.sale.sold_out_trust = Duration::ZERO;
     })
     .await;
     let sku2 = app2.sale_product(3, Some(3)).await;
@@ -209,6 +212,37 @@ async fn holds_expire_and_units_come_back() {
     );
     assert_eq!(app2.available(sku2).await, 1);
     app2.assert_identity(sku2).await;
+
+    // With the sku known sold out in process, the customer of the lapsed hold is refused like
+    // everyone else until the sweep gives the units back (announced: sold again at once).
+    let app3 = spawn_app_with(|c| {
+        c.sale.cart_hold_ttl = Duration::from_millis(300);
+        c.sweeper.sweep_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let sku3 = app3.sale_product(3, Some(3)).await;
+    let t3 = app3.customer_token(507);
+    app3.cart_add(&t3, sku3, 3).await;
+    let s3 = flashsale::domain::Sku::parse(sku3).unwrap();
+    eventually("sold out known", Duration::from_secs(5), || async {
+        app3.state.sold_out.is_known(s3)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    app3.try_cart_add(&t3, sku3, 2).await.assert_error(
+        StatusCode::CONFLICT,
+        "out_of_stock",
+        "known sold out, the lapsed hold not swept",
+    );
+    app3.sweep().await;
+    eventually(
+        "the swept units sold again",
+        Duration::from_secs(1),
+        || async { app3.try_cart_add(&t3, sku3, 2).await.status == StatusCode::OK },
+    )
+    .await;
+    assert_eq!(app3.available(sku3).await, 1);
+    app3.assert_identity(sku3).await;
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
+use tracing::Instrument as _;
 
 use super::Redis;
 use super::reservations::{ReserveOutcome, ReserveRequest};
@@ -53,6 +54,8 @@ impl BatchError {
 struct Waiter {
     req: ReserveRequest,
     reply: oneshot::Sender<AppResult<ReserveOutcome>>,
+    /// The request's span: a call's script span is a child of its first entry's request.
+    span: tracing::Span,
 }
 
 /// The lanes of the skus with a call in flight (a sku is here exactly while its driver runs).
@@ -97,7 +100,11 @@ impl Redis {
     pub async fn reserve(&self, req: ReserveRequest) -> AppResult<ReserveOutcome> {
         let sku = req.sku;
         let (reply, answer) = oneshot::channel();
-        let waiter = Waiter { req, reply };
+        let waiter = Waiter {
+            req,
+            reply,
+            span: tracing::Span::current(),
+        };
         let start = {
             let mut lanes = self.lanes.lock();
             match lanes.get_mut(&sku) {
@@ -146,9 +153,10 @@ impl Redis {
                 lane.drain(..n).collect()
             };
             metrics::histogram!("flashsale_reserve_batch_size").record(batch.len() as f64);
+            let parent = batch[0].span.clone();
             let (reqs, replies): (Vec<ReserveRequest>, Vec<_>) =
                 batch.into_iter().map(|w| (w.req, w.reply)).unzip();
-            let outcomes = match self.reserve_now(sku, &reqs).await {
+            let outcomes = match self.reserve_now(sku, &reqs).instrument(parent).await {
                 Ok(outcomes) => outcomes,
                 Err(e) => e.into_errors(reqs.len()).into_iter().map(Err).collect(),
             };

@@ -225,7 +225,7 @@ impl Redis {
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let replies = self
-            .eval_all("reserve", &self.scripts.reserve, &keys, &args)
+            .eval_all("reserve", &self.scripts.reserve, &keys, &args, reqs.len())
             .await?;
         if replies.len() != reqs.len() {
             return Err(BatchError::App(AppError::internal(format!(

@@ -185,23 +185,25 @@ impl Redis {
         args: &[&str],
     ) -> AppResult<Reply> {
         self.refuse_if_evicting(name).await?;
-        Reply::parse(name, self.invoke(name, script, keys, args).await?)
+        Reply::parse(name, self.invoke(name, script, keys, args, 1).await?)
     }
 
-    /// Calls a script whose reply is one reply per entry (lua/reserve.lua). A failure of the
-    /// whole call is a [`BatchError`], which every entry's caller gets a copy of.
+    /// Calls a script whose reply is one reply per entry (lua/reserve.lua), `entries` of them.
+    /// A failure of the whole call is a [`BatchError`], which every entry's caller gets a copy
+    /// of.
     pub(super) async fn eval_all(
         &self,
         name: &'static str,
         script: &Script,
         keys: &[&str],
         args: &[&str],
+        entries: usize,
     ) -> Result<Vec<AppResult<Reply>>, BatchError> {
         self.refuse_if_evicting(name)
             .await
             .map_err(BatchError::App)?;
         match self
-            .invoke(name, script, keys, args)
+            .invoke(name, script, keys, args, entries)
             .await
             .map_err(BatchError::Redis)?
         {
@@ -212,13 +214,14 @@ impl Redis {
         }
     }
 
-    /// One EVALSHA (loading the script on NOSCRIPT), timed and counted.
+    /// One EVALSHA (loading the script on NOSCRIPT) of `entries` entries, timed and counted.
     async fn invoke(
         &self,
         name: &'static str,
         script: &Script,
         keys: &[&str],
         args: &[&str],
+        entries: usize,
     ) -> Result<Value, redis::RedisError> {
         let mut inv = script.prepare_invoke();
         for k in keys {
@@ -227,7 +230,7 @@ impl Redis {
         for a in args {
             inv.arg(*a);
         }
-        let span = script_span(name, 1);
+        let span = script_span(name, entries);
         let started = Instant::now();
         let r: Result<Value, redis::RedisError> = inv
             .invoke_async(&mut self.conn())
