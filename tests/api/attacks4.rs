@@ -1,0 +1,208 @@
+//! Attacks on the batched reservations (src/store/redis/lanes.rs) and the sold-out answered in
+//! process (src/service/sold_out.rs): each test shows one defect found by review, against the
+//! real Redis and MySQL.
+
+use std::time::{Duration, Instant};
+
+use flashsale::domain::{Sku, SkuMeta};
+use flashsale::error::AppError;
+use flashsale::store::redis::{
+    Deadline, Redis, ReserveMode, ReserveOutcome, ReserveRequest, Rid, SkuLoad,
+};
+use futures::FutureExt as _;
+
+use crate::helpers::*;
+
+fn add(sku: Sku, user_id: u64) -> ReserveRequest {
+    ReserveRequest {
+        sku,
+        user_id,
+        count: 1,
+        rid: Rid::Hold { user_id },
+        deadline: Deadline::In(Duration::from_secs(600)),
+        mode: ReserveMode::Add,
+    }
+}
+
+/// A sale product of `units`, loaded into Redis.
+async fn loaded(app: &TestApp, units: i64) -> Sku {
+    let sku = app.sale_product(units, None).await;
+    let s = Sku::parse(sku).unwrap();
+    assert!(
+        flashsale::service::catalog::ensure_loaded(&app.state, s)
+            .await
+            .unwrap()
+    );
+    s
+}
+
+/// A reservation whose request went away while it waited for its sku's call in flight (its
+/// client hung up, its request deadline answered 408) was still sent in the next call: a hold
+/// (or an order line) nobody will ever see, counted against the customer's limit and taking a
+/// unit from everyone else until its deadline. Before the lanes, a request dropped before its
+/// call was sent reserved nothing.
+#[tokio::test]
+async fn a_request_gone_before_its_call_was_sent_reserves_nothing() {
+    let app = spawn_app().await;
+    let s = loaded(&app, 5).await;
+    let redis = app.state.redis.clone();
+    // On this single-threaded runtime the sku's call starts only when the test yields: the
+    // first request starts the lane, the second waits in it and is dropped before any call.
+    let mut first = Box::pin(redis.reserve(add(s, 1)));
+    assert!((&mut first).now_or_never().is_none());
+    let mut gone = Box::pin(redis.reserve(add(s, 2)));
+    assert!((&mut gone).now_or_never().is_none());
+    drop(gone);
+    let r = first.await.unwrap();
+    assert!(matches!(r, ReserveOutcome::Reserved { .. }), "{r:?}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let holds = redis.holds(2, &[s]).await.unwrap();
+    assert_eq!(
+        holds,
+        vec![None],
+        "customer 2's request was dropped before its call was sent, yet it holds a unit"
+    );
+    assert_eq!(app.available(u64::from(s.get())).await, 4);
+    app.assert_identity(u64::from(s.get())).await;
+}
+
+/// `for_repair()` (rebuild-cache's handle, exempt from the refusal while Redis is behind MySQL)
+/// shared the lanes of the handle it came from: a customer's add that joined a call started by
+/// the repair handle was reserved while every sale must be refused (Redis is behind MySQL: its
+/// counters may be stale, selling from them oversells); and rebuild-cache's own restore that
+/// joined a customer's call was refused, which stops the rebuild.
+#[tokio::test]
+async fn the_repair_handle_and_the_customers_never_share_a_call() {
+    let app = spawn_app().await;
+    let s = loaded(&app, 5).await;
+    let redis = app.state.redis.clone();
+    let repair = redis.for_repair();
+    let _ = redis.mark_behind("test: Redis went back".into()).await;
+    let now = redis.now_ms().await.unwrap();
+    let restore = |order_id: u64| ReserveRequest {
+        sku: s,
+        user_id: 50,
+        count: 1,
+        rid: Rid::OrderLine { order_id },
+        deadline: Deadline::At(now + 600_000),
+        mode: ReserveMode::Restore,
+    };
+
+    // The rebuild's call first; a customer's add arrives while it is in flight.
+    let mut rebuilt = Box::pin(repair.reserve(restore(70)));
+    assert!((&mut rebuilt).now_or_never().is_none());
+    let sold = redis.reserve(add(s, 3)).await;
+    assert!(
+        matches!(sold, Err(AppError::Unavailable(_))),
+        "a customer's add was reserved while Redis is behind MySQL: {sold:?}"
+    );
+    let r = rebuilt.await;
+    assert!(matches!(r, Ok(ReserveOutcome::Reserved { .. })), "{r:?}");
+
+    // A customer's call first; the rebuild's restore arrives while it is in flight.
+    let mut refused = Box::pin(redis.reserve(add(s, 4)));
+    assert!((&mut refused).now_or_never().is_none());
+    let r = repair.reserve(restore(71)).await;
+    assert!(
+        matches!(r, Ok(ReserveOutcome::Reserved { .. })),
+        "rebuild-cache's restore was refused as a customer's sale: {r:?}"
+    );
+    let r = refused.await;
+    assert!(matches!(r, Err(AppError::Unavailable(_))), "{r:?}");
+}
+
+/// A lane's driver task dropped before it ever ran (its runtime shut down) left the lane in
+/// place: every later reservation of that sku joined it and waited forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_that_never_ran_does_not_strand_its_sku() {
+    let app = spawn_app().await;
+    let s = loaded(&app, 5).await;
+    let redis = app.state.redis.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // The request starts the lane and its driver task, then the runtime goes away before
+        // the task ran.
+        rt.block_on(async {
+            let mut f = Box::pin(redis.reserve(add(s, 1)));
+            assert!((&mut f).now_or_never().is_none());
+        });
+        drop(rt);
+    })
+    .join()
+    .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), app.state.redis.reserve(add(s, 2))).await;
+    assert!(
+        matches!(r, Ok(Ok(ReserveOutcome::Reserved { .. }))),
+        "a reservation of the sku never got an answer: {r:?}"
+    );
+}
+
+/// While Redis does not answer (a stall: a fork, a slow command, a network blip), each call
+/// of a sku waits out the response timeout, and a request waiting in the lane waits for every
+/// call ahead of it: the n-th waits n timeouts (with the default 64 a call and thousands of
+/// requests in flight, past the 15 s request deadline), where before the lanes every request
+/// got its 503 after one timeout. A request waits at most about two timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_answers_every_waiter_within_about_two_timeouts() {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("flashsale-attacks4-{port}"));
+    let own = OwnRedis::start(port, &dir).await;
+    let (_, prefix) = test_names();
+    let mut cfg = test_config("unused", &prefix).stores;
+    cfg.redis_url = own.url();
+    cfg.redis_timeout = Duration::from_millis(200);
+    cfg.redis_reserve_batch = 1;
+    let redis = Redis::connect(&cfg).unwrap();
+    redis.load_scripts().await.unwrap();
+    let s = Sku::parse(4_242).unwrap();
+    let meta = SkuMeta {
+        name: "stalled".into(),
+        price: 100,
+        sale: None,
+    };
+    let load = SkuLoad {
+        stock: vec![(1, 100)],
+        sold_total: 0,
+        bought: vec![],
+    };
+    redis.load_sku(s, &meta, &load).await.unwrap();
+
+    let client = redis::Client::open(own.url()).unwrap();
+    let mut pauser = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(2_500)
+        .arg("ALL")
+        .query_async(&mut pauser)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let answers = futures::future::join_all((0..8u64).map(|user| {
+        let redis = redis.clone();
+        async move {
+            let r = redis.reserve(add(s, 100 + user)).await;
+            (started.elapsed(), r)
+        }
+    }))
+    .await;
+    for (took, r) in &answers {
+        assert!(
+            matches!(r, Err(AppError::Unavailable(_))),
+            "Redis was paused: {r:?}"
+        );
+        assert!(
+            *took < Duration::from_millis(900),
+            "a reservation waited {took:?} for a Redis that did not answer (timeout 200 ms): \
+             {:?}",
+            answers.iter().map(|(t, _)| *t).collect::<Vec<_>>()
+        );
+    }
+    // The pause ends; the sku sells again.
+    tokio::time::sleep(Duration::from_millis(2_600)).await;
+    let r = redis.reserve(add(s, 1)).await;
+    assert!(matches!(r, Ok(ReserveOutcome::Reserved { .. })), "{r:?}");
+    drop(own);
+}
