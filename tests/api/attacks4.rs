@@ -142,9 +142,10 @@ async fn a_driver_that_never_ran_does_not_strand_its_sku() {
 
 /// While Redis does not answer (a stall: a fork, a slow command, a network blip), each call
 /// of a sku waits out the response timeout, and a request waiting in the lane waits for every
-/// call ahead of it: the n-th waits n timeouts (with the default 64 a call and thousands of
-/// requests in flight, past the 15 s request deadline), where before the lanes every request
-/// got its 503 after one timeout. A request waits at most about two timeouts.
+/// call ahead of it: the n-th call's waiters wait n timeouts (here 2 a call, 16 requests: up
+/// to 1.8 s at 200 ms; with the default 64 a call and thousands of requests in flight, past the
+/// 15 s request deadline, and all sent once Redis answers again), where before the lanes every
+/// request got its 503 after one timeout. A request waits at most about two timeouts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_redis_answers_every_waiter_within_about_two_timeouts() {
     let port = free_port();
@@ -154,7 +155,7 @@ async fn a_stalled_redis_answers_every_waiter_within_about_two_timeouts() {
     let mut cfg = test_config("unused", &prefix).stores;
     cfg.redis_url = own.url();
     cfg.redis_timeout = Duration::from_millis(200);
-    cfg.redis_reserve_batch = 1;
+    cfg.redis_reserve_batch = 2;
     let redis = Redis::connect(&cfg).unwrap();
     redis.load_scripts().await.unwrap();
     let s = Sku::parse(4_242).unwrap();
@@ -180,7 +181,7 @@ async fn a_stalled_redis_answers_every_waiter_within_about_two_timeouts() {
         .await
         .unwrap();
     let started = Instant::now();
-    let answers = futures::future::join_all((0..8u64).map(|user| {
+    let answers = futures::future::join_all((0..16u64).map(|user| {
         let redis = redis.clone();
         async move {
             let r = redis.reserve(add(s, 100 + user)).await;
@@ -205,4 +206,113 @@ async fn a_stalled_redis_answers_every_waiter_within_about_two_timeouts() {
     let r = redis.reserve(add(s, 1)).await;
     assert!(matches!(r, Ok(ReserveOutcome::Reserved { .. })), "{r:?}");
     drop(own);
+}
+
+/// A TCP proxy that hands every byte on `delay` after it arrived, in order, both ways: a Redis
+/// one round trip of 2 × `delay` away. Returns its Redis URL.
+async fn delaying_proxy(target: &'static str, delay: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        delay: Duration,
+    ) {
+        let (tx, mut rx) =
+            tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = from.read(&mut buf).await {
+                if n == 0
+                    || tx
+                        .send((tokio::time::Instant::now() + delay, buf[..n].to_vec()))
+                        .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some((at, bytes)) = rx.recv().await {
+                tokio::time::sleep_until(at).await;
+                if to.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(target).await.unwrap();
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            pump(cr, sw, delay);
+            pump(sr, cw, delay);
+        }
+    });
+    format!("redis://127.0.0.1:{port}")
+}
+
+/// `FLASHSALE_REDIS_RESERVE_BATCH=1` ("one call each") still put a sku's reservations in one
+/// lane, one call in flight at a time: a hot sku's reservations went one round trip after
+/// another, where before the lanes they were pipelined on the shared connection. 64 concurrent
+/// reservations through a Redis 20 ms away took 64 round trips (1.3 s) instead of about one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_one_is_no_lane_at_all() {
+    let (_, prefix) = test_names();
+    let mut cfg = test_config("unused", &prefix).stores;
+    cfg.redis_url = delaying_proxy("127.0.0.1:6379", Duration::from_millis(10)).await;
+    cfg.redis_reserve_batch = 1;
+    let redis = Redis::connect(&cfg).unwrap();
+    redis.load_scripts().await.unwrap();
+    let s = Sku::parse(4_343).unwrap();
+    let meta = SkuMeta {
+        name: "far".into(),
+        price: 100,
+        sale: None,
+    };
+    let load = SkuLoad {
+        stock: vec![(1, 1_000)],
+        sold_total: 0,
+        bought: vec![],
+    };
+    redis.load_sku(s, &meta, &load).await.unwrap();
+    let started = Instant::now();
+    let answers =
+        futures::future::join_all((0..64u64).map(|user| redis.reserve(add(s, user)))).await;
+    let took = started.elapsed();
+    for r in &answers {
+        assert!(matches!(r, Ok(ReserveOutcome::Reserved { .. })), "{r:?}");
+    }
+    let b = redis.stock(s).await.unwrap().unwrap();
+    assert_eq!((b.available, b.held), (1_000 - 64, 64));
+    redis.delete_all_keys().await;
+    assert!(
+        took < Duration::from_millis(500),
+        "64 reservations of one sku, 20 ms round trip, batch 1: {took:?} (one round trip after \
+         another)"
+    );
+}
+
+/// The largest batch allowed (1,000 entries in one call): every entry its own outcome, the
+/// units add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_a_thousand_entries_adds_up() {
+    let app = spawn_app().await;
+    let s = loaded(&app, 600).await;
+    let reqs: Vec<ReserveRequest> = (0..1_000u64).map(|u| add(s, 10_000 + u)).collect();
+    let out = app.state.redis.reserve_together(s, &reqs).await.unwrap();
+    assert_eq!(out.len(), 1_000);
+    let ok = out
+        .iter()
+        .filter(|r| matches!(r, Ok(ReserveOutcome::Reserved { .. })))
+        .count();
+    let refused = out
+        .iter()
+        .filter(|r| matches!(r, Ok(ReserveOutcome::OutOfStock { available: 0 })))
+        .count();
+    assert_eq!((ok, refused), (600, 400));
+    let b = app.assert_identity(u64::from(s.get())).await;
+    assert_eq!((b.available, b.held), (0, 600));
 }

@@ -1,9 +1,10 @@
 //! Opportunistic batching of reservations: one lane per sku. A request whose sku has no call in
 //! flight starts one at once (a lone request is never delayed); requests arriving while a call
 //! for their sku is in flight wait, and go together in the next call, at most
-//! `redis_reserve_batch` of them, in arrival order. lua/reserve.lua runs a call's entries one
-//! after another, each with its own outcome, exactly as separate calls would; a failure of the
-//! whole call (a Redis error, a timeout, a refusal) answers every entry of it with that error.
+//! `redis_reserve_batch` of them, in arrival order (1: no lanes, every request its own call at
+//! once). lua/reserve.lua runs a call's entries one after another, each with its own outcome,
+//! exactly as separate calls would; a failure of the whole call (a Redis error, a timeout, a
+//! refusal) answers every entry of it with that error.
 //!
 //! Nothing is sent for a request that went away while it waited (its client hung up, its
 //! request deadline passed): it reserves nothing, as before the lanes a request dropped before
@@ -142,6 +143,15 @@ impl Redis {
     /// sku that arrived while its previous call was in flight.
     pub async fn reserve(&self, req: ReserveRequest) -> AppResult<ReserveOutcome> {
         let sku = req.sku;
+        if self.lanes.max_batch == 1 {
+            // One call each: no lane (one call in flight per sku would send a hot sku's
+            // reservations one round trip after another); the calls are pipelined on the shared
+            // connection, as before the lanes.
+            return match self.reserve_now(sku, std::slice::from_ref(&req)).await {
+                Ok(mut outcomes) => outcomes.remove(0),
+                Err(e) => Err(e.into_errors(1).remove(0)),
+            };
+        }
         let (reply, answer) = oneshot::channel();
         let waiter = Waiter {
             req,
