@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
+use tracing::Instrument as _;
 
 use super::Redis;
 use super::reservations::{ReserveOutcome, ReserveRequest};
@@ -63,6 +64,9 @@ struct Waiter {
     reply: oneshot::Sender<AppResult<ReserveOutcome>>,
     /// When it joined the lane.
     since: Instant,
+    /// The request's span: the call's spans go under the first waiter's (a span has one
+    /// parent), so a request's trace shows the script call that answered it.
+    span: tracing::Span,
 }
 
 /// The lanes of the skus with a call in flight (a sku is here exactly while its driver runs).
@@ -157,6 +161,7 @@ impl Redis {
             req,
             reply,
             since: Instant::now(),
+            span: tracing::Span::current(),
         };
         let start = {
             let mut lanes = self.lanes.lock();
@@ -196,9 +201,10 @@ impl Redis {
                 return;
             };
             metrics::histogram!("flashsale_reserve_batch_size").record(batch.len() as f64);
+            let parent = batch[0].span.clone();
             let (reqs, replies): (Vec<ReserveRequest>, Vec<_>) =
                 batch.into_iter().map(|w| (w.req, w.reply)).unzip();
-            let outcomes = match self.reserve_now(sku, &reqs).await {
+            let outcomes = match self.reserve_now(sku, &reqs).instrument(parent).await {
                 Ok(outcomes) => outcomes,
                 Err(e) => e.into_errors(reqs.len()).into_iter().map(Err).collect(),
             };
