@@ -79,18 +79,19 @@ pub async fn reserve_loading(
     } else {
         None
     };
-    let mut outcome = state.redis.reserve(req()).await?;
-    if outcome == ReserveOutcome::NotLoaded {
+    let mut answer = state.redis.reserve_answer(req()).await?;
+    if answer.0 == ReserveOutcome::NotLoaded {
         if !catalog::ensure_loaded(state, sku).await? {
             return Err(AppError::NotFound(format!("no product with sku {sku}")));
         }
-        outcome = state.redis.reserve(req()).await?;
+        answer = state.redis.reserve_answer(req()).await?;
     }
+    let (outcome, holds) = answer;
     if let Some(asked) = asked
         && let ReserveOutcome::OutOfStock { available } | ReserveOutcome::Reserved { available, .. } =
             outcome
     {
-        state.sold_out.reply(sku, asked, available);
+        state.sold_out.reply(sku, asked, available, holds);
     }
     Ok(outcome)
 }

@@ -1,15 +1,21 @@
 //! Sold-out answered in process: this instance's knowledge of which skus have nothing available,
 //! so the crowd that arrives after a hot sku is gone costs Redis nothing.
 //!
-//! What it knows comes from two places: the scripts' announcements of every change of a sku's
-//! `avail` (the live stock feed, src/worker/live.rs, delivers them in Redis's order), and the
-//! replies of reservation calls (an `out_of_stock`, or the last unit taken). A sku is refused
-//! here only while
+//! What it knows comes from the replies of reservation calls (an `out_of_stock`, or the last unit
+//! taken), each with how long Redis can tell "sold out" holds: until the sku's earliest
+//! reservation deadline. A cart hold past its deadline and not yet given back (the sweeper gives
+//! it back within its interval) is still its owner's to take again: Redis grants that customer's
+//! add though nothing is available to anyone else, so no zero count is trusted past the next
+//! deadline, nor at all while a reservation past its deadline waits for the sweeper. The scripts'
+//! announcements of every change of a sku's `avail` (the live stock feed, src/worker/live.rs,
+//! delivers them in Redis's order) end the knowledge; an announcement of zero does not teach it
+//! (it cannot say when the next reservation lapses). A sku is refused here only while
 //! - the feed is subscribed (a lost subscription forgets everything: announcements made while it
 //!   was down are lost), and
-//! - its zero count was announced or confirmed by a reply within `sold_out_trust`; past that the
-//!   next request asks Redis again, and its answer renews or ends the knowledge. So a count that
-//!   somehow never reached this instance refuses for at most `sold_out_trust`.
+//! - its zero count was confirmed by a reply within `sold_out_trust`, and before the deadline
+//!   that reply named; past that the next request asks Redis again, and its answer renews or
+//!   ends the knowledge. So a count that somehow never reached this instance refuses for at most
+//!   `sold_out_trust`.
 //!
 //! Any announcement of units coming back (a cancel, an expiry, a restock, a reload) ends the
 //! knowledge at once. A reply is applied only if no announcement of that sku came in since its
@@ -23,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::domain::Sku;
+use crate::store::redis::SoldOutFor;
 
 #[derive(Default)]
 struct Inner {
@@ -44,8 +51,8 @@ const MAX_REMEMBERED: usize = 4096;
 struct Known {
     /// `seq` at this sku's latest announcement.
     announced: u64,
-    /// When its count was last known to be zero (None: not known to be).
-    zero_at: Option<Instant>,
+    /// Until when its count is known to be zero (None: not known to be).
+    zero_until: Option<Instant>,
 }
 
 /// What a request saw when it asked, to apply its reply with (see [`SoldOut::check`]).
@@ -53,6 +60,8 @@ struct Known {
 pub struct Asked {
     epoch: u64,
     seq: u64,
+    /// When it asked: before Redis answered, so a deadline counted from here is not passed.
+    at: Instant,
 }
 
 /// The answer of [`SoldOut::check`].
@@ -97,6 +106,7 @@ impl SoldOut {
         Check::Ask(Asked {
             epoch: g.epoch,
             seq: g.seq,
+            at: Instant::now(),
         })
     }
 
@@ -105,8 +115,8 @@ impl SoldOut {
             && !self.trust.is_zero()
             && g.skus
                 .get(&sku.get())
-                .and_then(|k| k.zero_at)
-                .is_some_and(|at| at.elapsed() < self.trust)
+                .and_then(|k| k.zero_until)
+                .is_some_and(|until| Instant::now() < until)
     }
 
     /// Whether `sku` is known sold out now (as [`SoldOut::check`], without counting a refusal).
@@ -120,45 +130,61 @@ impl SoldOut {
     }
 
     /// Redis's reply to a request that asked with `asked`: `available` units of `sku` were left
-    /// (an `out_of_stock`'s count, or the count after a reservation).
-    pub fn reply(&self, sku: Sku, asked: Asked, available: i64) {
+    /// (an `out_of_stock`'s count, or the count after a reservation), and, with none left, how
+    /// long that holds at most (`None`: not said; nothing learnt).
+    pub fn reply(&self, sku: Sku, asked: Asked, available: i64, holds: Option<SoldOutFor>) {
         let mut g = self.lock();
         if available > 0 {
             // Nothing to learn: a zero count is ended by announcements, which come in order.
             return;
         }
+        let Some(holds) = holds else { return };
         if !g.subscribed || g.epoch != asked.epoch {
             return;
         }
+        let trusted = Instant::now() + self.trust;
+        let until = match holds {
+            SoldOutFor::Unbounded => Some(trusted),
+            SoldOutFor::Ms(ms) if ms > 0 => {
+                Some(trusted.min(asked.at + Duration::from_millis(ms as u64)))
+            }
+            // A reservation past its deadline waits for the sweeper: its owner may take it
+            // again now, so Redis must be asked (and what was known before is not so any more).
+            SoldOutFor::Ms(_) => None,
+        };
         let pruned = g.pruned;
         match g.skus.get_mut(&sku.get()) {
             Some(k) if k.announced > asked.seq => {}
-            Some(k) => k.zero_at = Some(Instant::now()),
-            None if asked.seq < pruned => {}
+            Some(k) => k.zero_until = until,
+            None if asked.seq < pruned || until.is_none() => {}
             None => {
                 g.skus.insert(
                     sku.get(),
                     Known {
                         announced: 0,
-                        zero_at: Some(Instant::now()),
+                        zero_until: until,
                     },
                 );
             }
         }
     }
 
-    /// A script announced `sku`'s new available count (in Redis's order).
+    /// A script announced `sku`'s new available count (in Redis's order): units coming back end
+    /// what was known; a zero teaches nothing (when the next reservation lapses is not said),
+    /// but makes older replies stale.
     pub fn announce(&self, sku: u32, available: i64) {
         let mut g = self.lock();
         g.seq += 1;
         let seq = g.seq;
         let k = g.skus.entry(sku).or_default();
         k.announced = seq;
-        k.zero_at = (available <= 0).then(Instant::now);
+        if available > 0 {
+            k.zero_until = None;
+        }
         if g.skus.len() > MAX_REMEMBERED {
-            let trust = self.trust;
+            let now = Instant::now();
             g.skus
-                .retain(|_, k| k.zero_at.is_some_and(|at| at.elapsed() < trust));
+                .retain(|_, k| k.zero_until.is_some_and(|until| now < until));
             g.pruned = seq;
         }
     }
@@ -177,6 +203,8 @@ impl SoldOut {
 mod tests {
     use super::*;
 
+    const UNBOUNDED: Option<SoldOutFor> = Some(SoldOutFor::Unbounded);
+
     fn sku(n: u32) -> Sku {
         Sku::parse(u64::from(n)).unwrap()
     }
@@ -188,15 +216,21 @@ mod tests {
         }
     }
 
+    /// A reply of no unit left and no reservation to lapse.
+    fn teach(s: &SoldOut, n: u32) {
+        let a = asked(s, n);
+        s.reply(sku(n), a, 0, UNBOUNDED);
+    }
+
     #[test]
     fn nothing_is_known_without_the_subscription() {
         let s = SoldOut::new(Duration::from_secs(60));
         let a = asked(&s, 1);
-        s.reply(sku(1), a, 0);
+        s.reply(sku(1), a, 0, UNBOUNDED);
         s.announce(1, 0);
         assert!(!s.is_known(sku(1)), "not subscribed: nothing is trusted");
         s.subscribed(true);
-        s.announce(1, 0);
+        teach(&s, 1);
         assert!(s.is_known(sku(1)));
         assert!(matches!(s.check(sku(1)), Check::SoldOut));
         assert_eq!(s.refused(), 1);
@@ -210,7 +244,7 @@ mod tests {
     fn units_coming_back_end_it_at_once() {
         let s = SoldOut::new(Duration::from_secs(60));
         s.subscribed(true);
-        s.announce(7, 0);
+        teach(&s, 7);
         assert!(s.is_known(sku(7)));
         s.announce(7, 1);
         assert!(!s.is_known(sku(7)));
@@ -224,23 +258,23 @@ mod tests {
         // Asked; then a unit came back (announced) before the zero reply was handled.
         let a = asked(&s, 3);
         s.announce(3, 1);
-        s.reply(sku(3), a, 0);
+        s.reply(sku(3), a, 0, UNBOUNDED);
         assert!(!s.is_known(sku(3)));
         // The same with no entry for the sku before the announcement.
         let a = asked(&s, 4);
         s.announce(4, 2);
-        s.reply(sku(4), a, 0);
+        s.reply(sku(4), a, 0, UNBOUNDED);
         assert!(!s.is_known(sku(4)));
         // Announcements of other skus do not stop a reply.
         let a = asked(&s, 5);
         s.announce(6, 2);
-        s.reply(sku(5), a, 0);
+        s.reply(sku(5), a, 0, UNBOUNDED);
         assert!(s.is_known(sku(5)));
         // A reply to a request that asked before the subscription changed is not applied.
         let a = asked(&s, 9);
         s.subscribed(false);
         s.subscribed(true);
-        s.reply(sku(9), a, 0);
+        s.reply(sku(9), a, 0, UNBOUNDED);
         assert!(!s.is_known(sku(9)));
     }
 
@@ -249,7 +283,7 @@ mod tests {
         let s = SoldOut::new(Duration::from_secs(60));
         s.subscribed(true);
         let a = asked(&s, 2);
-        s.reply(sku(2), a, 3);
+        s.reply(sku(2), a, 3, UNBOUNDED);
         assert!(!s.is_known(sku(2)));
     }
 
@@ -257,17 +291,59 @@ mod tests {
     fn knowledge_lapses_after_the_trust_window() {
         let s = SoldOut::new(Duration::from_millis(30));
         s.subscribed(true);
-        s.announce(1, 0);
+        teach(&s, 1);
         assert!(s.is_known(sku(1)));
         std::thread::sleep(Duration::from_millis(40));
         assert!(!s.is_known(sku(1)), "past the window Redis is asked again");
-        let a = asked(&s, 1);
-        s.reply(sku(1), a, 0);
+        teach(&s, 1);
         assert!(s.is_known(sku(1)), "and its answer renews it");
         let off = SoldOut::new(Duration::ZERO);
         off.subscribed(true);
-        off.announce(1, 0);
+        teach(&off, 1);
         assert!(!off.is_known(sku(1)), "a zero window turns it off");
+    }
+
+    /// A cart hold past its deadline, not given back yet, is its owner's to take again (Redis
+    /// grants that add): no zero is trusted past the sku's next reservation deadline, nor while
+    /// one is past; an announced zero cannot say when that is, so it teaches nothing.
+    #[test]
+    fn the_next_reservation_deadline_bounds_what_is_known() {
+        let s = SoldOut::new(Duration::from_secs(60));
+        s.subscribed(true);
+        s.announce(1, 0);
+        assert!(
+            !s.is_known(sku(1)),
+            "an announced zero says nothing of the next lapse"
+        );
+        let a = asked(&s, 1);
+        s.reply(sku(1), a, 0, None);
+        assert!(!s.is_known(sku(1)), "no bound said: nothing learnt");
+        let a = asked(&s, 1);
+        s.reply(sku(1), a, 0, Some(SoldOutFor::Ms(30)));
+        assert!(s.is_known(sku(1)));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(
+            !s.is_known(sku(1)),
+            "past the earliest reservation deadline Redis is asked again"
+        );
+        let a = asked(&s, 1);
+        s.reply(sku(1), a, 0, Some(SoldOutFor::Ms(0)));
+        assert!(!s.is_known(sku(1)), "a reservation past its deadline: ask");
+        // Two requests asked; one answer knows no lapse, the later one saw a lapsed hold.
+        let (a, b) = (asked(&s, 1), asked(&s, 1));
+        s.reply(sku(1), a, 0, UNBOUNDED);
+        assert!(s.is_known(sku(1)));
+        s.reply(sku(1), b, 0, Some(SoldOutFor::Ms(-5)));
+        assert!(
+            !s.is_known(sku(1)),
+            "a reply that saw a lapsed hold ends it"
+        );
+        teach(&s, 1);
+        s.announce(1, 0);
+        assert!(
+            s.is_known(sku(1)),
+            "an announced zero keeps what a reply taught"
+        );
     }
 
     #[test]
@@ -280,10 +356,9 @@ mod tests {
         }
         assert!(s.lock().skus.len() <= MAX_REMEMBERED);
         // Sku 1 was never announced, but a reply that asked before the pruning cannot know.
-        s.reply(sku(1), a, 0);
+        s.reply(sku(1), a, 0, UNBOUNDED);
         assert!(!s.is_known(sku(1)));
-        let a = asked(&s, 1);
-        s.reply(sku(1), a, 0);
+        teach(&s, 1);
         assert!(s.is_known(sku(1)));
     }
 }

@@ -316,3 +316,40 @@ async fn a_batch_of_a_thousand_entries_adds_up() {
     let b = app.assert_identity(u64::from(s.get())).await;
     assert_eq!((b.available, b.held), (0, 600));
 }
+
+/// A cart hold past its deadline and not yet swept is its owner's to take again: Redis grants
+/// that customer's add though nothing is available to anyone else (cart::holds_expire_and_
+/// units_come_back). The sold-out answered in process refused it with 409 `out_of_stock` for as
+/// long as other customers' refusals kept renewing what the instance knew (until the sweeper
+/// gave the hold back), here with the crowd asking every 100 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_hold_is_its_owners_again_though_the_crowd_keeps_the_sku_known_sold_out() {
+    let app = spawn_app_with(|c| {
+        c.sale.cart_hold_ttl = Duration::from_millis(400);
+        c.sweeper.sweep_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let sku = app.sale_product(2, None).await;
+    let (owner, crowd) = (app.customer_token(601), app.customer_token(602));
+    app.cart_add(&owner, sku, 2).await;
+    let until = Instant::now() + Duration::from_millis(1_500);
+    while Instant::now() < until {
+        app.try_cart_add(&crowd, sku, 1).await.assert_error(
+            reqwest::StatusCode::CONFLICT,
+            "out_of_stock",
+            "the crowd",
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The owner's hold lapsed a second ago, the sweeper is off: Redis gives it back to them.
+    let r = app.try_cart_add(&owner, sku, 1).await;
+    assert_eq!(
+        r.status,
+        reqwest::StatusCode::OK,
+        "the owner of a lapsed, unswept hold re-adds: {:?}",
+        r.body
+    );
+    assert_eq!(r.body["items"][0]["count"], 1);
+    assert_eq!(app.available(sku).await, 1);
+    app.assert_identity(sku).await;
+}

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use tracing::Instrument as _;
 
 use super::Redis;
-use super::reservations::{ReserveOutcome, ReserveRequest};
+use super::reservations::{Answer, ReserveOutcome, ReserveRequest};
 use crate::domain::Sku;
 use crate::error::{AppError, AppResult};
 
@@ -61,7 +61,7 @@ impl BatchError {
 
 struct Waiter {
     req: ReserveRequest,
-    reply: oneshot::Sender<AppResult<ReserveOutcome>>,
+    reply: oneshot::Sender<AppResult<Answer>>,
     /// When it joined the lane.
     since: Instant,
     /// The request's span: the call's spans go under the first waiter's (a span has one
@@ -146,6 +146,11 @@ impl Redis {
     /// Reserves units of a sku (lua/reserve.lua), in one call with the other requests of that
     /// sku that arrived while its previous call was in flight.
     pub async fn reserve(&self, req: ReserveRequest) -> AppResult<ReserveOutcome> {
+        self.reserve_answer(req).await.map(|(outcome, _)| outcome)
+    }
+
+    /// [`Redis::reserve`], with how long "sold out" holds when the answer left no unit.
+    pub async fn reserve_answer(&self, req: ReserveRequest) -> AppResult<Answer> {
         let sku = req.sku;
         if self.lanes.max_batch == 1 {
             // One call each: no lane (one call in flight per sku would send a hot sku's
