@@ -1,21 +1,20 @@
 //! Sold-out answered in process: this instance's knowledge of which skus have nothing available,
 //! so the crowd that arrives after a hot sku is gone costs Redis nothing.
 //!
-//! What it knows comes from the replies of reservation calls (an `out_of_stock`, or the last unit
-//! taken), each with how long Redis can tell "sold out" holds: until the sku's earliest
-//! reservation deadline. A cart hold past its deadline and not yet given back (the sweeper gives
-//! it back within its interval) is still its owner's to take again: Redis grants that customer's
-//! add though nothing is available to anyone else, so no zero count is trusted past the next
-//! deadline, nor at all while a reservation past its deadline waits for the sweeper. The scripts'
-//! announcements of every change of a sku's `avail` (the live stock feed, src/worker/live.rs,
-//! delivers them in Redis's order) end the knowledge; an announcement of zero does not teach it
-//! (it cannot say when the next reservation lapses). A sku is refused here only while
+//! What it knows comes from two places: the scripts' announcements of every change of a sku's
+//! `avail` (the live stock feed, src/worker/live.rs, delivers them in Redis's order), and the
+//! replies of reservation calls (an `out_of_stock`, or the last unit taken). Both say, with a
+//! zero count, how long Redis can tell it holds: until the sku's earliest reservation deadline.
+//! A cart hold past its deadline and not yet given back (the sweeper does so within its
+//! interval) is still its owner's to take again: Redis grants that customer's add though nothing
+//! is available to anyone else, so no zero count is trusted past the next deadline, nor at all
+//! while a reservation past its deadline waits for the sweeper. A sku is refused here only while
 //! - the feed is subscribed (a lost subscription forgets everything: announcements made while it
 //!   was down are lost), and
-//! - its zero count was confirmed by a reply within `sold_out_trust`, and before the deadline
-//!   that reply named; past that the next request asks Redis again, and its answer renews or
-//!   ends the knowledge. So a count that somehow never reached this instance refuses for at most
-//!   `sold_out_trust`.
+//! - its zero count was announced or confirmed by a reply within `sold_out_trust`, and before
+//!   the deadline that announcement or reply named; past that the next request asks Redis
+//!   again, and its answer renews or ends the knowledge. So a count that somehow never reached
+//!   this instance refuses for at most `sold_out_trust`.
 //!
 //! Any announcement of units coming back (a cancel, an expiry, a restock, a reload) ends the
 //! knowledge at once. A reply is applied only if no announcement of that sku came in since its
@@ -129,6 +128,20 @@ impl SoldOut {
         self.refused.load(Ordering::Relaxed)
     }
 
+    /// Until when a zero count said at `from` to hold `holds` is trusted (`None`: not at all).
+    fn until(&self, from: Instant, holds: SoldOutFor) -> Option<Instant> {
+        let trusted = Instant::now() + self.trust;
+        match holds {
+            SoldOutFor::Unbounded => Some(trusted),
+            SoldOutFor::Ms(ms) if ms > 0 => {
+                Some(trusted.min(from + Duration::from_millis(ms as u64)))
+            }
+            // A reservation past its deadline waits for the sweeper: its owner may take it
+            // again now, so Redis must be asked (and what was known before is not so any more).
+            SoldOutFor::Ms(_) => None,
+        }
+    }
+
     /// Redis's reply to a request that asked with `asked`: `available` units of `sku` were left
     /// (an `out_of_stock`'s count, or the count after a reservation), and, with none left, how
     /// long that holds at most (`None`: not said; nothing learnt).
@@ -142,16 +155,8 @@ impl SoldOut {
         if !g.subscribed || g.epoch != asked.epoch {
             return;
         }
-        let trusted = Instant::now() + self.trust;
-        let until = match holds {
-            SoldOutFor::Unbounded => Some(trusted),
-            SoldOutFor::Ms(ms) if ms > 0 => {
-                Some(trusted.min(asked.at + Duration::from_millis(ms as u64)))
-            }
-            // A reservation past its deadline waits for the sweeper: its owner may take it
-            // again now, so Redis must be asked (and what was known before is not so any more).
-            SoldOutFor::Ms(_) => None,
-        };
+        // Counted from the asking, which came before Redis answered.
+        let until = self.until(asked.at, holds);
         let pruned = g.pruned;
         match g.skus.get_mut(&sku.get()) {
             Some(k) if k.announced > asked.seq => {}
@@ -169,17 +174,24 @@ impl SoldOut {
         }
     }
 
-    /// A script announced `sku`'s new available count (in Redis's order): units coming back end
-    /// what was known; a zero teaches nothing (when the next reservation lapses is not said),
-    /// but makes older replies stale.
-    pub fn announce(&self, sku: u32, available: i64) {
+    /// A script announced `sku`'s new available count (in Redis's order) and, with none
+    /// available, how long that holds at most (`None`: not said, an older publisher's message;
+    /// nothing learnt, but older replies are stale all the same).
+    pub fn announce(&self, sku: u32, available: i64, holds: Option<SoldOutFor>) {
         let mut g = self.lock();
         g.seq += 1;
         let seq = g.seq;
+        let until = if available > 0 {
+            None
+        } else {
+            holds.map(|h| self.until(Instant::now(), h))
+        };
         let k = g.skus.entry(sku).or_default();
         k.announced = seq;
-        if available > 0 {
-            k.zero_until = None;
+        match until {
+            Some(until) => k.zero_until = until,
+            None if available > 0 => k.zero_until = None,
+            None => {}
         }
         if g.skus.len() > MAX_REMEMBERED {
             let now = Instant::now();
@@ -216,21 +228,15 @@ mod tests {
         }
     }
 
-    /// A reply of no unit left and no reservation to lapse.
-    fn teach(s: &SoldOut, n: u32) {
-        let a = asked(s, n);
-        s.reply(sku(n), a, 0, UNBOUNDED);
-    }
-
     #[test]
     fn nothing_is_known_without_the_subscription() {
         let s = SoldOut::new(Duration::from_secs(60));
         let a = asked(&s, 1);
         s.reply(sku(1), a, 0, UNBOUNDED);
-        s.announce(1, 0);
+        s.announce(1, 0, UNBOUNDED);
         assert!(!s.is_known(sku(1)), "not subscribed: nothing is trusted");
         s.subscribed(true);
-        teach(&s, 1);
+        s.announce(1, 0, UNBOUNDED);
         assert!(s.is_known(sku(1)));
         assert!(matches!(s.check(sku(1)), Check::SoldOut));
         assert_eq!(s.refused(), 1);
@@ -244,9 +250,9 @@ mod tests {
     fn units_coming_back_end_it_at_once() {
         let s = SoldOut::new(Duration::from_secs(60));
         s.subscribed(true);
-        teach(&s, 7);
+        s.announce(7, 0, UNBOUNDED);
         assert!(s.is_known(sku(7)));
-        s.announce(7, 1);
+        s.announce(7, 1, None);
         assert!(!s.is_known(sku(7)));
         assert!(!s.is_known(sku(8)), "other skus are not touched");
     }
@@ -257,17 +263,17 @@ mod tests {
         s.subscribed(true);
         // Asked; then a unit came back (announced) before the zero reply was handled.
         let a = asked(&s, 3);
-        s.announce(3, 1);
+        s.announce(3, 1, None);
         s.reply(sku(3), a, 0, UNBOUNDED);
         assert!(!s.is_known(sku(3)));
         // The same with no entry for the sku before the announcement.
         let a = asked(&s, 4);
-        s.announce(4, 2);
+        s.announce(4, 2, None);
         s.reply(sku(4), a, 0, UNBOUNDED);
         assert!(!s.is_known(sku(4)));
         // Announcements of other skus do not stop a reply.
         let a = asked(&s, 5);
-        s.announce(6, 2);
+        s.announce(6, 2, None);
         s.reply(sku(5), a, 0, UNBOUNDED);
         assert!(s.is_known(sku(5)));
         // A reply to a request that asked before the subscription changed is not applied.
@@ -291,44 +297,62 @@ mod tests {
     fn knowledge_lapses_after_the_trust_window() {
         let s = SoldOut::new(Duration::from_millis(30));
         s.subscribed(true);
-        teach(&s, 1);
+        s.announce(1, 0, UNBOUNDED);
         assert!(s.is_known(sku(1)));
         std::thread::sleep(Duration::from_millis(40));
         assert!(!s.is_known(sku(1)), "past the window Redis is asked again");
-        teach(&s, 1);
+        let a = asked(&s, 1);
+        s.reply(sku(1), a, 0, UNBOUNDED);
         assert!(s.is_known(sku(1)), "and its answer renews it");
         let off = SoldOut::new(Duration::ZERO);
         off.subscribed(true);
-        teach(&off, 1);
+        off.announce(1, 0, UNBOUNDED);
         assert!(!off.is_known(sku(1)), "a zero window turns it off");
     }
 
-    /// A cart hold past its deadline, not given back yet, is its owner's to take again (Redis
+    #[test]
+    fn the_map_stays_bounded_and_pruning_keeps_replies_safe() {
+        let s = SoldOut::new(Duration::from_secs(60));
+        s.subscribed(true);
+        let a = asked(&s, 1);
+        for n in 10..(10 + MAX_REMEMBERED as u32 + 10) {
+            s.announce(n, 5, None);
+        }
+        assert!(s.lock().skus.len() <= MAX_REMEMBERED);
+        // Sku 1 was never announced, but a reply that asked before the pruning cannot know.
+        s.reply(sku(1), a, 0, UNBOUNDED);
+        assert!(!s.is_known(sku(1)));
+        let a = asked(&s, 1);
+        s.reply(sku(1), a, 0, UNBOUNDED);
+        assert!(s.is_known(sku(1)));
+    }
+
+    /// A cart hold past its deadline, not yet given back, is its owner's to take again (Redis
     /// grants that add): no zero is trusted past the sku's next reservation deadline, nor while
-    /// one is past; an announced zero cannot say when that is, so it teaches nothing.
+    /// one is past, whether announced or replied.
     #[test]
     fn the_next_reservation_deadline_bounds_what_is_known() {
         let s = SoldOut::new(Duration::from_secs(60));
         s.subscribed(true);
-        s.announce(1, 0);
-        assert!(
-            !s.is_known(sku(1)),
-            "an announced zero says nothing of the next lapse"
-        );
-        let a = asked(&s, 1);
-        s.reply(sku(1), a, 0, None);
-        assert!(!s.is_known(sku(1)), "no bound said: nothing learnt");
-        let a = asked(&s, 1);
-        s.reply(sku(1), a, 0, Some(SoldOutFor::Ms(30)));
+        s.announce(1, 0, Some(SoldOutFor::Ms(30)));
         assert!(s.is_known(sku(1)));
         std::thread::sleep(Duration::from_millis(40));
         assert!(
             !s.is_known(sku(1)),
             "past the earliest reservation deadline Redis is asked again"
         );
-        let a = asked(&s, 1);
-        s.reply(sku(1), a, 0, Some(SoldOutFor::Ms(0)));
+        s.announce(1, 0, Some(SoldOutFor::Ms(0)));
         assert!(!s.is_known(sku(1)), "a reservation past its deadline: ask");
+        s.announce(1, 0, None);
+        assert!(!s.is_known(sku(1)), "no bound said: nothing learnt");
+        let a = asked(&s, 1);
+        s.reply(sku(1), a, 0, None);
+        assert!(!s.is_known(sku(1)), "nor from a reply");
+        let a = asked(&s, 1);
+        s.reply(sku(1), a, 0, Some(SoldOutFor::Ms(30)));
+        assert!(s.is_known(sku(1)));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!s.is_known(sku(1)));
         // Two requests asked; one answer knows no lapse, the later one saw a lapsed hold.
         let (a, b) = (asked(&s, 1), asked(&s, 1));
         s.reply(sku(1), a, 0, UNBOUNDED);
@@ -338,27 +362,11 @@ mod tests {
             !s.is_known(sku(1)),
             "a reply that saw a lapsed hold ends it"
         );
-        teach(&s, 1);
-        s.announce(1, 0);
+        s.announce(1, 0, UNBOUNDED);
+        s.announce(1, 0, None);
         assert!(
             s.is_known(sku(1)),
-            "an announced zero keeps what a reply taught"
+            "an announcement that says no bound keeps what was known"
         );
-    }
-
-    #[test]
-    fn the_map_stays_bounded_and_pruning_keeps_replies_safe() {
-        let s = SoldOut::new(Duration::from_secs(60));
-        s.subscribed(true);
-        let a = asked(&s, 1);
-        for n in 10..(10 + MAX_REMEMBERED as u32 + 10) {
-            s.announce(n, 5);
-        }
-        assert!(s.lock().skus.len() <= MAX_REMEMBERED);
-        // Sku 1 was never announced, but a reply that asked before the pruning cannot know.
-        s.reply(sku(1), a, 0, UNBOUNDED);
-        assert!(!s.is_known(sku(1)));
-        teach(&s, 1);
-        assert!(s.is_known(sku(1)));
     }
 }
