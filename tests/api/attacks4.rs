@@ -353,3 +353,35 @@ async fn a_lapsed_hold_is_its_owners_again_though_the_crowd_keeps_the_sku_known_
     assert_eq!(app.available(sku).await, 1);
     app.assert_identity(sku).await;
 }
+
+/// While Redis is refused for sales (here: behind MySQL), an add of a sku known sold out asks
+/// Redis and answers its 503; it was counted as refused in process all the same
+/// (`flashsale_sold_out_in_process_total`, `SoldOut::refused`) though nothing was answered here.
+#[tokio::test]
+async fn an_add_refused_by_redis_is_not_counted_as_answered_in_process() {
+    let app = spawn_app().await;
+    let sku = app.sale_product(1, None).await;
+    let s = Sku::parse(sku).unwrap();
+    app.cart_add(&app.customer_token(701), sku, 1).await;
+    let crowd = app.customer_token(703);
+    eventually("the sku known sold out", Duration::from_secs(5), || async {
+        // Taught by Redis's answers (once the live feed is subscribed).
+        let _ = app.try_cart_add(&crowd, sku, 1).await;
+        app.state.sold_out.is_known(s)
+    })
+    .await;
+    let _ = app.state.redis.mark_behind("test".into()).await;
+    let before = app.state.sold_out.refused();
+    app.try_cart_add(&app.customer_token(702), sku, 1)
+        .await
+        .assert_error(
+            reqwest::StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "behind",
+        );
+    assert_eq!(
+        app.state.sold_out.refused() - before,
+        0,
+        "Redis answered (503): nothing was refused in process"
+    );
+}
