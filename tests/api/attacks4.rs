@@ -385,3 +385,20 @@ async fn an_add_refused_by_redis_is_not_counted_as_answered_in_process() {
         "Redis answered (503): nothing was refused in process"
     );
 }
+
+/// `reserve_together` (for tests and tools) with a request of another sku: that request would
+/// be reserved on the call's sku (its keys), in a release build; a debug build stopped on a
+/// `debug_assert`. It is refused, and nothing changes.
+#[tokio::test]
+async fn a_call_refuses_a_request_of_another_sku() {
+    let app = spawn_app().await;
+    let (a, b) = (loaded(&app, 3).await, loaded(&app, 3).await);
+    let r = app
+        .state
+        .redis
+        .reserve_together(a, &[add(a, 1), add(b, 2)])
+        .await;
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(app.available(u64::from(a.get())).await, 3);
+    assert_eq!(app.available(u64::from(b.get())).await, 3);
+}

@@ -236,7 +236,13 @@ impl Redis {
         let mut keys = vec![k.meta(), k.stock(), k.users(), k.res(), k.exp()];
         let mut args = Vec::with_capacity(reqs.len() * 6);
         for req in reqs {
-            debug_assert_eq!(req.sku, sku);
+            // Every entry goes on `sku`'s keys: another sku's would be reserved on this one.
+            if req.sku != sku {
+                return Err(BatchError::App(AppError::internal(format!(
+                    "reserve: a request of sku {} in a call of sku {sku}",
+                    req.sku
+                ))));
+            }
             let (kind, ms) = match req.deadline {
                 Deadline::In(d) => ("ttl", d.as_millis().to_string()),
                 Deadline::At(ms) => ("at", ms.to_string()),
