@@ -30,6 +30,10 @@ end
 -- after the script's body has run, the wrapper (src/store/redis/scripts.rs) calls live_publish(),
 -- which PUBLISHes "<sku> <avail>" once on "<prefix>:stock-live" (the channel of the deployment
 -- whose stock key it is). One message per script call, whatever the number of changes in it.
+-- With nothing available, "<sku> <avail> <sold out for>": how long that holds at most (for the
+-- in-process sold-out answer, src/service/sold_out.rs), ms from now until the sku's earliest
+-- reservation deadline (a cart hold past it, not given back yet, is its owner's to take again),
+-- or 'none' (no reservation to lapse). The deadline index is the stock key's sibling, in its slot.
 local live_stock_key, live_avail = nil, nil
 
 local function live_changed(stock, avail)
@@ -40,7 +44,19 @@ local function live_publish()
   if not live_stock_key then return end
   local prefix, sku = string.match(live_stock_key, '^(.*):{sku:(%d+)}:stock$')
   if prefix then
-    redis.call('PUBLISH', prefix .. ':stock-live', sku .. ' ' .. string.format('%d', live_avail))
+    local msg = sku .. ' ' .. string.format('%d', live_avail)
+    if live_avail <= 0 then
+      local exp = string.sub(live_stock_key, 1, -6) .. 'exp'
+      local first = redis.call('ZRANGE', exp, 0, 0, 'WITHSCORES')
+      if #first == 0 then
+        msg = msg .. ' none'
+      else
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        msg = msg .. ' ' .. string.format('%d', tonumber(first[2]) - now)
+      end
+    end
+    redis.call('PUBLISH', prefix .. ':stock-live', msg)
   end
 end
 

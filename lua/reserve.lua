@@ -11,14 +11,20 @@
 --         | 'restore' (as 'once', without the sale window and limit checks: rebuild-cache puts
 --           back an order that passed them before Redis lost it)
 -- Returns one reply per entry, in order, each:
---          {'ok', units now in the reservation, deadline_ms, unit_price, available after, name}
---        | {'out_of_stock', available} | {'limit_exceeded', units the customer has, limit}
+--          {'ok', units now in the reservation, deadline_ms, unit_price, available after, name
+--           [, sold out for]}
+--        | {'out_of_stock', available [, sold out for]}
+--        | {'limit_exceeded', units the customer has, limit}
 --        | {'sale_not_active'} | {'too_large', units the reservation would hold, unit_price}
 --          (more than MAX_LINE_UNITS units, or a line total above MAX_TOTAL: lua/lib.lua)
 --        | {'not_loaded'}
 -- A rejection changes nothing. An expired reservation found here (not yet swept) is given back
 -- first, in the same step, and its units count as available. Malformed arguments in any entry
 -- fail the whole call before anything changed.
+-- "sold out for" comes with an answer that leaves no unit available (for the instance's
+-- in-process sold-out answer, src/service/sold_out.rs): how long it holds at most, ms from now
+-- until the sku's earliest reservation deadline (<= 0: a reservation past its deadline, not
+-- given back yet, which its owner may take again now), or 'none' (no reservation to lapse).
 local meta, stock, users, res, exp = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local entries = #KEYS - 5
 if entries < 1 or #ARGV ~= 6 * entries then
@@ -36,6 +42,13 @@ for i = 1, entries do
   end
 end
 
+local function sold_out_for(left)
+  if left > 0 then return nil end
+  local first = redis.call('ZRANGE', exp, 0, 0, 'WITHSCORES')
+  if #first == 0 then return 'none' end
+  return tonumber(first[2]) - now_ms()
+end
+
 local function reserve_one(ttl_key, user, n, rid, kind, ms, mode)
   local avail = redis.call('HGET', stock, 'avail')
   if not avail or redis.call('EXISTS', meta) == 0 then return { 'not_loaded' } end
@@ -43,7 +56,7 @@ local function reserve_one(ttl_key, user, n, rid, kind, ms, mode)
 
   local cur = redis.call('HGET', res, rid)
   -- Sold-out fast path: nothing to give back, nothing to take.
-  if not cur and avail < n then return { 'out_of_stock', avail } end
+  if not cur and avail < n then return { 'out_of_stock', avail, sold_out_for(avail) } end
 
   local now = now_ms()
   local state, price, limit, name = sale_state(meta, now)
@@ -68,7 +81,9 @@ local function reserve_one(ttl_key, user, n, rid, kind, ms, mode)
     local mine = tonumber(redis.call('HGET', users, user) or '0') - expired
     if mine + n > limit then return { 'limit_exceeded', mine, limit } end
   end
-  if avail + expired < n then return { 'out_of_stock', avail + expired } end
+  if avail + expired < n then
+    return { 'out_of_stock', avail + expired, sold_out_for(avail + expired) }
+  end
   local deadline = ms
   if kind == 'ttl' then deadline = now + ms end
   -- Adding to a live reservation keeps its deadline (the TTL key's, should the index lack it).
@@ -83,7 +98,8 @@ local function reserve_one(ttl_key, user, n, rid, kind, ms, mode)
   redis.call('HSET', res, rid, format_entry(user, total, list))
   redis.call('SET', ttl_key, total, 'PXAT', string.format('%d', deadline))
   redis.call('ZADD', exp, string.format('%d', deadline), rid)
-  return { 'ok', total, deadline, price, avail + expired - n, name }
+  local left = avail + expired - n
+  return { 'ok', total, deadline, price, left, name, sold_out_for(left) }
 end
 
 local replies = {}

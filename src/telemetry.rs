@@ -420,6 +420,12 @@ fn describe() {
         "Reservations of one sku that went together in one script call"
     );
     describe_counter!(
+        "flashsale_reserve_unsent_total",
+        "Reservations answered without being sent to Redis, by why: gone (the request went away \
+         while it waited for its sku's call in flight), waited (it waited the Redis timeout \
+         already: 503)"
+    );
+    describe_counter!(
         "flashsale_sold_out_in_process_total",
         "Adds to cart refused 409 out_of_stock by this instance without asking Redis (the sku \
          known sold out)"

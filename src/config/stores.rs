@@ -54,7 +54,8 @@ pub struct StoresConfig {
     pub redis_timeout: Duration,
 
     /// Most reservations of one sku that go in one script call: requests arriving while a call
-    /// for their sku is in flight wait and go together in the next (1: one call each).
+    /// for their sku is in flight wait and go together in the next (1: one call each). One that
+    /// waited `FLASHSALE_REDIS_TIMEOUT` for the calls ahead of it answers 503 without being sent.
     #[arg(
         long,
         env = "FLASHSALE_REDIS_RESERVE_BATCH",

@@ -68,29 +68,38 @@ pub async fn reserve_loading(
     let sku = first.sku;
     // Only for adds to a cart hold: an order line's retry is answered by its existing
     // reservation, which a sold-out sku still has.
-    let asked = if first.mode == ReserveMode::Add {
-        match state.sold_out.check(sku) {
-            Check::SoldOut if !state.redis.refuses_sales() => {
-                return Ok(ReserveOutcome::OutOfStock { available: 0 });
+    // Asked first whether Redis is refused for sales: its 503 is then the answer, and a request
+    // that asks Redis is not counted as refused in process.
+    let ask = || {
+        if first.mode == ReserveMode::Add && !state.redis.refuses_sales() {
+            match state.sold_out.check(sku) {
+                Check::SoldOut => Err(ReserveOutcome::OutOfStock { available: 0 }),
+                Check::Ask(asked) => Ok(Some(asked)),
             }
-            Check::SoldOut => None,
-            Check::Ask(asked) => Some(asked),
+        } else {
+            Ok(None)
         }
-    } else {
-        None
     };
-    let mut outcome = state.redis.reserve(req()).await?;
-    if outcome == ReserveOutcome::NotLoaded {
+    let mut asked = match ask() {
+        Ok(asked) => asked,
+        Err(refused) => return Ok(refused),
+    };
+    let mut answer = state.redis.reserve_answer(req()).await?;
+    if answer.0 == ReserveOutcome::NotLoaded {
         if !catalog::ensure_loaded(state, sku).await? {
             return Err(AppError::NotFound(format!("no product with sku {sku}")));
         }
-        outcome = state.redis.reserve(req()).await?;
+        // Asked again: the load announced the sku's count, which makes a reply to the first
+        // asking stale (it would teach nothing).
+        asked = ask().unwrap_or(None);
+        answer = state.redis.reserve_answer(req()).await?;
     }
+    let (outcome, holds) = answer;
     if let Some(asked) = asked
         && let ReserveOutcome::OutOfStock { available } | ReserveOutcome::Reserved { available, .. } =
             outcome
     {
-        state.sold_out.reply(sku, asked, available);
+        state.sold_out.reply(sku, asked, available, holds);
     }
     Ok(outcome)
 }

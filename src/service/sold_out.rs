@@ -3,13 +3,18 @@
 //!
 //! What it knows comes from two places: the scripts' announcements of every change of a sku's
 //! `avail` (the live stock feed, src/worker/live.rs, delivers them in Redis's order), and the
-//! replies of reservation calls (an `out_of_stock`, or the last unit taken). A sku is refused
-//! here only while
+//! replies of reservation calls (an `out_of_stock`, or the last unit taken). Both say, with a
+//! zero count, how long Redis can tell it holds: until the sku's earliest reservation deadline.
+//! A cart hold past its deadline and not yet given back (the sweeper does so within its
+//! interval) is still its owner's to take again: Redis grants that customer's add though nothing
+//! is available to anyone else, so no zero count is trusted past the next deadline, nor at all
+//! while a reservation past its deadline waits for the sweeper. A sku is refused here only while
 //! - the feed is subscribed (a lost subscription forgets everything: announcements made while it
 //!   was down are lost), and
-//! - its zero count was announced or confirmed by a reply within `sold_out_trust`; past that the
-//!   next request asks Redis again, and its answer renews or ends the knowledge. So a count that
-//!   somehow never reached this instance refuses for at most `sold_out_trust`.
+//! - its zero count was announced or confirmed by a reply within `sold_out_trust`, and before
+//!   the deadline that announcement or reply named; past that the next request asks Redis
+//!   again, and its answer renews or ends the knowledge. So a count that somehow never reached
+//!   this instance refuses for at most `sold_out_trust`.
 //!
 //! Any announcement of units coming back (a cancel, an expiry, a restock, a reload) ends the
 //! knowledge at once. A reply is applied only if no announcement of that sku came in since its
@@ -23,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::domain::Sku;
+use crate::store::redis::SoldOutFor;
 
 #[derive(Default)]
 struct Inner {
@@ -44,8 +50,8 @@ const MAX_REMEMBERED: usize = 4096;
 struct Known {
     /// `seq` at this sku's latest announcement.
     announced: u64,
-    /// When its count was last known to be zero (None: not known to be).
-    zero_at: Option<Instant>,
+    /// Until when its count is known to be zero (None: not known to be).
+    zero_until: Option<Instant>,
 }
 
 /// What a request saw when it asked, to apply its reply with (see [`SoldOut::check`]).
@@ -53,6 +59,8 @@ struct Known {
 pub struct Asked {
     epoch: u64,
     seq: u64,
+    /// When it asked: before Redis answered, so a deadline counted from here is not passed.
+    at: Instant,
 }
 
 /// The answer of [`SoldOut::check`].
@@ -97,6 +105,7 @@ impl SoldOut {
         Check::Ask(Asked {
             epoch: g.epoch,
             seq: g.seq,
+            at: Instant::now(),
         })
     }
 
@@ -105,8 +114,8 @@ impl SoldOut {
             && !self.trust.is_zero()
             && g.skus
                 .get(&sku.get())
-                .and_then(|k| k.zero_at)
-                .is_some_and(|at| at.elapsed() < self.trust)
+                .and_then(|k| k.zero_until)
+                .is_some_and(|until| Instant::now() < until)
     }
 
     /// Whether `sku` is known sold out now (as [`SoldOut::check`], without counting a refusal).
@@ -119,46 +128,75 @@ impl SoldOut {
         self.refused.load(Ordering::Relaxed)
     }
 
+    /// Until when a zero count said at `from` to hold `holds` is trusted (`None`: not at all).
+    fn until(&self, from: Instant, holds: SoldOutFor) -> Option<Instant> {
+        let trusted = Instant::now() + self.trust;
+        match holds {
+            SoldOutFor::Unbounded => Some(trusted),
+            SoldOutFor::Ms(ms) if ms > 0 => {
+                Some(trusted.min(from + Duration::from_millis(ms as u64)))
+            }
+            // A reservation past its deadline waits for the sweeper: its owner may take it
+            // again now, so Redis must be asked (and what was known before is not so any more).
+            SoldOutFor::Ms(_) => None,
+        }
+    }
+
     /// Redis's reply to a request that asked with `asked`: `available` units of `sku` were left
-    /// (an `out_of_stock`'s count, or the count after a reservation).
-    pub fn reply(&self, sku: Sku, asked: Asked, available: i64) {
+    /// (an `out_of_stock`'s count, or the count after a reservation), and, with none left, how
+    /// long that holds at most (`None`: not said; nothing learnt).
+    pub fn reply(&self, sku: Sku, asked: Asked, available: i64, holds: Option<SoldOutFor>) {
         let mut g = self.lock();
         if available > 0 {
             // Nothing to learn: a zero count is ended by announcements, which come in order.
             return;
         }
+        let Some(holds) = holds else { return };
         if !g.subscribed || g.epoch != asked.epoch {
             return;
         }
+        // Counted from the asking, which came before Redis answered.
+        let until = self.until(asked.at, holds);
         let pruned = g.pruned;
         match g.skus.get_mut(&sku.get()) {
             Some(k) if k.announced > asked.seq => {}
-            Some(k) => k.zero_at = Some(Instant::now()),
-            None if asked.seq < pruned => {}
+            Some(k) => k.zero_until = until,
+            None if asked.seq < pruned || until.is_none() => {}
             None => {
                 g.skus.insert(
                     sku.get(),
                     Known {
                         announced: 0,
-                        zero_at: Some(Instant::now()),
+                        zero_until: until,
                     },
                 );
             }
         }
     }
 
-    /// A script announced `sku`'s new available count (in Redis's order).
-    pub fn announce(&self, sku: u32, available: i64) {
+    /// A script announced `sku`'s new available count (in Redis's order) and, with none
+    /// available, how long that holds at most (`None`: not said, an older publisher's message;
+    /// nothing learnt, but older replies are stale all the same).
+    pub fn announce(&self, sku: u32, available: i64, holds: Option<SoldOutFor>) {
         let mut g = self.lock();
         g.seq += 1;
         let seq = g.seq;
+        let until = if available > 0 {
+            None
+        } else {
+            holds.map(|h| self.until(Instant::now(), h))
+        };
         let k = g.skus.entry(sku).or_default();
         k.announced = seq;
-        k.zero_at = (available <= 0).then(Instant::now);
+        match until {
+            Some(until) => k.zero_until = until,
+            None if available > 0 => k.zero_until = None,
+            None => {}
+        }
         if g.skus.len() > MAX_REMEMBERED {
-            let trust = self.trust;
+            let now = Instant::now();
             g.skus
-                .retain(|_, k| k.zero_at.is_some_and(|at| at.elapsed() < trust));
+                .retain(|_, k| k.zero_until.is_some_and(|until| now < until));
             g.pruned = seq;
         }
     }
@@ -177,6 +215,8 @@ impl SoldOut {
 mod tests {
     use super::*;
 
+    const UNBOUNDED: Option<SoldOutFor> = Some(SoldOutFor::Unbounded);
+
     fn sku(n: u32) -> Sku {
         Sku::parse(u64::from(n)).unwrap()
     }
@@ -192,11 +232,11 @@ mod tests {
     fn nothing_is_known_without_the_subscription() {
         let s = SoldOut::new(Duration::from_secs(60));
         let a = asked(&s, 1);
-        s.reply(sku(1), a, 0);
-        s.announce(1, 0);
+        s.reply(sku(1), a, 0, UNBOUNDED);
+        s.announce(1, 0, UNBOUNDED);
         assert!(!s.is_known(sku(1)), "not subscribed: nothing is trusted");
         s.subscribed(true);
-        s.announce(1, 0);
+        s.announce(1, 0, UNBOUNDED);
         assert!(s.is_known(sku(1)));
         assert!(matches!(s.check(sku(1)), Check::SoldOut));
         assert_eq!(s.refused(), 1);
@@ -210,9 +250,9 @@ mod tests {
     fn units_coming_back_end_it_at_once() {
         let s = SoldOut::new(Duration::from_secs(60));
         s.subscribed(true);
-        s.announce(7, 0);
+        s.announce(7, 0, UNBOUNDED);
         assert!(s.is_known(sku(7)));
-        s.announce(7, 1);
+        s.announce(7, 1, None);
         assert!(!s.is_known(sku(7)));
         assert!(!s.is_known(sku(8)), "other skus are not touched");
     }
@@ -223,24 +263,24 @@ mod tests {
         s.subscribed(true);
         // Asked; then a unit came back (announced) before the zero reply was handled.
         let a = asked(&s, 3);
-        s.announce(3, 1);
-        s.reply(sku(3), a, 0);
+        s.announce(3, 1, None);
+        s.reply(sku(3), a, 0, UNBOUNDED);
         assert!(!s.is_known(sku(3)));
         // The same with no entry for the sku before the announcement.
         let a = asked(&s, 4);
-        s.announce(4, 2);
-        s.reply(sku(4), a, 0);
+        s.announce(4, 2, None);
+        s.reply(sku(4), a, 0, UNBOUNDED);
         assert!(!s.is_known(sku(4)));
         // Announcements of other skus do not stop a reply.
         let a = asked(&s, 5);
-        s.announce(6, 2);
-        s.reply(sku(5), a, 0);
+        s.announce(6, 2, None);
+        s.reply(sku(5), a, 0, UNBOUNDED);
         assert!(s.is_known(sku(5)));
         // A reply to a request that asked before the subscription changed is not applied.
         let a = asked(&s, 9);
         s.subscribed(false);
         s.subscribed(true);
-        s.reply(sku(9), a, 0);
+        s.reply(sku(9), a, 0, UNBOUNDED);
         assert!(!s.is_known(sku(9)));
     }
 
@@ -249,7 +289,7 @@ mod tests {
         let s = SoldOut::new(Duration::from_secs(60));
         s.subscribed(true);
         let a = asked(&s, 2);
-        s.reply(sku(2), a, 3);
+        s.reply(sku(2), a, 3, UNBOUNDED);
         assert!(!s.is_known(sku(2)));
     }
 
@@ -257,16 +297,16 @@ mod tests {
     fn knowledge_lapses_after_the_trust_window() {
         let s = SoldOut::new(Duration::from_millis(30));
         s.subscribed(true);
-        s.announce(1, 0);
+        s.announce(1, 0, UNBOUNDED);
         assert!(s.is_known(sku(1)));
         std::thread::sleep(Duration::from_millis(40));
         assert!(!s.is_known(sku(1)), "past the window Redis is asked again");
         let a = asked(&s, 1);
-        s.reply(sku(1), a, 0);
+        s.reply(sku(1), a, 0, UNBOUNDED);
         assert!(s.is_known(sku(1)), "and its answer renews it");
         let off = SoldOut::new(Duration::ZERO);
         off.subscribed(true);
-        off.announce(1, 0);
+        off.announce(1, 0, UNBOUNDED);
         assert!(!off.is_known(sku(1)), "a zero window turns it off");
     }
 
@@ -276,14 +316,57 @@ mod tests {
         s.subscribed(true);
         let a = asked(&s, 1);
         for n in 10..(10 + MAX_REMEMBERED as u32 + 10) {
-            s.announce(n, 5);
+            s.announce(n, 5, None);
         }
         assert!(s.lock().skus.len() <= MAX_REMEMBERED);
         // Sku 1 was never announced, but a reply that asked before the pruning cannot know.
-        s.reply(sku(1), a, 0);
+        s.reply(sku(1), a, 0, UNBOUNDED);
         assert!(!s.is_known(sku(1)));
         let a = asked(&s, 1);
-        s.reply(sku(1), a, 0);
+        s.reply(sku(1), a, 0, UNBOUNDED);
         assert!(s.is_known(sku(1)));
+    }
+
+    /// A cart hold past its deadline, not yet given back, is its owner's to take again (Redis
+    /// grants that add): no zero is trusted past the sku's next reservation deadline, nor while
+    /// one is past, whether announced or replied.
+    #[test]
+    fn the_next_reservation_deadline_bounds_what_is_known() {
+        let s = SoldOut::new(Duration::from_secs(60));
+        s.subscribed(true);
+        s.announce(1, 0, Some(SoldOutFor::Ms(30)));
+        assert!(s.is_known(sku(1)));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(
+            !s.is_known(sku(1)),
+            "past the earliest reservation deadline Redis is asked again"
+        );
+        s.announce(1, 0, Some(SoldOutFor::Ms(0)));
+        assert!(!s.is_known(sku(1)), "a reservation past its deadline: ask");
+        s.announce(1, 0, None);
+        assert!(!s.is_known(sku(1)), "no bound said: nothing learnt");
+        let a = asked(&s, 1);
+        s.reply(sku(1), a, 0, None);
+        assert!(!s.is_known(sku(1)), "nor from a reply");
+        let a = asked(&s, 1);
+        s.reply(sku(1), a, 0, Some(SoldOutFor::Ms(30)));
+        assert!(s.is_known(sku(1)));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!s.is_known(sku(1)));
+        // Two requests asked; one answer knows no lapse, the later one saw a lapsed hold.
+        let (a, b) = (asked(&s, 1), asked(&s, 1));
+        s.reply(sku(1), a, 0, UNBOUNDED);
+        assert!(s.is_known(sku(1)));
+        s.reply(sku(1), b, 0, Some(SoldOutFor::Ms(-5)));
+        assert!(
+            !s.is_known(sku(1)),
+            "a reply that saw a lapsed hold ends it"
+        );
+        s.announce(1, 0, UNBOUNDED);
+        s.announce(1, 0, None);
+        assert!(
+            s.is_known(sku(1)),
+            "an announcement that says no bound keeps what was known"
+        );
     }
 }

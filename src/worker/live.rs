@@ -74,8 +74,8 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         loop {
             tokio::select! {
                 a = announcements.next() => match a {
-                    Some((sku, avail)) => {
-                        state.sold_out.announce(sku, avail);
+                    Some((sku, avail, holds)) => {
+                        state.sold_out.announce(sku, avail, holds);
                         hub.announce(sku, avail);
                     }
                     None => {

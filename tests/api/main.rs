@@ -7,6 +7,7 @@ mod adjust;
 mod attacks;
 mod attacks2;
 mod attacks3;
+mod attacks4;
 mod auth;
 mod authz;
 mod cart;

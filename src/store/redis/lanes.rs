@@ -1,18 +1,26 @@
 //! Opportunistic batching of reservations: one lane per sku. A request whose sku has no call in
 //! flight starts one at once (a lone request is never delayed); requests arriving while a call
 //! for their sku is in flight wait, and go together in the next call, at most
-//! `redis_reserve_batch` of them, in arrival order. lua/reserve.lua runs a call's entries one
-//! after another, each with its own outcome, exactly as separate calls would; a failure of the
-//! whole call (a Redis error, a timeout, a refusal) answers every entry of it with that error.
+//! `redis_reserve_batch` of them, in arrival order (1: no lanes, every request its own call at
+//! once). lua/reserve.lua runs a call's entries one after another, each with its own outcome,
+//! exactly as separate calls would; a failure of the whole call (a Redis error, a timeout, a
+//! refusal) answers every entry of it with that error.
+//!
+//! Nothing is sent for a request that went away while it waited (its client hung up, its
+//! request deadline passed): it reserves nothing, as before the lanes a request dropped before
+//! its call was sent. Nor for one that waited in the lane for the response timeout already (a
+//! Redis that does not answer makes each call wait the timeout out): it gets its 503 then, so a
+//! request waits for Redis about two timeouts at most, whatever the number ahead of it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use tracing::Instrument as _;
 
 use super::Redis;
-use super::reservations::{ReserveOutcome, ReserveRequest};
+use super::reservations::{Answer, ReserveOutcome, ReserveRequest};
 use crate::domain::Sku;
 use crate::error::{AppError, AppResult};
 
@@ -53,8 +61,11 @@ impl BatchError {
 
 struct Waiter {
     req: ReserveRequest,
-    reply: oneshot::Sender<AppResult<ReserveOutcome>>,
-    /// The request's span: a call's script span is a child of its first entry's request.
+    reply: oneshot::Sender<AppResult<Answer>>,
+    /// When it joined the lane.
+    since: Instant,
+    /// The request's span: the call's spans go under the first waiter's (a span has one
+    /// parent), so a request's trace shows the script call that answered it.
     span: tracing::Span,
 }
 
@@ -72,14 +83,51 @@ impl Lanes {
         }
     }
 
+    /// Lanes of their own, with the same batch size (a handle whose calls must not carry
+    /// another handle's requests: [`Redis::for_repair`]).
+    pub(super) fn fresh(&self) -> Self {
+        Lanes::new(self.max_batch)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Sku, VecDeque<Waiter>>> {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Takes the next call's entries off the lane, at most `max_batch`: a waiter that went away
+    /// is dropped unsent, one that waited `timeout` already is answered 503 unsent. `None` (the
+    /// lane removed) when nothing is left.
+    fn next_batch(&self, sku: Sku, timeout: Duration) -> Option<Vec<Waiter>> {
+        let mut lanes = self.lock();
+        let lane = lanes.get_mut(&sku)?;
+        let mut batch = Vec::new();
+        while batch.len() < self.max_batch {
+            let Some(w) = lane.pop_front() else { break };
+            if w.reply.is_closed() {
+                metrics::counter!("flashsale_reserve_unsent_total", "why" => "gone").increment(1);
+                continue;
+            }
+            if w.since.elapsed() >= timeout {
+                metrics::counter!("flashsale_reserve_unsent_total", "why" => "waited").increment(1);
+                let _ = w.reply.send(Err(AppError::Unavailable(format!(
+                    "redis: sku {sku}: the reservation waited {timeout:?} for the calls ahead \
+                     of it; nothing was reserved"
+                ))));
+                continue;
+            }
+            batch.push(w);
+        }
+        if batch.is_empty() {
+            lanes.remove(&sku);
+            return None;
+        }
+        Some(batch)
+    }
 }
 
-/// Ends a lane whose driver stopped without emptying it (a panic, the runtime shutting down):
-/// its waiters' answers are dropped, so they fail instead of waiting forever, and the next
-/// request of the sku starts a new driver.
+/// Ends a lane whose driver stopped without emptying it (a panic, the runtime shutting down,
+/// also before the driver task ever ran: the guard is made with the task, not in it): its
+/// waiters' answers are dropped, so they fail instead of waiting forever, and the next request
+/// of the sku starts a new driver.
 struct DriverGuard {
     lanes: Arc<Lanes>,
     sku: Sku,
@@ -98,11 +146,26 @@ impl Redis {
     /// Reserves units of a sku (lua/reserve.lua), in one call with the other requests of that
     /// sku that arrived while its previous call was in flight.
     pub async fn reserve(&self, req: ReserveRequest) -> AppResult<ReserveOutcome> {
+        self.reserve_answer(req).await.map(|(outcome, _)| outcome)
+    }
+
+    /// [`Redis::reserve`], with how long "sold out" holds when the answer left no unit.
+    pub async fn reserve_answer(&self, req: ReserveRequest) -> AppResult<Answer> {
         let sku = req.sku;
+        if self.lanes.max_batch == 1 {
+            // One call each: no lane (one call in flight per sku would send a hot sku's
+            // reservations one round trip after another); the calls are pipelined on the shared
+            // connection, as before the lanes.
+            return match self.reserve_now(sku, std::slice::from_ref(&req)).await {
+                Ok(mut outcomes) => outcomes.remove(0),
+                Err(e) => Err(e.into_errors(1).remove(0)),
+            };
+        }
         let (reply, answer) = oneshot::channel();
         let waiter = Waiter {
             req,
             reply,
+            since: Instant::now(),
             span: tracing::Span::current(),
         };
         let start = {
@@ -121,7 +184,12 @@ impl Redis {
         if start {
             // Its own task: a request that goes away (its client hung up) must not take the
             // others' call with it.
-            tokio::spawn(self.clone().drive(sku));
+            let guard = DriverGuard {
+                lanes: self.lanes.clone(),
+                sku,
+                armed: true,
+            };
+            tokio::spawn(self.clone().drive(sku, guard));
         }
         answer.await.unwrap_or_else(|_| {
             Err(AppError::internal(format!(
@@ -131,26 +199,11 @@ impl Redis {
     }
 
     /// Runs the sku's calls until no request waits.
-    async fn drive(self, sku: Sku) {
-        let mut guard = DriverGuard {
-            lanes: self.lanes.clone(),
-            sku,
-            armed: true,
-        };
+    async fn drive(self, sku: Sku, mut guard: DriverGuard) {
         loop {
-            let batch: Vec<Waiter> = {
-                let mut lanes = self.lanes.lock();
-                let Some(lane) = lanes.get_mut(&sku) else {
-                    guard.armed = false;
-                    return;
-                };
-                if lane.is_empty() {
-                    lanes.remove(&sku);
-                    guard.armed = false;
-                    return;
-                }
-                let n = lane.len().min(self.lanes.max_batch);
-                lane.drain(..n).collect()
+            let Some(batch) = self.lanes.next_batch(sku, self.timeout) else {
+                guard.armed = false;
+                return;
             };
             metrics::histogram!("flashsale_reserve_batch_size").record(batch.len() as f64);
             let parent = batch[0].span.clone();

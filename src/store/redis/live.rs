@@ -6,21 +6,36 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use super::Redis;
+use super::reservations::SoldOutFor;
 use crate::domain::Sku;
 use crate::error::AppResult;
 
-/// `"<sku> <avail>"`
-fn parse_announcement(payload: &[u8]) -> Option<(u32, i64)> {
+/// One announcement: the sku, its available count and, with none available, how long that
+/// holds at most (lua/lib.lua's `live_publish`).
+pub type Announcement = (u32, i64, Option<SoldOutFor>);
+
+/// `"<sku> <avail>"`, or `"<sku> <avail> <ms|none>"` with nothing available.
+fn parse_announcement(payload: &[u8]) -> Option<Announcement> {
     let s = std::str::from_utf8(payload).ok()?;
-    let (sku, avail) = s.split_once(' ')?;
-    Some((sku.parse().ok()?, avail.parse().ok()?))
+    let mut parts = s.split(' ');
+    let sku = parts.next()?.parse().ok()?;
+    let avail = parts.next()?.parse().ok()?;
+    let holds = match parts.next() {
+        None => None,
+        Some("none") => Some(SoldOutFor::Unbounded),
+        Some(ms) => Some(SoldOutFor::Ms(ms.parse().ok()?)),
+    };
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((sku, avail, holds))
 }
 
 impl Redis {
-    /// Subscribes to the stock announcements on a connection of its own: (sku, available)
-    /// pairs as the scripts announce them (unreadable messages skipped). The stream ends when
-    /// the subscription is lost.
-    pub async fn subscribe_stock(&self) -> AppResult<BoxStream<'static, (u32, i64)>> {
+    /// Subscribes to the stock announcements on a connection of its own, as the scripts
+    /// announce them (unreadable messages skipped). The stream ends when the subscription is
+    /// lost.
+    pub async fn subscribe_stock(&self) -> AppResult<BoxStream<'static, Announcement>> {
         let mut ps = self.client.get_async_pubsub().await?;
         ps.subscribe(self.keys.stock_live()).await?;
         Ok(ps
@@ -50,9 +65,23 @@ mod tests {
 
     #[test]
     fn announcements_parse() {
-        assert_eq!(parse_announcement(b"42 3"), Some((42, 3)));
-        assert_eq!(parse_announcement(b"42 -1"), Some((42, -1)));
+        assert_eq!(parse_announcement(b"42 3"), Some((42, 3, None)));
+        assert_eq!(parse_announcement(b"42 -1"), Some((42, -1, None)));
         assert_eq!(parse_announcement(b"42"), None);
         assert_eq!(parse_announcement(b"x 1"), None);
+        assert_eq!(
+            parse_announcement(b"42 0 1500"),
+            Some((42, 0, Some(SoldOutFor::Ms(1500))))
+        );
+        assert_eq!(
+            parse_announcement(b"42 0 -3"),
+            Some((42, 0, Some(SoldOutFor::Ms(-3))))
+        );
+        assert_eq!(
+            parse_announcement(b"42 0 none"),
+            Some((42, 0, Some(SoldOutFor::Unbounded)))
+        );
+        assert_eq!(parse_announcement(b"42 0 soon"), None);
+        assert_eq!(parse_announcement(b"42 0 1 2"), None);
     }
 }

@@ -41,8 +41,8 @@ pub use orders::{Created, Decision, OrderAction, OrderRecord};
 pub use rate_limit::{Bucket, BucketMode};
 use repair::RollbackGuard;
 pub use reservations::{
-    Committed, ConvertOutcome, Deadline, ReserveMode, ReserveOutcome, ReserveRequest, Returned,
-    SweepBatch, parse_alloc,
+    Answer, Committed, ConvertOutcome, Deadline, ReserveMode, ReserveOutcome, ReserveRequest,
+    Returned, SoldOutFor, SweepBatch, parse_alloc,
 };
 use scripts::Scripts;
 pub use stock::{AdjustOutcome, SkuLoad, StockSnapshot};

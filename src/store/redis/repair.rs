@@ -34,10 +34,13 @@ fn behind_refusal(why: &str) -> AppError {
 
 impl Redis {
     /// The same Redis for `flashsale rebuild-cache`: its scripts run while this instance refuses
-    /// sales because Redis went back.
+    /// sales because Redis went back. Its reservations go in calls of their own (lanes of its
+    /// own): a call of this handle skips the refusal, so it must not carry a customer's
+    /// reservation, nor a customer's call (refused) the rebuild's.
     pub fn for_repair(&self) -> Redis {
         Redis {
             repair: true,
+            lanes: std::sync::Arc::new(self.lanes.fresh()),
             ..self.clone()
         }
     }

@@ -60,6 +60,35 @@ pub enum ReserveOutcome {
     NotLoaded,
 }
 
+/// With a reservation's answer that leaves no unit of its sku available: how long "sold out"
+/// holds at most, as Redis saw it (lua/reserve.lua's `sold_out_for`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SoldOutFor {
+    /// Until the sku's earliest reservation deadline, this many ms after the answer; <= 0: a
+    /// reservation past its deadline, not given back yet, which its owner may take again now.
+    Ms(i64),
+    /// No reservation to lapse: only a change of stock (announced) ends it.
+    Unbounded,
+}
+
+impl SoldOutFor {
+    /// The optional last item of an entry's reply (`None`: units left, or not said).
+    fn of(r: &Reply) -> Option<Self> {
+        let i = match r.tag() {
+            "ok" => 6,
+            "out_of_stock" => 2,
+            _ => return None,
+        };
+        match r.str_at(i) {
+            Ok(s) if s == "none" => Some(SoldOutFor::Unbounded),
+            _ => r.int(i).ok().map(SoldOutFor::Ms),
+        }
+    }
+}
+
+/// A reservation's outcome, with how long "sold out" holds when it left no unit available.
+pub type Answer = (ReserveOutcome, Option<SoldOutFor>);
+
 impl ReserveOutcome {
     /// One entry of lua/reserve.lua's reply.
     fn of(r: &Reply) -> AppResult<Self> {
@@ -185,9 +214,14 @@ impl Redis {
         sku: Sku,
         reqs: &[ReserveRequest],
     ) -> AppResult<Vec<AppResult<ReserveOutcome>>> {
-        self.reserve_now(sku, reqs)
+        let answers = self
+            .reserve_now(sku, reqs)
             .await
-            .map_err(|e| e.into_errors(1).remove(0))
+            .map_err(|e| e.into_errors(1).remove(0))?;
+        Ok(answers
+            .into_iter()
+            .map(|a| a.map(|(outcome, _)| outcome))
+            .collect())
     }
 
     /// Runs reservations of one sku in one call of lua/reserve.lua, in order, each with its own
@@ -197,12 +231,18 @@ impl Redis {
         &self,
         sku: Sku,
         reqs: &[ReserveRequest],
-    ) -> Result<Vec<AppResult<ReserveOutcome>>, BatchError> {
+    ) -> Result<Vec<AppResult<Answer>>, BatchError> {
         let k = self.keys.sku(sku);
         let mut keys = vec![k.meta(), k.stock(), k.users(), k.res(), k.exp()];
         let mut args = Vec::with_capacity(reqs.len() * 6);
         for req in reqs {
-            debug_assert_eq!(req.sku, sku);
+            // Every entry goes on `sku`'s keys: another sku's would be reserved on this one.
+            if req.sku != sku {
+                return Err(BatchError::App(AppError::internal(format!(
+                    "reserve: a request of sku {} in a call of sku {sku}",
+                    req.sku
+                ))));
+            }
             let (kind, ms) = match req.deadline {
                 Deadline::In(d) => ("ttl", d.as_millis().to_string()),
                 Deadline::At(ms) => ("at", ms.to_string()),
@@ -237,11 +277,12 @@ impl Redis {
         Ok(replies
             .into_iter()
             .map(|r| {
-                let outcome = ReserveOutcome::of(&r?)?;
+                let r = r?;
+                let outcome = ReserveOutcome::of(&r)?;
                 if let ReserveOutcome::Reserved { deadline_ms, .. } = outcome {
                     self.note_due(sku, deadline_ms);
                 }
-                Ok(outcome)
+                Ok((outcome, SoldOutFor::of(&r)))
             })
             .collect())
     }
