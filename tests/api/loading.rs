@@ -22,6 +22,18 @@ async fn past_buyers(app: &TestApp, sku: u64, warehouse: u64, at_limit: u64, buy
         .map(|i| (FIRST_BUYER + i, 1))
         .chain([(at_limit, 2)])
         .collect();
+    // Redis handed those ids out before MySQL got them: its counter is past them first (else an
+    // instance's metrics tick, landing between the inserts and the raise, takes Redis for one
+    // that went back behind MySQL and stops selling).
+    let last = list.len() as u64;
+    let mut conn = app.state.redis.conn();
+    let seq: Option<u64> = conn.get(app.state.redis.keys.order_seq()).await.unwrap();
+    if seq.unwrap_or(0) < last {
+        let _: () = conn
+            .set(app.state.redis.keys.order_seq(), last)
+            .await
+            .unwrap();
+    }
     for chunk in list.chunks(5_000) {
         let mut orders = String::from(
             "INSERT INTO orders (id, user_id, status, total_price, created_at, expires_at) VALUES ",
@@ -48,17 +60,6 @@ async fn past_buyers(app: &TestApp, sku: u64, warehouse: u64, at_limit: u64, buy
             .unwrap();
         sqlx::query(sqlx::AssertSqlSafe(items.clone()))
             .execute(db)
-            .await
-            .unwrap();
-    }
-    // Redis handed those ids out: its counter is past them (else an instance takes Redis for
-    // one that went back behind MySQL, at its next metrics tick, and stops selling).
-    let last = id - 1;
-    let mut conn = app.state.redis.conn();
-    let seq: Option<u64> = conn.get(app.state.redis.keys.order_seq()).await.unwrap();
-    if seq.unwrap_or(0) < last {
-        let _: () = conn
-            .set(app.state.redis.keys.order_seq(), last)
             .await
             .unwrap();
     }
