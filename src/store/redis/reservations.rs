@@ -79,6 +79,10 @@ impl SoldOutFor {
             "out_of_stock" => 2,
             _ => return None,
         };
+        // Absent while units are left: not an error to build (and throw away) on every sale.
+        if !r.has(i) {
+            return None;
+        }
         match r.str_at(i) {
             Ok(s) if s == "none" => Some(SoldOutFor::Unbounded),
             _ => r.int(i).ok().map(SoldOutFor::Ms),

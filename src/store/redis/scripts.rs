@@ -315,6 +315,11 @@ impl Reply {
         }
     }
 
+    /// Whether the reply has an item `i` (for optional trailing items).
+    pub(super) fn has(&self, i: usize) -> bool {
+        i < self.items.len()
+    }
+
     pub(super) fn int(&self, i: usize) -> AppResult<i64> {
         match self.items.get(i) {
             Some(Value::Int(n)) => Ok(*n),
