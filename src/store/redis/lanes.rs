@@ -38,6 +38,14 @@ impl From<AppError> for BatchError {
 }
 
 impl BatchError {
+    /// The error of a call of one entry.
+    pub(super) fn into_error(self) -> AppError {
+        match self {
+            BatchError::Redis(e) => AppError::from(e),
+            BatchError::App(e) => e,
+        }
+    }
+
     /// The error each of `n` entries answers with.
     pub(super) fn into_errors(self, n: usize) -> Vec<AppError> {
         match self {
@@ -158,7 +166,7 @@ impl Redis {
             // connection, as before the lanes.
             return match self.reserve_now(sku, std::slice::from_ref(&req)).await {
                 Ok(mut outcomes) => outcomes.remove(0),
-                Err(e) => Err(e.into_errors(1).remove(0)),
+                Err(e) => Err(e.into_error()),
             };
         }
         let (reply, answer) = oneshot::channel();

@@ -221,7 +221,7 @@ impl Redis {
         let answers = self
             .reserve_now(sku, reqs)
             .await
-            .map_err(|e| e.into_errors(1).remove(0))?;
+            .map_err(BatchError::into_error)?;
         Ok(answers
             .into_iter()
             .map(|a| a.map(|(outcome, _)| outcome))
