@@ -6,6 +6,8 @@
 -- Returns: {'ok', units, unit_price, the line's deadline} (a line this order already has is the
 --          answer, with its own deadline: a retry continuing the order adopts it)
 --        | {'no_hold'} (converted by another checkout, or swept)
+--        | {'fenced'} (the order's line on this sku was given up by return_to_cart.lua before
+--          this call arrived: its request timed out waiting for this very call; nothing changed)
 --        | {'sale_not_active', units given back} (the product has a sale window and it is not
 --          open now: a sale product is bought only inside its window; the hold is released)
 --        | {'too_large', units, unit_price} (the line's total at today's price passes MAX_TOTAL;
@@ -24,6 +26,9 @@ if done then
   local at = tonumber(redis.call('ZSCORE', exp, orid)) or redis.call('PEXPIRETIME', order_key)
   return { 'ok', c, price, at }
 end
+-- A line key without a line: a fence (return_to_cart.lua), never a line's own TTL key (which
+-- lives only with its ledger entry).
+if redis.call('EXISTS', order_key) == 1 then return { 'fenced' } end
 local h = redis.call('HGET', res, hrid)
 if not h then return { 'no_hold' } end
 local _, c, list = parse_entry(h)

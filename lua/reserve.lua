@@ -18,6 +18,8 @@
 --        | {'sale_not_active'} | {'too_large', units the reservation would hold, unit_price}
 --          (more than MAX_LINE_UNITS units, or a line total above MAX_TOTAL: lua/lib.lua)
 --        | {'not_loaded'}
+--        | {'fenced'} ('once' only: the order line was given up by release.lua with a fence before
+--          this entry arrived: its request timed out waiting for this very call; nothing changed)
 -- A rejection changes nothing. An expired reservation found here (not yet swept) is given back
 -- first, in the same step, and its units count as available. Malformed arguments in any entry
 -- fail the whole call before anything changed.
@@ -55,6 +57,8 @@ local function reserve_one(ttl_key, user, n, rid, kind, ms, mode)
   avail = tonumber(avail)
 
   local cur = redis.call('HGET', res, rid)
+  -- An order line's TTL key without its ledger entry is a fence (release.lua): given up.
+  if not cur and mode == 'once' and redis.call('EXISTS', ttl_key) == 1 then return { 'fenced' } end
   -- Sold-out fast path: nothing to give back, nothing to take.
   if not cur and avail < n then return { 'out_of_stock', avail, sold_out_for(avail) } end
 

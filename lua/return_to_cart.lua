@@ -4,20 +4,23 @@
 -- nothing and never extends a hold.
 -- KEYS: 1 stock, 2 users, 3 res, 4 exp, 5 the hold's TTL key, 6 the order line's TTL key,
 --       7 the hold's saved deadline (see convert_hold.lua)
--- ARGV: 1 user_id, 2 order_id
+-- ARGV: 1 user_id, 2 order_id, 3 fence ms: when the order has no line here, the line's TTL key
+--       is set to 'fenced' for that long, so that a convert_hold.lua of this order that arrives
+--       later (sent before this call, its reply lost) is refused and the hold stays the cart's
 -- Returns: {'held', units, deadline} the line is the cart hold again
 --        | {'released', units} the hold's own deadline has passed (or is unknown), or the customer
 --          holds this sku again already: the units go back to available, as the hold's would
 --        | {'none'} the order has no line here
 local stock, users, res, exp, hold_key, line_key, saved = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local user, oid = ARGV[1], ARGV[2]
-if not tonumber(user) or not tonumber(oid) then
-  return redis.error_reply('user_id and order_id must be numbers')
+local user, oid, fence = ARGV[1], ARGV[2], tonumber(ARGV[3])
+if not tonumber(user) or not tonumber(oid) or not fence or fence <= 0 then
+  return redis.error_reply('user_id, order_id and fence ms must be numbers (fence > 0)')
 end
 local orid, hrid = 'o:' .. oid, 'h:' .. user
 local v = redis.call('HGET', res, orid)
 if not v then
   redis.call('DEL', saved)
+  redis.call('SET', line_key, 'fenced', 'PX', string.format('%d', fence))
   return { 'none' }
 end
 local owner, c, list = parse_entry(v)

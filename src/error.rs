@@ -52,10 +52,11 @@ pub enum AppError {
     },
     #[error("{0}")]
     Unavailable(String),
-    /// A change broken off mid-way (its commit's answer lost) whose outcome is still being
-    /// settled: it may have happened. Answered 503 `unavailable` like a dependency that is down,
-    /// but without "nothing was changed" and without `Retry-After`: repeating it blindly could
-    /// make it twice.
+    /// A change whose outcome was not heard: a script whose reply was lost or late (it may
+    /// have run), a commit whose answer was lost, while the service resolves what happened.
+    /// Answered 503 `outcome_unknown`, without "nothing was changed" and without
+    /// `Retry-After`: repeating it blindly could make it twice; the next read (the cart, the
+    /// order, the stock) or the request's retry with its `Idempotency-Key` shows what happened.
     #[error("{0}")]
     OutcomeUnknown(String),
     /// A checkout that reserved part of its lines and then met a refusal: the lines were given
@@ -93,7 +94,8 @@ impl AppError {
             AppError::RequestTimeout(_) => "request_timeout",
             AppError::PayloadTooLarge(_) => "payload_too_large",
             AppError::RateLimited { .. } => "rate_limited",
-            AppError::Unavailable(_) | AppError::OutcomeUnknown(_) => "unavailable",
+            AppError::Unavailable(_) => "unavailable",
+            AppError::OutcomeUnknown(_) => "outcome_unknown",
             AppError::CheckoutFailed { code, .. } => code,
             AppError::Internal(_) => "internal",
         }

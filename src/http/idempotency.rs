@@ -96,13 +96,16 @@ impl Holder {
         }
     }
 
-    /// Stores the answer, or (nothing was changed: 503, 500) releases the key so that a retry
-    /// runs again.
+    /// Stores the answer, or (nothing was changed: 503, 500; or not known yet: 503
+    /// `outcome_unknown`) releases the key so that a retry runs again (and resumes the order
+    /// the key bound, if any).
     async fn finish(mut self, result: &Outcome) {
         self.done = true;
         let stored = match result {
             Ok((status, body)) => Some((status.as_u16(), body.to_string())),
-            Err(AppError::Unavailable(_) | AppError::Internal(_)) => None,
+            Err(AppError::Unavailable(_) | AppError::OutcomeUnknown(_) | AppError::Internal(_)) => {
+                None
+            }
             Err(e) => Some((e.status().as_u16(), e.to_body().to_string())),
         };
         let action = match &stored {

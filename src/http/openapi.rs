@@ -29,7 +29,9 @@ const E429_LOGIN: &str = "`rate_limited`: too many attempts from this client add
      too many failed logins for this username from this address (or from everywhere, a much \
      higher ceiling); nothing was changed. Retry after the `Retry-After` seconds.";
 const E503: &str = "`unavailable`: Redis or MySQL is unreachable; nothing was changed. \
-     Retry after the `Retry-After` seconds.";
+     Retry after the `Retry-After` seconds. `outcome_unknown` (no `Retry-After`): the change was \
+     sent but its answer was lost; it may have happened: read (the cart, the orders, the stock) \
+     before repeating it, or repeat it with the same `Idempotency-Key`.";
 const E503_LOGIN: &str = "`unavailable`: Redis or MySQL is unreachable (while Redis cannot \
      count sign-in attempts, logins and sign-ups are refused rather than let through unlimited); \
      nothing was changed. Retry after the `Retry-After` seconds.";

@@ -42,9 +42,11 @@ pub fn rejection(sku: Sku, requested: u32, outcome: &ReserveOutcome) -> AppError
             AppError::SaleNotActive(format!("sku {sku}: its sale is not open now"))
         }
         ReserveOutcome::TooLarge { units, unit_price } => too_large(sku, *units, *unit_price),
-        ReserveOutcome::NotLoaded | ReserveOutcome::Reserved { .. } => AppError::internal(format!(
-            "sku {sku}: unexpected reservation outcome {outcome:?}"
-        )),
+        ReserveOutcome::NotLoaded | ReserveOutcome::Reserved { .. } | ReserveOutcome::Fenced => {
+            AppError::internal(format!(
+                "sku {sku}: unexpected reservation outcome {outcome:?}"
+            ))
+        }
     }
 }
 
@@ -60,9 +62,12 @@ pub fn too_large(sku: Sku, units: i64, unit_price: u64) -> AppError {
 /// Reserves, loading the sku from MySQL once when Redis does not know it (404: no product).
 /// A sku this instance knows to be sold out is refused without asking Redis
 /// (src/service/sold_out.rs), unless Redis is refused for sales now (its 503 comes first).
+/// `intent` is written before Redis is asked to reserve (not when the answer is known in
+/// process): what must exist for a reservation never to be unseen (the cart index's line).
 pub async fn reserve_loading(
     state: &AppState,
     req: impl Fn() -> ReserveRequest,
+    intent: impl Future<Output = AppResult<()>>,
 ) -> AppResult<ReserveOutcome> {
     let first = req();
     let sku = first.sku;
@@ -84,6 +89,7 @@ pub async fn reserve_loading(
         Ok(asked) => asked,
         Err(refused) => return Ok(refused),
     };
+    intent.await?;
     let mut answer = state.redis.reserve_answer(req()).await?;
     if answer.0 == ReserveOutcome::NotLoaded {
         if !catalog::ensure_loaded(state, sku).await? {
@@ -104,21 +110,40 @@ pub async fn reserve_loading(
     Ok(outcome)
 }
 
+/// Adds units to the caller's hold on `sku`. The cart index names the sku before the hold is
+/// asked for (the intent first), so a hold whose reply is lost (a timeout, a request gone
+/// mid-call, a reply that comes late) is never one the customer cannot see: a line without a
+/// hold is forgotten by the next cart read. A reply not heard answers 503 `outcome_unknown`
+/// (the cart shows what happened), and a task of its own makes sure the index names the hold
+/// once Redis answers again.
 pub async fn add_item(
     state: &AppState,
     user_id: u64,
     sku: Sku,
     count: Count,
 ) -> AppResult<CartView> {
-    let outcome = reserve_loading(state, || ReserveRequest {
+    let keep = state.cfg.sale.cart_hold_ttl;
+    let req = || ReserveRequest {
         sku,
         user_id,
         count: count.get(),
         rid: Rid::Hold { user_id },
-        deadline: Deadline::In(state.cfg.sale.cart_hold_ttl),
+        deadline: Deadline::In(keep),
         mode: ReserveMode::Add,
-    })
-    .await?;
+    };
+    // Written only when Redis is asked (a refusal in process indexes nothing).
+    let line = [sku.get()];
+    let intent = state.redis.index_cart_lines(user_id, &line, keep);
+    let outcome = match reserve_loading(state, req, intent).await {
+        Ok(outcome) => outcome,
+        Err(e @ AppError::OutcomeUnknown(_)) => {
+            index_when_heard(state, user_id, sku);
+            return Err(AppError::OutcomeUnknown(format!(
+                "{e}; the add may have been made: read your cart before repeating it"
+            )));
+        }
+        Err(e) => return Err(e),
+    };
     record("cart", &outcome);
     let ReserveOutcome::Reserved {
         units,
@@ -135,8 +160,14 @@ pub async fn add_item(
     // (holds are never renewed): a customer who walks away leaves nothing behind.
     let members = state
         .redis
-        .index_cart_line(user_id, sku, state.cfg.sale.cart_hold_ttl)
-        .await?;
+        .index_cart_line(user_id, sku, keep)
+        .await
+        .map_err(|e| {
+            AppError::OutcomeUnknown(format!(
+                "sku {sku}: {} units held, but the cart could not be read ({e}); read your cart",
+                count.get()
+            ))
+        })?;
     let max_lines = state.cfg.sale.max_cart_lines;
     if members.len() > max_lines && units == count.get() {
         // A new line past the limit (the index may still name lapsed lines: count live ones).
@@ -174,6 +205,42 @@ pub async fn add_item(
     view(state, user_id).await
 }
 
+/// After a cart add whose reply was not heard: once Redis answers again, the cart index names
+/// the sku if the customer holds it (the add indexed it before asking, but a cart read meanwhile
+/// may have forgotten it while the hold did not exist yet). For as long as a hold can live.
+fn index_when_heard(state: &AppState, user_id: u64, sku: Sku) {
+    let state = state.clone();
+    tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(50);
+        loop {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_secs(2));
+            // Sent on the same connection after the add, so answered after it ran (or never
+            // will): then the hold is there or not for good.
+            match index_if_held(&state, user_id, sku).await {
+                Ok(()) => return,
+                Err(e) if started.elapsed() >= state.cfg.sale.cart_hold_ttl => {
+                    tracing::warn!(user.id = user_id, %sku, error = %e, "could not index a cart line after a lost reply");
+                    return;
+                }
+                Err(_) => {}
+            }
+        }
+    });
+}
+
+/// Puts `sku` in the cart index if the customer holds it.
+async fn index_if_held(state: &AppState, user_id: u64, sku: Sku) -> AppResult<()> {
+    if state.redis.holds(user_id, &[sku]).await?[0].is_some() {
+        state
+            .redis
+            .index_cart_lines(user_id, &[sku.get()], state.cfg.sale.cart_hold_ttl)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Drops skus from the caller's cart index, then puts back any whose hold is live after all (a
 /// concurrent add: it indexes after reserving, so one of the two steps always sees the other).
 pub async fn forget_lines(state: &AppState, user_id: u64, skus: &[Sku]) -> AppResult<()> {
@@ -208,6 +275,7 @@ pub fn record(kind: &'static str, outcome: &ReserveOutcome) {
         ReserveOutcome::SaleNotActive => "sale_not_active",
         ReserveOutcome::TooLarge { .. } => "too_large",
         ReserveOutcome::NotLoaded => "not_loaded",
+        ReserveOutcome::Fenced => "fenced",
     };
     metrics::counter!("flashsale_reservations_total", "kind" => kind, "outcome" => o).increment(1);
 }

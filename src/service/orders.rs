@@ -464,6 +464,7 @@ async fn place(
     let mut expires_at = started_at + payment_ms;
 
     let mut taken: Vec<Taken> = Vec::with_capacity(wants.len());
+    let mut unheard: Option<&Want> = None;
     let mut failure = None;
     for w in &wants {
         match take_line(state, user_id, order_id, expires_at, w).await {
@@ -477,6 +478,11 @@ async fn place(
                 break;
             }
             Err(e) => {
+                // Its reply was not heard: the line may be taken (or be taken late). It goes
+                // back with the others, and its hand-back fences it.
+                if matches!(e, AppError::OutcomeUnknown(_)) {
+                    unheard = Some(w);
+                }
                 failure = Some(e);
                 break;
             }
@@ -500,9 +506,11 @@ async fn place(
             AppError::OutOfStock(_) | AppError::LimitExceeded(_) | AppError::SaleNotActive(_)
         );
         if !is_rejection || taken.is_empty() {
-            // Nothing to record (or the request itself is at fault): no order, no event.
-            abandon(state, user_id, order_id, &taken, keyed, false).await;
-            return Err(err);
+            // Nothing to record (or the request itself is at fault): no order, no event. Every
+            // line this request sent goes back, the one whose reply was not heard too.
+            let lines = backs(&taken, unheard);
+            let resolved = abandon(state, user_id, order_id, &lines, keyed, false).await;
+            return Err(resolved_error(err, resolved));
         }
         // Lines were reserved: the order is recorded as failed (which also keeps anyone from
         // recording it otherwise), then the lines are handed back.
@@ -523,7 +531,7 @@ async fn place(
             Ok(Created::Recorded) => {}
             Ok(Created::Late) => {
                 // Past the lines' deadline: nobody can record it; no record to name.
-                hand_back(state, user_id, order_id, &taken).await;
+                hand_back(state, user_id, order_id, &backs(&taken, None)).await;
                 return Err(err);
             }
             Ok(Created::Exists) => {
@@ -536,7 +544,7 @@ async fn place(
                 return Err(err);
             }
             Err(_) => {
-                abandon(state, user_id, order_id, &taken, keyed, true).await;
+                abandon(state, user_id, order_id, &backs(&taken, None), keyed, true).await;
                 return Err(err);
             }
         }
@@ -567,7 +575,7 @@ async fn place(
     // under it), a buy-now's fences it off and places its own (the lines go back).
     if let Err(e) = binder.bind_order(order_id).await {
         if !wants.iter().any(|w| w.from_cart) {
-            abandon(state, user_id, order_id, &taken, true, true).await;
+            abandon(state, user_id, order_id, &backs(&taken, None), true, true).await;
         }
         return Err(e);
     }
@@ -587,8 +595,9 @@ async fn place(
         Err(e) => {
             // Recorded or not: fence it (a record written before the error is failed), then
             // the lines go back.
-            abandon(state, user_id, order_id, &taken, keyed, true).await;
-            return Err(e);
+            let settled =
+                abandon(state, user_id, order_id, &backs(&taken, None), keyed, true).await;
+            return Err(resolved_error(e, settled));
         }
     };
     match created {
@@ -604,7 +613,7 @@ async fn place(
             }
             Some(rec) if rec.user_id == user_id && rec.status == OrderStatus::Failed => {
                 // Fenced or failed by the key's retry: its lines go back.
-                hand_back(state, user_id, order_id, &taken).await;
+                hand_back(state, user_id, order_id, &backs(&taken, None)).await;
                 return Err(if keyed {
                     taken_over()
                 } else {
@@ -616,20 +625,20 @@ async fn place(
                 return finish(state, user_id, order_id, &wants, keyed).await;
             }
             _ => {
-                hand_back(state, user_id, order_id, &taken).await;
+                hand_back(state, user_id, order_id, &backs(&taken, None)).await;
                 return Err(AppError::internal(format!(
                     "order {order_id}: a record with this id exists already"
                 )));
             }
         },
         Created::Late => {
-            hand_back(state, user_id, order_id, &taken).await;
+            hand_back(state, user_id, order_id, &backs(&taken, None)).await;
             return Err(AppError::Unavailable(format!(
                 "order {order_id}: reserving its lines took longer than the payment window"
             )));
         }
     }
-    let decision = state
+    let decision = match state
         .redis
         .decide_order(
             order_id,
@@ -638,7 +647,17 @@ async fn place(
                 total: order_total,
             },
         )
-        .await?;
+        .await
+    {
+        Ok(decision) => decision,
+        Err(e) => {
+            // Activated or not: the fence tells (a `new` record is failed, its lines go back;
+            // one activated after all keeps them, and the next read shows it).
+            let settled =
+                abandon(state, user_id, order_id, &backs(&taken, None), keyed, true).await;
+            return Err(resolved_error(e, settled));
+        }
+    };
     match decision {
         Decision::Moved(_) => {
             metrics::counter!("flashsale_orders_total", "status" => "awaiting_payment").increment(1)
@@ -663,11 +682,20 @@ async fn finish(
         .filter(|w| w.from_cart)
         .map(|w| w.sku)
         .collect();
-    cart::forget_lines(state, user_id, &from_cart).await?;
+    // The order is placed: an error from here on must not say "nothing was changed".
+    let placed = |e: AppError| {
+        AppError::OutcomeUnknown(format!(
+            "order {order_id} was placed, but its answer could not be read ({e}); see your orders"
+        ))
+    };
+    cart::forget_lines(state, user_id, &from_cart)
+        .await
+        .map_err(placed)?;
     let rec = state
         .redis
         .order_record(order_id)
-        .await?
+        .await
+        .map_err(placed)?
         .ok_or_else(|| not_found(order_id))?;
     if keyed && rec.status == OrderStatus::Failed {
         // Failed by the key's retry, which places the key's order.
@@ -676,37 +704,77 @@ async fn finish(
     OrderView::of(&rec)
 }
 
-/// This request will not record `order_id`, and its lines go back. `keyed`: a retry with the
-/// request's `Idempotency-Key` knows the id, so the order is fenced first (never recorded from
-/// here on; a `new` record is failed); a record decided otherwise is another worker's order and
-/// its lines stay; if Redis cannot say, the lines stay under the order (the key's retry
-/// continues it, or the sweeper gives them back at their deadline). Without a key nobody else
-/// knows the id: the lines go back at once, and `maybe_recorded` (a record call that failed may
-/// have written) fences the id after.
+/// This request will not record `order_id`, and its lines go back. The order is fenced first
+/// (never recorded from here on; a `new` record is failed) when a retry with the request's
+/// `Idempotency-Key` knows the id (`keyed`) or a record call that failed may have written
+/// (`maybe_recorded`: a lost reply of `create_order` or of the activation): a record decided
+/// otherwise is another worker's order (or this one's, activated after all) and its lines stay.
+/// If Redis cannot say: with a key, the lines stay under the order (the key's retry continues
+/// it, or the sweeper gives them back at their deadline); without one, a task of its own fences
+/// and hands back once Redis answers. Without either, nobody else knows the id: the lines go back
+/// at once (each fenced where it is missing). Whether it is all settled now: `false` when some of
+/// it could not be told yet.
 async fn abandon(
     state: &AppState,
     user_id: u64,
     order_id: u64,
-    taken: &[Taken<'_>],
+    lines: &[Back],
     keyed: bool,
     maybe_recorded: bool,
-) {
-    if keyed {
+) -> bool {
+    if keyed || maybe_recorded {
         match fence(state, user_id, order_id).await {
             Ok(true) => {}
-            Ok(false) => return,
-            Err(e) => {
+            // Recorded and placed (by another worker on this order, or by this request's own
+            // call whose reply was lost): not this request's to take back.
+            Ok(false) => return false,
+            Err(e) if keyed => {
                 tracing::warn!(order.id = order_id, error = %e, "could not fence an abandoned order; its lines wait for the key's retry or their deadline");
-                return;
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!(order.id = order_id, error = %e, "could not fence an abandoned order; retried in the background");
+                let (state, lines) = (state.clone(), lines.to_vec());
+                tokio::spawn(async move {
+                    let started = tokio::time::Instant::now();
+                    let mut pause = std::time::Duration::from_millis(100);
+                    loop {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(std::time::Duration::from_secs(2));
+                        match fence(&state, user_id, order_id).await {
+                            Ok(true) => {
+                                hand_back(&state, user_id, order_id, &lines).await;
+                                return;
+                            }
+                            Ok(false) => return,
+                            Err(e) if started.elapsed() >= fence_keep(&state) => {
+                                tracing::error!(order.id = order_id, error = %e, "could not fence an abandoned order; the sweeper gives its lines back at their deadline");
+                                return;
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                });
+                return false;
             }
         }
     }
-    hand_back(state, user_id, order_id, taken).await;
-    if !keyed
-        && maybe_recorded
-        && let Err(e) = fence(state, user_id, order_id).await
-    {
-        tracing::warn!(order.id = order_id, error = %e, "could not fence an abandoned order");
+    hand_back(state, user_id, order_id, lines).await
+}
+
+/// The error a request answers once it gave its lines back: a line whose reply was not heard
+/// leaves the outcome unknown only while its hand-back is not settled; once it is (the line
+/// handed back, or fenced so that the late call is refused), nothing was kept after all.
+fn resolved_error(err: AppError, settled: bool) -> AppError {
+    match err {
+        AppError::OutcomeUnknown(m) if settled => {
+            AppError::Unavailable(format!("{m}; the request's lines were handed back"))
+        }
+        AppError::OutcomeUnknown(m) => AppError::OutcomeUnknown(format!(
+            "{m}; the lines it may have taken are being handed back: read your cart and orders \
+             before repeating it"
+        )),
+        other => other,
     }
 }
 
@@ -758,32 +826,106 @@ async fn release_taken(state: &AppState, order_id: u64, taken: &[Taken<'_>]) {
     }
 }
 
-/// Hands back the lines an order took and will not keep: a cart line becomes the customer's
+/// A line an order sent and will not keep: its sku, and whether it came from the cart.
+#[derive(Debug, Clone, Copy)]
+struct Back {
+    sku: Sku,
+    from_cart: bool,
+}
+
+/// The lines to hand back: those taken, and the one whose reply was not heard.
+fn backs(taken: &[Taken<'_>], unheard: Option<&Want>) -> Vec<Back> {
+    taken
+        .iter()
+        .map(|(w, _)| *w)
+        .chain(unheard)
+        .map(|w| Back {
+            sku: w.sku,
+            from_cart: w.from_cart,
+        })
+        .collect()
+}
+
+/// Hands back the lines an order sent and will not keep: a cart line becomes the customer's
 /// hold again, with the hold's own deadline (lua/return_to_cart.lua); a buy-now line goes back
-/// to available. Best effort: what fails here, the sweeper gives back at the lines' deadline.
-async fn hand_back(state: &AppState, user_id: u64, order_id: u64, taken: &[Taken<'_>]) {
-    let mut held = Vec::new();
-    for (w, _) in taken {
-        if w.from_cart {
-            match state.redis.return_to_cart(w.sku, user_id, order_id).await {
-                Ok(Returned::Held(_)) => held.push(w.sku),
-                Ok(Returned::Released(n)) => {
-                    metrics::counter!("flashsale_units_released_total", "reason" => "hold_expired")
-                        .increment(u64::from(n));
-                }
-                Ok(Returned::None) => {}
-                Err(e) => {
-                    tracing::warn!(order.id = order_id, sku = %w.sku, error = %e, "return to the cart after a failed checkout");
-                }
-            }
-        } else if let Err(e) = release_line(state, w.sku, order_id, "failed").await {
-            tracing::warn!(order.id = order_id, sku = %w.sku, error = %e, "release after a failed order");
+/// to available. A line not there (its call never ran, or has not run yet) is fenced, so that
+/// the call, should it arrive late, changes nothing. What Redis does not answer now is handed
+/// back by a task of its own, until it is (for as long as a fence lasts): `false` then.
+async fn hand_back(state: &AppState, user_id: u64, order_id: u64, lines: &[Back]) -> bool {
+    let mut left = Vec::new();
+    for &line in lines {
+        if let Err(e) = hand_back_line(state, user_id, order_id, line).await {
+            tracing::warn!(order.id = order_id, sku = %line.sku, error = %e, "hand back after a failed order; retried in the background");
+            left.push(line);
         }
     }
-    // The cart index names the skus held again (a cart read meanwhile may have forgotten them).
-    if let Err(e) = cart::forget_lines(state, user_id, &held).await {
-        tracing::warn!(error = %e, "cart index after a failed checkout");
+    if left.is_empty() {
+        return true;
     }
+    let state = state.clone();
+    tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(100);
+        while !left.is_empty() {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_secs(2));
+            let mut still = Vec::new();
+            for &line in &left {
+                if hand_back_line(&state, user_id, order_id, line)
+                    .await
+                    .is_err()
+                {
+                    still.push(line);
+                }
+            }
+            left = still;
+            if !left.is_empty() && started.elapsed() >= fence_keep(&state) {
+                tracing::error!(
+                    order.id = order_id,
+                    lines = left.len(),
+                    "could not hand back an abandoned order's lines; the sweeper gives them back at their deadline"
+                );
+                return;
+            }
+        }
+    });
+    false
+}
+
+async fn hand_back_line(
+    state: &AppState,
+    user_id: u64,
+    order_id: u64,
+    line: Back,
+) -> AppResult<()> {
+    if line.from_cart {
+        match state
+            .redis
+            .return_to_cart(line.sku, user_id, order_id, fence_keep(state))
+            .await?
+        {
+            Returned::Held(_) => {
+                // The cart index names the sku held again (a cart read meanwhile may have
+                // forgotten it).
+                cart::forget_lines(state, user_id, &[line.sku]).await?;
+            }
+            Returned::Released(n) => {
+                metrics::counter!("flashsale_units_released_total", "reason" => "hold_expired")
+                    .increment(u64::from(n));
+            }
+            Returned::None => {}
+        }
+    } else {
+        let released = state
+            .redis
+            .release_fenced(line.sku, order_id, fence_keep(state))
+            .await?;
+        if released > 0 {
+            metrics::counter!("flashsale_units_released_total", "reason" => "failed")
+                .increment(u64::from(released));
+        }
+    }
+    Ok(())
 }
 
 /// Reserves one line for the order: (units, unit price, deadline), or the rejection.
@@ -830,18 +972,26 @@ async fn take_line(
             }
             // Redis lost the sku's counters (and the hold with them): reserve the line afresh.
             ConvertOutcome::NotLoaded => {}
+            ConvertOutcome::Fenced => return Err(given_up(w.sku, order_id)),
         }
     }
-    let outcome = reserve_loading(state, || ReserveRequest {
-        sku: w.sku,
-        user_id,
-        count: w.count,
-        rid: Rid::OrderLine { order_id },
-        deadline: Deadline::At(expires_at),
-        mode: ReserveMode::Once,
-    })
+    let outcome = reserve_loading(
+        state,
+        || ReserveRequest {
+            sku: w.sku,
+            user_id,
+            count: w.count,
+            rid: Rid::OrderLine { order_id },
+            deadline: Deadline::At(expires_at),
+            mode: ReserveMode::Once,
+        },
+        std::future::ready(Ok(())),
+    )
     .await?;
     cart::record("order", &outcome);
+    if outcome == ReserveOutcome::Fenced {
+        return Err(given_up(w.sku, order_id));
+    }
     Ok(match outcome {
         ReserveOutcome::Reserved {
             units,
@@ -851,6 +1001,14 @@ async fn take_line(
         } => Ok((units, unit_price, deadline_ms)),
         other => Err(rejection(w.sku, w.count, &other)),
     })
+}
+
+/// A line of an order whose request gave it up (its hand-back fenced it) before this call: only
+/// a late duplicate of that request's own call meets it.
+fn given_up(sku: Sku, order_id: u64) -> AppError {
+    AppError::Unavailable(format!(
+        "sku {sku}: order {order_id}'s line was given up by its request"
+    ))
 }
 
 async fn release_line(

@@ -704,11 +704,17 @@ async fn attack_a_lapsed_hold_is_not_revived_by_a_failed_checkout() {
     assert!(matches!(converted, ConvertOutcome::Converted { .. }));
     tokio::time::sleep(Duration::from_millis(400)).await; // the hold's own deadline passes
     assert_eq!(
-        redis.return_to_cart(s, user, x).await.unwrap(),
+        redis
+            .return_to_cart(s, user, x, Duration::from_secs(60))
+            .await
+            .unwrap(),
         Returned::Released(2)
     );
     assert_eq!(
-        redis.return_to_cart(s, user, x).await.unwrap(),
+        redis
+            .return_to_cart(s, user, x, Duration::from_secs(60))
+            .await
+            .unwrap(),
         Returned::None
     );
     let b = app.assert_identity(sku).await;

@@ -169,6 +169,7 @@ fn tag(o: &ReserveOutcome) -> &'static str {
         ReserveOutcome::SaleNotActive => "sale_not_active",
         ReserveOutcome::TooLarge { .. } => "too_large",
         ReserveOutcome::NotLoaded => "not_loaded",
+        ReserveOutcome::Fenced => "fenced",
     }
 }
 

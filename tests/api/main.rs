@@ -29,6 +29,7 @@ mod model;
 mod openapi;
 mod ops;
 mod orders;
+mod outcomes;
 mod process;
 mod prometheus;
 mod recovery;

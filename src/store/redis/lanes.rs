@@ -26,44 +26,33 @@ use crate::error::{AppError, AppResult};
 
 /// Why a whole call failed; every entry of it gets its own copy.
 #[derive(Debug)]
-pub enum BatchError {
-    Redis(redis::RedisError),
-    App(AppError),
-}
+pub struct BatchError(pub AppError);
 
 impl From<AppError> for BatchError {
     fn from(e: AppError) -> Self {
-        BatchError::App(e)
+        BatchError(e)
     }
 }
 
 impl BatchError {
     /// The error of a call of one entry.
     pub(super) fn into_error(self) -> AppError {
-        match self {
-            BatchError::Redis(e) => AppError::from(e),
-            BatchError::App(e) => e,
-        }
+        self.0
     }
 
-    /// The error each of `n` entries answers with.
+    /// The error each of `n` entries answers with: a copy of the call's (a call that may have
+    /// run leaves each of its entries' outcome unknown).
     pub(super) fn into_errors(self, n: usize) -> Vec<AppError> {
-        match self {
-            BatchError::Redis(e) => (0..n).map(|_| AppError::from(e.clone())).collect(),
-            BatchError::App(e) => {
-                let unavailable = matches!(e, AppError::Unavailable(_));
-                let message = e.to_string();
-                let mut errors = vec![e];
-                errors.extend((1..n).map(|_| {
-                    if unavailable {
-                        AppError::Unavailable(message.clone())
-                    } else {
-                        AppError::internal(message.clone())
-                    }
-                }));
-                errors
-            }
-        }
+        let e = self.0;
+        let message = e.to_string();
+        let copy = || match &e {
+            AppError::Unavailable(_) => AppError::Unavailable(message.clone()),
+            AppError::OutcomeUnknown(_) => AppError::OutcomeUnknown(message.clone()),
+            _ => AppError::internal(message.clone()),
+        };
+        let mut errors: Vec<AppError> = (1..n).map(|_| copy()).collect();
+        errors.insert(0, e);
+        errors
     }
 }
 

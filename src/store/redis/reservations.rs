@@ -58,6 +58,10 @@ pub enum ReserveOutcome {
         unit_price: u64,
     },
     NotLoaded,
+    /// An order line given up (with a fence) before this call arrived: its own request, which
+    /// timed out waiting for this very call, handed the line back (lua/release.lua). Nothing
+    /// changed.
+    Fenced,
 }
 
 /// With a reservation's answer that leaves no unit of its sku available: how long "sold out"
@@ -117,6 +121,7 @@ impl ReserveOutcome {
                 unit_price: r.int(2)? as u64,
             },
             "not_loaded" => ReserveOutcome::NotLoaded,
+            "fenced" => ReserveOutcome::Fenced,
             other => return Err(r.unexpected(other)),
         })
     }
@@ -143,6 +148,9 @@ pub enum ConvertOutcome {
         unit_price: u64,
     },
     NotLoaded,
+    /// The order's line on this sku was handed back (with a fence) before this call arrived:
+    /// its request timed out waiting for this very call. Nothing changed; the hold stays.
+    Fenced,
 }
 
 /// What became of an order line handed back to the cart.
@@ -185,6 +193,11 @@ impl Committed {
             Committed::WrittenBack => &[],
         }
     }
+}
+
+/// A fence's life in ms, at least 1 (lua/release.lua and return_to_cart.lua).
+fn fence_ms(fence: std::time::Duration) -> String {
+    fence.as_millis().clamp(1, i64::MAX as u128).to_string()
 }
 
 /// "w:n,w:n" -> [(w, n)]
@@ -242,7 +255,7 @@ impl Redis {
         for req in reqs {
             // Every entry goes on `sku`'s keys: another sku's would be reserved on this one.
             if req.sku != sku {
-                return Err(BatchError::App(AppError::internal(format!(
+                return Err(BatchError(AppError::internal(format!(
                     "reserve: a request of sku {} in a call of sku {sku}",
                     req.sku
                 ))));
@@ -272,7 +285,7 @@ impl Redis {
             .eval_all("reserve", &self.scripts.reserve, &keys, &args, reqs.len())
             .await?;
         if replies.len() != reqs.len() {
-            return Err(BatchError::App(AppError::internal(format!(
+            return Err(BatchError(AppError::internal(format!(
                 "script reserve: {} replies for {} entries",
                 replies.len(),
                 reqs.len()
@@ -338,17 +351,20 @@ impl Redis {
                 unit_price: r.int(2)? as u64,
             },
             "not_loaded" => ConvertOutcome::NotLoaded,
+            "fenced" => ConvertOutcome::Fenced,
             other => return Err(r.unexpected(other)),
         })
     }
 
     /// Turns an order's line on `sku` back into the customer's cart hold (a checkout that will
-    /// record no order); see lua/return_to_cart.lua.
+    /// record no order); see lua/return_to_cart.lua. When the order has no line there, the line
+    /// is fenced for `fence`: a `convert_hold` of it still on its way is refused.
     pub async fn return_to_cart(
         &self,
         sku: Sku,
         user_id: u64,
         order_id: u64,
+        fence: std::time::Duration,
     ) -> AppResult<Returned> {
         let k = self.keys.sku(sku);
         let r = self
@@ -364,7 +380,11 @@ impl Redis {
                     &k.ttl(&Rid::OrderLine { order_id }),
                     &k.hold_deadline(order_id),
                 ],
-                &[&user_id.to_string(), &order_id.to_string()],
+                &[
+                    &user_id.to_string(),
+                    &order_id.to_string(),
+                    &fence_ms(fence),
+                ],
             )
             .await?;
         Ok(match r.tag() {
@@ -392,6 +412,28 @@ impl Redis {
             .await?;
         // What is left keeps its deadline, noted when it was reserved: nothing new to note.
         Ok((r.int(1)? as u32, r.int(2)? as u32))
+    }
+
+    /// Gives back a whole order line its request will not keep; when it does not exist, fences
+    /// it for `fence` (lua/release.lua), so that a `reserve` of it still on its way is refused.
+    /// Returns the units released.
+    pub async fn release_fenced(
+        &self,
+        sku: Sku,
+        order_id: u64,
+        fence: std::time::Duration,
+    ) -> AppResult<u32> {
+        let k = self.keys.sku(sku);
+        let rid = Rid::OrderLine { order_id };
+        let r = self
+            .eval(
+                "release",
+                &self.scripts.release,
+                &[&k.stock(), &k.users(), &k.res(), &k.exp(), &k.ttl(&rid)],
+                &[&rid.to_string(), "0", &fence_ms(fence)],
+            )
+            .await?;
+        Ok(r.int(1)? as u32)
     }
 
     /// `release` of whole order lines, many at once (follow-up of cancelled or failed orders).

@@ -142,6 +142,38 @@ fn script_span(name: &'static str, calls: usize) -> tracing::Span {
     span
 }
 
+/// Scripts whose effect nobody needs to know when their reply is lost: a rate-limit token, an
+/// `Idempotency-Key` claim or settlement (its lease ends it), an order id (ids may skip), the
+/// sweeper's due index and a load's staging (redone by their next pass). A lost reply of these
+/// is "unavailable, nothing was changed" as far as the caller is concerned.
+const QUIET: [&str; 7] = [
+    "rate_limit",
+    "claim_idempotency",
+    "settle_idempotency",
+    "next_order_id",
+    "note_due",
+    "settle_due",
+    "stage_hash",
+];
+
+/// The error of a script call that failed. One that may have been sent and run, its reply not
+/// heard (a response timeout, a connection that broke or went away while the call was on it),
+/// is [`AppError::OutcomeUnknown`]: never "nothing was changed". Refused before it was sent (no
+/// connection to Redis could be made) or answered with a server error (OOM, BUSY, LOADING, ...:
+/// refused before its first write) it is the plain mapping: nothing was changed.
+pub(super) fn call_error(name: &'static str, e: redis::RedisError) -> AppError {
+    let unheard = e.code().is_none()
+        && !e.is_connection_refusal()
+        && (e.is_timeout() || e.is_io_error() || e.is_connection_dropped());
+    if unheard && !QUIET.contains(&name) {
+        AppError::OutcomeUnknown(format!(
+            "redis: the {name} script's reply was not heard ({e}); it may have run"
+        ))
+    } else {
+        AppError::from(e)
+    }
+}
+
 impl Redis {
     /// Loads every script, so the first requests do not pay for it.
     pub async fn load_scripts(&self) -> AppResult<()> {
@@ -185,7 +217,11 @@ impl Redis {
         args: &[&str],
     ) -> AppResult<Reply> {
         self.refuse_if_evicting(name).await?;
-        Reply::parse(name, self.invoke(name, script, keys, args, 1).await?)
+        let reply = self
+            .invoke(name, script, keys, args, 1)
+            .await
+            .map_err(|e| call_error(name, e))?;
+        Reply::parse(name, reply)
     }
 
     /// Calls a script whose reply is one reply per entry (lua/reserve.lua), `entries` of them.
@@ -199,16 +235,14 @@ impl Redis {
         args: &[&str],
         entries: usize,
     ) -> Result<Vec<AppResult<Reply>>, BatchError> {
-        self.refuse_if_evicting(name)
-            .await
-            .map_err(BatchError::App)?;
+        self.refuse_if_evicting(name).await.map_err(BatchError)?;
         match self
             .invoke(name, script, keys, args, entries)
             .await
-            .map_err(BatchError::Redis)?
+            .map_err(|e| BatchError(call_error(name, e)))?
         {
             Value::Array(items) => Ok(items.into_iter().map(|v| Reply::parse(name, v)).collect()),
-            other => Err(BatchError::App(AppError::internal(format!(
+            other => Err(BatchError(AppError::internal(format!(
                 "script {name}: expected one reply per entry, got {other:?}"
             )))),
         }

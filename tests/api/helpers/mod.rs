@@ -10,10 +10,12 @@
 
 mod calls;
 mod checks;
+mod hold_proxy;
 mod process;
 mod spawn;
 mod views;
 
+pub use hold_proxy::{Held, HoldProxy};
 pub use process::{OwnRedis, Service, eventually, free_port, start_service, start_service_env};
 pub use spawn::{
     ADMIN_PASSWORD, Resp, TestApp, drop_database, mysql_base, partial_request, spawn_app,
