@@ -222,6 +222,7 @@ pub enum ErrorCode {
     PayloadTooLarge,
     RateLimited,
     Unavailable,
+    OutcomeUnknown,
     Internal,
 }
 
@@ -258,6 +259,7 @@ mod tests {
                 retry_after_secs: 1,
             },
             AppError::Unavailable(m()),
+            AppError::OutcomeUnknown(m()),
             AppError::CheckoutFailed {
                 code: "limit_exceeded",
                 message: m(),

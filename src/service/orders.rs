@@ -509,7 +509,7 @@ async fn place(
             // Nothing to record (or the request itself is at fault): no order, no event. Every
             // line this request sent goes back, the one whose reply was not heard too.
             let lines = backs(&taken, unheard);
-            let resolved = abandon(state, user_id, order_id, &lines, keyed, false).await;
+            let resolved = abandon(state, user_id, order_id, &lines, keyed, Reached::Lines).await;
             return Err(resolved_error(err, resolved));
         }
         // Lines were reserved: the order is recorded as failed (which also keeps anyone from
@@ -544,7 +544,8 @@ async fn place(
                 return Err(err);
             }
             Err(_) => {
-                abandon(state, user_id, order_id, &backs(&taken, None), keyed, true).await;
+                let lines = backs(&taken, None);
+                abandon(state, user_id, order_id, &lines, keyed, Reached::Record).await;
                 return Err(err);
             }
         }
@@ -575,7 +576,8 @@ async fn place(
     // under it), a buy-now's fences it off and places its own (the lines go back).
     if let Err(e) = binder.bind_order(order_id).await {
         if !wants.iter().any(|w| w.from_cart) {
-            abandon(state, user_id, order_id, &backs(&taken, None), true, true).await;
+            let lines = backs(&taken, None);
+            abandon(state, user_id, order_id, &lines, true, Reached::Lines).await;
         }
         return Err(e);
     }
@@ -595,8 +597,8 @@ async fn place(
         Err(e) => {
             // Recorded or not: fence it (a record written before the error is failed), then
             // the lines go back.
-            let settled =
-                abandon(state, user_id, order_id, &backs(&taken, None), keyed, true).await;
+            let lines = backs(&taken, None);
+            let settled = abandon(state, user_id, order_id, &lines, keyed, Reached::Record).await;
             return Err(resolved_error(e, settled));
         }
     };
@@ -653,8 +655,9 @@ async fn place(
         Err(e) => {
             // Activated or not: the fence tells (a `new` record is failed, its lines go back;
             // one activated after all keeps them, and the next read shows it).
+            let lines = backs(&taken, None);
             let settled =
-                abandon(state, user_id, order_id, &backs(&taken, None), keyed, true).await;
+                abandon(state, user_id, order_id, &lines, keyed, Reached::Activation).await;
             return Err(resolved_error(e, settled));
         }
     };
@@ -704,25 +707,36 @@ async fn finish(
     OrderView::of(&rec)
 }
 
+/// How far an order that a request gives up may have got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reached {
+    /// No record call was made: only lines.
+    Lines,
+    /// A `create_order` call failed: it may have written a `new` record.
+    Record,
+    /// The activation failed: the order may be awaiting payment.
+    Activation,
+}
+
 /// This request will not record `order_id`, and its lines go back. The order is fenced first
 /// (never recorded from here on; a `new` record is failed) when a retry with the request's
-/// `Idempotency-Key` knows the id (`keyed`) or a record call that failed may have written
-/// (`maybe_recorded`: a lost reply of `create_order` or of the activation): a record decided
-/// otherwise is another worker's order (or this one's, activated after all) and its lines stay.
-/// If Redis cannot say: with a key, the lines stay under the order (the key's retry continues
-/// it, or the sweeper gives them back at their deadline); without one, a task of its own fences
-/// and hands back once Redis answers. Without either, nobody else knows the id: the lines go back
-/// at once (each fenced where it is missing). Whether it is all settled now: `false` when some of
-/// it could not be told yet.
+/// `Idempotency-Key` knows the id (`keyed`) or the activation may have happened: a record
+/// decided otherwise is another worker's order (or this one's, activated after all) and its
+/// lines stay. If Redis cannot say: with a key, the lines stay under the order (the key's retry
+/// continues it, or the sweeper gives them back at their deadline); without one, a task of its
+/// own fences and hands back once Redis answers. Without a key nobody else knows the id: the
+/// lines go back at once (each fenced where it is missing), and a record call that failed
+/// (`Reached::Record`: it may have written) is fenced after. Whether it is all settled now:
+/// `false` when some of it could not be told yet.
 async fn abandon(
     state: &AppState,
     user_id: u64,
     order_id: u64,
     lines: &[Back],
     keyed: bool,
-    maybe_recorded: bool,
+    reached: Reached,
 ) -> bool {
-    if keyed || maybe_recorded {
+    if keyed || reached == Reached::Activation {
         match fence(state, user_id, order_id).await {
             Ok(true) => {}
             // Recorded and placed (by another worker on this order, or by this request's own
@@ -734,32 +748,46 @@ async fn abandon(
             }
             Err(e) => {
                 tracing::warn!(order.id = order_id, error = %e, "could not fence an abandoned order; retried in the background");
-                let (state, lines) = (state.clone(), lines.to_vec());
-                tokio::spawn(async move {
-                    let started = tokio::time::Instant::now();
-                    let mut pause = std::time::Duration::from_millis(100);
-                    loop {
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(std::time::Duration::from_secs(2));
-                        match fence(&state, user_id, order_id).await {
-                            Ok(true) => {
-                                hand_back(&state, user_id, order_id, &lines).await;
-                                return;
-                            }
-                            Ok(false) => return,
-                            Err(e) if started.elapsed() >= fence_keep(&state) => {
-                                tracing::error!(order.id = order_id, error = %e, "could not fence an abandoned order; the sweeper gives its lines back at their deadline");
-                                return;
-                            }
-                            Err(_) => {}
-                        }
-                    }
-                });
+                fence_then_hand_back(state, user_id, order_id, lines);
                 return false;
             }
         }
     }
-    hand_back(state, user_id, order_id, lines).await
+    let handed = hand_back(state, user_id, order_id, lines).await;
+    if !keyed
+        && reached == Reached::Record
+        && let Err(e) = fence(state, user_id, order_id).await
+    {
+        tracing::warn!(order.id = order_id, error = %e, "could not fence an abandoned order");
+        return false;
+    }
+    handed
+}
+
+/// [`abandon`]'s fence and hand-back, by a task of its own once Redis answers (for as long as a
+/// fence lasts; then the sweeper gives the lines back at their deadline).
+fn fence_then_hand_back(state: &AppState, user_id: u64, order_id: u64, lines: &[Back]) {
+    let (state, lines) = (state.clone(), lines.to_vec());
+    tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(100);
+        loop {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_secs(2));
+            match fence(&state, user_id, order_id).await {
+                Ok(true) => {
+                    hand_back(&state, user_id, order_id, &lines).await;
+                    return;
+                }
+                Ok(false) => return,
+                Err(e) if started.elapsed() >= fence_keep(&state) => {
+                    tracing::error!(order.id = order_id, error = %e, "could not fence an abandoned order; the sweeper gives its lines back at their deadline");
+                    return;
+                }
+                Err(_) => {}
+            }
+        }
+    });
 }
 
 /// The error a request answers once it gave its lines back: a line whose reply was not heard

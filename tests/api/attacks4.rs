@@ -191,7 +191,11 @@ async fn a_stalled_redis_answers_every_waiter_within_about_two_timeouts() {
     .await;
     for (took, r) in &answers {
         assert!(
-            matches!(r, Err(AppError::Unavailable(_))),
+            // Sent (its reply not heard) or answered unsent after waiting one timeout.
+            matches!(
+                r,
+                Err(AppError::Unavailable(_) | AppError::OutcomeUnknown(_))
+            ),
             "Redis was paused: {r:?}"
         );
         assert!(
