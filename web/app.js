@@ -285,6 +285,9 @@ async function addToCart(sku, count) {
     say('Added to your cart: held for you for a few minutes.');
   } catch (e) {
     fail(e);
+    // The add may have been made (its answer was lost): the cart shows what happened, so
+    // look before the shopper clicks again.
+    if (e.code === 'outcome_unknown') await loadCart();
   }
 }
 
@@ -358,6 +361,14 @@ $('pay').addEventListener('click', async () => {
     say('Paid. Thank you!');
   } catch (e) {
     fail(e);
+    // A payment whose answer was lost may have gone through: read the order again.
+    if (e.code === 'outcome_unknown') {
+      try {
+        state.order = await api('GET', `/v1/orders/${state.order.order_id}`);
+      } catch (_) {
+        // Still unreachable: the order keeps its last known state on the page.
+      }
+    }
     renderOrder();
   }
 });
