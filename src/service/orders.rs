@@ -1269,7 +1269,10 @@ pub async fn pay(
         .redis
         .decide_order(order_id, OrderAction::Pay { payment_ref })
         .await?;
-    settle(state, order_id).await?;
+    // Decided: from here on an error must not say "nothing was changed". (The Redis follow-up
+    // is finished by the write-back or the sweeper when it fails here.)
+    let decided = |e: AppError| decided_but_unread(order_id, &decision, e);
+    settle(state, order_id).await.map_err(decided)?;
     match decision {
         Decision::Moved(OrderStatus::Paid) => {
             metrics::counter!("flashsale_orders_total", "status" => "paid").increment(1);
@@ -1288,7 +1291,16 @@ pub async fn pay(
             )));
         }
     }
-    load_view(state, order_id).await
+    load_view(state, order_id).await.map_err(decided)
+}
+
+/// An error after an order's decision was made: the decision stands, only its answer is
+/// missing.
+fn decided_but_unread(order_id: u64, decision: &Decision, e: AppError) -> AppError {
+    AppError::OutcomeUnknown(format!(
+        "order {order_id}: decided ({decision:?}), but its answer could not be read ({e}); read \
+         the order"
+    ))
 }
 
 pub async fn cancel(state: &AppState, user_id: u64, order_id: u64) -> AppResult<OrderView> {
@@ -1303,7 +1315,10 @@ pub async fn cancel(state: &AppState, user_id: u64, order_id: u64) -> AppResult<
         .redis
         .decide_order(order_id, OrderAction::Cancel)
         .await?;
-    settle(state, order_id).await?;
+    // Decided: from here on an error must not say "nothing was changed". (The Redis follow-up
+    // is finished by the write-back or the sweeper when it fails here.)
+    let decided = |e: AppError| decided_but_unread(order_id, &decision, e);
+    settle(state, order_id).await.map_err(decided)?;
     match decision {
         Decision::Moved(OrderStatus::Cancelled) => {
             metrics::counter!("flashsale_orders_total", "status" => "cancelled").increment(1);
@@ -1317,5 +1332,5 @@ pub async fn cancel(state: &AppState, user_id: u64, order_id: u64) -> AppResult<
             )));
         }
     }
-    load_view(state, order_id).await
+    load_view(state, order_id).await.map_err(decided)
 }
