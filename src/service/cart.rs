@@ -230,8 +230,9 @@ fn index_when_heard(state: &AppState, user_id: u64, sku: Sku) {
     });
 }
 
-/// Puts `sku` in the cart index if the customer holds it.
-async fn index_if_held(state: &AppState, user_id: u64, sku: Sku) -> AppResult<()> {
+/// Puts `sku` in the cart index if the customer holds it (only adds: a failure leaves the index
+/// as it was).
+pub async fn index_if_held(state: &AppState, user_id: u64, sku: Sku) -> AppResult<()> {
     if state.redis.holds(user_id, &[sku]).await?[0].is_some() {
         state
             .redis

@@ -927,22 +927,18 @@ async fn hand_back_line(
     line: Back,
 ) -> AppResult<()> {
     if line.from_cart {
-        match state
+        let returned = state
             .redis
             .return_to_cart(line.sku, user_id, order_id, fence_keep(state))
-            .await?
-        {
-            Returned::Held(_) => {
-                // The cart index names the sku held again (a cart read meanwhile may have
-                // forgotten it).
-                cart::forget_lines(state, user_id, &[line.sku]).await?;
-            }
-            Returned::Released(n) => {
-                metrics::counter!("flashsale_units_released_total", "reason" => "hold_expired")
-                    .increment(u64::from(n));
-            }
-            Returned::None => {}
+            .await?;
+        if let Returned::Released(n) = returned {
+            metrics::counter!("flashsale_units_released_total", "reason" => "hold_expired")
+                .increment(u64::from(n));
         }
+        // The cart index names the sku if it is held (again, or still: a retry of this step
+        // after its index write failed finds `None` here). A cart read meanwhile may have
+        // forgotten it.
+        cart::index_if_held(state, user_id, line.sku).await?;
     } else {
         let released = state
             .redis
