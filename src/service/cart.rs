@@ -155,19 +155,23 @@ pub async fn add_item(
     else {
         return Err(rejection(sku, count.get(), &outcome));
     };
-    // Indexed after the hold exists (see forget_lines for why this order is safe), and the
-    // index read back in the same round trip. The index lives as long as its newest hold can
-    // (holds are never renewed): a customer who walks away leaves nothing behind.
+    // From here on the units are held: an error must not say "nothing was changed".
+    let held = |e: AppError| match e {
+        AppError::OutcomeUnknown(_) => e,
+        e => AppError::OutcomeUnknown(format!(
+            "sku {sku}: {} units were held, but the cart could not be read ({e}); read your cart",
+            count.get()
+        )),
+    };
+    // Indexed again after the hold exists (a cart read may have forgotten the line meanwhile,
+    // see forget_lines), and the index read back in the same round trip. The index lives as
+    // long as its newest hold can (holds are never renewed): a customer who walks away leaves
+    // nothing behind.
     let members = state
         .redis
         .index_cart_line(user_id, sku, keep)
         .await
-        .map_err(|e| {
-            AppError::OutcomeUnknown(format!(
-                "sku {sku}: {} units held, but the cart could not be read ({e}); read your cart",
-                count.get()
-            ))
-        })?;
+        .map_err(held)?;
     let max_lines = state.cfg.sale.max_cart_lines;
     if members.len() > max_lines && units == count.get() {
         // A new line past the limit (the index may still name lapsed lines: count live ones).
@@ -175,13 +179,17 @@ pub async fn add_item(
             .iter()
             .filter_map(|m| Sku::parse(u64::from(*m)).ok())
             .collect();
-        let live = state.redis.holds(user_id, &skus).await?;
+        let live = state.redis.holds(user_id, &skus).await.map_err(held)?;
         if live.iter().flatten().count() > max_lines {
             state
                 .redis
                 .release(sku, Rid::Hold { user_id }, Some(count.get()))
-                .await?;
-            forget_lines(state, user_id, &[sku]).await?;
+                .await
+                .map_err(held)?;
+            // Given back: a line left in the index is forgotten by the next cart read.
+            if let Err(e) = forget_lines(state, user_id, &[sku]).await {
+                tracing::warn!(user.id = user_id, %sku, error = %e, "cart index after a refused add");
+            }
             return Err(AppError::CartFull(format!(
                 "a cart holds at most {max_lines} different products; remove one first"
             )));
@@ -202,7 +210,7 @@ pub async fn add_item(
             total_price: line_price,
         });
     }
-    view(state, user_id).await
+    view(state, user_id).await.map_err(held)
 }
 
 /// After a cart add whose reply was not heard: once Redis answers again, the cart index names
@@ -296,26 +304,50 @@ pub async fn remove_item(
         metrics::counter!("flashsale_units_released_total", "reason" => "cart_remove")
             .increment(u64::from(released));
     }
+    // Released: an error from here on must not say "nothing was changed".
+    let changed = |e: AppError| {
+        if released == 0 {
+            return e;
+        }
+        AppError::OutcomeUnknown(format!(
+            "sku {sku}: {released} units were released, but the cart could not be read ({e}); \
+             read your cart"
+        ))
+    };
     if left == 0 {
-        forget_lines(state, user_id, &[sku]).await?;
+        forget_lines(state, user_id, &[sku])
+            .await
+            .map_err(changed)?;
     }
-    view(state, user_id).await
+    view(state, user_id).await.map_err(changed)
 }
 
 /// Releases every hold of the caller.
 pub async fn clear(state: &AppState, user_id: u64) -> AppResult<()> {
     let skus = cart_skus(state, user_id).await?;
-    for &sku in &skus {
-        let (released, _) = state
-            .redis
-            .release(sku, Rid::Hold { user_id }, None)
-            .await?;
+    for (i, &sku) in skus.iter().enumerate() {
+        let released = state.redis.release(sku, Rid::Hold { user_id }, None).await;
+        let (released, _) = match released {
+            Ok(r) => r,
+            // Some lines released already: not "nothing was changed".
+            Err(e) if i > 0 => {
+                return Err(AppError::OutcomeUnknown(format!(
+                    "the cart was emptied in part ({e}); read your cart"
+                )));
+            }
+            Err(e) => return Err(e),
+        };
         if released > 0 {
             metrics::counter!("flashsale_units_released_total", "reason" => "cart_remove")
                 .increment(u64::from(released));
         }
     }
-    forget_lines(state, user_id, &skus).await
+    forget_lines(state, user_id, &skus).await.map_err(|e| {
+        AppError::OutcomeUnknown(format!(
+            "the cart's lines were released, but its index could not be written ({e}); read \
+             your cart"
+        ))
+    })
 }
 
 async fn cart_skus(state: &AppState, user_id: u64) -> AppResult<Vec<Sku>> {

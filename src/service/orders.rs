@@ -221,7 +221,28 @@ pub async fn resume(
         return Ok(Resumed::Afresh);
     };
     match rec.status {
-        OrderStatus::New | OrderStatus::Failed => Ok(Resumed::Afresh),
+        OrderStatus::New => Ok(Resumed::Afresh),
+        OrderStatus::Failed => {
+            // Fenced (or failed) while the request that bound it was giving it up: its lines,
+            // which that request may not have been able to hand back (Redis did not answer),
+            // go back now. Idempotent; each is fenced where it is missing.
+            let lines: Vec<Back> = match placing {
+                Placing::BuyNow(sku) => vec![Back {
+                    sku,
+                    from_cart: false,
+                }],
+                Placing::Checkout => cart::lines_of_order(state, user_id, order_id)
+                    .await?
+                    .into_iter()
+                    .map(|(sku, _, _)| Back {
+                        sku,
+                        from_cart: true,
+                    })
+                    .collect(),
+            };
+            hand_back_all(state, user_id, order_id, &lines).await?;
+            Ok(Resumed::Afresh)
+        }
         _ => Ok(Resumed::Answer(OrderView::of(
             &expire_if_due(state, rec).await?,
         )?)),
@@ -549,7 +570,7 @@ async fn place(
                 return Err(err);
             }
         }
-        state
+        let failed = state
             .redis
             .decide_order(
                 order_id,
@@ -558,7 +579,39 @@ async fn place(
                     total: failed_total,
                 },
             )
-            .await?;
+            .await;
+        if let Err(e) = failed {
+            // Failed or not: the fence makes sure (a `new` record is failed), then its lines go
+            // back to available; by a task of its own if Redis cannot answer now.
+            let skus: Vec<Sku> = taken.iter().map(|(w, _)| w.sku).collect();
+            return Err(match fence(state, user_id, order_id).await {
+                Ok(true) => {
+                    release_failed(state, order_id, skus).await;
+                    AppError::CheckoutFailed {
+                        code: err.code(),
+                        message: format!("{err}; order {order_id} failed and holds nothing"),
+                        order_id,
+                    }
+                }
+                Ok(false) => AppError::internal(format!(
+                    "order {order_id}: recorded as failed, then found placed"
+                )),
+                Err(_) => {
+                    until_done(state, order_id, "fail and release", move |state| {
+                        let skus = skus.clone();
+                        async move {
+                            if fence(&state, user_id, order_id).await? {
+                                release_failed(&state, order_id, skus).await;
+                            }
+                            Ok(())
+                        }
+                    });
+                    AppError::OutcomeUnknown(format!(
+                        "{err}; order {order_id} is being failed and its lines given back ({e})"
+                    ))
+                }
+            });
+        }
         metrics::counter!("flashsale_orders_total", "status" => "failed").increment(1);
         // A failed order holds nothing: its lines, cart lines too, go back to available.
         release_taken(state, order_id, &taken).await;
@@ -722,12 +775,13 @@ enum Reached {
 /// (never recorded from here on; a `new` record is failed) when a retry with the request's
 /// `Idempotency-Key` knows the id (`keyed`) or the activation may have happened: a record
 /// decided otherwise is another worker's order (or this one's, activated after all) and its
-/// lines stay. If Redis cannot say: with a key, the lines stay under the order (the key's retry
-/// continues it, or the sweeper gives them back at their deadline); without one, a task of its
-/// own fences and hands back once Redis answers. Without a key nobody else knows the id: the
-/// lines go back at once (each fenced where it is missing), and a record call that failed
-/// (`Reached::Record`: it may have written) is fenced after. Whether it is all settled now:
-/// `false` when some of it could not be told yet.
+/// lines stay. If Redis cannot say: with a key, the lines stay under the order for the key's
+/// retry, which resolves it (`resume`: it continues the order, or hands back the lines of one
+/// that was fenced), or the sweeper at their deadline; without one, a task of its own fences and
+/// hands back once Redis answers. Without a key nobody else knows the id: the lines go back at
+/// once (each fenced where it is missing), and a record call that failed (`Reached::Record`: it
+/// may have written a `new` record) is fenced after, by a task of its own if Redis cannot
+/// answer now. Whether it is all settled now: `false` when some of it could not be told yet.
 async fn abandon(
     state: &AppState,
     user_id: u64,
@@ -748,7 +802,16 @@ async fn abandon(
             }
             Err(e) => {
                 tracing::warn!(order.id = order_id, error = %e, "could not fence an abandoned order; retried in the background");
-                fence_then_hand_back(state, user_id, order_id, lines);
+                let lines = lines.to_vec();
+                until_done(state, order_id, "fence and hand back", move |state| {
+                    let lines = lines.clone();
+                    async move {
+                        if fence(&state, user_id, order_id).await? {
+                            hand_back_all(&state, user_id, order_id, &lines).await?;
+                        }
+                        Ok(())
+                    }
+                });
                 return false;
             }
         }
@@ -758,30 +821,35 @@ async fn abandon(
         && reached == Reached::Record
         && let Err(e) = fence(state, user_id, order_id).await
     {
-        tracing::warn!(order.id = order_id, error = %e, "could not fence an abandoned order");
+        tracing::warn!(order.id = order_id, error = %e, "could not fence an abandoned order; retried in the background");
+        until_done(state, order_id, "fence", move |state| async move {
+            fence(&state, user_id, order_id).await.map(|_| ())
+        });
         return false;
     }
     handed
 }
 
-/// [`abandon`]'s fence and hand-back, by a task of its own once Redis answers (for as long as a
-/// fence lasts; then the sweeper gives the lines back at their deadline).
-fn fence_then_hand_back(state: &AppState, user_id: u64, order_id: u64, lines: &[Back]) {
-    let (state, lines) = (state.clone(), lines.to_vec());
+/// Runs `step` in a task of its own until it succeeds (100 ms doubling to 2 s between tries),
+/// for as long as a fence lasts; then it gives up, logged as an error: the sweeper settles what
+/// is left at its deadline. For follow-up work that must happen although the request that
+/// needed it is answered (or gone): each `step` is idempotent.
+fn until_done<F, Fut>(state: &AppState, order_id: u64, what: &'static str, step: F)
+where
+    F: Fn(AppState) -> Fut + Send + 'static,
+    Fut: Future<Output = AppResult<()>> + Send + 'static,
+{
+    let state = state.clone();
     tokio::spawn(async move {
         let started = tokio::time::Instant::now();
         let mut pause = std::time::Duration::from_millis(100);
         loop {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(std::time::Duration::from_secs(2));
-            match fence(&state, user_id, order_id).await {
-                Ok(true) => {
-                    hand_back(&state, user_id, order_id, &lines).await;
-                    return;
-                }
-                Ok(false) => return,
+            match step(state.clone()).await {
+                Ok(()) => return,
                 Err(e) if started.elapsed() >= fence_keep(&state) => {
-                    tracing::error!(order.id = order_id, error = %e, "could not fence an abandoned order; the sweeper gives its lines back at their deadline");
+                    tracing::error!(order.id = order_id, error = %e, step = what, "gave up a follow-up of an order; the sweeper settles its lines at their deadline");
                     return;
                 }
                 Err(_) => {}
@@ -844,13 +912,36 @@ async fn fail_recorded(state: &AppState, order_id: u64) -> AppResult<()> {
     Ok(())
 }
 
-/// Gives back to available the lines of an order recorded as failed (best effort: the sweeper
-/// settles what fails here at the lines' deadline).
+/// Gives back to available the lines of an order recorded as failed; what Redis cannot answer
+/// now, a task of its own gives back once it does.
 async fn release_taken(state: &AppState, order_id: u64, taken: &[Taken<'_>]) {
-    for (w, _) in taken {
-        if let Err(e) = release_line(state, w.sku, order_id, "failed").await {
-            tracing::warn!(order.id = order_id, sku = %w.sku, error = %e, "release after a failed order");
+    let skus: Vec<Sku> = taken.iter().map(|(w, _)| w.sku).collect();
+    release_failed(state, order_id, skus).await;
+}
+
+async fn release_failed(state: &AppState, order_id: u64, skus: Vec<Sku>) {
+    let mut left = Vec::new();
+    for sku in skus {
+        if let Err(e) = release_line(state, sku, order_id, "failed").await {
+            tracing::warn!(order.id = order_id, %sku, error = %e, "release after a failed order; retried in the background");
+            left.push(sku);
         }
+    }
+    if !left.is_empty() {
+        until_done(
+            state,
+            order_id,
+            "release a failed order's lines",
+            move |state| {
+                let left = left.clone();
+                async move {
+                    for sku in left {
+                        release_line(&state, sku, order_id, "failed").await?;
+                    }
+                    Ok(())
+                }
+            },
+        );
     }
 }
 
@@ -878,7 +969,7 @@ fn backs(taken: &[Taken<'_>], unheard: Option<&Want>) -> Vec<Back> {
 /// hold again, with the hold's own deadline (lua/return_to_cart.lua); a buy-now line goes back
 /// to available. A line not there (its call never ran, or has not run yet) is fenced, so that
 /// the call, should it arrive late, changes nothing. What Redis does not answer now is handed
-/// back by a task of its own, until it is (for as long as a fence lasts): `false` then.
+/// back by a task of its own once it does: `false` then.
 async fn hand_back(state: &AppState, user_id: u64, order_id: u64, lines: &[Back]) -> bool {
     let mut left = Vec::new();
     for &line in lines {
@@ -890,34 +981,23 @@ async fn hand_back(state: &AppState, user_id: u64, order_id: u64, lines: &[Back]
     if left.is_empty() {
         return true;
     }
-    let state = state.clone();
-    tokio::spawn(async move {
-        let started = tokio::time::Instant::now();
-        let mut pause = std::time::Duration::from_millis(100);
-        while !left.is_empty() {
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(std::time::Duration::from_secs(2));
-            let mut still = Vec::new();
-            for &line in &left {
-                if hand_back_line(&state, user_id, order_id, line)
-                    .await
-                    .is_err()
-                {
-                    still.push(line);
-                }
-            }
-            left = still;
-            if !left.is_empty() && started.elapsed() >= fence_keep(&state) {
-                tracing::error!(
-                    order.id = order_id,
-                    lines = left.len(),
-                    "could not hand back an abandoned order's lines; the sweeper gives them back at their deadline"
-                );
-                return;
-            }
-        }
+    until_done(state, order_id, "hand back", move |state| {
+        let left = left.clone();
+        async move { hand_back_all(&state, user_id, order_id, &left).await }
     });
     false
+}
+
+async fn hand_back_all(
+    state: &AppState,
+    user_id: u64,
+    order_id: u64,
+    lines: &[Back],
+) -> AppResult<()> {
+    for &line in lines {
+        hand_back_line(state, user_id, order_id, line).await?;
+    }
+    Ok(())
 }
 
 async fn hand_back_line(
@@ -1264,7 +1344,8 @@ pub async fn pay(
     let decision = state
         .redis
         .decide_order(order_id, OrderAction::Pay { payment_ref })
-        .await?;
+        .await
+        .inspect_err(|e| follow_up_unheard(state, order_id, e))?;
     // Decided: from here on an error must not say "nothing was changed". (The Redis follow-up
     // is finished by the write-back or the sweeper when it fails here.)
     let decided = |e: AppError| decided_but_unread(order_id, &decision, e);
@@ -1290,6 +1371,18 @@ pub async fn pay(
     load_view(state, order_id).await.map_err(decided)
 }
 
+/// After a decision whose reply was not heard: if it was made, its Redis follow-up (the lines
+/// sold or given back) is done by a task of its own, not left to the write-back (which waits
+/// for MySQL) or the lines' deadline. `settle` leaves an open order alone, so this is safe
+/// whichever way it went.
+fn follow_up_unheard(state: &AppState, order_id: u64, e: &AppError) {
+    if matches!(e, AppError::OutcomeUnknown(_)) {
+        until_done(state, order_id, "settle", move |state| async move {
+            settle(&state, order_id).await
+        });
+    }
+}
+
 /// An error after an order's decision was made: the decision stands, only its answer is
 /// missing.
 fn decided_but_unread(order_id: u64, decision: &Decision, e: AppError) -> AppError {
@@ -1310,7 +1403,8 @@ pub async fn cancel(state: &AppState, user_id: u64, order_id: u64) -> AppResult<
     let decision = state
         .redis
         .decide_order(order_id, OrderAction::Cancel)
-        .await?;
+        .await
+        .inspect_err(|e| follow_up_unheard(state, order_id, e))?;
     // Decided: from here on an error must not say "nothing was changed". (The Redis follow-up
     // is finished by the write-back or the sweeper when it fails here.)
     let decided = |e: AppError| decided_but_unread(order_id, &decision, e);
