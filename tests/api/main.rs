@@ -8,6 +8,7 @@ mod attacks;
 mod attacks2;
 mod attacks3;
 mod attacks4;
+mod attacks5;
 mod auth;
 mod authz;
 mod cart;

@@ -1,0 +1,449 @@
+//! Review of issue 22's first half ("a call that did not answer is taken for a call that did not
+//! run", commits fa66849 and c1937fc): attacks on the claims of docs/DESIGN.md "Outcomes nobody
+//! heard" and docs/API.md's 503 row. Each test puts a [`HoldProxy`] between the service and the
+//! shared Redis (the proxy holds replies, it never freezes or reconfigures Redis itself) and
+//! checks one claim. The tests that fail on c1937fc are `#[ignore = "finding: ..."]`; run one
+//! with `cargo test -j1 --test api -- attacks5::<name> --ignored --test-threads 2`.
+
+use std::time::Duration;
+
+use flashsale::domain::Sku;
+use flashsale::store::redis::Rid;
+use flashsale::store::redis::scripts::Scripts;
+use reqwest::StatusCode;
+
+use crate::helpers::{Held, HoldProxy, TestApp, eventually, spawn_app_with};
+
+/// An app whose Redis connections go through a [`HoldProxy`] of its own, with a short Redis
+/// timeout.
+async fn app_behind_proxy(timeout: Duration) -> (TestApp, HoldProxy) {
+    let proxy = HoldProxy::start("127.0.0.1:6379".into()).await;
+    let url = proxy.url();
+    let app = spawn_app_with(|c| {
+        c.stores.redis_url = url;
+        c.stores.redis_timeout = timeout;
+    })
+    .await;
+    (app, proxy)
+}
+
+/// [`app_behind_proxy`] with the write-back worker running, as in production (the tests' default
+/// drives it by hand): it gives back the lines of cancelled and failed orders it writes back.
+async fn app_behind_proxy_with_worker(timeout: Duration) -> (TestApp, HoldProxy) {
+    let proxy = HoldProxy::start("127.0.0.1:6379".into()).await;
+    let url = proxy.url();
+    let app = spawn_app_with(|c| {
+        c.stores.redis_url = url;
+        c.stores.redis_timeout = timeout;
+        c.outbox.worker = true;
+    })
+    .await;
+    (app, proxy)
+}
+
+fn sha(script: impl Fn(&Scripts) -> &redis::Script) -> Vec<u8> {
+    script(&Scripts::new()).get_hash().as_bytes().to_vec()
+}
+
+/// Reads `read` until `done` says so or `within` passed; the last reading.
+async fn settles<T, Fut>(
+    within: Duration,
+    mut read: impl FnMut() -> Fut,
+    done: impl Fn(&T) -> bool,
+) -> T
+where
+    Fut: std::future::Future<Output = T>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let v = read().await;
+        if done(&v) || tokio::time::Instant::now() >= deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What Redis holds for the customer on `sku`: (cart hold units, order lines of theirs), read
+/// on a connection of the test's own (the service's goes through the proxy).
+async fn held_in_redis(app: &TestApp, user: u64, sku: u64) -> (Option<u32>, Vec<String>) {
+    let k = app.state.redis.keys.sku(Sku::parse(sku).unwrap());
+    let mut direct = redis::Client::open("redis://127.0.0.1:6379")
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let hold: Option<u32> =
+        redis::AsyncCommands::get(&mut direct, k.ttl(&Rid::Hold { user_id: user }))
+            .await
+            .unwrap();
+    let res: std::collections::HashMap<String, String> =
+        redis::AsyncCommands::hgetall(&mut direct, k.res())
+            .await
+            .unwrap();
+    let lines = res
+        .into_iter()
+        .filter(|(rid, v)| rid.starts_with("o:") && v.starts_with(&format!("{user}|")))
+        .map(|(rid, _)| rid)
+        .collect();
+    (hold, lines)
+}
+
+/// Attack: a buy-now WITH an `Idempotency-Key` whose reserve reply is late, in a stall that
+/// outlasts two Redis timeouts (reply held 1.5 s, timeout 400 ms). The reserve ran; the
+/// request gives its line up with `abandon(keyed)`: it first fences the order
+/// (`fence_order.lua`), whose reply is late too, and for a keyed request that error ends the
+/// hand-back ("its lines wait for the key's retry or their deadline"): no task hands the unit
+/// back, though DESIGN says a hand-back Redis cannot answer now is finished by a task of its
+/// own. The fence did run (only its reply was late), so the key's retry meets a `failed`
+/// record, `resume` answers `Afresh` without releasing the old line, and the retry reserves
+/// afresh: with a limit of 1 it is refused 409 `limit_exceeded` by the customer's own invisible
+/// unit, which stays reserved under a fenced order until the payment window ends (10 min).
+#[tokio::test]
+#[ignore = "finding: a keyed buy-now whose fence reply is late keeps its unit until the deadline; its key's retry is refused by the limit"]
+async fn a_keyed_buy_now_whose_replies_are_late_gives_its_unit_back_and_its_retry_buys() {
+    let (app, proxy) = app_behind_proxy_with_worker(Duration::from_millis(400)).await;
+    let sku = app.sale_product(5, Some(1)).await;
+    let user = 9_610;
+    let t = app.customer_token(user);
+    proxy.arm(
+        &sha(|s| &s.reserve),
+        Held::Replies,
+        Duration::from_millis(1_500),
+    );
+    let r = app.try_buy_now_keyed(&t, "attack5-bn", sku, 1).await;
+    assert!(proxy.sprung());
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    eprintln!("first answer: {} {:?}", r.status, r.body);
+    tokio::time::sleep(Duration::from_millis(1_600)).await; // the replies flow again
+    // The customer does what API.md says: retries with the same key.
+    let retry = app.try_buy_now_keyed(&t, "attack5-bn", sku, 1).await;
+    assert_eq!(
+        retry.status,
+        StatusCode::CREATED,
+        "the key's retry after a 503: {:?}; Redis holds for the customer: {:?}",
+        retry.body,
+        held_in_redis(&app, user, sku).await
+    );
+    let b = app.assert_identity(sku).await;
+    assert_eq!((b.available, b.reserved), (4, 1), "one order, one unit");
+}
+
+/// Attack: the same stall on a keyed checkout. `convert_hold` ran (the cart's hold became the
+/// order's line) but its reply is late; the keyed `abandon` meets a late fence reply and stops:
+/// nothing returns the line to the cart. The customer's cart is empty (the line is pruned by
+/// the next read once the checkout lock is gone), the key's retry places nothing (the fenced
+/// order is `failed`: `Afresh`, and the cart is empty: 409 `cart_empty`), and the units go to
+/// available only at the payment deadline, never back to the cart: against "a failed checkout
+/// hands back every line it sent" and "the next read shows what happened".
+#[tokio::test]
+#[ignore = "finding: a keyed checkout whose fence reply is late never gives its lines back to the cart; its key's retry answers cart_empty"]
+async fn a_keyed_checkout_whose_replies_are_late_gives_its_lines_back() {
+    let (app, proxy) = app_behind_proxy_with_worker(Duration::from_millis(400)).await;
+    let a = app.sale_product(10, None).await;
+    let user = 9_620;
+    let t = app.customer_token(user);
+    let before = app.cart_add(&t, a, 2).await;
+    proxy.arm(
+        &sha(|s| &s.convert_hold),
+        Held::Replies,
+        Duration::from_millis(1_500),
+    );
+    let r = app.try_checkout_keyed(&t, "attack5-co").await;
+    assert!(proxy.sprung());
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    eprintln!("first answer: {} {:?}", r.status, r.body);
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    let seen = settles(
+        Duration::from_secs(5),
+        || held_in_redis(&app, user, a),
+        |s| s.0 == Some(2),
+    )
+    .await;
+    assert_eq!(
+        seen.0,
+        Some(2),
+        "the checkout's line is not back in the cart 5 s after the stall: Redis holds \
+         (cart hold, order lines) = {seen:?}; the cart shows {:?}",
+        app.cart(&t).await
+    );
+    assert_eq!(app.cart(&t).await, before, "the cart after a 503 checkout");
+    let retry = app.try_checkout_keyed(&t, "attack5-co").await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{:?}", retry.body);
+    app.assert_identity(a).await;
+}
+
+/// Attack (held, thanks to the write-back): a cancel whose `decide_order` reply is late. The
+/// order is cancelled (the script ran), the answer is 503 `outcome_unknown`, and the next read
+/// shows `cancelled`: the customer has no reason to repeat it. `settle` (the release of the
+/// lines) was the request future's follow-up and never ran, and no task of the request owns
+/// it; the units come back only because the write-back worker releases the lines of the
+/// cancelled order's event (src/worker/writer.rs, `dropped_lines`). With the worker off (the
+/// tests' default) or MySQL down, they stay reserved until the payment deadline (10 min):
+/// seen on c1937fc with `outbox.worker = false`.
+#[tokio::test]
+async fn a_cancel_whose_reply_is_late_gives_its_units_back() {
+    let (app, proxy) = app_behind_proxy_with_worker(Duration::from_millis(400)).await;
+    let sku = app.sale_product(5, None).await;
+    let user = 9_630;
+    let t = app.customer_token(user);
+    let order = app.buy_now(&t, sku, 2).await;
+    proxy.arm(
+        &sha(|s| &s.decide_order),
+        Held::Replies,
+        Duration::from_millis(1_200),
+    );
+    let r = app.try_cancel(&t, order.order_id).await;
+    assert!(proxy.sprung());
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    assert_eq!(r.code(), "outcome_unknown", "{:?}", r.body);
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    // The next read shows the truth about the order...
+    let o = app.order(&t, order.order_id).await;
+    assert_eq!(o.status, "cancelled");
+    // ...and its units must be where the cancel put them.
+    let seen = settles(
+        Duration::from_secs(5),
+        || held_in_redis(&app, user, sku),
+        |s| s.1.is_empty(),
+    )
+    .await;
+    assert!(
+        seen.1.is_empty(),
+        "5 s after a cancel the read shows as done, its order's lines are still reserved: {seen:?}"
+    );
+    let b = app.assert_identity(sku).await;
+    assert_eq!((b.available, b.reserved), (5, 0));
+}
+
+/// Attack: an answer that lies. A payment whose `decide_order` reply is heard (the order is
+/// paid) and whose next read (`settle`'s `order_record`, an HGETALL) has its reply lost answers
+/// 503 `unavailable` "nothing was changed, retry shortly": the plain `AppError::from` mapping of
+/// a read's timeout. The customer was charged and told nothing was changed. Any state change
+/// followed by a plain read or write that can time out has the same lie (cart remove's and
+/// cart clear's `forget_lines`, cancel's `settle`, the checkout's `Created::Exists` read).
+#[tokio::test]
+#[ignore = "finding: a pay whose follow-up read times out answers 503 unavailable 'nothing was changed' although the order is paid"]
+async fn a_pay_that_answers_unavailable_changed_nothing() {
+    let (app, proxy) = app_behind_proxy_with_worker(Duration::from_millis(400)).await;
+    let sku = app.sale_product(5, None).await;
+    let user = 9_640;
+    let t = app.customer_token(user);
+    let order = app.buy_now(&t, sku, 1).await;
+    // The decide call goes through (a trap of no length), the next HGETALL's reply is late.
+    proxy.arm(&sha(|s| &s.decide_order), Held::Replies, Duration::ZERO);
+    proxy.arm(b"HGETALL", Held::Replies, Duration::from_millis(1_200));
+    let r = app.try_pay(&t, order.order_id).await;
+    assert!(proxy.sprung(), "the traps did not both spring");
+    eprintln!("pay answered {} {:?}", r.status, r.body);
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let now = app.order(&t, order.order_id).await;
+    if r.code() == "unavailable" {
+        assert_eq!(
+            now.status, "awaiting_payment",
+            "503 unavailable ('nothing was changed') but the order is {}: {:?}",
+            now.status, r.body
+        );
+    }
+}
+
+/// Attack: the same lie on a cart removal. `release` is heard (2 of 3 units go back), then the
+/// cart view's first read (SMEMBERS) has its reply lost: 503 `unavailable` "nothing was
+/// changed, retry shortly", with `Retry-After`. A client that retries as told removes 2 more
+/// units than it asked for (here: the whole line).
+#[tokio::test]
+#[ignore = "finding: a cart removal whose follow-up read times out answers 503 unavailable 'nothing was changed' although the units were released"]
+async fn a_cart_removal_that_answers_unavailable_changed_nothing() {
+    let (app, proxy) = app_behind_proxy(Duration::from_millis(400)).await;
+    let sku = app.sale_product(10, None).await;
+    let user = 9_650;
+    let t = app.customer_token(user);
+    app.cart_add(&t, sku, 3).await;
+    proxy.arm(&sha(|s| &s.release), Held::Replies, Duration::ZERO);
+    proxy.arm(b"SMEMBERS", Held::Replies, Duration::from_millis(1_200));
+    let r = app.try_cart_remove(&t, sku, Some(2)).await;
+    assert!(proxy.sprung(), "the traps did not both spring");
+    eprintln!("remove answered {} {:?}", r.status, r.body);
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let (hold, _) = held_in_redis(&app, user, sku).await;
+    if r.code() == "unavailable" {
+        assert_eq!(
+            hold,
+            Some(3),
+            "503 unavailable ('nothing was changed') but the hold went from 3 to {hold:?}: {:?}",
+            r.body
+        );
+    }
+}
+
+/// Attack (held, thanks to the write-back): a checkout of two lines whose second line is
+/// refused (its sale closed after the add: `sale_not_active`) records the order `failed` and
+/// then asks `decide_order` to fail it; that reply is late. `place` returns the decide error
+/// with `?`: the line it took (the first cart line, converted) is neither handed back nor
+/// released by the request, and no task of its own does it. The write-back worker releases it
+/// when it writes the failed order's event; with the worker off (the tests' default) or MySQL
+/// down the unit stays reserved under the failed order until the payment deadline (seen on
+/// c1937fc with `outbox.worker = false`).
+#[tokio::test]
+async fn a_refused_checkout_whose_fail_reply_is_late_gives_its_lines_back() {
+    let (app, proxy) = app_behind_proxy_with_worker(Duration::from_millis(400)).await;
+    let a = app.sale_product(10, None).await;
+    let b = app.sale_product(10, None).await;
+    let user = 9_660;
+    let t = app.customer_token(user);
+    app.cart_add(&t, a, 1).await;
+    app.cart_add(&t, b, 1).await;
+    app.close_sale(b).await;
+    proxy.arm(
+        &sha(|s| &s.decide_order),
+        Held::Replies,
+        Duration::from_millis(1_200),
+    );
+    let r = app.try_checkout(&t).await;
+    assert!(proxy.sprung());
+    eprintln!("checkout answered {} {:?}", r.status, r.body);
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let seen = settles(
+        Duration::from_secs(5),
+        || held_in_redis(&app, user, a),
+        |s| s.1.is_empty(),
+    )
+    .await;
+    assert!(
+        seen.1.is_empty(),
+        "5 s after the refused checkout answered {}, its taken line is still reserved: {seen:?}; \
+         orders: {:?}",
+        r.status,
+        app.orders(&t, "").await.items
+    );
+    app.assert_identity(a).await;
+}
+
+/// The order records Redis holds under the app's prefix: (key, status, PTTL in ms: -1 none).
+async fn order_records(app: &TestApp) -> Vec<(String, String, i64)> {
+    let mut direct = redis::Client::open("redis://127.0.0.1:6379")
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{}:{{ord:*}}:o:*", app.prefix))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut direct)
+            .await
+            .unwrap();
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let mut out = Vec::new();
+    for k in keys {
+        let status: Option<String> = redis::AsyncCommands::hget(&mut direct, &k, "status")
+            .await
+            .unwrap();
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(&k)
+            .query_async(&mut direct)
+            .await
+            .unwrap();
+        out.push((k, status.unwrap_or_default(), pttl));
+    }
+    out
+}
+
+/// Attack: a checkout without a key whose `create_order` reply is late (held 1.5 s, timeout
+/// 400 ms). The record was written (`new`, no TTL, in no customer's index); `abandon` with
+/// `Reached::Record` hands the lines back first (its reply late too: a background task
+/// finishes it) and then fences the order, whose reply is late as well: that error is only
+/// logged ("could not fence an abandoned order") and, unlike every other hand-back, nothing
+/// retries it. The `new` record is never failed: it holds no line (so the sweeper never meets
+/// it), it is in no index (so no read expires it), and it has no TTL: a key that lives
+/// forever, one per incident, against DESIGN's "a create_order whose reply is lost is resolved
+/// by fencing the order first (a `new` record is failed)".
+#[tokio::test]
+#[ignore = "finding: a checkout whose create_order reply is late leaves a `new` order record without TTL forever (its fence is not retried)"]
+async fn a_checkout_whose_record_reply_is_late_leaves_no_record_behind() {
+    let (app, proxy) = app_behind_proxy_with_worker(Duration::from_millis(400)).await;
+    let a = app.sale_product(10, None).await;
+    let user = 9_670;
+    let t = app.customer_token(user);
+    let before = app.cart_add(&t, a, 2).await;
+    proxy.arm(
+        &sha(|s| &s.create_order),
+        Held::Replies,
+        Duration::from_millis(1_500),
+    );
+    let r = app.try_checkout(&t).await;
+    assert!(proxy.sprung());
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    eprintln!("checkout answered {} {:?}", r.status, r.body);
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    eventually(
+        "the checkout's line is back in the cart",
+        Duration::from_secs(5),
+        || async { held_in_redis(&app, user, a).await.0 == Some(2) },
+    )
+    .await;
+    assert_eq!(app.cart(&t).await, before);
+    let records = settles(
+        Duration::from_secs(5),
+        || order_records(&app),
+        |recs| {
+            !recs
+                .iter()
+                .any(|(_, status, pttl)| status == "new" && *pttl < 0)
+        },
+    )
+    .await;
+    assert!(
+        !records
+            .iter()
+            .any(|(_, status, pttl)| status == "new" && *pttl < 0),
+        "an order record left `new` without a TTL 5 s after the stall: {records:?}"
+    );
+    app.assert_identity(a).await;
+}
+
+/// Attack: issue 22's own first defect, through another door. A cart add to a cart that has
+/// another line: the reserve is heard (the unit is held), the index is written and read back,
+/// and then the cart view's read (`live_lines`' SMEMBERS) has its reply lost: the answer is 503
+/// `unavailable` "nothing was changed, retry shortly" with `Retry-After`, the plain mapping of a
+/// read's timeout. The unit is held. A client that retries as told holds 2 units for one add
+/// of 1 (the limit, 2, lets it): exactly the "with limit 2 the retry answers 200 with 2 units
+/// for a customer who asked for 1 once" of the issue.
+#[tokio::test]
+#[ignore = "finding: a cart add whose cart view read times out answers 503 unavailable 'nothing was changed' although the unit is held; the retry holds twice"]
+async fn a_cart_add_that_answers_unavailable_held_nothing() {
+    let (app, proxy) = app_behind_proxy(Duration::from_millis(400)).await;
+    let a = app.sale_product(10, None).await;
+    let b = app.sale_product(10, Some(2)).await;
+    let user = 9_680;
+    let t = app.customer_token(user);
+    app.cart_add(&t, a, 1).await;
+    // The reserve and the index's read-back go through; the view's read is late.
+    proxy.arm(&sha(|s| &s.reserve), Held::Replies, Duration::ZERO);
+    proxy.arm(b"SMEMBERS", Held::Replies, Duration::ZERO);
+    proxy.arm(b"SMEMBERS", Held::Replies, Duration::from_millis(1_200));
+    let r = app.try_cart_add(&t, b, 1).await;
+    assert!(proxy.sprung(), "the traps did not all spring");
+    eprintln!("add answered {} {:?}", r.status, r.body);
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let (hold, _) = held_in_redis(&app, user, b).await;
+    if r.code() == "unavailable" {
+        let retry = app.try_cart_add(&t, b, 1).await;
+        assert_eq!(
+            hold, None,
+            "503 unavailable ('nothing was changed', Retry-After) but {hold:?} unit held; the \
+             retry it invites answers {} with the cart {:?}",
+            retry.status, retry.body
+        );
+    }
+}
