@@ -718,8 +718,14 @@ async fn place(
         Decision::Moved(_) => {
             metrics::counter!("flashsale_orders_total", "status" => "awaiting_payment").increment(1)
         }
-        // Cancelled, expired or failed while its lines were being reserved: give them back.
-        // (Activated by another worker on this order: nothing to do.)
+        // Failed (fenced by a request giving it up) while its lines were being taken: they go
+        // back where they came from, cart lines to the cart (the request that fenced it hands
+        // them back too: the same, idempotent).
+        Decision::Rejected(OrderStatus::Failed) | Decision::Same(OrderStatus::Failed) => {
+            hand_back(state, user_id, order_id, &backs(&taken, None)).await;
+        }
+        // Cancelled or expired meanwhile: give them back. (Activated by another worker on this
+        // order: nothing to do.)
         _ => settle(state, order_id).await?,
     }
     finish(state, user_id, order_id, &wants, keyed).await
@@ -775,10 +781,9 @@ enum Reached {
 /// (never recorded from here on; a `new` record is failed) when a retry with the request's
 /// `Idempotency-Key` knows the id (`keyed`) or the activation may have happened: a record
 /// decided otherwise is another worker's order (or this one's, activated after all) and its
-/// lines stay. If Redis cannot say: with a key, the lines stay under the order for the key's
-/// retry, which resolves it (`resume`: it continues the order, or hands back the lines of one
-/// that was fenced), or the sweeper at their deadline; without one, a task of its own fences and
-/// hands back once Redis answers. Without a key nobody else knows the id: the lines go back at
+/// lines stay. If Redis cannot say, a task of its own fences and hands back once Redis answers
+/// (with a key, the key's retry may resolve it first: `resume` continues the order, or hands
+/// back the lines of one that was fenced). Without a key nobody else knows the id: the lines go back at
 /// once (each fenced where it is missing), and a record call that failed (`Reached::Record`: it
 /// may have written a `new` record) is fenced after, by a task of its own if Redis cannot
 /// answer now. Whether it is all settled now: `false` when some of it could not be told yet.
@@ -796,11 +801,12 @@ async fn abandon(
             // Recorded and placed (by another worker on this order, or by this request's own
             // call whose reply was lost): not this request's to take back.
             Ok(false) => return false,
-            Err(e) if keyed => {
-                tracing::warn!(order.id = order_id, error = %e, "could not fence an abandoned order; its lines wait for the key's retry or their deadline");
-                return false;
-            }
             Err(e) => {
+                // With a key, the key's retry may resolve it first (`resume`: it continues the
+                // order, or hands back the lines of one fenced); whichever comes first, the
+                // other finds it done. (A retry continuing the order that this task fences
+                // between its record and its activation gets its lines back to the cart:
+                // `place`'s activation that finds the order failed hands them back.)
                 tracing::warn!(order.id = order_id, error = %e, "could not fence an abandoned order; retried in the background");
                 let lines = lines.to_vec();
                 until_done(state, order_id, "fence and hand back", move |state| {

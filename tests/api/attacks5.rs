@@ -2,8 +2,9 @@
 //! run", commits fa66849 and c1937fc): attacks on the claims of docs/DESIGN.md "Outcomes nobody
 //! heard" and docs/API.md's 503 row. Each test puts a [`HoldProxy`] between the service and the
 //! shared Redis (the proxy holds replies, it never freezes or reconfigures Redis itself) and
-//! checks one claim. The tests that fail on c1937fc are `#[ignore = "finding: ..."]`; run one
-//! with `cargo test -j1 --test api -- attacks5::<name> --ignored --test-threads 2`.
+//! checks one claim. Six of them failed on c1937fc (a keyed buy-now or checkout whose fence
+//! reply is late, a pay, a cart removal and a cart add whose follow-up read times out, a
+//! create_order reply late) and pass since the fixes that followed it.
 
 use std::time::Duration;
 
@@ -100,7 +101,6 @@ async fn held_in_redis(app: &TestApp, user: u64, sku: u64) -> (Option<u32>, Vec<
 /// afresh: with a limit of 1 it is refused 409 `limit_exceeded` by the customer's own invisible
 /// unit, which stays reserved under a fenced order until the payment window ends (10 min).
 #[tokio::test]
-#[ignore = "finding: a keyed buy-now whose fence reply is late keeps its unit until the deadline; its key's retry is refused by the limit"]
 async fn a_keyed_buy_now_whose_replies_are_late_gives_its_unit_back_and_its_retry_buys() {
     let (app, proxy) = app_behind_proxy_with_worker(Duration::from_millis(400)).await;
     let sku = app.sale_product(5, Some(1)).await;
@@ -137,7 +137,6 @@ async fn a_keyed_buy_now_whose_replies_are_late_gives_its_unit_back_and_its_retr
 /// available only at the payment deadline, never back to the cart: against "a failed checkout
 /// hands back every line it sent" and "the next read shows what happened".
 #[tokio::test]
-#[ignore = "finding: a keyed checkout whose fence reply is late never gives its lines back to the cart; its key's retry answers cart_empty"]
 async fn a_keyed_checkout_whose_replies_are_late_gives_its_lines_back() {
     let (app, proxy) = app_behind_proxy_with_worker(Duration::from_millis(400)).await;
     let a = app.sale_product(10, None).await;
@@ -223,7 +222,6 @@ async fn a_cancel_whose_reply_is_late_gives_its_units_back() {
 /// followed by a plain read or write that can time out has the same lie (cart remove's and
 /// cart clear's `forget_lines`, cancel's `settle`, the checkout's `Created::Exists` read).
 #[tokio::test]
-#[ignore = "finding: a pay whose follow-up read times out answers 503 unavailable 'nothing was changed' although the order is paid"]
 async fn a_pay_that_answers_unavailable_changed_nothing() {
     let (app, proxy) = app_behind_proxy_with_worker(Duration::from_millis(400)).await;
     let sku = app.sale_product(5, None).await;
@@ -252,7 +250,6 @@ async fn a_pay_that_answers_unavailable_changed_nothing() {
 /// changed, retry shortly", with `Retry-After`. A client that retries as told removes 2 more
 /// units than it asked for (here: the whole line).
 #[tokio::test]
-#[ignore = "finding: a cart removal whose follow-up read times out answers 503 unavailable 'nothing was changed' although the units were released"]
 async fn a_cart_removal_that_answers_unavailable_changed_nothing() {
     let (app, proxy) = app_behind_proxy(Duration::from_millis(400)).await;
     let sku = app.sale_product(10, None).await;
@@ -369,7 +366,6 @@ async fn order_records(app: &TestApp) -> Vec<(String, String, i64)> {
 /// forever, one per incident, against DESIGN's "a create_order whose reply is lost is resolved
 /// by fencing the order first (a `new` record is failed)".
 #[tokio::test]
-#[ignore = "finding: a checkout whose create_order reply is late leaves a `new` order record without TTL forever (its fence is not retried)"]
 async fn a_checkout_whose_record_reply_is_late_leaves_no_record_behind() {
     let (app, proxy) = app_behind_proxy_with_worker(Duration::from_millis(400)).await;
     let a = app.sale_product(10, None).await;
@@ -420,7 +416,6 @@ async fn a_checkout_whose_record_reply_is_late_leaves_no_record_behind() {
 /// of 1 (the limit, 2, lets it): exactly the "with limit 2 the retry answers 200 with 2 units
 /// for a customer who asked for 1 once" of the issue.
 #[tokio::test]
-#[ignore = "finding: a cart add whose cart view read times out answers 503 unavailable 'nothing was changed' although the unit is held; the retry holds twice"]
 async fn a_cart_add_that_answers_unavailable_held_nothing() {
     let (app, proxy) = app_behind_proxy(Duration::from_millis(400)).await;
     let a = app.sale_product(10, None).await;
