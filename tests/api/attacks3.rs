@@ -533,10 +533,18 @@ async fn a_removal_in_flight_when_the_service_dies_is_given_back_after_the_resta
         !proxy.armed()
     })
     .await;
-    assert_eq!(redis_avail(&app, sku).await, 5, "the removal leaves Redis first");
+    assert_eq!(
+        redis_avail(&app, sku).await,
+        5,
+        "the removal leaves Redis first"
+    );
     kill_and_restart(&service, &proxy).await;
     let _ = admin.await.unwrap();
-    assert_eq!(mysql_on_hand(&app, sku).await, 10, "MySQL rolled the removal back");
+    assert_eq!(
+        mysql_on_hand(&app, sku).await,
+        10,
+        "MySQL rolled the removal back"
+    );
 
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline && redis_avail(&app, sku).await != 10 {
@@ -569,9 +577,11 @@ async fn an_addition_committed_when_the_service_died_reaches_redis_after_the_res
         async move { s.load(std::sync::atomic::Ordering::SeqCst) }
     })
     .await;
-    eventually("the committed addition", Duration::from_secs(10), || async {
-        mysql_on_hand(&app, sku).await == 15
-    })
+    eventually(
+        "the committed addition",
+        Duration::from_secs(10),
+        || async { mysql_on_hand(&app, sku).await == 15 },
+    )
     .await;
     kill_and_restart(&service, &proxy).await;
     let _ = admin.await.unwrap();
