@@ -13,7 +13,7 @@ use crate::error::{AppError, AppResult};
 use crate::store::mysql::DbResult;
 use crate::store::mysql::catalog::{self as db, ProductRow};
 use crate::store::mysql::orders as orders_db;
-use crate::store::redis::{AdjustOutcome, SkuLoad, StockSnapshot};
+use crate::store::redis::{AdjustOutcome, AdjustStep, SkuLoad, StockSnapshot};
 
 /// A product as the catalog shows it: `available` counts the units that can still be bought.
 #[derive(Debug, Clone)]
@@ -307,9 +307,21 @@ pub struct StockAdjusted {
     pub available: i64,
 }
 
+/// How long after its Redis part a stock change is left to the request that makes it before
+/// the sweeper settles it from MySQL's token row (a process that died leaves it pending). A
+/// change on its normal path is settled one round trip after its commit.
+pub const SETTLE_PENDING_AFTER: Duration = Duration::from_secs(5);
+
 /// Adds or removes on-hand units. Only available units can be removed: what is held, reserved
 /// or sold stays, so stock never goes below what is spoken for. One MySQL transaction from start
 /// to end (its span: `mysql.transaction`).
+///
+/// At no instant can Redis sell a unit MySQL may not have: a removal leaves Redis before the
+/// commit, an addition reaches it only once MySQL's outcome is known. Before the commit the
+/// change is recorded in Redis as pending with the sku (lua/adjust_stock.lua's `pend`, in the
+/// sku's slot); it is settled right after the commit, or, when the commit broke off, once
+/// MySQL's token row says whether it happened: by a task of this request, and by the sweeper
+/// of any instance should this process be gone ([`settle_pending`]).
 #[tracing::instrument(name = "mysql.transaction", level = "debug", skip_all,
     fields(otel.kind = "client", db.system = "mysql", db.operation.name = "adjust_stock",
         sku = %sku, warehouse_id))]
@@ -331,10 +343,9 @@ pub async fn adjust_stock(
     state.redis.load_sku(sku, &meta_of(&row), &load).await?;
     // MySQL's row first, relative to the row as it is when this statement runs (the write-back
     // may have lowered it since `load` was read), so no concurrent change is lost; and it is
-    // locked by this transaction from here to the commit, a round trip after Redis's change.
-    // Redis second: units added there are sellable at once, so a MySQL statement that waited
-    // for the row and then failed (lock wait timeout, deadlock, lost connection) after they
-    // were sold could not be undone: Redis would have sold units MySQL never had.
+    // locked by this transaction from here to the commit. Redis's part follows: a statement
+    // that waited for the row and then failed (lock wait timeout, deadlock, lost connection)
+    // leaves nothing in Redis to take back.
     let on_hand = match db::add_on_hand(&mut tx, sku, warehouse_id, d).await? {
         Some(n) => n,
         // Fewer on hand than the removal: fewer available too (rolled back on return).
@@ -355,11 +366,23 @@ pub async fn adjust_stock(
         token: rand::random(),
     };
     db::note_adjustment(&mut tx, change.token, sku, warehouse_id, d, on_hand).await?;
-    let here = match state
+    // Should this request not settle the change (a step broke off: `pending_left`), the
+    // sweeper does once it is due (the sku noted in the due index at its next pass; after a
+    // crash, which loses that note, its audit finds the pending change).
+    let settle_at_ms = Utc::now().timestamp_millis() + SETTLE_PENDING_AFTER.as_millis() as i64;
+    let pending_left = || state.redis.note_due(sku, settle_at_ms);
+    let before = match state
         .redis
-        .adjust_stock(sku, warehouse_id, d, change.token, false)
+        .adjust_stock(
+            sku,
+            warehouse_id,
+            d,
+            change.token,
+            AdjustStep::Pend { settle_at_ms },
+        )
         .await
     {
+        // A removal's units are out of Redis now; an addition's wait for the commit.
         Ok(AdjustOutcome::Adjusted { here, .. }) => here,
         Ok(AdjustOutcome::Short { available_here }) => {
             return Err(AppError::OutOfStock(format!(
@@ -380,37 +403,70 @@ pub async fn adjust_stock(
         }
         Err(e) => {
             // The script may have run with its answer lost. MySQL's part is rolled back (the
-            // transaction is dropped unsent); Redis's is taken back if it happened.
+            // transaction is dropped unsent, never to be committed); Redis's is taken back if
+            // it happened, and can no longer happen if it did not.
             drop(tx);
-            return Err(settle_change(state, change, Some(false), e)
-                .await
-                .err()
-                .unwrap_or_else(|| {
-                    AppError::internal("a stock change never committed was settled as committed")
-                }));
+            pending_left();
+            return Err(match settle_change(state, change, Some(false)).await {
+                Some(_) => e,
+                None => not_known_yet(sku, "stock change", &e, false),
+            });
         }
     };
     if let Err(e) = tx.commit().await {
         // The connection may have broken after MySQL committed: its token row says.
-        return settle_change(state, change, None, e.into())
-            .await
-            .map(|()| StockAdjusted {
-                sku: sku.get(),
-                warehouse_id,
-                on_hand,
-                available: here,
-            });
+        let e = AppError::from(e);
+        pending_left();
+        return match settle_change(state, change, None).await {
+            Some(Settled {
+                committed: true,
+                here,
+            }) => {
+                metrics::counter!("flashsale_stock_adjustments_total").increment(1);
+                Ok(StockAdjusted {
+                    sku: sku.get(),
+                    warehouse_id,
+                    on_hand,
+                    available: here.unwrap_or(before),
+                })
+            }
+            Some(_) => Err(e),
+            None => Err(not_known_yet(sku, "stock change", &e, true)),
+        };
     }
     metrics::counter!("flashsale_stock_adjustments_total").increment(1);
+    let available = match state
+        .redis
+        .adjust_stock(sku, warehouse_id, d, change.token, AdjustStep::Commit)
+        .await
+    {
+        Ok(AdjustOutcome::Adjusted { here, .. }) => here,
+        Ok(_) => before,
+        Err(e) => {
+            // Committed: the change happened, whatever Redis answers. Its Redis part (an
+            // addition's units) follows in the background, or from the sweeper; until then
+            // Redis sells what it had.
+            tracing::warn!(%sku, warehouse_id, delta = d, error = %e,
+                "a committed stock change is not in Redis yet; settling it in the background");
+            pending_left();
+            match settle_change(state, change, Some(true)).await {
+                Some(Settled {
+                    here: Some(here), ..
+                }) => here,
+                _ => before,
+            }
+        }
+    };
     Ok(StockAdjusted {
         sku: sku.get(),
         warehouse_id,
         on_hand,
-        available: here,
+        available,
     })
 }
 
-/// An admin stock change whose MySQL commit or Redis call broke off.
+/// An admin stock change whose MySQL commit or Redis call broke off, or one the sweeper found
+/// pending.
 #[derive(Debug, Clone)]
 struct Change {
     sku: Sku,
@@ -419,32 +475,36 @@ struct Change {
     token: u64,
 }
 
-/// Settles a broken-off change: MySQL (its token row, once the transaction is over) says
-/// whether it happened; when it did not, Redis's part is taken back (lua/adjust_stock.lua: only
-/// if it was applied to the counters Redis holds now, at most once; counters rebuild-cache
-/// loaded since came from MySQL and are left alone). `Ok(())`: the change was committed after
-/// all.
+/// How a broken-off change was settled: whether MySQL committed it, and its warehouse's
+/// available units in Redis after (`None`: not loaded, or settled before).
+#[derive(Debug, Clone, Copy)]
+struct Settled {
+    committed: bool,
+    here: Option<i64>,
+}
+
+/// Settles a broken-off change in a task of its own (so it finishes when the request is gone):
+/// MySQL (its token row, once the transaction is over, unless `committed` is known) says
+/// whether it happened; Redis's part then follows the outcome (lua/adjust_stock.lua: at most
+/// once, and only on the counters it was made on). `None`: not settled within
+/// [`SETTLE_WAIT`] (the task goes on, and the sweeper would settle it too).
 async fn settle_change(
     state: &AppState,
     change: Change,
     committed: Option<bool>,
-    e: AppError,
-) -> AppResult<()> {
+) -> Option<Settled> {
     let (state2, sku) = (state.clone(), change.sku);
-    let done = settle_in_background(sku, "stock change", move || {
+    settle_in_background(sku, "stock change", move || {
         let (state, change) = (state2.clone(), change.clone());
-        async move { settle_once(&state, &change, committed).await }
-    });
-    match done.await {
-        Some(true) => {
-            metrics::counter!("flashsale_stock_adjustments_total").increment(1);
-            Ok(())
+        async move {
+            let committed = match committed {
+                Some(known) => known,
+                None => db::adjustment_committed(&state.db, change.sku, change.token).await?,
+            };
+            settle_once(&state, &change, committed, "request").await
         }
-        Some(false) => Err(e),
-        // Whether the commit went through is not known yet: `committed` is known only when the
-        // change never reached its commit (MySQL rolled back; Redis's part is taken back).
-        None => Err(not_known_yet(sku, "stock change", &e, committed.is_none())),
-    }
+    })
+    .await
 }
 
 /// What a request answers when its broken-off change is still being settled. `may_have_happened`:
@@ -500,24 +560,127 @@ where
         .flatten()
 }
 
-async fn settle_once(state: &AppState, c: &Change, committed: Option<bool>) -> AppResult<bool> {
-    let committed = match committed {
-        Some(known) => known,
-        None => db::adjustment_committed(&state.db, c.sku, c.token).await?,
+/// Redis's part of a change whose MySQL outcome is known: an addition's units go in if MySQL
+/// committed it, a removal's come back if not (lua/adjust_stock.lua).
+async fn settle_once(
+    state: &AppState,
+    c: &Change,
+    committed: bool,
+    by: &'static str,
+) -> AppResult<Settled> {
+    let step = if committed {
+        AdjustStep::Commit
+    } else {
+        AdjustStep::Undo
     };
-    if committed {
-        return Ok(true);
-    }
-    if let AdjustOutcome::Short { available_here } = state
+    let here = match state
         .redis
-        .adjust_stock(c.sku, c.warehouse_id, c.delta, c.token, true)
+        .adjust_stock(c.sku, c.warehouse_id, c.delta, c.token, step)
         .await?
     {
-        tracing::error!(sku = %c.sku, warehouse_id = c.warehouse_id, delta = c.delta,
-            available_here, "units of a stock change MySQL did not take were sold before \
-            they could be taken back; run reconcile");
+        AdjustOutcome::Adjusted { here, .. } => {
+            metrics::counter!("flashsale_stock_adjustments_settled_total",
+                "by" => by,
+                "outcome" => if committed { "committed" } else { "rolled_back" })
+            .increment(1);
+            Some(here)
+        }
+        _ => None,
+    };
+    Ok(Settled { committed, here })
+}
+
+/// Pending stock changes of one sku read per call of [`settle_pending`].
+const PENDING_PER_PASS: usize = 64;
+/// How long the sweeper waits for MySQL to tell a pending change's outcome (it sweeps holds
+/// meanwhile: a MySQL outage must not hold that up for long).
+const PENDING_LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the sweeper's settling of a sku's pending stock changes did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PendingSettled {
+    pub settled: usize,
+    /// Due but not settled: the change's transaction may still be open (the product's row
+    /// lock is taken), or MySQL did not answer. Looked at again after [`SETTLE_PENDING_AFTER`].
+    pub unsettled: usize,
+}
+
+/// Settles the sku's pending stock changes due by `now_ms` (Redis's clock) from MySQL's token
+/// rows: what a process that died (or whose settle gave up) left pending. The sweeper calls it;
+/// it never waits for a row lock (`NOWAIT`): a change whose transaction may still be open is
+/// put off. Settling twice, or beside the request's own task, does it once.
+pub async fn settle_pending(state: &AppState, sku: Sku, now_ms: i64) -> AppResult<PendingSettled> {
+    let mut out = PendingSettled::default();
+    for p in state
+        .redis
+        .due_adjustments(sku, now_ms, PENDING_PER_PASS)
+        .await?
+    {
+        let c = Change {
+            sku,
+            warehouse_id: p.warehouse_id,
+            delta: p.delta,
+            token: p.token,
+        };
+        let outcome = tokio::time::timeout(
+            PENDING_LOOKUP_TIMEOUT,
+            db::adjustment_committed_now(&state.db, sku, p.token),
+        )
+        .await;
+        let committed = match outcome {
+            Ok(Ok(Some(known))) => Some(known),
+            Ok(Ok(None)) => {
+                tracing::debug!(%sku, token = p.token,
+                    "a pending stock change's transaction may still be open; later");
+                None
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%sku, token = p.token, error = %e,
+                    "could not read a pending stock change's outcome; later");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(%sku, token = p.token,
+                    "MySQL did not tell a pending stock change's outcome in time; later");
+                None
+            }
+        };
+        let Some(committed) = committed else {
+            out.unsettled += 1;
+            metrics::counter!("flashsale_stock_adjustments_deferred_total").increment(1);
+            let later = now_ms + SETTLE_PENDING_AFTER.as_millis() as i64;
+            state.redis.defer_adjustment(sku, &p, later).await?;
+            continue;
+        };
+        settle_once(state, &c, committed, "sweeper").await?;
+        tracing::info!(%sku, warehouse_id = p.warehouse_id, delta = p.delta, token = p.token,
+            committed, "settled a pending stock change from MySQL's token row");
+        out.settled += 1;
     }
-    Ok(false)
+    Ok(out)
+}
+
+/// How long MySQL keeps the note of an admin stock change (`stock_adjustments`): a week, far
+/// beyond the day its Redis token key lives and the seconds a pending change waits for its
+/// outcome (a change settled as "not committed" because its note was gone would be taken back).
+pub const ADJUSTMENT_NOTES_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Notes deleted per statement, and statements per call of [`prune_adjustment_notes`].
+const PRUNE_BATCH: u32 = 1_000;
+const PRUNE_ROUNDS: usize = 10;
+
+/// Deletes the notes of stock changes older than [`ADJUSTMENT_NOTES_KEPT`], in bounded batches
+/// (oldest first); what is left goes at the next call. The sweeper calls it at every audit.
+/// Returns the notes deleted.
+pub async fn prune_adjustment_notes(state: &AppState) -> AppResult<u64> {
+    let mut gone = 0;
+    for _ in 0..PRUNE_ROUNDS {
+        let n = db::prune_adjustments(&state.db, ADJUSTMENT_NOTES_KEPT, PRUNE_BATCH).await?;
+        gone += n;
+        if n < u64::from(PRUNE_BATCH) {
+            break;
+        }
+    }
+    Ok(gone)
 }
 
 #[derive(Debug, Clone)]

@@ -14,9 +14,18 @@
 //! call holds Redis for long) until nothing due is left, its due orders settled `SETTLE_AT_ONCE`
 //! at a time: whatever is due goes back within a tick, whatever the number.
 //!
+//! **Pending admin stock changes.** An admin stock change is recorded as pending with its sku
+//! (its `adjp` set, scored by when it is due: `catalog::SETTLE_PENDING_AFTER` after its Redis
+//! part) and noted in the due index like a deadline. A sku's visit settles its due pending
+//! changes from MySQL's token rows (`catalog::settle_pending`: never waiting for a row lock;
+//! one whose transaction may still be open is put off): what a process that died mid-change
+//! left, with no task of its own to finish it.
+//!
 //! **Audit.** A crash between a script and its note leaves a sku out of the index. Every
 //! `sweep_audit_interval` (and at start) the sweeper reads the earliest deadline of every
-//! loaded sku (SSCAN + pipelined ZRANGE, no scripts) and notes those that hold something.
+//! loaded sku (its `exp` and its pending changes: SSCAN + pipelined ZRANGE, no scripts) and
+//! notes those that hold something. At the same moment it prunes MySQL's notes of stock
+//! changes past `catalog::ADJUSTMENT_NOTES_KEPT`, in bounded batches.
 //!
 //! Every step is idempotent: several instances may sweep at once.
 
@@ -29,7 +38,7 @@ use tokio::time::Instant;
 use crate::app::AppState;
 use crate::domain::Sku;
 use crate::error::AppResult;
-use crate::service::orders;
+use crate::service::{catalog, orders};
 
 /// Due entries looked at per sweep script call.
 pub const BATCH: u32 = 500;
@@ -52,6 +61,11 @@ pub struct SweepStats {
     pub calls: usize,
     pub holds_units_released: u64,
     pub orders_due: usize,
+    /// Pending admin stock changes settled from MySQL's token rows.
+    pub adjustments_settled: usize,
+    /// Pending admin stock changes due but not settled (their transaction may still be open,
+    /// or MySQL did not answer): looked at again later.
+    pub adjustments_unsettled: usize,
 }
 
 impl SweepStats {
@@ -60,6 +74,8 @@ impl SweepStats {
         self.calls += o.calls;
         self.holds_units_released += o.holds_units_released;
         self.orders_due += o.orders_due;
+        self.adjustments_settled += o.adjustments_settled;
+        self.adjustments_unsettled += o.adjustments_unsettled;
     }
 }
 
@@ -80,7 +96,7 @@ pub async fn run_once(state: &AppState) -> AppResult<SweepStats> {
             break;
         }
         let per_sku: Vec<SweepStats> = futures::stream::iter(fresh)
-            .map(|sku| sweep_sku(state, sku))
+            .map(|sku| sweep_sku(state, sku, now))
             .buffer_unordered(SKUS_AT_ONCE)
             .try_collect()
             .await?;
@@ -93,8 +109,9 @@ pub async fn run_once(state: &AppState) -> AppResult<SweepStats> {
     Ok(stats)
 }
 
-/// Sweeps one sku until nothing due is left in it, then moves its due-index entry.
-async fn sweep_sku(state: &AppState, sku: Sku) -> AppResult<SweepStats> {
+/// Sweeps one sku until nothing due is left in it, settles its pending admin stock changes
+/// that are due, then moves its due-index entry.
+async fn sweep_sku(state: &AppState, sku: Sku, now: i64) -> AppResult<SweepStats> {
     let seen = state.redis.due_version(sku).await?;
     let mut stats = SweepStats {
         skus: 1,
@@ -131,6 +148,9 @@ async fn sweep_sku(state: &AppState, sku: Sku) -> AppResult<SweepStats> {
             break;
         }
     }
+    let pending = catalog::settle_pending(state, sku, now).await?;
+    stats.adjustments_settled = pending.settled;
+    stats.adjustments_unsettled = pending.unsettled;
     let next = state
         .redis
         .earliest_deadlines(&[sku])
@@ -157,6 +177,11 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
                             tracing::debug!(skus, noted, "due index audited");
                         }
                         Err(e) => tracing::warn!(error = %e, "due index audit failed; retrying next tick"),
+                    }
+                    match catalog::prune_adjustment_notes(&state).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(notes = n, "old stock change notes pruned"),
+                        Err(e) => tracing::warn!(error = %e, "could not prune old stock change notes; next audit"),
                     }
                 }
                 match run_once(&state).await {

@@ -10,7 +10,7 @@ use flashsale::domain::Sku;
 use reqwest::StatusCode;
 
 use crate::helpers::{TestApp, eventually, mysql_base, spawn_app_with};
-use crate::model::faults::{Proxy, RedisProc, Trap, app_through_proxy};
+use crate::model::faults::{Proxy, RedisProc, ServiceProc, Trap, app_through_proxy};
 
 /// A pool straight to the test's database (not through the proxy).
 async fn direct_pool(app: &TestApp) -> sqlx::MySqlPool {
@@ -178,10 +178,10 @@ async fn a_stock_change_whose_redis_call_timed_out_leaves_redis_at_mysqls_stock(
 }
 
 /// An addition whose COMMIT never reached MySQL, the connection's server side still open (its
-/// row locks held until MySQL notices): Redis's part is sellable at once, and customers buy it
-/// before the settle can take it back. MySQL then rolls back: the units sold never existed.
+/// row locks held until MySQL notices): Redis's part was sellable at once, and customers bought
+/// it before the settle could take it back. MySQL then rolls back: the units sold never existed.
+/// An addition now reaches Redis only once MySQL's outcome is known.
 #[tokio::test]
-#[ignore = "finding, not fixed: an addition is sellable in Redis before its COMMIT is known"]
 async fn an_addition_whose_commit_never_arrived_is_not_sold() {
     let (app, proxy) = app_through_proxy().await;
     let w = app.warehouse("w").await;
@@ -207,16 +207,16 @@ async fn an_addition_whose_commit_never_arrived_is_not_sold() {
                 .status()
         })
     };
-    eventually(
-        "Redis's part of the addition",
-        Duration::from_secs(10),
-        || async { redis_avail(&app, sku).await == 3 },
-    )
+    // The COMMIT sent (and dropped): MySQL's outcome is not known until its side of the
+    // connection closes, two seconds on. A customer asks for the three units meanwhile.
+    eventually("the addition's COMMIT", Duration::from_secs(10), || async {
+        !proxy.armed()
+    })
     .await;
+    let seen = redis_avail(&app, sku).await;
     let t = app.customer_token(7);
     let bought = app.try_buy_now(&t, sku, 3).await;
     let status = admin.await.unwrap();
-    assert!(!proxy.armed(), "the COMMIT never came");
     // The settle has run once MySQL rolled back (the request waits up to 3 s for it).
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let on_hand = mysql_on_hand(&app, sku).await;
@@ -225,9 +225,14 @@ async fn an_addition_whose_commit_never_arrived_is_not_sold() {
         bought.status,
         StatusCode::CREATED,
         "admin answered {status}; a customer bought 3 units of an addition MySQL never \
-         committed (on hand {on_hand}, Redis available {}): oversold",
+         committed (Redis showed {seen} available while the COMMIT was under way; on hand \
+         {on_hand}, Redis available now {}): oversold",
         redis_avail(&app, sku).await
     );
+    assert_eq!(seen, 0, "Redis sold an addition whose COMMIT was under way");
+    assert_ne!(status, StatusCode::OK, "the addition was never committed");
+    assert_eq!(redis_avail(&app, sku).await, 0);
+    app.assert_identity(sku).await;
 }
 
 /// `flashsale rebuild-cache` running while a removal is between its Redis part and its COMMIT:
@@ -413,15 +418,20 @@ async fn a_stock_change_of_unknown_outcome_does_not_answer_nothing_was_changed()
         !body.contains("nothing was changed") && retry_after.is_none(),
         "the change was committed, and the answer says: {body} (Retry-After: {retry_after:?})"
     );
+    // Once the outcome is known, Redis sells the committed units (applied once).
+    eventually(
+        "the committed change in Redis",
+        Duration::from_secs(15),
+        || async { redis_avail(&app, sku).await == 15 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(redis_avail(&app, sku).await, 15);
 }
 
-/// The service killed between a stock change's Redis part and its COMMIT (a crash, a deploy's
-/// SIGKILL, an OOM kill): MySQL rolls the change back when the connection dies, and nothing is
-/// left to settle it: the settle task lived in the process. Redis keeps the five units of an
-/// addition MySQL never had, after the restart too.
-#[tokio::test]
-#[ignore = "finding, not fixed: a change in flight when the process dies is never settled"]
-async fn a_stock_change_in_flight_when_the_service_dies_is_settled_after_the_restart() {
+/// The service as a process of its own (so it can be SIGKILLed) whose MySQL connections go
+/// through `proxy`; the test's handle reaches MySQL straight.
+async fn service_through_proxy() -> (ServiceProc, Arc<Proxy>, TestApp) {
     let host = mysql_base().trim_start_matches("mysql://root@").to_string();
     let proxy = Arc::new(Proxy::start(host.clone()).await);
     let through = format!("127.0.0.1:{}", proxy.port);
@@ -429,38 +439,38 @@ async fn a_stock_change_in_flight_when_the_service_dies_is_settled_after_the_res
     let direct_cfg = crate::helpers::test_config(&db_name, &prefix);
     let mut cfg = direct_cfg.clone();
     cfg.stores.mysql_url = cfg.stores.mysql_url.replace(&host, &through);
-    let service = crate::model::faults::ServiceProc::start(&cfg).await;
+    let service = ServiceProc::start(&cfg).await;
     let state = flashsale::app::AppState::connect(direct_cfg).await.unwrap();
     let app = TestApp::attach(service.addr(), state, db_name, prefix).await;
-    let w = app.warehouse("w").await;
-    let sku = app.product("p", 100).await;
-    app.restock(sku, w, 10).await;
+    (service, proxy, app)
+}
 
-    proxy.arm(Trap::Delay(Duration::from_secs(60)));
-    let admin = {
-        let (addr, client, token) = (
-            app.addr.clone(),
-            app.client.clone(),
-            app.admin_token.clone(),
-        );
-        tokio::spawn(async move {
-            client
-                .post(format!("{addr}/v1/products/{sku}/stock"))
-                .bearer_auth(token)
-                .json(&serde_json::json!({"warehouse_id": w, "delta": 5}))
-                .send()
-                .await
-                .map(|r| r.status())
-        })
-    };
-    eventually(
-        "Redis's part of the addition",
-        Duration::from_secs(10),
-        || async { redis_avail(&app, sku).await == 15 },
-    )
-    .await;
-    // SIGKILL; the held COMMIT's connection then drops (MySQL rolls back); the service comes
-    // back.
+/// An admin stock change sent in a task of its own (its answer may never come).
+fn send_stock_change(
+    app: &TestApp,
+    sku: u64,
+    w: u64,
+    delta: i64,
+) -> tokio::task::JoinHandle<Result<StatusCode, reqwest::Error>> {
+    let (addr, client, token) = (
+        app.addr.clone(),
+        app.client.clone(),
+        app.admin_token.clone(),
+    );
+    tokio::spawn(async move {
+        client
+            .post(format!("{addr}/v1/products/{sku}/stock"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"warehouse_id": w, "delta": delta}))
+            .send()
+            .await
+            .map(|r| r.status())
+    })
+}
+
+/// SIGKILL; the service's MySQL connections then drop (MySQL rolls back what it did not commit)
+/// and the service comes back, with nothing in memory of what it was doing.
+async fn kill_and_restart(service: &ServiceProc, proxy: &Arc<Proxy>) {
     let p = proxy.clone();
     let cutter = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -470,6 +480,28 @@ async fn a_stock_change_in_flight_when_the_service_dies_is_settled_after_the_res
     });
     service.kill_and_restart(Duration::from_millis(500)).await;
     cutter.await.unwrap();
+}
+
+/// The service killed while a stock change's COMMIT is under way (a crash, a deploy's SIGKILL,
+/// an OOM kill): MySQL rolls the change back when the connection dies, and nothing was left to
+/// settle it: the settle task lived in the process. Redis kept the five units of an addition
+/// MySQL never had, after the restart too. An addition now reaches Redis only once MySQL's
+/// outcome is known (and a pending change is settled by the sweeper: the tests below).
+#[tokio::test]
+async fn a_stock_change_in_flight_when_the_service_dies_is_settled_after_the_restart() {
+    let (service, proxy, app) = service_through_proxy().await;
+    let w = app.warehouse("w").await;
+    let sku = app.product("p", 100).await;
+    app.restock(sku, w, 10).await;
+
+    proxy.arm(Trap::Delay(Duration::from_secs(60)));
+    let admin = send_stock_change(&app, sku, w, 5);
+    eventually("the addition's COMMIT", Duration::from_secs(10), || async {
+        !proxy.armed()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    kill_and_restart(&service, &proxy).await;
     let _ = admin.await.unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
 
@@ -481,6 +513,90 @@ async fn a_stock_change_in_flight_when_the_service_dies_is_settled_after_the_res
         "after the restart Redis sells {avail} units, MySQL has {on_hand}: oversold by {}",
         avail - on_hand
     );
+}
+
+/// A removal's units leave Redis before its COMMIT (so Redis never sells what MySQL may have
+/// lost). The service killed while that COMMIT is held: MySQL rolls the removal back, and the
+/// five units stayed out of Redis for good (nothing in the new process knew of the change). The
+/// change is recorded as pending with the sku, and the restarted service's sweeper settles it
+/// from MySQL's token row, with no task of the old process.
+#[tokio::test]
+async fn a_removal_in_flight_when_the_service_dies_is_given_back_after_the_restart() {
+    let (service, proxy, app) = service_through_proxy().await;
+    let w = app.warehouse("w").await;
+    let sku = app.product("p", 100).await;
+    app.restock(sku, w, 10).await;
+
+    proxy.arm(Trap::Delay(Duration::from_secs(60)));
+    let admin = send_stock_change(&app, sku, w, -5);
+    eventually("the removal's COMMIT", Duration::from_secs(10), || async {
+        !proxy.armed()
+    })
+    .await;
+    assert_eq!(
+        redis_avail(&app, sku).await,
+        5,
+        "the removal leaves Redis first"
+    );
+    kill_and_restart(&service, &proxy).await;
+    let _ = admin.await.unwrap();
+    assert_eq!(
+        mysql_on_hand(&app, sku).await,
+        10,
+        "MySQL rolled the removal back"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && redis_avail(&app, sku).await != 10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        redis_avail(&app, sku).await,
+        10,
+        "20 s after the restart Redis still hides the 5 units MySQL kept"
+    );
+    app.assert_identity(sku).await;
+}
+
+/// An addition committed by MySQL while its answer was lost, and the service killed before it
+/// learnt the outcome: the addition never reached Redis (it goes there only once MySQL's
+/// outcome is known), so nothing of the old process can put it there. The restarted service's
+/// sweeper finds the pending change, reads MySQL's token row and applies it, once.
+#[tokio::test]
+async fn an_addition_committed_when_the_service_died_reaches_redis_after_the_restart() {
+    let (service, proxy, app) = service_through_proxy().await;
+    let w = app.warehouse("w").await;
+    let sku = app.product("p", 100).await;
+    app.restock(sku, w, 10).await;
+
+    proxy.arm(Trap::Swallow);
+    let admin = send_stock_change(&app, sku, w, 5);
+    let swallowed = proxy.swallowed.clone();
+    eventually("the COMMIT passed on", Duration::from_secs(10), || {
+        let s = swallowed.clone();
+        async move { s.load(std::sync::atomic::Ordering::SeqCst) }
+    })
+    .await;
+    eventually(
+        "the committed addition",
+        Duration::from_secs(10),
+        || async { mysql_on_hand(&app, sku).await == 15 },
+    )
+    .await;
+    kill_and_restart(&service, &proxy).await;
+    let _ = admin.await.unwrap();
+
+    eventually(
+        "the addition in Redis after the restart",
+        Duration::from_secs(20),
+        || async { redis_avail(&app, sku).await == 15 },
+    )
+    .await;
+    // Once: further passes leave it alone.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(redis_avail(&app, sku).await, 15);
+    assert_eq!(mysql_on_hand(&app, sku).await, 15);
+    app.assert_identity(sku).await;
 }
 
 /// A catalog entry in Redis that MySQL does not hold (what a timed-out price change left before

@@ -27,6 +27,9 @@ enum Bound {
     OrderRecord,
     /// A customer's order index: only orders not yet finished and written back.
     OpenOrders,
+    /// Emptied once what it holds is settled (a set that empties is gone): none left after a
+    /// sale whose admin changes all answered.
+    Settled,
 }
 
 /// The family of a key (the prefix stripped), and its bound under `app`'s settings.
@@ -46,6 +49,7 @@ fn family(key: &str, app_events_cap: u64) -> Option<(&'static str, Bound)> {
             Some("h" | "o") => ("reservation ttl key", Bound::Ttl(day)),
             Some("load") => ("load staging", Bound::Ttl(Duration::from_secs(60))),
             Some("adj") => ("stock change token", Bound::Ttl(day)),
+            Some("adjp") => ("pending stock changes", Bound::Settled),
             _ => return None,
         }
     } else if tag.starts_with("{ord") {
@@ -225,6 +229,14 @@ async fn every_redis_key_a_sale_leaves_has_a_bound() {
                         "{short}: order {id} ({status:?}) is written back and finished, yet indexed"
                     );
                 }
+            }
+            Bound::Settled => {
+                let len: u64 = redis::cmd("ZCARD")
+                    .arg(key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                assert_eq!(len, 0, "{short} ({name}) not settled");
             }
             Bound::PerSku | Bound::PerDeployment => {}
         }

@@ -348,6 +348,65 @@ pub async fn adjustment_committed(pool: &MySqlPool, sku: Sku, token: u64) -> DbR
     Ok(found.is_some())
 }
 
+/// Whether the stock change noted under `token` was committed, for the sweeper, which must not
+/// wait on a lock: `None` while the product's row lock is taken (`FOR UPDATE NOWAIT`; the
+/// transaction that made the change may still be open, its outcome not decided).
+pub async fn adjustment_committed_now(
+    pool: &MySqlPool,
+    sku: Sku,
+    token: u64,
+) -> DbResult<Option<bool>> {
+    let mut tx = pool.begin().await?;
+    let locked = sqlx::query("SELECT sku FROM products WHERE sku = ? FOR UPDATE NOWAIT")
+        .bind(sku.get())
+        .fetch_optional(&mut *tx)
+        .await;
+    match locked {
+        Ok(_) => {}
+        Err(e) if lock_taken(&e) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let found = sqlx::query_scalar::<_, u64>(
+        "SELECT token FROM stock_adjustments WHERE token = ? FOR UPDATE",
+    )
+    .bind(token)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.rollback().await?;
+    Ok(Some(found.is_some()))
+}
+
+/// A `NOWAIT` locking read that met a lock: MySQL answers 3572 (`ER_LOCK_NOWAIT`), MariaDB a
+/// lock wait timeout (1205).
+fn lock_taken(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    matches!(
+        db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .map(|e| e.number()),
+        Some(3572 | 1205)
+    )
+}
+
+/// Deletes up to `limit` notes of stock changes made more than `older_than` ago, oldest first
+/// (by `ix_stock_adjustments_created`); returns how many went.
+pub async fn prune_adjustments(
+    pool: &MySqlPool,
+    older_than: std::time::Duration,
+    limit: u32,
+) -> DbResult<u64> {
+    Ok(sqlx::query(
+        "DELETE FROM stock_adjustments \
+         WHERE created_at < NOW(3) - INTERVAL ? SECOND ORDER BY created_at LIMIT ?",
+    )
+    .bind(older_than.as_secs())
+    .bind(limit)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
 /// The largest order id MySQL knows (0 when none): the floor of the Redis id sequence.
 pub async fn max_order_id(pool: &MySqlPool) -> DbResult<u64> {
     Ok(

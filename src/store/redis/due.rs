@@ -73,23 +73,27 @@ impl Redis {
         Ok(v.unwrap_or_else(|| "0".into()))
     }
 
-    /// The earliest deadline in each sku's `exp` (None: nothing held or reserved), in one
-    /// pipeline of plain reads.
+    /// The earliest deadline of each sku: in its `exp`, or when a pending admin stock change
+    /// of it is to be settled (None: nothing held, reserved or pending), in one pipeline of
+    /// plain reads.
     pub async fn earliest_deadlines(&self, skus: &[Sku]) -> AppResult<Vec<Option<i64>>> {
         if skus.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
         for sku in skus {
-            pipe.cmd("ZRANGE")
-                .arg(self.keys.sku(*sku).exp())
-                .arg(0)
-                .arg(0)
-                .arg("WITHSCORES");
+            let k = self.keys.sku(*sku);
+            for key in [k.exp(), k.adjustments_pending()] {
+                pipe.cmd("ZRANGE").arg(key).arg(0).arg(0).arg("WITHSCORES");
+            }
         }
         let r: Vec<Vec<(String, f64)>> = pipe.query_async(&mut self.conn()).await?;
-        Ok(r.into_iter()
-            .map(|v| v.first().map(|(_, score)| *score as i64))
+        Ok(r.chunks(2)
+            .map(|pair| {
+                pair.iter()
+                    .filter_map(|v| v.first().map(|(_, score)| *score as i64))
+                    .min()
+            })
             .collect())
     }
 
@@ -108,8 +112,8 @@ impl Redis {
         Ok(r.int(0)? == 1)
     }
 
-    /// Puts back in the due index every loaded sku with something held or reserved (what a
-    /// crash between a script and its note, or data from before the index, left out). Walks
+    /// Puts back in the due index every loaded sku with something held, reserved or pending
+    /// (what a crash between a script and its note, or data from before the index, left out). Walks
     /// the `skus` set with SSCAN, `chunk` skus at a time, with plain reads; notes only skus
     /// that hold something. Returns (skus looked at, skus noted).
     pub async fn audit_due(&self, chunk: usize) -> AppResult<(usize, usize)> {

@@ -178,10 +178,15 @@ impl SkuKeys {
     pub fn staging(&self, token: u64, what: &str) -> String {
         format!("{}load:{token:016x}:{what}", self.base)
     }
-    /// Whether an admin stock change (by its token) was applied or taken back
+    /// How an admin stock change (by its token) ended, or that it waits for its outcome
     /// (lua/adjust_stock.lua).
     pub fn adjustment(&self, token: u64) -> String {
         format!("{}adj:{token:016x}", self.base)
+    }
+    /// The sku's admin stock changes whose MySQL outcome is not settled in Redis yet
+    /// (`<token>|<warehouse>|<delta>` -> when the sweeper settles it, unix ms).
+    pub fn adjustments_pending(&self) -> String {
+        format!("{}adjp", self.base)
     }
     /// What a reservation's TTL key starts with (the rid follows).
     pub fn ttl_base(&self) -> &str {
@@ -222,7 +227,16 @@ mod tests {
     fn keys_of_one_sku_share_a_slot_tag() {
         let k = Keys::new("fs");
         let s = k.sku(Sku::parse(42).unwrap());
-        for key in [s.meta(), s.stock(), s.users(), s.res(), s.exp(), s.sold()] {
+        for key in [
+            s.meta(),
+            s.stock(),
+            s.users(),
+            s.res(),
+            s.exp(),
+            s.sold(),
+            s.adjustments_pending(),
+            s.adjustment(1),
+        ] {
             assert!(key.starts_with("fs:{sku:42}:"), "{key}");
         }
         assert_eq!(s.ttl(&Rid::Hold { user_id: 7 }), "fs:{sku:42}:h:7");

@@ -45,7 +45,7 @@ pub use reservations::{
     Returned, SoldOutFor, SweepBatch, parse_alloc,
 };
 use scripts::Scripts;
-pub use stock::{AdjustOutcome, SkuLoad, StockSnapshot};
+pub use stock::{AdjustOutcome, AdjustStep, PendingAdjustment, SkuLoad, StockSnapshot};
 
 use crate::config::StoresConfig;
 use crate::domain::Sku;

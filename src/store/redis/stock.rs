@@ -102,16 +102,53 @@ impl StockSnapshot {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdjustOutcome {
-    Adjusted {
-        here: i64,
-        available: i64,
-    },
-    Short {
-        available_here: i64,
-    },
+    /// Done: the counters as they are now (after `Pend` of an addition, without it).
+    Adjusted { here: i64, available: i64 },
+    /// `Pend` of a removal of more than is available: nothing done.
+    Short { available_here: i64 },
+    /// No counters (`Commit` and `Undo` settle the change all the same: the next load reads
+    /// MySQL).
     NotLoaded,
-    /// The change was applied (or taken back) before: nothing done now.
+    /// Settled before, or never pending (`Undo` then sees to it that it never is); `Pend`: the
+    /// token was used before.
     Same,
+}
+
+/// The steps of an admin stock change in Redis (lua/adjust_stock.lua): recorded as pending
+/// with the sku before MySQL's COMMIT (a removal's units out at once, an addition's not yet),
+/// then settled once MySQL's outcome is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdjustStep {
+    /// Before the commit; the sweeper settles the change from `settle_at_ms` (unix ms) if
+    /// nobody did.
+    Pend { settle_at_ms: i64 },
+    /// MySQL committed it: an addition's units go in.
+    Commit,
+    /// MySQL did not: a removal's units come back.
+    Undo,
+}
+
+/// An admin stock change recorded as pending (lua/adjust_stock.lua's `pend`), not settled yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingAdjustment {
+    pub token: u64,
+    pub warehouse_id: u32,
+    pub delta: i64,
+}
+
+impl PendingAdjustment {
+    /// A member of a sku's pending set: `<token, 16 hex digits>|<warehouse>|<delta>`.
+    fn parse(member: &str) -> Option<Self> {
+        let mut it = member.split('|');
+        let token = u64::from_str_radix(it.next()?, 16).ok()?;
+        let warehouse_id = it.next()?.parse().ok()?;
+        let delta = it.next()?.parse().ok()?;
+        it.next().is_none().then_some(PendingAdjustment {
+            token,
+            warehouse_id,
+            delta,
+        })
+    }
 }
 
 impl Redis {
@@ -222,27 +259,29 @@ impl Redis {
         Ok(())
     }
 
-    /// Applies (or, `undo`, takes back) the admin stock change `token`; repeating either is
-    /// harmless (lua/adjust_stock.lua).
+    /// One step of the admin stock change `token` (see [`AdjustStep`]); repeating a step is
+    /// harmless, and a change undone before its `Pend` arrived never happens
+    /// (lua/adjust_stock.lua).
     pub async fn adjust_stock(
         &self,
         sku: Sku,
         warehouse_id: u32,
         delta: i64,
         token: u64,
-        undo: bool,
+        step: AdjustStep,
     ) -> AppResult<AdjustOutcome> {
         let k = self.keys.sku(sku);
+        let (mode, at) = match step {
+            AdjustStep::Pend { settle_at_ms } => ("pend", settle_at_ms.to_string()),
+            AdjustStep::Commit => ("commit", String::new()),
+            AdjustStep::Undo => ("undo", String::new()),
+        };
         let r = self
             .eval(
                 "adjust_stock",
                 &self.scripts.adjust_stock,
-                &[&k.stock(), &k.adjustment(token)],
-                &[
-                    &warehouse_id.to_string(),
-                    &delta.to_string(),
-                    if undo { "undo" } else { "apply" },
-                ],
+                &[&k.stock(), &k.adjustment(token), &k.adjustments_pending()],
+                &[&warehouse_id.to_string(), &delta.to_string(), mode, &at],
             )
             .await?;
         Ok(match r.tag() {
@@ -257,6 +296,55 @@ impl Redis {
             "same" => AdjustOutcome::Same,
             other => return Err(r.unexpected(other)),
         })
+    }
+
+    /// Up to `limit` of the sku's pending stock changes due to be settled by `now_ms`, earliest
+    /// first. A member that cannot be read is logged and dropped (nothing could settle it).
+    pub async fn due_adjustments(
+        &self,
+        sku: Sku,
+        now_ms: i64,
+        limit: usize,
+    ) -> AppResult<Vec<PendingAdjustment>> {
+        let key = self.keys.sku(sku).adjustments_pending();
+        let raw: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(now_ms)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut self.conn())
+            .await?;
+        let mut due = Vec::with_capacity(raw.len());
+        for m in raw {
+            match PendingAdjustment::parse(&m) {
+                Some(p) => due.push(p),
+                None => {
+                    tracing::error!(%sku, member = %m, "an unreadable pending stock change; dropped");
+                    let _: () = self.conn().zrem(&key, &m).await?;
+                }
+            }
+        }
+        Ok(due)
+    }
+
+    /// Puts off settling a pending stock change until `at_ms` (only if it is still pending).
+    pub async fn defer_adjustment(
+        &self,
+        sku: Sku,
+        p: &PendingAdjustment,
+        at_ms: i64,
+    ) -> AppResult<()> {
+        let member = format!("{:016x}|{}|{}", p.token, p.warehouse_id, p.delta);
+        let _: () = redis::cmd("ZADD")
+            .arg(self.keys.sku(sku).adjustments_pending())
+            .arg("XX")
+            .arg(at_ms)
+            .arg(member)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(())
     }
 
     /// The sku's counters, or `None` when not loaded.
@@ -278,5 +366,31 @@ impl Redis {
         }
         let raw: Vec<Vec<(String, String)>> = pipe.query_async(&mut self.conn()).await?;
         Ok(raw.into_iter().map(meta_from_fields).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pending_member_reads_as_lua_adjust_stock_writes_it() {
+        assert_eq!(
+            PendingAdjustment::parse("00000000deadbeef|7|-5"),
+            Some(PendingAdjustment {
+                token: 0xdead_beef,
+                warehouse_id: 7,
+                delta: -5,
+            })
+        );
+        for bad in [
+            "",
+            "xyz|1|2",
+            "00000000deadbeef|7",
+            "00000000deadbeef|7|5|9",
+            "1|-1|3",
+        ] {
+            assert_eq!(PendingAdjustment::parse(bad), None, "{bad}");
+        }
     }
 }
