@@ -125,6 +125,10 @@ pub async fn ensure_loaded(state: &AppState, sku: Sku) -> AppResult<bool> {
     // lost hold. Refused (nothing changed) until rebuild-cache.
     let known = state.redis.was_loaded(sku).await?;
     if known || out.any() {
+        // Loaded meanwhile (by another instance's load, or rebuild-cache): that load stands.
+        if state.redis.stock(sku).await?.is_some() {
+            return Ok(true);
+        }
         return Err(lost(state, sku, known, out).await);
     }
     state.redis.load_sku(sku, &meta_of(&row), &load).await?;
@@ -142,7 +146,8 @@ async fn lost(state: &AppState, sku: Sku, known: bool, out: orders_db::UnitsOut)
     let why = match (known, out.any()) {
         (true, false) => "Redis had it loaded".to_string(),
         (k, _) => format!(
-            "{}MySQL knows {} unit(s) of open orders and {} paid unit(s) not yet taken off              on_hand",
+            "{}MySQL knows {} unit(s) of open orders and {} paid unit(s) not yet taken off \
+             on_hand",
             if k { "Redis had it loaded; " } else { "" },
             out.open,
             out.paid_unwritten

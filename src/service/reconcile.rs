@@ -9,8 +9,8 @@ use crate::domain::Sku;
 use crate::error::AppResult;
 use crate::service::catalog::{meta_of, sku_load};
 use crate::store::mysql::{catalog as catalog_db, orders as orders_db};
-use crate::store::redis::{Deadline, ReserveMode, ReserveOutcome, ReserveRequest, Rid};
 use crate::store::redis::outbox::OutboxLeft;
+use crate::store::redis::{Deadline, ReserveMode, ReserveOutcome, ReserveRequest, Rid};
 use crate::worker::writer::{Fault, GROUP, Writer};
 
 /// One sku's buckets and what disagrees.
@@ -242,7 +242,9 @@ async fn drain_outbox(
         }
         if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) {
             said = Some(Instant::now());
-            let why = error.map(|e| format!(" (last attempt here: {e})")).unwrap_or_default();
+            let why = error
+                .map(|e| format!(" (last attempt here: {e})"))
+                .unwrap_or_default();
             let msg = format!(
                 "waiting for the outbox ({:.0} s of {:.0} s): {left}{why}",
                 started.elapsed().as_secs_f64(),
@@ -390,7 +392,11 @@ pub async fn rebuild_cache_waiting(
             .await?;
         for item in items {
             let sku = Sku::parse(u64::from(item.sku))?;
-            if paid_in_redis && !orders_db::written_back(&state.db, sku, &[order.id]).await?.is_empty() {
+            if paid_in_redis
+                && !orders_db::written_back(&state.db, sku, &[order.id])
+                    .await?
+                    .is_empty()
+            {
                 // Written back meanwhile: on_hand (read before) may not know it, but the line
                 // is sold, not reserved.
                 continue;

@@ -740,7 +740,11 @@ async fn one_skus_keys_lost_with_an_order_open_never_sells_its_units_again() {
         if blind {
             // Nothing of it is out any more, and MySQL knows it: a reload from on_hand is right.
             let (sold, code) = sell_out(&app, sku, 22_300).await;
-            assert_eq!((sold, code.as_str()), (3, "out_of_stock"), "5 on hand, 2 sold");
+            assert_eq!(
+                (sold, code.as_str()),
+                (3, "out_of_stock"),
+                "5 on hand, 2 sold"
+            );
         } else {
             // Nothing more sells until rebuild-cache; reconcile and the gauge's set say why.
             let (sold, code) = sell_out(&app, sku, 22_200).await;
@@ -753,10 +757,7 @@ async fn one_skus_keys_lost_with_an_order_open_never_sells_its_units_again() {
                 "{}",
                 flashsale::service::reconcile::table(&checks)
             );
-            assert_eq!(
-                app.state.redis.lost_skus().await.unwrap(),
-                vec![sku as u32]
-            );
+            assert_eq!(app.state.redis.lost_skus().await.unwrap(), vec![sku as u32]);
             let report = flashsale::service::reconcile::rebuild_cache(&app.state)
                 .await
                 .unwrap();
@@ -873,7 +874,11 @@ async fn rebuild_cache_waits_for_a_payment_pending_at_another_writer() {
         "order {paid}'s unit left on_hand once"
     );
     let (sold, code) = sell_out(&app, sku, 22_600).await;
-    assert_eq!((sold, code.as_str()), (4, "out_of_stock"), "5 on hand, 1 sold");
+    assert_eq!(
+        (sold, code.as_str()),
+        (4, "out_of_stock"),
+        "5 on hand, 1 sold"
+    );
     app.write_back().await;
     let b = app.assert_identity(sku).await;
     assert_eq!((b.on_hand, b.available, b.sold), (0, 0, 0));

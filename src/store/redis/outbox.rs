@@ -54,7 +54,9 @@ pub fn parse_event(partition: u64, entry: &StreamEntry) -> Result<OutboxEvent, S
         cancel_reason: get("cancel_reason"),
         payment_ref: get("payment_ref").filter(|r| !r.is_empty()),
         at_ms,
-        alloc: get("alloc").map(|a| parse_event_alloc(&a)).unwrap_or_default(),
+        alloc: get("alloc")
+            .map(|a| parse_event_alloc(&a))
+            .unwrap_or_default(),
     })
 }
 
@@ -89,7 +91,11 @@ impl OutboxLeft {
 
 impl std::fmt::Display for OutboxLeft {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} order event(s) not yet written to MySQL", self.entries)?;
+        write!(
+            f,
+            "{} order event(s) not yet written to MySQL",
+            self.entries
+        )?;
         let mut sep = ": ";
         for (consumer, (n, idle)) in &self.pending {
             write!(
@@ -99,7 +105,13 @@ impl std::fmt::Display for OutboxLeft {
             )?;
             sep = ", ";
         }
-        let unread = self.entries - self.pending.values().map(|(n, _)| n).sum::<u64>().min(self.entries);
+        let unread = self.entries
+            - self
+                .pending
+                .values()
+                .map(|(n, _)| n)
+                .sum::<u64>()
+                .min(self.entries);
         if unread > 0 {
             write!(f, "{sep}{unread} not yet read by any writer")?;
         }
@@ -350,7 +362,11 @@ impl Redis {
     /// [`Redis::outbox_tails`]): the written ones are deleted, so what is there is unwritten;
     /// among them, those delivered to a consumer of `group` and not acknowledged. Counts are
     /// exact up to 1,000 entries a partition.
-    pub async fn outbox_left(&self, group: &str, tails: &[Option<String>]) -> AppResult<OutboxLeft> {
+    pub async fn outbox_left(
+        &self,
+        group: &str,
+        tails: &[Option<String>],
+    ) -> AppResult<OutboxLeft> {
         let mut pipe = redis::pipe();
         let mut asked = Vec::new();
         for (p, tail) in tails.iter().enumerate() {
