@@ -125,11 +125,23 @@ pub async fn ensure_loaded(state: &AppState, sku: Sku) -> AppResult<bool> {
     // lost hold. Refused (nothing changed) until rebuild-cache.
     let known = state.redis.was_loaded(sku).await?;
     if known || out.any() {
+        // Noted before the last look, so a rebuild-cache that loads it after that look also
+        // clears the note (it does so last).
+        let noted = match state.redis.mark_lost(sku).await {
+            Ok(new) => new,
+            Err(e) => {
+                tracing::warn!(sku = %sku, error = %e, "could not note the lost sku");
+                false
+            }
+        };
         // Loaded meanwhile (by another instance's load, or rebuild-cache): that load stands.
         if state.redis.stock(sku).await?.is_some() {
+            if noted {
+                state.redis.unmark_lost(sku).await?;
+            }
             return Ok(true);
         }
-        return Err(lost(state, sku, known, out).await);
+        return Err(lost(sku, known, out));
     }
     state.redis.load_sku(sku, &meta_of(&row), &load).await?;
     if state.redis.is_lost(sku).await? {
@@ -140,9 +152,9 @@ pub async fn ensure_loaded(state: &AppState, sku: Sku) -> AppResult<bool> {
 }
 
 /// The refusal of a sku whose Redis counters were lost (see DESIGN.md, "Per-sku loss
-/// detection"): noted in `<p>:lost` for the gauge `flashsale_skus_lost` (alert
-/// FlashsaleSkuCountersLost), logged, counted.
-async fn lost(state: &AppState, sku: Sku, known: bool, out: orders_db::UnitsOut) -> AppError {
+/// detection"; the caller noted it in `<p>:lost` for the gauge `flashsale_skus_lost`, alert
+/// FlashsaleSkuCountersLost): logged, counted.
+fn lost(sku: Sku, known: bool, out: orders_db::UnitsOut) -> AppError {
     let why = match (known, out.any()) {
         (true, false) => "Redis had it loaded".to_string(),
         (k, _) => format!(
@@ -153,10 +165,6 @@ async fn lost(state: &AppState, sku: Sku, known: bool, out: orders_db::UnitsOut)
             out.paid_unwritten
         ),
     };
-    match state.redis.mark_lost(sku).await {
-        Ok(()) => {}
-        Err(e) => tracing::warn!(sku = %sku, error = %e, "could not note the lost sku"),
-    }
     metrics::counter!("flashsale_sku_loss_refusals_total").increment(1);
     tracing::error!(sku = %sku, reason = %why,
         "a sku's Redis counters are gone although units of it are out: not reloaded from MySQL \

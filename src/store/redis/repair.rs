@@ -135,10 +135,10 @@ impl Redis {
     }
 
     /// Notes a sku whose counters were lost (for the gauge and the alert; rebuild-cache
-    /// clears it).
-    pub async fn mark_lost(&self, sku: Sku) -> AppResult<()> {
-        let _: () = self.conn().sadd(self.keys.lost(), sku.get()).await?;
-        Ok(())
+    /// clears it); `true` when it was not noted yet.
+    pub async fn mark_lost(&self, sku: Sku) -> AppResult<bool> {
+        let added: u64 = self.conn().sadd(self.keys.lost(), sku.get()).await?;
+        Ok(added == 1)
     }
 
     /// A sku noted lost was loaded since (nothing of it was out any more).
