@@ -250,7 +250,7 @@ async fn drain_outbox(
                 started.elapsed().as_secs_f64(),
                 wait.as_secs_f64()
             );
-            tracing::warn!("{msg}");
+            tracing::debug!("{msg}");
             progress(&msg);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -294,18 +294,19 @@ pub async fn rebuild_cache(state: &AppState) -> AppResult<RebuildReport> {
 }
 
 /// Rebuilds Redis from MySQL after Redis lost its data or came back from older persistence
-/// (behind MySQL), or lost some skus' counters: the order id counter above every id handed
-/// out, then the outbox written back to MySQL, every entry of it, also those pending at other
-/// instances' writers (so MySQL holds every order and every payment Redis decided: a sku's
-/// ledgers are dropped below, and an unwritten payment would otherwise be sold again), waiting
-/// for them at most `wait` (saying what it waits for through `progress` every few seconds; if
-/// they are still there then, nothing else is done and `outbox_not_drained` says what was
-/// left); then every sku's counters reloaded from on_hand and the customers' bought units (even
-/// those Redis holds: they may be behind), and every open order (record where missing, and its
-/// reservations) with its deadline. Cart holds are dropped (customers add again). Written last:
-/// the marker that lets instances refusing sales (Redis went back) sell again, and the lost
-/// skus' note cleared. Run it before the service takes traffic again. A sku that cannot be
-/// loaded is listed in `problems` and the rebuild goes on (the command then exits non-zero).
+/// (behind MySQL), or lost some skus' counters. First the outbox is written back to MySQL,
+/// every entry of it, also those pending at other instances' writers (so MySQL holds every
+/// order and every payment Redis decided: a sku's ledgers are dropped below, and an unwritten
+/// payment would otherwise be sold again), waiting for them at most `wait` and saying what it
+/// waits for through `progress` every few seconds; if they are still there then, nothing else
+/// is done and `outbox_not_drained` says what was left. Then the order id counter is raised
+/// above every id handed out, every sku's counters are reloaded from on_hand and the customers'
+/// bought units (even those Redis holds: they may be behind), and every open order (record
+/// where missing, and its reservations) with its deadline. Cart holds are dropped (customers
+/// add again). Written last: the lost skus' note cleared, and the marker that lets instances
+/// refusing sales (Redis went back) sell again. Run it before the service takes traffic again.
+/// A sku that cannot be loaded is listed in `problems` and the rebuild goes on (the command
+/// then exits non-zero).
 pub async fn rebuild_cache_waiting(
     state: &AppState,
     wait: Duration,
@@ -317,7 +318,6 @@ pub async fn rebuild_cache_waiting(
         ..state.clone()
     };
     let mut report = RebuildReport::default();
-    crate::service::order_ids::raise(state, false, true).await?;
     let writer = Writer::new(state.clone());
     writer.ensure_groups().await?;
     if let Some(left) = drain_outbox(state, &writer, wait, progress).await? {
@@ -329,6 +329,7 @@ pub async fn rebuild_cache_waiting(
         report.outbox_not_drained = Some(left.to_string());
         return Ok(report);
     }
+    crate::service::order_ids::raise(state, false, true).await?;
 
     let mut after = 0;
     loop {
