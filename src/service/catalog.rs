@@ -118,7 +118,13 @@ pub async fn ensure_loaded(state: &AppState, sku: Sku) -> AppResult<bool> {
             return Ok(false);
         };
         let load = sku_load(&mut conn, sku).await?;
-        (row, load, orders_db::units_out(&mut conn, sku).await?)
+        // Paid units beyond the units taken off on_hand: payments not written back yet.
+        let paid: u64 = load.bought.iter().map(|(_, n)| n).sum();
+        let out = orders_db::UnitsOut {
+            open: orders_db::open_units(&mut conn, sku).await?,
+            paid_unwritten: paid.saturating_sub(load.sold_total),
+        };
+        (row, load, out)
     };
     // A sku Redis had loaded, or one MySQL knows units out of, lost its counters: a load from
     // on_hand would sell again what open orders, unwritten payments and reservations Redis

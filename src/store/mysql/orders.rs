@@ -444,7 +444,7 @@ pub async fn sold_units(conn: &mut MySqlConnection, sku: Sku) -> DbResult<u64> {
 
 /// What MySQL knows to be out of a sku's available units that a load from on_hand would not
 /// see: units of open orders (`awaiting_payment`), and units of paid lines not taken off
-/// on_hand yet (no stock movement recorded for the line).
+/// on_hand yet (paid units beyond the stock movements recorded).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UnitsOut {
     pub open: u64,
@@ -457,23 +457,18 @@ impl UnitsOut {
     }
 }
 
-pub async fn units_out(conn: &mut MySqlConnection, sku: Sku) -> DbResult<UnitsOut> {
-    let (open, paid_unwritten) = sqlx::query_as::<_, (Option<u64>, Option<u64>)>(
-        "SELECT \
-           CAST(SUM(CASE WHEN o.status = 'awaiting_payment' THEN i.count ELSE 0 END) AS UNSIGNED), \
-           CAST(SUM(CASE WHEN o.status = 'paid' AND NOT EXISTS \
-             (SELECT 1 FROM stock_movements m WHERE m.order_id = o.id AND m.sku = i.sku) \
-             THEN i.count ELSE 0 END) AS UNSIGNED) \
-         FROM order_items i JOIN orders o ON o.id = i.order_id \
-         WHERE i.sku = ? AND o.status IN ('awaiting_payment', 'paid')",
+/// Units of a sku in open orders (`awaiting_payment`): from the open orders (the status index),
+/// each line looked up by its key, so it costs what is open, not what was ever sold.
+pub async fn open_units(conn: &mut MySqlConnection, sku: Sku) -> DbResult<u64> {
+    Ok(sqlx::query_scalar::<_, Option<u64>>(
+        "SELECT CAST(SUM(i.count) AS UNSIGNED) FROM orders o \
+         JOIN order_items i ON i.order_id = o.id AND i.sku = ? \
+         WHERE o.status = 'awaiting_payment'",
     )
     .bind(sku.get())
     .fetch_one(conn)
-    .await?;
-    Ok(UnitsOut {
-        open: open.unwrap_or(0),
-        paid_unwritten: paid_unwritten.unwrap_or(0),
-    })
+    .await?
+    .unwrap_or(0))
 }
 
 /// Paid lines of a sku whose units were never taken off on_hand (no stock movement), the
