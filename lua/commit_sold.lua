@@ -3,7 +3,8 @@
 -- KEYS: 1 stock, 2 res, 3 exp, 4 the order line's TTL key, 5 sold ledger
 -- ARGV: 1 rid ('o:<order_id>')
 -- Returns: {'ok', units, alloc} (moved now) | {'sold', units, alloc} (moved before, not yet
--- written back) | {'none', 0, ''} (written back already, or never reserved).
+-- written back) | {'none', 0, ''} (written back already, never reserved, or the sku's keys
+-- were lost: the write-back takes MySQL's figures from the event, not from this answer).
 -- Callers commit only an order that decide_order.lua ruled paid.
 local stock, res, exp, ttl_key, sold, rid = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1]
 local v = redis.call('HGET', res, rid)

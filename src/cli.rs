@@ -35,8 +35,16 @@ pub enum Command {
     Seed,
     /// Compare Redis with MySQL per sku; exits 1 on a mismatch.
     Reconcile,
-    /// Rebuild Redis from MySQL after Redis lost its data (before the service takes traffic).
-    RebuildCache,
+    /// Rebuild Redis from MySQL after Redis lost its data, or some skus' counters (before the
+    /// service takes traffic). Writes the whole outbox back first, waiting for every writer's
+    /// pending entries; exits 2 (nothing changed) if they are not written within --wait, 1 on
+    /// any other problem.
+    RebuildCache {
+        /// How long to wait for the outbox to be written back (default: twice claim_idle, at
+        /// least 10 s).
+        #[arg(long, value_parser = flashsale::config::parse_duration)]
+        wait: Option<std::time::Duration>,
+    },
     /// Outbox events set aside because they can never be written (unparseable, or an order id
     /// MySQL holds for another order): list, show, replay exactly once.
     OutboxDead {

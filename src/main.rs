@@ -37,7 +37,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate => admin::migrate::run(cfg).await,
         Command::Seed => admin::seed::run(cfg).await,
         Command::Reconcile => admin::reconcile::run(cfg).await,
-        Command::RebuildCache => admin::rebuild_cache::run(cfg).await,
+        Command::RebuildCache { wait } => admin::rebuild_cache::run(cfg, wait).await,
         Command::OutboxDead { action } => admin::outbox_dead::run(cfg, action).await,
         Command::Simulate(args) => admin::simulate::run(cfg, args).await,
         Command::MintTokens {

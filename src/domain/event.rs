@@ -24,4 +24,17 @@ pub struct OutboxEvent {
     pub payment_ref: Option<String>,
     /// When the decision was made (unix ms, from the stream id).
     pub at_ms: i64,
+    /// Where each line's units came from, by sku: (warehouse_id, units), as the line was
+    /// reserved (the record's `alloc`, written with it). Empty for events of records without
+    /// one (older versions, orders rebuild-cache restored): the write-back then takes it from
+    /// Redis's ledger, or lets MySQL allocate. Not part of any public shape.
+    #[serde(skip)]
+    pub alloc: std::collections::BTreeMap<u32, Vec<(u32, u32)>>,
+}
+
+impl OutboxEvent {
+    /// The allocation the event carries for its line of `sku` (empty: none).
+    pub fn alloc_of(&self, sku: u32) -> &[(u32, u32)] {
+        self.alloc.get(&sku).map(Vec::as_slice).unwrap_or(&[])
+    }
 }

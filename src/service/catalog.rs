@@ -109,7 +109,7 @@ pub async fn ensure_loaded(state: &AppState, sku: Sku) -> AppResult<bool> {
     if state.redis.stock(sku).await?.is_some() {
         return Ok(true);
     }
-    let (row, load) = {
+    let (row, load, out) = {
         let _slot = lookups.slot(sku.get()).await?;
         let epoch = lookups.epoch();
         let mut conn = state.db.acquire().await?;
@@ -117,10 +117,68 @@ pub async fn ensure_loaded(state: &AppState, sku: Sku) -> AppResult<bool> {
             lookups.mark_unknown(sku.get(), epoch);
             return Ok(false);
         };
-        (row, sku_load(&mut conn, sku).await?)
+        let load = sku_load(&mut conn, sku).await?;
+        // Paid units beyond the units taken off on_hand: payments not written back yet.
+        let paid: u64 = load.bought.iter().map(|(_, n)| n).sum();
+        let out = orders_db::UnitsOut {
+            open: orders_db::open_units(&mut conn, sku).await?,
+            paid_unwritten: paid.saturating_sub(load.sold_total),
+        };
+        (row, load, out)
     };
+    // A sku Redis had loaded, or one MySQL knows units out of, lost its counters: a load from
+    // on_hand would sell again what open orders, unwritten payments and reservations Redis
+    // lost hold. Refused (nothing changed) until rebuild-cache.
+    let known = state.redis.was_loaded(sku).await?;
+    if known || out.any() {
+        // Noted before the last look, so a rebuild-cache that loads it after that look also
+        // clears the note (it does so last).
+        let noted = match state.redis.mark_lost(sku).await {
+            Ok(new) => new,
+            Err(e) => {
+                tracing::warn!(sku = %sku, error = %e, "could not note the lost sku");
+                false
+            }
+        };
+        // Loaded meanwhile (by another instance's load, or rebuild-cache): that load stands.
+        if state.redis.stock(sku).await?.is_some() {
+            if noted {
+                state.redis.unmark_lost(sku).await?;
+            }
+            return Ok(true);
+        }
+        return Err(lost(sku, known, out));
+    }
     state.redis.load_sku(sku, &meta_of(&row), &load).await?;
+    if state.redis.is_lost(sku).await? {
+        // Refused before, loaded now that nothing of it is out: no longer lost.
+        state.redis.unmark_lost(sku).await?;
+    }
     Ok(true)
+}
+
+/// The refusal of a sku whose Redis counters were lost (see DESIGN.md, "Per-sku loss
+/// detection"; the caller noted it in `<p>:lost` for the gauge `flashsale_skus_lost`, alert
+/// FlashsaleSkuCountersLost): logged, counted.
+fn lost(sku: Sku, known: bool, out: orders_db::UnitsOut) -> AppError {
+    let why = match (known, out.any()) {
+        (true, false) => "Redis had it loaded".to_string(),
+        (k, _) => format!(
+            "{}MySQL knows {} unit(s) of open orders and {} paid unit(s) not yet taken off \
+             on_hand",
+            if k { "Redis had it loaded; " } else { "" },
+            out.open,
+            out.paid_unwritten
+        ),
+    };
+    metrics::counter!("flashsale_sku_loss_refusals_total").increment(1);
+    tracing::error!(sku = %sku, reason = %why,
+        "a sku's Redis counters are gone although units of it are out: not reloaded from MySQL \
+         (it would sell them again); its sales stop until `flashsale rebuild-cache` ran");
+    AppError::Unavailable(format!(
+        "sku {sku}: Redis lost its stock counters ({why}); it is not sold until `flashsale \
+         rebuild-cache` ran"
+    ))
 }
 
 /// The sku's Redis counters, loading them from MySQL first when missing.
@@ -175,7 +233,14 @@ pub async fn list_products(
     let mut items = Vec::with_capacity(limit as usize);
     for row in rows.iter().take(limit as usize) {
         let sku = Sku::parse(u64::from(row.sku))?;
-        items.push(view(row, counters(state, sku).await?.available));
+        let available = match counters(state, sku).await {
+            Ok(c) => c.available,
+            // A sku whose counters were lost is listed with nothing available while its sales
+            // are refused; the others are listed as usual.
+            Err(AppError::Unavailable(_)) if state.redis.is_lost(sku).await.unwrap_or(false) => 0,
+            Err(e) => return Err(e),
+        };
+        items.push(view(row, available));
     }
     let next = if more {
         items.last().map(|p| p.sku)

@@ -1,14 +1,17 @@
 //! Redis checked against MySQL per sku, and Redis rebuilt from MySQL after it lost its data: what
 //! the `flashsale reconcile` and `flashsale rebuild-cache` commands (src/admin/) run.
 
+use std::time::{Duration, Instant};
+
 use crate::app::AppState;
 use crate::domain::OrderStatus;
 use crate::domain::Sku;
 use crate::error::AppResult;
 use crate::service::catalog::{meta_of, sku_load};
 use crate::store::mysql::{catalog as catalog_db, orders as orders_db};
+use crate::store::redis::outbox::OutboxLeft;
 use crate::store::redis::{Deadline, ReserveMode, ReserveOutcome, ReserveRequest, Rid};
-use crate::worker::writer::{Fault, Writer};
+use crate::worker::writer::{Fault, GROUP, Writer};
 
 /// One sku's buckets and what disagrees.
 #[derive(Debug, Clone, Default)]
@@ -65,7 +68,24 @@ pub async fn check_sku(state: &AppState, sku: Sku) -> AppResult<SkuCheck> {
         .iter()
         .map(|(_, n)| *n as i64)
         .sum();
+    // The write-back takes a paid line's units off on_hand in the transaction that writes it
+    // `paid`: a paid line without a stock movement is units sold that MySQL still counts.
+    let unmoved = orders_db::paid_without_movements(&mut conn, sku).await?;
     drop(conn);
+    if !unmoved.is_empty() {
+        let units: u64 = unmoved.iter().map(|(_, n)| u64::from(*n)).sum();
+        let ids: Vec<u64> = unmoved.iter().map(|(o, _)| *o).take(10).collect();
+        c.problems.push(format!(
+            "{} paid line(s) ({units} unit(s){}) never taken off on_hand: orders {ids:?}",
+            unmoved.len(),
+            if unmoved.len() >= 100 { " or more" } else { "" }
+        ));
+    }
+    if state.redis.is_lost(sku).await? {
+        c.problems.push(
+            "Redis lost its counters while units were out: not sold until rebuild-cache".into(),
+        );
+    }
     let Some((stock, ledgers)) = state.redis.stock_with_ledgers(sku).await? else {
         return Ok(c);
     };
@@ -153,8 +173,15 @@ pub fn table(checks: &[SkuCheck]) -> String {
     for c in checks {
         if !c.loaded {
             s += &format!(
-                "{:>8} {:>9} {:>9}  (not loaded in Redis)\n",
-                c.sku, c.on_hand, "-"
+                "{:>8} {:>9} {:>9}  (not loaded in Redis){}\n",
+                c.sku,
+                c.on_hand,
+                "-",
+                if c.ok() {
+                    String::new()
+                } else {
+                    format!("  MISMATCH  {}", c.problems.join("; "))
+                }
             );
             continue;
         }
@@ -180,6 +207,54 @@ pub struct RebuildReport {
     pub orders_restored: usize,
     pub units_reserved: u64,
     pub problems: Vec<String>,
+    /// Set when the rebuild gave up waiting for the outbox (what was still not written): then
+    /// it changed nothing (no sku reloaded, no marker written); run it again once it drained.
+    pub outbox_not_drained: Option<String>,
+}
+
+/// Writes the outbox back until every entry that was in it when this started is written (the
+/// writer deletes what it wrote), whichever writer has it: this one's own pending entries and
+/// new ones, entries idle past `claim_idle` at another (claimed), and, for those another
+/// writer holds and still works on, waiting for it. `None`: drained; else what was left after
+/// `wait`. Entries appended meanwhile are not waited for (see `rebuild_cache`'s restore of
+/// orders Redis holds paid).
+async fn drain_outbox(
+    state: &AppState,
+    writer: &Writer,
+    wait: Duration,
+    progress: &(dyn Fn(&str) + Sync),
+) -> AppResult<Option<OutboxLeft>> {
+    let tails = state.redis.outbox_tails().await?;
+    let started = Instant::now();
+    let mut said = None::<Instant>;
+    loop {
+        let error = match writer.run_once(&state.db, Fault::None).await {
+            Ok(_) => None,
+            // MySQL (or Redis) cannot take the write now: waited out like the rest.
+            Err(e) => Some(e.to_string()),
+        };
+        let left = state.redis.outbox_left(GROUP, &tails).await?;
+        if left.is_empty() {
+            return Ok(None);
+        }
+        if started.elapsed() >= wait {
+            return Ok(Some(left));
+        }
+        if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) {
+            said = Some(Instant::now());
+            let why = error
+                .map(|e| format!(" (last attempt here: {e})"))
+                .unwrap_or_default();
+            let msg = format!(
+                "waiting for the outbox ({:.0} s of {:.0} s): {left}{why}",
+                started.elapsed().as_secs_f64(),
+                wait.as_secs_f64()
+            );
+            tracing::debug!("{msg}");
+            progress(&msg);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Loads one sku's counters and catalog entry into Redis from MySQL, dropping the counters Redis
@@ -207,33 +282,54 @@ async fn rebuild_sku(state: &AppState, row: &catalog_db::ProductRow) -> AppResul
     Ok(())
 }
 
-/// Rebuilds Redis from MySQL after Redis lost its data or came back from older persistence
-/// (behind MySQL): the order id counter above every id handed out, the outbox written back
-/// first (so MySQL holds every order Redis knows), then every sku's counters reloaded from
-/// on_hand and the customers' bought units (even those Redis holds: they may be behind), and
-/// every open order (record where missing, and its reservations) with its deadline. Cart holds
-/// are dropped (customers add again). Written last: the marker that lets instances refusing
-/// sales (Redis went back) sell again. Run it before the service takes traffic again. A sku
-/// that cannot be loaded is listed in `problems` and the rebuild goes on (the command then
-/// exits non-zero).
+/// How long `rebuild_cache` waits for the outbox by default: past `claim_idle` twice, so
+/// entries a stopped instance left pending are claimed and written within it.
+pub fn default_outbox_wait(state: &AppState) -> Duration {
+    (state.cfg.outbox.claim_idle * 2).max(Duration::from_secs(10))
+}
+
+/// [`rebuild_cache_waiting`] with [`default_outbox_wait`], saying nothing while it waits.
 pub async fn rebuild_cache(state: &AppState) -> AppResult<RebuildReport> {
+    rebuild_cache_waiting(state, default_outbox_wait(state), &|_| {}).await
+}
+
+/// Rebuilds Redis from MySQL after Redis lost its data or came back from older persistence
+/// (behind MySQL), or lost some skus' counters. First the outbox is written back to MySQL,
+/// every entry of it, also those pending at other instances' writers (so MySQL holds every
+/// order and every payment Redis decided: a sku's ledgers are dropped below, and an unwritten
+/// payment would otherwise be sold again), waiting for them at most `wait` and saying what it
+/// waits for through `progress` every few seconds; if they are still there then, nothing else
+/// is done and `outbox_not_drained` says what was left. Then the order id counter is raised
+/// above every id handed out, every sku's counters are reloaded from on_hand and the customers'
+/// bought units (even those Redis holds: they may be behind), and every open order (record
+/// where missing, and its reservations) with its deadline. Cart holds are dropped (customers
+/// add again). Written last: the lost skus' note cleared, and the marker that lets instances
+/// refusing sales (Redis went back) sell again. Run it before the service takes traffic again.
+/// A sku that cannot be loaded is listed in `problems` and the rebuild goes on (the command
+/// then exits non-zero).
+pub async fn rebuild_cache_waiting(
+    state: &AppState,
+    wait: Duration,
+    progress: &(dyn Fn(&str) + Sync),
+) -> AppResult<RebuildReport> {
     // This command's own scripts run while instances refuse sales.
     let state = &AppState {
         redis: state.redis.for_repair(),
         ..state.clone()
     };
     let mut report = RebuildReport::default();
-    crate::service::order_ids::raise(state, false, true).await?;
     let writer = Writer::new(state.clone());
     writer.ensure_groups().await?;
-    let written = writer.run_once(&state.db, Fault::None).await?;
-    if written.failing > 0 {
+    if let Some(left) = drain_outbox(state, &writer, wait, progress).await? {
         report.problems.push(format!(
-            "{} order events could not be written to MySQL yet (see `flashsale outbox-dead \
-             list` and the writer's log): their orders' units are not reserved again",
-            written.failing
+            "gave up after {:.0} s waiting for the outbox: {left}; nothing was rebuilt (see the \
+             writers' logs and MySQL; run rebuild-cache again once they are written)",
+            wait.as_secs_f64()
         ));
+        report.outbox_not_drained = Some(left.to_string());
+        return Ok(report);
     }
+    crate::service::order_ids::raise(state, false, true).await?;
 
     let mut after = 0;
     loop {
@@ -267,16 +363,21 @@ pub async fn rebuild_cache(state: &AppState) -> AppResult<RebuildReport> {
             ("items", items_json),
             ("total", order.total_price.to_string()),
         ];
+        let mut paid_in_redis = false;
         if state.redis.restore_order(order.id, &fields).await? {
             report.orders_restored += 1;
-        } else if !matches!(
-            state.redis.order_record(order.id).await?.map(|r| r.status),
-            Some(OrderStatus::AwaitingPayment | OrderStatus::New)
-        ) {
-            // Redis decided it since (paid, cancelled): its event is on the way to MySQL.
-            continue;
+        } else {
+            match state.redis.order_record(order.id).await?.map(|r| r.status) {
+                Some(OrderStatus::AwaitingPayment | OrderStatus::New) => {}
+                // Paid in Redis since the outbox was drained, its event not written yet: its
+                // units are out (the counters were loaded from an on_hand that does not know
+                // them). Its lines are reserved again below, and the write-back sells them.
+                Some(OrderStatus::Paid) => paid_in_redis = true,
+                // Cancelled or failed: its event is on the way to MySQL, its units available.
+                _ => continue,
+            }
         }
-        if order.expires_at <= chrono::Utc::now() {
+        if order.expires_at <= chrono::Utc::now() && !paid_in_redis {
             // Its payment window passed while Redis had lost it: nothing can pay for it now.
             // Expired by its record (the event takes the status to MySQL); no units to give
             // back, as the counters were just loaded from MySQL, which never took them.
@@ -292,6 +393,15 @@ pub async fn rebuild_cache(state: &AppState) -> AppResult<RebuildReport> {
             .await?;
         for item in items {
             let sku = Sku::parse(u64::from(item.sku))?;
+            if paid_in_redis
+                && !orders_db::written_back(&state.db, sku, &[order.id])
+                    .await?
+                    .is_empty()
+            {
+                // Written back meanwhile: on_hand (read before) may not know it, but the line
+                // is sold, not reserved.
+                continue;
+            }
             let outcome = state
                 .redis
                 .reserve(ReserveRequest {
@@ -312,6 +422,7 @@ pub async fn rebuild_cache(state: &AppState) -> AppResult<RebuildReport> {
             }
         }
     }
+    state.redis.clear_lost().await?;
     state.redis.write_rebuild_marker().await?;
     Ok(report)
 }

@@ -25,6 +25,8 @@ pub async fn refresh(state: &AppState) -> AppResult<()> {
     metrics::gauge!("flashsale_redis_behind").set(if state.redis.is_behind() { 1.0 } else { 0.0 });
     metrics::counter!("flashsale_redis_rollbacks_total").increment(0);
     metrics::gauge!("flashsale_outbox_set_aside").set(state.redis.set_aside_count().await? as f64);
+    // Skus whose counters Redis lost while units of them were out: refused until rebuild-cache.
+    metrics::gauge!("flashsale_skus_lost").set(state.redis.lost_count().await? as f64);
 
     let size = state.db.size() as f64;
     let idle = state.db.num_idle() as f64;

@@ -433,15 +433,22 @@ impl Writer {
     ) -> Result<(), Failure> {
         let redis = &self.state.redis;
         let mut paid_lines: Vec<(Sku, u64)> = Vec::new();
+        let mut paid: Vec<db::PaidLine> = Vec::new();
         let mut dropped_lines: Vec<(Sku, u64)> = Vec::new();
         for (_, _, ev) in events {
             for item in &ev.items {
-                let line = (
-                    Sku::parse(u64::from(item.sku)).map_err(AppError::from)?,
-                    ev.order_id,
-                );
+                let sku = Sku::parse(u64::from(item.sku)).map_err(AppError::from)?;
+                let line = (sku, ev.order_id);
                 match ev.kind {
-                    OrderEventKind::Paid => paid_lines.push(line),
+                    OrderEventKind::Paid => {
+                        paid_lines.push(line);
+                        paid.push(db::PaidLine {
+                            order_id: ev.order_id,
+                            sku,
+                            units: item.count,
+                            alloc: ev.alloc_of(item.sku).to_vec(),
+                        });
+                    }
                     OrderEventKind::Cancelled
                     | OrderEventKind::Expired
                     | OrderEventKind::Failed => dropped_lines.push(line),
@@ -449,19 +456,21 @@ impl Writer {
                 }
             }
         }
-        // Redis first (idempotent): paid lines sold, with where their units came from; lines of
+        // Redis first (idempotent): paid lines sold (the Redis side's bookkeeping); lines of
         // cancelled orders given back (the request or the sweeper usually did it already).
-        let mut movements: Vec<db::Movement> = Vec::new();
-        for ((sku, order_id), c) in paid_lines
-            .iter()
+        // MySQL's figures come from the event alone: its lines and units, and where the units
+        // came from. While Redis still holds a line, its ledger's warehouses are used (the same
+        // as the event's, except for a line rebuild-cache reserved again: Redis's counters took
+        // the ledger's); a line Redis no longer holds (written back before, or its sku's keys
+        // lost) keeps the event's, or MySQL allocates it. Each line is applied once, keyed in
+        // MySQL: a ledger missing in Redis changes nothing in MySQL's figures.
+        for (line, c) in paid
+            .iter_mut()
             .zip(redis.commit_sold_many(&paid_lines).await?)
         {
-            movements.extend(c.alloc().iter().map(|(w, n)| db::Movement {
-                order_id: *order_id,
-                sku: *sku,
-                warehouse_id: *w,
-                units: *n,
-            }));
+            if !c.alloc().is_empty() {
+                line.alloc = c.alloc().to_vec();
+            }
         }
         redis.release_lines(&dropped_lines).await?;
 
@@ -483,7 +492,7 @@ impl Writer {
                 drop(tx);
                 return AppResult::Ok(collisions);
             }
-            db::apply_movements(&mut tx, &movements).await?;
+            db::apply_paid_lines(&mut tx, &paid).await?;
             tx.commit().await?;
             AppResult::Ok(collisions)
         }

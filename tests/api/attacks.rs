@@ -314,6 +314,11 @@ async fn lease_lost_race(stall: Stall) -> ((StatusCode, Value), (StatusCode, Val
             let _: () = redis::AsyncCommands::del(&mut conn, stock).await.unwrap();
         }
     }
+    // As if never loaded (nothing of it is out): a sku Redis had loaded and lost is refused
+    // until rebuild-cache, not reloaded (DESIGN.md, "Per-sku loss detection").
+    let _: () = redis::AsyncCommands::srem(&mut conn, app.state.redis.keys.skus(), sku)
+        .await
+        .unwrap();
     let mut lock = app.state.db.acquire().await.unwrap();
     lock.execute("LOCK TABLES products WRITE").await.unwrap();
 

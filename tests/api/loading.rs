@@ -14,7 +14,7 @@ const BUYERS: u64 = 100_000;
 const FIRST_BUYER: u64 = 1_000_000;
 
 /// `buyers` paid orders of one unit each by different customers, plus one customer (`at_limit`)
-/// who bought 2; the write-back's stock movement for them, so the identity holds.
+/// who bought 2; the write-back's stock movements for them (one a line), so the identity holds.
 async fn past_buyers(app: &TestApp, sku: u64, warehouse: u64, at_limit: u64, buyers: u64) {
     let db = &app.state.db;
     let mut id = 1u64;
@@ -41,16 +41,22 @@ async fn past_buyers(app: &TestApp, sku: u64, warehouse: u64, at_limit: u64, buy
         let mut items = String::from(
             "INSERT INTO order_items (order_id, sku, name, count, unit_price) VALUES ",
         );
+        // Each paid line's units left on_hand (as the write-back records them).
+        let mut moved = String::from(
+            "INSERT INTO stock_movements (order_id, sku, warehouse_id, units) VALUES ",
+        );
         for (n, (user, count)) in chunk.iter().enumerate() {
             if n > 0 {
                 orders.push(',');
                 items.push(',');
+                moved.push(',');
             }
             orders.push_str(&format!(
                 "({id},{user},'paid',{},NOW(3),NOW(3))",
                 5_000 * u64::from(*count)
             ));
             items.push_str(&format!("({id},{sku},'Flash item',{count},5000)"));
+            moved.push_str(&format!("({id},{sku},{warehouse},{count})"));
             id += 1;
         }
         // Only integers of our own are formatted into these statements.
@@ -62,16 +68,11 @@ async fn past_buyers(app: &TestApp, sku: u64, warehouse: u64, at_limit: u64, buy
             .execute(db)
             .await
             .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(moved.clone()))
+            .execute(db)
+            .await
+            .unwrap();
     }
-    sqlx::query(
-        "INSERT INTO stock_movements (order_id, sku, warehouse_id, units) VALUES (1, ?, ?, ?)",
-    )
-    .bind(sku as u32)
-    .bind(warehouse as u32)
-    .bind((buyers + 2) as u32)
-    .execute(db)
-    .await
-    .unwrap();
 }
 
 /// Every Redis key of a sku gone, as after a Redis restart without its data.

@@ -382,3 +382,62 @@ async fn redis_flushed_rebuild_restores_without_overselling() {
     assert_eq!((b.on_hand, b.reserved, b.sold), (3, 3, 0));
     app.assert_reconciles().await;
 }
+
+/// A paid line's units leave the warehouses they were taken from, also when Redis lost the
+/// line's ledger: the event carries the allocation (the order record's `alloc`).
+#[tokio::test]
+async fn a_paid_lines_warehouses_come_from_the_event_when_its_ledger_is_gone() {
+    let app = spawn_app().await;
+    let sku = app.product("Flash item", 10_000).await;
+    let (w1, w2) = (app.warehouse("wh-a").await, app.warehouse("wh-b").await);
+    app.restock(sku, w1, 2).await;
+    app.restock(sku, w2, 3).await;
+    app.open_sale(sku, 5_000, None).await;
+    let t = app.customer_token(22_700);
+    let order = app.buy_now(&t, sku, 4).await.order_id;
+    // Its record says where the units came from: both of w1's, two of w2's.
+    let alloc: Option<String> = app
+        .state
+        .redis
+        .conn()
+        .hget(app.state.redis.keys.order(order), "alloc")
+        .await
+        .unwrap();
+    assert_eq!(
+        alloc.as_deref(),
+        Some(format!("{{\"{sku}\":\"{w1}:2,{w2}:2\"}}").as_str())
+    );
+    app.pay(&t, order).await;
+    // Redis loses the sku's keys (the sold ledger with them) before the write-back.
+    let mut conn = app.state.redis.conn();
+    let keys: Vec<String> = conn
+        .keys(format!("{}:{{sku:{sku}}}:*", app.prefix))
+        .await
+        .unwrap();
+    let _: () = conn.del(keys).await.unwrap();
+    app.write_back().await;
+    let rows: Vec<(u32, u32)> = sqlx::query_as(
+        "SELECT warehouse_id, units FROM stock_movements WHERE order_id = ? ORDER BY warehouse_id",
+    )
+    .bind(order)
+    .fetch_all(&app.state.db)
+    .await
+    .unwrap();
+    assert_eq!(rows, vec![(w1 as u32, 2), (w2 as u32, 2)]);
+    let on_hand: Vec<(u32, u64)> = sqlx::query_as(
+        "SELECT warehouse_id, on_hand FROM stock WHERE sku = ? ORDER BY warehouse_id",
+    )
+    .bind(sku)
+    .fetch_all(&app.state.db)
+    .await
+    .unwrap();
+    assert_eq!(on_hand, vec![(w1 as u32, 0), (w2 as u32, 1)]);
+    assert_eq!(
+        mysql_count(
+            &app,
+            "SELECT CAST(SUM(units) AS SIGNED) FROM stock_movements"
+        )
+        .await,
+        4
+    );
+}

@@ -127,39 +127,72 @@ pub async fn apply_events(
     Ok(Vec::new())
 }
 
-/// One paid order line's units taken from one warehouse.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Movement {
+/// One paid order line, to be taken off on_hand once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaidLine {
     pub order_id: u64,
     pub sku: Sku,
-    pub warehouse_id: u32,
+    /// The line's units (the event's count).
     pub units: u32,
+    /// Where they came from: (warehouse_id, units). Empty: unknown (an event without an
+    /// allocation whose line Redis no longer holds); MySQL then takes them from the sku's
+    /// warehouses in ascending id order, as `take_units` in lua/lib.lua would.
+    pub alloc: Vec<(u32, u32)>,
 }
 
-/// Lowers on_hand by the units paid orders took, once per (order, sku, warehouse): movements
-/// recorded before are skipped; a concurrent writer recording the same one makes this
-/// transaction fail (primary key) rather than count it twice. Returns the units applied now.
-pub async fn apply_movements(conn: &mut MySqlConnection, movements: &[Movement]) -> DbResult<u64> {
-    if movements.is_empty() {
+/// One paid order line's units taken from one warehouse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Movement {
+    order_id: u64,
+    sku: u32,
+    warehouse_id: u32,
+    units: u32,
+}
+
+/// Lowers on_hand by the units paid order lines took, once per (order, sku): a line with any
+/// movement recorded is skipped whole (its movements are written in one transaction, so a line
+/// is either all recorded or not at all, whichever warehouses a later attempt names); a
+/// concurrent writer recording the same line makes this transaction fail (primary key) rather
+/// than count it twice. Returns the units applied now.
+pub async fn apply_paid_lines(conn: &mut MySqlConnection, lines: &[PaidLine]) -> DbResult<u64> {
+    if lines.is_empty() {
         return Ok(0);
     }
-    let mut orders: Vec<u64> = movements.iter().map(|m| m.order_id).collect();
+    let mut orders: Vec<u64> = lines.iter().map(|l| l.order_id).collect();
     orders.sort_unstable();
     orders.dedup();
     let sql = format!(
-        "SELECT order_id, sku, warehouse_id FROM stock_movements WHERE order_id IN ({})",
+        "SELECT DISTINCT order_id, sku FROM stock_movements WHERE order_id IN ({})",
         vec!["?"; orders.len()].join(", ")
     );
-    let mut q = sqlx::query_as::<_, (u64, u32, u32)>(sqlx::AssertSqlSafe(sql));
+    let mut q = sqlx::query_as::<_, (u64, u32)>(sqlx::AssertSqlSafe(sql));
     for o in &orders {
         q = q.bind(o);
     }
-    let done: std::collections::HashSet<(u64, u32, u32)> =
+    let mut done: std::collections::HashSet<(u64, u32)> =
         q.fetch_all(&mut *conn).await?.into_iter().collect();
-    let new: Vec<&Movement> = movements
-        .iter()
-        .filter(|m| !done.contains(&(m.order_id, m.sku.get(), m.warehouse_id)))
-        .collect();
+    let mut new: Vec<Movement> = Vec::new();
+    let mut unknown: Vec<&PaidLine> = Vec::new();
+    for l in lines {
+        // Once per line, also when a batch names it twice.
+        if l.units == 0 || !done.insert((l.order_id, l.sku.get())) {
+            continue;
+        }
+        if l.alloc.is_empty() {
+            unknown.push(l);
+            continue;
+        }
+        new.extend(l.alloc.iter().map(|(w, n)| Movement {
+            order_id: l.order_id,
+            sku: l.sku.get(),
+            warehouse_id: *w,
+            units: *n,
+        }));
+    }
+    if !unknown.is_empty() {
+        new.extend(allocate(conn, &new, &unknown).await?);
+    }
+    new.retain(|m| m.units > 0);
     if new.is_empty() {
         return Ok(0);
     }
@@ -172,7 +205,7 @@ pub async fn apply_movements(conn: &mut MySqlConnection, movements: &[Movement])
         for m in part {
             q = q
                 .bind(m.order_id)
-                .bind(m.sku.get())
+                .bind(m.sku)
                 .bind(m.warehouse_id)
                 .bind(m.units);
         }
@@ -181,7 +214,7 @@ pub async fn apply_movements(conn: &mut MySqlConnection, movements: &[Movement])
     // One update per (sku, warehouse), in a stable order across writers.
     let mut sums: std::collections::BTreeMap<(u32, u32), u64> = Default::default();
     for m in &new {
-        *sums.entry((m.sku.get(), m.warehouse_id)).or_default() += u64::from(m.units);
+        *sums.entry((m.sku, m.warehouse_id)).or_default() += u64::from(m.units);
     }
     let mut applied = 0;
     for ((sku, warehouse_id), units) in sums {
@@ -203,6 +236,59 @@ pub async fn apply_movements(conn: &mut MySqlConnection, movements: &[Movement])
         applied += units;
     }
     Ok(applied)
+}
+
+/// Warehouses for lines whose allocation nobody knows: each line's units from the sku's
+/// warehouses in ascending id order, from what is on hand after the batch's known movements.
+/// The rows are read locked (the updates that follow take them anyway).
+async fn allocate(
+    conn: &mut MySqlConnection,
+    known: &[Movement],
+    lines: &[&PaidLine],
+) -> DbResult<Vec<Movement>> {
+    let mut skus: Vec<u32> = lines.iter().map(|l| l.sku.get()).collect();
+    skus.sort_unstable();
+    skus.dedup();
+    let mut out = Vec::new();
+    for sku in skus {
+        let mut left: Vec<(u32, u64)> = sqlx::query_as::<_, (u32, u64)>(
+            "SELECT warehouse_id, on_hand FROM stock WHERE sku = ? ORDER BY warehouse_id FOR UPDATE",
+        )
+        .bind(sku)
+        .fetch_all(&mut *conn)
+        .await?;
+        for m in known.iter().filter(|m| m.sku == sku) {
+            if let Some(w) = left.iter_mut().find(|(w, _)| *w == m.warehouse_id) {
+                w.1 = w.1.saturating_sub(u64::from(m.units));
+            }
+        }
+        for l in lines.iter().filter(|l| l.sku.get() == sku) {
+            let mut need = u64::from(l.units);
+            for (w, on_hand) in left.iter_mut() {
+                if need == 0 {
+                    break;
+                }
+                let t = need.min(*on_hand);
+                if t > 0 {
+                    *on_hand -= t;
+                    need -= t;
+                    out.push(Movement {
+                        order_id: l.order_id,
+                        sku,
+                        warehouse_id: *w,
+                        units: t as u32,
+                    });
+                }
+            }
+            if need > 0 {
+                return Err(DbError::Inconsistent(format!(
+                    "sku {sku} has less on hand than the {} units order {} bought",
+                    l.units, l.order_id
+                )));
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -354,4 +440,51 @@ pub async fn sold_units(conn: &mut MySqlConnection, sku: Sku) -> DbResult<u64> {
     .fetch_one(conn)
     .await?
     .unwrap_or(0))
+}
+
+/// What MySQL knows to be out of a sku's available units that a load from on_hand would not
+/// see: units of open orders (`awaiting_payment`), and units of paid lines not taken off
+/// on_hand yet (paid units beyond the stock movements recorded).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnitsOut {
+    pub open: u64,
+    pub paid_unwritten: u64,
+}
+
+impl UnitsOut {
+    pub fn any(&self) -> bool {
+        self.open > 0 || self.paid_unwritten > 0
+    }
+}
+
+/// Units of a sku in open orders (`awaiting_payment`): from the open orders (the status index),
+/// each line looked up by its key, so it costs what is open, not what was ever sold.
+pub async fn open_units(conn: &mut MySqlConnection, sku: Sku) -> DbResult<u64> {
+    Ok(sqlx::query_scalar::<_, Option<u64>>(
+        "SELECT CAST(SUM(i.count) AS UNSIGNED) FROM orders o \
+         JOIN order_items i ON i.order_id = o.id AND i.sku = ? \
+         WHERE o.status = 'awaiting_payment'",
+    )
+    .bind(sku.get())
+    .fetch_one(conn)
+    .await?
+    .unwrap_or(0))
+}
+
+/// Paid lines of a sku whose units were never taken off on_hand (no stock movement), the
+/// first 100 by order id: a discrepancy `reconcile` reports, as the write-back takes a paid
+/// line's units in the same transaction that writes it `paid`.
+pub async fn paid_without_movements(
+    conn: &mut MySqlConnection,
+    sku: Sku,
+) -> DbResult<Vec<(u64, u32)>> {
+    Ok(sqlx::query_as::<_, (u64, u32)>(
+        "SELECT o.id, i.count FROM order_items i JOIN orders o ON o.id = i.order_id \
+         WHERE i.sku = ? AND o.status = 'paid' AND NOT EXISTS \
+           (SELECT 1 FROM stock_movements m WHERE m.order_id = o.id AND m.sku = i.sku) \
+         ORDER BY o.id LIMIT 100",
+    )
+    .bind(sku.get())
+    .fetch_all(conn)
+    .await?)
 }

@@ -107,6 +107,13 @@ impl Keys {
         format!("{}:skus", self.prefix)
     }
 
+    /// Skus whose counters Redis lost while it had them loaded (a set), found by a reload
+    /// (service::catalog::ensure_loaded): their sales stop until `flashsale rebuild-cache`, which
+    /// deletes it. `flashsale_skus_lost` shows its size.
+    pub fn lost(&self) -> String {
+        format!("{}:lost", self.prefix)
+    }
+
     /// The sweeper's due index (a sorted set): sku -> a time (unix ms) at or before the earliest
     /// deadline in that sku's `exp`. Only skus with something held or reserved are in it.
     pub fn due(&self) -> String {

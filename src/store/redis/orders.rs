@@ -4,7 +4,8 @@
 use redis::AsyncCommands;
 
 use super::Redis;
-use crate::domain::OrderStatus;
+use super::keys::Rid;
+use crate::domain::{OrderItem, OrderStatus, Sku};
 use crate::error::{AppError, AppResult};
 
 /// What `create_order` did.
@@ -85,7 +86,47 @@ impl OrderRecord {
 }
 
 impl Redis {
-    /// Records a new order (status `new`) whose lines are reserved.
+    /// Where the order's lines took their units, as the skus' ledgers hold them now: JSON
+    /// `{"<sku>": "<warehouse_id>:<units>,..."}` for the lines found ('' when none is). One
+    /// pipelined read of every line's ledger entry (the skus' slots: single-node Redis, like
+    /// `commit_sold_many`).
+    async fn lines_alloc(&self, order_id: u64, items_json: &str) -> AppResult<String> {
+        let items: Vec<OrderItem> = serde_json::from_str(items_json)
+            .map_err(|e| AppError::internal(format!("order {order_id}: items json: {e}")))?;
+        let mut skus: Vec<Sku> = items
+            .iter()
+            .filter_map(|i| Sku::parse(u64::from(i.sku)).ok())
+            .collect();
+        skus.sort_unstable_by_key(|s| s.get());
+        skus.dedup();
+        if skus.is_empty() {
+            return Ok(String::new());
+        }
+        let rid = Rid::OrderLine { order_id }.to_string();
+        let mut pipe = redis::pipe();
+        for sku in &skus {
+            pipe.hget(self.keys.sku(*sku).res(), &rid);
+        }
+        let entries: Vec<Option<String>> = pipe.query_async(&mut self.conn()).await?;
+        let alloc: std::collections::BTreeMap<String, String> = skus
+            .iter()
+            .zip(entries)
+            .filter_map(|(sku, e)| {
+                // "<user>|<count>|<alloc>"
+                let a = e?.splitn(3, '|').nth(2)?.to_string();
+                (!a.is_empty()).then(|| (sku.get().to_string(), a))
+            })
+            .collect();
+        if alloc.is_empty() {
+            return Ok(String::new());
+        }
+        serde_json::to_string(&alloc)
+            .map_err(|e| AppError::internal(format!("order {order_id}: alloc json: {e}")))
+    }
+
+    /// Records a new order (status `new`) whose lines are reserved, with where each line's
+    /// units came from (read from the skus' ledgers first: the record's `alloc`, which every
+    /// event of the order carries to the write-back).
     pub async fn create_order(
         &self,
         order_id: u64,
@@ -95,6 +136,7 @@ impl Redis {
         items_json: &str,
         total: u64,
     ) -> AppResult<Created> {
+        let alloc = self.lines_alloc(order_id, items_json).await?;
         let r = self
             .eval(
                 "create_order",
@@ -106,6 +148,7 @@ impl Redis {
                     &expires_at_ms.to_string(),
                     items_json,
                     &total.to_string(),
+                    &alloc,
                 ],
             )
             .await?;

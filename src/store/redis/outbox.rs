@@ -54,7 +54,69 @@ pub fn parse_event(partition: u64, entry: &StreamEntry) -> Result<OutboxEvent, S
         cancel_reason: get("cancel_reason"),
         payment_ref: get("payment_ref").filter(|r| !r.is_empty()),
         at_ms,
+        alloc: get("alloc")
+            .map(|a| parse_event_alloc(&a))
+            .unwrap_or_default(),
     })
+}
+
+/// The record's `alloc` field: `{"<sku>": "<warehouse_id>:<units>,..."}`. What cannot be read
+/// is left out (the write-back then finds the line's warehouses another way): it never makes an
+/// event unwritable.
+fn parse_event_alloc(json: &str) -> std::collections::BTreeMap<u32, Vec<(u32, u32)>> {
+    let raw: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(json).unwrap_or_default();
+    raw.into_iter()
+        .filter_map(|(sku, a)| {
+            let alloc = super::reservations::parse_alloc(&a);
+            Some((sku.parse().ok()?, alloc)).filter(|(_, a)| !a.is_empty())
+        })
+        .collect()
+}
+
+/// What is left of the outbox entries `flashsale rebuild-cache` waits for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxLeft {
+    /// Entries not written yet.
+    pub entries: u64,
+    /// Of them, delivered and not acknowledged, by consumer: (entries, longest idle in ms).
+    pub pending: std::collections::BTreeMap<String, (u64, u64)>,
+}
+
+impl OutboxLeft {
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+}
+
+impl std::fmt::Display for OutboxLeft {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} order event(s) not yet written to MySQL",
+            self.entries
+        )?;
+        let mut sep = ": ";
+        for (consumer, (n, idle)) in &self.pending {
+            write!(
+                f,
+                "{sep}{n} pending at writer {consumer:?} (idle up to {:.1} s)",
+                *idle as f64 / 1000.0
+            )?;
+            sep = ", ";
+        }
+        let unread = self.entries
+            - self
+                .pending
+                .values()
+                .map(|(n, _)| n)
+                .sum::<u64>()
+                .min(self.entries);
+        if unread > 0 {
+            write!(f, "{sep}{unread} not yet read by any writer")?;
+        }
+        Ok(())
+    }
 }
 
 /// Why an event was set aside.
@@ -280,6 +342,70 @@ impl Redis {
         Ok(oldest.map_or(Duration::ZERO, |ms| {
             Duration::from_millis((now - ms).max(0) as u64)
         }))
+    }
+
+    /// The last entry id of every partition's outbox now (`None`: empty): what
+    /// [`Redis::outbox_left`] waits for.
+    pub async fn outbox_tails(&self) -> AppResult<Vec<Option<String>>> {
+        let mut pipe = redis::pipe();
+        for p in 0..ORDER_PARTITIONS {
+            pipe.xrevrange_count(self.keys.outbox(p), "+", "-", 1);
+        }
+        let lasts: Vec<StreamRangeReply> = pipe.query_async(&mut self.conn()).await?;
+        Ok(lasts
+            .into_iter()
+            .map(|r| r.ids.into_iter().next().map(|e| e.id))
+            .collect())
+    }
+
+    /// What is still in the outbox of the entries up to `tails` (per partition, from
+    /// [`Redis::outbox_tails`]): the written ones are deleted, so what is there is unwritten;
+    /// among them, those delivered to a consumer of `group` and not acknowledged. Counts are
+    /// exact up to 1,000 entries a partition.
+    pub async fn outbox_left(
+        &self,
+        group: &str,
+        tails: &[Option<String>],
+    ) -> AppResult<OutboxLeft> {
+        let mut pipe = redis::pipe();
+        let mut asked = Vec::new();
+        for (p, tail) in tails.iter().enumerate() {
+            let Some(tail) = tail else { continue };
+            let key = self.keys.outbox(p as u64);
+            pipe.xrange_count(&key, "-", tail, 1_000);
+            pipe.cmd("XPENDING")
+                .arg(&key)
+                .arg(group)
+                .arg("-")
+                .arg(tail)
+                .arg(1_000);
+            asked.push(p);
+        }
+        let mut left = OutboxLeft::default();
+        if asked.is_empty() {
+            return Ok(left);
+        }
+        let raw: Vec<Value> = pipe.query_async(&mut self.conn()).await?;
+        for pair in raw.chunks(2) {
+            if let Value::Array(entries) = &pair[0] {
+                left.entries += entries.len() as u64;
+            }
+            // [[id, consumer, idle ms, deliveries], ...]
+            if let Value::Array(pending) = &pair[1] {
+                for p in pending {
+                    let Value::Array(f) = p else { continue };
+                    let (Some(consumer), Some(Value::Int(idle))) =
+                        (f.get(1).and_then(text), f.get(2))
+                    else {
+                        continue;
+                    };
+                    let e = left.pending.entry(consumer).or_insert((0, 0));
+                    e.0 += 1;
+                    e.1 = e.1.max(*idle as u64);
+                }
+            }
+        }
+        Ok(left)
     }
 
     /// Outbox entries (every partition) and those delivered to `group` but not acknowledged.

@@ -128,6 +128,48 @@ impl Redis {
         Ok(())
     }
 
+    /// Whether Redis loaded this sku before (`<p>:skus`, written by every load and never
+    /// emptied): a known sku without counters lost them.
+    pub async fn was_loaded(&self, sku: Sku) -> AppResult<bool> {
+        Ok(self.conn().sismember(self.keys.skus(), sku.get()).await?)
+    }
+
+    /// Notes a sku whose counters were lost (for the gauge and the alert; rebuild-cache
+    /// clears it); `true` when it was not noted yet.
+    pub async fn mark_lost(&self, sku: Sku) -> AppResult<bool> {
+        let added: u64 = self.conn().sadd(self.keys.lost(), sku.get()).await?;
+        Ok(added == 1)
+    }
+
+    /// A sku noted lost was loaded since (nothing of it was out any more).
+    pub async fn unmark_lost(&self, sku: Sku) -> AppResult<()> {
+        let _: () = self.conn().srem(self.keys.lost(), sku.get()).await?;
+        Ok(())
+    }
+
+    /// Whether this sku is noted lost.
+    pub async fn is_lost(&self, sku: Sku) -> AppResult<bool> {
+        Ok(self.conn().sismember(self.keys.lost(), sku.get()).await?)
+    }
+
+    /// How many skus are noted lost.
+    pub async fn lost_count(&self) -> AppResult<u64> {
+        Ok(self.conn().scard(self.keys.lost()).await?)
+    }
+
+    /// The skus noted lost and not rebuilt since.
+    pub async fn lost_skus(&self) -> AppResult<Vec<u32>> {
+        let mut v: Vec<u32> = self.conn().smembers(self.keys.lost()).await?;
+        v.sort_unstable();
+        Ok(v)
+    }
+
+    /// rebuild-cache reloaded every sku: none is lost any more.
+    pub async fn clear_lost(&self) -> AppResult<()> {
+        let _: () = self.conn().del(self.keys.lost()).await?;
+        Ok(())
+    }
+
     /// Drops a sku's stock counters and ledgers (rebuild-cache's forced reload, before it loads
     /// them again from MySQL): stock, holds and order lines, unwritten sold lines, buyers, and
     /// each reservation's TTL key. Its catalog entry stays.

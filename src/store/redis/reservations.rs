@@ -171,7 +171,9 @@ pub enum Committed {
     Now(Vec<(u32, u32)>),
     /// Sold before, not yet written back.
     Before(Vec<(u32, u32)>),
-    /// Written back already (or never reserved): nothing left to do on this line.
+    /// Redis holds no such line: written back already, never reserved, or its sku's keys were
+    /// lost. Nothing left to do on this line in Redis; the write-back takes MySQL's figures
+    /// from the event, never from this answer.
     WrittenBack,
 }
 
