@@ -505,7 +505,14 @@ pub async fn adjust_stock(
         .adjust_stock(sku, warehouse_id, d, change.token, AdjustStep::Commit)
         .await
     {
-        Ok(AdjustOutcome::Adjusted { here, .. }) => here,
+        Ok(AdjustOutcome::Adjusted { here, .. }) => {
+            if d > 0 {
+                // The admin's next add (or a shopper's) must not be refused in process for a
+                // zero this instance learnt before the units came.
+                state.sold_out.units_back(sku);
+            }
+            here
+        }
         Ok(_) => before,
         Err(e) => {
             // Committed: the change happened, whatever Redis answers. Its Redis part (an

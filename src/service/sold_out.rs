@@ -201,6 +201,22 @@ impl SoldOut {
         }
     }
 
+    /// This instance gave units of `sku` back to Redis itself (an admin's addition): whatever
+    /// zero it knew ends now, without waiting for the announcement's delivery (which the
+    /// instance's next add could otherwise beat, refused for up to the trust window). Always
+    /// safe: it only sends the next add to Redis, which decides; replies to requests made
+    /// before are not applied.
+    pub fn units_back(&self, sku: Sku) {
+        let mut g = self.lock();
+        g.seq += 1;
+        let seq = g.seq;
+        // An entry even when none was known: a zero reply to a request that asked before this
+        // must not teach it afterwards.
+        let k = g.skus.entry(sku.get()).or_default();
+        k.announced = seq;
+        k.zero_until = None;
+    }
+
     /// The feed subscribed (`true`) or lost its subscription (`false`): either way what was
     /// known before may be stale, and replies to requests made before are not applied.
     pub fn subscribed(&self, on: bool) {
@@ -255,6 +271,22 @@ mod tests {
         s.announce(7, 1, None);
         assert!(!s.is_known(sku(7)));
         assert!(!s.is_known(sku(8)), "other skus are not touched");
+    }
+
+    #[test]
+    fn units_given_back_here_end_it_before_their_announcement() {
+        let s = SoldOut::new(Duration::from_secs(60));
+        s.subscribed(true);
+        s.announce(5, 0, UNBOUNDED);
+        assert!(s.is_known(sku(5)));
+        s.units_back(sku(5));
+        assert!(!s.is_known(sku(5)));
+        // A zero reply to a request that asked before the units came is stale (nothing was
+        // known of the sku before).
+        let a = asked(&s, 6);
+        s.units_back(sku(6));
+        s.reply(sku(6), a, 0, UNBOUNDED);
+        assert!(!s.is_known(sku(6)));
     }
 
     #[test]
