@@ -2,9 +2,9 @@
 //! run", commits fa66849 and c1937fc): attacks on the claims of docs/DESIGN.md "Outcomes nobody
 //! heard" and docs/API.md's 503 row. Each test puts a [`HoldProxy`] between the service and the
 //! shared Redis (the proxy holds replies, it never freezes or reconfigures Redis itself) and
-//! checks one claim. Six of them failed on c1937fc (a keyed buy-now or checkout whose fence
-//! reply is late, a pay, a cart removal and a cart add whose follow-up read times out, a
-//! create_order reply late) and pass since the fixes that followed it.
+//! checks one claim. Seven of them failed on c1937fc (a keyed buy-now or checkout whose fence
+//! reply is late, a pay, a cart removal, a cart clear and a cart add whose follow-up read times
+//! out, a create_order reply late) and pass since the fixes that followed it.
 
 use std::time::Duration;
 
@@ -437,7 +437,6 @@ async fn a_cart_add_that_answers_unavailable_held_nothing() {
 /// SREM has its reply lost: 503 `unavailable` "nothing was changed, retry shortly", and the
 /// cart is empty.
 #[tokio::test]
-#[ignore = "finding: a cart clear whose index write times out answers 503 unavailable 'nothing was changed' although every hold was released"]
 async fn a_cart_clear_that_answers_unavailable_changed_nothing() {
     let (app, proxy) = app_behind_proxy(Duration::from_millis(400)).await;
     let sku = app.sale_product(10, None).await;

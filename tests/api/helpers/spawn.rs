@@ -53,6 +53,22 @@ impl Resp {
 pub async fn drop_database(db_name: &str) {
     if let Ok(mut conn) = <sqlx::MySqlConnection as sqlx::Connection>::connect(&mysql_base()).await
     {
+        // The app's own connections first: one that holds a transaction open (a write-back
+        // waiting on Redis) would make DROP DATABASE wait for its metadata lock, and the app,
+        // whose runtime thread is the one blocked in `TestApp`'s drop, could never end it.
+        let ids: Vec<u64> = sqlx::query_scalar(
+            "SELECT CAST(ID AS UNSIGNED) FROM information_schema.PROCESSLIST \
+             WHERE DB = ? AND ID <> CONNECTION_ID()",
+        )
+        .bind(db_name)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap_or_default();
+        for id in ids {
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL {id}")))
+                .execute(&mut conn)
+                .await;
+        }
         let sql = format!("DROP DATABASE IF EXISTS `{db_name}`");
         let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
             .execute(&mut conn)
