@@ -16,8 +16,9 @@
 pub(crate) mod faults;
 mod reference;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -30,7 +31,7 @@ use serde_json::{Value, json};
 use sqlx::MySqlPool;
 
 use crate::helpers::{TestApp, spawn_app_with};
-use faults::{FaultKind, Proxy, RedisProc};
+use faults::{FaultKind, Proxy, RedisProc, Replies, Trap};
 use reference::{Discrepancy, Model, OrderModel, SkuModel, StoredOrder, Window};
 
 const CUSTOMERS: u64 = 6;
@@ -49,8 +50,12 @@ pub struct RunConfig {
     pub faults: Vec<FaultKind>,
     /// Chance that a round carries a fault.
     pub fault_rate: f64,
-    /// The service as a child process (needed for `ServiceKill`) rather than in-process.
+    /// The service as a child process (needed for `ServiceKill`, `AdminKill`) rather than
+    /// in-process.
     pub child_process: bool,
+    /// The faults of the rounds that carry one taken in turn (a seeded shuffle of `faults`,
+    /// again and again) rather than at random: every kind comes up in a short run.
+    pub in_turn: bool,
 }
 
 #[derive(Debug, Default)]
@@ -222,11 +227,23 @@ async fn call(
     token: &str,
     body: Option<Value>,
 ) -> Answer {
+    call_within(app, method, path, token, body, Duration::from_secs(30)).await
+}
+
+/// A request the client gives up on after `timeout` (status 0 then).
+async fn call_within(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+    timeout: Duration,
+) -> Answer {
     let mut req = app
         .client
         .request(method, format!("{}{path}", app.addr))
         .bearer_auth(token)
-        .timeout(Duration::from_secs(30));
+        .timeout(timeout);
     if let Some(b) = body {
         req = req.json(&b);
     }
@@ -272,6 +289,11 @@ struct Round {
     log: Mutex<Vec<String>>,
     found: Mutex<Vec<Discrepancy>>,
     ops: Mutex<u64>,
+    /// While a `ClientGone` fault is on: the longest client timeout of a request (ms; 0: off).
+    cut_ms: AtomicU64,
+    /// Customers whose checkout or buy-now got no answer or a 503: an order may exist that no
+    /// answer named; the model learns it from their order list after the round.
+    unsure_orders: Mutex<BTreeSet<u64>>,
 }
 
 impl Round {
@@ -286,6 +308,25 @@ impl Round {
             detail,
         });
     }
+    /// A customer's request: cut off by the client within a few hundred ms while a
+    /// `ClientGone` fault is on, else the usual 30 s.
+    async fn call(
+        &self,
+        app: &TestApp,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> Answer {
+        let cut = self.cut_ms.load(Ordering::SeqCst);
+        let timeout = if cut > 0 {
+            Duration::from_millis(rand::rng().random_range(5..=cut))
+        } else {
+            Duration::from_secs(30)
+        };
+        call_within(app, method, path, token, body, timeout).await
+    }
+
     /// Judges the status alone: no 5xx but 503, and 503 only under a fault.
     fn judge(&self, op: &str, a: &Answer) -> bool {
         *self.ops.lock().unwrap() += 1;
@@ -318,7 +359,7 @@ async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
         Op::Add { user, sku, n } => {
             let sku = skus[*sku];
             let sent = Utc::now();
-            let a = call(
+            let a = r.call(
                 app,
                 Method::POST,
                 "/v1/cart/items",
@@ -340,7 +381,7 @@ async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
                 Some(n) => format!("/v1/cart/items/{sku}?count={n}"),
                 None => format!("/v1/cart/items/{sku}"),
             };
-            let a = call(app, Method::DELETE, &path, &token(*user), None).await;
+            let a = r.call(app, Method::DELETE, &path, &token(*user), None).await;
             r.log(format!("u{user} remove sku={sku} n={n:?} -> {}", a.status));
             r.judge("remove", &a);
         }
@@ -355,7 +396,7 @@ async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
                 _ => ("checkout", "/v1/orders", None, None),
             };
             let sent = Utc::now();
-            let a = call(app, Method::POST, path, &token(*user), body.clone()).await;
+            let a = r.call(app, Method::POST, path, &token(*user), body.clone()).await;
             r.log(format!(
                 "u{user} {name} {} -> {} {} id={}",
                 body.map(|b| b.to_string()).unwrap_or_default(),
@@ -368,6 +409,9 @@ async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
                     .unwrap_or("-".into())
             ));
             if !r.judge(name, &a) {
+                if a.status == 0 || a.status == 503 {
+                    r.unsure_orders.lock().unwrap().insert(*user);
+                }
                 return;
             }
             let (id, created_as, items) = if a.status == 201 {
@@ -427,7 +471,7 @@ async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
                 (o.paid, o.cancelled)
             };
             let verb = if pay { "pay" } else { "cancel" };
-            let a = call(
+            let a = r.call(
                 app,
                 Method::POST,
                 &format!("/v1/orders/{id}/{verb}"),
@@ -475,7 +519,7 @@ async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
                 let s = &m.skus[*sku];
                 (s.sku, s.warehouses[*wh])
             };
-            let a = call(
+            let a = r.call(
                 app,
                 Method::POST,
                 &format!("/v1/products/{sku}/stock"),
@@ -494,8 +538,8 @@ async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
                 s.stocked += delta;
                 s.added += (*delta).max(0);
             } else if !judged && (a.status == 0 || a.status == 503) {
+                // Counted as added (or not) once MySQL's on_hand tells (`World::check`).
                 s.unsure_deltas.push(*delta);
-                s.added += (*delta).max(0);
             }
         }
         Op::SetSale { sku, kind, soon_ms } => {
@@ -517,7 +561,7 @@ async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
             r.model.lock().unwrap().sku_mut(sku).window_round = r.n;
             let a = match window {
                 Some((s, e)) => {
-                    call(
+                    r.call(
                         app,
                         Method::PUT,
                         &format!("/v1/products/{sku}/sale"),
@@ -528,7 +572,7 @@ async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
                     .await
                 }
                 None => {
-                    call(
+                    r.call(
                         app,
                         Method::DELETE,
                         &format!("/v1/products/{sku}/sale"),
@@ -557,6 +601,134 @@ async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
             };
         }
     }
+}
+
+/// The details of a round's issue-22 fault, drawn from the seed.
+struct FaultDetail {
+    /// `RedisReplyLate`: how late each reply comes (the service's Redis timeout is 1 s).
+    late: Duration,
+    /// `ClientGone`: how slowly Redis answers meanwhile (within its timeout), and the longest
+    /// client timeout of a request (each takes a random one from 5 ms to it).
+    slow: Duration,
+    cut_ms: u64,
+    /// `SkuKeysLost`: which sku (index).
+    sku: usize,
+    /// `AdminCommitLost`: the COMMIT passed to MariaDB with its answer swallowed (true), or
+    /// lost with the link (false: MariaDB rolls back once the connection closes, `hold` later).
+    committed: bool,
+    hold: Duration,
+    /// The admin change of `AdminCommitLost` and `AdminKill`: sku (index), warehouse (index),
+    /// delta (an addition or a removal; if a removal is refused, additions follow).
+    adjust: (usize, usize, i64),
+}
+
+impl FaultDetail {
+    fn draw(rng: &mut StdRng) -> FaultDetail {
+        FaultDetail {
+            late: Duration::from_millis(rng.random_range(1_300..2_200)),
+            slow: Duration::from_millis(rng.random_range(50..200)),
+            cut_ms: rng.random_range(100..400),
+            sku: rng.random_range(0..3),
+            committed: rng.random_bool(0.5),
+            hold: Duration::from_millis(rng.random_range(800..2_000)),
+            adjust: (
+                rng.random_range(0..3),
+                rng.random_range(0..2),
+                if rng.random_bool(0.7) {
+                    rng.random_range(1..=4)
+                } else {
+                    -rng.random_range(1..=3)
+                },
+            ),
+        }
+    }
+
+    fn describe(&self, f: FaultKind) -> String {
+        match f {
+            FaultKind::RedisReplyLate => format!("(replies {} ms late)", self.late.as_millis()),
+            FaultKind::ClientGone => format!(
+                "(Redis {} ms slow, clients give up within 5-{} ms)",
+                self.slow.as_millis(),
+                self.cut_ms
+            ),
+            FaultKind::SkuKeysLost => format!("(sku #{})", self.sku),
+            FaultKind::AdminCommitLost if self.committed => {
+                format!("(delta {}: committed, answer lost)", self.adjust.2)
+            }
+            FaultKind::AdminCommitLost => format!(
+                "(delta {}: COMMIT lost with the link, rolled back {} ms later)",
+                self.adjust.2,
+                self.hold.as_millis()
+            ),
+            FaultKind::AdminKill => format!("(delta {})", self.adjust.2),
+            _ => String::new(),
+        }
+    }
+
+    /// The changes to try in turn until one reaches its COMMIT (a removal can be refused).
+    fn adjustments(&self) -> [Op; 3] {
+        let (sku, wh, delta) = self.adjust;
+        [delta, 2, 3].map(|delta| Op::Adjust { sku, wh, delta })
+    }
+}
+
+/// What `arm_after` looks for: the statement only an admin stock change runs.
+const ADJUST_STATEMENT: &[u8] = b"INSERT INTO stock_adjustments";
+
+/// `AdminCommitLost`: admin stock changes until one reaches its COMMIT, whose answer the proxy
+/// loses (after MariaDB committed it, or with the COMMIT itself).
+async fn admin_commit_lost(w: &World, r: &Round, skus: &[u64], d: &FaultDetail) {
+    let trap = if d.committed {
+        Trap::AnswerLost
+    } else {
+        Trap::Drop(d.hold)
+    };
+    for op in d.adjustments() {
+        let before = w.proxy.sprung();
+        w.proxy.arm_after(trap, ADJUST_STATEMENT);
+        run_op(&w.app, r, skus, &op).await;
+        if w.proxy.sprung() > before {
+            break;
+        }
+    }
+    w.proxy.disarm();
+}
+
+/// `AdminKill`: an admin stock change held at its COMMIT, the service SIGKILLed meanwhile;
+/// the dead process's connection then closes (the proxy cut for a moment: MariaDB rolls the
+/// change back), and the service starts again.
+async fn admin_kill(w: &World, r: &Round, skus: &[u64], d: &FaultDetail) {
+    let Some(service) = &w.service else {
+        return;
+    };
+    for op in d.adjustments() {
+        let before = w.proxy.sprung();
+        w.proxy.arm_after(Trap::Delay(Duration::from_secs(60)), ADJUST_STATEMENT);
+        let adjust = run_op(&w.app, r, skus, &op);
+        tokio::pin!(adjust);
+        let held = tokio::select! {
+            _ = &mut adjust => false,
+            _ = async {
+                while w.proxy.sprung() == before {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            } => true,
+        };
+        if !held {
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        service.kill();
+        r.log("admin change held at its COMMIT: service SIGKILLed".into());
+        w.proxy.cut();
+        adjust.await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        w.proxy.restore();
+        service.start_again().await;
+        r.log("service started again".into());
+        break;
+    }
+    w.proxy.disarm();
 }
 
 /// A purchase accepted while the sku's window was surely closed (and unchanged this round).
@@ -591,12 +763,26 @@ async fn drain(app: &TestApp, within: Duration) -> bool {
     }
 }
 
+/// One entry of a sku's reservation ledger: `h:<user>` (a cart hold) or `o:<order>` (an order
+/// line), its owner and units, and its deadline (unix ms).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Reservation {
+    sku: u64,
+    rid: String,
+    owner: u64,
+    count: u64,
+    deadline_ms: i64,
+}
+
 struct World {
     app: TestApp,
     /// The service as a child process, in runs that SIGKILL it.
     service: Option<faults::ServiceProc>,
     redis: RedisProc,
+    /// In front of MariaDB (the service's and the harness's store handles).
     proxy: Proxy,
+    /// In front of the run's redis-server (the service's connections only).
+    rproxy: Proxy,
     direct: MySqlPool,
     db: String,
     dead_seen: u64,
@@ -659,6 +845,216 @@ impl World {
             .await
             .ok()
             .flatten()
+    }
+
+    /// The reservations in Redis's ledgers of `skus`, with their deadlines.
+    async fn reservations(&self, skus: &[u64]) -> BTreeSet<Reservation> {
+        let mut c = self.app.state.redis.conn();
+        let keys = &self.app.state.redis.keys;
+        let mut out = BTreeSet::new();
+        for &sku in skus {
+            let k = keys.sku(flashsale::domain::Sku::parse(sku).unwrap());
+            let res: HashMap<String, String> = c.hgetall(k.res()).await.unwrap_or_default();
+            let exp: Vec<(String, f64)> = c
+                .zrange_withscores(k.exp(), 0, -1)
+                .await
+                .unwrap_or_default();
+            let exp: HashMap<String, f64> = exp.into_iter().collect();
+            for (rid, entry) in res {
+                let mut parts = entry.split('|');
+                let (Some(owner), Some(count)) = (
+                    parts.next().and_then(|u| u.parse().ok()),
+                    parts.next().and_then(|n| n.parse().ok()),
+                ) else {
+                    continue;
+                };
+                out.insert(Reservation {
+                    sku,
+                    deadline_ms: exp.get(&rid).map_or(i64::MAX, |d| *d as i64),
+                    rid,
+                    owner,
+                    count,
+                });
+            }
+        }
+        out
+    }
+
+    /// Units held or reserved in Redis that their owner cannot see: a cart hold not in the
+    /// cart (`GET /v1/cart`), an order line whose order is not in the order list
+    /// (`GET /v1/orders`) as awaiting payment with that line. Read while no request runs: the
+    /// ledgers, what each owner sees, the ledgers again; a reservation counts when it is in both
+    /// readings, still well before its deadline, and the same again 300 ms later (work the
+    /// service finishes after a request went away has time to end).
+    async fn hidden_units(&mut self, skus: &[u64]) -> Vec<(&'static str, String)> {
+        let mut earlier: Option<BTreeMap<Reservation, (&'static str, String)>> = None;
+        for attempt in 0..2 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            let before = self.reservations(skus).await;
+            let owners: BTreeSet<u64> = before.iter().map(|r| r.owner).collect();
+            let mut carts: HashMap<u64, BTreeMap<u64, u64>> = HashMap::new();
+            let mut lists: HashMap<u64, BTreeMap<u64, (String, BTreeMap<u64, u64>)>> =
+                HashMap::new();
+            for &u in &owners {
+                let token = self.app.customer_token(u);
+                let cart = call(&self.app, Method::GET, "/v1/cart", &token, None).await;
+                if cart.status == 200 {
+                    carts.insert(u, items_of(&cart.body));
+                }
+                let list = call(
+                    &self.app,
+                    Method::GET,
+                    "/v1/orders?limit=100",
+                    &token,
+                    None,
+                )
+                .await;
+                if list.status == 200 {
+                    let orders = list.body["items"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .map(|o| {
+                                    (
+                                        o["order_id"].as_u64().unwrap_or(0),
+                                        (
+                                            o["status"].as_str().unwrap_or("").to_string(),
+                                            items_of(o),
+                                        ),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    lists.insert(u, orders);
+                }
+            }
+            let after = self.reservations(skus).await;
+            let now = self.app.state.redis.now_ms().await.unwrap_or(i64::MAX);
+            let mut problems = BTreeMap::new();
+            for r in before.intersection(&after) {
+                if r.deadline_ms <= now.saturating_add(300) {
+                    continue; // lapsing: gone from the cart at its deadline, as documented
+                }
+                if r.rid.starts_with("h:") {
+                    let Some(cart) = carts.get(&r.owner) else {
+                        continue;
+                    };
+                    let shown = cart.get(&r.sku).copied().unwrap_or(0);
+                    if shown != r.count {
+                        problems.insert(
+                            r.clone(),
+                            (
+                                "hold_hidden",
+                                format!(
+                                    "customer {} holds {} unit(s) of sku {} (for {} ms more); \
+                                     the cart shows {shown}",
+                                    r.owner,
+                                    r.count,
+                                    r.sku,
+                                    r.deadline_ms - now
+                                ),
+                            ),
+                        );
+                    }
+                } else if let Some(id) = r.rid.strip_prefix("o:") {
+                    let Some(list) = lists.get(&r.owner) else {
+                        continue;
+                    };
+                    let id: u64 = id.parse().unwrap_or(0);
+                    let seen = list.get(&id);
+                    let fine = seen.is_some_and(|(status, items)| {
+                        ["awaiting_payment", "new"].contains(&status.as_str())
+                            && items.get(&r.sku) == Some(&r.count)
+                    });
+                    if !fine {
+                        problems.insert(
+                            r.clone(),
+                            (
+                                "reservation_hidden",
+                                format!(
+                                    "{} unit(s) of sku {} reserved for order {id} of customer \
+                                     {} (for {} ms more); its order list shows {}",
+                                    r.count,
+                                    r.sku,
+                                    r.owner,
+                                    r.deadline_ms - now,
+                                    match seen {
+                                        Some((status, items)) => format!("{status} {items:?}"),
+                                        None => "no such order".into(),
+                                    }
+                                ),
+                            ),
+                        );
+                    }
+                }
+            }
+            match earlier {
+                None if problems.is_empty() => return Vec::new(),
+                None => earlier = Some(problems),
+                Some(ref first) => {
+                    return problems
+                        .into_iter()
+                        .filter(|(r, _)| first.contains_key(r))
+                        .filter(|(r, _)| {
+                            self.seen
+                                .insert(format!("hidden:{}:{}:{}", r.sku, r.rid, r.count))
+                        })
+                        .map(|(_, p)| p)
+                        .collect();
+                }
+            }
+        }
+        Vec::new()
+    }
+
+    /// Adopts the orders of `user`'s order list that no answer named (a checkout or buy-now
+    /// that got no answer or a 503): from here on they are checked like any other. Returns a
+    /// log line per order learnt.
+    async fn learn_orders(&self, model: &mut Model, user: u64, round: usize) -> Vec<String> {
+        let token = self.app.customer_token(user);
+        let list = call(
+            &self.app,
+            Method::GET,
+            "/v1/orders?limit=100",
+            &token,
+            None,
+        )
+        .await;
+        let mut out = Vec::new();
+        for o in list.body["items"].as_array().into_iter().flatten() {
+            let Some(id) = o["order_id"].as_u64() else {
+                continue;
+            };
+            if model.orders.contains_key(&id) {
+                continue;
+            }
+            let status = o["status"].as_str().unwrap_or("");
+            out.push(format!(
+                "u{user}: order {id} learnt from the order list ({status} {:?})",
+                items_of(o)
+            ));
+            model.orders.insert(
+                id,
+                OrderModel {
+                    id,
+                    user,
+                    items: items_of(o),
+                    created_as: if status == "failed" {
+                        "failed"
+                    } else {
+                        "awaiting_payment"
+                    },
+                    created_at: Instant::now(),
+                    round,
+                    paid: false,
+                    cancelled: false,
+                },
+            );
+        }
+        out
     }
 
     /// The checks of a quiescent point; returns the discrepancies found.
@@ -818,6 +1214,9 @@ impl World {
                     ),
                 );
             }
+            // The unanswered changes that happened, as MySQL's on_hand tells: the units they
+            // added count as added (the fewest that explain it; all of them if nothing does).
+            s.added += reference::least_added(&s.unsure_deltas, on_hand - expected);
             // From here on, drift is counted from what MySQL holds now.
             s.stocked = on_hand + paid;
             s.unsure_deltas.clear();
@@ -850,11 +1249,14 @@ impl World {
 async fn setup(seed: u64, child: bool) -> (World, Model) {
     let redis = RedisProc::start(crate::helpers::free_port()).await;
     let proxy = Proxy::start("127.0.0.1:3306".into()).await;
+    // The service reaches its Redis through a proxy of the run's own (replies late or lost);
+    // the harness's checks go straight to it.
+    let rproxy = Proxy::start(format!("127.0.0.1:{}", redis.port)).await;
     let base = mysql_base();
     let host = base.trim_start_matches("mysql://root@").to_string();
-    let (url, pport) = (redis.url(), proxy.port);
+    let (url, pport) = (format!("redis://127.0.0.1:{}", rproxy.port), proxy.port);
     let tweak = |c: &mut flashsale::config::Config| {
-        c.stores.redis_url = url;
+        c.stores.redis_url = url.clone();
         c.stores.mysql_url = c
             .stores
             .mysql_url
@@ -867,16 +1269,25 @@ async fn setup(seed: u64, child: bool) -> (World, Model) {
         c.telemetry.metrics_interval = Duration::from_millis(200);
         c.stores.redis_timeout = Duration::from_millis(1000);
     };
+    // The harness's handle on the stores: the service's settings, Redis without the proxy.
+    let direct_state = |db_name: &str, prefix: &str| {
+        let mut cfg = crate::helpers::test_config(db_name, prefix);
+        tweak(&mut cfg);
+        cfg.stores.redis_url = redis.url();
+        flashsale::app::AppState::connect(cfg)
+    };
     let (app, service) = if child {
         let (db_name, prefix) = crate::helpers::test_names();
         let mut cfg = crate::helpers::test_config(&db_name, &prefix);
         tweak(&mut cfg);
         let service = faults::ServiceProc::start(&cfg).await;
-        let state = flashsale::app::AppState::connect(cfg).await.unwrap();
+        let state = direct_state(&db_name, &prefix).await.unwrap();
         let app = TestApp::attach(service.addr(), state, db_name, prefix).await;
         (app, Some(service))
     } else {
-        (spawn_app_with(tweak).await, None)
+        let mut app = spawn_app_with(&tweak).await;
+        app.state = direct_state(&app.db_name, &app.prefix).await.unwrap();
+        (app, None)
     };
     let db = app.db_name.clone();
     let direct = sqlx::mysql::MySqlPoolOptions::new()
@@ -926,6 +1337,7 @@ async fn setup(seed: u64, child: bool) -> (World, Model) {
         service,
         redis,
         proxy,
+        rproxy,
         direct,
         db,
         dead_seen: 0,
@@ -938,15 +1350,20 @@ async fn setup(seed: u64, child: bool) -> (World, Model) {
 pub async fn run(cfg: &RunConfig) -> RunReport {
     let started = Instant::now();
     let (mut world, mut model) = setup(cfg.seed, cfg.child_process).await;
-    // ServiceKill needs the service as a child process.
-    let kinds: Vec<FaultKind> = cfg
+    // ServiceKill and AdminKill need the service as a child process.
+    let mut kinds: Vec<FaultKind> = cfg
         .faults
         .iter()
         .copied()
-        .filter(|k| *k != FaultKind::ServiceKill || cfg.child_process)
+        .filter(|k| !k.needs_child() || cfg.child_process)
         .collect();
     let skus: Vec<u64> = model.skus.iter().map(|s| s.sku).collect();
     let mut rng = StdRng::seed_from_u64(cfg.seed);
+    if cfg.in_turn {
+        use rand::seq::SliceRandom;
+        kinds.shuffle(&mut StdRng::seed_from_u64(cfg.seed ^ 0x7u64));
+    }
+    let mut turn = 0usize;
     let mut report = RunReport {
         seed: cfg.seed,
         ..Default::default()
@@ -964,7 +1381,17 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
         tasks.push(gen_admin_ops(&mut rng, skus.len()));
         let fault = (!kinds.is_empty() && rng.random_bool(cfg.fault_rate))
             .then(|| kinds[rng.random_range(0..kinds.len())]);
+        let fault = match fault {
+            Some(_) if cfg.in_turn => {
+                turn += 1;
+                Some(kinds[(turn - 1) % kinds.len()])
+            }
+            f => f,
+        };
         let fault_ms = rng.random_range(600..2000u64);
+        // The details of issue 22's faults, from a generator of their own (the operations and
+        // faults of a seed stay what they were before these kinds existed).
+        let detail = FaultDetail::draw(&mut StdRng::seed_from_u64(cfg.seed ^ ((n as u64) << 8)));
         let table_lock = rng.random_bool(0.5);
         let pause_after = rng
             .random_bool(0.2)
@@ -981,11 +1408,13 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
             log: Mutex::default(),
             found: Mutex::default(),
             ops: Mutex::new(0),
+            cut_ms: AtomicU64::new(0),
+            unsure_orders: Mutex::default(),
         };
         let _ = round.run_started;
         if let Some(f) = fault {
             *report.faults.entry(format!("{f:?}")).or_default() += 1;
-            round.log(format!("fault {f:?} for {fault_ms} ms"));
+            round.log(format!("fault {f:?} for {fault_ms} ms {}", detail.describe(f)));
         }
         // Redis losing its data: what was decided must be in MySQL first (DESIGN: decisions not
         // yet written back are lost with Redis, by design), then Redis restarts empty and the
@@ -999,6 +1428,7 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
             let d = Duration::from_millis(fault_ms);
             let w = &world;
             let round_log = &round.log;
+            let (r, skus, detail) = (&round, &skus, &detail);
             async move {
                 match fault {
                     Some(FaultKind::MysqlKill) => {
@@ -1038,6 +1468,37 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
                             s.kill_and_restart(Duration::from_millis(200)).await;
                         }
                     }
+                    Some(FaultKind::RedisReplyLate) => {
+                        w.rproxy.replies(Replies::Late(detail.late));
+                        tokio::time::sleep(d).await;
+                        w.rproxy.replies(Replies::Pass);
+                    }
+                    Some(FaultKind::RedisReplyLost) => {
+                        w.rproxy.replies(Replies::LostAfter(b"EVALSHA"));
+                        tokio::time::sleep(d).await;
+                        w.rproxy.replies(Replies::Pass);
+                    }
+                    Some(FaultKind::ClientGone) => {
+                        w.rproxy.replies(Replies::Late(detail.slow));
+                        r.cut_ms.store(detail.cut_ms, Ordering::SeqCst);
+                        tokio::time::sleep(d).await;
+                        r.cut_ms.store(0, Ordering::SeqCst);
+                        w.rproxy.replies(Replies::Pass);
+                    }
+                    Some(FaultKind::SkuKeysLost) => {
+                        tokio::time::sleep(d / 3).await;
+                        let sku = skus[detail.sku];
+                        let gone = faults::drop_sku_keys(&w.app.state.redis, sku).await;
+                        r.log(format!("sku {sku}: {gone} keys deleted"));
+                    }
+                    Some(FaultKind::AdminCommitLost) => {
+                        tokio::time::sleep(d / 4).await;
+                        admin_commit_lost(w, r, skus, detail).await;
+                    }
+                    Some(FaultKind::AdminKill) => {
+                        tokio::time::sleep(d / 4).await;
+                        admin_kill(w, r, skus, detail).await;
+                    }
                     Some(FaultKind::RedisWipe) | None => {}
                 }
             }
@@ -1051,7 +1512,7 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
             }
         }));
         tokio::join!(ops_task, fault_task);
-        if fault == Some(FaultKind::RedisWipe) {
+        if matches!(fault, Some(FaultKind::RedisWipe | FaultKind::SkuKeysLost)) {
             // What an operator runs; the harness's own Redis connection may first have to
             // notice the restart (a broken pipe), so a failed attempt is tried again.
             let mut outcome = Err(String::new());
@@ -1073,6 +1534,10 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
                 }
                 Err(e) => round.found("rebuild_failed", e),
             }
+        }
+        // Every unit held or reserved is its owner's to see, now that no request is in flight.
+        for (kind, detail) in world.hidden_units(&skus).await {
+            round.found(kind, detail);
         }
         if let Some(ms) = pause_after {
             round.log(format!("time passes: {ms} ms"));
@@ -1097,6 +1562,15 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // A checkout or buy-now that got no answer may have placed an order: its customer's
+        // order list says (the model does not assume either way).
+        let unsure: BTreeSet<u64> = std::mem::take(&mut *round.unsure_orders.lock().unwrap());
+        for user in unsure {
+            let learnt = world.learn_orders(&mut model, user, n).await;
+            let t = round.started.elapsed().as_millis();
+            let mut log = round.log.lock().unwrap();
+            log.extend(learnt.into_iter().map(|l| format!("+{t:>5}ms {l}")));
         }
         found.extend(world.check(&mut model, n).await);
         report.ops += *round.ops.lock().unwrap();
@@ -1129,19 +1603,42 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
     report
 }
 
-/// CI: fixed seeds, the faults that fit in a few minutes, every discrepancy a failure.
+/// Issue 22's faults (`FaultKind::ISSUE_22`: replies late or lost, clients gone, a sku's keys
+/// lost, admin changes broken off at their COMMIT) among the CI seeds' faults. Off until the
+/// fixes of issue 22 are merged: on the code of 2026-12-07 they find its defects
+/// (docs/TESTING.md, "Issue 22's faults"). Turned on by setting this to true; for one run,
+/// `FLASHSALE_MODEL_FAULTS=all` (or any list of kinds) overrides it.
+const CI_WITH_ISSUE_22: bool = false;
+
+/// The CI seeds' faults: `FLASHSALE_MODEL_FAULTS` (comma-separated kinds, `all`, `issue22`,
+/// `none`) or every kind (issue 22's as [`CI_WITH_ISSUE_22`] says).
+fn ci_faults() -> Vec<FaultKind> {
+    match std::env::var("FLASHSALE_MODEL_FAULTS") {
+        Ok(list) => FaultKind::parse_list(&list)
+            .unwrap_or_else(|| panic!("FLASHSALE_MODEL_FAULTS: unknown fault kind in {list:?}")),
+        Err(_) => FaultKind::ALL
+            .into_iter()
+            .filter(|k| CI_WITH_ISSUE_22 || !FaultKind::ISSUE_22.contains(k))
+            .collect(),
+    }
+}
+
+/// CI: fixed seeds, the faults that fit in a few minutes (each kind in turn, so that every
+/// kind comes up), every discrepancy a failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ci_seeds() {
+    let faults = ci_faults();
     let mut all = Vec::new();
     for seed in [1u64, 2] {
         let report = run(&RunConfig {
             seed,
             rounds: 30,
             deadline: Some(Instant::now() + Duration::from_secs(80)),
-            faults: FaultKind::ALL.to_vec(),
-            fault_rate: 0.4,
+            faults: faults.clone(),
+            fault_rate: 0.5,
             // Seed 2 runs the binary as a child process, so that it can be SIGKILLed.
             child_process: seed == 2,
+            in_turn: true,
         })
         .await;
         println!("{}", report.summary());
@@ -1179,13 +1676,12 @@ async fn soak() {
     let mut next_seed: Option<u64> = std::env::var("FLASHSALE_SOAK_SEED")
         .ok()
         .and_then(|s| s.parse().ok());
-    // FLASHSALE_SOAK_FAULTS: a comma-separated subset of the fault kinds (Debug names), or
-    // "none"; FLASHSALE_SOAK_FAULT_RATE: the chance that a round carries one (0.5).
+    // FLASHSALE_SOAK_FAULTS: a comma-separated subset of the fault kinds (Debug names),
+    // "issue22" (those of issue 22), "all" or "none"; FLASHSALE_SOAK_FAULT_RATE: the chance
+    // that a round carries one (0.5).
     let kinds: Vec<FaultKind> = match std::env::var("FLASHSALE_SOAK_FAULTS") {
-        Ok(list) => FaultKind::ALL
-            .into_iter()
-            .filter(|k| list.split(',').any(|n| n.trim() == format!("{k:?}")))
-            .collect(),
+        Ok(list) => FaultKind::parse_list(&list)
+            .unwrap_or_else(|| panic!("FLASHSALE_SOAK_FAULTS: unknown fault kind in {list:?}")),
         Err(_) => FaultKind::ALL.to_vec(),
     };
     let fault_rate: f64 = std::env::var("FLASHSALE_SOAK_FAULT_RATE")
@@ -1209,6 +1705,7 @@ async fn soak() {
             // Every other run has the service as a child process (SIGKILL among the faults).
             // FLASHSALE_SOAK_CHILD=1: every run.
             child_process: runs % 2 == 1 || std::env::var("FLASHSALE_SOAK_CHILD").is_ok(),
+            in_turn: false,
         })
         .await;
         println!("{}", report.summary());
