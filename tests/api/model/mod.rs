@@ -465,53 +465,7 @@ async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
                 return;
             }
             let id = open[pick % open.len()];
-            let (before_paid, before_cancelled) = {
-                let m = r.model.lock().unwrap();
-                let o = &m.orders[&id];
-                (o.paid, o.cancelled)
-            };
-            let verb = if pay { "pay" } else { "cancel" };
-            let a = r.call(
-                app,
-                Method::POST,
-                &format!("/v1/orders/{id}/{verb}"),
-                &token(*user),
-                None,
-            )
-            .await;
-            r.log(format!(
-                "u{user} {verb} order={id} -> {} {}",
-                a.status, a.code
-            ));
-            if !r.judge(verb, &a) {
-                return;
-            }
-            if a.status == 200 {
-                let status = a.body["status"].as_str().unwrap_or("");
-                let want = if pay { "paid" } else { "cancelled" };
-                if status != want {
-                    r.found(
-                        "answer_outside_contract",
-                        format!("{verb} of order {id} answered 200 with status {status}"),
-                    );
-                }
-                if (pay && before_cancelled) || (!pay && before_paid) {
-                    r.found(
-                        "decision_changed",
-                        format!(
-                            "{verb} of order {id} answered 200 after an earlier {} answered 200",
-                            if pay { "cancel" } else { "pay" }
-                        ),
-                    );
-                }
-                let mut m = r.model.lock().unwrap();
-                let o = m.orders.get_mut(&id).unwrap();
-                if pay {
-                    o.paid = true;
-                } else {
-                    o.cancelled = true;
-                }
-            }
+            decide(app, r, *user, id, pay).await;
         }
         Op::Adjust { sku, wh, delta } => {
             let (sku, w) = {
@@ -611,7 +565,7 @@ struct FaultDetail {
     /// client timeout of a request (each takes a random one from 5 ms to it).
     slow: Duration,
     cut_ms: u64,
-    /// `SkuKeysLost`: which sku (index).
+    /// `SkuKeysLost`: which sku (index) when none has open orders.
     sku: usize,
     /// `AdminCommitLost`: the COMMIT passed to MariaDB with its answer swallowed (true), or
     /// lost with the link (false: MariaDB rolls back once the connection closes, `hold` later).
@@ -651,7 +605,6 @@ impl FaultDetail {
                 self.slow.as_millis(),
                 self.cut_ms
             ),
-            FaultKind::SkuKeysLost => format!("(sku #{})", self.sku),
             FaultKind::AdminCommitLost if self.committed => {
                 format!("(delta {}: committed, answer lost)", self.adjust.2)
             }
@@ -665,11 +618,50 @@ impl FaultDetail {
         }
     }
 
-    /// The changes to try in turn until one reaches its COMMIT (a removal can be refused).
-    fn adjustments(&self) -> [Op; 3] {
-        let (sku, wh, delta) = self.adjust;
+    /// The changes to try in turn until one reaches its COMMIT (a removal can be refused), on
+    /// the sku `sku` (index).
+    fn adjustments(&self, sku: usize) -> [Op; 3] {
+        let (_, wh, delta) = self.adjust;
         [delta, 2, 3].map(|delta| Op::Adjust { sku, wh, delta })
     }
+}
+
+/// The sku (index) an admin change under a fault matters most on: on sale now (its window open
+/// for a while yet, as the model knows it) with the fewest units available in Redis, where
+/// customers buy what the change adds; `fallback` when none is surely on sale.
+async fn busy_sku(w: &World, r: &Round, skus: &[u64], fallback: usize) -> usize {
+    let now = Utc::now();
+    let open: Vec<usize> = {
+        let m = r.model.lock().unwrap();
+        (0..skus.len())
+            .filter(|i| match m.skus[*i].window {
+                Window::None => true,
+                Window::Some(s, e) => s < now && now + chrono::Duration::seconds(3) < e,
+                Window::Unknown => false,
+            })
+            .collect()
+    };
+    let mut c = w.app.state.redis.conn();
+    let mut best: Option<(i64, usize)> = None;
+    for i in open {
+        let stock = w
+            .app
+            .state
+            .redis
+            .keys
+            .sku(flashsale::domain::Sku::parse(skus[i]).unwrap())
+            .stock();
+        let avail: i64 = c
+            .hget::<_, _, Option<i64>>(stock, "avail")
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        if best.is_none_or(|(a, _)| avail < a) {
+            best = Some((avail, i));
+        }
+    }
+    best.map_or(fallback, |(_, i)| i)
 }
 
 /// What `arm_after` looks for: the statement only an admin stock change runs.
@@ -683,7 +675,8 @@ async fn admin_commit_lost(w: &World, r: &Round, skus: &[u64], d: &FaultDetail) 
     } else {
         Trap::Drop(d.hold)
     };
-    for op in d.adjustments() {
+    let sku = busy_sku(w, r, skus, d.adjust.0).await;
+    for op in d.adjustments(sku) {
         let before = w.proxy.sprung();
         w.proxy.arm_after(trap, ADJUST_STATEMENT);
         run_op(&w.app, r, skus, &op).await;
@@ -701,7 +694,8 @@ async fn admin_kill(w: &World, r: &Round, skus: &[u64], d: &FaultDetail) {
     let Some(service) = &w.service else {
         return;
     };
-    for op in d.adjustments() {
+    let sku = busy_sku(w, r, skus, d.adjust.0).await;
+    for op in d.adjustments(sku) {
         let before = w.proxy.sprung();
         w.proxy.arm_after(Trap::Delay(Duration::from_secs(60)), ADJUST_STATEMENT);
         let adjust = run_op(&w.app, r, skus, &op);
@@ -729,6 +723,57 @@ async fn admin_kill(w: &World, r: &Round, skus: &[u64], d: &FaultDetail) {
         break;
     }
     w.proxy.disarm();
+}
+
+/// A customer's pay (`pay`) or cancel of their order `id`, judged and recorded.
+async fn decide(app: &TestApp, r: &Round, user: u64, id: u64, pay: bool) {
+    let (before_paid, before_cancelled, items) = {
+        let m = r.model.lock().unwrap();
+        let o = &m.orders[&id];
+        (o.paid, o.cancelled, o.items.clone())
+    };
+    let verb = if pay { "pay" } else { "cancel" };
+    let a = r.call(
+        app,
+        Method::POST,
+        &format!("/v1/orders/{id}/{verb}"),
+        &app.customer_token(user),
+        None,
+    )
+    .await;
+    r.log(format!(
+        "u{user} {verb} order={id} {items:?} -> {} {}",
+        a.status, a.code
+    ));
+    if !r.judge(verb, &a) {
+        return;
+    }
+    if a.status == 200 {
+        let status = a.body["status"].as_str().unwrap_or("");
+        let want = if pay { "paid" } else { "cancelled" };
+        if status != want {
+            r.found(
+                "answer_outside_contract",
+                format!("{verb} of order {id} answered 200 with status {status}"),
+            );
+        }
+        if (pay && before_cancelled) || (!pay && before_paid) {
+            r.found(
+                "decision_changed",
+                format!(
+                    "{verb} of order {id} answered 200 after an earlier {} answered 200",
+                    if pay { "cancel" } else { "pay" }
+                ),
+            );
+        }
+        let mut m = r.model.lock().unwrap();
+        let o = m.orders.get_mut(&id).unwrap();
+        if pay {
+            o.paid = true;
+        } else {
+            o.cancelled = true;
+        }
+    }
 }
 
 /// A purchase accepted while the sku's window was surely closed (and unchanged this round).
@@ -1379,6 +1424,21 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
             .map(|u| gen_customer_ops(&mut rng, 9_000 + u, skus.len()))
             .collect();
         tasks.push(gen_admin_ops(&mut rng, skus.len()));
+        // How long the customers' planned pauses take: the faults on Redis's replies and the
+        // clients' patience are put at the end of it, so that a hold or reservation they leave
+        // behind is still there (2 s) when the round's requests have ended and it is checked.
+        let planned_ms = tasks[..CUSTOMERS as usize]
+            .iter()
+            .map(|ops| {
+                ops.iter()
+                    .map(|op| match op {
+                        Op::Sleep { ms } => *ms,
+                        _ => 0,
+                    })
+                    .sum::<u64>()
+            })
+            .max()
+            .unwrap_or(0);
         let fault = (!kinds.is_empty() && rng.random_bool(cfg.fault_rate))
             .then(|| kinds[rng.random_range(0..kinds.len())]);
         let fault = match fault {
@@ -1429,6 +1489,7 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
             let w = &world;
             let round_log = &round.log;
             let (r, skus, detail) = (&round, &skus, &detail);
+            let late_start = Duration::from_millis(planned_ms.saturating_sub(fault_ms));
             async move {
                 match fault {
                     Some(FaultKind::MysqlKill) => {
@@ -1469,16 +1530,19 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
                         }
                     }
                     Some(FaultKind::RedisReplyLate) => {
+                        tokio::time::sleep(late_start).await;
                         w.rproxy.replies(Replies::Late(detail.late));
                         tokio::time::sleep(d).await;
                         w.rproxy.replies(Replies::Pass);
                     }
                     Some(FaultKind::RedisReplyLost) => {
+                        tokio::time::sleep(late_start).await;
                         w.rproxy.replies(Replies::LostAfter(b"EVALSHA"));
                         tokio::time::sleep(d).await;
                         w.rproxy.replies(Replies::Pass);
                     }
                     Some(FaultKind::ClientGone) => {
+                        tokio::time::sleep(late_start).await;
                         w.rproxy.replies(Replies::Late(detail.slow));
                         r.cut_ms.store(detail.cut_ms, Ordering::SeqCst);
                         tokio::time::sleep(d).await;
@@ -1486,10 +1550,49 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
                         w.rproxy.replies(Replies::Pass);
                     }
                     Some(FaultKind::SkuKeysLost) => {
-                        tokio::time::sleep(d / 3).await;
-                        let sku = skus[detail.sku];
+                        // The sku with the most units in open orders (the keys' loss matters
+                        // most there: those orders are paid after it), else the drawn one.
+                        tokio::time::sleep(d / 6).await;
+                        let open = w.reservations(skus).await;
+                        let sku = skus
+                            .iter()
+                            .copied()
+                            .map(|s| {
+                                let units: u64 = open
+                                    .iter()
+                                    .filter(|r| r.sku == s && r.rid.starts_with("o:"))
+                                    .map(|r| r.count)
+                                    .sum();
+                                (units, s)
+                            })
+                            .filter(|(units, _)| *units > 0)
+                            .max()
+                            .map_or(skus[detail.sku], |(_, s)| s);
                         let gone = faults::drop_sku_keys(&w.app.state.redis, sku).await;
                         r.log(format!("sku {sku}: {gone} keys deleted"));
+                        // A customer looks at the product; the owners of the open orders that
+                        // held its units pay them (those the model knows).
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let read = call(
+                            &w.app,
+                            Method::GET,
+                            &format!("/v1/products/{sku}"),
+                            &w.app.customer_token(9_001),
+                            None,
+                        )
+                        .await;
+                        r.log(format!(
+                            "product {sku} read -> {} available={}",
+                            read.status, read.body["available"]
+                        ));
+                        for o in open.iter().filter(|o| o.sku == sku) {
+                            let id = o.rid.strip_prefix("o:").and_then(|i| i.parse().ok());
+                            if let Some(id) = id
+                                && r.model.lock().unwrap().orders.contains_key(&id)
+                            {
+                                decide(&w.app, r, o.owner, id, true).await;
+                            }
+                        }
                     }
                     Some(FaultKind::AdminCommitLost) => {
                         tokio::time::sleep(d / 4).await;
@@ -1575,6 +1678,13 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
         found.extend(world.check(&mut model, n).await);
         report.ops += *round.ops.lock().unwrap();
         grace = grace.saturating_sub(1);
+        if found.is_empty() && fault.is_some() && std::env::var("FLASHSALE_MODEL_LOG").is_ok() {
+            // FLASHSALE_MODEL_LOG: the log of every round with a fault, found something or not.
+            eprintln!("model seed={} round={n}: nothing found", cfg.seed);
+            for l in round.log.lock().unwrap().iter().take(80) {
+                eprintln!("    {l}");
+            }
+        }
         if !found.is_empty() {
             let log = round.log.into_inner().unwrap();
             eprintln!(
