@@ -18,7 +18,7 @@ mod reference;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -291,6 +291,11 @@ struct Round {
     ops: Mutex<u64>,
     /// While a `ClientGone` fault is on: the longest client timeout of a request (ms; 0: off).
     cut_ms: AtomicU64,
+    /// While the service's Redis replies are late or lost (the service cannot show a cart).
+    replies_held: AtomicBool,
+    /// Customers whose add, checkout or buy-now got no answer or a 503: their next step is to
+    /// look (the hidden-units check), once the service can answer again.
+    to_look: Mutex<BTreeSet<u64>>,
     /// Customers whose checkout or buy-now got no answer or a 503: an order may exist that no
     /// answer named; the model learns it from their order list after the round.
     unsure_orders: Mutex<BTreeSet<u64>>,
@@ -371,6 +376,9 @@ async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
                 "u{user} add sku={sku} n={n} -> {} {}",
                 a.status, a.code
             ));
+            if a.status == 0 || a.status == 503 {
+                r.to_look.lock().unwrap().insert(*user);
+            }
             if r.judge("add", &a) && a.status == 200 {
                 window_check(r, sku, sent, "add");
             }
@@ -411,6 +419,7 @@ async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
             if !r.judge(name, &a) {
                 if a.status == 0 || a.status == 503 {
                     r.unsure_orders.lock().unwrap().insert(*user);
+                    r.to_look.lock().unwrap().insert(*user);
                 }
                 return;
             }
@@ -579,7 +588,7 @@ struct FaultDetail {
 impl FaultDetail {
     fn draw(rng: &mut StdRng) -> FaultDetail {
         FaultDetail {
-            late: Duration::from_millis(rng.random_range(1_300..2_200)),
+            late: Duration::from_millis(rng.random_range(1_100..1_300)),
             slow: Duration::from_millis(rng.random_range(50..200)),
             cut_ms: rng.random_range(100..400),
             sku: rng.random_range(0..3),
@@ -627,8 +636,8 @@ impl FaultDetail {
 }
 
 /// The sku (index) an admin change under a fault matters most on: on sale now (its window open
-/// for a while yet, as the model knows it) with the fewest units available in Redis, where
-/// customers buy what the change adds; `fallback` when none is surely on sale.
+/// for a while yet, as the model knows it), without a per-customer limit if one is, with the
+/// fewest units available in Redis; `fallback` when none is surely on sale.
 async fn busy_sku(w: &World, r: &Round, skus: &[u64], fallback: usize) -> usize {
     let now = Utc::now();
     let open: Vec<usize> = {
@@ -642,8 +651,10 @@ async fn busy_sku(w: &World, r: &Round, skus: &[u64], fallback: usize) -> usize 
             .collect()
     };
     let mut c = w.app.state.redis.conn();
-    let mut best: Option<(i64, usize)> = None;
+    // Skus without a per-customer limit first (the crowd takes everything at once).
+    let mut best: Option<((bool, i64), usize)> = None;
     for i in open {
+        let limited = r.model.lock().unwrap().skus[i].limit.is_some();
         let stock = w
             .app
             .state
@@ -657,8 +668,8 @@ async fn busy_sku(w: &World, r: &Round, skus: &[u64], fallback: usize) -> usize 
             .ok()
             .flatten()
             .unwrap_or(0);
-        if best.is_none_or(|(a, _)| avail < a) {
-            best = Some((avail, i));
+        if best.is_none_or(|(a, _)| (limited, avail) < a) {
+            best = Some(((limited, avail), i));
         }
     }
     best.map_or(fallback, |(_, i)| i)
@@ -679,12 +690,74 @@ async fn admin_commit_lost(w: &World, r: &Round, skus: &[u64], d: &FaultDetail) 
     for op in d.adjustments(sku) {
         let before = w.proxy.sprung();
         w.proxy.arm_after(trap, ADJUST_STATEMENT);
-        run_op(&w.app, r, skus, &op).await;
+        let adjust = run_op(&w.app, r, skus, &op);
+        tokio::pin!(adjust);
+        let sprang = tokio::select! {
+            _ = &mut adjust => false,
+            _ = sprung_since(&w.proxy, before) => true,
+        };
+        if sprang {
+            // The change waits for its COMMIT's answer: the crowd takes what the sku shows.
+            crowd_buys(w, r, skus, sku).await;
+            adjust.await;
+        }
         if w.proxy.sprung() > before {
             break;
         }
     }
     w.proxy.disarm();
+}
+
+/// Waits until the proxy's traps sprang more than `before` times.
+async fn sprung_since(proxy: &Proxy, before: usize) {
+    while proxy.sprung() == before {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A flash sale's crowd (customer 9_007): every unit the sku (index) shows available bought at
+/// once (buy-now) and paid.
+async fn crowd_buys(w: &World, r: &Round, skus: &[u64], sku: usize) {
+    const CROWD: u64 = 9_007;
+    let read = call(
+        &w.app,
+        Method::GET,
+        &format!("/v1/products/{}", skus[sku]),
+        &w.app.customer_token(CROWD),
+        None,
+    )
+    .await;
+    let available = read.body["available"].as_u64().unwrap_or(0);
+    r.log(format!(
+        "the crowd sees sku {} with {available} available",
+        skus[sku]
+    ));
+    if available == 0 {
+        return;
+    }
+    let known = r.model.lock().unwrap().open_orders_of(CROWD);
+    run_op(
+        &w.app,
+        r,
+        skus,
+        &Op::BuyNow {
+            user: CROWD,
+            sku,
+            n: available,
+        },
+    )
+    .await;
+    let placed: Vec<u64> = r
+        .model
+        .lock()
+        .unwrap()
+        .open_orders_of(CROWD)
+        .into_iter()
+        .filter(|id| !known.contains(id))
+        .collect();
+    for id in placed {
+        decide(&w.app, r, CROWD, id, true).await;
+    }
 }
 
 /// `AdminKill`: an admin stock change held at its COMMIT, the service SIGKILLed meanwhile;
@@ -702,11 +775,7 @@ async fn admin_kill(w: &World, r: &Round, skus: &[u64], d: &FaultDetail) {
         tokio::pin!(adjust);
         let held = tokio::select! {
             _ = &mut adjust => false,
-            _ = async {
-                while w.proxy.sprung() == before {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            } => true,
+            _ = sprung_since(&w.proxy, before) => true,
         };
         if !held {
             continue;
@@ -833,6 +902,8 @@ struct World {
     dead_seen: u64,
     /// What was reported already (an order id, a sku's drift): reported once, not every round.
     seen: std::collections::HashSet<String>,
+    /// The hidden holds and reservations reported already.
+    hidden_seen: Mutex<std::collections::HashSet<String>>,
 }
 
 impl World {
@@ -925,114 +996,93 @@ impl World {
         out
     }
 
-    /// Units held or reserved in Redis that their owner cannot see: a cart hold not in the
+    /// Units held or reserved in Redis for `user` that they cannot see: a cart hold not in the
     /// cart (`GET /v1/cart`), an order line whose order is not in the order list
-    /// (`GET /v1/orders`) as awaiting payment with that line. Read while no request runs: the
-    /// ledgers, what each owner sees, the ledgers again; a reservation counts when it is in both
-    /// readings, still well before its deadline, and the same again 300 ms later (work the
-    /// service finishes after a request went away has time to end).
-    async fn hidden_units(&mut self, skus: &[u64]) -> Vec<(&'static str, String)> {
+    /// (`GET /v1/orders`) as awaiting payment with that line. Read once the customer has no
+    /// request in flight: the ledgers, what the customer sees, the ledgers again; a reservation
+    /// counts when it is in both readings, more than 300 ms from its deadline, and the same again
+    /// 300 ms later (work the service finishes after a request went away has time to end).
+    /// Reported once each.
+    async fn hidden_units(&self, skus: &[u64], user: u64) -> Vec<(&'static str, String)> {
         let mut earlier: Option<BTreeMap<Reservation, (&'static str, String)>> = None;
         for attempt in 0..2 {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
             let before = self.reservations(skus).await;
-            let owners: BTreeSet<u64> = before.iter().map(|r| r.owner).collect();
-            let mut carts: HashMap<u64, BTreeMap<u64, u64>> = HashMap::new();
-            let mut lists: HashMap<u64, BTreeMap<u64, (String, BTreeMap<u64, u64>)>> =
-                HashMap::new();
-            for &u in &owners {
-                let token = self.app.customer_token(u);
-                let cart = call(&self.app, Method::GET, "/v1/cart", &token, None).await;
-                if cart.status == 200 {
-                    carts.insert(u, items_of(&cart.body));
-                }
-                let list = call(
-                    &self.app,
-                    Method::GET,
-                    "/v1/orders?limit=100",
-                    &token,
-                    None,
-                )
-                .await;
-                if list.status == 200 {
-                    let orders = list.body["items"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .map(|o| {
-                                    (
-                                        o["order_id"].as_u64().unwrap_or(0),
-                                        (
-                                            o["status"].as_str().unwrap_or("").to_string(),
-                                            items_of(o),
-                                        ),
-                                    )
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    lists.insert(u, orders);
-                }
+            if !before.iter().any(|r| r.owner == user) {
+                return Vec::new();
             }
+            let token = self.app.customer_token(user);
+            // What the customer sees (a 503 while a fault still weighs on Redis: asked again).
+            let read = |path: &'static str| {
+                let token = token.clone();
+                async move {
+                    for _ in 0..6 {
+                        let a = call(&self.app, Method::GET, path, &token, None).await;
+                        if a.status != 503 {
+                            return (a.status == 200).then_some(a.body);
+                        }
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    None
+                }
+            };
+            let (Some(cart), Some(list)) = (read("/v1/cart").await, read("/v1/orders?limit=100").await)
+            else {
+                return Vec::new();
+            };
+            let cart = items_of(&cart);
+            let orders: BTreeMap<u64, (String, BTreeMap<u64, u64>)> = list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|o| {
+                    (
+                        o["order_id"].as_u64().unwrap_or(0),
+                        (o["status"].as_str().unwrap_or("").to_string(), items_of(o)),
+                    )
+                })
+                .collect();
             let after = self.reservations(skus).await;
             let now = self.app.state.redis.now_ms().await.unwrap_or(i64::MAX);
             let mut problems = BTreeMap::new();
-            for r in before.intersection(&after) {
+            for r in before.intersection(&after).filter(|r| r.owner == user) {
                 if r.deadline_ms <= now.saturating_add(300) {
                     continue; // lapsing: gone from the cart at its deadline, as documented
                 }
                 if r.rid.starts_with("h:") {
-                    let Some(cart) = carts.get(&r.owner) else {
-                        continue;
-                    };
                     let shown = cart.get(&r.sku).copied().unwrap_or(0);
                     if shown != r.count {
-                        problems.insert(
-                            r.clone(),
-                            (
-                                "hold_hidden",
-                                format!(
-                                    "customer {} holds {} unit(s) of sku {} (for {} ms more); \
-                                     the cart shows {shown}",
-                                    r.owner,
-                                    r.count,
-                                    r.sku,
-                                    r.deadline_ms - now
-                                ),
-                            ),
+                        let detail = format!(
+                            "customer {user} holds {} unit(s) of sku {} (for {} ms more); the \
+                             cart shows {shown}",
+                            r.count,
+                            r.sku,
+                            r.deadline_ms - now
                         );
+                        problems.insert(r.clone(), ("hold_hidden", detail));
                     }
                 } else if let Some(id) = r.rid.strip_prefix("o:") {
-                    let Some(list) = lists.get(&r.owner) else {
-                        continue;
-                    };
                     let id: u64 = id.parse().unwrap_or(0);
-                    let seen = list.get(&id);
+                    let seen = orders.get(&id);
                     let fine = seen.is_some_and(|(status, items)| {
                         ["awaiting_payment", "new"].contains(&status.as_str())
                             && items.get(&r.sku) == Some(&r.count)
                     });
                     if !fine {
-                        problems.insert(
-                            r.clone(),
-                            (
-                                "reservation_hidden",
-                                format!(
-                                    "{} unit(s) of sku {} reserved for order {id} of customer \
-                                     {} (for {} ms more); its order list shows {}",
-                                    r.count,
-                                    r.sku,
-                                    r.owner,
-                                    r.deadline_ms - now,
-                                    match seen {
-                                        Some((status, items)) => format!("{status} {items:?}"),
-                                        None => "no such order".into(),
-                                    }
-                                ),
-                            ),
+                        let detail = format!(
+                            "{} unit(s) of sku {} reserved for order {id} of customer {user} \
+                             (for {} ms more); the order list shows {}",
+                            r.count,
+                            r.sku,
+                            r.deadline_ms - now,
+                            match seen {
+                                Some((status, items)) => format!("it {status} {items:?}"),
+                                None => "no such order".into(),
+                            }
                         );
+                        problems.insert(r.clone(), ("reservation_hidden", detail));
                     }
                 }
             }
@@ -1040,12 +1090,12 @@ impl World {
                 None if problems.is_empty() => return Vec::new(),
                 None => earlier = Some(problems),
                 Some(ref first) => {
+                    let mut reported = self.hidden_seen.lock().unwrap();
                     return problems
                         .into_iter()
                         .filter(|(r, _)| first.contains_key(r))
                         .filter(|(r, _)| {
-                            self.seen
-                                .insert(format!("hidden:{}:{}:{}", r.sku, r.rid, r.count))
+                            reported.insert(format!("{}:{}:{}", r.sku, r.rid, r.deadline_ms))
                         })
                         .map(|(_, p)| p)
                         .collect();
@@ -1387,6 +1437,7 @@ async fn setup(seed: u64, child: bool) -> (World, Model) {
         db,
         dead_seen: 0,
         seen: Default::default(),
+        hidden_seen: Mutex::default(),
     };
     (world, model)
 }
@@ -1469,6 +1520,8 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
             found: Mutex::default(),
             ops: Mutex::new(0),
             cut_ms: AtomicU64::new(0),
+            replies_held: AtomicBool::new(false),
+            to_look: Mutex::default(),
             unsure_orders: Mutex::default(),
         };
         let _ = round.run_started;
@@ -1530,16 +1583,22 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
                         }
                     }
                     Some(FaultKind::RedisReplyLate) => {
+                        // Short: what matters is what its last second leaves behind.
+                        let d = d.min(Duration::from_millis(1_200));
                         tokio::time::sleep(late_start).await;
+                        r.replies_held.store(true, Ordering::SeqCst);
                         w.rproxy.replies(Replies::Late(detail.late));
                         tokio::time::sleep(d).await;
                         w.rproxy.replies(Replies::Pass);
+                        r.replies_held.store(false, Ordering::SeqCst);
                     }
                     Some(FaultKind::RedisReplyLost) => {
                         tokio::time::sleep(late_start).await;
+                        r.replies_held.store(true, Ordering::SeqCst);
                         w.rproxy.replies(Replies::LostAfter(b"EVALSHA"));
                         tokio::time::sleep(d).await;
                         w.rproxy.replies(Replies::Pass);
+                        r.replies_held.store(false, Ordering::SeqCst);
                     }
                     Some(FaultKind::ClientGone) => {
                         tokio::time::sleep(late_start).await;
@@ -1606,11 +1665,30 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
                 }
             }
         };
-        let ops_task = futures::future::join_all(tasks.iter().map(|ops| {
-            let (round, app, skus) = (&round, &world.app, &skus);
+        let ops_task = futures::future::join_all(tasks.iter().enumerate().map(|(i, ops)| {
+            let (round, w, skus) = (&round, &world, &skus);
             async move {
+                let user = 9_001 + i as u64;
+                let look = || async {
+                    while round.replies_held.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    for (kind, detail) in w.hidden_units(skus, user).await {
+                        round.found(kind, detail);
+                    }
+                };
                 for op in ops {
-                    run_op(app, round, skus, op).await;
+                    run_op(&w.app, round, skus, op).await;
+                    // An add, checkout or buy-now without an answer: the customer looks at
+                    // the cart and the order list (once the service can show them).
+                    if i < CUSTOMERS as usize && round.to_look.lock().unwrap().remove(&user) {
+                        look().await;
+                    }
+                }
+                // The customer has no request in flight now: every unit held or reserved for
+                // them is theirs to see.
+                if i < CUSTOMERS as usize {
+                    look().await;
                 }
             }
         }));
@@ -1637,10 +1715,6 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
                 }
                 Err(e) => round.found("rebuild_failed", e),
             }
-        }
-        // Every unit held or reserved is its owner's to see, now that no request is in flight.
-        for (kind, detail) in world.hidden_units(&skus).await {
-            round.found(kind, detail);
         }
         if let Some(ms) = pause_after {
             round.log(format!("time passes: {ms} ms"));
