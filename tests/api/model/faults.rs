@@ -228,17 +228,21 @@ pub enum Trap {
 
 /// What the proxy does with the server's replies (set with [`Proxy::replies`]; a fault
 /// window is a `Late` or `Lost` followed by `Pass`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Replies {
     /// Passed on as they come.
     Pass,
     /// Each chunk read from the server is passed on this long after it arrived (in order): the
     /// request ran, its reply comes late.
     Late(Duration),
-    /// On a connection that sends a request containing these bytes (e.g. `EVALSHA`), the
-    /// request is passed on, then every byte the server sends back is dropped and the
-    /// connection cut: the call ran, its reply never came.
-    LostAfter(&'static [u8]),
+    /// The same, on a connection from the first request that contains one of these byte
+    /// strings on (e.g. a script's SHA: that call runs, its reply and every later one on the
+    /// connection come late; the calls before it were answered in time).
+    LateAfter(Vec<Vec<u8>>, Duration),
+    /// On a connection that sends a request containing one of these byte strings, the request
+    /// is passed on, then every byte the server sends back is dropped and the connection cut:
+    /// the call ran, its reply never came.
+    LostAfter(Vec<Vec<u8>>),
 }
 
 /// What a proxy's connections share.
@@ -444,6 +448,9 @@ async fn forward(inbound: TcpStream, outbound: TcpStream, shared: Arc<Shared>) {
     let mute = Arc::new(AtomicBool::new(false));
     // A request was passed on whose reply is to be lost (`Replies::LostAfter`).
     let doomed = Arc::new(AtomicBool::new(false));
+    // A request was passed on from whose reply on the replies are late (`Replies::LateAfter`).
+    let late = Arc::new(AtomicBool::new(false));
+    let late2 = late.clone();
     let track = Arc::new(Mutex::new(Track::default()));
     let (mute2, doomed2, track2, shared2) =
         (mute.clone(), doomed.clone(), track.clone(), shared.clone());
@@ -475,6 +482,7 @@ async fn forward(inbound: TcpStream, outbound: TcpStream, shared: Arc<Shared>) {
                 track2.lock().unwrap().server(&buf[..n]);
                 let at = match *shared2.replies.lock().unwrap() {
                     Replies::Late(d) => Instant::now() + d,
+                    Replies::LateAfter(_, d) if late2.load(Ordering::SeqCst) => Instant::now() + d,
                     _ => Instant::now(),
                 };
                 if tx.send((at, buf[..n].to_vec())).is_err() {
@@ -499,10 +507,14 @@ async fn forward(inbound: TcpStream, outbound: TcpStream, shared: Arc<Shared>) {
                 Ok(n) => n,
             };
             let chunk = &buf[..n];
-            if let Replies::LostAfter(marker) = *shared.replies.lock().unwrap()
-                && contains(chunk, marker)
-            {
-                doomed.store(true, Ordering::SeqCst);
+            match &*shared.replies.lock().unwrap() {
+                Replies::LostAfter(markers) if markers.iter().any(|m| contains(chunk, m)) => {
+                    doomed.store(true, Ordering::SeqCst);
+                }
+                Replies::LateAfter(markers, _) if markers.iter().any(|m| contains(chunk, m)) => {
+                    late.store(true, Ordering::SeqCst);
+                }
+                _ => {}
             }
             // A COM_QUERY packet: 3 bytes of length, a sequence byte, 0x03, the statement.
             let commit = contains(chunk, b"\x03COMMIT");
