@@ -1,7 +1,9 @@
 //! The faults the model-based run injects, all local to the run: a redis-server of its own (killed
-//! with and without its data, its eviction policy changed), a TCP proxy between the service and
-//! MariaDB (cut = "MySQL stopped"), KILLs and locks on the run's own database only, and a writer
-//! that dies between its MySQL commit and its acknowledgement.
+//! with and without its data, its eviction policy changed, one sku's keys deleted), TCP proxies
+//! between the service and MariaDB (cut = "MySQL stopped"; a COMMIT's answer lost, the COMMIT
+//! lost or held) and between the service and that redis-server (replies late or lost), KILLs and
+//! locks on the run's own database only, a writer that dies between its MySQL commit and its
+//! acknowledgement, the service SIGKILLed (also while an admin change holds its COMMIT).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -245,12 +247,15 @@ pub enum Replies {
     LostAfter(Vec<Vec<u8>>),
 }
 
+/// A trap and the statement text (if any) its transaction must have run.
+type Armed = (Trap, Option<&'static [u8]>);
+
 /// What a proxy's connections share.
 struct Shared {
     up: AtomicBool,
     /// The trap for the next `COMMIT`, and the statement text (if any) its transaction must
     /// have run for it to spring (see [`Proxy::arm_after`]).
-    trap: Mutex<Option<(Trap, Option<&'static [u8]>)>>,
+    trap: Mutex<Option<Armed>>,
     /// Set once a trap passed its COMMIT on with the answer swallowed.
     swallowed: Arc<AtomicBool>,
     /// How many traps sprang.
