@@ -1494,6 +1494,9 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
     if cfg.in_turn {
         use rand::seq::SliceRandom;
         kinds.shuffle(&mut StdRng::seed_from_u64(cfg.seed ^ 0x7u64));
+        // The kinds only a child-process run can inject first: they come up in this run or not
+        // at all.
+        kinds.sort_by_key(|k| !k.needs_child());
     }
     let mut turn = 0usize;
     let mut report = RunReport {
