@@ -733,9 +733,20 @@ async fn admin_commit_lost(w: &World, r: &Round, skus: &[u64], d: &FaultDetail) 
             _ = sprung_since(&w.proxy, before) => true,
         };
         if sprang {
-            // The change waits for its COMMIT's answer: the crowd takes what the sku shows.
-            crowd_buys(w, r, skus, sku).await;
-            adjust.await;
+            // The change waits for its COMMIT's answer: a flash crowd takes every unit the sku
+            // shows, as soon as it shows, until the change is answered.
+            let answered = AtomicBool::new(false);
+            let crowd = async {
+                while !answered.load(Ordering::SeqCst) {
+                    crowd_buys(w, r, skus, sku).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            };
+            let change = async {
+                (&mut adjust).await;
+                answered.store(true, Ordering::SeqCst);
+            };
+            tokio::join!(change, crowd);
         }
         if w.proxy.sprung() > before {
             break;
@@ -764,13 +775,13 @@ async fn crowd_buys(w: &World, r: &Round, skus: &[u64], sku: usize) {
     )
     .await;
     let available = read.body["available"].as_u64().unwrap_or(0);
+    if available == 0 {
+        return;
+    }
     r.log(format!(
         "the crowd sees sku {} with {available} available",
         skus[sku]
     ));
-    if available == 0 {
-        return;
-    }
     let known = r.model.lock().unwrap().open_orders_of(CROWD);
     run_op(
         &w.app,
