@@ -1,11 +1,13 @@
 //! The faults the model-based run injects, all local to the run: a redis-server of its own (killed
-//! with and without its data, its eviction policy changed), a TCP proxy between the service and
-//! MariaDB (cut = "MySQL stopped"), KILLs and locks on the run's own database only, and a writer
-//! that dies between its MySQL commit and its acknowledgement.
+//! with and without its data, its eviction policy changed, one sku's keys deleted), TCP proxies
+//! between the service and MariaDB (cut = "MySQL stopped"; a COMMIT's answer lost, the COMMIT
+//! lost or held) and between the service and that redis-server (replies late or lost), KILLs and
+//! locks on the run's own database only, a writer that dies between its MySQL commit and its
+//! acknowledgement, the service SIGKILLed (also while an admin change holds its COMMIT).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,10 +40,29 @@ pub enum FaultKind {
     /// The service process SIGKILLed in the middle of the round and started again (runs with
     /// the service as a child process only).
     ServiceKill,
+    /// The replies of the service's Redis calls held past its Redis timeout, then passed on
+    /// (the proxy in front of the run's redis-server): the calls ran, their answers came late.
+    RedisReplyLate,
+    /// The first script call (`EVALSHA`) on each of the service's Redis connections passed on,
+    /// its reply dropped and the connection cut: the call ran, its answer never came.
+    RedisReplyLost,
+    /// The customers' requests sent with a client timeout of a few ms to a few hundred ms while
+    /// Redis answers slowly (still well within its timeout): they go away mid-call.
+    ClientGone,
+    /// Every `{sku:N}:*` key of one sku deleted (the order id counter and the order records
+    /// stay); `rebuild-cache` after the round, as an operator alerted would run it.
+    SkuKeysLost,
+    /// An admin stock change (addition or removal) whose COMMIT's answer is lost: passed to
+    /// MariaDB with the answer swallowed, or lost with the link (MariaDB rolls it back once
+    /// the connection closes).
+    AdminCommitLost,
+    /// The service SIGKILLed while an admin stock change holds its COMMIT (MariaDB rolls it
+    /// back when the connection goes); started again (child-process runs only).
+    AdminKill,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 9] = [
+    pub const ALL: [FaultKind; 15] = [
         FaultKind::MysqlKill,
         FaultKind::MysqlLock,
         FaultKind::MysqlLockKill,
@@ -51,7 +72,46 @@ impl FaultKind {
         FaultKind::RedisEvict,
         FaultKind::WriterCrash,
         FaultKind::ServiceKill,
+        FaultKind::RedisReplyLate,
+        FaultKind::RedisReplyLost,
+        FaultKind::ClientGone,
+        FaultKind::SkuKeysLost,
+        FaultKind::AdminCommitLost,
+        FaultKind::AdminKill,
     ];
+
+    /// The faults of issue 22 (answers lost in flight, one sku's keys lost, admin changes
+    /// broken off at their commit).
+    pub const ISSUE_22: [FaultKind; 6] = [
+        FaultKind::RedisReplyLate,
+        FaultKind::RedisReplyLost,
+        FaultKind::ClientGone,
+        FaultKind::SkuKeysLost,
+        FaultKind::AdminCommitLost,
+        FaultKind::AdminKill,
+    ];
+
+    /// Whether the fault needs the service as a child process (it SIGKILLs it).
+    pub fn needs_child(self) -> bool {
+        matches!(self, FaultKind::ServiceKill | FaultKind::AdminKill)
+    }
+
+    /// A comma-separated list of kinds (their Debug names), `all`, `issue22` (the faults of
+    /// issue 22) or `none`; `None` when a name is unknown.
+    pub fn parse_list(list: &str) -> Option<Vec<FaultKind>> {
+        let mut out = Vec::new();
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name {
+                "none" => {}
+                "all" => out.extend(FaultKind::ALL),
+                "issue22" => out.extend(FaultKind::ISSUE_22),
+                _ => out.push(*FaultKind::ALL.iter().find(|k| format!("{k:?}") == name)?),
+            }
+        }
+        out.sort();
+        out.dedup();
+        Some(out)
+    }
 }
 
 /// A redis-server of the run's own, with AOF (fsync always) in its own directory.
@@ -168,16 +228,51 @@ pub enum Trap {
     Swallow,
 }
 
-/// A TCP proxy in front of MariaDB: `cut()` drops every connection and refuses new ones (what
-/// the service sees of a stopped MySQL), `restore()` lets them through again; `arm()` sets a
-/// trap for the next `COMMIT`.
+/// What the proxy does with the server's replies (set with [`Proxy::replies`]; a fault
+/// window is a `Late` or `Lost` followed by `Pass`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replies {
+    /// Passed on as they come.
+    Pass,
+    /// Each chunk read from the server is passed on this long after it arrived (in order): the
+    /// request ran, its reply comes late.
+    Late(Duration),
+    /// The same, on a connection from the first request that contains one of these byte
+    /// strings on (e.g. a script's SHA: that call runs, its reply and every later one on the
+    /// connection come late; the calls before it were answered in time).
+    LateAfter(Vec<Vec<u8>>, Duration),
+    /// On a connection that sends a request containing one of these byte strings, the request
+    /// is passed on, then every byte the server sends back is dropped and the connection cut:
+    /// the call ran, its reply never came.
+    LostAfter(Vec<Vec<u8>>),
+}
+
+/// A trap and the statement text (if any) its transaction must have run.
+type Armed = (Trap, Option<&'static [u8]>);
+
+/// What a proxy's connections share.
+struct Shared {
+    up: AtomicBool,
+    /// The trap for the next `COMMIT`, and the statement text (if any) its transaction must
+    /// have run for it to spring (see [`Proxy::arm_after`]).
+    trap: Mutex<Option<Armed>>,
+    /// Set once a trap passed its COMMIT on with the answer swallowed.
+    swallowed: Arc<AtomicBool>,
+    /// How many traps sprang.
+    sprung: AtomicUsize,
+    replies: Mutex<Replies>,
+    conns: Mutex<Vec<AbortHandle>>,
+}
+
+/// A TCP proxy of the run's own, in front of MariaDB or of the run's redis-server: `cut()`
+/// drops every connection and refuses new ones (what the service sees of a stopped server),
+/// `restore()` lets them through again; `arm()` sets a trap for the next MySQL `COMMIT`;
+/// `replies()` makes the server's replies late or lost for a while.
 pub struct Proxy {
     pub port: u16,
-    up: Arc<AtomicBool>,
-    trap: Arc<Mutex<Option<Trap>>>,
+    shared: Arc<Shared>,
     /// Set once a trap passed its COMMIT on with the answer swallowed.
     pub swallowed: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<AbortHandle>>>,
     accept: AbortHandle,
 }
 
@@ -185,28 +280,32 @@ impl Proxy {
     pub async fn start(target: String) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let up = Arc::new(AtomicBool::new(true));
-        let trap: Arc<Mutex<Option<Trap>>> = Arc::default();
         let swallowed = Arc::new(AtomicBool::new(false));
-        let conns: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
-        let (up2, conns2, trap2, sw2) =
-            (up.clone(), conns.clone(), trap.clone(), swallowed.clone());
+        let shared = Arc::new(Shared {
+            up: AtomicBool::new(true),
+            trap: Mutex::default(),
+            swallowed: swallowed.clone(),
+            sprung: AtomicUsize::new(0),
+            replies: Mutex::new(Replies::Pass),
+            conns: Mutex::default(),
+        });
+        let s = shared.clone();
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((inbound, _)) = listener.accept().await else {
                     continue;
                 };
-                if !up2.load(Ordering::SeqCst) {
+                if !s.up.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
-                let (target, trap, sw) = (target.clone(), trap2.clone(), sw2.clone());
+                let (target, s2) = (target.clone(), s.clone());
                 let h = tokio::spawn(async move {
                     if let Ok(outbound) = TcpStream::connect(target).await {
-                        forward(inbound, outbound, trap, sw).await;
+                        forward(inbound, outbound, s2).await;
                     }
                 });
-                let mut c = conns2.lock().unwrap();
+                let mut c = s.conns.lock().unwrap();
                 c.retain(|h| !h.is_finished());
                 c.push(h.abort_handle());
             }
@@ -214,70 +313,194 @@ impl Proxy {
         .abort_handle();
         Proxy {
             port,
-            up,
-            trap,
+            shared,
             swallowed,
-            conns,
             accept,
         }
     }
 
     /// Sets `t` for the next `COMMIT` a client sends.
     pub fn arm(&self, t: Trap) {
-        *self.trap.lock().unwrap() = Some(t);
+        *self.shared.trap.lock().unwrap() = Some((t, None));
+    }
+
+    /// Sets `t` for the next `COMMIT` of a transaction that ran a statement containing
+    /// `statement` (e.g. `INSERT INTO stock_adjustments`: an admin stock change, not the
+    /// write-back's commits). Prepared statements are recognised by their id.
+    pub fn arm_after(&self, t: Trap, statement: &'static [u8]) {
+        *self.shared.trap.lock().unwrap() = Some((t, Some(statement)));
     }
 
     /// Whether the trap is still waiting for a `COMMIT`.
     pub fn armed(&self) -> bool {
-        self.trap.lock().unwrap().is_some()
+        self.shared.trap.lock().unwrap().is_some()
+    }
+
+    /// Takes the trap back if it has not sprung.
+    pub fn disarm(&self) {
+        *self.shared.trap.lock().unwrap() = None;
+    }
+
+    /// How many traps sprang so far.
+    pub fn sprung(&self) -> usize {
+        self.shared.sprung.load(Ordering::SeqCst)
+    }
+
+    /// What happens to the server's replies from now on.
+    pub fn replies(&self, r: Replies) {
+        *self.shared.replies.lock().unwrap() = r;
     }
 
     pub fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        for h in self.conns.lock().unwrap().drain(..) {
+        self.shared.up.store(false, Ordering::SeqCst);
+        for h in self.shared.conns.lock().unwrap().drain(..) {
             h.abort();
         }
     }
 
     pub fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
+        self.shared.up.store(true, Ordering::SeqCst);
     }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.accept.abort();
-        for h in self.conns.lock().unwrap().drain(..) {
+        for h in self.shared.conns.lock().unwrap().drain(..) {
             h.abort();
         }
     }
 }
 
-/// Copies both ways, springing the armed trap on the first `COMMIT` from the client.
-async fn forward(
-    inbound: TcpStream,
-    outbound: TcpStream,
-    trap: Arc<Mutex<Option<Trap>>>,
-    swallowed: Arc<AtomicBool>,
-) {
+/// One connection's view of the MySQL protocol, enough to tell which transaction a `COMMIT`
+/// ends: the text of each statement it prepared (by id), and the texts the open transaction
+/// ran.
+#[derive(Default)]
+struct Track {
+    /// The text of a `COM_STMT_PREPARE` sent: its answer carries the statement's id.
+    preparing: Option<Vec<u8>>,
+    prepared: std::collections::HashMap<u32, Vec<u8>>,
+    /// What the open transaction ran (statement texts).
+    ran: Vec<Vec<u8>>,
+}
+
+impl Track {
+    /// Notes a client packet: a statement prepared, executed or run as text.
+    fn client(&mut self, chunk: &[u8]) {
+        let n = chunk.len();
+        // One MySQL packet (a Redis request starts with `*`, never a matching length).
+        let len = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], 0]) as usize;
+        if n < 5 || len + 4 > n {
+            return;
+        }
+        match chunk[4] {
+            COM_STMT_PREPARE => self.preparing = Some(chunk[5..len + 4].to_vec()),
+            COM_STMT_EXECUTE if n >= 9 => {
+                let id = u32::from_le_bytes([chunk[5], chunk[6], chunk[7], chunk[8]]);
+                if let Some(text) = self.prepared.get(&id) {
+                    self.ran.push(text.clone());
+                }
+            }
+            COM_QUERY => {
+                let text = &chunk[5..len + 4];
+                if text.starts_with(b"BEGIN") || text.starts_with(b"START TRANSACTION") {
+                    self.ran.clear();
+                }
+                self.ran.push(text.to_vec());
+            }
+            _ => {}
+        }
+        // Statements outside a transaction (autocommit) are forgotten in time.
+        if self.ran.len() > 64 {
+            self.ran.remove(0);
+        }
+    }
+
+    /// Notes a server chunk: the answer to a prepare (`COM_STMT_PREPARE_OK`: 0x00, then the
+    /// statement's id, 4 bytes LE).
+    fn server(&mut self, chunk: &[u8]) {
+        if let Some(text) = self.preparing.take()
+            && chunk.len() >= 9
+            && chunk[4] == 0x00
+        {
+            let id = u32::from_le_bytes([chunk[5], chunk[6], chunk[7], chunk[8]]);
+            self.prepared.insert(id, text);
+        }
+    }
+
+    fn ran(&self, marker: &[u8]) -> bool {
+        self.ran.iter().any(|t| contains(t, marker))
+    }
+}
+
+/// The MySQL command byte of a packet (3 bytes of length, a sequence byte, the command).
+const COM_QUERY: u8 = 0x03;
+const COM_STMT_PREPARE: u8 = 0x16;
+const COM_STMT_EXECUTE: u8 = 0x17;
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Copies both ways: server replies as [`Replies`] says, the armed trap sprung on the first
+/// `COMMIT` from the client that it matches.
+async fn forward(inbound: TcpStream, outbound: TcpStream, shared: Arc<Shared>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut client_in, mut client_out) = inbound.into_split();
     let (mut server_in, server_out) = outbound.into_split();
     let server_out = Arc::new(tokio::sync::Mutex::new(server_out));
+    // Swallow the server's bytes (an `AnswerLost` / `Swallow` trap sprang).
     let mute = Arc::new(AtomicBool::new(false));
-    let mute2 = mute.clone();
+    // A request was passed on whose reply is to be lost (`Replies::LostAfter`).
+    let doomed = Arc::new(AtomicBool::new(false));
+    // A request was passed on from whose reply on the replies are late (`Replies::LateAfter`).
+    let late = Arc::new(AtomicBool::new(false));
+    let late2 = late.clone();
+    let track = Arc::new(Mutex::new(Track::default()));
+    let (mute2, doomed2, track2, shared2) =
+        (mute.clone(), doomed.clone(), track.clone(), shared.clone());
     let to_client = async move {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            match server_in.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) if mute2.load(Ordering::SeqCst) => {}
-                Ok(n) => {
-                    if client_out.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+        // Passes each chunk on at its time (now, or later under `Replies::Late`), in order.
+        let deliver = async move {
+            while let Some((at, bytes)) = rx.recv().await {
+                tokio::time::sleep_until(at.into()).await;
+                if client_out.write_all(&bytes).await.is_err() {
+                    return;
                 }
             }
+        };
+        // Returns true when the connection is to be cut at once (a reply lost).
+        let read = async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match server_in.read(&mut buf).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => n,
+                };
+                if doomed2.load(Ordering::SeqCst) {
+                    return true;
+                }
+                if mute2.load(Ordering::SeqCst) {
+                    continue;
+                }
+                track2.lock().unwrap().server(&buf[..n]);
+                let at = match *shared2.replies.lock().unwrap() {
+                    Replies::Late(d) => Instant::now() + d,
+                    Replies::LateAfter(_, d) if late2.load(Ordering::SeqCst) => Instant::now() + d,
+                    _ => Instant::now(),
+                };
+                if tx.send((at, buf[..n].to_vec())).is_err() {
+                    return false;
+                }
+            }
+        };
+        tokio::pin!(deliver);
+        tokio::select! {
+            cut = read => if !cut {
+                deliver.await;
+            },
+            _ = &mut deliver => {}
         }
     };
     let out2 = server_out.clone();
@@ -288,12 +511,37 @@ async fn forward(
                 Ok(0) | Err(_) => return None,
                 Ok(n) => n,
             };
+            let chunk = &buf[..n];
+            match &*shared.replies.lock().unwrap() {
+                Replies::LostAfter(markers) if markers.iter().any(|m| contains(chunk, m)) => {
+                    doomed.store(true, Ordering::SeqCst);
+                }
+                Replies::LateAfter(markers, _) if markers.iter().any(|m| contains(chunk, m)) => {
+                    late.store(true, Ordering::SeqCst);
+                }
+                _ => {}
+            }
             // A COM_QUERY packet: 3 bytes of length, a sequence byte, 0x03, the statement.
-            let commit = buf[..n].windows(7).any(|w| w == b"\x03COMMIT");
-            let sprung = if commit {
-                trap.lock().unwrap().take()
-            } else {
-                None
+            let commit = contains(chunk, b"\x03COMMIT");
+            let end = commit || contains(chunk, b"\x03ROLLBACK");
+            let sprung = {
+                let mut trap = shared.trap.lock().unwrap();
+                let mut t = track.lock().unwrap();
+                t.client(chunk);
+                let fits = match *trap {
+                    Some((_, None)) => commit,
+                    Some((_, Some(marker))) => commit && t.ran(marker),
+                    None => false,
+                };
+                if end {
+                    t.ran.clear();
+                }
+                if fits {
+                    shared.sprung.fetch_add(1, Ordering::SeqCst);
+                    trap.take().map(|(t, _)| t)
+                } else {
+                    None
+                }
             };
             match sprung {
                 Some(Trap::Drop(hold)) => return Some(hold),
@@ -301,7 +549,7 @@ async fn forward(
                 Some(t @ (Trap::Swallow | Trap::AnswerLost)) => {
                     mute.store(true, Ordering::SeqCst);
                     let _ = out2.lock().await.write_all(&buf[..n]).await;
-                    swallowed.store(true, Ordering::SeqCst);
+                    shared.swallowed.store(true, Ordering::SeqCst);
                     if matches!(t, Trap::AnswerLost) {
                         // MySQL commits meanwhile; then the connection breaks.
                         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -462,6 +710,42 @@ pub async fn crashing_writer(app: &TestApp, round: usize, times: usize, dur: Dur
     crashed
 }
 
+/// Deletes every key of one sku (`<prefix>:{sku:N}:*`: its counters, ledgers, reservations'
+/// TTL keys, catalog entry), through `redis` (the harness's own connection, not the service's
+/// proxy); the order id counter, the order records and the carts' indexes stay. Returns how
+/// many keys went.
+pub async fn drop_sku_keys(redis: &flashsale::store::redis::Redis, sku: u64) -> usize {
+    use redis::AsyncCommands;
+    let mut c = redis.conn();
+    let pattern = format!("{}:{{sku:{sku}}}:*", redis.keys.prefix());
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let Ok((next, found)) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async::<(u64, Vec<String>)>(&mut c)
+            .await
+        else {
+            return 0;
+        };
+        keys.extend(found);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    if keys.is_empty() {
+        return 0;
+    }
+    let n = keys.len();
+    let _: Result<(), _> = c.del(keys).await;
+    n
+}
+
 /// The service binary as a child process (for `ServiceKill`): SIGKILLed and started again.
 pub struct ServiceProc {
     child: Mutex<Option<Child>>,
@@ -540,12 +824,22 @@ impl ServiceProc {
 
     /// SIGKILL, then start again on the same port.
     pub async fn kill_and_restart(&self, down_for: Duration) {
+        self.kill();
+        tokio::time::sleep(down_for).await;
+        self.spawn().await;
+    }
+
+    /// SIGKILL (the process is gone when this returns).
+    pub fn kill(&self) {
         let child = self.child.lock().unwrap().take();
         if let Some(mut c) = child {
             let _ = c.kill();
             let _ = c.wait();
         }
-        tokio::time::sleep(down_for).await;
+    }
+
+    /// Starts the service again after [`ServiceProc::kill`], on the same port.
+    pub async fn start_again(&self) {
         self.spawn().await;
     }
 }

@@ -16,8 +16,9 @@
 pub(crate) mod faults;
 mod reference;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -30,7 +31,7 @@ use serde_json::{Value, json};
 use sqlx::MySqlPool;
 
 use crate::helpers::{TestApp, spawn_app_with};
-use faults::{FaultKind, Proxy, RedisProc};
+use faults::{FaultKind, Proxy, RedisProc, Replies, Trap};
 use reference::{Discrepancy, Model, OrderModel, SkuModel, StoredOrder, Window};
 
 const CUSTOMERS: u64 = 6;
@@ -49,8 +50,12 @@ pub struct RunConfig {
     pub faults: Vec<FaultKind>,
     /// Chance that a round carries a fault.
     pub fault_rate: f64,
-    /// The service as a child process (needed for `ServiceKill`) rather than in-process.
+    /// The service as a child process (needed for `ServiceKill`, `AdminKill`) rather than
+    /// in-process.
     pub child_process: bool,
+    /// The faults of the rounds that carry one taken in turn (a seeded shuffle of `faults`,
+    /// again and again) rather than at random: every kind comes up in a short run.
+    pub in_turn: bool,
 }
 
 #[derive(Debug, Default)]
@@ -63,10 +68,28 @@ pub struct RunReport {
     pub discrepancies: Vec<Discrepancy>,
     /// Seconds from the start of the run to the first discrepancy of each kind.
     pub first_seen: BTreeMap<&'static str, f64>,
+    /// Each round's fault.
+    pub round_faults: Vec<Option<FaultKind>>,
     pub elapsed: Duration,
 }
 
 impl RunReport {
+    /// A discrepancy with its round and the faults of that round and the one before.
+    pub fn describe(&self, d: &Discrepancy) -> String {
+        let fault = |n: Option<usize>| {
+            n.and_then(|n| self.round_faults.get(n).copied().flatten())
+                .map_or("-".to_string(), |f| format!("{f:?}"))
+        };
+        format!(
+            "round {} (fault {}, before it {}) [{}] {}",
+            d.round,
+            fault(Some(d.round)),
+            fault(d.round.checked_sub(1)),
+            d.kind,
+            d.detail
+        )
+    }
+
     pub fn summary(&self) -> String {
         let mut s = format!(
             "model seed={} rounds={} ops={} indeterminate={} faults={:?} discrepancies={} ({:.0} s)",
@@ -222,11 +245,23 @@ async fn call(
     token: &str,
     body: Option<Value>,
 ) -> Answer {
+    call_within(app, method, path, token, body, Duration::from_secs(30)).await
+}
+
+/// A request the client gives up on after `timeout` (status 0 then).
+async fn call_within(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+    timeout: Duration,
+) -> Answer {
     let mut req = app
         .client
         .request(method, format!("{}{path}", app.addr))
         .bearer_auth(token)
-        .timeout(Duration::from_secs(30));
+        .timeout(timeout);
     if let Some(b) = body {
         req = req.json(&b);
     }
@@ -272,6 +307,16 @@ struct Round {
     log: Mutex<Vec<String>>,
     found: Mutex<Vec<Discrepancy>>,
     ops: Mutex<u64>,
+    /// While a `ClientGone` fault is on: the longest client timeout of a request (ms; 0: off).
+    cut_ms: AtomicU64,
+    /// While the service's Redis replies are late or lost (the service cannot show a cart).
+    replies_held: AtomicBool,
+    /// Customers whose add, checkout or buy-now got no answer or a 503: their next step is to
+    /// look (the hidden-units check), once the service can answer again.
+    to_look: Mutex<BTreeSet<u64>>,
+    /// Customers whose checkout or buy-now got no answer or a 503: an order may exist that no
+    /// answer named; the model learns it from their order list after the round.
+    unsure_orders: Mutex<BTreeSet<u64>>,
 }
 
 impl Round {
@@ -286,6 +331,25 @@ impl Round {
             detail,
         });
     }
+    /// A customer's request: cut off by the client within a few hundred ms while a
+    /// `ClientGone` fault is on, else the usual 30 s.
+    async fn call(
+        &self,
+        app: &TestApp,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> Answer {
+        let cut = self.cut_ms.load(Ordering::SeqCst);
+        let timeout = if cut > 0 {
+            Duration::from_millis(rand::rng().random_range(5..=cut))
+        } else {
+            Duration::from_secs(30)
+        };
+        call_within(app, method, path, token, body, timeout).await
+    }
+
     /// Judges the status alone: no 5xx but 503, and 503 only under a fault.
     fn judge(&self, op: &str, a: &Answer) -> bool {
         *self.ops.lock().unwrap() += 1;
@@ -318,18 +382,22 @@ async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
         Op::Add { user, sku, n } => {
             let sku = skus[*sku];
             let sent = Utc::now();
-            let a = call(
-                app,
-                Method::POST,
-                "/v1/cart/items",
-                &token(*user),
-                Some(json!({"sku": sku, "count": n})),
-            )
-            .await;
+            let a = r
+                .call(
+                    app,
+                    Method::POST,
+                    "/v1/cart/items",
+                    &token(*user),
+                    Some(json!({"sku": sku, "count": n})),
+                )
+                .await;
             r.log(format!(
                 "u{user} add sku={sku} n={n} -> {} {}",
                 a.status, a.code
             ));
+            if a.status == 0 || a.status == 503 {
+                r.to_look.lock().unwrap().insert(*user);
+            }
             if r.judge("add", &a) && a.status == 200 {
                 window_check(r, sku, sent, "add");
             }
@@ -340,7 +408,9 @@ async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
                 Some(n) => format!("/v1/cart/items/{sku}?count={n}"),
                 None => format!("/v1/cart/items/{sku}"),
             };
-            let a = call(app, Method::DELETE, &path, &token(*user), None).await;
+            let a = r
+                .call(app, Method::DELETE, &path, &token(*user), None)
+                .await;
             r.log(format!("u{user} remove sku={sku} n={n:?} -> {}", a.status));
             r.judge("remove", &a);
         }
@@ -355,7 +425,9 @@ async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
                 _ => ("checkout", "/v1/orders", None, None),
             };
             let sent = Utc::now();
-            let a = call(app, Method::POST, path, &token(*user), body.clone()).await;
+            let a = r
+                .call(app, Method::POST, path, &token(*user), body.clone())
+                .await;
             r.log(format!(
                 "u{user} {name} {} -> {} {} id={}",
                 body.map(|b| b.to_string()).unwrap_or_default(),
@@ -368,6 +440,10 @@ async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
                     .unwrap_or("-".into())
             ));
             if !r.judge(name, &a) {
+                if a.status == 0 || a.status == 503 {
+                    r.unsure_orders.lock().unwrap().insert(*user);
+                    r.to_look.lock().unwrap().insert(*user);
+                }
                 return;
             }
             let (id, created_as, items) = if a.status == 201 {
@@ -421,53 +497,7 @@ async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
                 return;
             }
             let id = open[pick % open.len()];
-            let (before_paid, before_cancelled) = {
-                let m = r.model.lock().unwrap();
-                let o = &m.orders[&id];
-                (o.paid, o.cancelled)
-            };
-            let verb = if pay { "pay" } else { "cancel" };
-            let a = call(
-                app,
-                Method::POST,
-                &format!("/v1/orders/{id}/{verb}"),
-                &token(*user),
-                None,
-            )
-            .await;
-            r.log(format!(
-                "u{user} {verb} order={id} -> {} {}",
-                a.status, a.code
-            ));
-            if !r.judge(verb, &a) {
-                return;
-            }
-            if a.status == 200 {
-                let status = a.body["status"].as_str().unwrap_or("");
-                let want = if pay { "paid" } else { "cancelled" };
-                if status != want {
-                    r.found(
-                        "answer_outside_contract",
-                        format!("{verb} of order {id} answered 200 with status {status}"),
-                    );
-                }
-                if (pay && before_cancelled) || (!pay && before_paid) {
-                    r.found(
-                        "decision_changed",
-                        format!(
-                            "{verb} of order {id} answered 200 after an earlier {} answered 200",
-                            if pay { "cancel" } else { "pay" }
-                        ),
-                    );
-                }
-                let mut m = r.model.lock().unwrap();
-                let o = m.orders.get_mut(&id).unwrap();
-                if pay {
-                    o.paid = true;
-                } else {
-                    o.cancelled = true;
-                }
-            }
+            decide(app, r, *user, id, pay).await;
         }
         Op::Adjust { sku, wh, delta } => {
             let (sku, w) = {
@@ -475,14 +505,15 @@ async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
                 let s = &m.skus[*sku];
                 (s.sku, s.warehouses[*wh])
             };
-            let a = call(
-                app,
-                Method::POST,
-                &format!("/v1/products/{sku}/stock"),
-                &app.admin_token,
-                Some(json!({"warehouse_id": w, "delta": delta})),
-            )
-            .await;
+            let a = r
+                .call(
+                    app,
+                    Method::POST,
+                    &format!("/v1/products/{sku}/stock"),
+                    &app.admin_token,
+                    Some(json!({"warehouse_id": w, "delta": delta})),
+                )
+                .await;
             r.log(format!(
                 "admin adjust sku={sku} w={w} delta={delta} -> {} {}",
                 a.status, a.code
@@ -494,8 +525,8 @@ async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
                 s.stocked += delta;
                 s.added += (*delta).max(0);
             } else if !judged && (a.status == 0 || a.status == 503) {
+                // Counted as added (or not) once MySQL's on_hand tells (`World::check`).
                 s.unsure_deltas.push(*delta);
-                s.added += (*delta).max(0);
             }
         }
         Op::SetSale { sku, kind, soon_ms } => {
@@ -517,7 +548,7 @@ async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
             r.model.lock().unwrap().sku_mut(sku).window_round = r.n;
             let a = match window {
                 Some((s, e)) => {
-                    call(
+                    r.call(
                         app,
                         Method::PUT,
                         &format!("/v1/products/{sku}/sale"),
@@ -528,7 +559,7 @@ async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
                     .await
                 }
                 None => {
-                    call(
+                    r.call(
                         app,
                         Method::DELETE,
                         &format!("/v1/products/{sku}/sale"),
@@ -555,6 +586,310 @@ async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
                 (true, None) => Window::None,
                 _ => Window::Unknown,
             };
+        }
+    }
+}
+
+/// The details of a round's issue-22 fault, drawn from the seed.
+struct FaultDetail {
+    /// `RedisReplyLate`: how late each reply comes (the service's Redis timeout is 1 s).
+    late: Duration,
+    /// `ClientGone`: how slowly Redis answers meanwhile (within its timeout), and the longest
+    /// client timeout of a request (each takes a random one from 5 ms to it).
+    slow: Duration,
+    cut_ms: u64,
+    /// `SkuKeysLost`: which sku (index) when none has open orders.
+    sku: usize,
+    /// `AdminCommitLost`: the COMMIT passed to MariaDB with its answer swallowed (true), or
+    /// lost with the link (false: MariaDB rolls back once the connection closes, `hold` later);
+    /// the run's occurrences alternate, the first lost with the link.
+    committed: bool,
+    hold: Duration,
+    /// The admin change of `AdminCommitLost` and `AdminKill`: sku (index), warehouse (index),
+    /// delta (an addition or a removal; if a removal is refused, additions follow).
+    adjust: (usize, usize, i64),
+}
+
+impl FaultDetail {
+    fn draw(rng: &mut StdRng) -> FaultDetail {
+        FaultDetail {
+            late: Duration::from_millis(rng.random_range(1_100..1_300)),
+            slow: Duration::from_millis(rng.random_range(50..200)),
+            cut_ms: rng.random_range(100..400),
+            sku: rng.random_range(0..3),
+            committed: false,
+            hold: Duration::from_millis(rng.random_range(800..2_000)),
+            adjust: (
+                rng.random_range(0..3),
+                rng.random_range(0..2),
+                if rng.random_bool(0.7) {
+                    rng.random_range(1..=4)
+                } else {
+                    -rng.random_range(1..=3)
+                },
+            ),
+        }
+    }
+
+    fn describe(&self, f: FaultKind) -> String {
+        match f {
+            FaultKind::RedisReplyLate => format!("(replies {} ms late)", self.late.as_millis()),
+            FaultKind::ClientGone => format!(
+                "(Redis {} ms slow, clients give up within 5-{} ms)",
+                self.slow.as_millis(),
+                self.cut_ms
+            ),
+            FaultKind::AdminCommitLost if self.committed => {
+                format!("(delta {}: committed, answer lost)", self.adjust.2)
+            }
+            FaultKind::AdminCommitLost => format!(
+                "(delta {}: COMMIT lost with the link, rolled back {} ms later)",
+                self.adjust.2,
+                self.hold.as_millis()
+            ),
+            FaultKind::AdminKill => format!("(delta {})", self.adjust.2),
+            _ => String::new(),
+        }
+    }
+
+    /// The changes to try in turn until one reaches its COMMIT (a removal can be refused), on
+    /// the sku `sku` (index).
+    fn adjustments(&self, sku: usize) -> [Op; 3] {
+        let (_, wh, delta) = self.adjust;
+        [delta, 2, 3].map(|delta| Op::Adjust { sku, wh, delta })
+    }
+}
+
+/// The sku (index) an admin change under a fault matters most on: on sale now (its window open
+/// for a while yet, as the model knows it), without a per-customer limit if one is, with the
+/// fewest units available in Redis; `fallback` when none is surely on sale.
+async fn busy_sku(w: &World, r: &Round, skus: &[u64], fallback: usize) -> usize {
+    let now = Utc::now();
+    let open: Vec<usize> = {
+        let m = r.model.lock().unwrap();
+        (0..skus.len())
+            .filter(|i| match m.skus[*i].window {
+                Window::None => true,
+                Window::Some(s, e) => s < now && now + chrono::Duration::seconds(3) < e,
+                Window::Unknown => false,
+            })
+            .collect()
+    };
+    let mut c = w.app.state.redis.conn();
+    // Skus without a per-customer limit first (the crowd takes everything at once).
+    let mut best: Option<((bool, i64), usize)> = None;
+    for i in open {
+        let limited = r.model.lock().unwrap().skus[i].limit.is_some();
+        let stock = w
+            .app
+            .state
+            .redis
+            .keys
+            .sku(flashsale::domain::Sku::parse(skus[i]).unwrap())
+            .stock();
+        let avail: i64 = c
+            .hget::<_, _, Option<i64>>(stock, "avail")
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        if best.is_none_or(|(a, _)| (limited, avail) < a) {
+            best = Some(((limited, avail), i));
+        }
+    }
+    best.map_or(fallback, |(_, i)| i)
+}
+
+/// The SHAs of the scripts that take or move units for a customer (a cart hold, an order
+/// line from the cart, a buy-now's line): the faults on Redis's replies start at these calls
+/// (an order id allocated just before, say, is answered in time).
+fn hold_scripts() -> Vec<Vec<u8>> {
+    let s = flashsale::store::redis::scripts::Scripts::new();
+    [&s.reserve, &s.convert_hold]
+        .into_iter()
+        .map(|script| script.get_hash().as_bytes().to_vec())
+        .collect()
+}
+
+/// What `arm_after` looks for: the statement only an admin stock change runs.
+const ADJUST_STATEMENT: &[u8] = b"INSERT INTO stock_adjustments";
+
+/// `AdminCommitLost`: admin stock changes until one reaches its COMMIT, whose answer the proxy
+/// loses (after MariaDB committed it, or with the COMMIT itself).
+async fn admin_commit_lost(w: &World, r: &Round, skus: &[u64], d: &FaultDetail) {
+    let trap = if d.committed {
+        Trap::AnswerLost
+    } else {
+        Trap::Drop(d.hold)
+    };
+    let sku = busy_sku(w, r, skus, d.adjust.0).await;
+    for op in d.adjustments(sku) {
+        let before = w.proxy.sprung();
+        w.proxy.arm_after(trap, ADJUST_STATEMENT);
+        let adjust = run_op(&w.app, r, skus, &op);
+        tokio::pin!(adjust);
+        let sprang = tokio::select! {
+            _ = &mut adjust => false,
+            _ = sprung_since(&w.proxy, before) => true,
+        };
+        if sprang {
+            // The change waits for its COMMIT's answer: a flash crowd takes every unit the sku
+            // shows, as soon as it shows, until the change is answered.
+            let answered = AtomicBool::new(false);
+            let crowd = async {
+                while !answered.load(Ordering::SeqCst) {
+                    crowd_buys(w, r, skus, sku).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            };
+            let change = async {
+                (&mut adjust).await;
+                answered.store(true, Ordering::SeqCst);
+            };
+            tokio::join!(change, crowd);
+        }
+        if w.proxy.sprung() > before {
+            break;
+        }
+    }
+    w.proxy.disarm();
+}
+
+/// Waits until the proxy's traps sprang more than `before` times.
+async fn sprung_since(proxy: &Proxy, before: usize) {
+    while proxy.sprung() == before {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A flash sale's crowd (customer 9_007): every unit the sku (index) shows available bought at
+/// once (buy-now) and paid.
+async fn crowd_buys(w: &World, r: &Round, skus: &[u64], sku: usize) {
+    const CROWD: u64 = 9_007;
+    let read = call(
+        &w.app,
+        Method::GET,
+        &format!("/v1/products/{}", skus[sku]),
+        &w.app.customer_token(CROWD),
+        None,
+    )
+    .await;
+    let available = read.body["available"].as_u64().unwrap_or(0);
+    if available == 0 {
+        return;
+    }
+    r.log(format!(
+        "the crowd sees sku {} with {available} available",
+        skus[sku]
+    ));
+    let known = r.model.lock().unwrap().open_orders_of(CROWD);
+    run_op(
+        &w.app,
+        r,
+        skus,
+        &Op::BuyNow {
+            user: CROWD,
+            sku,
+            n: available,
+        },
+    )
+    .await;
+    let placed: Vec<u64> = r
+        .model
+        .lock()
+        .unwrap()
+        .open_orders_of(CROWD)
+        .into_iter()
+        .filter(|id| !known.contains(id))
+        .collect();
+    for id in placed {
+        decide(&w.app, r, CROWD, id, true).await;
+    }
+}
+
+/// `AdminKill`: an admin stock change held at its COMMIT, the service SIGKILLed meanwhile;
+/// the dead process's connection then closes (the proxy cut for a moment: MariaDB rolls the
+/// change back), and the service starts again.
+async fn admin_kill(w: &World, r: &Round, skus: &[u64], d: &FaultDetail) {
+    let Some(service) = &w.service else {
+        return;
+    };
+    let sku = busy_sku(w, r, skus, d.adjust.0).await;
+    for op in d.adjustments(sku) {
+        let before = w.proxy.sprung();
+        w.proxy
+            .arm_after(Trap::Delay(Duration::from_secs(60)), ADJUST_STATEMENT);
+        let adjust = run_op(&w.app, r, skus, &op);
+        tokio::pin!(adjust);
+        let held = tokio::select! {
+            _ = &mut adjust => false,
+            _ = sprung_since(&w.proxy, before) => true,
+        };
+        if !held {
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        service.kill();
+        r.log("admin change held at its COMMIT: service SIGKILLed".into());
+        w.proxy.cut();
+        adjust.await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        w.proxy.restore();
+        service.start_again().await;
+        r.log("service started again".into());
+        break;
+    }
+    w.proxy.disarm();
+}
+
+/// A customer's pay (`pay`) or cancel of their order `id`, judged and recorded.
+async fn decide(app: &TestApp, r: &Round, user: u64, id: u64, pay: bool) {
+    let (before_paid, before_cancelled, items) = {
+        let m = r.model.lock().unwrap();
+        let o = &m.orders[&id];
+        (o.paid, o.cancelled, o.items.clone())
+    };
+    let verb = if pay { "pay" } else { "cancel" };
+    let a = r
+        .call(
+            app,
+            Method::POST,
+            &format!("/v1/orders/{id}/{verb}"),
+            &app.customer_token(user),
+            None,
+        )
+        .await;
+    r.log(format!(
+        "u{user} {verb} order={id} {items:?} -> {} {}",
+        a.status, a.code
+    ));
+    if !r.judge(verb, &a) {
+        return;
+    }
+    if a.status == 200 {
+        let status = a.body["status"].as_str().unwrap_or("");
+        let want = if pay { "paid" } else { "cancelled" };
+        if status != want {
+            r.found(
+                "answer_outside_contract",
+                format!("{verb} of order {id} answered 200 with status {status}"),
+            );
+        }
+        if (pay && before_cancelled) || (!pay && before_paid) {
+            r.found(
+                "decision_changed",
+                format!(
+                    "{verb} of order {id} answered 200 after an earlier {} answered 200",
+                    if pay { "cancel" } else { "pay" }
+                ),
+            );
+        }
+        let mut m = r.model.lock().unwrap();
+        let o = m.orders.get_mut(&id).unwrap();
+        if pay {
+            o.paid = true;
+        } else {
+            o.cancelled = true;
         }
     }
 }
@@ -591,17 +926,35 @@ async fn drain(app: &TestApp, within: Duration) -> bool {
     }
 }
 
+/// One entry of a sku's reservation ledger: `h:<user>` (a cart hold) or `o:<order>` (an order
+/// line), its owner and units, and its deadline (unix ms).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Reservation {
+    sku: u64,
+    rid: String,
+    owner: u64,
+    count: u64,
+    deadline_ms: i64,
+}
+
 struct World {
     app: TestApp,
     /// The service as a child process, in runs that SIGKILL it.
     service: Option<faults::ServiceProc>,
     redis: RedisProc,
+    /// In front of MariaDB (the service's and the harness's store handles).
     proxy: Proxy,
+    /// In front of the run's redis-server (the service's connections only).
+    rproxy: Proxy,
     direct: MySqlPool,
     db: String,
     dead_seen: u64,
     /// What was reported already (an order id, a sku's drift): reported once, not every round.
     seen: std::collections::HashSet<String>,
+    /// The hidden holds and reservations reported already.
+    hidden_seen: Mutex<std::collections::HashSet<String>>,
+    /// The outbox did not drain after the last round (reported then).
+    stuck: bool,
 }
 
 impl World {
@@ -659,6 +1012,189 @@ impl World {
             .await
             .ok()
             .flatten()
+    }
+
+    /// The reservations in Redis's ledgers of `skus`, with their deadlines.
+    async fn reservations(&self, skus: &[u64]) -> BTreeSet<Reservation> {
+        let mut c = self.app.state.redis.conn();
+        let keys = &self.app.state.redis.keys;
+        let mut out = BTreeSet::new();
+        for &sku in skus {
+            let k = keys.sku(flashsale::domain::Sku::parse(sku).unwrap());
+            let res: HashMap<String, String> = c.hgetall(k.res()).await.unwrap_or_default();
+            let exp: Vec<(String, f64)> = c
+                .zrange_withscores(k.exp(), 0, -1)
+                .await
+                .unwrap_or_default();
+            let exp: HashMap<String, f64> = exp.into_iter().collect();
+            for (rid, entry) in res {
+                let mut parts = entry.split('|');
+                let (Some(owner), Some(count)) = (
+                    parts.next().and_then(|u| u.parse().ok()),
+                    parts.next().and_then(|n| n.parse().ok()),
+                ) else {
+                    continue;
+                };
+                out.insert(Reservation {
+                    sku,
+                    deadline_ms: exp.get(&rid).map_or(i64::MAX, |d| *d as i64),
+                    rid,
+                    owner,
+                    count,
+                });
+            }
+        }
+        out
+    }
+
+    /// Units held or reserved in Redis for `user` that they cannot see: a cart hold not in the
+    /// cart (`GET /v1/cart`), an order line whose order is not in the order list
+    /// (`GET /v1/orders`) as awaiting payment with that line. Read once the customer has no
+    /// request in flight: the ledgers, what the customer sees, the ledgers again; a reservation
+    /// counts when it is in both readings, more than 300 ms from its deadline, and the same again
+    /// 300 ms later (work the service finishes after a request went away has time to end).
+    /// Reported once each.
+    async fn hidden_units(&self, skus: &[u64], user: u64) -> Vec<(&'static str, String)> {
+        let mut earlier: Option<BTreeMap<Reservation, (&'static str, String)>> = None;
+        for attempt in 0..2 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            let before = self.reservations(skus).await;
+            if !before.iter().any(|r| r.owner == user) {
+                return Vec::new();
+            }
+            let token = self.app.customer_token(user);
+            // What the customer sees (a 503 while a fault still weighs on Redis: asked again).
+            let read = |path: &'static str| {
+                let token = token.clone();
+                async move {
+                    for _ in 0..6 {
+                        let a = call(&self.app, Method::GET, path, &token, None).await;
+                        if a.status != 503 {
+                            return (a.status == 200).then_some(a.body);
+                        }
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    None
+                }
+            };
+            let (Some(cart), Some(list)) =
+                (read("/v1/cart").await, read("/v1/orders?limit=100").await)
+            else {
+                return Vec::new();
+            };
+            let cart = items_of(&cart);
+            let orders: BTreeMap<u64, (String, BTreeMap<u64, u64>)> = list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|o| {
+                    (
+                        o["order_id"].as_u64().unwrap_or(0),
+                        (o["status"].as_str().unwrap_or("").to_string(), items_of(o)),
+                    )
+                })
+                .collect();
+            let after = self.reservations(skus).await;
+            let now = self.app.state.redis.now_ms().await.unwrap_or(i64::MAX);
+            let mut problems = BTreeMap::new();
+            for r in before.intersection(&after).filter(|r| r.owner == user) {
+                if r.deadline_ms <= now.saturating_add(300) {
+                    continue; // lapsing: gone from the cart at its deadline, as documented
+                }
+                if r.rid.starts_with("h:") {
+                    let shown = cart.get(&r.sku).copied().unwrap_or(0);
+                    if shown != r.count {
+                        let detail = format!(
+                            "customer {user} holds {} unit(s) of sku {} (for {} ms more); the \
+                             cart shows {shown}",
+                            r.count,
+                            r.sku,
+                            r.deadline_ms - now
+                        );
+                        problems.insert(r.clone(), ("hold_hidden", detail));
+                    }
+                } else if let Some(id) = r.rid.strip_prefix("o:") {
+                    let id: u64 = id.parse().unwrap_or(0);
+                    let seen = orders.get(&id);
+                    let fine = seen.is_some_and(|(status, items)| {
+                        ["awaiting_payment", "new"].contains(&status.as_str())
+                            && items.get(&r.sku) == Some(&r.count)
+                    });
+                    if !fine {
+                        let detail = format!(
+                            "{} unit(s) of sku {} reserved for order {id} of customer {user} \
+                             (for {} ms more); the order list shows {}",
+                            r.count,
+                            r.sku,
+                            r.deadline_ms - now,
+                            match seen {
+                                Some((status, items)) => format!("it {status} {items:?}"),
+                                None => "no such order".into(),
+                            }
+                        );
+                        problems.insert(r.clone(), ("reservation_hidden", detail));
+                    }
+                }
+            }
+            match earlier {
+                None if problems.is_empty() => return Vec::new(),
+                None => earlier = Some(problems),
+                Some(ref first) => {
+                    let mut reported = self.hidden_seen.lock().unwrap();
+                    return problems
+                        .into_iter()
+                        .filter(|(r, _)| first.contains_key(r))
+                        .filter(|(r, _)| {
+                            reported.insert(format!("{}:{}:{}", r.sku, r.rid, r.deadline_ms))
+                        })
+                        .map(|(_, p)| p)
+                        .collect();
+                }
+            }
+        }
+        Vec::new()
+    }
+
+    /// Adopts the orders of `user`'s order list that no answer named (a checkout or buy-now
+    /// that got no answer or a 503): from here on they are checked like any other. Returns a
+    /// log line per order learnt.
+    async fn learn_orders(&self, model: &mut Model, user: u64, round: usize) -> Vec<String> {
+        let token = self.app.customer_token(user);
+        let list = call(&self.app, Method::GET, "/v1/orders?limit=100", &token, None).await;
+        let mut out = Vec::new();
+        for o in list.body["items"].as_array().into_iter().flatten() {
+            let Some(id) = o["order_id"].as_u64() else {
+                continue;
+            };
+            if model.orders.contains_key(&id) {
+                continue;
+            }
+            let status = o["status"].as_str().unwrap_or("");
+            out.push(format!(
+                "u{user}: order {id} learnt from the order list ({status} {:?})",
+                items_of(o)
+            ));
+            model.orders.insert(
+                id,
+                OrderModel {
+                    id,
+                    user,
+                    items: items_of(o),
+                    created_as: if status == "failed" {
+                        "failed"
+                    } else {
+                        "awaiting_payment"
+                    },
+                    created_at: Instant::now(),
+                    round,
+                    paid: false,
+                    cancelled: false,
+                },
+            );
+        }
+        out
     }
 
     /// The checks of a quiescent point; returns the discrepancies found.
@@ -735,7 +1271,8 @@ impl World {
         for attempt in 0..8 {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(400)).await;
-                drain(&self.app, Duration::from_secs(10)).await;
+                let within = if self.stuck { 1 } else { 10 };
+                drain(&self.app, Duration::from_secs(within)).await;
             }
             stored = self.stored_orders().await;
             order_problems.clear();
@@ -818,6 +1355,9 @@ impl World {
                     ),
                 );
             }
+            // The unanswered changes that happened, as MySQL's on_hand tells: the units they
+            // added count as added (the fewest that explain it; all of them if nothing does).
+            s.added += reference::least_added(&s.unsure_deltas, on_hand - expected);
             // From here on, drift is counted from what MySQL holds now.
             s.stocked = on_hand + paid;
             s.unsure_deltas.clear();
@@ -850,11 +1390,14 @@ impl World {
 async fn setup(seed: u64, child: bool) -> (World, Model) {
     let redis = RedisProc::start(crate::helpers::free_port()).await;
     let proxy = Proxy::start("127.0.0.1:3306".into()).await;
+    // The service reaches its Redis through a proxy of the run's own (replies late or lost);
+    // the harness's checks go straight to it.
+    let rproxy = Proxy::start(format!("127.0.0.1:{}", redis.port)).await;
     let base = mysql_base();
     let host = base.trim_start_matches("mysql://root@").to_string();
-    let (url, pport) = (redis.url(), proxy.port);
+    let (url, pport) = (format!("redis://127.0.0.1:{}", rproxy.port), proxy.port);
     let tweak = |c: &mut flashsale::config::Config| {
-        c.stores.redis_url = url;
+        c.stores.redis_url = url.clone();
         c.stores.mysql_url = c
             .stores
             .mysql_url
@@ -867,16 +1410,25 @@ async fn setup(seed: u64, child: bool) -> (World, Model) {
         c.telemetry.metrics_interval = Duration::from_millis(200);
         c.stores.redis_timeout = Duration::from_millis(1000);
     };
+    // The harness's handle on the stores: the service's settings, Redis without the proxy.
+    let direct_state = |db_name: &str, prefix: &str| {
+        let mut cfg = crate::helpers::test_config(db_name, prefix);
+        tweak(&mut cfg);
+        cfg.stores.redis_url = redis.url();
+        flashsale::app::AppState::connect(cfg)
+    };
     let (app, service) = if child {
         let (db_name, prefix) = crate::helpers::test_names();
         let mut cfg = crate::helpers::test_config(&db_name, &prefix);
         tweak(&mut cfg);
         let service = faults::ServiceProc::start(&cfg).await;
-        let state = flashsale::app::AppState::connect(cfg).await.unwrap();
+        let state = direct_state(&db_name, &prefix).await.unwrap();
         let app = TestApp::attach(service.addr(), state, db_name, prefix).await;
         (app, Some(service))
     } else {
-        (spawn_app_with(tweak).await, None)
+        let mut app = spawn_app_with(&tweak).await;
+        app.state = direct_state(&app.db_name, &app.prefix).await.unwrap();
+        (app, None)
     };
     let db = app.db_name.clone();
     let direct = sqlx::mysql::MySqlPoolOptions::new()
@@ -926,10 +1478,13 @@ async fn setup(seed: u64, child: bool) -> (World, Model) {
         service,
         redis,
         proxy,
+        rproxy,
         direct,
         db,
         dead_seen: 0,
         seen: Default::default(),
+        hidden_seen: Mutex::default(),
+        stuck: false,
     };
     (world, model)
 }
@@ -938,15 +1493,23 @@ async fn setup(seed: u64, child: bool) -> (World, Model) {
 pub async fn run(cfg: &RunConfig) -> RunReport {
     let started = Instant::now();
     let (mut world, mut model) = setup(cfg.seed, cfg.child_process).await;
-    // ServiceKill needs the service as a child process.
-    let kinds: Vec<FaultKind> = cfg
+    // ServiceKill and AdminKill need the service as a child process.
+    let mut kinds: Vec<FaultKind> = cfg
         .faults
         .iter()
         .copied()
-        .filter(|k| *k != FaultKind::ServiceKill || cfg.child_process)
+        .filter(|k| !k.needs_child() || cfg.child_process)
         .collect();
     let skus: Vec<u64> = model.skus.iter().map(|s| s.sku).collect();
     let mut rng = StdRng::seed_from_u64(cfg.seed);
+    if cfg.in_turn {
+        use rand::seq::SliceRandom;
+        kinds.shuffle(&mut StdRng::seed_from_u64(cfg.seed ^ 0x7u64));
+        // The kinds only a child-process run can inject first: they come up in this run or not
+        // at all.
+        kinds.sort_by_key(|k| !k.needs_child());
+    }
+    let mut turn = 0usize;
     let mut report = RunReport {
         seed: cfg.seed,
         ..Default::default()
@@ -962,9 +1525,43 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
             .map(|u| gen_customer_ops(&mut rng, 9_000 + u, skus.len()))
             .collect();
         tasks.push(gen_admin_ops(&mut rng, skus.len()));
+        // How long the customers' planned pauses take: the faults on Redis's replies and the
+        // clients' patience are put at the end of it, so that a hold or reservation they leave
+        // behind is still there (2 s) when the round's requests have ended and it is checked.
+        let planned_ms = tasks[..CUSTOMERS as usize]
+            .iter()
+            .map(|ops| {
+                ops.iter()
+                    .map(|op| match op {
+                        Op::Sleep { ms } => *ms,
+                        _ => 0,
+                    })
+                    .sum::<u64>()
+            })
+            .max()
+            .unwrap_or(0);
         let fault = (!kinds.is_empty() && rng.random_bool(cfg.fault_rate))
             .then(|| kinds[rng.random_range(0..kinds.len())]);
+        let fault = match fault {
+            Some(_) if cfg.in_turn => {
+                turn += 1;
+                Some(kinds[(turn - 1) % kinds.len()])
+            }
+            f => f,
+        };
         let fault_ms = rng.random_range(600..2000u64);
+        // The details of issue 22's faults, from a generator of their own (the operations and
+        // faults of a seed stay what they were before these kinds existed).
+        let mut detail =
+            FaultDetail::draw(&mut StdRng::seed_from_u64(cfg.seed ^ ((n as u64) << 8)));
+        // A lost admin COMMIT: first lost with the link (rolled back), then answered-lost after
+        // committing, and so on (both come up in a short run).
+        if fault == Some(FaultKind::AdminCommitLost) {
+            detail.committed = report
+                .faults
+                .get("AdminCommitLost")
+                .is_some_and(|k| k % 2 == 1);
+        }
         let table_lock = rng.random_bool(0.5);
         let pause_after = rng
             .random_bool(0.2)
@@ -981,17 +1578,26 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
             log: Mutex::default(),
             found: Mutex::default(),
             ops: Mutex::new(0),
+            cut_ms: AtomicU64::new(0),
+            replies_held: AtomicBool::new(false),
+            to_look: Mutex::default(),
+            unsure_orders: Mutex::default(),
         };
         let _ = round.run_started;
+        report.round_faults.push(fault);
         if let Some(f) = fault {
             *report.faults.entry(format!("{f:?}")).or_default() += 1;
-            round.log(format!("fault {f:?} for {fault_ms} ms"));
+            round.log(format!(
+                "fault {f:?} for {fault_ms} ms {}",
+                detail.describe(f)
+            ));
         }
         // Redis losing its data: what was decided must be in MySQL first (DESIGN: decisions not
         // yet written back are lost with Redis, by design), then Redis restarts empty and the
         // sale goes on; `rebuild-cache` runs after the round.
         if fault == Some(FaultKind::RedisWipe) {
-            drain(&world.app, Duration::from_secs(30)).await;
+            let within = if world.stuck { 3 } else { 30 };
+            drain(&world.app, Duration::from_secs(within)).await;
             world.redis.restart(false, Duration::from_millis(200)).await;
             world.dead_seen = 0;
         }
@@ -999,6 +1605,8 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
             let d = Duration::from_millis(fault_ms);
             let w = &world;
             let round_log = &round.log;
+            let (r, skus, detail) = (&round, &skus, &detail);
+            let late_start = Duration::from_millis(planned_ms.saturating_sub(fault_ms));
             async move {
                 match fault {
                     Some(FaultKind::MysqlKill) => {
@@ -1038,20 +1646,119 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
                             s.kill_and_restart(Duration::from_millis(200)).await;
                         }
                     }
+                    Some(FaultKind::RedisReplyLate) => {
+                        // Short: what matters is what its last second leaves behind.
+                        let d = d.min(Duration::from_millis(1_200));
+                        tokio::time::sleep(late_start).await;
+                        r.replies_held.store(true, Ordering::SeqCst);
+                        w.rproxy
+                            .replies(Replies::LateAfter(hold_scripts(), detail.late));
+                        tokio::time::sleep(d).await;
+                        w.rproxy.replies(Replies::Pass);
+                        r.replies_held.store(false, Ordering::SeqCst);
+                    }
+                    Some(FaultKind::RedisReplyLost) => {
+                        tokio::time::sleep(late_start).await;
+                        r.replies_held.store(true, Ordering::SeqCst);
+                        w.rproxy.replies(Replies::LostAfter(hold_scripts()));
+                        tokio::time::sleep(d).await;
+                        w.rproxy.replies(Replies::Pass);
+                        r.replies_held.store(false, Ordering::SeqCst);
+                    }
+                    Some(FaultKind::ClientGone) => {
+                        tokio::time::sleep(late_start).await;
+                        w.rproxy.replies(Replies::Late(detail.slow));
+                        r.cut_ms.store(detail.cut_ms, Ordering::SeqCst);
+                        tokio::time::sleep(d).await;
+                        r.cut_ms.store(0, Ordering::SeqCst);
+                        w.rproxy.replies(Replies::Pass);
+                    }
+                    Some(FaultKind::SkuKeysLost) => {
+                        // The sku with the most units in open orders (the keys' loss matters
+                        // most there: those orders are paid after it), else the drawn one.
+                        tokio::time::sleep(d / 6).await;
+                        let open = w.reservations(skus).await;
+                        let sku = skus
+                            .iter()
+                            .copied()
+                            .map(|s| {
+                                let units: u64 = open
+                                    .iter()
+                                    .filter(|r| r.sku == s && r.rid.starts_with("o:"))
+                                    .map(|r| r.count)
+                                    .sum();
+                                (units, s)
+                            })
+                            .filter(|(units, _)| *units > 0)
+                            .max()
+                            .map_or(skus[detail.sku], |(_, s)| s);
+                        let gone = faults::drop_sku_keys(&w.app.state.redis, sku).await;
+                        r.log(format!("sku {sku}: {gone} keys deleted"));
+                        // A customer looks at the product; the owners of the open orders that
+                        // held its units pay them (those the model knows).
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let read = call(
+                            &w.app,
+                            Method::GET,
+                            &format!("/v1/products/{sku}"),
+                            &w.app.customer_token(9_001),
+                            None,
+                        )
+                        .await;
+                        r.log(format!(
+                            "product {sku} read -> {} available={}",
+                            read.status, read.body["available"]
+                        ));
+                        for o in open.iter().filter(|o| o.sku == sku) {
+                            let id = o.rid.strip_prefix("o:").and_then(|i| i.parse().ok());
+                            if let Some(id) = id
+                                && r.model.lock().unwrap().orders.contains_key(&id)
+                            {
+                                decide(&w.app, r, o.owner, id, true).await;
+                            }
+                        }
+                    }
+                    Some(FaultKind::AdminCommitLost) => {
+                        tokio::time::sleep(d / 4).await;
+                        admin_commit_lost(w, r, skus, detail).await;
+                    }
+                    Some(FaultKind::AdminKill) => {
+                        tokio::time::sleep(d / 4).await;
+                        admin_kill(w, r, skus, detail).await;
+                    }
                     Some(FaultKind::RedisWipe) | None => {}
                 }
             }
         };
-        let ops_task = futures::future::join_all(tasks.iter().map(|ops| {
-            let (round, app, skus) = (&round, &world.app, &skus);
+        let ops_task = futures::future::join_all(tasks.iter().enumerate().map(|(i, ops)| {
+            let (round, w, skus) = (&round, &world, &skus);
             async move {
+                let user = 9_001 + i as u64;
+                let look = || async {
+                    while round.replies_held.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    for (kind, detail) in w.hidden_units(skus, user).await {
+                        round.found(kind, detail);
+                    }
+                };
                 for op in ops {
-                    run_op(app, round, skus, op).await;
+                    run_op(&w.app, round, skus, op).await;
+                    // An add, checkout or buy-now without an answer: the customer looks at
+                    // the cart and the order list (once the service can show them).
+                    if i < CUSTOMERS as usize && round.to_look.lock().unwrap().remove(&user) {
+                        look().await;
+                    }
+                }
+                // The customer has no request in flight now: every unit held or reserved for
+                // them is theirs to see.
+                if i < CUSTOMERS as usize {
+                    look().await;
                 }
             }
         }));
         tokio::join!(ops_task, fault_task);
-        if fault == Some(FaultKind::RedisWipe) {
+        if matches!(fault, Some(FaultKind::RedisWipe | FaultKind::SkuKeysLost)) {
             // What an operator runs; the harness's own Redis connection may first have to
             // notice the restart (a broken pipe), so a failed attempt is tried again.
             let mut outcome = Err(String::new());
@@ -1081,13 +1788,18 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
         // Quiesce, then check.
         model = round.model.into_inner().unwrap();
         let mut found = round.found.into_inner().unwrap();
-        if !drain(&world.app, Duration::from_secs(30)).await {
+        // Once the write-back is stuck (reported once), later rounds wait only briefly for it,
+        // so that the run goes on to its other faults.
+        let within = if world.stuck { 3 } else { 30 };
+        let drained = drain(&world.app, Duration::from_secs(within)).await;
+        if !drained && !world.stuck {
             found.push(Discrepancy {
                 round: n,
                 kind: "writeback_stuck",
                 detail: "the outbox did not drain within 30 s".into(),
             });
         }
+        world.stuck = !drained;
         // The harness's own Redis connection notices a restart on its first command.
         for _ in 0..20 {
             let ping: Result<String, _> = redis::cmd("PING")
@@ -1098,9 +1810,25 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // A checkout or buy-now that got no answer may have placed an order: its customer's
+        // order list says (the model does not assume either way).
+        let unsure: BTreeSet<u64> = std::mem::take(&mut *round.unsure_orders.lock().unwrap());
+        for user in unsure {
+            let learnt = world.learn_orders(&mut model, user, n).await;
+            let t = round.started.elapsed().as_millis();
+            let mut log = round.log.lock().unwrap();
+            log.extend(learnt.into_iter().map(|l| format!("+{t:>5}ms {l}")));
+        }
         found.extend(world.check(&mut model, n).await);
         report.ops += *round.ops.lock().unwrap();
         grace = grace.saturating_sub(1);
+        if found.is_empty() && fault.is_some() && std::env::var("FLASHSALE_MODEL_LOG").is_ok() {
+            // FLASHSALE_MODEL_LOG: the log of every round with a fault, found something or not.
+            eprintln!("model seed={} round={n}: nothing found", cfg.seed);
+            for l in round.log.lock().unwrap().iter().take(80) {
+                eprintln!("    {l}");
+            }
+        }
         if !found.is_empty() {
             let log = round.log.into_inner().unwrap();
             eprintln!(
@@ -1129,19 +1857,45 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
     report
 }
 
-/// CI: fixed seeds, the faults that fit in a few minutes, every discrepancy a failure.
+/// Issue 22's faults (`FaultKind::ISSUE_22`: replies late or lost, clients gone, a sku's keys
+/// lost, admin changes broken off at their COMMIT) among the CI seeds' faults. Off until the
+/// fixes of issue 22 are merged: on the code of 2026-12-07 they find its defects
+/// (docs/TESTING.md, "Issue 22's faults"). Turned on by setting this to true; for one run,
+/// `FLASHSALE_MODEL_FAULTS=all` (or any list of kinds) overrides it.
+const CI_WITH_ISSUE_22: bool = false;
+
+/// The CI seeds' faults: `FLASHSALE_MODEL_FAULTS` (comma-separated kinds, `all`, `issue22`,
+/// `none`) or every kind (issue 22's as [`CI_WITH_ISSUE_22`] says).
+fn ci_faults() -> Vec<FaultKind> {
+    match std::env::var("FLASHSALE_MODEL_FAULTS") {
+        Ok(list) => FaultKind::parse_list(&list)
+            .unwrap_or_else(|| panic!("FLASHSALE_MODEL_FAULTS: unknown fault kind in {list:?}")),
+        Err(_) => FaultKind::ALL
+            .into_iter()
+            .filter(|k| CI_WITH_ISSUE_22 || !FaultKind::ISSUE_22.contains(k))
+            .collect(),
+    }
+}
+
+/// CI: fixed seeds, the faults that fit in a few minutes (each kind in turn, so that every
+/// kind comes up), every discrepancy a failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ci_seeds() {
+    let faults = ci_faults();
+    // Enough rounds with a fault for every kind to come up in 30 rounds (a fault round is slower:
+    // no more than that).
+    let fault_rate = (faults.len() as f64 / 24.0).clamp(0.4, 0.6);
     let mut all = Vec::new();
     for seed in [1u64, 2] {
         let report = run(&RunConfig {
             seed,
             rounds: 30,
             deadline: Some(Instant::now() + Duration::from_secs(80)),
-            faults: FaultKind::ALL.to_vec(),
-            fault_rate: 0.4,
+            faults: faults.clone(),
+            fault_rate,
             // Seed 2 runs the binary as a child process, so that it can be SIGKILLed.
             child_process: seed == 2,
+            in_turn: true,
         })
         .await;
         println!("{}", report.summary());
@@ -1150,12 +1904,9 @@ async fn ci_seeds() {
     let found: Vec<String> = all
         .iter()
         .flat_map(|r| {
-            r.discrepancies.iter().map(move |d| {
-                format!(
-                    "seed {} round {} [{}] {}",
-                    r.seed, d.round, d.kind, d.detail
-                )
-            })
+            r.discrepancies
+                .iter()
+                .map(move |d| format!("seed {} {}", r.seed, r.describe(d)))
         })
         .collect();
     assert!(
@@ -1179,13 +1930,12 @@ async fn soak() {
     let mut next_seed: Option<u64> = std::env::var("FLASHSALE_SOAK_SEED")
         .ok()
         .and_then(|s| s.parse().ok());
-    // FLASHSALE_SOAK_FAULTS: a comma-separated subset of the fault kinds (Debug names), or
-    // "none"; FLASHSALE_SOAK_FAULT_RATE: the chance that a round carries one (0.5).
+    // FLASHSALE_SOAK_FAULTS: a comma-separated subset of the fault kinds (Debug names),
+    // "issue22" (those of issue 22), "all" or "none"; FLASHSALE_SOAK_FAULT_RATE: the chance
+    // that a round carries one (0.5).
     let kinds: Vec<FaultKind> = match std::env::var("FLASHSALE_SOAK_FAULTS") {
-        Ok(list) => FaultKind::ALL
-            .into_iter()
-            .filter(|k| list.split(',').any(|n| n.trim() == format!("{k:?}")))
-            .collect(),
+        Ok(list) => FaultKind::parse_list(&list)
+            .unwrap_or_else(|| panic!("FLASHSALE_SOAK_FAULTS: unknown fault kind in {list:?}")),
         Err(_) => FaultKind::ALL.to_vec(),
     };
     let fault_rate: f64 = std::env::var("FLASHSALE_SOAK_FAULT_RATE")
@@ -1209,6 +1959,7 @@ async fn soak() {
             // Every other run has the service as a child process (SIGKILL among the faults).
             // FLASHSALE_SOAK_CHILD=1: every run.
             child_process: runs % 2 == 1 || std::env::var("FLASHSALE_SOAK_CHILD").is_ok(),
+            in_turn: false,
         })
         .await;
         println!("{}", report.summary());
@@ -1218,12 +1969,12 @@ async fn soak() {
         for (k, v) in &report.faults {
             *faults.entry(k.clone()).or_default() += v;
         }
-        found.extend(report.discrepancies.iter().map(|d| {
-            format!(
-                "seed {} round {} [{}] {}",
-                report.seed, d.round, d.kind, d.detail
-            )
-        }));
+        found.extend(
+            report
+                .discrepancies
+                .iter()
+                .map(|d| format!("seed {} {}", report.seed, report.describe(d))),
+        );
     }
     println!(
         "soak: {secs} s, runs={runs} rounds={rounds} operations={ops} faults={} {faults:?} \

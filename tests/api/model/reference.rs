@@ -132,6 +132,29 @@ impl Model {
     }
 }
 
+/// The units the unanswered changes `unsure` added, as far as `diff` (MySQL's on_hand minus
+/// what the answered changes explain) tells: the least sum of additions among the subsets
+/// that explain it (a unit counts as added only if MySQL shows it was), or every addition
+/// when none does or there are too many to judge.
+pub fn least_added(unsure: &[i64], diff: i64) -> i64 {
+    let all: i64 = unsure.iter().filter(|d| **d > 0).sum();
+    if unsure.len() > 16 {
+        return all;
+    }
+    (0u32..(1 << unsure.len()))
+        .filter_map(|mask| {
+            let chosen = unsure
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, d)| *d);
+            let sum: i64 = chosen.clone().sum();
+            (sum == diff).then(|| chosen.filter(|d| *d > 0).sum::<i64>())
+        })
+        .min()
+        .unwrap_or(all)
+}
+
 /// What MySQL holds about one order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredOrder {
@@ -302,6 +325,17 @@ mod tests {
         assert!(Model::explains(&[3, -2], 1));
         assert!(Model::explains(&[3, -2], -2));
         assert!(!Model::explains(&[3, -2], 2));
+    }
+
+    #[test]
+    fn unanswered_additions_count_as_far_as_mysql_shows() {
+        assert_eq!(least_added(&[], 0), 0);
+        assert_eq!(least_added(&[3], 0), 0);
+        assert_eq!(least_added(&[3], 3), 3);
+        assert_eq!(least_added(&[3, -3], 0), 0);
+        assert_eq!(least_added(&[2, -1, 1], 1), 1);
+        // Nothing explains it: every addition (the drift is reported apart).
+        assert_eq!(least_added(&[2, 4], 1), 6);
     }
 
     #[test]
