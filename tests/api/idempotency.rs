@@ -13,6 +13,9 @@ use crate::helpers::{TestApp, spawn_app_with};
 
 /// Drops the sku's Redis keys, as if Redis had lost them: the next buy-now loads the sku from
 /// MySQL first, where the test can make it wait.
+/// Makes `sku` one Redis never loaded (its keys and its entry in the set of loaded skus gone),
+/// so that the next purchase loads it from MySQL. (Keys gone from a sku Redis had loaded are a
+/// loss, refused until rebuild-cache: DESIGN, "Per-sku loss detection".)
 async fn forget_sku_in_redis(app: &TestApp, sku: u64) {
     let mut conn = app.state.redis.conn();
     let keys: Vec<String> = conn
@@ -21,6 +24,7 @@ async fn forget_sku_in_redis(app: &TestApp, sku: u64) {
         .unwrap();
     assert!(!keys.is_empty());
     let _: () = conn.del(keys).await.unwrap();
+    let _: () = conn.srem(app.state.redis.keys.skus(), sku).await.unwrap();
 }
 
 async fn buy_now(
