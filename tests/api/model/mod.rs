@@ -1858,11 +1858,11 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
 }
 
 /// Issue 22's faults (`FaultKind::ISSUE_22`: replies late or lost, clients gone, a sku's keys
-/// lost, admin changes broken off at their COMMIT) among the CI seeds' faults. Off until the
-/// fixes of issue 22 are merged: on the code of 2026-12-07 they find its defects
-/// (docs/TESTING.md, "Issue 22's faults"). Turned on by setting this to true; for one run,
-/// `FLASHSALE_MODEL_FAULTS=all` (or any list of kinds) overrides it.
-const CI_WITH_ISSUE_22: bool = false;
+/// lost, admin changes broken off at their COMMIT) among the CI seeds' faults. On since the
+/// fixes of issue 22 were merged (before them they found its defects: docs/TESTING.md, "Issue
+/// 22's faults"); for one run, `FLASHSALE_MODEL_FAULTS` (`none`, `issue22`, a list of kinds)
+/// overrides it.
+const CI_WITH_ISSUE_22: bool = true;
 
 /// The CI seeds' faults: `FLASHSALE_MODEL_FAULTS` (comma-separated kinds, `all`, `issue22`,
 /// `none`) or every kind (issue 22's as [`CI_WITH_ISSUE_22`] says).
