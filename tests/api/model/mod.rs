@@ -439,6 +439,23 @@ async fn run_op(app: &TestApp, r: &Round, skus: &[u64], op: &Op) {
                     .map(|i| i.to_string())
                     .unwrap_or("-".into())
             ));
+            if name == "checkout" {
+                let mut m = r.model.lock().unwrap();
+                if a.status == 0 {
+                    m.checkout_unanswered
+                        .insert(*user, std::time::Instant::now());
+                } else if a.status == 409
+                    && a.code == "cart_changed"
+                    && m.checkout_unanswered
+                        .get(user)
+                        .is_some_and(|at| at.elapsed() < Duration::from_secs(35))
+                {
+                    // The lock of this customer's unanswered checkout (still running, or its
+                    // process killed: the lease ends it): refused, nothing changed.
+                    *r.ops.lock().unwrap() += 1;
+                    return;
+                }
+            }
             if !r.judge(name, &a) {
                 if a.status == 0 || a.status == 503 {
                     r.unsure_orders.lock().unwrap().insert(*user);

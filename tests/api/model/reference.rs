@@ -68,6 +68,11 @@ pub struct Model {
     pub orders: BTreeMap<u64, OrderModel>,
     /// Answers that could not be judged (503 on a decision, connection errors).
     pub indeterminate: u64,
+    /// When each customer's last checkout got no answer (its request cut, the service killed):
+    /// that checkout may hold the cart's lock for its lease (30 s), so a checkout of the same
+    /// cart meanwhile is refused `cart_changed` ("another checkout of this cart is running"),
+    /// as the contract says, having changed nothing.
+    pub checkout_unanswered: BTreeMap<u64, std::time::Instant>,
 }
 
 #[derive(Debug, Clone)]
