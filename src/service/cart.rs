@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use super::sold_out::Check;
-use super::{catalog, from_ms};
+use super::{catalog, follow_up, from_ms};
 use crate::app::AppState;
 use crate::domain::{Count, MAX_LINE_UNITS, MAX_ORDER_TOTAL, Sku, SkuMeta};
 use crate::error::{AppError, AppResult};
@@ -217,25 +217,15 @@ pub async fn add_item(
 /// the sku if the customer holds it (the add indexed it before asking, but a cart read meanwhile
 /// may have forgotten it while the hold did not exist yet). For as long as a hold can live.
 fn index_when_heard(state: &AppState, user_id: u64, sku: Sku) {
-    let state = state.clone();
-    tokio::spawn(async move {
-        let started = tokio::time::Instant::now();
-        let mut pause = std::time::Duration::from_millis(50);
-        loop {
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(std::time::Duration::from_secs(2));
-            // Sent on the same connection after the add, so answered after it ran (or never
-            // will): then the hold is there or not for good.
-            match index_if_held(&state, user_id, sku).await {
-                Ok(()) => return,
-                Err(e) if started.elapsed() >= state.cfg.sale.cart_hold_ttl => {
-                    tracing::warn!(user.id = user_id, %sku, error = %e, "could not index a cart line after a lost reply");
-                    return;
-                }
-                Err(_) => {}
-            }
-        }
-    });
+    // Sent on the same connection after the add, so answered after it ran (or never will):
+    // then the hold is there or not for good.
+    follow_up::until_done(
+        state,
+        "index a cart line after a lost reply",
+        std::time::Duration::from_millis(50),
+        state.cfg.sale.cart_hold_ttl,
+        move |state| async move { index_if_held(&state, user_id, sku).await },
+    );
 }
 
 /// Puts `sku` in the cart index if the customer holds it (only adds: a failure leaves the index

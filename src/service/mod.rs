@@ -3,6 +3,7 @@
 
 pub mod cart;
 pub mod catalog;
+pub mod follow_up;
 pub mod live;
 pub mod lookups;
 pub mod order_ids;

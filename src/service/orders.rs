@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use super::cart::{self, rejection, reserve_loading, too_large};
-use super::{catalog, from_ms};
+use super::{catalog, follow_up, from_ms};
 use crate::app::AppState;
 pub use crate::domain::OrderItem;
 use crate::domain::{CancelReason, Count, MAX_ORDER_TOTAL, OrderStatus, Sku, order_total};
@@ -335,22 +335,19 @@ async fn unlock(state: &AppState, user_id: u64, token: u64) {
     if state.redis.unlock_checkout(user_id, token).await.is_ok() {
         return;
     }
-    let state = state.clone();
-    tokio::spawn(async move {
-        let started = tokio::time::Instant::now();
-        let mut pause = std::time::Duration::from_millis(100);
-        loop {
-            tokio::time::sleep(pause).await;
-            match state.redis.unlock_checkout(user_id, token).await {
-                Ok(_) => return,
-                Err(e) if started.elapsed() >= CHECKOUT_LEASE => {
-                    tracing::warn!(order.id = token, error = %e, "could not release the checkout lock; its lease ended it");
-                    return;
-                }
-                Err(_) => pause = (pause * 2).min(std::time::Duration::from_secs(1)),
-            }
-        }
-    });
+    follow_up::until_done(
+        state,
+        "release the checkout lock (its lease ends it)",
+        std::time::Duration::from_millis(100),
+        CHECKOUT_LEASE,
+        move |state| async move {
+            state
+                .redis
+                .unlock_checkout(user_id, token)
+                .await
+                .map(|_| ())
+        },
+    );
 }
 
 /// The lines of a checkout: the cart's live holds; when continuing `order_id`, first the lines
@@ -836,32 +833,22 @@ async fn abandon(
     handed
 }
 
-/// Runs `step` in a task of its own until it succeeds (100 ms doubling to 2 s between tries),
-/// for as long as a fence lasts; then it gives up, logged as an error: the sweeper settles what
-/// is left at its deadline. For follow-up work that must happen although the request that
-/// needed it is answered (or gone): each `step` is idempotent.
+/// [`follow_up::until_done`] for an order's follow-up: for as long as a fence lasts; then the
+/// sweeper settles what is left at the lines' deadline.
 fn until_done<F, Fut>(state: &AppState, order_id: u64, what: &'static str, step: F)
 where
     F: Fn(AppState) -> Fut + Send + 'static,
     Fut: Future<Output = AppResult<()>> + Send + 'static,
 {
-    let state = state.clone();
-    tokio::spawn(async move {
-        let started = tokio::time::Instant::now();
-        let mut pause = std::time::Duration::from_millis(100);
-        loop {
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(std::time::Duration::from_secs(2));
-            match step(state.clone()).await {
-                Ok(()) => return,
-                Err(e) if started.elapsed() >= fence_keep(&state) => {
-                    tracing::error!(order.id = order_id, error = %e, step = what, "gave up a follow-up of an order; the sweeper settles its lines at their deadline");
-                    return;
-                }
-                Err(_) => {}
-            }
-        }
-    });
+    let span = tracing::warn_span!("order.follow_up", order.id = order_id);
+    let _entered = span.enter();
+    follow_up::until_done(
+        state,
+        what,
+        std::time::Duration::from_millis(100),
+        fence_keep(state),
+        step,
+    );
 }
 
 /// The error a request answers once it gave its lines back: a line whose reply was not heard

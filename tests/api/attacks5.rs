@@ -8,29 +8,12 @@
 
 use std::time::Duration;
 
-use flashsale::domain::Sku;
-use flashsale::store::redis::Rid;
-use flashsale::store::redis::scripts::Scripts;
 use reqwest::StatusCode;
 
-use crate::helpers::{Held, HoldProxy, TestApp, eventually, spawn_app_with};
-
-/// An app whose Redis connections go through a [`HoldProxy`] of its own, with a short Redis
-/// timeout.
-async fn app_behind_proxy(timeout: Duration) -> (TestApp, HoldProxy) {
-    let proxy = HoldProxy::start("127.0.0.1:6379".into()).await;
-    let url = proxy.url();
-    let app = spawn_app_with(|c| {
-        c.stores.redis_url = url;
-        c.stores.redis_timeout = timeout;
-    })
-    .await;
-    (app, proxy)
-}
-
-fn sha(script: impl Fn(&Scripts) -> &redis::Script) -> Vec<u8> {
-    script(&Scripts::new()).get_hash().as_bytes().to_vec()
-}
+use crate::helpers::{
+    Held, HoldProxy, TestApp, app_behind_proxy, eventually, held_in_redis, script_sha,
+    spawn_app_with,
+};
 
 /// Reads `read` until `done` says so or `within` passed; the last reading.
 async fn settles<T, Fut>(
@@ -51,31 +34,6 @@ where
     }
 }
 
-/// What Redis holds for the customer on `sku`: (cart hold units, order lines of theirs), read
-/// on a connection of the test's own (the service's goes through the proxy).
-async fn held_in_redis(app: &TestApp, user: u64, sku: u64) -> (Option<u32>, Vec<String>) {
-    let k = app.state.redis.keys.sku(Sku::parse(sku).unwrap());
-    let mut direct = redis::Client::open("redis://127.0.0.1:6379")
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let hold: Option<u32> =
-        redis::AsyncCommands::get(&mut direct, k.ttl(&Rid::Hold { user_id: user }))
-            .await
-            .unwrap();
-    let res: std::collections::HashMap<String, String> =
-        redis::AsyncCommands::hgetall(&mut direct, k.res())
-            .await
-            .unwrap();
-    let lines = res
-        .into_iter()
-        .filter(|(rid, v)| rid.starts_with("o:") && v.starts_with(&format!("{user}|")))
-        .map(|(rid, _)| rid)
-        .collect();
-    (hold, lines)
-}
-
 /// Attack: a buy-now WITH an `Idempotency-Key` whose reserve reply is late, in a stall that
 /// outlasts two Redis timeouts (reply held 1.5 s, timeout 400 ms). The reserve ran; the
 /// request gives its line up with `abandon(keyed)`: it first fences the order
@@ -93,7 +51,7 @@ async fn a_keyed_buy_now_whose_replies_are_late_gives_its_unit_back_and_its_retr
     let user = 9_610;
     let t = app.customer_token(user);
     proxy.arm(
-        &sha(|s| &s.reserve),
+        &script_sha(|s| &s.reserve),
         Held::Replies,
         Duration::from_millis(1_500),
     );
@@ -130,7 +88,7 @@ async fn a_keyed_checkout_whose_replies_are_late_gives_its_lines_back() {
     let t = app.customer_token(user);
     let before = app.cart_add(&t, a, 2).await;
     proxy.arm(
-        &sha(|s| &s.convert_hold),
+        &script_sha(|s| &s.convert_hold),
         Held::Replies,
         Duration::from_millis(1_500),
     );
@@ -174,7 +132,7 @@ async fn a_cancel_whose_reply_is_late_gives_its_units_back() {
     let t = app.customer_token(user);
     let order = app.buy_now(&t, sku, 2).await;
     proxy.arm(
-        &sha(|s| &s.decide_order),
+        &script_sha(|s| &s.decide_order),
         Held::Replies,
         Duration::from_millis(1_200),
     );
@@ -217,7 +175,11 @@ async fn a_pay_that_answers_unavailable_changed_nothing() {
     let t = app.customer_token(user);
     let order = app.buy_now(&t, sku, 1).await;
     // The decide call goes through (a trap of no length), the next HGETALL's reply is late.
-    proxy.arm(&sha(|s| &s.decide_order), Held::Replies, Duration::ZERO);
+    proxy.arm(
+        &script_sha(|s| &s.decide_order),
+        Held::Replies,
+        Duration::ZERO,
+    );
     proxy.arm(b"HGETALL", Held::Replies, Duration::from_millis(1_200));
     let r = app.try_pay(&t, order.order_id).await;
     assert!(proxy.sprung(), "the traps did not both spring");
@@ -244,7 +206,7 @@ async fn a_cart_removal_that_answers_unavailable_changed_nothing() {
     let user = 9_650;
     let t = app.customer_token(user);
     app.cart_add(&t, sku, 3).await;
-    proxy.arm(&sha(|s| &s.release), Held::Replies, Duration::ZERO);
+    proxy.arm(&script_sha(|s| &s.release), Held::Replies, Duration::ZERO);
     proxy.arm(b"SMEMBERS", Held::Replies, Duration::from_millis(1_200));
     let r = app.try_cart_remove(&t, sku, Some(2)).await;
     assert!(proxy.sprung(), "the traps did not both spring");
@@ -280,7 +242,7 @@ async fn a_refused_checkout_whose_fail_reply_is_late_gives_its_lines_back() {
     app.cart_add(&t, b, 1).await;
     app.close_sale(b).await;
     proxy.arm(
-        &sha(|s| &s.decide_order),
+        &script_sha(|s| &s.decide_order),
         Held::Replies,
         Duration::from_millis(1_200),
     );
@@ -363,7 +325,7 @@ async fn a_checkout_whose_record_reply_is_late_leaves_no_record_behind() {
     let t = app.customer_token(user);
     let before = app.cart_add(&t, a, 2).await;
     proxy.arm(
-        &sha(|s| &s.create_order),
+        &script_sha(|s| &s.create_order),
         Held::Replies,
         Duration::from_millis(1_500),
     );
@@ -414,7 +376,7 @@ async fn a_cart_add_that_answers_unavailable_held_nothing() {
     let t = app.customer_token(user);
     app.cart_add(&t, a, 1).await;
     // The reserve and the index's read-back go through; the view's read is late.
-    proxy.arm(&sha(|s| &s.reserve), Held::Replies, Duration::ZERO);
+    proxy.arm(&script_sha(|s| &s.reserve), Held::Replies, Duration::ZERO);
     proxy.arm(b"SMEMBERS", Held::Replies, Duration::ZERO);
     proxy.arm(b"SMEMBERS", Held::Replies, Duration::from_millis(1_200));
     let r = app.try_cart_add(&t, b, 1).await;
@@ -443,7 +405,7 @@ async fn a_cart_clear_that_answers_unavailable_changed_nothing() {
     let user = 9_690;
     let t = app.customer_token(user);
     app.cart_add(&t, sku, 2).await;
-    proxy.arm(&sha(|s| &s.release), Held::Replies, Duration::ZERO);
+    proxy.arm(&script_sha(|s| &s.release), Held::Replies, Duration::ZERO);
     proxy.arm(b"SREM", Held::Replies, Duration::from_millis(1_200));
     let r = app.delete("/v1/cart", Some(&t)).await;
     assert!(proxy.sprung(), "the traps did not both spring");
@@ -471,7 +433,7 @@ async fn a_buy_now_whose_activation_reply_is_late_is_listed_and_payable() {
     let user = 9_700;
     let t = app.customer_token(user);
     proxy.arm(
-        &sha(|s| &s.decide_order),
+        &script_sha(|s| &s.decide_order),
         Held::Replies,
         Duration::from_millis(1_500),
     );
@@ -508,12 +470,12 @@ async fn a_checkout_whose_hand_back_reply_is_lost_shows_its_lines_in_the_cart() 
     let t = app.customer_token(user);
     let before = app.cart_add(&t, a, 2).await;
     proxy.arm(
-        &sha(|s| &s.convert_hold),
+        &script_sha(|s| &s.convert_hold),
         Held::Replies,
         Duration::from_millis(600),
     );
     proxy.arm(
-        &sha(|s| &s.return_to_cart),
+        &script_sha(|s| &s.return_to_cart),
         Held::Replies,
         Duration::from_millis(1_500),
     );
@@ -554,7 +516,7 @@ async fn a_hold_that_lapses_while_its_checkout_is_unheard_goes_to_available() {
     app.cart_add(&t, a, 3).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     proxy.arm(
-        &sha(|s| &s.convert_hold),
+        &script_sha(|s| &s.convert_hold),
         Held::Replies,
         Duration::from_millis(1_200),
     );

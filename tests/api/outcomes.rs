@@ -7,54 +7,13 @@
 use std::time::Duration;
 
 use flashsale::domain::Sku;
-use flashsale::store::redis::scripts::Scripts;
 use flashsale::store::redis::{ConvertOutcome, ReserveMode, ReserveOutcome, Rid};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{Held, HoldProxy, TestApp, eventually, spawn_app_with};
-
-/// An app whose Redis connections go through a [`HoldProxy`] of its own, with a short Redis
-/// timeout.
-async fn app_behind_proxy(timeout: Duration) -> (TestApp, HoldProxy) {
-    let proxy = HoldProxy::start("127.0.0.1:6379".into()).await;
-    let url = proxy.url();
-    let app = spawn_app_with(|c| {
-        c.stores.redis_url = url;
-        c.stores.redis_timeout = timeout;
-    })
-    .await;
-    (app, proxy)
-}
-
-fn sha(script: impl Fn(&Scripts) -> &redis::Script) -> Vec<u8> {
-    script(&Scripts::new()).get_hash().as_bytes().to_vec()
-}
-
-/// What Redis holds for the customer on `sku`: (cart hold units, order lines of theirs), read
-/// on a connection of the test's own (the service's goes through the proxy).
-async fn held_in_redis(app: &TestApp, user: u64, sku: u64) -> (Option<u32>, Vec<String>) {
-    let k = app.state.redis.keys.sku(Sku::parse(sku).unwrap());
-    let mut direct = redis::Client::open("redis://127.0.0.1:6379")
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let hold: Option<u32> =
-        redis::AsyncCommands::get(&mut direct, k.ttl(&Rid::Hold { user_id: user }))
-            .await
-            .unwrap();
-    let res: std::collections::HashMap<String, String> =
-        redis::AsyncCommands::hgetall(&mut direct, k.res())
-            .await
-            .unwrap();
-    let lines = res
-        .into_iter()
-        .filter(|(rid, v)| rid.starts_with("o:") && v.starts_with(&format!("{user}|")))
-        .map(|(rid, _)| rid)
-        .collect();
-    (hold, lines)
-}
+use crate::helpers::{
+    Held, app_behind_proxy, eventually, held_in_redis, script_sha, spawn_app_with,
+};
 
 /// Cart adds of 30 customers (limit 1) while the first reservation call's reply (or request) is
 /// held past the service's Redis timeout: every customer's cart shows exactly what Redis holds
@@ -67,11 +26,15 @@ async fn cart_adds_while_redis_stalls(held: Held) {
     // The first call is held a little (the others gather in its sku's lane meanwhile), the
     // next one, a batch of the rest, past the timeout.
     proxy.arm(
-        &sha(|s| &s.reserve),
+        &script_sha(|s| &s.reserve),
         Held::Replies,
         Duration::from_millis(150),
     );
-    proxy.arm(&sha(|s| &s.reserve), held, Duration::from_millis(1_500));
+    proxy.arm(
+        &script_sha(|s| &s.reserve),
+        held,
+        Duration::from_millis(1_500),
+    );
     let answers = futures::future::join_all(users.iter().map(|&u| {
         let (app, t) = (&app, app.customer_token(u));
         async move { app.try_cart_add(&t, sku, 1).await }
@@ -154,7 +117,7 @@ async fn a_cart_add_whose_client_hung_up_mid_call_is_in_the_cart() {
     let user = 9_200;
     let t = app.customer_token(user);
     proxy.arm(
-        &sha(|s| &s.reserve),
+        &script_sha(|s| &s.reserve),
         Held::Replies,
         Duration::from_millis(800),
     );
@@ -192,7 +155,7 @@ async fn checkout_whose_convert_is_late(held: Held) {
     app.cart_add(&t, a, 2).await;
     let before = app.cart_add(&t, b, 3).await;
     proxy.arm(
-        &sha(|s| &s.convert_hold),
+        &script_sha(|s| &s.convert_hold),
         held,
         Duration::from_millis(1_200),
     );
@@ -244,7 +207,7 @@ async fn a_buy_now_whose_reserve_reply_is_late_keeps_nothing() {
     let user = 9_400;
     let t = app.customer_token(user);
     proxy.arm(
-        &sha(|s| &s.reserve),
+        &script_sha(|s| &s.reserve),
         Held::Replies,
         Duration::from_millis(1_200),
     );

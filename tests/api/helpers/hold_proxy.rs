@@ -181,3 +181,60 @@ async fn forward(inbound: TcpStream, outbound: TcpStream, shared: Arc<Shared>) {
         _ = requests => {}
     }
 }
+
+/// An app whose Redis connections go through a [`HoldProxy`] of its own (to the shared Redis),
+/// with the Redis timeout given.
+pub async fn app_behind_proxy(timeout: Duration) -> (crate::helpers::TestApp, HoldProxy) {
+    let proxy = HoldProxy::start("127.0.0.1:6379".into()).await;
+    let url = proxy.url();
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.stores.redis_url = url;
+        c.stores.redis_timeout = timeout;
+    })
+    .await;
+    (app, proxy)
+}
+
+/// The SHA a script is called by (what a trap waits for).
+pub fn script_sha(
+    script: impl Fn(&flashsale::store::redis::scripts::Scripts) -> &redis::Script,
+) -> Vec<u8> {
+    script(&flashsale::store::redis::scripts::Scripts::new())
+        .get_hash()
+        .as_bytes()
+        .to_vec()
+}
+
+/// What Redis holds for the customer on `sku`: (cart hold units, order lines of theirs), read
+/// on a connection of the test's own (the service's may go through a proxy).
+pub async fn held_in_redis(
+    app: &crate::helpers::TestApp,
+    user: u64,
+    sku: u64,
+) -> (Option<u32>, Vec<String>) {
+    use flashsale::store::redis::Rid;
+    let k = app
+        .state
+        .redis
+        .keys
+        .sku(flashsale::domain::Sku::parse(sku).unwrap());
+    let mut direct = redis::Client::open("redis://127.0.0.1:6379")
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let hold: Option<u32> =
+        redis::AsyncCommands::get(&mut direct, k.ttl(&Rid::Hold { user_id: user }))
+            .await
+            .unwrap();
+    let res: std::collections::HashMap<String, String> =
+        redis::AsyncCommands::hgetall(&mut direct, k.res())
+            .await
+            .unwrap();
+    let lines = res
+        .into_iter()
+        .filter(|(rid, v)| rid.starts_with("o:") && v.starts_with(&format!("{user}|")))
+        .map(|(rid, _)| rid)
+        .collect();
+    (hold, lines)
+}

@@ -15,7 +15,7 @@ mod process;
 mod spawn;
 mod views;
 
-pub use hold_proxy::{Held, HoldProxy};
+pub use hold_proxy::{Held, HoldProxy, app_behind_proxy, held_in_redis, script_sha};
 pub use process::{OwnRedis, Service, eventually, free_port, start_service, start_service_env};
 pub use spawn::{
     ADMIN_PASSWORD, Resp, TestApp, drop_database, mysql_base, partial_request, spawn_app,
