@@ -118,36 +118,12 @@ pub async fn ensure_loaded(state: &AppState, sku: Sku) -> AppResult<bool> {
             return Ok(false);
         };
         let load = sku_load(&mut conn, sku).await?;
-        // Paid units beyond the units taken off on_hand: payments not written back yet.
-        let paid: u64 = load.bought.iter().map(|(_, n)| n).sum();
-        let out = orders_db::UnitsOut {
-            open: orders_db::open_units(&mut conn, sku).await?,
-            paid_unwritten: paid.saturating_sub(load.sold_total),
-        };
+        let out = units_out(&mut conn, sku, &load).await?;
         (row, load, out)
     };
-    // A sku Redis had loaded, or one MySQL knows units out of, lost its counters: a load from
-    // on_hand would sell again what open orders, unwritten payments and reservations Redis
-    // lost hold. Refused (nothing changed) until rebuild-cache.
-    let known = state.redis.was_loaded(sku).await?;
-    if known || out.any() {
-        // Noted before the last look, so a rebuild-cache that loads it after that look also
-        // clears the note (it does so last).
-        let noted = match state.redis.mark_lost(sku).await {
-            Ok(new) => new,
-            Err(e) => {
-                tracing::warn!(sku = %sku, error = %e, "could not note the lost sku");
-                false
-            }
-        };
+    if !may_load(state, sku, out).await? {
         // Loaded meanwhile (by another instance's load, or rebuild-cache): that load stands.
-        if state.redis.stock(sku).await?.is_some() {
-            if noted {
-                state.redis.unmark_lost(sku).await?;
-            }
-            return Ok(true);
-        }
-        return Err(lost(sku, known, out));
+        return Ok(true);
     }
     state.redis.load_sku(sku, &meta_of(&row), &load).await?;
     if state.redis.is_lost(sku).await? {
@@ -155,6 +131,48 @@ pub async fn ensure_loaded(state: &AppState, sku: Sku) -> AppResult<bool> {
         state.redis.unmark_lost(sku).await?;
     }
     Ok(true)
+}
+
+/// What MySQL knows to be out of a sku (units of open orders; paid units beyond the units taken
+/// off on_hand: payments not written back yet), from the load just read.
+async fn units_out(
+    conn: &mut MySqlConnection,
+    sku: Sku,
+    load: &SkuLoad,
+) -> AppResult<orders_db::UnitsOut> {
+    let paid: u64 = load.bought.iter().map(|(_, n)| n).sum();
+    Ok(orders_db::UnitsOut {
+        open: orders_db::open_units(conn, sku).await?,
+        paid_unwritten: paid.saturating_sub(load.sold_total),
+    })
+}
+
+/// Whether a sku Redis has no counters for may be loaded from MySQL: `false` when it was loaded
+/// meanwhile (that load stands). A sku Redis had loaded, or one MySQL knows units out of, lost
+/// its counters: a load from on_hand would sell again what open orders, unwritten payments and
+/// reservations Redis lost hold. Refused (nothing changed) until rebuild-cache, whoever asks
+/// (a purchase, a product read, an admin's stock change).
+async fn may_load(state: &AppState, sku: Sku, out: orders_db::UnitsOut) -> AppResult<bool> {
+    let known = state.redis.was_loaded(sku).await?;
+    if !known && !out.any() {
+        return Ok(true);
+    }
+    // Noted before the last look, so a rebuild-cache that loads it after that look also clears
+    // the note (it does so last).
+    let noted = match state.redis.mark_lost(sku).await {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::warn!(sku = %sku, error = %e, "could not note the lost sku");
+            false
+        }
+    };
+    if state.redis.stock(sku).await?.is_some() {
+        if noted {
+            state.redis.unmark_lost(sku).await?;
+        }
+        return Ok(false);
+    }
+    Err(lost(sku, known, out))
 }
 
 /// The refusal of a sku whose Redis counters were lost (see DESIGN.md, "Per-sku loss
@@ -405,6 +423,12 @@ pub async fn adjust_stock(
     }
     let load = sku_load(&mut tx, sku).await?;
     let d = delta.get();
+    // Loaded where missing, unless the sku's counters were lost (the same refusal as a
+    // purchase's: a reload would sell again what is out).
+    if state.redis.stock(sku).await?.is_none() {
+        let out = units_out(&mut tx, sku, &load).await?;
+        may_load(state, sku, out).await?;
+    }
     state.redis.load_sku(sku, &meta_of(&row), &load).await?;
     // MySQL's row first, relative to the row as it is when this statement runs (the write-back
     // may have lowered it since `load` was read), so no concurrent change is lost; and it is

@@ -951,3 +951,44 @@ async fn rebuild_cache_keeps_the_units_of_a_payment_mysql_does_not_know_yet() {
     app.write_back().await;
     app.assert_reconciles().await;
 }
+
+/// An admin's stock change on a sku whose keys were lost, with an order of it open, is refused
+/// like a purchase (503, nothing changed in MySQL or Redis): it used to load the sku from
+/// on_hand first, as if nothing were open, and so sold the open order's units again.
+#[tokio::test]
+async fn a_stock_change_on_a_lost_sku_is_refused_and_reloads_nothing() {
+    let app = spawn_app().await;
+    let sku = app.sale_product(5, None).await;
+    let w = app.stocks(sku).await[0].0;
+    let t = app.customer_token(22_400);
+    let order = app.buy_now(&t, sku, 2).await.order_id;
+    app.write_back().await;
+    lose_sku_keys(&app, sku).await;
+
+    let r = app.add_stock(sku, w, 3).await;
+    r.assert_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "a stock change must not reload a lost sku from on_hand",
+    );
+    assert_eq!(on_hand(&app, sku).await, 5, "nothing changed in MySQL");
+    assert!(
+        app.state
+            .redis
+            .stock(flashsale::domain::Sku::parse(sku).unwrap())
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing loaded in Redis"
+    );
+    let (sold, code) = sell_out(&app, sku, 22_500).await;
+    assert_eq!((sold, code.as_str()), (0, "unavailable"));
+    // After rebuild-cache the open order's units stay out and the change goes through.
+    flashsale::service::reconcile::rebuild_cache(&app.state)
+        .await
+        .unwrap();
+    app.pay(&t, order).await;
+    assert_eq!(app.add_stock(sku, w, 3).await.status, StatusCode::OK);
+    let (sold, _) = sell_out(&app, sku, 22_600).await;
+    assert_eq!(sold, 6, "5 on hand + 3 added - 2 paid");
+}
