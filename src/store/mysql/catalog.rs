@@ -337,15 +337,9 @@ pub async fn note_adjustment(
 pub async fn adjustment_committed(pool: &MySqlPool, sku: Sku, token: u64) -> DbResult<bool> {
     let mut tx = pool.begin().await?;
     lock_product(&mut tx, sku).await?;
-    // A locking read: the latest committed row, not a snapshot.
-    let found = sqlx::query_scalar::<_, u64>(
-        "SELECT token FROM stock_adjustments WHERE token = ? FOR UPDATE",
-    )
-    .bind(token)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let found = token_noted(&mut tx, token).await?;
     tx.rollback().await?;
-    Ok(found.is_some())
+    Ok(found)
 }
 
 /// Whether the stock change noted under `token` was committed, for the sweeper, which must not
@@ -366,14 +360,20 @@ pub async fn adjustment_committed_now(
         Err(e) if lock_taken(&e) => return Ok(None),
         Err(e) => return Err(e.into()),
     }
+    let found = token_noted(&mut tx, token).await?;
+    tx.rollback().await?;
+    Ok(Some(found))
+}
+
+/// Whether `token`'s note is there: a locking read, the latest committed row, not a snapshot.
+async fn token_noted(tx: &mut sqlx::MySqlConnection, token: u64) -> DbResult<bool> {
     let found = sqlx::query_scalar::<_, u64>(
         "SELECT token FROM stock_adjustments WHERE token = ? FOR UPDATE",
     )
     .bind(token)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(tx)
     .await?;
-    tx.rollback().await?;
-    Ok(Some(found.is_some()))
+    Ok(found.is_some())
 }
 
 /// A `NOWAIT` locking read that met a lock: MySQL answers 3572 (`ER_LOCK_NOWAIT`), MariaDB a

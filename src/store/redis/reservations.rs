@@ -403,17 +403,7 @@ impl Redis {
     /// Gives back `count` units of a reservation (`None`: all); what is left keeps its deadline.
     /// Returns (released, left).
     pub async fn release(&self, sku: Sku, rid: Rid, count: Option<u32>) -> AppResult<(u32, u32)> {
-        let k = self.keys.sku(sku);
-        let r = self
-            .eval(
-                "release",
-                &self.scripts.release,
-                &[&k.stock(), &k.users(), &k.res(), &k.exp(), &k.ttl(&rid)],
-                &[&rid.to_string(), &count.unwrap_or(0).to_string()],
-            )
-            .await?;
-        // What is left keeps its deadline, noted when it was reserved: nothing new to note.
-        Ok((r.int(1)? as u32, r.int(2)? as u32))
+        self.release_call(sku, rid, count, None).await
     }
 
     /// Gives back a whole order line its request will not keep; when it does not exist, fences
@@ -425,17 +415,31 @@ impl Redis {
         order_id: u64,
         fence: std::time::Duration,
     ) -> AppResult<u32> {
-        let k = self.keys.sku(sku);
         let rid = Rid::OrderLine { order_id };
+        let (released, _) = self.release_call(sku, rid, None, Some(fence)).await?;
+        Ok(released)
+    }
+
+    /// One call of lua/release.lua: (released, left).
+    async fn release_call(
+        &self,
+        sku: Sku,
+        rid: Rid,
+        count: Option<u32>,
+        fence: Option<std::time::Duration>,
+    ) -> AppResult<(u32, u32)> {
+        let k = self.keys.sku(sku);
+        let fence = fence.map(fence_ms).unwrap_or_else(|| "0".into());
         let r = self
             .eval(
                 "release",
                 &self.scripts.release,
                 &[&k.stock(), &k.users(), &k.res(), &k.exp(), &k.ttl(&rid)],
-                &[&rid.to_string(), "0", &fence_ms(fence)],
+                &[&rid.to_string(), &count.unwrap_or(0).to_string(), &fence],
             )
             .await?;
-        Ok(r.int(1)? as u32)
+        // What is left keeps its deadline, noted when it was reserved: nothing new to note.
+        Ok((r.int(1)? as u32, r.int(2)? as u32))
     }
 
     /// `release` of whole order lines, many at once (follow-up of cancelled or failed orders).
