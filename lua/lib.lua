@@ -2,6 +2,7 @@
 --
 -- Per-sku keys (all share the hash tag {sku:<n>}, so one script touches one slot):
 --   <base>meta    hash  name, price, and when a sale is set: sale_price, sale_start, sale_end (unix ms), limit (0 = none)
+--   <base>metafence:<token>  a catalog change given up: its late set_meta.lua call writes nothing
 --   <base>stock   hash  w<warehouse_id> = available units there; avail (sum of w*), held, reserved,
 --                       sold (sold, not yet written back to MySQL), sold_total
 --   <base>users   hash  user_id = units held + reserved + bought by that customer (the per-customer limit)

@@ -13,7 +13,7 @@ use crate::error::{AppError, AppResult};
 use crate::store::mysql::DbResult;
 use crate::store::mysql::catalog::{self as db, ProductRow};
 use crate::store::mysql::orders as orders_db;
-use crate::store::redis::{AdjustOutcome, AdjustStep, SkuLoad, StockSnapshot};
+use crate::store::redis::{AdjustOutcome, AdjustStep, MetaWrite, SkuLoad, StockSnapshot};
 
 /// A product as the catalog shows it: `available` counts the units that can still be bought.
 #[derive(Debug, Clone)]
@@ -270,10 +270,11 @@ pub async fn list_products(
 
 /// Runs `change` on a sku inside a MySQL transaction that holds the product's row lock, then
 /// mirrors the product's new catalog entry into Redis before committing. If the Redis call fails,
-/// MySQL rolls back; as the call may still have run (a timeout: its answer lost, the call itself
-/// on its way), Redis then gets what MySQL holds once the rollback is through. If the commit
-/// fails (or seems to: its answer may be lost), Redis likewise gets what MySQL holds once that
-/// transaction is over.
+/// MySQL rolls back; as the call may still have run or still be on its way (a timeout: its
+/// answer lost), Redis then gets what MySQL holds once the rollback is through, with the change's
+/// token fenced, so the late call writes nothing whichever arrives first (lua/set_meta.lua). If
+/// the commit fails (or seems to: its answer may be lost), Redis likewise gets what MySQL holds
+/// once that transaction is over.
 #[tracing::instrument(name = "mysql.transaction", level = "debug", skip_all,
     fields(otel.kind = "client", db.system = "mysql", db.operation.name = "change_product",
         sku = %sku))]
@@ -291,22 +292,35 @@ where
     let new = db::lock_product(&mut tx, sku)
         .await?
         .ok_or_else(|| no_product(sku))?;
-    if let Err(e) = state.redis.set_meta(sku, &meta_of(&new)).await {
-        // Rolled back (the transaction is dropped unsent): the change did not happen, whatever
-        // the wait below gives. The entry Redis may still get (a timeout: the call on its way)
-        // is overwritten with MySQL's once the row lock is free; a call refused before it was
-        // sent (sales refused) left nothing to overwrite.
-        drop(tx);
-        if state.redis.eviction_refusal().is_none() && !state.redis.is_behind() {
-            mirror_catalog_entry(state, sku).await;
+    let token: u64 = rand::random();
+    match state
+        .redis
+        .set_meta(sku, &meta_of(&new), MetaWrite::Change(token))
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(AppError::internal(
+                "a catalog change found its own token fenced",
+            ));
         }
-        return Err(e);
+        Err(e) => {
+            // Rolled back (the transaction is dropped unsent): the change did not happen,
+            // whatever the wait below gives. The call may still land (a timeout: the call on
+            // its way): MySQL's entry goes in under the change's fence once the row lock is
+            // free. A call refused before it was sent (sales refused) left nothing to put right.
+            drop(tx);
+            if state.redis.eviction_refusal().is_none() && !state.redis.is_behind() {
+                mirror_catalog_entry(state, sku, MetaWrite::Fence(token)).await;
+            }
+            return Err(e);
+        }
     }
     if let Err(e) = tx.commit().await {
         // The commit may have gone through with its answer lost: once the broken transaction
         // is over (its row lock free), Redis gets what MySQL holds.
         let e = AppError::from(e);
-        return match mirror_catalog_entry(state, sku).await {
+        return match mirror_catalog_entry(state, sku, MetaWrite::Put).await {
             Some(Some(row)) if row == new => Ok(new),
             Some(_) => Err(e),
             None => Err(not_known_yet(sku, "catalog change", &e, true)),
@@ -315,9 +329,14 @@ where
     Ok(new)
 }
 
-/// Gives Redis the catalog entry MySQL holds, under the product's row lock (so once a broken
-/// transaction on it is over), in the background; `None`: not done within [`SETTLE_WAIT`].
-async fn mirror_catalog_entry(state: &AppState, sku: Sku) -> Option<Option<ProductRow>> {
+/// Gives Redis the catalog entry MySQL holds (`how`: [`MetaWrite::Fence`] or
+/// [`MetaWrite::Put`]), under the product's row lock (so once a broken transaction on it is
+/// over), in the background; `None`: not done within [`SETTLE_WAIT`].
+async fn mirror_catalog_entry(
+    state: &AppState,
+    sku: Sku,
+    how: MetaWrite,
+) -> Option<Option<ProductRow>> {
     let state = state.clone();
     settle_in_background(sku, "catalog change", move || {
         let state = state.clone();
@@ -325,7 +344,7 @@ async fn mirror_catalog_entry(state: &AppState, sku: Sku) -> Option<Option<Produ
             let mut tx = state.db.begin().await?;
             let row = db::lock_product(&mut tx, sku).await?;
             if let Some(row) = &row {
-                state.redis.set_meta(sku, &meta_of(row)).await?;
+                state.redis.set_meta(sku, &meta_of(row), how).await?;
             }
             tx.rollback().await?;
             AppResult::Ok(row)

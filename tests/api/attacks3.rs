@@ -630,3 +630,47 @@ async fn rebuild_cache_puts_a_stale_catalog_entry_right() {
         "Redis still sells at the price MySQL never held"
     );
 }
+
+/// The fence of a given-up catalog change, with the calls in the order a stalled Redis may run
+/// them (the put-right first, the late change after it, as on two connections read in either
+/// order): the late change writes nothing; a change of another token still does.
+#[tokio::test]
+async fn a_late_catalog_change_after_its_put_right_writes_nothing() {
+    use flashsale::store::redis::MetaWrite;
+    let app = spawn_app_with(|_| {}).await;
+    let sku = app.product("p", 100).await;
+    let s = Sku::parse(sku).unwrap();
+    app.get_product(sku).await;
+    let redis = &app.state.redis;
+    let entry = redis.metas(&[s]).await.unwrap()[0].clone().unwrap();
+    let mut changed = entry.clone();
+    changed.price = 1;
+
+    assert!(
+        redis
+            .set_meta(s, &entry, MetaWrite::Fence(41))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !redis
+            .set_meta(s, &changed, MetaWrite::Change(41))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        redis.metas(&[s]).await.unwrap()[0].clone().unwrap().price,
+        100
+    );
+
+    assert!(
+        redis
+            .set_meta(s, &changed, MetaWrite::Change(42))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        redis.metas(&[s]).await.unwrap()[0].clone().unwrap().price,
+        1
+    );
+}

@@ -40,6 +40,17 @@ impl Keys {
         )
     }
 
+    /// Orders of partition `p` being placed (zset order_id -> when the sweeper settles the
+    /// placement should its request's process be gone, unix ms), and what each sent
+    /// (hash order_id -> `<user_id>|<sku>:<c>,...`, c = 1 for a cart line): see
+    /// `service::orders::place`.
+    pub fn placing(&self, partition: u64) -> (String, String) {
+        (
+            format!("{}:{{ord:{partition}}}:placing", self.prefix),
+            format!("{}:{{ord:{partition}}}:placing-lines", self.prefix),
+        )
+    }
+
     /// The outbox stream of an order's partition: decision events for the write-back worker.
     pub fn outbox_of(&self, order_id: u64) -> String {
         self.outbox(order_id % ORDER_PARTITIONS)
@@ -163,6 +174,11 @@ pub struct SkuKeys {
 impl SkuKeys {
     pub fn meta(&self) -> String {
         format!("{}meta", self.base)
+    }
+    /// Marks the catalog change `token` given up: its late call must not write
+    /// (lua/set_meta.lua).
+    pub fn meta_fence(&self, token: u64) -> String {
+        format!("{}metafence:{token:016x}", self.base)
     }
     pub fn stock(&self) -> String {
         format!("{}stock", self.base)

@@ -15,6 +15,22 @@ const STAGE_CALLS_PER_PIPELINE: usize = 16;
 /// How long a load's staged lists live without a new chunk (a loader that died leaves nothing).
 const STAGE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How a catalog entry is written (lua/set_meta.lua).
+#[derive(Debug, Clone, Copy)]
+pub enum MetaWrite {
+    /// A catalog change's own call, under its token: does nothing once the token is fenced.
+    Change(u64),
+    /// What MySQL holds after the change `token` was given up: fences the token first, so its
+    /// call, should it still arrive, writes nothing.
+    Fence(u64),
+    /// What MySQL holds, unconditionally.
+    Put,
+}
+
+/// How long a given-up catalog change's fence lasts: far past any call still queued for a
+/// stalled Redis (a call's bytes wait in Redis's socket buffer, not in time).
+const META_FENCE_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// A catalog entry as the `meta` hash's fields.
 fn meta_pairs(meta: &SkuMeta) -> Vec<(&'static str, String)> {
     let mut v = vec![
@@ -138,7 +154,7 @@ pub struct PendingAdjustment {
 
 impl PendingAdjustment {
     /// A member of a sku's pending set: `<token, 16 hex digits>|<warehouse>|<delta>`.
-    fn parse(member: &str) -> Option<Self> {
+    pub(super) fn parse(member: &str) -> Option<Self> {
         let mut it = member.split('|');
         let token = u64::from_str_radix(it.next()?, 16).ok()?;
         let warehouse_id = it.next()?.parse().ok()?;
@@ -241,22 +257,30 @@ impl Redis {
         Ok(())
     }
 
-    /// Replaces a sku's catalog entry (after MySQL committed the change).
-    pub async fn set_meta(&self, sku: Sku, meta: &SkuMeta) -> AppResult<()> {
-        let mut args = Vec::new();
+    /// Replaces a sku's catalog entry with `meta` (lua/set_meta.lua); `false`: a
+    /// [`MetaWrite::Change`] whose token was fenced, nothing written.
+    pub async fn set_meta(&self, sku: Sku, meta: &SkuMeta, how: MetaWrite) -> AppResult<bool> {
+        let k = self.keys.sku(sku);
+        let (mode, token) = match how {
+            MetaWrite::Change(t) => ("change", t),
+            MetaWrite::Fence(t) => ("fence", t),
+            MetaWrite::Put => ("put", 0),
+        };
+        let mut args = vec![mode.to_string(), META_FENCE_TTL.as_millis().to_string()];
         for (f, v) in meta_pairs(meta) {
             args.push(f.to_string());
             args.push(v);
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.eval(
-            "set_meta",
-            &self.scripts.set_meta,
-            &[&self.keys.sku(sku).meta()],
-            &args,
-        )
-        .await?;
-        Ok(())
+        let reply = self
+            .eval(
+                "set_meta",
+                &self.scripts.set_meta,
+                &[&k.meta(), &k.meta_fence(token)],
+                &args,
+            )
+            .await?;
+        Ok(reply.int(0)? == 1)
     }
 
     /// One step of the admin stock change `token` (see [`AdjustStep`]); repeating a step is
