@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use redis::AsyncCommands;
 
 use super::Redis;
-use super::stock::StockSnapshot;
+use super::stock::{PendingAdjustment, StockSnapshot};
 use crate::domain::Sku;
 use crate::error::{AppError, AppResult};
 
@@ -218,19 +218,26 @@ impl Redis {
     ) -> AppResult<Option<(StockSnapshot, SkuLedgers)>> {
         let k = self.keys.sku(sku);
         type Fields = HashMap<String, String>;
-        let (flat, res, sold): (Vec<(String, i64)>, Fields, Fields) = redis::pipe()
-            .atomic()
-            .hgetall(k.stock())
-            .hgetall(k.res())
-            .hgetall(k.sold())
-            .query_async(&mut self.conn())
-            .await?;
+        type Scored = Vec<(String, f64)>;
+        let (flat, res, sold, pending): (Vec<(String, i64)>, Fields, Fields, Scored) =
+            redis::pipe()
+                .atomic()
+                .hgetall(k.stock())
+                .hgetall(k.res())
+                .hgetall(k.sold())
+                .zrange_withscores(k.adjustments_pending(), 0, -1)
+                .query_async(&mut self.conn())
+                .await?;
         if flat.is_empty() {
             return Ok(None);
         }
+        let pending = pending
+            .into_iter()
+            .filter_map(|(m, at)| Some((PendingAdjustment::parse(&m)?, at as i64)))
+            .collect();
         Ok(Some((
             StockSnapshot::from_fields(flat),
-            SkuLedgers { res, sold },
+            SkuLedgers { res, sold, pending },
         )))
     }
 
@@ -254,4 +261,7 @@ impl Redis {
 pub struct SkuLedgers {
     pub res: HashMap<String, String>,
     pub sold: HashMap<String, String>,
+    /// Admin stock changes whose MySQL outcome Redis has not settled yet, each with when the
+    /// sweeper settles it (unix ms).
+    pub pending: Vec<(PendingAdjustment, i64)>,
 }
