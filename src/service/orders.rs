@@ -12,8 +12,8 @@ use crate::domain::{CancelReason, Count, MAX_ORDER_TOTAL, OrderStatus, Sku, orde
 use crate::error::{AppError, AppResult};
 use crate::store::mysql::orders as mysql_orders;
 use crate::store::redis::{
-    ConvertOutcome, Created, Deadline, Decision, OrderAction, OrderRecord, ReserveMode,
-    ReserveOutcome, ReserveRequest, Returned, Rid,
+    ConvertOutcome, Created, Deadline, Decision, OrderAction, OrderRecord, PlacementNote,
+    ReserveMode, ReserveOutcome, ReserveRequest, Returned, Rid,
 };
 
 /// An order of the caller's; unpaid at `expires_at`, it is cancelled with reason `expired`.
@@ -447,6 +447,12 @@ fn taken_over() -> AppError {
     )
 }
 
+/// How long a placement is left to its request: past it, the sweeper settles it as its request's
+/// process were gone ([`settle_placing`]). Far longer than a placement takes (a few script
+/// calls); one that does take longer (Redis stalled throughout) finds its order fenced and
+/// hands its lines back.
+pub const PLACING_WINDOW: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Reserves each line (one sku slot at a time) under the pre-allocated order id, then records
 /// the order and activates it. A refusal before any line was taken costs nothing: no record, no
 /// event. If a later line is refused, the order is recorded as `failed` and the lines taken are
@@ -454,8 +460,14 @@ fn taken_over() -> AppError {
 /// checkout's `Resumed::Continue`) and a holder still alive converge on one order: the lines
 /// are taken once (the first taken fixes the order's deadline; the record's `expires_at` is the
 /// earliest of its lines'), the record is created once (`exists`: the other's) and activated
-/// once. A line whose record never comes (a crash in between) is given back by the sweeper at
-/// its deadline (`expire_due`: no record, nothing can pay for it).
+/// once.
+///
+/// Before the first line is sent, the placement is noted in Redis with the lines it will send
+/// ([`PlacementNote`]); the note goes once the order is placed or given up with everything handed
+/// back. A note left behind (the process died mid-way, or a follow-up of this request is still
+/// at work) is settled by the sweeper [`PLACING_WINDOW`] after the start: the order fenced,
+/// its lines handed back. So no line of a placement whose request died stays unseen until its
+/// deadline.
 async fn place(
     state: &AppState,
     user_id: u64,
@@ -466,6 +478,63 @@ async fn place(
     // Before the bind: a fence set by a retry after the bind outlives this order's deadline.
     let started_at = state.redis.now_ms().await?;
     binder.bind_order(order_id).await?;
+    let note = PlacementNote {
+        order_id,
+        user_id,
+        lines: wants.iter().map(|w| (w.sku, w.from_cart)).collect(),
+    };
+    // Nothing is taken before the note is heard; one written with its reply lost is settled
+    // by the sweeper (an order id nobody uses: fenced, nothing to hand back).
+    state
+        .redis
+        .note_placing(&note, started_at + PLACING_WINDOW.as_millis() as i64)
+        .await?;
+    let (placed, settled) = place_noted(state, user_id, order_id, started_at, wants, binder).await;
+    if settled && let Err(e) = state.redis.placing_done(order_id).await {
+        tracing::debug!(order.id = order_id, error = %e, "placement note left to the sweeper");
+    }
+    placed
+}
+
+/// [`place`] once its note is written; with whether the placement is settled (the note may go).
+async fn place_noted(
+    state: &AppState,
+    user_id: u64,
+    order_id: u64,
+    started_at: i64,
+    wants: Vec<Want>,
+    binder: &impl BindOrder,
+) -> (AppResult<OrderView>, bool) {
+    match place_lines(state, user_id, order_id, started_at, wants, binder).await {
+        Ok(view) => (Ok(view), true),
+        Err(Unsettled::Settled(e)) => (Err(e), true),
+        Err(Unsettled::LeftToSweeper(e)) => (Err(e), false),
+    }
+}
+
+/// A placement's error, and whether anything it sent may still be out.
+enum Unsettled {
+    /// Nothing left out: handed back, or never taken.
+    Settled(AppError),
+    /// Some of it may be out (a follow-up at work, a failed order's lines): the sweeper
+    /// settles the note.
+    LeftToSweeper(AppError),
+}
+
+impl From<AppError> for Unsettled {
+    fn from(e: AppError) -> Self {
+        Unsettled::LeftToSweeper(e)
+    }
+}
+
+async fn place_lines(
+    state: &AppState,
+    user_id: u64,
+    order_id: u64,
+    started_at: i64,
+    wants: Vec<Want>,
+    binder: &impl BindOrder,
+) -> Result<OrderView, Unsettled> {
     let keyed = binder.keyed();
     let requested: Vec<OrderItem> = wants
         .iter()
@@ -528,7 +597,12 @@ async fn place(
             // line this request sent goes back, the one whose reply was not heard too.
             let lines = backs(&taken, unheard);
             let resolved = abandon(state, user_id, order_id, &lines, keyed, Reached::Lines).await;
-            return Err(resolved_error(err, resolved));
+            let err = resolved_error(err, resolved);
+            return Err(if resolved {
+                Unsettled::Settled(err)
+            } else {
+                Unsettled::LeftToSweeper(err)
+            });
         }
         // Lines were reserved: the order is recorded as failed (which also keeps anyone from
         // recording it otherwise), then the lines are handed back.
@@ -550,7 +624,7 @@ async fn place(
             Ok(Created::Late) => {
                 // Past the lines' deadline: nobody can record it; no record to name.
                 hand_back(state, user_id, order_id, &backs(&taken, None)).await;
-                return Err(err);
+                return Err(Unsettled::from(err));
             }
             Ok(Created::Exists) => {
                 // Another worker on this order recorded it: its lines stay, unless it failed.
@@ -559,12 +633,12 @@ async fn place(
                 {
                     release_taken(state, order_id, &taken).await;
                 }
-                return Err(err);
+                return Err(Unsettled::from(err));
             }
             Err(_) => {
                 let lines = backs(&taken, None);
                 abandon(state, user_id, order_id, &lines, keyed, Reached::Record).await;
-                return Err(err);
+                return Err(Unsettled::from(err));
             }
         }
         let failed = state
@@ -581,42 +655,44 @@ async fn place(
             // Failed or not: the fence makes sure (a `new` record is failed), then its lines go
             // back to available; by a task of its own if Redis cannot answer now.
             let skus: Vec<Sku> = taken.iter().map(|(w, _)| w.sku).collect();
-            return Err(match fence(state, user_id, order_id).await {
-                Ok(true) => {
-                    release_failed(state, order_id, skus).await;
-                    AppError::CheckoutFailed {
-                        code: err.code(),
-                        message: format!("{err}; order {order_id} failed and holds nothing"),
-                        order_id,
-                    }
-                }
-                Ok(false) => AppError::internal(format!(
-                    "order {order_id}: recorded as failed, then found placed"
-                )),
-                Err(_) => {
-                    until_done(state, order_id, "fail and release", move |state| {
-                        let skus = skus.clone();
-                        async move {
-                            if fence(&state, user_id, order_id).await? {
-                                release_failed(&state, order_id, skus).await;
-                            }
-                            Ok(())
+            return Err(Unsettled::from(
+                match fence(state, user_id, order_id).await {
+                    Ok(true) => {
+                        release_failed(state, order_id, skus).await;
+                        AppError::CheckoutFailed {
+                            code: err.code(),
+                            message: format!("{err}; order {order_id} failed and holds nothing"),
+                            order_id,
                         }
-                    });
-                    AppError::OutcomeUnknown(format!(
-                        "{err}; order {order_id} is being failed and its lines given back ({e})"
-                    ))
-                }
-            });
+                    }
+                    Ok(false) => AppError::internal(format!(
+                        "order {order_id}: recorded as failed, then found placed"
+                    )),
+                    Err(_) => {
+                        until_done(state, order_id, "fail and release", move |state| {
+                            let skus = skus.clone();
+                            async move {
+                                if fence(&state, user_id, order_id).await? {
+                                    release_failed(&state, order_id, skus).await;
+                                }
+                                Ok(())
+                            }
+                        });
+                        AppError::OutcomeUnknown(format!(
+                            "{err}; order {order_id} is being failed and its lines given back ({e})"
+                        ))
+                    }
+                },
+            ));
         }
         metrics::counter!("flashsale_orders_total", "status" => "failed").increment(1);
         // A failed order holds nothing: its lines, cart lines too, go back to available.
         release_taken(state, order_id, &taken).await;
-        return Err(AppError::CheckoutFailed {
+        return Err(Unsettled::from(AppError::CheckoutFailed {
             code: err.code(),
             message: format!("{err}; order {order_id} failed and holds nothing"),
             order_id,
-        });
+        }));
     }
 
     let mut items_json = to_json(&items)?;
@@ -629,7 +705,7 @@ async fn place(
             let lines = backs(&taken, None);
             abandon(state, user_id, order_id, &lines, true, Reached::Lines).await;
         }
-        return Err(e);
+        return Err(Unsettled::from(e));
     }
     let created = match state
         .redis
@@ -649,7 +725,7 @@ async fn place(
             // the lines go back.
             let lines = backs(&taken, None);
             let settled = abandon(state, user_id, order_id, &lines, keyed, Reached::Record).await;
-            return Err(resolved_error(e, settled));
+            return Err(Unsettled::from(resolved_error(e, settled)));
         }
     };
     match created {
@@ -666,28 +742,36 @@ async fn place(
             Some(rec) if rec.user_id == user_id && rec.status == OrderStatus::Failed => {
                 // Fenced or failed by the key's retry: its lines go back.
                 hand_back(state, user_id, order_id, &backs(&taken, None)).await;
-                return Err(if keyed {
+                // (Without a key: the sweeper settled the placement, which had outlasted
+                // PLACING_WINDOW.)
+                return Err(Unsettled::from(if keyed {
                     taken_over()
                 } else {
-                    AppError::internal(format!("order {order_id}: failed by another request"))
-                });
+                    AppError::Unavailable(format!(
+                        "order {order_id}: placing it took longer than {} s, so it was given \
+                         up and its lines handed back",
+                        PLACING_WINDOW.as_secs()
+                    ))
+                }));
             }
             // Placed by another worker on this order: its answer.
             Some(rec) if rec.user_id == user_id => {
-                return finish(state, user_id, order_id, &wants, keyed).await;
+                return finish(state, user_id, order_id, &wants, keyed)
+                    .await
+                    .map_err(Unsettled::from);
             }
             _ => {
                 hand_back(state, user_id, order_id, &backs(&taken, None)).await;
-                return Err(AppError::internal(format!(
+                return Err(Unsettled::from(AppError::internal(format!(
                     "order {order_id}: a record with this id exists already"
-                )));
+                ))));
             }
         },
         Created::Late => {
             hand_back(state, user_id, order_id, &backs(&taken, None)).await;
-            return Err(AppError::Unavailable(format!(
+            return Err(Unsettled::from(AppError::Unavailable(format!(
                 "order {order_id}: reserving its lines took longer than the payment window"
-            )));
+            ))));
         }
     }
     let decision = match state
@@ -708,7 +792,7 @@ async fn place(
             let lines = backs(&taken, None);
             let settled =
                 abandon(state, user_id, order_id, &lines, keyed, Reached::Activation).await;
-            return Err(resolved_error(e, settled));
+            return Err(Unsettled::from(resolved_error(e, settled)));
         }
     };
     match decision {
@@ -725,7 +809,9 @@ async fn place(
         // order: nothing to do.)
         _ => settle(state, order_id).await?,
     }
-    finish(state, user_id, order_id, &wants, keyed).await
+    finish(state, user_id, order_id, &wants, keyed)
+        .await
+        .map_err(Unsettled::from)
 }
 
 /// The placed order's answer; the cart forgets the lines it took.
@@ -1182,6 +1268,30 @@ pub async fn expire_due(state: &AppState, order_id: u64, sku: Sku) -> AppResult<
             settle_line(state, &rec, sku).await
         }
     }
+}
+
+/// The sweeper's part of a placement its request did not settle within [`PLACING_WINDOW`]
+/// (its process gone, or a follow-up of its own still at work: the same steps, each
+/// idempotent): an order placed keeps its lines; otherwise the order is fenced (a `new` record
+/// failed) and every line the request sent is handed back, cart lines to the cart. The
+/// customer's checkout lock goes too if it is this order's, so the next checkout is not refused
+/// for the rest of the lock's lease.
+pub async fn settle_placing(state: &AppState, p: &PlacementNote) -> AppResult<()> {
+    let placed = match state.redis.order_record(p.order_id).await? {
+        Some(rec) => !matches!(rec.status, OrderStatus::New | OrderStatus::Failed),
+        None => false,
+    };
+    if !placed && fence(state, p.user_id, p.order_id).await? {
+        let lines: Vec<Back> = p
+            .lines
+            .iter()
+            .map(|&(sku, from_cart)| Back { sku, from_cart })
+            .collect();
+        hand_back_all(state, p.user_id, p.order_id, &lines).await?;
+        metrics::counter!("flashsale_placements_settled_total").increment(1);
+    }
+    state.redis.unlock_checkout(p.user_id, p.order_id).await?;
+    state.redis.placing_done(p.order_id).await
 }
 
 /// The caller's own order record (another customer's is "not found").

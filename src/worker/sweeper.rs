@@ -39,6 +39,7 @@ use crate::app::AppState;
 use crate::domain::Sku;
 use crate::error::AppResult;
 use crate::service::{catalog, orders};
+use crate::store::redis::keys::ORDER_PARTITIONS;
 
 /// Due entries looked at per sweep script call.
 pub const BATCH: u32 = 500;
@@ -48,6 +49,8 @@ const SKUS_PER_READ: usize = 256;
 const SKUS_AT_ONCE: usize = 4;
 /// Due orders settled at once (per sku).
 const SETTLE_AT_ONCE: usize = 32;
+/// Placements settled per order partition and pass at most (what is left goes at the next tick).
+const PLACINGS_AT_ONCE: usize = 64;
 /// Batches per sku and pass at most (what is left goes at the next tick).
 const MAX_ROUNDS: usize = 400;
 /// Skus per SSCAN / pipeline of the audit.
@@ -66,6 +69,8 @@ pub struct SweepStats {
     /// Pending admin stock changes due but not settled (their transaction may still be open,
     /// or MySQL did not answer): looked at again later.
     pub adjustments_unsettled: usize,
+    /// Placements their request left unsettled past `orders::PLACING_WINDOW`, settled.
+    pub placings_settled: usize,
 }
 
 impl SweepStats {
@@ -76,6 +81,7 @@ impl SweepStats {
         self.orders_due += o.orders_due;
         self.adjustments_settled += o.adjustments_settled;
         self.adjustments_unsettled += o.adjustments_unsettled;
+        self.placings_settled += o.placings_settled;
     }
 }
 
@@ -83,8 +89,11 @@ impl SweepStats {
 pub async fn run_once(state: &AppState) -> AppResult<SweepStats> {
     state.redis.flush_due_notes().await?;
     let now = state.redis.now_ms().await?;
+    let mut stats = SweepStats {
+        placings_settled: settle_placings(state, now).await?,
+        ..SweepStats::default()
+    };
     let mut visited: HashSet<Sku> = HashSet::new();
-    let mut stats = SweepStats::default();
     loop {
         // Skus swept in this pass may still be due (something could not be settled): read
         // past them.
@@ -107,6 +116,23 @@ pub async fn run_once(state: &AppState) -> AppResult<SweepStats> {
     }
     metrics::counter!("flashsale_sweep_skus_total").increment(stats.skus as u64);
     Ok(stats)
+}
+
+/// Settles the placements due by `now` in every order partition (those whose request did not
+/// settle them within `orders::PLACING_WINDOW`), `PLACINGS_AT_ONCE` per partition and pass.
+async fn settle_placings(state: &AppState, now: i64) -> AppResult<usize> {
+    let per_partition = futures::future::try_join_all(
+        (0..ORDER_PARTITIONS).map(|p| state.redis.due_placings(p, now, PLACINGS_AT_ONCE)),
+    )
+    .await?;
+    let due: Vec<_> = per_partition.into_iter().flatten().collect();
+    let settled = due.len();
+    futures::stream::iter(due)
+        .map(|p| async move { orders::settle_placing(state, &p).await })
+        .buffer_unordered(SETTLE_AT_ONCE)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(settled)
 }
 
 /// Sweeps one sku until nothing due is left in it, settles its pending admin stock changes

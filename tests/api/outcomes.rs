@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use flashsale::domain::Sku;
-use flashsale::store::redis::{ConvertOutcome, ReserveMode, ReserveOutcome, Rid};
+use flashsale::store::redis::{
+    ConvertOutcome, Deadline, PlacementNote, ReserveMode, ReserveOutcome, ReserveRequest, Rid,
+};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -271,10 +273,11 @@ async fn a_call_arriving_after_its_hand_back_is_refused() {
     let b = app.assert_identity(sku).await;
     assert_eq!((b.available, b.held, b.reserved), (8, 2, 0));
 
-    // A release of a line that exists gives it back and leaves no fence behind it.
+    // A release of a line that exists gives it back and fences it too: the next call of a
+    // request still at work (a placement the sweeper settled under it) is refused.
     let third = 77_003;
-    let taken = redis
-        .reserve(flashsale::store::redis::ReserveRequest {
+    let reserve_third = || {
+        redis.reserve(flashsale::store::redis::ReserveRequest {
             sku: s,
             user_id: user,
             count: 1,
@@ -282,13 +285,105 @@ async fn a_call_arriving_after_its_hand_back_is_refused() {
             deadline: flashsale::store::redis::Deadline::At(deadline),
             mode: ReserveMode::Once,
         })
-        .await
-        .unwrap();
+    };
+    let taken = reserve_third().await.unwrap();
     assert!(matches!(taken, ReserveOutcome::Reserved { units: 1, .. }));
     assert_eq!(redis.release_fenced(s, third, fence).await.unwrap(), 1);
-    let ttl_key = redis.keys.sku(s).ttl(&Rid::OrderLine { order_id: third });
-    let left: bool = redis::AsyncCommands::exists(&mut redis.conn(), &ttl_key)
+    assert_eq!(reserve_third().await.unwrap(), ReserveOutcome::Fenced);
+    let b = app.assert_identity(sku).await;
+    assert_eq!((b.available, b.held, b.reserved), (8, 2, 0));
+}
+
+/// A placement whose process died after taking its lines (no record, no hand-back task of its
+/// own, its checkout lock left): once its note is due (`orders::PLACING_WINDOW` after its
+/// start), the sweeper fences the order, gives the cart line back to the cart and the buy-now
+/// line back to available, and lets go of the lock, so the customer checks out at once.
+#[tokio::test]
+async fn a_placement_whose_process_died_is_settled_by_the_sweeper() {
+    let app = spawn_app_with(|_| {}).await;
+    let (a, b) = (
+        app.sale_product(5, None).await,
+        app.sale_product(5, None).await,
+    );
+    let (sa, sb) = (Sku::parse(a).unwrap(), Sku::parse(b).unwrap());
+    let user = 7_600;
+    let token = app.customer_token(user);
+    app.cart_add(&token, a, 2).await;
+    let redis = &app.state.redis;
+    let order_id = flashsale::service::order_ids::next(&app.state)
         .await
         .unwrap();
-    assert!(!left, "no fence where a line was given back");
+    let now = redis.now_ms().await.unwrap();
+    let later = now + 600_000;
+    // What a process does before it dies: lock, note, take both lines; no record.
+    assert!(
+        redis
+            .lock_checkout(user, order_id, Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    let note = PlacementNote {
+        order_id,
+        user_id: user,
+        lines: vec![(sa, true), (sb, false)],
+    };
+    redis.note_placing(&note, now + 60_000).await.unwrap();
+    assert!(matches!(
+        redis.convert_hold(sa, user, order_id, later).await.unwrap(),
+        ConvertOutcome::Converted { .. }
+    ));
+    let reserved = redis
+        .reserve(ReserveRequest {
+            sku: sb,
+            user_id: user,
+            count: 1,
+            rid: Rid::OrderLine { order_id },
+            deadline: Deadline::At(later),
+            mode: ReserveMode::Once,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(reserved, ReserveOutcome::Reserved { .. }));
+
+    // Not yet due: a sweep leaves it to its request.
+    app.sweep().await;
+    assert_eq!(app.assert_identity(a).await.reserved, 2);
+    assert_eq!(app.assert_identity(b).await.reserved, 1);
+
+    // Due: settled.
+    redis.note_placing(&note, now - 1).await.unwrap();
+    app.sweep().await;
+    let (ba, bb) = (app.assert_identity(a).await, app.assert_identity(b).await);
+    assert_eq!(
+        (ba.held, ba.reserved),
+        (2, 0),
+        "the cart line is a hold again"
+    );
+    assert_eq!(
+        (bb.available, bb.reserved),
+        (5, 0),
+        "the buy-now unit is back"
+    );
+    let cart = app.cart(&token).await;
+    assert_eq!(cart.line(a).map(|l| l.count), Some(2), "{cart:?}");
+    // The order is fenced: never recorded, never listed.
+    assert!(app.orders(&token, "").await.items.is_empty());
+    // The lock went with it: the checkout is not refused with cart_changed.
+    let placed = app.checkout(&token).await;
+    assert_eq!(placed.items.len(), 1);
+    assert_ne!(placed.order_id, order_id);
+    // A late call of the dead process changes nothing: the fenced order's lines are refused.
+    let late = redis
+        .reserve(ReserveRequest {
+            sku: sb,
+            user_id: user,
+            count: 1,
+            rid: Rid::OrderLine { order_id },
+            deadline: Deadline::At(later),
+            mode: ReserveMode::Once,
+        })
+        .await
+        .unwrap();
+    assert_eq!(late, ReserveOutcome::Fenced);
+    assert_eq!(app.assert_identity(b).await.available, 5);
 }

@@ -37,7 +37,7 @@ use eviction::EvictionGuard;
 pub use eviction::REQUIRED_POLICY;
 pub use keys::{Keys, Rid, SkuKeys};
 pub use order_ids::NextId;
-pub use orders::{Created, Decision, OrderAction, OrderRecord};
+pub use orders::{Created, Decision, OrderAction, OrderRecord, PlacementNote};
 pub use rate_limit::{Bucket, BucketMode};
 use repair::RollbackGuard;
 pub use reservations::{
@@ -45,7 +45,7 @@ pub use reservations::{
     Returned, SoldOutFor, SweepBatch, parse_alloc,
 };
 use scripts::Scripts;
-pub use stock::{AdjustOutcome, AdjustStep, PendingAdjustment, SkuLoad, StockSnapshot};
+pub use stock::{AdjustOutcome, AdjustStep, MetaWrite, PendingAdjustment, SkuLoad, StockSnapshot};
 
 use crate::config::StoresConfig;
 use crate::domain::Sku;

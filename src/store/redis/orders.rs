@@ -4,7 +4,7 @@
 use redis::AsyncCommands;
 
 use super::Redis;
-use super::keys::Rid;
+use super::keys::{ORDER_PARTITIONS, Rid};
 use crate::domain::{OrderItem, OrderStatus, Sku};
 use crate::error::{AppError, AppResult};
 
@@ -320,5 +320,137 @@ impl Redis {
         )
         .await?;
         Ok(())
+    }
+
+    /// Notes that `p` is being placed: settled by the sweeper from `settle_at_ms` (Redis's
+    /// clock) unless its request settles it first ([`Redis::placing_done`]). Both keys in one
+    /// MULTI.
+    pub async fn note_placing(&self, p: &PlacementNote, settle_at_ms: i64) -> AppResult<()> {
+        let (due, lines) = self.keys.placing(p.order_id % ORDER_PARTITIONS);
+        let () = redis::pipe()
+            .atomic()
+            .hset(&lines, p.order_id, p.encode())
+            .ignore()
+            .zadd(&due, p.order_id, settle_at_ms)
+            .ignore()
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// The placement of `order_id` is settled: nothing for the sweeper to do.
+    pub async fn placing_done(&self, order_id: u64) -> AppResult<()> {
+        let (due, lines) = self.keys.placing(order_id % ORDER_PARTITIONS);
+        let () = redis::pipe()
+            .atomic()
+            .zrem(&due, order_id)
+            .ignore()
+            .hdel(&lines, order_id)
+            .ignore()
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Up to `limit` placements of `partition` due by `now` (Redis's clock, unix ms). One whose
+    /// lines cannot be read (written by nobody: its MULTI is one step) is dropped with an error
+    /// log.
+    pub async fn due_placings(
+        &self,
+        partition: u64,
+        now: i64,
+        limit: usize,
+    ) -> AppResult<Vec<PlacementNote>> {
+        let (due, lines) = self.keys.placing(partition);
+        let ids: Vec<u64> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&due)
+            .arg("-inf")
+            .arg(now)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut self.conn())
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let raw: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(&lines)
+            .arg(&ids)
+            .query_async(&mut self.conn())
+            .await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (order_id, v) in ids.into_iter().zip(raw) {
+            match v
+                .as_deref()
+                .and_then(|v| PlacementNote::decode(order_id, v))
+            {
+                Some(p) => out.push(p),
+                None => {
+                    tracing::error!(order.id = order_id, lines = ?v, "an unreadable placement; dropped");
+                    self.placing_done(order_id).await?;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// An order being placed: whose it is and the lines its request sends (each with whether it
+/// comes from the cart), so that its lines can be handed back by anyone once its request is
+/// gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacementNote {
+    pub order_id: u64,
+    pub user_id: u64,
+    pub lines: Vec<(Sku, bool)>,
+}
+
+impl PlacementNote {
+    fn encode(&self) -> String {
+        let lines: Vec<String> = self
+            .lines
+            .iter()
+            .map(|(s, c)| format!("{s}:{}", u8::from(*c)))
+            .collect();
+        format!("{}|{}", self.user_id, lines.join(","))
+    }
+
+    fn decode(order_id: u64, v: &str) -> Option<Self> {
+        let (user, lines) = v.split_once('|')?;
+        let lines = lines
+            .split(',')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (sku, c) = l.split_once(':')?;
+                let sku = Sku::parse(sku.parse().ok()?).ok()?;
+                Some((sku, c == "1"))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(PlacementNote {
+            order_id,
+            user_id: user.parse().ok()?,
+            lines,
+        })
+    }
+}
+
+#[cfg(test)]
+mod placing_tests {
+    use super::*;
+
+    #[test]
+    fn a_placement_reads_back_as_written() {
+        let p = PlacementNote {
+            order_id: 7,
+            user_id: 9_001,
+            lines: vec![
+                (Sku::parse(3).unwrap(), true),
+                (Sku::parse(12).unwrap(), false),
+            ],
+        };
+        assert_eq!(PlacementNote::decode(7, &p.encode()), Some(p));
+        assert_eq!(PlacementNote::decode(7, "x|3:1"), None);
+        assert_eq!(PlacementNote::decode(7, "9|3"), None);
     }
 }
