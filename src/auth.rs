@@ -25,6 +25,8 @@ pub struct Claims {
 pub struct Jwt {
     encoding: EncodingKey,
     decoding: DecodingKey,
+    /// Also accepted when verifying, never used to sign: the previous secret during a rotation.
+    previous: Option<DecodingKey>,
     validation: Validation,
     ttl: Duration,
 }
@@ -37,8 +39,30 @@ impl Jwt {
         Jwt {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
+            previous: None,
             validation,
             ttl,
+        }
+    }
+
+    /// The same, also accepting tokens signed with `previous` (FLASHSALE_JWT_SECRET_PREVIOUS);
+    /// tokens are still signed with the current secret only.
+    pub fn accepting(mut self, previous: &[u8]) -> Self {
+        self.previous = Some(DecodingKey::from_secret(previous));
+        self
+    }
+
+    /// Decodes with the current secret; a token whose signature does not match it is tried
+    /// with the previous secret, when there is one.
+    fn decode(&self, token: &str) -> jsonwebtoken::errors::Result<jsonwebtoken::TokenData<Claims>> {
+        let decoded = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation);
+        match (decoded, &self.previous) {
+            (Err(e), Some(previous))
+                if *e.kind() == jsonwebtoken::errors::ErrorKind::InvalidSignature =>
+            {
+                jsonwebtoken::decode::<Claims>(token, previous, &self.validation)
+            }
+            (decoded, _) => decoded,
         }
     }
 
@@ -75,7 +99,8 @@ impl Jwt {
 
     /// The claims of a valid token: right algorithm, right signature, not expired.
     pub fn verify(&self, token: &str) -> AppResult<(u64, Role)> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        let data = self
+            .decode(token)
             .map_err(|e| AppError::Unauthenticated(format!("invalid token: {e}")))?;
         let user_id = data
             .claims
@@ -187,6 +212,41 @@ mod tests {
         let parts: Vec<&str> = t.split('.').collect();
         let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.", parts[1]);
         assert!(jwt.verify(&none).is_err());
+    }
+
+    /// During a rotation the previous secret's tokens are still accepted; new tokens are signed
+    /// with the current secret only, and a third secret is refused.
+    #[test]
+    fn the_previous_secret_verifies_but_never_signs() {
+        let (old, new) = (
+            b"0123456789abcdef0123456789abcdef",
+            b"fedcba9876543210fedcba9876543210",
+        );
+        let before = Jwt::new(old, Duration::from_secs(60));
+        let during = Jwt::new(new, Duration::from_secs(60)).accepting(old);
+        let after = Jwt::new(new, Duration::from_secs(60));
+        let old_token = before.issue(7, Role::Admin).unwrap();
+        assert_eq!(during.verify(&old_token).unwrap(), (7, Role::Admin));
+        let new_token = during.issue(8, Role::Customer).unwrap();
+        assert!(
+            before.verify(&new_token).is_err(),
+            "signed with the new secret"
+        );
+        assert_eq!(after.verify(&new_token).unwrap(), (8, Role::Customer));
+        assert!(after.verify(&old_token).is_err());
+        let expired = before
+            .issue_with_times(7, Role::Admin, 1_000, 2_000)
+            .unwrap();
+        assert!(
+            during.verify(&expired).is_err(),
+            "expired under the previous"
+        );
+        let other = Jwt::new(b"another-secret-another-secret-xx", Duration::from_secs(60));
+        assert!(
+            during
+                .verify(&other.issue(9, Role::Admin).unwrap())
+                .is_err()
+        );
     }
 
     #[tokio::test]

@@ -53,6 +53,15 @@ pub enum Command {
     },
     /// A 12.12 sale from the buyers' side, with a report (against --url, or a service of its own).
     Simulate(SimulateArgs),
+    /// Set the admin account's password (FLASHSALE_ADMIN_USERNAME; created when missing). Reads
+    /// it from standard input (one line; asked twice, unechoed, on a terminal), or with
+    /// --from-env from FLASHSALE_ADMIN_PASSWORD; never from the command line. Refuses a weak
+    /// password or one this repository publishes. Running services need no restart.
+    AdminPassword {
+        /// Take the new password from FLASHSALE_ADMIN_PASSWORD instead of standard input.
+        #[arg(long)]
+        from_env: bool,
+    },
     /// Print customer access tokens signed with FLASHSALE_JWT_SECRET, one a line (load tests).
     MintTokens {
         /// How many.

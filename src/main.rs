@@ -39,6 +39,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reconcile => admin::reconcile::run(cfg).await,
         Command::RebuildCache { wait } => admin::rebuild_cache::run(cfg, wait).await,
         Command::OutboxDead { action } => admin::outbox_dead::run(cfg, action).await,
+        Command::AdminPassword { from_env } => admin::admin_password::run(cfg, from_env).await,
         Command::Simulate(args) => admin::simulate::run(cfg, args).await,
         Command::MintTokens {
             count,

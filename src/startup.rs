@@ -11,8 +11,8 @@ use tokio::sync::watch;
 
 use crate::app::AppState;
 use crate::auth::{self, Jwt};
-use crate::config::{Config, DEV_ADMIN_PASSWORD};
-use crate::domain::{Password, Role, Username};
+use crate::config::Config;
+use crate::service::admin_account;
 use crate::service::live::Hub;
 use crate::service::lookups::Lookups;
 use crate::service::sold_out::SoldOut;
@@ -37,7 +37,15 @@ impl AppState {
         };
         let db = mysql::connect_and_migrate(&cfg.stores).await?;
         let redis = Redis::connect(&cfg.stores)?;
-        let jwt = Arc::new(Jwt::new(secret.as_bytes(), cfg.auth.token_ttl));
+        let mut jwt = Jwt::new(secret.as_bytes(), cfg.auth.token_ttl);
+        if let Some(previous) = &cfg.auth.jwt_secret_previous {
+            tracing::info!(
+                "FLASHSALE_JWT_SECRET_PREVIOUS is set: tokens signed with it are accepted until \
+                 they expire; new tokens are signed with FLASHSALE_JWT_SECRET"
+            );
+            jwt = jwt.accepting(previous.as_bytes());
+        }
+        let jwt = Arc::new(jwt);
         let instance = format!(
             "{}-{}-{:04x}",
             std::env::var("HOSTNAME").unwrap_or_else(|_| "flashsale".into()),
@@ -170,47 +178,12 @@ async fn bootstrap(state: &AppState) -> anyhow::Result<()> {
              and nothing is sold while it is not noeviction"
         ),
     }
-    ensure_admin(state).await?;
+    admin_account::ensure(&state.db, &state.cfg.auth).await?;
     // Unknown usernames are checked against it: made now, so no login pays for it.
     auth::dummy_hash(state.cfg.auth.argon2_memory_kib).await?;
     // Requests check the counter again (a missing one is raised before any id is handed out).
     if let Err(e) = crate::service::order_ids::raise(state, false, false).await {
         tracing::warn!(error = %e, "could not check the order id sequence against MySQL");
-    }
-    Ok(())
-}
-
-/// Creates the configured admin account when it does not exist.
-async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
-    let cfg = &state.cfg;
-    let username = Username::parse(&cfg.auth.admin_username)
-        .map_err(|e| anyhow::anyhow!("FLASHSALE_ADMIN_USERNAME: {e}"))?;
-    if let Some(u) = mysql::users::find_by_username(&state.db, username.as_str()).await? {
-        if u.role() != Role::Admin {
-            tracing::warn!(username = %u.username, "the configured admin exists but is not an admin");
-        }
-        return Ok(());
-    }
-    let password = match &cfg.auth.admin_password {
-        Some(p) => p.clone(),
-        None => {
-            tracing::warn!(
-                username = %username.as_str(),
-                "no FLASHSALE_ADMIN_PASSWORD: the admin gets the dev password {DEV_ADMIN_PASSWORD:?}"
-            );
-            DEV_ADMIN_PASSWORD.to_string()
-        }
-    };
-    let password =
-        Password::parse(&password).map_err(|e| anyhow::anyhow!("FLASHSALE_ADMIN_PASSWORD: {e}"))?;
-    let hash = auth::hash_password(password, cfg.auth.argon2_memory_kib).await?;
-    match mysql::users::insert_user(&state.db, &username, &hash, Role::Admin).await {
-        Ok(id) => {
-            tracing::info!(user.id = id, username = %username.as_str(), "created the admin account")
-        }
-        // Another instance created it at the same moment.
-        Err(mysql::DbError::AlreadyExists(_)) => {}
-        Err(e) => return Err(anyhow::anyhow!("creating the admin: {e}")),
     }
     Ok(())
 }

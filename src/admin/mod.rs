@@ -3,6 +3,7 @@
 //! check or repair is library code (src/service/reconcile.rs, src/service/outbox_dead.rs); here
 //! it is run and printed, and the exit code chosen.
 
+pub mod admin_password;
 pub mod migrate;
 pub mod mint_tokens;
 pub mod outbox_dead;

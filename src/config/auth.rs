@@ -6,13 +6,16 @@ use clap::Args;
 
 use super::parse_duration;
 
-/// Dev fallback for the admin password; never accepted with `--production`.
+/// Dev fallback for the admin password. Published (README.md), so production refuses it
+/// (src/config/published.rs).
 pub const DEV_ADMIN_PASSWORD: &str = "admin-dev-password";
 
 /// Access tokens, the admin account created at start-up, password hashing, production mode.
 #[derive(Debug, Clone, Args)]
 pub struct AuthConfig {
-    /// Production mode: refuses to start without a JWT secret and an admin password.
+    /// Production mode: refuses to start without a JWT secret and an admin password, with a weak
+    /// one, with any credential this repository publishes (docker-compose.yml, README.md, docs/,
+    /// examples), and while the admin account's password is one of those.
     #[arg(long, env = "FLASHSALE_PRODUCTION", global = true)]
     pub production: bool,
 
@@ -25,6 +28,16 @@ pub struct AuthConfig {
         global = true
     )]
     pub jwt_secret: Option<String>,
+
+    /// A second HS256 secret, accepted when verifying tokens but never used to sign: the
+    /// previous secret while a new one rolls out (docs/OPERATIONS.md, "Credentials").
+    #[arg(
+        long,
+        env = "FLASHSALE_JWT_SECRET_PREVIOUS",
+        hide_env_values = true,
+        global = true
+    )]
+    pub jwt_secret_previous: Option<String>,
 
     /// How long an access token is valid.
     #[arg(long, env = "FLASHSALE_TOKEN_TTL", default_value = "1h", value_parser = parse_duration, global = true)]
@@ -39,7 +52,8 @@ pub struct AuthConfig {
     )]
     pub admin_username: String,
 
-    /// Password of that admin account. Dev mode falls back to `admin-dev-password`.
+    /// Password of that admin account when start-up creates it; an existing admin's password is
+    /// changed with `flashsale admin-password`. Dev mode falls back to `admin-dev-password`.
     #[arg(
         long,
         env = "FLASHSALE_ADMIN_PASSWORD",
@@ -54,18 +68,10 @@ pub struct AuthConfig {
 }
 
 impl AuthConfig {
+    /// Production's checks of these settings are in src/config/production.rs.
     pub fn validate(&self) -> Result<(), String> {
-        if self.production {
-            match &self.jwt_secret {
-                None => return Err("--production needs FLASHSALE_JWT_SECRET".into()),
-                Some(s) if s.len() < 32 => {
-                    return Err("FLASHSALE_JWT_SECRET must be at least 32 bytes".into());
-                }
-                Some(_) => {}
-            }
-            if self.admin_password.is_none() {
-                return Err("--production needs FLASHSALE_ADMIN_PASSWORD".into());
-            }
+        if self.jwt_secret_previous.is_some() && self.jwt_secret.is_none() {
+            return Err("FLASHSALE_JWT_SECRET_PREVIOUS needs FLASHSALE_JWT_SECRET".into());
         }
         Ok(())
     }

@@ -9,10 +9,13 @@ mod limits;
 mod live;
 mod otel;
 mod outbox;
+mod production;
+pub mod published;
 mod sale;
 mod stores;
 mod sweeper;
 mod telemetry;
+mod url;
 mod webhooks;
 
 use std::time::Duration;
@@ -25,10 +28,12 @@ pub use limits::RateLimitsConfig;
 pub use live::LiveConfig;
 pub use otel::{OtelConfig, TraceExport};
 pub use outbox::OutboxConfig;
+pub use production::admin_password_problem;
 pub use sale::SaleConfig;
 pub use stores::StoresConfig;
 pub use sweeper::SweeperConfig;
 pub use telemetry::{LogFormat, TelemetryConfig};
+pub use url::redact_url;
 pub use webhooks::WebhooksConfig;
 
 #[derive(Debug, Clone, Args)]
@@ -93,6 +98,7 @@ impl Config {
 
     /// Checks the settings that must hold before anything starts; each concern checks its own.
     pub fn validate(&self) -> Result<(), String> {
+        production::check_production(self)?;
         self.auth.validate()?;
         self.webhooks.validate()?;
         self.limits.validate()?;
@@ -143,10 +149,19 @@ mod tests {
         c.auth.production = true;
         assert!(c.validate().is_err());
         c.auth.jwt_secret = Some("short".into());
-        c.auth.admin_password = Some("x".repeat(12));
+        c.auth.admin_password = Some("correct-horse-7".into());
         assert!(c.validate().is_err());
         c.auth.jwt_secret = Some("k".repeat(32));
+        assert!(c.validate().is_err(), "one repeated byte");
+        c.auth.jwt_secret = Some("0d5f2b9c81e7a4360d5f2b9c81e7a436".into());
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn a_previous_secret_needs_a_current_one() {
+        let mut c = Config::defaults();
+        c.auth.jwt_secret_previous = Some("0d5f2b9c81e7a4360d5f2b9c81e7a436".into());
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -9,10 +9,12 @@ use super::parse_duration;
 /// Where the data lives: MySQL (the source of truth) and Redis (the sale's counters).
 #[derive(Debug, Clone, Args)]
 pub struct StoresConfig {
-    /// MySQL/MariaDB URL; the database is created at start-up when missing, then migrated.
+    /// MySQL/MariaDB URL; the database is created at start-up when missing, then migrated. Its
+    /// value is never shown (it may carry a password); the logs show it without the password.
     #[arg(
         long,
         env = "FLASHSALE_MYSQL_URL",
+        hide_env_values = true,
         default_value = "mysql://root@127.0.0.1:3306/flashsale",
         global = true
     )]
@@ -31,10 +33,11 @@ pub struct StoresConfig {
     #[arg(long, env = "FLASHSALE_MYSQL_TIMEOUT", default_value = "3s", value_parser = parse_duration, global = true)]
     pub mysql_timeout: Duration,
 
-    /// Redis URL.
+    /// Redis URL. Its value is never shown (it may carry a password).
     #[arg(
         long,
         env = "FLASHSALE_REDIS_URL",
+        hide_env_values = true,
         default_value = "redis://127.0.0.1:6379",
         global = true
     )]

@@ -9,8 +9,14 @@ use super::{above_zero, parse_duration};
 /// Order events delivered to a URL (src/worker/webhooks.rs).
 #[derive(Debug, Clone, Args)]
 pub struct WebhooksConfig {
-    /// Deliver order events to this URL (POST, JSON, HMAC-SHA256 signed). Off when unset.
-    #[arg(long, env = "FLASHSALE_WEBHOOK_URL", global = true)]
+    /// Deliver order events to this URL (POST, JSON, HMAC-SHA256 signed). Off when unset. Its
+    /// value is never shown (it may carry a token).
+    #[arg(
+        long,
+        env = "FLASHSALE_WEBHOOK_URL",
+        hide_env_values = true,
+        global = true
+    )]
     pub webhook_url: Option<String>,
 
     /// Secret of the webhook signature.

@@ -1,6 +1,7 @@
 //! The sale's operations: each one a sequence of single-slot Redis steps and MySQL writes,
 //! decided in one place and followed up idempotently (DESIGN.md). Handlers call these.
 
+pub mod admin_account;
 pub mod cart;
 pub mod catalog;
 pub mod follow_up;

@@ -253,7 +253,9 @@ impl Webhooks {
         match sent {
             Ok(resp) if resp.status().is_success() => Ok(()),
             Ok(resp) => Err(format!("answered HTTP {}", resp.status())),
-            Err(e) => Err(error_chain(&e)),
+            // Without the URL: it may carry a token, and this text goes to the logs and to
+            // webhook-dead.
+            Err(e) => Err(error_chain(&e.without_url())),
         }
     }
 

@@ -32,6 +32,7 @@ mod ops;
 mod orders;
 mod outcomes;
 mod process;
+mod production;
 mod prometheus;
 mod recovery;
 mod redis_policy;

@@ -15,7 +15,7 @@ use sqlx::migrate::MigrateDatabase;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::{MySql, MySqlPool};
 
-use crate::config::StoresConfig;
+use crate::config::{StoresConfig, redact_url as redact};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -55,30 +55,4 @@ pub fn pool(cfg: &StoresConfig) -> anyhow::Result<MySqlPool> {
         .acquire_timeout(cfg.mysql_timeout)
         .idle_timeout(Some(Duration::from_secs(300)))
         .connect_lazy_with(opts))
-}
-
-/// The URL without its password, for logs.
-pub fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((cred, host)) => {
-                let user = cred.split(':').next().unwrap_or("");
-                format!("{scheme}://{user}@{host}")
-            }
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            super::redact("mysql://root:secret@db:3306/x"),
-            "mysql://root@db:3306/x"
-        );
-        assert_eq!(super::redact("mysql://root@db/x"), "mysql://root@db/x");
-    }
 }

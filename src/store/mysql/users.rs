@@ -55,3 +55,18 @@ pub async fn find_by_id(pool: &MySqlPool, id: u64) -> DbResult<Option<UserRow>> 
     .fetch_optional(pool)
     .await?)
 }
+
+/// Replaces the password hash of an admin account; false when `id` is not an admin's.
+#[tracing::instrument(skip(pool, password_hash))]
+pub async fn set_admin_password_hash(
+    pool: &MySqlPool,
+    id: u64,
+    password_hash: &str,
+) -> DbResult<bool> {
+    let r = sqlx::query("UPDATE users SET password_hash = ? WHERE id = ? AND role = 'admin'")
+        .bind(password_hash)
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}

@@ -1,0 +1,87 @@
+//! `flashsale admin-password`: sets the admin account's password (src/service/admin_account.rs).
+//! The password comes from standard input or FLASHSALE_ADMIN_PASSWORD, never from the command
+//! line, where the machine's other users (ps) and the shell's history would see it.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::Context;
+use flashsale::config::Config;
+use flashsale::service::admin_account::{self, PasswordSet};
+use flashsale::store::mysql;
+
+pub async fn run(cfg: Config, from_env: bool) -> anyhow::Result<ExitCode> {
+    let password = if from_env {
+        cfg.auth
+            .admin_password
+            .clone()
+            .context("--from-env needs FLASHSALE_ADMIN_PASSWORD")?
+    } else {
+        tokio::task::spawn_blocking(read_password).await??
+    };
+    let db = mysql::connect_and_migrate(&cfg.stores).await?;
+    let done = admin_account::set_password(&db, &cfg.auth, &password).await?;
+    let username = &cfg.auth.admin_username;
+    match done {
+        PasswordSet::Changed { user_id } => {
+            println!("changed the password of the admin account {username:?} (id {user_id})")
+        }
+        PasswordSet::Created { user_id } => {
+            println!("created the admin account {username:?} (id {user_id}) with that password")
+        }
+    }
+    if cfg.auth.admin_password.as_deref() != Some(password.as_str()) {
+        println!(
+            "set FLASHSALE_ADMIN_PASSWORD to the same password where the service is deployed: \
+             a service started with another one logs a warning"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line of standard input without its line ending. On a terminal: asked twice, with echo
+/// off (`stty -echo`), refused when echo cannot be turned off.
+fn read_password() -> anyhow::Result<String> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return read_line(&mut stdin.lock())?.context("no password on standard input");
+    }
+    let echo = |on: bool| {
+        Command::new("stty")
+            .arg(if on { "echo" } else { "-echo" })
+            .stdin(Stdio::inherit())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    anyhow::ensure!(
+        echo(false),
+        "cannot turn the terminal's echo off: pipe the password in, or use --from-env"
+    );
+    let ask = |prompt: &str| -> anyhow::Result<Option<String>> {
+        eprint!("{prompt}: ");
+        std::io::stderr().flush()?;
+        let line = read_line(&mut stdin.lock());
+        eprintln!();
+        line
+    };
+    let first = ask("new admin password");
+    let second = first.as_ref().ok().map(|_| ask("again"));
+    echo(true);
+    let first = first?.context("no password given")?;
+    let second = second.transpose()?.flatten();
+    anyhow::ensure!(
+        second.as_deref() == Some(first.as_str()),
+        "the two differ; nothing changed"
+    );
+    Ok(first)
+}
+
+fn read_line(input: &mut impl BufRead) -> anyhow::Result<Option<String>> {
+    let mut line = String::new();
+    if input.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let line = line.strip_suffix('\n').unwrap_or(&line);
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    Ok(Some(line.to_string()))
+}
