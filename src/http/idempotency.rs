@@ -196,7 +196,17 @@ where
                 )
                 .into_response();
             }
-            Err(e) => return e.into_response(),
+            Err(e) => {
+                // The claim may have run, its reply lost: let go of it (only if this request
+                // owns it), so the retry is not kept waiting for the lease.
+                drop(Holder {
+                    state: state.clone(),
+                    record: record.clone(),
+                    owner: owner.clone(),
+                    done: false,
+                });
+                return e.into_response();
+            }
         }
         if started.elapsed() > WAIT_MAX {
             return AppError::RequestInProgress(

@@ -273,11 +273,21 @@ pub async fn checkout(
         Some(v) if continuing => v,
         _ => super::order_ids::next(state).await?,
     };
-    let token = if state
+    let locked = match state
         .redis
         .lock_checkout(user_id, order_id, CHECKOUT_LEASE)
-        .await?
+        .await
     {
+        Ok(locked) => locked,
+        Err(e) => {
+            // The lock may have been taken, its reply lost: let go of it (only if this
+            // checkout's), or the customer's next checkout is refused `cart_changed` for the
+            // lease (found by the model-based soak: replies 1.2 s late).
+            unlock(state, user_id, order_id).await;
+            return Err(e);
+        }
+    };
+    let token = if locked {
         order_id
     } else {
         match vanished {

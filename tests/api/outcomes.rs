@@ -387,3 +387,75 @@ async fn a_placement_whose_process_died_is_settled_by_the_sweeper() {
     assert_eq!(late, ReserveOutcome::Fenced);
     assert_eq!(app.assert_identity(b).await.available, 5);
 }
+
+/// A checkout whose lock call (SET NX) ran with its reply late: the 503 takes nothing, and the
+/// lock it may have taken goes with it, so the customer's next checkout is not refused
+/// `cart_changed` for the lock's 30 s lease (found by the soak: replies 1.2 s late, then 26 s
+/// of refusals).
+#[tokio::test]
+async fn a_checkout_whose_lock_reply_was_late_leaves_no_lock() {
+    let (app, proxy) = app_behind_proxy(Duration::from_millis(400)).await;
+    let sku = app.sale_product(10, None).await;
+    let user = 9_310;
+    let t = app.customer_token(user);
+    let before = app.cart_add(&t, sku, 2).await;
+    proxy.arm(
+        format!("{{user:{user}}}:checkout").as_bytes(),
+        Held::Replies,
+        Duration::from_millis(1_200),
+    );
+    let r = app.try_checkout(&t).await;
+    assert!(proxy.sprung());
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    assert!(r.failed_order_id().is_none());
+    eventually(
+        "the lock the checkout may have taken is gone",
+        Duration::from_secs(10),
+        || async {
+            app.state
+                .redis
+                .checkout_lock_token(user)
+                .await
+                .is_ok_and(|t| t.is_none())
+        },
+    )
+    .await;
+    assert_eq!(app.cart(&t).await, before);
+    let order = app.checkout(&t).await;
+    assert_eq!(order.items.len(), 1);
+    app.assert_identity(sku).await;
+}
+
+/// A keyed request whose claim on its `Idempotency-Key` ran with its reply late: the 503 lets
+/// go of the claim it may have made, so the key's retry is not kept waiting for the lease.
+#[tokio::test]
+async fn an_idempotency_claim_whose_reply_was_late_is_let_go() {
+    let (app, proxy) = app_behind_proxy(Duration::from_millis(400)).await;
+    let sku = app.sale_product(10, None).await;
+    let user = 9_320;
+    let t = app.customer_token(user);
+    proxy.arm(
+        &script_sha(|s| &s.claim_idempotency),
+        Held::Replies,
+        Duration::from_millis(1_200),
+    );
+    let r = app.try_buy_now_keyed(&t, "k-late-claim", sku, 1).await;
+    assert!(proxy.sprung());
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    let record = app
+        .state
+        .redis
+        .keys
+        .idempotency(user, "buy-now", "k-late-claim");
+    eventually("the claim is let go", Duration::from_secs(10), || async {
+        let owner: Option<String> =
+            redis::AsyncCommands::hget(&mut app.state.redis.conn(), &record, "owner")
+                .await
+                .unwrap_or(Some("?".into()));
+        owner.is_none()
+    })
+    .await;
+    let again = app.try_buy_now_keyed(&t, "k-late-claim", sku, 1).await;
+    assert_eq!(again.status, StatusCode::CREATED, "{:?}", again.body);
+    app.assert_identity(sku).await;
+}
