@@ -1,11 +1,12 @@
 //! The HTTP/1.1 accept loop: axum's router on hyper, with the limits `axum::serve` does not
-//! expose: a cap on open connections, the largest request head, a deadline for receiving it
-//! (slow clients), and a bounded graceful shutdown.
+//! expose: a cap on open connections, in all and per client address, the largest request head,
+//! a deadline for receiving it (slow clients), and a bounded graceful shutdown.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -17,11 +18,18 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
+use crate::domain::ClientKey;
+
 /// What one server accepts.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeLimits {
     /// Open connections; past it, new ones wait in the kernel's listen queue.
     pub max_connections: usize,
+    /// Open connections of one client address (see [`ClientKey`]: an IPv6 client by its /64);
+    /// one more is closed as soon as it is accepted, so one client cannot hold every slot of
+    /// `max_connections` and leave the others waiting. `None`: no such cap (behind a trusted
+    /// proxy every connection comes from the proxy).
+    pub max_per_client: Option<usize>,
     /// Largest request head in bytes (hyper answers 431 beyond it).
     pub header_limit: usize,
     /// Deadline for receiving a request head.
@@ -39,6 +47,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_client = limits.max_per_client.map(ClientConnections::new);
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -66,6 +75,19 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let held = match &per_client {
+            Some(counts) => match counts.admit(peer) {
+                Some(held) => Some(held),
+                None => {
+                    // Closed at once (its global slot with it): the client's other connections
+                    // are still served; it may open a new one when one of them ends.
+                    metrics::counter!("flashsale_http_connections_refused_total").increment(1);
+                    tracing::debug!(%peer, "connection refused: its address holds its share");
+                    continue;
+                }
+            },
+            None => None,
+        };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
@@ -81,6 +103,7 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
+            drop(held);
             drop(slot);
         });
     }
@@ -94,6 +117,55 @@ pub async fn serve(
             grace = ?limits.shutdown_grace,
             "connections still open after the shutdown grace period; closing them"
         );
+    }
+}
+
+/// The connections open per client address, each counted while its [`HeldConnection`] lives.
+#[derive(Clone)]
+struct ClientConnections {
+    max: usize,
+    open: Arc<Mutex<HashMap<ClientKey, usize>>>,
+}
+
+impl ClientConnections {
+    fn new(max: usize) -> Self {
+        ClientConnections {
+            max,
+            open: Arc::default(),
+        }
+    }
+
+    /// Counts a new connection of `peer`, or `None` when its address already holds `max`.
+    fn admit(&self, peer: SocketAddr) -> Option<HeldConnection> {
+        let key = ClientKey::of(peer.ip());
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(key).or_default();
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(HeldConnection {
+            counts: self.clone(),
+            key,
+        })
+    }
+}
+
+/// One open connection, counted against its address until dropped.
+struct HeldConnection {
+    counts: ClientConnections,
+    key: ClientKey,
+}
+
+impl Drop for HeldConnection {
+    fn drop(&mut self) {
+        let mut open = self.counts.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
     }
 }
 
@@ -120,4 +192,27 @@ pub fn client_ip(
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_address_holds_at_most_its_share_of_connections() {
+        let counts = ClientConnections::new(2);
+        let peer = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let a = counts.admit(peer("10.0.0.1:1000")).unwrap();
+        let _b = counts.admit(peer("10.0.0.1:1001")).unwrap();
+        assert!(counts.admit(peer("10.0.0.1:1002")).is_none());
+        // Another address is not affected; an IPv6 /64 is one client.
+        assert!(counts.admit(peer("10.0.0.2:1000")).is_some());
+        let _c = counts.admit(peer("[2001:db8:1:2::1]:1000")).unwrap();
+        let _d = counts.admit(peer("[2001:db8:1:2::ffff]:1000")).unwrap();
+        assert!(counts.admit(peer("[2001:db8:1:2:9::9]:1000")).is_none());
+        // A closed connection frees its place; nothing is left over for gone clients.
+        drop(a);
+        assert!(counts.admit(peer("10.0.0.1:1003")).is_some());
+        assert_eq!(counts.open.lock().unwrap().len(), 2);
+    }
 }

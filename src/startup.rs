@@ -77,6 +77,8 @@ impl AppState {
 
 pub struct Application {
     listener: TcpListener,
+    /// The operators' listener (`FLASHSALE_METRICS_LISTEN`): metrics, readiness with reasons.
+    operators: TcpListener,
     state: AppState,
 }
 
@@ -90,11 +92,24 @@ impl Application {
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding {listen}"))?;
-        Ok(Application { listener, state })
+        let ops = state.cfg.telemetry.metrics_listen;
+        let operators = TcpListener::bind(ops)
+            .await
+            .with_context(|| format!("binding FLASHSALE_METRICS_LISTEN {ops}"))?;
+        Ok(Application {
+            listener,
+            operators,
+            state,
+        })
     }
 
     pub fn port(&self) -> u16 {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The port of the operators' listener (`/metrics`).
+    pub fn metrics_port(&self) -> u16 {
+        self.operators.local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
     pub fn state(&self) -> AppState {
@@ -143,12 +158,30 @@ impl Application {
         let cfg = &self.state.cfg;
         let limits = server::ServeLimits {
             max_connections: cfg.http.max_connections,
+            max_per_client: cfg.http.connections_per_client(),
             header_limit: cfg.http.header_limit,
             header_timeout: cfg.http.header_timeout,
             shutdown_grace: cfg.http.shutdown_grace,
         };
+        // The operators' listener answers until the background work stops (metrics of the
+        // shutdown included).
+        tracing::info!(addr = %self.operators.local_addr()?, "metrics listening");
+        let mut stopped = stop_rx.clone();
+        let operators = tokio::spawn(server::serve(
+            self.operators,
+            http::ops::operators_router(self.state.clone()),
+            server::ServeLimits {
+                max_connections: 64,
+                max_per_client: None,
+                ..limits
+            },
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        ));
         server::serve(self.listener, router, limits, shutdown).await;
         let _ = stop_tx.send(true);
+        let _ = operators.await;
         let _ = sweeper.await;
         let _ = gauges.await;
         let _ = live.await;

@@ -170,11 +170,13 @@ async fn simulate(mut cfg: Config, args: SimulateArgs) -> anyhow::Result<Report>
             cfg.stores.mysql_url = format!("{server}/flashsale_simulate_{tag:08x}");
             cfg.stores.redis_prefix = format!("sim{tag:08x}");
             cfg.http.listen = "127.0.0.1:0".parse()?;
+            cfg.telemetry.metrics_listen = "127.0.0.1:0".parse()?;
             cfg.sale.cart_hold_ttl = Duration::from_secs(3);
             cfg.sale.payment_ttl = Duration::from_secs(3);
             cfg.sweeper.sweep_interval = Duration::from_millis(250);
             // Every simulated buyer comes from this one address.
             cfg.limits.rate_limits = false;
+            cfg.http.max_connections_per_client = 0;
             if cfg.auth.jwt_secret.is_none() {
                 cfg.auth.jwt_secret = Some(auth::generate_secret());
             }

@@ -47,6 +47,18 @@ pub struct HttpConfig {
     )]
     pub max_connections: usize,
 
+    /// Open connections from one client address (an IPv6 client counts by its /64); one more
+    /// is closed as soon as it is accepted, so one client cannot take every connection slot. 0:
+    /// no such cap. Not applied when FLASHSALE_TRUST_FORWARDED_FOR is on: every connection then
+    /// comes from your proxy, which should cap connections per client itself.
+    #[arg(
+        long,
+        env = "FLASHSALE_MAX_CONNECTIONS_PER_CLIENT",
+        default_value_t = 256,
+        global = true
+    )]
+    pub max_connections_per_client: usize,
+
     /// Largest request head (request line and headers) in bytes; larger ones get 431. At least
     /// 8192.
     #[arg(long, env = "FLASHSALE_HEADER_LIMIT", default_value_t = 16 * 1024, global = true)]
@@ -111,6 +123,13 @@ impl HttpConfig {
             check_api_origin(&self.storefront_api_origin)?;
         }
         Ok(())
+    }
+
+    /// The cap on one client address's open connections, when there is one (see
+    /// `max_connections_per_client`).
+    pub fn connections_per_client(&self) -> Option<usize> {
+        (self.max_connections_per_client > 0 && !self.trust_forwarded_for)
+            .then_some(self.max_connections_per_client)
     }
 
     /// The CORS origins, trimmed, without empty entries.

@@ -78,6 +78,18 @@ pub struct RateLimitsConfig {
         global = true
     )]
     pub login_user_failures_per_min: f64,
+
+    /// Sign-ups per minute from one client address that find their username taken, after a
+    /// burst of as many; past it every sign-up from that address is refused (429), one for a
+    /// free name too. Bounds how fast one address learns which usernames exist
+    /// (docs/DESIGN.md, "Sign-up and username enumeration").
+    #[arg(
+        long,
+        env = "FLASHSALE_SIGNUP_TAKEN_PER_MIN",
+        default_value_t = 10.0,
+        global = true
+    )]
+    pub signup_taken_per_min: f64,
 }
 
 impl RateLimitsConfig {
@@ -88,6 +100,7 @@ impl RateLimitsConfig {
             self.login_ip_per_min,
             self.login_failures_per_min,
             self.login_user_failures_per_min,
+            self.signup_taken_per_min,
         ];
         if rates.iter().any(|r| !r.is_finite() || *r <= 0.0) {
             return Err("rate limits must be positive numbers (turn them off with FLASHSALE_RATE_LIMITS=false)".into());

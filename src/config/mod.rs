@@ -109,6 +109,13 @@ impl Config {
         self.sweeper.validate()?;
         self.live.validate()?;
         self.otel.traces()?;
+        let (api, ops) = (self.http.listen, self.telemetry.metrics_listen);
+        if api == ops && api.port() != 0 {
+            return Err(format!(
+                "FLASHSALE_METRICS_LISTEN ({ops}) must not be the API's address (FLASHSALE_LISTEN): \
+                 the metrics are for operators only"
+            ));
+        }
         Ok(())
     }
 }
@@ -170,6 +177,15 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn metrics_listen_apart_from_the_api() {
+        let mut c = Config::defaults();
+        assert_eq!(c.telemetry.metrics_listen.to_string(), "127.0.0.1:9464");
+        assert!(c.telemetry.metrics_listen.ip().is_loopback());
+        c.telemetry.metrics_listen = c.http.listen;
+        assert!(c.validate().is_err());
     }
 
     #[test]

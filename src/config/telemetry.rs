@@ -1,5 +1,6 @@
 //! Logs and metrics settings.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -12,7 +13,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// Logs and the metrics' state gauges (traces: `OtelConfig`).
+/// Logs, the metrics' listener and state gauges (traces: `OtelConfig`).
 #[derive(Debug, Clone, Args)]
 pub struct TelemetryConfig {
     /// Log format, `text` or `json`. Logs go to stderr; `RUST_LOG` filters them.
@@ -22,4 +23,16 @@ pub struct TelemetryConfig {
     /// How often state gauges (outbox backlog, pools, stock of open sales) are refreshed.
     #[arg(long, env = "FLASHSALE_METRICS_INTERVAL", default_value = "5s", value_parser = parse_duration, global = true)]
     pub metrics_interval: Duration,
+
+    /// Address of the operators' listener, apart from the API's: `GET /metrics` (Prometheus
+    /// text) and `GET /readyz` with the reason when not ready (the API's `/readyz` leaves it
+    /// out). Loopback by default; open it to your Prometheus only, never to the internet
+    /// (docs/OPERATIONS.md, "Metrics"). Port 0 picks a free port.
+    #[arg(
+        long,
+        env = "FLASHSALE_METRICS_LISTEN",
+        default_value = "127.0.0.1:9464",
+        global = true
+    )]
+    pub metrics_listen: SocketAddr,
 }

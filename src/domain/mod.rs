@@ -2,6 +2,7 @@
 //! value of one of these types is valid by construction.
 
 mod catalog;
+mod client;
 mod event;
 mod order;
 mod user;
@@ -9,6 +10,7 @@ mod user;
 pub use catalog::{
     Count, Price, ProductName, SaleMeta, SaleWindow, Sku, SkuMeta, StockDelta, WarehouseName,
 };
+pub use client::ClientKey;
 pub use event::OutboxEvent;
 pub use order::{
     CancelReason, MAX_LINE_UNITS, MAX_ORDER_TOTAL, OrderEventKind, OrderItem, OrderStatus,

@@ -2,7 +2,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{DomainError, invalid};
 
-/// A login name: 3..=32 of `A-Z a-z 0-9 _ . -`.
+/// A login name: 3..=32 of `A-Z a-z 0-9 _ . -`, case-insensitive: it is kept in lower case
+/// (`Alice` is `alice`), so the account, its lookups and its login buckets are one whatever
+/// the case typed. MySQL agrees: the column compares case-insensitively and its unique key
+/// refuses a second `alice` in any case (migration 20261212000001).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Username(String);
 
@@ -17,7 +20,7 @@ impl Username {
                 "username must be 3..=32 characters of A-Z a-z 0-9 _ . -",
             ));
         }
-        Ok(Username(s.to_string()))
+        Ok(Username(s.to_ascii_lowercase()))
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -83,6 +86,9 @@ mod tests {
             Username::parse("alice_1.x-y").unwrap().as_str(),
             "alice_1.x-y"
         );
+        // One name whatever its case.
+        assert_eq!(Username::parse("Alice1").unwrap().as_str(), "alice1");
+        assert_eq!(Username::parse("ALICE1"), Username::parse("alice1"));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 
 use crate::app::AppState;
-use crate::domain::Role;
+use crate::domain::{ClientKey, Role, Username};
 use crate::error::AppError;
 use crate::store::redis::{Bucket, BucketMode};
 
@@ -163,7 +163,7 @@ pub async fn sale_rate_limit(
         checks.push(Check {
             scope: "ip",
             refusal: "too many requests from this address",
-            key: keys.rate_bucket("ip", &ip.to_string()),
+            key: keys.rate_bucket("ip", &ClientKey::of(ip).to_string()),
             bucket: Bucket {
                 per_second: cfg.limits.rate_ip_per_sec,
                 burst: cfg.limits.rate_ip_burst,
@@ -189,31 +189,17 @@ pub async fn sale_rate_limit(
     next.run(req).await
 }
 
-/// How a client address is counted by the login limits: an IPv4 address alone; an IPv6 address
-/// by its /64 (one subscriber usually holds a whole /64, so single addresses would let one
-/// client rotate through billions of them).
-fn address_key(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => {
-                let s = v6.segments();
-                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-            }
-        },
-    }
-}
-
 /// The failed-login buckets of a username: one per (username, client address), so guesses from
 /// elsewhere never lock the owner out, and one per username with a much higher rate, the ceiling
-/// on guessing spread over many addresses. Usernames are case-sensitive, like the accounts.
+/// on guessing spread over many addresses. The username is the normalised one (lower case), so
+/// `Alice` and `alice` share their buckets as they share their account.
 fn failure_buckets(
     state: &AppState,
     ip: Option<IpAddr>,
-    username: &str,
+    username: &Username,
     mode: BucketMode,
 ) -> Vec<Check> {
+    let username = username.as_str();
     let cfg = &state.cfg;
     let keys = &state.redis.keys;
     let mut checks = Vec::with_capacity(2);
@@ -221,7 +207,7 @@ fn failure_buckets(
         checks.push(Check {
             scope: "login_user_address",
             refusal: "too many failed sign-ins for this username from this address",
-            key: keys.rate_bucket("login-fail", &format!("{}|{username}", address_key(ip))),
+            key: keys.rate_bucket("login-fail", &format!("{}|{username}", ClientKey::of(ip))),
             bucket: per_minute(cfg.limits.login_failures_per_min),
             mode,
         });
@@ -236,30 +222,20 @@ fn failure_buckets(
     checks
 }
 
-/// Login and sign-up: before the password is looked at, the address's bucket (every attempt
-/// takes a token) and, for a login, the username's failure buckets: the attempt takes a token
-/// of each while its password is checked (so guesses sent at once cannot all pass a bucket
-/// that holds fewer), and `refund_login` gives them back unless the password was wrong.
-/// When Redis cannot be asked the attempt is refused (503): see [`Outage::Refuse`].
+/// A login: before the password is looked at, the address's attempt bucket (every attempt
+/// takes a token) and, when the username is well-formed, the username's failure buckets: the
+/// attempt takes a token of each while its password is checked (so guesses sent at once cannot
+/// all pass a bucket that holds fewer), and `refund_login` gives them back unless the password
+/// was wrong. When Redis cannot be asked the attempt is refused (503): see [`Outage::Refuse`].
 pub async fn check_login(
     state: &AppState,
     ip: Option<IpAddr>,
-    username: Option<&str>,
+    username: Option<&Username>,
 ) -> Result<(), AppError> {
-    let cfg = &state.cfg;
-    if !cfg.limits.rate_limits {
+    if !state.cfg.limits.rate_limits {
         return Ok(());
     }
-    let mut checks = Vec::with_capacity(3);
-    if let Some(ip) = ip {
-        checks.push(Check {
-            scope: "login_ip",
-            refusal: "too many sign-in attempts from this address",
-            key: state.redis.keys.rate_bucket("login-ip", &address_key(ip)),
-            bucket: per_minute(cfg.limits.login_ip_per_min),
-            mode: BucketMode::Take,
-        });
-    }
+    let mut checks: Vec<Check> = attempt_bucket(state, ip).into_iter().collect();
     if let Some(name) = username {
         checks.extend(failure_buckets(state, ip, name, BucketMode::Take));
     }
@@ -268,9 +244,69 @@ pub async fn check_login(
     enforce(state, checks, Outage::Refuse, |c| c.scope != "login_ip").await
 }
 
+/// The address's bucket of login and sign-up attempts (one bucket for both: each costs a
+/// password hash).
+fn attempt_bucket(state: &AppState, ip: Option<IpAddr>) -> Option<Check> {
+    ip.map(|ip| Check {
+        scope: "login_ip",
+        refusal: "too many sign-in attempts from this address",
+        key: state
+            .redis
+            .keys
+            .rate_bucket("login-ip", &ClientKey::of(ip).to_string()),
+        bucket: per_minute(state.cfg.limits.login_ip_per_min),
+        mode: BucketMode::Take,
+    })
+}
+
+/// The address's bucket of sign-ups that found their username taken: what bounds how fast one
+/// address learns which usernames exist.
+fn taken_bucket(state: &AppState, ip: Option<IpAddr>, mode: BucketMode) -> Option<Check> {
+    ip.map(|ip| Check {
+        scope: "signup_taken",
+        refusal: "too many sign-ups from this address",
+        key: state
+            .redis
+            .keys
+            .rate_bucket("signup-taken", &ClientKey::of(ip).to_string()),
+        bucket: per_minute(state.cfg.limits.signup_taken_per_min),
+        mode,
+    })
+}
+
+/// A sign-up: the address's attempt bucket (shared with logins) and its bucket of taken names.
+/// The sign-up holds a token of the latter until its answer is known; `refund_signup` gives it
+/// back unless the name was taken. Once that bucket is empty every sign-up from the address is
+/// refused, one for a free name too, so neither a refusal nor its timing tells a taken name
+/// from a free one. Fails closed when Redis cannot be asked, like logins.
+pub async fn check_signup(state: &AppState, ip: Option<IpAddr>) -> Result<(), AppError> {
+    if !state.cfg.limits.rate_limits {
+        return Ok(());
+    }
+    let checks = attempt_bucket(state, ip)
+        .into_iter()
+        .chain(taken_bucket(state, ip, BucketMode::Take))
+        .collect();
+    enforce(state, checks, Outage::Refuse, |c| c.scope != "login_ip").await
+}
+
+/// A sign-up that did not find its name taken (created, refused as malformed, failed) gives
+/// back the token `check_signup` took of the address's taken bucket.
+pub async fn refund_signup(state: &AppState, ip: Option<IpAddr>) {
+    if !state.cfg.limits.rate_limits {
+        return;
+    }
+    let Some(c) = taken_bucket(state, ip, BucketMode::Refund) else {
+        return;
+    };
+    if let Err(e) = state.redis.rate_limit(&[(c.key, c.bucket, c.mode)]).await {
+        tracing::warn!(error = %e, "could not give back a sign-up's token");
+    }
+}
+
 /// A login that was not a wrong password (right, or not decided: an error) gives back the
 /// tokens `check_login` took from the username's failure buckets; a wrong one keeps them spent.
-pub async fn refund_login(state: &AppState, ip: Option<IpAddr>, username: &str) {
+pub async fn refund_login(state: &AppState, ip: Option<IpAddr>, username: &Username) {
     if !state.cfg.limits.rate_limits {
         return;
     }
@@ -316,20 +352,5 @@ pub async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -
              Idempotency-Key, repeating it with the same key is safe"
         ))
         .into_response(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn login_buckets_count_ipv6_clients_by_their_64() {
-        let key = |s: &str| address_key(s.parse().unwrap());
-        assert_eq!(key("203.0.113.7"), "203.0.113.7");
-        assert_eq!(key("::ffff:203.0.113.7"), "203.0.113.7");
-        assert_eq!(key("2001:db8:1:2::1"), "2001:db8:1:2::/64");
-        assert_eq!(key("2001:db8:1:2:ffff:ffff:ffff:ffff"), "2001:db8:1:2::/64");
-        assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
     }
 }

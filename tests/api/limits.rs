@@ -3,12 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{partial_request, spawn_app_with};
+use crate::helpers::{Resp, TestApp, partial_request, spawn_app_with};
 
 fn retry_after(r: &crate::helpers::Resp) -> u64 {
     r.headers
@@ -162,9 +162,12 @@ async fn failed_logins_are_limited_per_username_and_address_and_attempts_per_add
     r.assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "");
     let wait = retry_after(&r);
     assert!((1..=20).contains(&wait), "Retry-After {wait}");
-    // Usernames are case-sensitive: another spelling is another (here unknown) account.
-    let r = attempt("VICTIM", "wrong-password").await;
-    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // Usernames are case-insensitive: another spelling is the same account with the same
+    // buckets, so changing case does not buy more guesses.
+    for spelling in ["VICTIM", "Victim", "vIcTiM"] {
+        let r = attempt(spelling, "wrong-password").await;
+        r.assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", spelling);
+    }
     // Other accounts are not affected.
     let r = attempt("bystander", "bystander-password").await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
@@ -384,4 +387,184 @@ async fn shutdown_stops_accepting_and_finishes_requests_in_flight() {
         .expect("the app stops after its last request")
         .unwrap();
     assert!(result.is_ok(), "{result:?}");
+}
+
+/// A request from the client at `ip` (the app trusts `X-Forwarded-For` in these tests).
+async fn from(
+    app: &TestApp,
+    ip: &str,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> Resp {
+    app.send(method, path, token, body, &[("x-forwarded-for", ip)])
+        .await
+}
+
+/// The nth address of the IPv6 /64 `prefix` (`2001:db8:7:7`), its interface id all over the
+/// place, as a client rotating through its /64 would use them.
+fn in_64(prefix: &str, n: u32) -> String {
+    format!(
+        "{prefix}:{:x}:{:x}:{:x}:{:x}",
+        n * 7919 % 65536,
+        n,
+        n ^ 0x5a5a,
+        n + 1
+    )
+}
+
+#[tokio::test]
+async fn the_sale_routes_count_an_ipv6_64_as_one_address() {
+    let app = spawn_app_with(|c| {
+        c.limits.rate_limits = true;
+        c.http.trust_forwarded_for = true;
+        c.limits.rate_ip_per_sec = 1.0;
+        c.limits.rate_ip_burst = 50;
+        c.limits.rate_customer_per_sec = 1_000.0;
+        c.limits.rate_customer_burst = 1_000;
+    })
+    .await;
+    let (_, token) = app.register("roamer").await;
+    let mut refused = 0;
+    for i in 0..100 {
+        let ip = in_64("2001:db8:7:7", i);
+        let r = from(&app, &ip, Method::GET, "/v1/cart", Some(&token), None).await;
+        match r.status {
+            StatusCode::OK => {}
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert!(
+                    r.body["error"]["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("address")
+                );
+                refused += 1;
+            }
+            other => panic!("{ip}: {other} {:?}", r.body),
+        }
+    }
+    // The burst of 50 and the few tokens refilled while the 100 ran; the rest refused.
+    assert!(
+        refused >= 40,
+        "{refused} of 100 requests from one /64 refused"
+    );
+    // The next /64 is another client; IPv4 clients count alone as before.
+    for ip in ["2001:db8:7:8::1", "203.0.113.5"] {
+        let r = from(&app, ip, Method::GET, "/v1/cart", Some(&token), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{ip}: {:?}", r.body);
+    }
+}
+
+#[tokio::test]
+async fn logins_and_sign_ups_count_an_ipv6_64_as_one_address() {
+    let app = spawn_app_with(|c| {
+        c.limits.rate_limits = true;
+        c.http.trust_forwarded_for = true;
+        c.limits.login_ip_per_min = 6.0;
+        c.limits.login_failures_per_min = 1_000.0;
+        c.limits.login_user_failures_per_min = 1_000.0;
+    })
+    .await;
+    let login = json!({"username": "nobody", "password": "wrong-password"});
+    let signup = |i: u32| json!({"username": format!("new{i}"), "password": "new-password"});
+    // Six attempts of the /64's bucket, from six of its addresses: logins and sign-ups.
+    for i in 0..3 {
+        let ip = in_64("2001:db8:9:9", i);
+        let r = from(
+            &app,
+            &ip,
+            Method::POST,
+            "/v1/auth/token",
+            None,
+            Some(login.clone()),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{ip}: {:?}", r.body);
+        let ip = in_64("2001:db8:9:9", 10 + i);
+        let r = from(&app, &ip, Method::POST, "/v1/users", None, Some(signup(i))).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{ip}: {:?}", r.body);
+    }
+    // A seventh address of the /64 finds the bucket empty, for a login and for a sign-up.
+    let ip = in_64("2001:db8:9:9", 99);
+    let r = from(
+        &app,
+        &ip,
+        Method::POST,
+        "/v1/auth/token",
+        None,
+        Some(login.clone()),
+    )
+    .await;
+    r.assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "login");
+    let r = from(&app, &ip, Method::POST, "/v1/users", None, Some(signup(99))).await;
+    r.assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "sign-up");
+    // Another /64 is another client.
+    let r = from(
+        &app,
+        "2001:db8:9:a::1",
+        Method::POST,
+        "/v1/users",
+        None,
+        Some(signup(7)),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+}
+
+#[tokio::test]
+async fn live_streams_count_an_ipv6_64_as_one_client() {
+    let app = spawn_app_with(|c| {
+        c.limits.rate_limits = true;
+        c.http.trust_forwarded_for = true;
+        c.live.live_max_per_client = 2;
+        c.limits.rate_ip_per_sec = 0.01;
+        c.limits.rate_ip_burst = 3;
+    })
+    .await;
+    let url = format!("{}/v1/sales/live", app.addr);
+    let open = |ip: String| {
+        let url = url.clone();
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .header("x-forwarded-for", ip)
+                .send()
+                .await
+                .expect("answered")
+        }
+    };
+    let first = open(in_64("2001:db8:5:5", 1)).await;
+    let second = open(in_64("2001:db8:5:5", 2)).await;
+    assert_eq!(
+        (first.status(), second.status()),
+        (StatusCode::OK, StatusCode::OK)
+    );
+    // A third address of the /64: the client's two streams are open (the cap on streams).
+    let third = open(in_64("2001:db8:5:5", 3)).await;
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    let message = third.json::<serde_json::Value>().await.unwrap()["error"]["message"].clone();
+    assert!(
+        message.as_str().unwrap().contains("live streams"),
+        "{message}"
+    );
+    // One closed, the next address of the /64 meets the opening rate: its 3 tokens are spent.
+    drop(first);
+    let ip: std::net::IpAddr = in_64("2001:db8:5:5", 1).parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.state.live.client_watchers(ip) > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the closed stream is still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fourth = open(in_64("2001:db8:5:5", 4)).await;
+    assert_eq!(fourth.status(), StatusCode::TOO_MANY_REQUESTS);
+    let message = fourth.json::<serde_json::Value>().await.unwrap()["error"]["message"].clone();
+    assert!(message.as_str().unwrap().contains("address"), "{message}");
+    // Another /64 is another client.
+    let other = open("2001:db8:5:6::1".to_string()).await;
+    assert_eq!(other.status(), StatusCode::OK);
+    drop(second);
 }

@@ -17,6 +17,7 @@ mod checkout;
 mod concurrency;
 mod config_doc;
 mod cors;
+mod edge;
 mod hot_path;
 mod idempotency;
 mod limits;

@@ -4,7 +4,6 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -92,14 +91,7 @@ async fn a_short_sale_exposes_every_metric_the_dashboard_and_catalogue_name() {
         .await
         .unwrap();
 
-    let r = app
-        .client
-        .get(format!("{}/metrics", app.addr))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let text = r.text().await.unwrap();
+    let text = app.metrics_text().await;
     let have = exposed(&text);
     assert!(
         text.contains(&format!(
@@ -245,7 +237,17 @@ fn the_ops_files_parse_and_fit_together() {
     );
     let job = &prom["scrape_configs"][0];
     assert_eq!(job["metrics_path"], "/metrics");
-    assert_eq!(job["static_configs"][0]["targets"][0], "app:8080");
+    // The operators' listener (FLASHSALE_METRICS_LISTEN), not the API's port.
+    assert_eq!(job["static_configs"][0]["targets"][0], "app:9464");
+    let app_env = &compose["services"]["app"]["environment"];
+    assert_eq!(app_env["FLASHSALE_METRICS_LISTEN"], "0.0.0.0:9464");
+    let published = compose["services"]["app"]["ports"].as_sequence().unwrap();
+    assert!(
+        !published
+            .iter()
+            .any(|p| p.as_str().is_some_and(|p| p.contains("9464"))),
+        "the metrics port stays on the compose network: {published:?}"
+    );
 
     let ds: serde_yaml::Value = serde_yaml::from_str(&repo_file(
         "grafana/provisioning/datasources/prometheus.yml",

@@ -72,14 +72,17 @@ async fn metrics_are_prometheus_text() {
     let r = app.get("/v1/products/999999", None).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 
+    // On the operators' listener only (FLASHSALE_METRICS_LISTEN), not on the API's port.
     let r = app.get("/metrics", None).await;
-    assert_eq!(r.status, StatusCode::OK);
+    r.assert_error(StatusCode::NOT_FOUND, "not_found", "");
+    let r = app.ops_get("/metrics").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let content_type = r.headers()["content-type"].to_str().unwrap().to_string();
     assert!(
-        content_type(&r).starts_with("text/plain"),
-        "content-type {:?}",
-        content_type(&r)
+        content_type.starts_with("text/plain"),
+        "content-type {content_type:?}"
     );
-    let text = r.body.as_str().expect("plain text, not JSON");
+    let text = r.text().await.unwrap();
     assert!(
         text.contains("flashsale_http_requests_total"),
         "no request counter in:\n{text}"

@@ -339,7 +339,8 @@ async fn the_previous_jwt_secret_is_accepted_but_never_signs() {
     })
     .await;
     let sku = app.sale_product(5, None).await;
-    let admin = mysql::users::find_by_username(&app.state.db, "admin")
+    let name = flashsale::domain::Username::parse("admin").unwrap();
+    let admin = mysql::users::find_by_username(&app.state.db, &name)
         .await
         .unwrap()
         .unwrap();

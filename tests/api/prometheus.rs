@@ -230,7 +230,13 @@ async fn a_real_prometheus_sees_every_dashboard_query_and_fires_the_write_back_a
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let target = app.addr.trim_start_matches("http://").to_string();
+    // Prometheus scrapes the operators' listener, as deploy/prometheus/prometheus.yml does.
+    let target = app
+        .ops_addr
+        .as_deref()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
     let prom = Prometheus::start(&target);
     prom.ready(&client).await;
 

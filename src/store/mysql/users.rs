@@ -32,16 +32,16 @@ pub async fn insert_user(
         .bind(role.as_str())
         .execute(pool)
         .await
-        .on_duplicate(|| format!("username {:?} is taken", username.as_str()))?;
+        .on_duplicate(|| "this username is taken; choose another".to_string())?;
     Ok(r.last_insert_id())
 }
 
 #[tracing::instrument(skip(pool))]
-pub async fn find_by_username(pool: &MySqlPool, username: &str) -> DbResult<Option<UserRow>> {
+pub async fn find_by_username(pool: &MySqlPool, username: &Username) -> DbResult<Option<UserRow>> {
     Ok(sqlx::query_as::<_, UserRow>(
         "SELECT id, username, password_hash, role FROM users WHERE username = ?",
     )
-    .bind(username)
+    .bind(username.as_str())
     .fetch_optional(pool)
     .await?)
 }

@@ -35,6 +35,8 @@ impl Service {
             ("FLASHSALE_REDIS_URL", cfg.stores.redis_url.clone()),
             ("FLASHSALE_REDIS_PREFIX", cfg.stores.redis_prefix.clone()),
             ("FLASHSALE_LISTEN", format!("127.0.0.1:{port}")),
+            // A free port of its own: several services run at once.
+            ("FLASHSALE_METRICS_LISTEN", "127.0.0.1:0".into()),
             ("FLASHSALE_JWT_SECRET", cfg.auth.jwt_secret.clone().unwrap()),
             (
                 "FLASHSALE_ADMIN_PASSWORD",
@@ -55,6 +57,10 @@ impl Service {
             ("FLASHSALE_REDIS_TIMEOUT", d(cfg.stores.redis_timeout)),
             ("FLASHSALE_WORKER", cfg.outbox.worker.to_string()),
             ("FLASHSALE_RATE_LIMITS", cfg.limits.rate_limits.to_string()),
+            (
+                "FLASHSALE_MAX_CONNECTIONS_PER_CLIENT",
+                cfg.http.max_connections_per_client.to_string(),
+            ),
             ("RUST_LOG", "debug,sqlx=info,hyper=info,h2=info".into()),
         ]
         .into_iter()

@@ -27,6 +27,8 @@ fn redis_url() -> String {
 
 pub struct TestApp {
     pub addr: String,
+    /// The operators' listener (`/metrics`), when the test runs the app in-process.
+    pub ops_addr: Option<String>,
     pub client: reqwest::Client,
     pub state: AppState,
     pub admin_token: String,
@@ -93,6 +95,7 @@ pub fn test_config(db_name: &str, prefix: &str) -> Config {
     cfg.stores.redis_url = redis_url();
     cfg.stores.redis_prefix = prefix.to_string();
     cfg.http.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.telemetry.metrics_listen = "127.0.0.1:0".parse().unwrap();
     cfg.auth.jwt_secret = Some(format!("test-secret-{prefix}-0123456789abcdef"));
     cfg.auth.admin_password = Some(ADMIN_PASSWORD.into());
     cfg.auth.argon2_memory_kib = 1024;
@@ -100,8 +103,10 @@ pub fn test_config(db_name: &str, prefix: &str) -> Config {
     cfg.stores.mysql_pool = 8;
     // Tests drive the write-back themselves (`write_back()`), so they can look in between.
     cfg.outbox.worker = false;
-    // Every test comes from 127.0.0.1; the rate-limit tests turn the limits on.
+    // Every test comes from 127.0.0.1; the rate-limit tests turn the limits on (and the
+    // connection tests the cap on one address's connections).
     cfg.limits.rate_limits = false;
+    cfg.http.max_connections_per_client = 0;
     cfg
 }
 
@@ -112,12 +117,15 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     tweak(&mut cfg);
     let app = Application::build(cfg).await.expect("the app builds");
     let addr = format!("http://127.0.0.1:{}", app.port());
+    let ops_addr = format!("http://127.0.0.1:{}", app.metrics_port());
     let state = app.state();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async {
         let _ = rx.await;
     }));
-    TestApp::signed_in(addr, state, db_name, prefix, Some((tx, server))).await
+    let mut app = TestApp::signed_in(addr, state, db_name, prefix, Some((tx, server))).await;
+    app.ops_addr = Some(ops_addr);
+    app
 }
 
 impl TestApp {
@@ -147,6 +155,7 @@ impl TestApp {
         let (shutdown, server) = server.unzip();
         let mut t = TestApp {
             addr,
+            ops_addr: None,
             client,
             state,
             admin_token: String::new(),
@@ -221,6 +230,23 @@ impl TestApp {
             body,
             headers,
         }
+    }
+
+    /// GET on the operators' listener (`/metrics`, `/readyz` with its reason).
+    pub async fn ops_get(&self, path: &str) -> reqwest::Response {
+        let ops = self.ops_addr.as_deref().expect("the app runs in-process");
+        self.client
+            .get(format!("{ops}{path}"))
+            .send()
+            .await
+            .expect("the operators' listener answers")
+    }
+
+    /// The Prometheus text of `GET /metrics` (on the operators' listener).
+    pub async fn metrics_text(&self) -> String {
+        let r = self.ops_get("/metrics").await;
+        assert_eq!(r.status(), StatusCode::OK);
+        r.text().await.unwrap()
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Resp {
