@@ -53,7 +53,8 @@ pub enum Command {
     },
     /// A 12.12 sale from the buyers' side, with a report (against --url, or a service of its own).
     Simulate(SimulateArgs),
-    /// Print customer access tokens signed with FLASHSALE_JWT_SECRET, one a line (load tests).
+    /// Print customer access tokens signed with FLASHSALE_JWT_SECRET, one a line (load tests),
+    /// creating their accounts (`load-<id>`) in FLASHSALE_MYSQL_URL's database where missing.
     MintTokens {
         /// How many.
         #[arg(long, default_value_t = 1_000)]
