@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::service::live::Hub;
 use crate::service::lookups::Lookups;
 use crate::service::sold_out::SoldOut;
+use crate::service::tokens::TokenChecks;
 use crate::store::redis::Redis;
 
 #[derive(Clone)]
@@ -30,6 +31,8 @@ pub struct AppState {
     pub lookups: Arc<Lookups>,
     /// The skus this instance knows to be sold out (`worker::live::run` feeds it too).
     pub sold_out: Arc<SoldOut>,
+    /// The accounts tokens were checked against lately (src/service/tokens.rs).
+    pub tokens: Arc<TokenChecks>,
 }
 
 impl FromRef<AppState> for MySqlPool {

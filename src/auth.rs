@@ -1,4 +1,6 @@
-//! Access tokens (HS256 JWT, algorithm pinned) and password hashing (argon2id).
+//! Access tokens (HS256 JWT, algorithm pinned) and password hashing (argon2id). A valid token
+//! still has to match its account (src/service/tokens.rs): the account must exist and have the
+//! token version the token carries.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -17,9 +19,24 @@ use crate::error::{AppError, AppResult};
 pub struct Claims {
     /// The user id, as a decimal string (JWT's `sub` is a string).
     pub sub: String,
+    /// The role when the token was issued; requests go by the account's current role.
     pub role: Role,
+    /// The account's token version when the token was issued (`users.token_version`): deleting
+    /// the account, changing its role or its password raises it, which ends the token. Tokens
+    /// from before versions existed have none: 0, the version every account starts with.
+    #[serde(default)]
+    pub ver: u32,
     pub iat: u64,
     pub exp: u64,
+}
+
+/// What a valid token says: its user, the role and the account's token version when it was
+/// issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    pub user_id: u64,
+    pub role: Role,
+    pub version: u32,
 }
 
 pub struct Jwt {
@@ -70,13 +87,14 @@ impl Jwt {
         self.ttl
     }
 
-    /// A signed token for the user; valid for the configured ttl.
-    pub fn issue(&self, user_id: u64, role: Role) -> AppResult<String> {
+    /// A signed token for the user, whose account has token version `version`; valid for the
+    /// configured ttl.
+    pub fn issue(&self, user_id: u64, role: Role, version: u32) -> AppResult<String> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        self.issue_with_times(user_id, role, now, now + self.ttl.as_secs())
+        self.issue_with_times(user_id, role, version, now, now + self.ttl.as_secs())
     }
 
     /// A token with explicit times (tests use it to make expired ones).
@@ -84,12 +102,14 @@ impl Jwt {
         &self,
         user_id: u64,
         role: Role,
+        version: u32,
         iat: u64,
         exp: u64,
     ) -> AppResult<String> {
         let claims = Claims {
             sub: user_id.to_string(),
             role,
+            ver: version,
             iat,
             exp,
         };
@@ -97,8 +117,9 @@ impl Jwt {
             .map_err(|e| AppError::internal(format!("signing a token: {e}")))
     }
 
-    /// The claims of a valid token: right algorithm, right signature, not expired.
-    pub fn verify(&self, token: &str) -> AppResult<(u64, Role)> {
+    /// The claims of a valid token: right algorithm, right signature, not expired. Whether its
+    /// account still exists with that version is for `service::tokens::check`.
+    pub fn verify(&self, token: &str) -> AppResult<Verified> {
         let data = self
             .decode(token)
             .map_err(|e| AppError::Unauthenticated(format!("invalid token: {e}")))?;
@@ -107,7 +128,11 @@ impl Jwt {
             .sub
             .parse()
             .map_err(|_| AppError::Unauthenticated("invalid token: bad subject".into()))?;
-        Ok((user_id, data.claims.role))
+        Ok(Verified {
+            user_id,
+            role: data.claims.role,
+            version: data.claims.ver,
+        })
     }
 }
 
@@ -197,14 +222,21 @@ mod tests {
     #[test]
     fn tokens_round_trip_and_reject_forgeries() {
         let jwt = Jwt::new(b"0123456789abcdef0123456789abcdef", Duration::from_secs(60));
-        let t = jwt.issue(42, Role::Admin).unwrap();
-        assert_eq!(jwt.verify(&t).unwrap(), (42, Role::Admin));
+        let t = jwt.issue(42, Role::Admin, 7).unwrap();
+        assert_eq!(
+            jwt.verify(&t).unwrap(),
+            Verified {
+                user_id: 42,
+                role: Role::Admin,
+                version: 7
+            }
+        );
 
         let other = Jwt::new(b"another-secret-another-secret-xx", Duration::from_secs(60));
         assert!(other.verify(&t).is_err(), "wrong key must fail");
 
         let expired = jwt
-            .issue_with_times(42, Role::Customer, 1_000, 2_000)
+            .issue_with_times(42, Role::Customer, 7, 1_000, 2_000)
             .unwrap();
         assert!(jwt.verify(&expired).is_err(), "expired must fail");
 
@@ -225,17 +257,17 @@ mod tests {
         let before = Jwt::new(old, Duration::from_secs(60));
         let during = Jwt::new(new, Duration::from_secs(60)).accepting(old);
         let after = Jwt::new(new, Duration::from_secs(60));
-        let old_token = before.issue(7, Role::Admin).unwrap();
-        assert_eq!(during.verify(&old_token).unwrap(), (7, Role::Admin));
-        let new_token = during.issue(8, Role::Customer).unwrap();
+        let old_token = before.issue(7, Role::Admin, 0).unwrap();
+        assert_eq!(during.verify(&old_token).unwrap().user_id, 7);
+        let new_token = during.issue(8, Role::Customer, 0).unwrap();
         assert!(
             before.verify(&new_token).is_err(),
             "signed with the new secret"
         );
-        assert_eq!(after.verify(&new_token).unwrap(), (8, Role::Customer));
+        assert_eq!(after.verify(&new_token).unwrap().user_id, 8);
         assert!(after.verify(&old_token).is_err());
         let expired = before
-            .issue_with_times(7, Role::Admin, 1_000, 2_000)
+            .issue_with_times(7, Role::Admin, 0, 1_000, 2_000)
             .unwrap();
         assert!(
             during.verify(&expired).is_err(),
@@ -244,9 +276,41 @@ mod tests {
         let other = Jwt::new(b"another-secret-another-secret-xx", Duration::from_secs(60));
         assert!(
             during
-                .verify(&other.issue(9, Role::Admin).unwrap())
+                .verify(&other.issue(9, Role::Admin, 0).unwrap())
                 .is_err()
         );
+    }
+
+    /// Tokens issued before versions existed carry none: they read as version 0, which every
+    /// account starts with (and which its first change leaves behind).
+    #[test]
+    fn a_token_without_a_version_has_version_zero() {
+        #[derive(Serialize)]
+        struct Old {
+            sub: String,
+            role: Role,
+            iat: u64,
+            exp: u64,
+        }
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let old = Old {
+            sub: "9".into(),
+            role: Role::Customer,
+            iat: now,
+            exp: now + 60,
+        };
+        let t = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &old,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap();
+        let jwt = Jwt::new(secret, Duration::from_secs(60));
+        assert_eq!(jwt.verify(&t).unwrap().version, 0);
     }
 
     #[tokio::test]

@@ -62,7 +62,8 @@ pub enum Command {
         #[arg(long)]
         from_env: bool,
     },
-    /// Print customer access tokens signed with FLASHSALE_JWT_SECRET, one a line (load tests).
+    /// Print customer access tokens signed with FLASHSALE_JWT_SECRET, one a line (load tests),
+    /// creating their accounts (`load-<id>`) in FLASHSALE_MYSQL_URL's database where missing.
     MintTokens {
         /// How many.
         #[arg(long, default_value_t = 1_000)]

@@ -44,6 +44,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::MintTokens {
             count,
             first_user_id,
-        } => admin::mint_tokens::run(cfg, count, first_user_id),
+        } => admin::mint_tokens::run(cfg, count, first_user_id).await,
     }
 }

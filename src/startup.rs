@@ -16,6 +16,7 @@ use crate::service::admin_account;
 use crate::service::live::Hub;
 use crate::service::lookups::Lookups;
 use crate::service::sold_out::SoldOut;
+use crate::service::tokens::{CHECK_TTL, TokenChecks};
 use crate::store::mysql;
 use crate::store::redis::Redis;
 use crate::{http, server, telemetry, worker};
@@ -70,6 +71,7 @@ impl AppState {
                 cfg.stores.mysql_timeout,
             )),
             sold_out: Arc::new(SoldOut::new(cfg.sale.sold_out_trust)),
+            tokens: Arc::new(TokenChecks::new(CHECK_TTL)),
             cfg: Arc::new(cfg),
         })
     }

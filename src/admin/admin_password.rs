@@ -8,7 +8,9 @@ use std::process::{Command, ExitCode, Stdio};
 use anyhow::Context;
 use flashsale::config::Config;
 use flashsale::service::admin_account::{self, PasswordSet};
+use flashsale::service::tokens::NOTE_TTL;
 use flashsale::store::mysql;
+use flashsale::store::redis::Redis;
 
 pub async fn run(cfg: Config, from_env: bool) -> anyhow::Result<ExitCode> {
     let password = if from_env {
@@ -24,7 +26,8 @@ pub async fn run(cfg: Config, from_env: bool) -> anyhow::Result<ExitCode> {
     let username = &cfg.auth.admin_username;
     match done {
         PasswordSet::Changed { user_id } => {
-            println!("changed the password of the admin account {username:?} (id {user_id})")
+            println!("changed the password of the admin account {username:?} (id {user_id})");
+            tell_running_services(&cfg, &db, user_id).await;
         }
         PasswordSet::Created { user_id } => {
             println!("created the admin account {username:?} (id {user_id}) with that password")
@@ -37,6 +40,29 @@ pub async fn run(cfg: Config, from_env: bool) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The change raised the account's token version (its tokens end): the running services learn
+/// it from the account's note in Redis (src/service/tokens.rs), replaced here; without it they
+/// would believe the note they may hold for up to its TTL.
+async fn tell_running_services(cfg: &Config, db: &sqlx::MySqlPool, user_id: u64) {
+    let noted = async {
+        let account = mysql::users::find_account(db, user_id)
+            .await?
+            .context("the admin account went meanwhile")?
+            .account();
+        let redis = Redis::connect(&cfg.stores)?;
+        redis.note_account(user_id, account, NOTE_TTL).await?;
+        anyhow::Ok(())
+    };
+    match noted.await {
+        Ok(()) => println!("the admin's earlier tokens are refused from now on"),
+        Err(e) => println!(
+            "could not tell the running services through Redis ({e}): the admin's earlier \
+             tokens may be accepted for up to {} s more",
+            NOTE_TTL.as_secs()
+        ),
+    }
 }
 
 /// One line of standard input without its line ending. On a terminal: asked twice, with echo

@@ -19,7 +19,6 @@ use serde_json::{Value, json};
 use flashsale::app::AppState;
 use flashsale::auth::{self, Jwt};
 use flashsale::config::{Config, DEV_ADMIN_PASSWORD};
-use flashsale::domain::Role;
 use flashsale::service::reconcile;
 use flashsale::startup::Application;
 use flashsale::worker::writer::{Fault, Writer};
@@ -256,7 +255,8 @@ async fn simulate(mut cfg: Config, args: SimulateArgs) -> anyhow::Result<Report>
                         "per_customer_limit": if args.limit == 0 { Value::Null } else { json!(args.limit) }})),
         )
         .await?;
-    // Buyers' tokens: minted with the service's secret (logins would measure argon2, not the sale).
+    // Buyers' tokens: minted with the service's secret (logins would measure argon2, not the
+    // sale), their accounts created in the service's database (tokens are checked against them).
     let secret = cfg
         .auth
         .jwt_secret
@@ -264,10 +264,18 @@ async fn simulate(mut cfg: Config, args: SimulateArgs) -> anyhow::Result<Report>
         .context("simulate against --url needs FLASHSALE_JWT_SECRET (the service's)")?;
     let jwt = Jwt::new(secret.as_bytes(), Duration::from_secs(3600));
     let first_buyer = 1_000_000_000 + u64::from(rand::random::<u32>());
-    let tokens: Vec<String> = (0..args.buyers)
-        .map(|i| jwt.issue(first_buyer + i, Role::Customer))
-        .collect::<Result<_, _>>()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let db = match &state {
+        Some(s) => s.db.clone(),
+        None => flashsale::store::mysql::pool(&cfg.stores)?,
+    };
+    let tokens = crate::admin::mint_tokens::load_tokens(
+        &db,
+        &jwt,
+        first_buyer..first_buyer + args.buyers,
+        cfg.auth.argon2_memory_kib,
+    )
+    .await
+    .context("creating the buyers' accounts (simulate against --url needs FLASHSALE_MYSQL_URL, the service's database)")?;
 
     let bar = indicatif::ProgressBar::new(args.buyers);
     if args.json {

@@ -16,7 +16,7 @@ pub use order::{
     CancelReason, MAX_LINE_UNITS, MAX_ORDER_TOTAL, OrderEventKind, OrderItem, OrderStatus,
     order_total,
 };
-pub use user::{Password, Role, Username};
+pub use user::{Account, Password, Role, Username};
 
 /// Why a raw value is not a valid domain value. Its message says which rule it broke, for the
 /// client to read (the HTTP layer answers it as `invalid_request`).

@@ -73,6 +73,36 @@ impl Role {
     }
 }
 
+/// What a token is checked against (src/service/tokens.rs): the account with its current token
+/// version and role, or that there is no such account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Account {
+    Live { version: u32, role: Role },
+    Gone,
+}
+
+impl Account {
+    /// How it is noted in Redis: `<version> <role>`, or `gone`.
+    pub fn encode(self) -> String {
+        match self {
+            Account::Live { version, role } => format!("{version} {}", role.as_str()),
+            Account::Gone => "gone".to_string(),
+        }
+    }
+
+    /// The inverse of [`Account::encode`]; `None` for anything else.
+    pub fn decode(s: &str) -> Option<Self> {
+        if s == "gone" {
+            return Some(Account::Gone);
+        }
+        let (version, role) = s.split_once(' ')?;
+        Some(Account::Live {
+            version: version.parse().ok()?,
+            role: Role::parse(role)?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +134,25 @@ mod tests {
         assert_eq!(Role::parse("admin"), Some(Role::Admin));
         assert_eq!(Role::Customer.as_str(), "customer");
         assert_eq!(Role::parse("root"), None);
+    }
+
+    #[test]
+    fn accounts_round_trip_through_their_note() {
+        for a in [
+            Account::Gone,
+            Account::Live {
+                version: 0,
+                role: Role::Customer,
+            },
+            Account::Live {
+                version: u32::MAX,
+                role: Role::Admin,
+            },
+        ] {
+            assert_eq!(Account::decode(&a.encode()), Some(a));
+        }
+        for bad in ["", "1", "x admin", "1 root", "-1 admin", "1  admin", "Gone"] {
+            assert_eq!(Account::decode(bad), None, "{bad:?}");
+        }
     }
 }

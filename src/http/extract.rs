@@ -8,6 +8,7 @@ use axum::http::request::Parts;
 use crate::app::AppState;
 use crate::domain::Role;
 use crate::error::AppError;
+use crate::service::tokens;
 
 /// A JSON object body, with malformed bodies answered as `invalid_json` / `invalid_request` /
 /// 413 `payload_too_large` in the error envelope.
@@ -98,7 +99,8 @@ impl From<QueryRejection> for AppError {
     }
 }
 
-/// The caller, from a valid `Authorization: Bearer` token.
+/// The caller, from a valid `Authorization: Bearer` token whose account exists and still has
+/// the token's version; `role` is the account's current role.
 #[derive(Debug, Clone, Copy)]
 pub struct AuthUser {
     pub user_id: u64,
@@ -109,12 +111,36 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        // Verified already by the rate limiter in front of the sale routes.
+        // Checked already by the rate limiter in front of the sale routes.
         if let Some(user) = parts.extensions.get::<AuthUser>() {
             return Ok(*user);
         }
-        let (user_id, role) = state.jwt.verify(bearer_token(&parts.headers)?)?;
-        Ok(AuthUser { user_id, role })
+        authenticate(state, &parts.headers).await
+    }
+}
+
+/// The caller of the request's bearer token: a valid token (401 otherwise), checked against its
+/// account (src/service/tokens.rs: 401 when it is gone or changed since, 503 when it cannot be
+/// read).
+pub async fn authenticate(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+) -> Result<AuthUser, AppError> {
+    let token = state.jwt.verify(bearer_token(headers)?)?;
+    let caller = tokens::check(state, token).await?;
+    Ok(AuthUser {
+        user_id: caller.user_id,
+        role: caller.role,
+    })
+}
+
+impl AuthUser {
+    /// The caller as the services name it.
+    pub fn caller(self) -> tokens::Caller {
+        tokens::Caller {
+            user_id: self.user_id,
+            role: self.role,
+        }
     }
 }
 

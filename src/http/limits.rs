@@ -16,7 +16,7 @@ use crate::domain::{ClientKey, Role, Username};
 use crate::error::AppError;
 use crate::store::redis::{Bucket, BucketMode};
 
-use super::extract::{AuthUser, bearer_token};
+use super::extract::authenticate;
 
 /// Long-lived streams (Server-Sent Events). The deadline and the in-flight cap cover the request
 /// that opens one until its answer's head is sent (the stream itself is not timed out nor
@@ -132,7 +132,7 @@ async fn enforce(
 
 /// The cart and order routes (`/v1/cart*`, `/v1/orders*`) and the opening of a live stream: one
 /// bucket per client address and one per customer (when a token comes along). Admins are not limited. An invalid token only meets the address's bucket
-/// (the route answers 401). The verified caller is handed on to the `AuthUser` extractor, so
+/// (the route answers 401). The checked caller is handed on to the `AuthUser` extractor, so
 /// the token is checked once.
 pub async fn sale_rate_limit(
     State(state): State<AppState>,
@@ -147,10 +147,9 @@ pub async fn sale_rate_limit(
     if !cfg.limits.rate_limits || !sale_route {
         return next.run(req).await;
     }
-    let caller = bearer_token(req.headers())
-        .and_then(|t| state.jwt.verify(t))
-        .ok()
-        .map(|(user_id, role)| AuthUser { user_id, role });
+    // A token refused (or whose account cannot be read now) only meets the address's bucket;
+    // the route's own check answers it.
+    let caller = authenticate(&state, req.headers()).await.ok();
     if let Some(user) = caller {
         req.extensions_mut().insert(user);
         if user.role == Role::Admin {

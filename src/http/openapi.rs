@@ -18,7 +18,9 @@ pub const E400_BODY: &str = "`invalid_json`: the body is not JSON or not sent as
 pub const E400_SKU: &str = "`invalid_request`: the sku is not a number in 1..=4294967295.";
 pub const E400_KEY: &str = "`invalid_request`: a malformed `Idempotency-Key`, or a key reused \
      with a different request.";
-pub const E401: &str = "`unauthenticated`: no, malformed, bad or expired bearer token.";
+pub const E401: &str = "`unauthenticated`: no, malformed, bad or expired bearer token, or one \
+     its account no longer honours: the account was deleted, or its password or role changed \
+     since the token was issued.";
 pub const E403: &str = "`forbidden`: the token is a customer's; this route is for admins.";
 pub const E413: &str = "`payload_too_large`: the body is larger than the configured limit.";
 pub const E404_SKU: &str = "`not_found`: no product with that sku.";
@@ -81,7 +83,9 @@ not served answers 404 `not_found`, and a served path asked with another method 
 
 **Auth.** `Authorization: Bearer <token>` from `POST /v1/auth/token`. Roles: `customer` and \
 `admin`; routes for admins answer a customer's token with 403 `forbidden`; routes for customers \
-accept any valid token (an admin's too) and act on the caller's own cart and orders.";
+accept any valid token (an admin's too) and act on the caller's own cart and orders. A token \
+ends with its account: deleting the account or changing its role or password refuses every \
+token issued before (401 `unauthenticated`); requests go by the account's current role.";
 
 #[derive(OpenApi)]
 #[openapi(

@@ -1,6 +1,7 @@
 //! The sale's operations: each one a sequence of single-slot Redis steps and MySQL writes,
 //! decided in one place and followed up idempotently (DESIGN.md). Handlers call these.
 
+pub mod accounts;
 pub mod admin_account;
 pub mod cart;
 pub mod catalog;
@@ -12,6 +13,7 @@ pub mod orders;
 pub mod outbox_dead;
 pub mod reconcile;
 pub mod sold_out;
+pub mod tokens;
 
 use chrono::{DateTime, Utc};
 

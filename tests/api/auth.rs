@@ -273,15 +273,17 @@ async fn token_is_issued_for_right_credentials() {
     assert_eq!(expires_in, app.state.jwt.ttl().as_secs());
 
     // The token is accepted and names its owner.
-    let (uid, role) = app.state.jwt.verify(token).unwrap();
-    assert_eq!((uid, role), (id, Role::Customer));
+    let v = app.state.jwt.verify(token).unwrap();
+    assert_eq!((v.user_id, v.role, v.version), (id, Role::Customer, 0));
     let r = app.get("/v1/users/me", Some(token)).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["user_id"], id);
 
     // The admin's token carries the admin role.
-    let (_, role) = app.state.jwt.verify(&app.admin_token).unwrap();
-    assert_eq!(role, Role::Admin);
+    assert_eq!(
+        app.state.jwt.verify(&app.admin_token).unwrap().role,
+        Role::Admin
+    );
 }
 
 #[tokio::test]
@@ -350,18 +352,18 @@ async fn bad_tokens_are_unauthenticated() {
         b"some-other-secret-some-other-secret",
         Duration::from_secs(60),
     )
-    .issue(id, Role::Customer)
+    .issue(id, Role::Customer, 0)
     .unwrap();
     let forged_admin = Jwt::new(
         b"some-other-secret-some-other-secret",
         Duration::from_secs(60),
     )
-    .issue(id, Role::Admin)
+    .issue(id, Role::Admin, 0)
     .unwrap();
     let expired = app
         .state
         .jwt
-        .issue_with_times(id, Role::Customer, 1000, 2000)
+        .issue_with_times(id, Role::Customer, 0, 1000, 2000)
         .unwrap();
     // The good token with its signature cut off, and with alg=none.
     let parts: Vec<&str> = good.split('.').collect();
@@ -407,8 +409,8 @@ async fn bad_tokens_are_unauthenticated() {
 #[tokio::test]
 async fn token_of_an_unknown_user_is_unauthenticated_on_me() {
     let app = spawn_app().await;
-    // A validly signed token whose user has no account row.
-    let token = app.customer_token(987_654_321);
+    // A validly signed token whose user has no account row (customer_token would make one).
+    let token = app.state.jwt.issue(987_654_321, Role::Customer, 0).unwrap();
     let r = app.get("/v1/users/me", Some(&token)).await;
     r.assert_error(StatusCode::UNAUTHORIZED, "unauthenticated", "");
 }

@@ -106,6 +106,9 @@ struct Fixture {
     /// The product the admin routes change (so the sale above stays as it is).
     admin_sku: u64,
     warehouse: u64,
+    /// An account the admin deletes, and one whose role the admin sets.
+    doomed: u64,
+    demoted: u64,
     /// Customer A's orders awaiting payment: one to read, one to pay, one to cancel.
     view_order: u64,
     pay_order: u64,
@@ -133,6 +136,31 @@ fn rows(f: &Fixture) -> Vec<Row> {
         )
         .body(json!({"username": "alice", "password": "alice-password"})),
         row(M::GET, "/v1/users/me", "/v1/users/me".into(), Customer, 200),
+        // A wrong current password: every caller it serves gets 400 and keeps its password
+        // (and its tokens, which the rest of the matrix needs).
+        row(
+            M::PUT,
+            "/v1/users/me/password",
+            "/v1/users/me/password".into(),
+            Customer,
+            400,
+        )
+        .body(json!({"current_password": "not-the-password", "new_password": "matrix-new-pw"})),
+        row(
+            M::PUT,
+            "/v1/users/{user_id}/role",
+            format!("/v1/users/{}/role", f.demoted),
+            Admin,
+            200,
+        )
+        .body(json!({"role": "customer"})),
+        row(
+            M::DELETE,
+            "/v1/users/{user_id}",
+            format!("/v1/users/{}", f.doomed),
+            Admin,
+            204,
+        ),
         // Catalog and stock
         row(M::POST, "/v1/products", "/v1/products".into(), Admin, 201)
             .body(json!({"sku": NEW_SKU, "name": "Matrix product", "price": 100})),
@@ -366,6 +394,8 @@ async fn every_route_answers_each_identity_as_documented() {
         sku,
         admin_sku,
         warehouse: app.warehouse("matrix-wh").await,
+        doomed: app.register("doomed").await.0,
+        demoted: app.register("demoted").await.0,
         view_order: app.buy_now(&alice, sku, 1).await.order_id,
         pay_order: app.buy_now(&alice, sku, 1).await.order_id,
         cancel_order: app.buy_now(&alice, sku, 1).await.order_id,
@@ -376,13 +406,13 @@ async fn every_route_answers_each_identity_as_documented() {
     let expired = app
         .state
         .jwt
-        .issue_with_times(admin_id, Role::Admin, 1_000, 2_000)
+        .issue_with_times(admin_id, Role::Admin, 0, 1_000, 2_000)
         .unwrap();
     let forged = Jwt::new(
         b"not-this-deployment-secret-0123456789",
         app.state.jwt.ttl(),
     )
-    .issue(admin_id, Role::Admin)
+    .issue(admin_id, Role::Admin, 0)
     .unwrap();
     let claims = app.admin_token.split('.').nth(1).unwrap();
     let alg_none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{claims}.");

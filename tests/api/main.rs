@@ -40,6 +40,7 @@ mod redis_policy;
 mod rollback;
 mod simulate;
 mod sweeper;
+mod tokens;
 mod traces;
 mod validation;
 mod web;

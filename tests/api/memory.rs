@@ -65,6 +65,7 @@ fn family(key: &str, app_events_cap: u64) -> Option<(&'static str, Bound)> {
             Some("orders") => ("order index", Bound::OpenOrders),
             Some("idemp") => ("idempotency record", Bound::Ttl(day)),
             Some("checkout") => ("checkout lock", Bound::Ttl(Duration::from_secs(30))),
+            Some("account") => ("account note", Bound::Ttl(Duration::from_secs(60))),
             _ => return None,
         }
     } else if tag.starts_with("{rl") {

@@ -201,7 +201,10 @@ async fn every_documented_operation_is_routed_and_answers_a_documented_status() 
     let ops = operations(&doc);
     assert!(!ops.is_empty());
     for ((method, path), op) in &ops {
-        let concrete = path.replace("{sku}", "1").replace("{order_id}", "1");
+        let concrete = path
+            .replace("{sku}", "1")
+            .replace("{order_id}", "1")
+            .replace("{user_id}", "999999999");
         assert!(
             !concrete.contains('{'),
             "{method} {path}: a path parameter this test does not fill"
@@ -352,6 +355,8 @@ async fn auth_idempotency_and_examples_are_documented() {
             _ => {
                 assert_eq!(op["security"], json!([{ bearer.clone(): [] }]), "{what}");
                 assert!(responses.contains_key("401"), "{what}: no 401");
+                // The token's account is checked in Redis or MySQL: unreachable, 503.
+                assert!(responses.contains_key("503"), "{what}: no 503");
                 let says = if who == "admin" { "admin" } else { "customer" };
                 assert!(
                     description.contains(says),
@@ -376,7 +381,7 @@ async fn auth_idempotency_and_examples_are_documented() {
         }
 
         // Path parameters are documented as such.
-        for name in ["sku", "order_id"] {
+        for name in ["sku", "order_id", "user_id"] {
             if path.contains(&format!("{{{name}}}")) {
                 let params = op["parameters"].as_array().expect("parameters");
                 assert!(

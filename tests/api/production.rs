@@ -252,7 +252,7 @@ async fn production_refuses_an_admin_with_the_dev_password_until_it_is_changed()
 
 /// `flashsale admin-password` takes the password from standard input only (no argument), and
 /// refuses a published or weak one whatever the mode, changing nothing; a good one replaces the
-/// old at once, without a restart, and is never printed.
+/// old at once, without a restart, is never printed, and ends the admin's earlier tokens.
 #[tokio::test]
 async fn admin_password_reads_standard_input_and_refuses_published_or_weak_ones() {
     let app = spawn_app().await;
@@ -283,9 +283,31 @@ async fn admin_password_reads_standard_input_and_refuses_published_or_weak_ones(
         "nothing changed"
     );
 
+    // The admin's token from before, used (so its account is in this instance's cache and
+    // noted in Redis) before the change.
+    let warehouses = |t: String| {
+        let app = &app;
+        async move {
+            app.post("/v1/warehouses", Some(&t), serde_json::json!({"name": "w"}))
+                .await
+                .status
+        }
+    };
+    assert_eq!(
+        warehouses(app.admin_token.clone()).await,
+        StatusCode::CREATED
+    );
     let out = flashsale(&["admin-password"], &env, &format!("{new}\r\n")).await;
     let said = text(&out);
     assert!(out.status.success(), "{said}");
+    assert!(said.contains("earlier tokens are refused"), "{said}");
+    // Past this instance's cache life (1 s) the earlier token is refused.
+    tokio::time::sleep(flashsale::service::tokens::CHECK_TTL + Duration::from_millis(200)).await;
+    assert_eq!(
+        warehouses(app.admin_token.clone()).await,
+        StatusCode::UNAUTHORIZED,
+        "the admin's token from before the change"
+    );
     assert!(!said.contains(&new), "the password shown: {said}");
     assert!(
         said.contains("set FLASHSALE_ADMIN_PASSWORD to the same password"),
@@ -344,10 +366,15 @@ async fn the_previous_jwt_secret_is_accepted_but_never_signs() {
         .await
         .unwrap()
         .unwrap();
+    let version = mysql::users::find_account(&app.state.db, admin.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .token_version;
     let report = format!("/v1/products/{sku}/sales-report");
     let signed = |secret: &str| {
         Jwt::new(secret.as_bytes(), Duration::from_secs(600))
-            .issue(admin.id, Role::Admin)
+            .issue(admin.id, Role::Admin, version)
             .unwrap()
     };
     let (by_old, by_new, by_other) = (signed(&old), signed(&new), signed(&random_hex(64)));

@@ -107,6 +107,12 @@ impl Keys {
         format!("{}:{{rl:{scope}:{who}}}", self.prefix)
     }
 
+    /// What the user's tokens are checked against, noted for every instance (a string,
+    /// `<version> <role>` or `gone`, kept a minute: src/service/tokens.rs, lua/note_account.lua).
+    pub fn account(&self, user_id: u64) -> String {
+        format!("{}:{{user:{user_id}}}:account", self.prefix)
+    }
+
     /// The lock a checkout of the customer's cart holds while it runs (value: its order id), so
     /// one cart makes one order.
     pub fn checkout_lock(&self, user_id: u64) -> String {
@@ -278,5 +284,6 @@ mod tests {
             "an order and its outbox share a slot"
         );
         assert_eq!(k.cart(5), "fs:{user:5}:cart");
+        assert_eq!(k.account(5), "fs:{user:5}:account");
     }
 }

@@ -4,10 +4,11 @@
 //! script is called), and one file per script family with the typed outcomes of its calls:
 //! stock.rs, reservations.rs (with lanes.rs, which gathers concurrent reservations of a sku into
 //! one call), due.rs, orders.rs, order_ids.rs, rate_limit.rs, idempotency.rs,
-//! outbox.rs, repair.rs; plus the plain commands of cart.rs, events.rs, streams.rs (the
+//! outbox.rs, repair.rs, accounts.rs (the notes token checks read); plus the plain commands of cart.rs, events.rs, streams.rs (the
 //! consumer-group reader of the outbox writer and the webhook sender), live.rs (pub/sub) and
 //! eviction.rs. The outcomes are re-exported here.
 
+pub mod accounts;
 pub mod cart;
 pub mod due;
 pub mod events;

@@ -52,6 +52,7 @@ pub struct Scripts {
     pub replay_set_aside: Script,
     pub return_to_cart: Script,
     pub fence_order: Script,
+    pub note_account: Script,
 }
 
 impl Scripts {
@@ -82,10 +83,11 @@ impl Scripts {
             replay_set_aside: with_lib(include_str!("../../../lua/replay_set_aside.lua")),
             return_to_cart: with_lib(include_str!("../../../lua/return_to_cart.lua")),
             fence_order: with_lib(include_str!("../../../lua/fence_order.lua")),
+            note_account: with_lib(include_str!("../../../lua/note_account.lua")),
         }
     }
 
-    pub fn all(&self) -> [(&'static str, &Script); 25] {
+    pub fn all(&self) -> [(&'static str, &Script); 26] {
         [
             ("reserve", &self.reserve),
             ("convert_hold", &self.convert_hold),
@@ -112,6 +114,7 @@ impl Scripts {
             ("replay_set_aside", &self.replay_set_aside),
             ("return_to_cart", &self.return_to_cart),
             ("fence_order", &self.fence_order),
+            ("note_account", &self.note_account),
         ]
     }
 }
@@ -144,9 +147,10 @@ fn script_span(name: &'static str, calls: usize) -> tracing::Span {
 
 /// Scripts whose effect nobody needs to know when their reply is lost: a rate-limit token, an
 /// `Idempotency-Key` claim or settlement (its lease ends it), an order id (ids may skip), the
-/// sweeper's due index and a load's staging (redone by their next pass). A lost reply of these
-/// is "unavailable, nothing was changed" as far as the caller is concerned.
-const QUIET: [&str; 7] = [
+/// sweeper's due index and a load's staging (redone by their next pass), a note of an account
+/// (a cache of MySQL, written again until it is heard). A lost reply of these is "unavailable,
+/// nothing was changed" as far as the caller is concerned.
+const QUIET: [&str; 8] = [
     "rate_limit",
     "claim_idempotency",
     "settle_idempotency",
@@ -154,6 +158,7 @@ const QUIET: [&str; 7] = [
     "note_due",
     "settle_due",
     "stage_hash",
+    "note_account",
 ];
 
 /// The error of a script call that failed. One that may have been sent and run, its reply not
@@ -185,11 +190,12 @@ impl Redis {
     }
 
     /// Scripts keep the sale's state; none runs while Redis may evict it. Rate-limit buckets
-    /// are exempt: losing one only forgets a count.
+    /// are exempt: losing one only forgets a count; so are the notes of accounts: losing one
+    /// only sends the next token check of that user to MySQL.
     /// Nor while Redis is behind MySQL (it came back from older persistence), until
     /// `flashsale rebuild-cache` ran (whose own handle, [`Redis::for_repair`], is exempt).
     async fn refuse_if_evicting(&self, script: &'static str) -> AppResult<()> {
-        if script == "rate_limit" {
+        if script == "rate_limit" || script == "note_account" {
             return Ok(());
         }
         if let Some(e) = self.eviction.refusal() {

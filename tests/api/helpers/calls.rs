@@ -105,13 +105,40 @@ impl TestApp {
         (id, self.login(username, &password).await)
     }
 
-    /// A token for a customer id without an account row: what load tests use, since the sale
-    /// routes trust the token and argon2 for thousands of logins would only test argon2.
+    /// `DELETE /v1/users/{id}` with `token` (an admin's to succeed).
+    pub async fn try_delete_user(&self, token: &str, user_id: u64) -> Resp {
+        self.delete(&format!("/v1/users/{user_id}"), Some(token))
+            .await
+    }
+
+    /// `PUT /v1/users/{id}/role` with `token` (an admin's to succeed).
+    pub async fn try_set_role(&self, token: &str, user_id: u64, role: &str) -> Resp {
+        self.put(
+            &format!("/v1/users/{user_id}/role"),
+            Some(token),
+            json!({"role": role}),
+        )
+        .await
+    }
+
+    /// `PUT /v1/users/me/password`: the caller's password from `current` to `new`.
+    pub async fn try_change_password(&self, token: &str, current: &str, new: &str) -> Resp {
+        self.put(
+            "/v1/users/me/password",
+            Some(token),
+            json!({"current_password": current, "new_password": new}),
+        )
+        .await
+    }
+
+    /// A token for customer `user_id`, whose account (`load-<id>`, password
+    /// [`LOAD_PASSWORD`](super::LOAD_PASSWORD)) is made straight in MySQL when missing: what load
+    /// tests use, since argon2 for thousands of sign-ups and logins would only test argon2. The
+    /// token has the account's role and version as this app first saw them: after a change of
+    /// the account (its password, role), sign in instead.
     pub fn customer_token(&self, user_id: u64) -> String {
-        self.state
-            .jwt
-            .issue(user_id, flashsale::domain::Role::Customer)
-            .unwrap()
+        let (role, version) = self.accounts().ensure(user_id);
+        self.state.jwt.issue(user_id, role, version).unwrap()
     }
 }
 

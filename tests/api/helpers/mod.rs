@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+mod accounts;
 mod calls;
 mod checks;
 mod hold_proxy;
@@ -15,6 +16,7 @@ mod process;
 mod spawn;
 mod views;
 
+pub use accounts::LOAD_PASSWORD;
 pub use hold_proxy::{Held, HoldProxy, app_behind_proxy, held_in_redis, script_sha};
 pub use process::{OwnRedis, Service, eventually, free_port, start_service, start_service_env};
 pub use spawn::{

@@ -7,6 +7,8 @@ use std::time::Duration;
 use flashsale::app::AppState;
 use flashsale::config::Config;
 use flashsale::startup::Application;
+
+use super::accounts::Accounts;
 use rand::Rng;
 use redis::AsyncCommands;
 use reqwest::{Method, StatusCode};
@@ -34,6 +36,8 @@ pub struct TestApp {
     pub admin_token: String,
     pub db_name: String,
     pub prefix: String,
+    /// The maker of `customer_token`'s accounts, started on first use.
+    accounts: std::sync::OnceLock<Accounts>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -161,11 +165,19 @@ impl TestApp {
             admin_token: String::new(),
             db_name,
             prefix,
+            accounts: std::sync::OnceLock::new(),
             shutdown,
             server,
         };
         t.admin_token = t.login("admin", ADMIN_PASSWORD).await;
         t
+    }
+
+    /// The maker of `customer_token`'s accounts (helpers/accounts.rs), straight to the test's
+    /// database (not through the proxy some tests put between the app and MySQL).
+    pub(super) fn accounts(&self) -> &Accounts {
+        self.accounts
+            .get_or_init(|| Accounts::start(format!("{}/{}", mysql_base(), self.db_name)))
     }
 
     /// Sends the shutdown signal (as SIGTERM would) and returns the server task, which ends when

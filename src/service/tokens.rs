@@ -1,0 +1,262 @@
+//! What a valid token is checked against on every authenticated request: its account must exist
+//! and still have the token version the token carries (deleting the account, changing its role
+//! or its password raises it: src/service/accounts.rs), and the caller gets the account's
+//! current role, not the token's.
+//!
+//! Where the account is read, nearest first:
+//! - this process's cache ([`TokenChecks`]): an answer is trusted for [`CHECK_TTL`] (1 s), so a
+//!   customer's requests in a sale cost no round trip while it is warm;
+//! - the note in Redis (`<prefix>:{user:<id>}:account`, kept [`NOTE_TTL`]), shared by the
+//!   instances, written after every change and after every read of MySQL (the highest version
+//!   wins: lua/note_account.lua);
+//! - MySQL, the truth, when Redis has no note, cannot be asked, is behind MySQL (it came back
+//!   from older persistence), or notes a lower version than the token carries.
+//!
+//! A token whose account cannot be read (Redis and MySQL both unreachable, or MySQL when Redis
+//! has no note) is answered 503, never let through.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::app::AppState;
+use crate::auth::Verified;
+use crate::domain::{Account, Role};
+use crate::error::{AppError, AppResult};
+use crate::store::mysql::users;
+
+/// How long this process trusts what it read of an account: the longest another instance
+/// accepts a token after the change that ended it.
+pub const CHECK_TTL: Duration = Duration::from_secs(1);
+
+/// Accounts remembered at most (two generations of half as many each): a few MB.
+pub const CHECKS_MAX: usize = 65_536;
+
+/// How long Redis keeps the note of an account (the longest a note is believed when the
+/// instance that changed the account could not replace it: see `accounts::note`).
+pub const NOTE_TTL: Duration = Duration::from_secs(60);
+
+/// The caller a valid token names, checked against its account: the role is the account's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub user_id: u64,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    account: Account,
+    read_at: Instant,
+}
+
+/// Accounts read lately, each trusted for `ttl` after it was read: two generations, the older
+/// dropped whole when the newer is `ttl` old or holds half of [`CHECKS_MAX`]. O(1) lookups and
+/// inserts under one short lock; memory is bounded.
+struct Generations {
+    current: HashMap<u64, Entry>,
+    previous: HashMap<u64, Entry>,
+    started: Instant,
+}
+
+pub struct TokenChecks {
+    ttl: Duration,
+    max: usize,
+    seen: Mutex<Generations>,
+}
+
+impl TokenChecks {
+    pub fn new(ttl: Duration) -> Self {
+        Self::with_capacity(ttl, CHECKS_MAX)
+    }
+
+    fn with_capacity(ttl: Duration, max: usize) -> Self {
+        TokenChecks {
+            ttl,
+            max: max.max(2),
+            seen: Mutex::new(Generations {
+                current: HashMap::new(),
+                previous: HashMap::new(),
+                started: Instant::now(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Generations> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The account as read less than `ttl` ago, if it was.
+    fn get(&self, user_id: u64) -> Option<Account> {
+        let now = Instant::now();
+        let g = self.lock();
+        g.current
+            .get(&user_id)
+            .or_else(|| g.previous.get(&user_id))
+            .filter(|e| now.saturating_duration_since(e.read_at) < self.ttl)
+            .map(|e| e.account)
+    }
+
+    /// Remembers the account as read at `read_at` (taken before the read began, so the entry
+    /// never outlives what it saw by more than `ttl`).
+    fn put(&self, user_id: u64, account: Account, read_at: Instant) {
+        let now = Instant::now();
+        let mut g = self.lock();
+        let age = now.saturating_duration_since(g.started);
+        if age >= self.ttl || g.current.len() >= self.max / 2 {
+            g.previous = std::mem::take(&mut g.current);
+            g.started = now;
+        }
+        if let Some(e) = g.current.get(&user_id).or_else(|| g.previous.get(&user_id))
+            && e.read_at > read_at
+        {
+            // A newer read (or this instance's own change) is there already.
+            return;
+        }
+        g.current.insert(user_id, Entry { account, read_at });
+    }
+
+    /// After a change made here: this instance knows the account at once.
+    pub fn changed(&self, user_id: u64, account: Account) {
+        let mut g = self.lock();
+        g.previous.remove(&user_id);
+        g.current.insert(
+            user_id,
+            Entry {
+                account,
+                read_at: Instant::now(),
+            },
+        );
+    }
+
+    /// Accounts remembered now (fresh or not), for tests.
+    pub fn len(&self) -> usize {
+        let g = self.lock();
+        g.current.len() + g.previous.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The caller of a valid token, if its account exists and has the token's version: 401
+/// `unauthenticated` otherwise, 503 `unavailable` when the account cannot be read.
+pub async fn check(state: &AppState, token: Verified) -> AppResult<Caller> {
+    let user_id = token.user_id;
+    let account = match state.tokens.get(user_id) {
+        // A token newer than what this instance read: the account changed since (a new
+        // password, say) and the token came from that change. Read it again.
+        Some(Account::Live { version, .. }) if version < token.version => {
+            read(state, user_id, token.version).await?
+        }
+        Some(account) => account,
+        None => read(state, user_id, token.version).await?,
+    };
+    match account {
+        Account::Gone => Err(AppError::Unauthenticated(
+            "the token's account does not exist".into(),
+        )),
+        Account::Live { version, role } if version == token.version => Ok(Caller { user_id, role }),
+        Account::Live { .. } => {
+            metrics::counter!("flashsale_tokens_refused_total", "reason" => "revoked").increment(1);
+            Err(AppError::Unauthenticated(
+                "the token was revoked: its account's password or role changed since it was \
+                 issued; sign in again"
+                    .into(),
+            ))
+        }
+    }
+}
+
+/// Reads the account from Redis's note, or from MySQL when the note cannot settle it (none,
+/// Redis unreachable or behind, or a version below `wanted`, the token's), then notes what
+/// MySQL said in Redis for the other instances.
+async fn read(state: &AppState, user_id: u64, wanted: u32) -> AppResult<Account> {
+    let read_at = Instant::now();
+    let noted = if state.redis.is_behind() {
+        // An older copy of Redis may hold older notes: only MySQL is believed.
+        None
+    } else {
+        match state.redis.noted_account(user_id).await {
+            Ok(noted) => noted,
+            Err(e) => {
+                metrics::counter!("flashsale_token_note_errors_total", "op" => "read").increment(1);
+                tracing::debug!(error = %e, user.id = user_id, "account note unreadable; asking MySQL");
+                None
+            }
+        }
+    };
+    let account = match noted {
+        Some(a @ Account::Gone) => a,
+        Some(a @ Account::Live { version, .. }) if version >= wanted => a,
+        _ => {
+            let account = match users::find_account(&state.db, user_id).await {
+                Ok(row) => row.map(|r| r.account()).unwrap_or(Account::Gone),
+                // Logged once, where the answer is made (src/http/error.rs).
+                Err(e) => {
+                    return Err(match AppError::from(e) {
+                        e @ AppError::Internal(_) => e,
+                        e => AppError::Unavailable(format!(
+                            "the token's account cannot be checked right now ({e})"
+                        )),
+                    });
+                }
+            };
+            // A missing account is not noted: only a deletion is (accounts::delete_user).
+            if let Account::Live { .. } = account
+                && let Err(e) = state.redis.note_account(user_id, account, NOTE_TTL).await
+            {
+                metrics::counter!("flashsale_token_note_errors_total", "op" => "write")
+                    .increment(1);
+                tracing::debug!(error = %e, user.id = user_id, "could not note an account");
+            }
+            account
+        }
+    };
+    state.tokens.put(user_id, account, read_at);
+    Ok(account)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(version: u32) -> Account {
+        Account::Live {
+            version,
+            role: Role::Customer,
+        }
+    }
+
+    #[test]
+    fn an_account_is_trusted_for_the_ttl_only() {
+        let c = TokenChecks::new(Duration::from_millis(50));
+        assert_eq!(c.get(1), None);
+        c.put(1, live(3), Instant::now());
+        assert_eq!(c.get(1), Some(live(3)));
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(c.get(1), None, "stale after the ttl");
+        // Read before the ttl began: never fresh.
+        c.put(2, live(1), Instant::now() - Duration::from_millis(60));
+        assert_eq!(c.get(2), None);
+    }
+
+    #[test]
+    fn an_older_read_does_not_replace_a_newer_one() {
+        let c = TokenChecks::new(Duration::from_secs(10));
+        let before = Instant::now();
+        c.changed(1, Account::Gone);
+        c.put(1, live(0), before);
+        assert_eq!(c.get(1), Some(Account::Gone));
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let c = TokenChecks::with_capacity(Duration::from_secs(60), 100);
+        for id in 0..10_000 {
+            c.put(id, live(0), Instant::now());
+        }
+        assert!(c.len() <= 100, "{}", c.len());
+        assert_eq!(c.get(9_999), Some(live(0)), "the newest are kept");
+    }
+}
