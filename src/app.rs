@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::service::live::Hub;
 use crate::service::lookups::Lookups;
 use crate::service::sold_out::SoldOut;
-use crate::service::tokens::TokenChecks;
+use crate::service::token_cache::TokenChecks;
 use crate::store::redis::Redis;
 
 #[derive(Clone)]

@@ -13,6 +13,7 @@ pub mod orders;
 pub mod outbox_dead;
 pub mod reconcile;
 pub mod sold_out;
+pub mod token_cache;
 pub mod tokens;
 
 use chrono::{DateTime, Utc};
