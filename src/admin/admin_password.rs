@@ -8,7 +8,6 @@ use std::process::{Command, ExitCode, Stdio};
 use anyhow::Context;
 use flashsale::config::Config;
 use flashsale::service::admin_account::{self, PasswordSet};
-use flashsale::service::tokens::NOTE_TTL;
 use flashsale::store::mysql;
 use flashsale::store::redis::Redis;
 
@@ -52,7 +51,7 @@ async fn tell_running_services(cfg: &Config, db: &sqlx::MySqlPool, user_id: u64)
             .context("the admin account went meanwhile")?
             .account();
         let redis = Redis::connect(&cfg.stores)?;
-        redis.note_account(user_id, account, NOTE_TTL).await?;
+        redis.note_account(user_id, account, note_keep(cfg)).await?;
         anyhow::Ok(())
     };
     match noted.await {
@@ -60,9 +59,14 @@ async fn tell_running_services(cfg: &Config, db: &sqlx::MySqlPool, user_id: u64)
         Err(e) => println!(
             "could not tell the running services through Redis ({e}): the admin's earlier \
              tokens may be accepted for up to {} s more",
-            NOTE_TTL.as_secs()
+            note_keep(cfg).as_secs()
         ),
     }
+}
+
+/// How long the services keep an account's note (`service::tokens::note_ttl`).
+fn note_keep(cfg: &Config) -> std::time::Duration {
+    cfg.auth.token_ttl + std::time::Duration::from_secs(60)
 }
 
 /// One line of standard input without its line ending. On a terminal: asked twice, with echo

@@ -18,6 +18,7 @@ use crate::auth;
 use crate::domain::{Password, Role, Username};
 use crate::error::{AppError, AppResult};
 use crate::service::accounts::{self, PasswordRefusal};
+use crate::service::tokens;
 use crate::store::mysql::users;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -206,6 +207,16 @@ async fn create_token(
         metrics::counter!("flashsale_logins_total", "outcome" => "rejected").increment(1);
         return Err(bad());
     };
+    // Noted for the token's life: its checks need no MySQL, so a customer signed in before a
+    // MySQL outage keeps buying through it (service::tokens::note_ttl). Best effort: a check
+    // without a note reads MySQL.
+    if let Err(e) = state
+        .redis
+        .note_account(account.id, account.account(), tokens::note_ttl(&state))
+        .await
+    {
+        tracing::debug!(error = %e, user.id = account.id, "could not note the account at login");
+    }
     metrics::counter!("flashsale_logins_total", "outcome" => "ok").increment(1);
     Ok(axum::Json(Token::new(
         &state,

@@ -10,7 +10,7 @@ use crate::app::AppState;
 use crate::auth;
 use crate::domain::{Account, Password, Role};
 use crate::error::{AppError, AppResult};
-use crate::service::tokens::{Caller, NOTE_TTL};
+use crate::service::tokens::{Caller, note_ttl};
 use crate::store::mysql::users::{self, AccountRow, RoleChange, UserRow};
 
 /// An admin may not delete their own account nor change their own role: an admin who did
@@ -97,11 +97,12 @@ pub async fn change_password(
 
 /// After a change committed in MySQL: this instance's checks know it at once, and the note in
 /// Redis is replaced. When Redis cannot take it now, it is tried again in the background
-/// for as long as an older note could be kept ([`NOTE_TTL`]); meanwhile instances that read
+/// for as long as an older note could be kept ([`note_ttl`]); meanwhile instances that read
 /// the old note accept the old tokens (docs/DESIGN.md, "Tokens").
-async fn note(state: &AppState, user_id: u64, account: Account) {
+pub async fn note(state: &AppState, user_id: u64, account: Account) {
     state.tokens.changed(user_id, account);
-    let Err(e) = state.redis.note_account(user_id, account, NOTE_TTL).await else {
+    let keep = note_ttl(state);
+    let Err(e) = state.redis.note_account(user_id, account, keep).await else {
         return;
     };
     metrics::counter!("flashsale_token_note_errors_total", "op" => "change").increment(1);
@@ -112,10 +113,10 @@ async fn note(state: &AppState, user_id: u64, account: Account) {
     );
     let redis = state.redis.clone();
     tokio::spawn(async move {
-        let until = Instant::now() + NOTE_TTL;
+        let until = Instant::now() + keep;
         while Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            if redis.note_account(user_id, account, NOTE_TTL).await.is_ok() {
+            if redis.note_account(user_id, account, keep).await.is_ok() {
                 tracing::info!(user.id = user_id, "account change noted in Redis");
                 return;
             }

@@ -485,20 +485,18 @@ async fn place(
     wants: Vec<Want>,
     binder: &impl BindOrder,
 ) -> AppResult<OrderView> {
-    // Before the bind: a fence set by a retry after the bind outlives this order's deadline.
-    let started_at = state.redis.now_ms().await?;
-    binder.bind_order(order_id).await?;
+    // Nothing is taken before the note is heard; one written with its reply lost (or left by
+    // a bind that fails below) is settled by the sweeper: an order id nobody uses is fenced,
+    // nothing to hand back (a key's retry continuing the order notes it afresh). The note's
+    // time is the order's start, taken before the bind: a fence set by a retry after the bind
+    // outlives this order's deadline.
     let note = PlacementNote {
         order_id,
         user_id,
         lines: wants.iter().map(|w| (w.sku, w.from_cart)).collect(),
     };
-    // Nothing is taken before the note is heard; one written with its reply lost is settled
-    // by the sweeper (an order id nobody uses: fenced, nothing to hand back).
-    state
-        .redis
-        .note_placing(&note, started_at + PLACING_WINDOW.as_millis() as i64)
-        .await?;
+    let started_at = state.redis.note_placing(&note, PLACING_WINDOW).await?;
+    binder.bind_order(order_id).await?;
     let (placed, settled) = place_noted(state, user_id, order_id, started_at, wants, binder).await;
     if settled && let Err(e) = state.redis.placing_done(order_id).await {
         tracing::debug!(order.id = order_id, error = %e, "placement note left to the sweeper");

@@ -6,7 +6,7 @@
 //! Where the account is read, nearest first:
 //! - this process's cache ([`TokenChecks`]): an answer is trusted for [`CHECK_TTL`] (1 s), so a
 //!   customer's requests in a sale cost no round trip while it is warm;
-//! - the note in Redis (`<prefix>:{user:<id>}:account`, kept [`NOTE_TTL`]), shared by the
+//! - the note in Redis (`<prefix>:{user:<id>}:account`, kept [`note_ttl`]), shared by the
 //!   instances, written after every change and after every read of MySQL (the highest version
 //!   wins: lua/note_account.lua);
 //! - MySQL, the truth, when Redis has no note, cannot be asked, is behind MySQL (it came back
@@ -29,9 +29,14 @@ pub use super::token_cache::{CHECKS_MAX, TokenChecks};
 
 pub const CHECK_TTL: Duration = Duration::from_secs(1);
 
-/// How long Redis keeps the note of an account (the longest a note is believed when the
-/// instance that changed the account could not replace it: see `accounts::note`).
-pub const NOTE_TTL: Duration = Duration::from_secs(60);
+/// How long Redis keeps the note of an account: the life of a token (`token_ttl`) and a minute,
+/// so that a customer who signed in (a login notes the account) or was checked once is checked
+/// from Redis for as long as the token lives, MySQL down or not: the sale goes on through a
+/// MySQL outage. An account change that Redis does not take is retried for as long
+/// (`accounts::note`).
+pub fn note_ttl(state: &AppState) -> Duration {
+    state.cfg.auth.token_ttl + Duration::from_secs(60)
+}
 
 /// The caller a valid token names, checked against its account: the role is the account's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,7 +110,7 @@ async fn read(state: &AppState, user_id: u64, wanted: u32) -> AppResult<Account>
             };
             // A missing account is not noted: only a deletion is (accounts::delete_user).
             if let Account::Live { .. } = account
-                && let Err(e) = state.redis.note_account(user_id, account, NOTE_TTL).await
+                && let Err(e) = state.redis.note_account(user_id, account, note_ttl(state)).await
             {
                 metrics::counter!("flashsale_token_note_errors_total", "op" => "write")
                     .increment(1);

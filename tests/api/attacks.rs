@@ -676,15 +676,28 @@ async fn attack_failed_checkout_returns_the_hold_with_its_own_deadline() {
         "{:?}",
         cart.body
     );
-    // Nothing of the failed order's line is left (its TTL key, index entry, saved deadline).
+    // Nothing of the failed order's line is left (its ledger and index entries, saved
+    // deadline) but the fence its hand-back leaves on its TTL key.
     let base = format!("{}:{{sku:{sku}}}:", app.prefix);
     let left: Vec<String> = redis::AsyncCommands::keys(&mut conn, format!("{base}*o:*"))
         .await
         .unwrap();
+    for key in &left {
+        let v: Option<String> = redis::AsyncCommands::get(&mut conn, key).await.unwrap();
+        assert_eq!(v.as_deref(), Some("fenced"), "{key}");
+    }
     let saved: Vec<String> = redis::AsyncCommands::keys(&mut conn, format!("{base}hd:*"))
         .await
         .unwrap();
-    assert!(left.is_empty() && saved.is_empty(), "{left:?} {saved:?}");
+    assert!(saved.is_empty(), "{saved:?}");
+    let ledger: std::collections::HashMap<String, String> =
+        redis::AsyncCommands::hgetall(&mut conn, format!("{base}res"))
+            .await
+            .unwrap();
+    assert!(
+        ledger.keys().all(|rid| rid.starts_with("h:")),
+        "{ledger:?}"
+    );
     let b = app.assert_identity(sku).await;
     assert_eq!((b.held, b.reserved, b.available), (2, 0, 8));
 }

@@ -327,7 +327,10 @@ async fn a_placement_whose_process_died_is_settled_by_the_sweeper() {
         user_id: user,
         lines: vec![(sa, true), (sb, false)],
     };
-    redis.note_placing(&note, now + 60_000).await.unwrap();
+    redis
+        .note_placing(&note, Duration::from_secs(60))
+        .await
+        .unwrap();
     assert!(matches!(
         redis.convert_hold(sa, user, order_id, later).await.unwrap(),
         ConvertOutcome::Converted { .. }
@@ -351,7 +354,7 @@ async fn a_placement_whose_process_died_is_settled_by_the_sweeper() {
     assert_eq!(app.assert_identity(b).await.reserved, 1);
 
     // Due: settled.
-    redis.note_placing(&note, now - 1).await.unwrap();
+    redis.note_placing(&note, Duration::ZERO).await.unwrap();
     app.sweep().await;
     let (ba, bb) = (app.assert_identity(a).await, app.assert_identity(b).await);
     assert_eq!(

@@ -288,7 +288,11 @@ async fn a_real_prometheus_sees_every_dashboard_query_and_fires_the_write_back_a
         );
     }
 
-    // MySQL unreachable: the sale goes on in Redis, its events wait in the outbox.
+    // A customer signs in (here: is checked once, which notes the account in Redis as a login
+    // does), then MySQL becomes unreachable: the sale goes on in Redis, its events wait in the
+    // outbox.
+    let r = app.get("/v1/cart", Some(&app.customer_token(3))).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     proxy.cut();
     let fault_at = Instant::now();
     let r = app

@@ -508,3 +508,39 @@ async fn account_notes_keep_the_newest_version_and_the_deletion() {
         .unwrap();
     assert!(ttl > 0 && ttl <= 60_000, "{ttl}");
 }
+
+/// A MySQL outage during a sale: a customer who signed in before it (a login, or any checked
+/// request, notes the account in Redis for the token's life) keeps buying; one whose account
+/// was never seen cannot be checked and gets 503, never a pass.
+#[tokio::test]
+async fn a_customer_seen_before_a_mysql_outage_keeps_buying_through_it() {
+    let (app, proxy) = crate::model::faults::app_through_proxy().await;
+    let sku = app.sale_product(5, None).await;
+    let (seen, unseen) = (app.customer_token(4_001), app.customer_token(4_002));
+    assert_eq!(app.get("/v1/cart", Some(&seen)).await.status, StatusCode::OK);
+    assert_eq!(app.available(sku).await, 5);
+    // Noted for as long as the token lives (an outage of any length within it is covered).
+    let note = format!("{}:{{user:4001}}:account", app.prefix);
+    let left: i64 = redis::cmd("PTTL")
+        .arg(&note)
+        .query_async(&mut app.state.redis.conn())
+        .await
+        .unwrap();
+    assert!(
+        left > app.state.cfg.auth.token_ttl.as_millis() as i64,
+        "the note lasts {left} ms"
+    );
+    // A login notes the account too.
+    let (_, logged_in) = app.register("outage-shopper").await;
+    proxy.cut();
+    // Past this instance's own memory of the account: Redis's note answers.
+    tokio::time::sleep(CHECK_TTL + Duration::from_millis(200)).await;
+    let r = app.try_buy_now(&seen, sku, 1).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let r = app.try_buy_now(&logged_in, sku, 1).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let r = app.try_buy_now(&unseen, sku, 1).await;
+    r.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "never seen");
+    proxy.restore();
+    app.assert_identity(sku).await;
+}

@@ -322,20 +322,28 @@ impl Redis {
         Ok(())
     }
 
-    /// Notes that `p` is being placed: settled by the sweeper from `settle_at_ms` (Redis's
-    /// clock) unless its request settles it first ([`Redis::placing_done`]). Both keys in one
-    /// MULTI.
-    pub async fn note_placing(&self, p: &PlacementNote, settle_at_ms: i64) -> AppResult<()> {
+    /// Notes that `p` is being placed (lua/note_placing.lua): settled by the sweeper `window`
+    /// after now unless its request settles it first ([`Redis::placing_done`]). Returns now
+    /// (Redis's clock, unix ms): the placement's start.
+    pub async fn note_placing(
+        &self,
+        p: &PlacementNote,
+        window: std::time::Duration,
+    ) -> AppResult<i64> {
         let (due, lines) = self.keys.placing(p.order_id % ORDER_PARTITIONS);
-        let () = redis::pipe()
-            .atomic()
-            .hset(&lines, p.order_id, p.encode())
-            .ignore()
-            .zadd(&due, p.order_id, settle_at_ms)
-            .ignore()
-            .query_async(&mut self.conn())
+        let reply = self
+            .eval(
+                "note_placing",
+                &self.scripts.note_placing,
+                &[&due, &lines],
+                &[
+                    &p.order_id.to_string(),
+                    &p.encode(),
+                    &window.as_millis().to_string(),
+                ],
+            )
             .await?;
-        Ok(())
+        reply.int(0)
     }
 
     /// The placement of `order_id` is settled: nothing for the sweeper to do.

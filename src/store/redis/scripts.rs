@@ -36,6 +36,7 @@ pub struct Scripts {
     pub decide_order: Script,
     pub load_sku: Script,
     pub set_meta: Script,
+    pub note_placing: Script,
     pub adjust_stock: Script,
     pub raise_seq: Script,
     pub mark_written: Script,
@@ -67,6 +68,7 @@ impl Scripts {
             decide_order: with_lib(include_str!("../../../lua/decide_order.lua")),
             load_sku: with_lib(include_str!("../../../lua/load_sku.lua")),
             set_meta: with_lib(include_str!("../../../lua/set_meta.lua")),
+            note_placing: with_lib(include_str!("../../../lua/note_placing.lua")),
             adjust_stock: with_lib(include_str!("../../../lua/adjust_stock.lua")),
             raise_seq: with_lib(include_str!("../../../lua/raise_seq.lua")),
             mark_written: with_lib(include_str!("../../../lua/mark_written.lua")),
@@ -87,7 +89,7 @@ impl Scripts {
         }
     }
 
-    pub fn all(&self) -> [(&'static str, &Script); 26] {
+    pub fn all(&self) -> [(&'static str, &Script); 27] {
         [
             ("reserve", &self.reserve),
             ("convert_hold", &self.convert_hold),
@@ -98,6 +100,7 @@ impl Scripts {
             ("decide_order", &self.decide_order),
             ("load_sku", &self.load_sku),
             ("set_meta", &self.set_meta),
+            ("note_placing", &self.note_placing),
             ("adjust_stock", &self.adjust_stock),
             ("raise_seq", &self.raise_seq),
             ("mark_written", &self.mark_written),
@@ -150,8 +153,9 @@ fn script_span(name: &'static str, calls: usize) -> tracing::Span {
 /// sweeper's due index and a load's staging (redone by their next pass), a note of an account
 /// (a cache of MySQL, written again until it is heard). A lost reply of these is "unavailable,
 /// nothing was changed" as far as the caller is concerned.
-const QUIET: [&str; 8] = [
+const QUIET: [&str; 9] = [
     "rate_limit",
+    "note_placing",
     "claim_idempotency",
     "settle_idempotency",
     "next_order_id",
