@@ -1,0 +1,148 @@
+//! Review of issue 22's second half ("the outcome nobody heard": the placement note and its
+//! settling by the sweeper, hand-backs that always fence, the catalog change's token,
+//! reconcile's pending admin changes, the lock and claim let go after a lost reply), attacked
+//! from the description and the code. Each test here FAILS on the code it was written against
+//! (e2be5c9) and says why in its comment.
+//!
+//! The placement-note attacks need a placement that is still alive when the sweeper settles
+//! its note: the service runs behind a [`HoldProxy`] that holds its requests to Redis from one
+//! script on (as a stalled Redis or a paused process would), while a second instance of the same
+//! deployment (same MySQL database, Redis and prefix, straight to Redis) plays the sweeper that
+//! finds the note due. The note's 20 s window is not waited out: the second instance reads the
+//! partition's notes as due "now + forever", which is what its sweeper does 20 s after the start.
+
+use std::time::Duration;
+
+use flashsale::app::AppState;
+use flashsale::service::orders;
+use flashsale::startup::Application;
+use flashsale::store::redis::keys::ORDER_PARTITIONS;
+use reqwest::StatusCode;
+
+use crate::helpers::{Held, HoldProxy, TestApp, app_behind_proxy, script_sha, test_config};
+
+/// A second instance of `app`'s deployment, straight to Redis (not through `app`'s proxy): its
+/// state, and the built application (kept alive by the caller).
+async fn second_instance(app: &TestApp) -> (Application, AppState) {
+    let cfg = test_config(&app.db_name, &app.prefix);
+    let built = Application::build(cfg)
+        .await
+        .expect("the second instance builds");
+    let state = built.state();
+    (built, state)
+}
+
+/// What the second instance's sweeper does once the placements' notes are due
+/// (`orders::PLACING_WINDOW` after their start): every note settled. Returns how many.
+async fn settle_every_note(state: &AppState) -> usize {
+    let mut n = 0;
+    for p in 0..ORDER_PARTITIONS {
+        let due = state
+            .redis
+            .due_placings(p, i64::MAX, 64)
+            .await
+            .expect("notes read");
+        for note in due {
+            orders::settle_placing(state, &note)
+                .await
+                .expect("the note settles");
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Waits until the proxy's trap met its script (the request is now stuck behind it).
+async fn until_sprung(proxy: &HoldProxy) {
+    for _ in 0..200 {
+        if proxy.sprung() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the trap never met its script");
+}
+
+/// Attack: a checkout (no key) that is slow between recording its order and activating it
+/// (Redis stalls under its `decide_order` call: 2.5 s here, past `PLACING_WINDOW` in the
+/// scenario the sweeper's due note stands for). The sweeper settles the note: the `new` record
+/// is failed and the cart line goes back to the cart. The stalled activation then arrives,
+/// `decide_order` answers `reject failed`, `place_lines` hands the lines back (fine) and then
+/// falls through to `finish`, which for a request without a key answers the record as it is:
+/// **201 Created with an order whose status is `failed`**. API.md promises 201 = "the order,
+/// `awaiting_payment`"; the twin branch (`Created::Exists` finding the fence) answers 503
+/// "placing it took longer than 20 s, so it was given up". A client that trusts the 201 shows
+/// the customer an order that holds nothing (and whose units are back in the cart).
+#[tokio::test]
+async fn a_slow_checkout_whose_note_the_sweeper_settled_does_not_answer_201() {
+    let (app, proxy) = app_behind_proxy(Duration::from_secs(10)).await;
+    let (_second, direct) = second_instance(&app).await;
+    let sku = app.sale_product(5, None).await;
+    let user = 9_660;
+    let t = app.customer_token(user);
+    app.cart_add(&t, sku, 2).await;
+    proxy.arm(
+        &script_sha(|s| &s.decide_order),
+        Held::Requests,
+        Duration::from_millis(2_500),
+    );
+    let (r, settled) = tokio::join!(app.try_checkout(&t), async {
+        until_sprung(&proxy).await;
+        settle_every_note(&direct).await
+    });
+    assert_eq!(settled, 1, "the live checkout's note");
+    let (status, body) = (r.status, r.body);
+    eprintln!("{status} {body}");
+    // The line is back in the cart (the sweeper's hand-back, then the request's own).
+    assert_eq!(app.cart(&t).await.line(sku).map(|l| l.count), Some(2));
+    assert!(
+        !(status == StatusCode::CREATED && body["status"] == "failed"),
+        "a checkout answered 201 Created with a failed order that holds nothing: {body}"
+    );
+    app.assert_identity(sku).await;
+}
+
+/// Attack: the same stall with an `Idempotency-Key`, before the record this time (Redis stalls
+/// under `create_order`). The sweeper fences the order and gives the line back to the cart;
+/// the stalled `create_order` then finds the fence (`exists`, failed) and `place_lines`
+/// answers `taken_over()`: 409 `request_in_progress`, "a retry with the key took over; repeat
+/// the request to get the key's answer". No retry took over: the lease is still this request's,
+/// so `Holder::finish` stores that 409 as **the key's final answer, kept 24 h**. Every repeat
+/// the answer asks for replays the 409 (Idempotent-Replayed: true) telling it to repeat again:
+/// the key can never place the order (nor tell the client what happened).
+#[tokio::test]
+async fn a_keyed_checkout_whose_note_the_sweeper_settled_is_not_stuck_on_a_replayed_409() {
+    let (app, proxy) = app_behind_proxy(Duration::from_secs(10)).await;
+    let (_second, direct) = second_instance(&app).await;
+    let sku = app.sale_product(5, None).await;
+    let user = 9_661;
+    let t = app.customer_token(user);
+    app.cart_add(&t, sku, 2).await;
+    proxy.arm(
+        &script_sha(|s| &s.create_order),
+        Held::Requests,
+        Duration::from_millis(2_500),
+    );
+    let (first, settled) = tokio::join!(app.try_checkout_keyed(&t, "att6-stuck"), async {
+        until_sprung(&proxy).await;
+        settle_every_note(&direct).await
+    });
+    assert_eq!(settled, 1, "the live checkout's note");
+    eprintln!("first: {} {:?}", first.status, first.body);
+    assert_eq!(app.cart(&t).await.line(sku).map(|l| l.count), Some(2));
+    // The client does what the answer says: it repeats the request with its key.
+    let again = app.try_checkout_keyed(&t, "att6-stuck").await;
+    eprintln!(
+        "repeat: {} {:?} {:?}",
+        again.status,
+        again.headers.get("idempotent-replayed"),
+        again.body
+    );
+    assert_ne!(
+        (again.status, again.code()),
+        (StatusCode::CONFLICT, "request_in_progress"),
+        "the key's repeat replays 'request_in_progress, repeat the request' (stored for 24 h): {:?}",
+        again.body
+    );
+    app.assert_identity(sku).await;
+}
