@@ -194,3 +194,114 @@ async fn reconcile_of_a_sku_with_pending_changes_of_many_sizes_answers_in_time()
         "one sku's reconcile took {took:?} for 22 pending changes (2^22 sums enumerated)"
     );
 }
+
+/// Attack on "a retry continuing the order and a holder still alive converge on this one order"
+/// (`Resumed::Continue`, `place_lines`' `Created::Exists` branch). A keyed checkout A of a cart
+/// {a, x} converts a into its order v, then stalls with its `convert_hold` of x on its way
+/// (Redis froze under it: the call reaches Redis 3 s late); its key's lease runs out meanwhile.
+/// The customer removes x from the cart and repeats the checkout with the key (B, on another
+/// instance): B continues v with the cart as it is now ({a}) and places it: 201, items [a].
+/// The customer then adds x to the cart again. A's late `convert_hold(x, v)` arrives: no fence
+/// (nobody gave v's x line up; v is placed, not settled), so it **turns the customer's new x
+/// hold into a line of order v**, which does not list x. A then finds its key taken over (its
+/// second `bind_order`) and, being a checkout, leaves its lines "for the retry that continues
+/// the order", answering 409 `request_in_progress` "... nothing was reserved" (false: it just
+/// reserved x). But the retry has already placed v without x. The customer's x is gone from
+/// the cart, reserved under an order that does not carry it: hidden from its owner until v's
+/// deadline, and if v is paid, the sweeper's `settle_line` at that deadline *sells* it
+/// (`commit_sold` on a line of a paid order) though nobody paid for it. A should hand back the
+/// lines it took that the placed record does not list (or the retry should fence them).
+#[tokio::test]
+async fn a_stalled_holder_does_not_take_a_line_into_the_order_its_keys_retry_placed() {
+    let proxy = HoldProxy::start("127.0.0.1:6379".into()).await;
+    let url = proxy.url();
+    let lease = Duration::from_millis(600);
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.stores.redis_url = url;
+        c.stores.redis_timeout = Duration::from_secs(10);
+        c.sale.idempotency_lease = lease;
+    })
+    .await;
+    let mut cfg2 = test_config(&app.db_name, &app.prefix);
+    cfg2.sale.idempotency_lease = lease;
+    let second = Application::build(cfg2).await.unwrap();
+    let addr2 = format!("http://127.0.0.1:{}", second.port());
+    let (stop2, rx2) = tokio::sync::oneshot::channel::<()>();
+    let server2 = tokio::spawn(second.run_until(async {
+        let _ = rx2.await;
+    }));
+
+    let (a, x) = (
+        app.sale_product(5, None).await,
+        app.sale_product(5, None).await,
+    );
+    let user = 9_662;
+    let t = app.customer_token(user);
+    app.cart_add(&t, a, 1).await;
+    app.cart_add(&t, x, 1).await;
+    // The first conversion goes through; the second (and everything after it) reaches Redis
+    // 3 s late.
+    let convert = script_sha(|s| &s.convert_hold);
+    proxy.arm(&convert, Held::Requests, Duration::from_millis(1));
+    proxy.arm(&convert, Held::Requests, Duration::from_secs(3));
+    let client = reqwest::Client::new();
+    let (first, retried) = tokio::join!(app.try_checkout_keyed(&t, "att6-converge"), async {
+        until_sprung(&proxy).await;
+        // Which line A took first: the other is "x" of the story.
+        let (_, lines_a) = crate::helpers::held_in_redis(&app, user, a).await;
+        let (first, late) = if lines_a.is_empty() { (x, a) } else { (a, x) };
+        tokio::time::sleep(lease + Duration::from_millis(300)).await;
+        let removed = client
+            .delete(format!("{addr2}/v1/cart/items/{late}"))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(removed.status(), StatusCode::OK);
+        let retry = client
+            .post(format!("{addr2}/v1/orders"))
+            .bearer_auth(&t)
+            .header("Idempotency-Key", "att6-converge")
+            .send()
+            .await
+            .unwrap();
+        let status = retry.status();
+        let body: serde_json::Value = retry.json().await.unwrap();
+        let added = client
+            .post(format!("{addr2}/v1/cart/items"))
+            .bearer_auth(&t)
+            .json(&serde_json::json!({"sku": late, "count": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(added.status(), StatusCode::OK);
+        (first, late, status, body)
+    });
+    let (first_sku, late, status, body) = retried;
+    eprintln!("A: {} {:?}", first.status, first.body);
+    eprintln!("B: {status} {body}");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let items: Vec<u64> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["sku"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        items,
+        vec![first_sku],
+        "the retry placed the order as the cart is now"
+    );
+    let (hold, lines) = crate::helpers::held_in_redis(&app, user, late).await;
+    eprintln!("sku {late}: hold {hold:?}, lines {lines:?}");
+    assert_eq!(
+        app.cart(&t).await.line(late).map(|l| l.count),
+        Some(1),
+        "the hold added after the order was placed is gone from the cart (lines of the \
+         customer on it: {lines:?}; order {} lists only {items:?})",
+        body["order_id"]
+    );
+    app.assert_identity(late).await;
+    let _ = stop2.send(());
+    let _ = server2.await;
+}
