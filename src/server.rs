@@ -170,7 +170,10 @@ impl Drop for HeldConnection {
 }
 
 /// The client's address: the TCP peer, or with `trust_forwarded_for` the last
-/// `X-Forwarded-For` entry (the one the proxy in front appended).
+/// `X-Forwarded-For` entry (the one the proxy in front appended), read as the proxy wrote it:
+/// a bare address, `ip:port` or `[v6]:port`, in a header whose earlier, client-written part may
+/// hold any bytes (only the proxy's last entry is read). An entry that is no address at all
+/// falls back to the TCP peer.
 pub fn client_ip(
     parts: &axum::http::request::Parts,
     trust_forwarded_for: bool,
@@ -180,10 +183,11 @@ pub fn client_ip(
             .headers
             .get_all("x-forwarded-for")
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
             .last()
-            .and_then(|s| s.trim().parse::<std::net::IpAddr>().ok());
+            .and_then(|v| {
+                let text = String::from_utf8_lossy(v.as_bytes());
+                text.rsplit(',').next().and_then(forwarded_address)
+            });
         if last.is_some() {
             return last;
         }
@@ -194,9 +198,36 @@ pub fn client_ip(
         .map(|c| c.0.ip())
 }
 
+/// One `X-Forwarded-For` entry: `198.51.100.7`, `198.51.100.7:50123`, `2001:db8::1` or
+/// `[2001:db8::1]:443`.
+fn forwarded_address(entry: &str) -> Option<std::net::IpAddr> {
+    let entry = entry.trim();
+    entry
+        .parse()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            entry
+                .strip_prefix('[')
+                .and_then(|e| e.strip_suffix(']'))
+                .and_then(|e| e.parse().ok())
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarded_entries_are_read_with_or_without_their_port() {
+        let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+        assert_eq!(forwarded_address(" 198.51.100.7"), ip("198.51.100.7"));
+        assert_eq!(forwarded_address("198.51.100.7:50123"), ip("198.51.100.7"));
+        assert_eq!(forwarded_address("2001:db8::1"), ip("2001:db8::1"));
+        assert_eq!(forwarded_address("[2001:db8::1]:443"), ip("2001:db8::1"));
+        assert_eq!(forwarded_address("[2001:db8::1]"), ip("2001:db8::1"));
+        assert_eq!(forwarded_address("unknown"), None);
+    }
 
     #[test]
     fn one_address_holds_at_most_its_share_of_connections() {

@@ -110,7 +110,10 @@ async fn read(state: &AppState, user_id: u64, wanted: u32) -> AppResult<Account>
             };
             // A missing account is not noted: only a deletion is (accounts::delete_user).
             if let Account::Live { .. } = account
-                && let Err(e) = state.redis.note_account(user_id, account, note_ttl(state)).await
+                && let Err(e) = state
+                    .redis
+                    .note_account(user_id, account, note_ttl(state))
+                    .await
             {
                 metrics::counter!("flashsale_token_note_errors_total", "op" => "write")
                     .increment(1);

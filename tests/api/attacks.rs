@@ -694,10 +694,7 @@ async fn attack_failed_checkout_returns_the_hold_with_its_own_deadline() {
         redis::AsyncCommands::hgetall(&mut conn, format!("{base}res"))
             .await
             .unwrap();
-    assert!(
-        ledger.keys().all(|rid| rid.starts_with("h:")),
-        "{ledger:?}"
-    );
+    assert!(ledger.keys().all(|rid| rid.starts_with("h:")), "{ledger:?}");
     let b = app.assert_identity(sku).await;
     assert_eq!((b.held, b.reserved, b.available), (2, 0, 8));
 }

@@ -517,7 +517,10 @@ async fn a_customer_seen_before_a_mysql_outage_keeps_buying_through_it() {
     let (app, proxy) = crate::model::faults::app_through_proxy().await;
     let sku = app.sale_product(5, None).await;
     let (seen, unseen) = (app.customer_token(4_001), app.customer_token(4_002));
-    assert_eq!(app.get("/v1/cart", Some(&seen)).await.status, StatusCode::OK);
+    assert_eq!(
+        app.get("/v1/cart", Some(&seen)).await.status,
+        StatusCode::OK
+    );
     assert_eq!(app.available(sku).await, 5);
     // Noted for as long as the token lives (an outage of any length within it is covered).
     let note = format!("{}:{{user:4001}}:account", app.prefix);
