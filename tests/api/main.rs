@@ -9,6 +9,7 @@ mod attacks2;
 mod attacks3;
 mod attacks4;
 mod attacks5;
+mod attacks7;
 mod auth;
 mod authz;
 mod cart;
