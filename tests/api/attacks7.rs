@@ -483,3 +483,47 @@ async fn after_the_argon2_cost_is_raised_login_timing_tells_which_usernames_exis
          unknown name: the time says which names exist"
     );
 }
+
+/// DEFECT: with FLASHSALE_TRUST_FORWARDED_FOR, `client_ip` reads `X-Forwarded-For` through
+/// `HeaderValue::to_str`, which fails on any byte outside visible ASCII, and then falls back to
+/// the TCP peer, the proxy. A proxy that appends to the client's header (nginx
+/// `$proxy_add_x_forwarded_for` sends `<client's value>, <client address>`) passes an obs-text
+/// byte through, so a client that sends `X-Forwarded-For: \x80` gets its requests counted as
+/// the proxy's: a fresh bucket (one per proxy node), out of reach of its own exhausted one,
+/// and shared with, so able to exhaust for, every other request that falls back. Here the
+/// client at 198.51.100.7 has spent its logins and goes on guessing as "the proxy".
+#[tokio::test]
+async fn a_non_ascii_forwarded_for_moves_a_client_out_of_its_own_bucket() {
+    let app = spawn_app_with(|c| {
+        c.limits.rate_limits = true;
+        c.http.trust_forwarded_for = true;
+        c.limits.login_ip_per_min = 3.0;
+    })
+    .await;
+    const CLIENT: &str = "198.51.100.7";
+    let mut spent = 0;
+    while login_from(&app, CLIENT).await != StatusCode::TOO_MANY_REQUESTS {
+        spent += 1;
+        assert!(spent <= 10, "the client is never limited");
+    }
+    // What nginx forwards when the same client sends `X-Forwarded-For: \x80`.
+    let mut value = vec![0x80u8];
+    value.extend_from_slice(format!(", {CLIENT}").as_bytes());
+    let status = app
+        .client
+        .post(format!("{}/v1/auth/token", app.addr))
+        .header(
+            "x-forwarded-for",
+            reqwest::header::HeaderValue::from_bytes(&value).unwrap(),
+        )
+        .json(&json!({"username": "nobody-here", "password": "wrong-password"}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the client at {CLIENT}, out of attempts, got another one by adding a \\x80 byte"
+    );
+}
