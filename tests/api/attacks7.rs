@@ -572,3 +572,51 @@ async fn production_starts_with_an_admin_whose_password_is_a_refused_variant() {
         }
     }
 }
+
+/// A sign-up from `forwarded` (the app trusts `X-Forwarded-For`).
+async fn sign_up_from(app: &TestApp, forwarded: &str, username: &str) -> Resp {
+    app.send(
+        Method::POST,
+        "/v1/users",
+        None,
+        Some(json!({"username": username, "password": "some-password-1"})),
+        &[("x-forwarded-for", forwarded)],
+    )
+    .await
+}
+
+/// DEFECT (design): every per-address limit keys an IPv6 client by its /64 because "one
+/// subscriber holds a whole /64" (API.md). Subscribers are delegated more: RIPE-690 advises a
+/// /48 or /56 per end site, and a /56 (256 /64s) or /60 (16) is what home lines commonly get.
+/// One household therefore holds 256 separate buckets of everything, the sign-up probe of
+/// taken names included: 10 names a minute becomes 2,560, and the failed-login and connection
+/// caps likewise. Here the second /64 of the same /56 probes on after the first is refused.
+#[tokio::test]
+async fn one_household_s_ipv6_delegation_holds_hundreds_of_per_address_buckets() {
+    let app = spawn_app_with(|c| {
+        c.limits.rate_limits = true;
+        c.http.trust_forwarded_for = true;
+        c.limits.login_ip_per_min = 1_000.0;
+        c.limits.signup_taken_per_min = 2.0;
+    })
+    .await;
+    for name in ["ann", "ben", "cid"] {
+        app.register(name).await;
+    }
+    for name in ["ann", "ben"] {
+        sign_up_from(&app, "2001:db8:5:100::1", name)
+            .await
+            .assert_error(StatusCode::CONFLICT, "already_exists", name);
+    }
+    sign_up_from(&app, "2001:db8:5:100::1", "cid")
+        .await
+        .assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "its share");
+    // The next /64 of the same /56.
+    let r = sign_up_from(&app, "2001:db8:5:101::1", "cid").await;
+    assert_eq!(
+        r.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the same household's next /64 learns that `cid` exists: {:?}",
+        r.body
+    );
+}
