@@ -142,7 +142,15 @@ mod tests {
             "--admin-password",
             "x"
         ])));
-        assert!(given_as_flag(args(&["flashsale", "--admin-password=x", "admin-password"])));
-        assert!(!given_as_flag(args(&["flashsale", "admin-password", "--from-env"])));
+        assert!(given_as_flag(args(&[
+            "flashsale",
+            "--admin-password=x",
+            "admin-password"
+        ])));
+        assert!(!given_as_flag(args(&[
+            "flashsale",
+            "admin-password",
+            "--from-env"
+        ])));
     }
 }

@@ -244,7 +244,12 @@ mod tests {
             c.auth.jwt_secret = Some(guess.into());
             assert!(refusal(&c).contains("first guesses"), "{guess}");
         }
-        for guess in ["password1234", "adminadmin12", "qwerty123456", "Secret-Admin-2024"] {
+        for guess in [
+            "password1234",
+            "adminadmin12",
+            "qwerty123456",
+            "Secret-Admin-2024",
+        ] {
             let mut c = production();
             c.auth.admin_password = Some(guess.into());
             assert!(refusal(&c).contains("first guesses"), "{guess}");

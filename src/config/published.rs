@@ -1,11 +1,16 @@
 //! The credentials this repository publishes: every password and secret written in
 //! docker-compose.yml, README.md, docs/ and the examples (postman/, scripts/, browser/, ...),
-//! and the dev fallbacks of the code. Anyone who has read the repository knows them, so
+//! the examples of the OpenAPI document (served at `GET /openapi.json`), the values written in
+//! src/ and tests/ (a unit test's "strong" secret is public too), and the dev fallbacks of the
+//! code. Anyone who has read the repository knows them, so
 //! production mode refuses each of them wherever a credential goes (src/config/production.rs)
-//! and refuses to start while the admin account still has one (src/startup.rs).
+//! and refuses to start while any admin account still has one (src/service/admin_account.rs).
 //!
 //! tests/api/production.rs scans those files for credential-looking values and fails when one
-//! is not here: a new example cannot slip past. Entries are never removed: a value once
+//! is not here: a new example cannot slip past. src/ and tests/ are not scanned (their many
+//! refused and generated values would turn the scan into a list of exceptions): a credential
+//! written there that passes production belongs here by hand; unit tests build theirs at run
+//! time (`config::unpublished_hex`). Entries are never removed: a value once
 //! published stays in the repository's history.
 
 /// The published values, compared trimmed and ignoring ASCII case (see [`is_published`]).

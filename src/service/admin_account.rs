@@ -53,7 +53,10 @@ async fn has_published_password(hash: &str, cfg: &AuthConfig) -> anyhow::Result<
 async fn refuse_other_published_admins(db: &MySqlPool, cfg: &AuthConfig) -> anyhow::Result<()> {
     let mut found = Vec::new();
     for admin in mysql::users::admins(db).await? {
-        if admin.username.eq_ignore_ascii_case(cfg.admin_username.trim()) {
+        if admin
+            .username
+            .eq_ignore_ascii_case(cfg.admin_username.trim())
+        {
             continue;
         }
         if has_published_password(&admin.password_hash, cfg).await? {
