@@ -12,6 +12,15 @@ use flashsale::store::mysql;
 use flashsale::store::redis::Redis;
 
 pub async fn run(cfg: Config, from_env: bool) -> anyhow::Result<ExitCode> {
+    // The global `--admin-password` flag would fill FLASHSALE_ADMIN_PASSWORD's setting (and so
+    // `--from-env`) from the command line.
+    anyhow::ensure!(
+        !given_as_flag(std::env::args_os()),
+        "the admin password was given on the command line (--admin-password), where the \
+         machine's other users (ps) and the shell's history see it: nothing changed. Pipe it \
+         in on standard input, or set FLASHSALE_ADMIN_PASSWORD and use --from-env; then choose \
+         a new one, as this one may already be seen"
+    );
     let password = if from_env {
         cfg.auth
             .admin_password
@@ -69,6 +78,14 @@ fn note_keep(cfg: &Config) -> std::time::Duration {
     cfg.auth.token_ttl + std::time::Duration::from_secs(60)
 }
 
+/// Whether `args` give `--admin-password` (as `--admin-password v` or `--admin-password=v`).
+fn given_as_flag(args: impl IntoIterator<Item = std::ffi::OsString>) -> bool {
+    args.into_iter().skip(1).any(|a| {
+        let a = a.to_string_lossy();
+        a == "--admin-password" || a.starts_with("--admin-password=")
+    })
+}
+
 /// One line of standard input without its line ending. On a terminal: asked twice, with echo
 /// off (`stty -echo`), refused when echo cannot be turned off.
 fn read_password() -> anyhow::Result<String> {
@@ -114,4 +131,30 @@ fn read_line(input: &mut impl BufRead) -> anyhow::Result<Option<String>> {
     let line = line.strip_suffix('\n').unwrap_or(&line);
     let line = line.strip_suffix('\r').unwrap_or(line);
     Ok(Some(line.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flag_is_recognised_in_both_spellings() {
+        let args = |a: &[&str]| a.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        assert!(given_as_flag(args(&[
+            "flashsale",
+            "admin-password",
+            "--admin-password",
+            "x"
+        ])));
+        assert!(given_as_flag(args(&[
+            "flashsale",
+            "--admin-password=x",
+            "admin-password"
+        ])));
+        assert!(!given_as_flag(args(&[
+            "flashsale",
+            "admin-password",
+            "--from-env"
+        ])));
+    }
 }

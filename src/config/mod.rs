@@ -136,6 +136,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
 }
 
+/// A random value of `n` hex digits, for unit tests: a value written out in src/ is published
+/// (src/config/published.rs), so production refuses it.
+#[cfg(test)]
+pub(crate) fn unpublished_hex(n: usize) -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..n)
+        .map(|_| char::from_digit(rng.random_range(0..16), 16).unwrap())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,18 +167,18 @@ mod tests {
         c.auth.production = true;
         assert!(c.validate().is_err());
         c.auth.jwt_secret = Some("short".into());
-        c.auth.admin_password = Some("correct-horse-7".into());
+        c.auth.admin_password = Some(format!("Pw-{}", unpublished_hex(12)));
         assert!(c.validate().is_err());
         c.auth.jwt_secret = Some("k".repeat(32));
         assert!(c.validate().is_err(), "one repeated byte");
-        c.auth.jwt_secret = Some("0d5f2b9c81e7a4360d5f2b9c81e7a436".into());
+        c.auth.jwt_secret = Some(unpublished_hex(32));
         assert!(c.validate().is_ok());
     }
 
     #[test]
     fn a_previous_secret_needs_a_current_one() {
         let mut c = Config::defaults();
-        c.auth.jwt_secret_previous = Some("0d5f2b9c81e7a4360d5f2b9c81e7a436".into());
+        c.auth.jwt_secret_previous = Some(unpublished_hex(32));
         assert!(c.validate().is_err());
     }
 

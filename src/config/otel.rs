@@ -141,11 +141,12 @@ impl OtelConfig {
             },
             (None, None) => return Ok(None),
         };
-        // Never echo credentials (`user:pass@`) into a message.
+        // Never echo credentials (`user:pass@`, `?api-key=...`) into a message.
+        // A user part alone may be a key too: not shown at all.
         let shown = if endpoint.contains('@') {
             "(with credentials, not shown)".to_string()
         } else {
-            format!("{endpoint:?}")
+            format!("{:?}", super::url::redact_url(&endpoint))
         };
         let uri: axum::http::Uri = endpoint
             .parse()

@@ -37,6 +37,40 @@ const WEBHOOK_SECRET: Rule = Rule {
     fix: "generate one with `openssl rand -hex 32` and give it to the receiver too",
 };
 
+/// A password in FLASHSALE_MYSQL_URL or FLASHSALE_REDIS_URL.
+const URL_PASSWORD: Rule = Rule {
+    min_len: 12,
+    min_distinct: 5,
+    fix: "change that account's password in the store and in the URL, e.g. to \
+          `openssl rand -hex 16`",
+};
+
+/// Words that make up the first guesses; a value that is little else is guessable.
+const GUESSABLE_WORDS: &[&str] = &[
+    "password", "passwd", "admin", "qwerty", "letmein", "welcome", "secret",
+];
+
+/// Whether `value` is one of the first guesses: mostly a run of ascending or descending
+/// characters (`0123456789abcdef...`, `abcdef...`, `987654...`), or with the common words
+/// (`password`, `admin`, `qwerty`, ...) and the punctuation taken out, fewer than 6 bytes or
+/// such a run left (`password1234`, `adminadmin12`, `qwerty123456`, `Secret-Admin-2024`).
+fn guessable(value: &str) -> bool {
+    fn mostly_a_run(s: &str) -> bool {
+        let steps = s
+            .as_bytes()
+            .windows(2)
+            .filter(|w| w[0].abs_diff(w[1]) == 1)
+            .count();
+        s.len() >= 2 && steps * 2 >= s.len() - 1
+    }
+    let mut rest = value.to_ascii_lowercase();
+    for word in GUESSABLE_WORDS {
+        rest = rest.replace(word, "");
+    }
+    rest.retain(|c| c.is_ascii_alphanumeric() || !c.is_ascii());
+    mostly_a_run(value) || rest.len() < 6 || mostly_a_run(&rest)
+}
+
 const PUBLISHED_WHY: &str = "is a value this repository publishes (docker-compose.yml, README.md, \
                              docs/ or an example), so anyone knows it";
 
@@ -55,6 +89,10 @@ fn check(name: &str, value: &str, rule: &Rule, problems: &mut Vec<String>) {
             "has fewer than {} different characters (too easy to guess)",
             rule.min_distinct
         )
+    } else if guessable(value) {
+        "is among the first guesses (a run such as `0123456789abcdef`, or little but words such \
+         as `password`, `admin`, `qwerty` and digits)"
+            .to_string()
     } else {
         return;
     };
@@ -62,7 +100,7 @@ fn check(name: &str, value: &str, rule: &Rule, problems: &mut Vec<String>) {
 }
 
 /// What is wrong with `value` as the admin's password (`name` says where it comes from), by
-/// production's rule: published, too short, too few different characters. `flashsale
+/// production's rule: published, too short, too few different characters, guessable. `flashsale
 /// admin-password` applies it in any mode.
 pub fn admin_password_problem(name: &str, value: &str) -> Option<String> {
     let mut problems = Vec::new();
@@ -115,12 +153,17 @@ pub(super) fn check_production(cfg: &Config) -> Result<(), String> {
         ("FLASHSALE_MYSQL_URL", &cfg.stores.mysql_url),
         ("FLASHSALE_REDIS_URL", &cfg.stores.redis_url),
     ] {
-        if url_passwords(url).iter().any(|p| is_published(p)) {
-            problems.push(format!(
-                "the password in {name} {PUBLISHED_WHY}: change that account's password in the \
-                 store and in the URL"
-            ));
+        // Only the first problem: a URL may carry its password twice (user part and query).
+        let mut found = Vec::new();
+        for password in url_passwords(url) {
+            check(
+                &format!("the password in {name}"),
+                &password,
+                &URL_PASSWORD,
+                &mut found,
+            );
         }
+        problems.extend(found.into_iter().next());
     }
     if problems.is_empty() {
         return Ok(());
@@ -140,8 +183,9 @@ mod tests {
     fn production() -> Config {
         let mut c = Config::defaults();
         c.auth.production = true;
-        c.auth.jwt_secret = Some("9f2c4e1a7b3d5f60812ab4c6d8e0f1a3".into());
-        c.auth.admin_password = Some("Tq7-vL2m-Zx9c".into());
+        // Random: a value written out here would be published (src/config/published.rs).
+        c.auth.jwt_secret = Some(crate::config::unpublished_hex(64));
+        c.auth.admin_password = Some(format!("Pw-{}", crate::config::unpublished_hex(20)));
         c
     }
 
@@ -190,6 +234,33 @@ mod tests {
         let mut c = production();
         c.webhooks.webhook_secret = Some("s3cret".into());
         assert!(refusal(&c).contains("FLASHSALE_WEBHOOK_SECRET is shorter"));
+
+        // Guessable: runs, and little but common words and digits.
+        for guess in [
+            "fedcba9876543210fedcba9876543210",
+            "zyxwvutsrqponmlkjihgfedcba987654",
+        ] {
+            let mut c = production();
+            c.auth.jwt_secret = Some(guess.into());
+            assert!(refusal(&c).contains("first guesses"), "{guess}");
+        }
+        for guess in [
+            "password1234",
+            "adminadmin12",
+            "qwerty123456",
+            "Secret-Admin-2024",
+        ] {
+            let mut c = production();
+            c.auth.admin_password = Some(guess.into());
+            assert!(refusal(&c).contains("first guesses"), "{guess}");
+        }
+
+        // A URL's password: published with a character added, or short.
+        let mut c = production();
+        c.stores.mysql_url = "mysql://root:Flashsale1@db:3306/flashsale".into();
+        assert!(refusal(&c).contains("the password in FLASHSALE_MYSQL_URL is a value"));
+        c.stores.mysql_url = "mysql://root:x7Kq2mWz@db:3306/flashsale".into();
+        assert!(refusal(&c).contains("the password in FLASHSALE_MYSQL_URL is shorter than 12"));
     }
 
     #[test]

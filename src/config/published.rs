@@ -1,11 +1,16 @@
 //! The credentials this repository publishes: every password and secret written in
 //! docker-compose.yml, README.md, docs/ and the examples (postman/, scripts/, browser/, ...),
-//! and the dev fallbacks of the code. Anyone who has read the repository knows them, so
+//! the examples of the OpenAPI document (served at `GET /openapi.json`), the values written in
+//! src/ and tests/ (a unit test's "strong" secret is public too), and the dev fallbacks of the
+//! code. Anyone who has read the repository knows them, so
 //! production mode refuses each of them wherever a credential goes (src/config/production.rs)
-//! and refuses to start while the admin account still has one (src/startup.rs).
+//! and refuses to start while any admin account still has one (src/service/admin_account.rs).
 //!
 //! tests/api/production.rs scans those files for credential-looking values and fails when one
-//! is not here: a new example cannot slip past. Entries are never removed: a value once
+//! is not here: a new example cannot slip past. src/ and tests/ are not scanned (their many
+//! refused and generated values would turn the scan into a list of exceptions): a credential
+//! written there that passes production belongs here by hand; unit tests build theirs at run
+//! time (`config::unpublished_hex`). Entries are never removed: a value once
 //! published stays in the repository's history.
 
 /// The published values, compared trimmed and ignoring ASCII case (see [`is_published`]).
@@ -28,14 +33,37 @@ pub const PUBLISHED: &[&str] = &[
     "loadbuyer-password",
     "not-the-password",
     "another-password",
+    // src/http/users.rs: the example passwords of the OpenAPI document, served to anyone at
+    // `GET /openapi.json`.
+    "correct horse battery",
+    "staple battery horse correct",
+    // Values written in src/ and tests/ (unit tests, the tests' helpers): a value a test calls
+    // strong is published all the same. src/config/production.rs, src/config/mod.rs.
+    "9f2c4e1a7b3d5f60812ab4c6d8e0f1a3",
+    "0d5f2b9c81e7a4360d5f2b9c81e7a436",
+    "0123456789abcdef0123456789abcdef",
+    "Tq7-vL2m-Zx9c",
+    "correct-horse-7",
+    // tests/api/helpers/accounts.rs: the load accounts' password; tests/api/production.rs: a
+    // webhook secret.
+    "load-account-password",
+    "whsec-0123456789abcdef",
 ];
 
 /// Words that mark a value as a placeholder to be replaced (`change-me`, ...).
-const PLACEHOLDERS: &[&str] = &["change-me", "changeme", "change_me"];
+const PLACEHOLDERS: &[&str] = &[
+    "change-me",
+    "changeme",
+    "change_me",
+    "replace-me",
+    "replaceme",
+    "replace_me",
+];
 
 /// Published values at least this long are also refused inside a longer value
-/// (`admin-dev-password1` is no better than `admin-dev-password`).
-const CONTAINED_FROM: usize = 16;
+/// (`admin-dev-password1` is no better than `admin-dev-password`, `flashsale1` than
+/// `flashsale`). Shorter ones (`pw`) only whole: a strong value may contain them by chance.
+const CONTAINED_FROM: usize = 8;
 
 /// Whether `value` is a published credential, a published one with something added, or a
 /// placeholder.
@@ -60,7 +88,10 @@ mod tests {
         assert!(is_published("admin-dev-password1"));
         assert!(is_published("x-change-me-y-0123456789abcdef0123456789"));
         assert!(!is_published("a2c8f0e5b7d1934e6a0f2b8c5d7e1f30"));
+        assert!(is_published("Flashsale!"));
+        assert!(is_published("alice-password-1"));
+        assert!(is_published("replace-me-with-a-long-random-secret"));
         // Short published values only match whole: a strong password may contain "pw".
-        assert!(!is_published("zq8-pw-flashsale-7Hk2"));
+        assert!(!is_published("zq8-pw-fl4shs4le-7Hk2"));
     }
 }

@@ -10,20 +10,43 @@ fn is_secret_param(name: &str) -> bool {
         .any(|w| name.contains(w))
 }
 
+/// A URL split as the drivers (the url crate) split it: its scheme, its user part (up to the
+/// last `@` of the authority, which ends at the first `/`, `?` or `#` after `://`), and the
+/// rest (host onwards). None when it has no `://`.
+fn split_url(url: &str) -> Option<(&str, Option<&str>, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    Some(match rest[..authority_end].rsplit_once('@') {
+        Some((user, _)) => (scheme, Some(user), &rest[user.len() + 1..]),
+        None => (scheme, None, rest),
+    })
+}
+
 /// The URL as the logs may show it: the password of its user part and the values of its
-/// credential-looking query parameters replaced by `***`. Over-redacts rather than leaks: with
-/// several `@`, everything before the last one is taken for the user part.
+/// credential-looking query parameters replaced by `***`. The user part is the drivers' (see
+/// [`split_url`]); over-redacts rather than leaks: an `@` in the path (before any `?` or `#`)
+/// is taken for a password with an unescaped `/`, and everything before it for the user part.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let Some((scheme, user, rest)) = split_url(url) else {
         // Not a URL: nothing tells what part of it is secret.
         return "(not a URL)".into();
     };
-    let (user, rest) = match rest.rsplit_once('@') {
-        Some((cred, host)) => match cred.split_once(':') {
-            Some((user, _)) => (format!("{user}:***@"), host),
-            None => (format!("{cred}@"), host),
+    let path_end = rest.find(['?', '#']).unwrap_or(rest.len());
+    let (user, rest) = match rest[..path_end].rsplit_once('@') {
+        // `u:p/w@db/x`: the whole of it before the last such `@` is the user part.
+        Some((before, _)) => {
+            let whole = &url[scheme.len() + 3..];
+            let cut = whole.len() - rest.len() + before.len();
+            (Some(&whole[..cut]), &whole[cut + 1..])
+        }
+        None => (user, rest),
+    };
+    let user = match user {
+        Some(cred) => match cred.split_once(':') {
+            Some((user, _)) => format!("{user}:***@"),
+            None => format!("{cred}@"),
         },
-        None => (String::new(), rest),
+        None => String::new(),
     };
     let rest = match rest.split_once('?') {
         Some((path, query)) => {
@@ -41,19 +64,18 @@ pub fn redact_url(url: &str) -> String {
     format!("{scheme}://{user}{rest}")
 }
 
-/// The passwords a URL carries (percent-decoded): its user part's, and those of `password=` or
-/// `pass=` query parameters.
+/// The passwords a URL carries (percent-decoded), as the drivers read them: its user part's
+/// (see [`split_url`]), and those of `password=` or `pass=` query parameters.
 pub fn url_passwords(url: &str) -> Vec<String> {
-    let Some((_, rest)) = url.split_once("://") else {
+    let Some((_, user, rest)) = split_url(url) else {
         return Vec::new();
     };
     let mut found = Vec::new();
-    if let Some((cred, _)) = rest.rsplit_once('@')
-        && let Some((_, password)) = cred.split_once(':')
-    {
+    if let Some((_, password)) = user.and_then(|u| u.split_once(':')) {
         found.push(percent_decode(password));
     }
     if let Some((_, query)) = rest.split_once('?') {
+        let query = query.split_once('#').map_or(query, |(q, _)| q);
         for pair in query.split('&') {
             if let Some((name, value)) = pair.split_once('=')
                 && matches!(name.to_ascii_lowercase().as_str(), "pass" | "password")
@@ -115,6 +137,15 @@ mod tests {
             "https://hooks.example/x?token=***&a=b"
         );
         assert_eq!(redact_url("hunter22"), "(not a URL)");
+        // An `@` after the host is not the user part's end.
+        assert_eq!(
+            redact_url("mysql://root:flashsale@db:3306/f?ssl-ca=/etc/ca@shop.pem"),
+            "mysql://root:***@db:3306/f?ssl-ca=/etc/ca@shop.pem"
+        );
+        assert_eq!(
+            redact_url("redis://:pw@redis:6379/0?client=shop@eu"),
+            "redis://:***@redis:6379/0?client=shop@eu"
+        );
     }
 
     #[test]
@@ -126,5 +157,16 @@ mod tests {
         assert!(url_passwords("mysql://root@db/x").is_empty());
         assert_eq!(url_passwords("redis+unix:///run/r.sock?pass=pw"), ["pw"]);
         assert_eq!(percent_decode("a%2"), "a%2");
+        // The user part ends at the authority's last `@`, as the drivers read it.
+        assert_eq!(
+            url_passwords("mysql://root:flashsale@db:3306/f?ssl-ca=/etc/ssl/ca@shop.pem"),
+            ["flashsale"]
+        );
+        assert_eq!(
+            url_passwords("redis://:pw@redis:6379/0?client=shop@eu"),
+            ["pw"]
+        );
+        assert_eq!(url_passwords("mysql://u:p@ss@db/x"), ["p@ss"]);
+        assert!(url_passwords("mysql://db/x?a=b@c").is_empty());
     }
 }

@@ -16,8 +16,71 @@ use crate::config::{AuthConfig, DEV_ADMIN_PASSWORD, admin_password_problem, publ
 use crate::domain::{Password, Role, Username};
 use crate::store::mysql::{self, DbError};
 
-/// Creates the configured admin account when it does not exist; checks the one that does.
+/// Creates the configured admin account when it does not exist; checks the one that does. In
+/// production, refuses to start while any other admin account has a published password.
 pub async fn ensure(db: &MySqlPool, cfg: &AuthConfig) -> anyhow::Result<()> {
+    ensure_configured(db, cfg).await?;
+    if cfg.production {
+        refuse_other_published_admins(db, cfg).await?;
+    }
+    Ok(())
+}
+
+/// Whether `hash` verifies one of the published passwords (argon2 runs off the async threads,
+/// in `auth::verify_password`).
+async fn has_published_password(hash: &str, cfg: &AuthConfig) -> anyhow::Result<bool> {
+    for candidate in published::PUBLISHED
+        .iter()
+        .filter(|p| Password::parse(p).is_ok())
+    {
+        if auth::verify_password(
+            candidate.to_string(),
+            Some(hash.to_string()),
+            cfg.argon2_memory_kib,
+        )
+        .await
+        .context("checking an admin account's password")?
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Production: every admin other than FLASHSALE_ADMIN_USERNAME's (a trial's `admin`, a
+/// promoted customer) is checked for a published password; any found are named, with how to
+/// fix them. Admins are few; each costs one hash verification per published value.
+async fn refuse_other_published_admins(db: &MySqlPool, cfg: &AuthConfig) -> anyhow::Result<()> {
+    let mut found = Vec::new();
+    for admin in mysql::users::admins(db).await? {
+        if admin
+            .username
+            .eq_ignore_ascii_case(cfg.admin_username.trim())
+        {
+            continue;
+        }
+        if has_published_password(&admin.password_hash, cfg).await? {
+            tracing::error!(user.id = admin.id, username = %admin.username, "an admin account has a published password");
+            found.push(format!("{:?} (id {})", admin.username, admin.id));
+        }
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "production mode (FLASHSALE_PRODUCTION) refuses to start: the admin account(s) {} \
+         have a password this repository publishes (the dev default or one of \
+         docker-compose.yml, README.md, docs/, the examples or the tests), so anyone can log in \
+         as them. They are not FLASHSALE_ADMIN_USERNAME ({:?}): change their password \
+         (PUT /v1/users/me/password, logged in as them), or demote them (PUT \
+         /v1/users/{{id}}/role) or delete them (DELETE /v1/users/{{id}}) as an admin, e.g. from \
+         a dev-mode run on this database; then start again (docs/OPERATIONS.md, \"Credentials\")",
+        found.join(", "),
+        cfg.admin_username
+    );
+}
+
+async fn ensure_configured(db: &MySqlPool, cfg: &AuthConfig) -> anyhow::Result<()> {
     let username = Username::parse(&cfg.admin_username)
         .map_err(|e| anyhow::anyhow!("FLASHSALE_ADMIN_USERNAME: {e}"))?;
     if let Some(u) = mysql::users::find_by_username(db, &username).await? {
@@ -70,27 +133,17 @@ async fn check_existing(cfg: &AuthConfig, admin: &mysql::users::UserRow) -> anyh
             return Ok(());
         }
     }
-    if cfg.production {
-        for candidate in published::PUBLISHED
-            .iter()
-            .filter(|p| Password::parse(p).is_ok())
-        {
-            if verifies(candidate)
-                .await
-                .context("checking the admin account's password")?
-            {
-                tracing::error!(user.id = admin.id, username = %admin.username, "the admin account has a published password");
-                anyhow::bail!(
-                    "production mode (FLASHSALE_PRODUCTION) refuses to start: the admin account \
-                     {:?} has a password this repository publishes (the dev default or one of \
-                     docker-compose.yml, README.md, docs/ or the examples), so anyone can log in \
-                     as it. Set FLASHSALE_ADMIN_PASSWORD to a new password, run `flashsale \
-                     admin-password --from-env` once with the same settings, then start again \
-                     (docs/OPERATIONS.md, \"Credentials\")",
-                    admin.username
-                );
-            }
-        }
+    if cfg.production && has_published_password(&admin.password_hash, cfg).await? {
+        tracing::error!(user.id = admin.id, username = %admin.username, "the admin account has a published password");
+        anyhow::bail!(
+            "production mode (FLASHSALE_PRODUCTION) refuses to start: the admin account {:?} \
+             has a password this repository publishes (the dev default or one of \
+             docker-compose.yml, README.md, docs/, the examples or the tests), so anyone can \
+             log in as it. Set FLASHSALE_ADMIN_PASSWORD to a new password, run `flashsale \
+             admin-password --from-env` once with the same settings, then start again \
+             (docs/OPERATIONS.md, \"Credentials\")",
+            admin.username
+        );
     }
     if cfg.admin_password.is_some() {
         tracing::warn!(

@@ -10,6 +10,7 @@ mod attacks3;
 mod attacks4;
 mod attacks5;
 mod attacks6;
+mod attacks7;
 mod auth;
 mod authz;
 mod cart;

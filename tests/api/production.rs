@@ -233,6 +233,27 @@ async fn production_refuses_an_admin_with_the_dev_password_until_it_is_changed()
     );
     assert!(!said.contains(&configured), "the password shown: {said}");
 
+    // The harness's own admin `admin` (the published `admin-test-password`) is an admin too:
+    // production names it until it is gone, here deleted by `shopadmin` through the API.
+    let e = format!(
+        "{:#}",
+        Application::build(prod.clone())
+            .await
+            .err()
+            .expect("refused while `admin` has a published password")
+    );
+    assert!(e.contains("\"admin\" (id"), "{e}");
+    assert!(e.contains("DELETE /v1/users/{id}"), "{e}");
+    let old_admin = app.admin_login().await;
+    let old_id = app.get("/v1/users/me", Some(&old_admin)).await.body["user_id"]
+        .as_u64()
+        .unwrap();
+    let shop = app.login("shopadmin", &configured).await;
+    assert_eq!(
+        app.try_delete_user(&shop, old_id).await.status,
+        StatusCode::NO_CONTENT
+    );
+
     let started = Application::build(prod)
         .await
         .expect("production starts now");

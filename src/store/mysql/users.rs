@@ -56,6 +56,17 @@ pub async fn find_by_id(pool: &MySqlPool, id: u64) -> DbResult<Option<UserRow>> 
     .await?)
 }
 
+/// Every account with the admin role (few: start-up checks each one's password).
+#[tracing::instrument(skip(pool))]
+pub async fn admins(pool: &MySqlPool) -> DbResult<Vec<UserRow>> {
+    Ok(sqlx::query_as::<_, UserRow>(
+        "SELECT id, username, password_hash, role FROM users WHERE role = ? ORDER BY id",
+    )
+    .bind(Role::Admin.as_str())
+    .fetch_all(pool)
+    .await?)
+}
+
 /// What a user's tokens are checked against: the account's token version and role.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AccountRow {
