@@ -183,7 +183,7 @@ pub fn client_ip(
             .headers
             .get_all("x-forwarded-for")
             .iter()
-            .last()
+            .next_back()
             .and_then(|v| {
                 let text = String::from_utf8_lossy(v.as_bytes());
                 text.rsplit(',').next().and_then(forwarded_address)
