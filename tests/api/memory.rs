@@ -50,9 +50,10 @@ fn family(key: &str, app_events_cap: u64) -> Option<(&'static str, Bound)> {
             Some("load") => ("load staging", Bound::Ttl(Duration::from_secs(60))),
             Some("adj") => ("stock change token", Bound::Ttl(day)),
             Some("adjp") => ("pending stock changes", Bound::Settled),
-            Some(f) if f.starts_with("metafence") => {
-                ("given-up catalog change", Bound::Ttl(Duration::from_secs(3600)))
-            }
+            Some(f) if f.starts_with("metafence") => (
+                "given-up catalog change",
+                Bound::Ttl(Duration::from_secs(3600)),
+            ),
             _ => return None,
         }
     } else if tag.starts_with("{ord") {
