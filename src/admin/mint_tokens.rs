@@ -11,6 +11,7 @@ use sqlx::MySqlPool;
 use flashsale::auth::{self, Jwt};
 use flashsale::config::Config;
 use flashsale::store::mysql::{self, users};
+use flashsale::store::redis::Redis;
 
 pub async fn run(cfg: Config, count: u64, first_user_id: u64) -> anyhow::Result<ExitCode> {
     let secret = cfg
@@ -21,7 +22,9 @@ pub async fn run(cfg: Config, count: u64, first_user_id: u64) -> anyhow::Result<
     let jwt = Jwt::new(secret.as_bytes(), cfg.auth.token_ttl);
     let db = mysql::connect_and_migrate(&cfg.stores).await?;
     let ids = first_user_id..first_user_id.saturating_add(count);
-    let tokens = load_tokens(&db, &jwt, ids, cfg.auth.argon2_memory_kib).await?;
+    let accounts = load_accounts(&db, ids, cfg.auth.argon2_memory_kib).await?;
+    let tokens = tokens_of(&jwt, &accounts)?;
+    note_signed_in(&cfg, accounts).await;
     let mut out = String::new();
     for t in &tokens {
         out.push_str(t);
@@ -37,6 +40,37 @@ pub async fn run(cfg: Config, count: u64, first_user_id: u64) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
+/// Notes the accounts in Redis as a login does (src/http/users.rs), so that the tokens' checks
+/// cost what a signed-in customer's do (a Redis GET at most), not a MySQL read each: a load test
+/// measures customers who signed in before the sale. Best effort: a check without a note reads
+/// MySQL.
+async fn note_signed_in(cfg: &Config, accounts: Vec<users::AccountRow>) {
+    use futures::StreamExt;
+    let noted = async {
+        let redis = Redis::connect(&cfg.stores)?;
+        let keep = cfg.auth.token_ttl + std::time::Duration::from_secs(60);
+        let failed = futures::stream::iter(accounts)
+            .map(|a| {
+                let redis = redis.clone();
+                async move { redis.note_account(a.id, a.account(), keep).await.is_err() }
+            })
+            .buffer_unordered(64)
+            .filter(|failed| std::future::ready(*failed))
+            .count()
+            .await;
+        anyhow::Ok(failed)
+    };
+    match noted.await {
+        Ok(0) => {}
+        Ok(n) => eprintln!(
+            "mint-tokens: {n} accounts not noted in Redis (their first check reads MySQL)"
+        ),
+        Err(e) => eprintln!(
+            "mint-tokens: accounts not noted in Redis ({e}); their first check reads MySQL"
+        ),
+    }
+}
+
 /// Tokens of the load-test customers `ids`, their accounts created where missing (ids held by
 /// other accounts are skipped), each token with its account's version.
 pub async fn load_tokens(
@@ -45,8 +79,22 @@ pub async fn load_tokens(
     ids: Range<u64>,
     argon2_memory_kib: u32,
 ) -> anyhow::Result<Vec<String>> {
+    tokens_of(jwt, &load_accounts(db, ids, argon2_memory_kib).await?)
+}
+
+/// The load-test customers' accounts `ids`, created where missing (ids held by other accounts
+/// are skipped).
+async fn load_accounts(
+    db: &MySqlPool,
+    ids: Range<u64>,
+    argon2_memory_kib: u32,
+) -> anyhow::Result<Vec<users::AccountRow>> {
     let hash = auth::dummy_hash(argon2_memory_kib).await?;
-    let accounts = users::ensure_load_accounts(db, ids, &hash).await?;
+    Ok(users::ensure_load_accounts(db, ids, &hash).await?)
+}
+
+/// A token per account, with the account's version.
+fn tokens_of(jwt: &Jwt, accounts: &[users::AccountRow]) -> anyhow::Result<Vec<String>> {
     accounts
         .iter()
         .map(|a| jwt.issue(a.id, a.role(), a.token_version))
