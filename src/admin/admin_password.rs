@@ -8,6 +8,7 @@ use std::process::{Command, ExitCode, Stdio};
 use anyhow::Context;
 use flashsale::config::Config;
 use flashsale::service::admin_account::{self, PasswordSet};
+use flashsale::service::tokens::note_life;
 use flashsale::store::mysql;
 use flashsale::store::redis::Redis;
 
@@ -60,7 +61,9 @@ async fn tell_running_services(cfg: &Config, db: &sqlx::MySqlPool, user_id: u64)
             .context("the admin account went meanwhile")?
             .account();
         let redis = Redis::connect(&cfg.stores)?;
-        redis.note_account(user_id, account, note_keep(cfg)).await?;
+        redis
+            .note_account(user_id, account, note_life(&cfg.auth))
+            .await?;
         anyhow::Ok(())
     };
     match noted.await {
@@ -68,14 +71,9 @@ async fn tell_running_services(cfg: &Config, db: &sqlx::MySqlPool, user_id: u64)
         Err(e) => println!(
             "could not tell the running services through Redis ({e}): the admin's earlier \
              tokens may be accepted for up to {} s more",
-            note_keep(cfg).as_secs()
+            note_life(&cfg.auth).as_secs()
         ),
     }
-}
-
-/// How long the services keep an account's note (`service::tokens::note_ttl`).
-fn note_keep(cfg: &Config) -> std::time::Duration {
-    cfg.auth.token_ttl + std::time::Duration::from_secs(60)
 }
 
 /// Whether `args` give `--admin-password` (as `--admin-password v` or `--admin-password=v`).

@@ -10,6 +10,7 @@ use sqlx::MySqlPool;
 
 use flashsale::auth::{self, Jwt};
 use flashsale::config::Config;
+use flashsale::service::tokens::note_life;
 use flashsale::store::mysql::{self, users};
 use flashsale::store::redis::Redis;
 
@@ -48,7 +49,7 @@ async fn note_signed_in(cfg: &Config, accounts: Vec<users::AccountRow>) {
     use futures::StreamExt;
     let noted = async {
         let redis = Redis::connect(&cfg.stores)?;
-        let keep = cfg.auth.token_ttl + std::time::Duration::from_secs(60);
+        let keep = note_life(&cfg.auth);
         let failed = futures::stream::iter(accounts)
             .map(|a| {
                 let redis = redis.clone();

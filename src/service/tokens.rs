@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::app::AppState;
 use crate::auth::Verified;
+use crate::config::AuthConfig;
 use crate::domain::{Account, Role};
 use crate::error::{AppError, AppResult};
 use crate::store::mysql::users;
@@ -35,7 +36,12 @@ pub const CHECK_TTL: Duration = Duration::from_secs(1);
 /// MySQL outage. An account change that Redis does not take is retried for as long
 /// (`accounts::note`).
 pub fn note_ttl(state: &AppState) -> Duration {
-    state.cfg.auth.token_ttl + Duration::from_secs(60)
+    note_life(&state.cfg.auth)
+}
+
+/// [`note_ttl`] from the settings alone (the admin commands, which have no app state).
+pub fn note_life(auth: &AuthConfig) -> Duration {
+    auth.token_ttl + Duration::from_secs(60)
 }
 
 /// The caller a valid token names, checked against its account: the role is the account's.

@@ -3,7 +3,6 @@
 //! address, secrets on the command line or in error messages. Each test fails on the code it
 //! was written against and says why in its comment.
 
-use std::process::{Output, Stdio};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -13,9 +12,9 @@ use rand::Rng;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::ConnectOptions;
-use tokio::io::AsyncWriteExt;
 
 use crate::helpers::*;
+use crate::production::{flashsale, text};
 
 /// A random value of `n` hex digits (a constant here would be published by this very file).
 fn random_hex(n: usize) -> String {
@@ -39,42 +38,6 @@ fn strong_production() -> Config {
     let cfg = production(test_config(&db_name, &prefix));
     assert_eq!(cfg.validate(), Ok(()), "the baseline passes");
     cfg
-}
-
-/// Runs the binary with `args`, only `env` as its FLASHSALE_*/OTEL_* environment, `stdin` on
-/// its standard input; at most 30 s.
-async fn flashsale(args: &[&str], env: &[(String, String)], stdin: &str) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_flashsale"));
-    for (k, _) in
-        std::env::vars().filter(|(k, _)| k.starts_with("FLASHSALE_") || k.starts_with("OTEL_"))
-    {
-        cmd.env_remove(k);
-    }
-    let mut child = cmd
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the flashsale binary starts");
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.as_bytes()).await.unwrap();
-    drop(input);
-    tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("`flashsale {}` still runs after 30 s", args.join(" ")))
-        .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// The environment the binary needs to reach `cfg`'s stores as `cfg` would (no production).

@@ -66,7 +66,7 @@ fn env_of(cfg: &Config) -> Vec<(String, String)> {
 
 /// Runs the binary with `args`, only `env` as its FLASHSALE_* and OTEL_* environment, `stdin`
 /// on its standard input; killed (and the test failed) when it has not ended within 30 s.
-async fn flashsale(args: &[&str], env: &[(String, String)], stdin: &str) -> Output {
+pub(crate) async fn flashsale(args: &[&str], env: &[(String, String)], stdin: &str) -> Output {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_flashsale"));
     for (k, _) in
         std::env::vars().filter(|(k, _)| k.starts_with("FLASHSALE_") || k.starts_with("OTEL_"))
@@ -92,7 +92,7 @@ async fn flashsale(args: &[&str], env: &[(String, String)], stdin: &str) -> Outp
         .unwrap()
 }
 
-fn text(out: &Output) -> String {
+pub(crate) fn text(out: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
