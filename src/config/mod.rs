@@ -109,6 +109,17 @@ impl Config {
         self.sweeper.validate()?;
         self.live.validate()?;
         self.otel.traces()?;
+        if self.stores.instances > 1 && self.auth.jwt_secret.is_none() {
+            return Err(format!(
+                "FLASHSALE_INSTANCES is {}: several instances need one FLASHSALE_JWT_SECRET, \
+                 the same on each (a generated per-process secret makes a token good on one \
+                 instance only)",
+                self.stores.instances
+            ));
+        }
+        if self.stores.instances == 0 {
+            return Err("FLASHSALE_INSTANCES must be at least 1".into());
+        }
         let (api, ops) = (self.http.listen, self.telemetry.metrics_listen);
         if api == ops && api.port() != 0 {
             return Err(format!(
@@ -174,6 +185,34 @@ mod tests {
         assert!(c.validate().is_err(), "one repeated byte");
         c.auth.jwt_secret = Some(unpublished_hex(32));
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn one_redis_or_a_cluster_not_both() {
+        let mut c = Config::defaults();
+        c.stores.redis_cluster_nodes = vec!["redis://127.0.0.1:7001".into()];
+        assert!(c.validate().is_ok());
+        c.stores.redis_url = "redis://127.0.0.1:6379".into();
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("both set"), "{e}");
+        c.stores.redis_url = String::new();
+        c.stores.redis_cluster_nodes = vec!["127.0.0.1:7001".into()];
+        assert!(c.validate().is_err(), "a node without its scheme");
+        c.stores.redis_cluster_nodes = vec!["redis://:sekrit@127.0.0.1:nope".into()];
+        let e = c.validate().unwrap_err();
+        assert!(!e.contains("sekrit"), "the password is never shown: {e}");
+    }
+
+    #[test]
+    fn several_instances_need_one_shared_secret() {
+        let mut c = Config::defaults();
+        c.stores.instances = 2;
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("FLASHSALE_JWT_SECRET"), "{e}");
+        c.auth.jwt_secret = Some(unpublished_hex(32));
+        assert!(c.validate().is_ok());
+        c.stores.instances = 0;
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -72,6 +72,12 @@ pub struct StoresConfig {
     #[arg(long, env = "FLASHSALE_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration, global = true)]
     pub redis_timeout: Duration,
 
+    /// How many service instances share these stores (behind one load balancer). Above 1, each
+    /// must be given the same FLASHSALE_JWT_SECRET: a per-process dev secret would make every
+    /// token good on one instance only, so the service refuses to start without one.
+    #[arg(long, env = "FLASHSALE_INSTANCES", default_value_t = 1, global = true)]
+    pub instances: u32,
+
     /// Most reservations of one sku that go in one script call: requests arriving while a call
     /// for their sku is in flight wait and go together in the next (1: one call each). One that
     /// waited `FLASHSALE_REDIS_TIMEOUT` for the calls ahead of it answers 503 without being sent.

@@ -30,6 +30,7 @@
 //! Every step is idempotent: several instances may sweep at once.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::watch;
@@ -188,14 +189,24 @@ async fn sweep_sku(state: &AppState, sku: Sku, now: i64) -> AppResult<SweepStats
 }
 
 /// Sweeps every `sweep_interval` until `stop` turns true; audits the due index at start and
-/// every `sweep_audit_interval`.
+/// every `sweep_audit_interval`. With several instances, the one holding the sweeper's lease
+/// sweeps and audits; the others only write their own due notes.
 pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(state.cfg.sweeper.sweep_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_audit: Option<Instant> = None;
+    let life = lease_life(state.cfg.sweeper.sweep_interval);
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                if !super::my_turn(&state, "sweeper", life).await {
+                    // The holder audits; this instance audits at once if the lease comes to it.
+                    last_audit = None;
+                    if let Err(e) = state.redis.flush_due_notes().await {
+                        tracing::debug!(error = %e, "due notes not written; next tick");
+                    }
+                    continue;
+                }
                 if last_audit.is_none_or(|t| t.elapsed() >= state.cfg.sweeper.sweep_audit_interval) {
                     match state.redis.audit_due(AUDIT_CHUNK).await {
                         Ok((skus, noted)) => {
@@ -225,4 +236,11 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     if let Err(e) = state.redis.flush_due_notes().await {
         tracing::warn!(error = %e, "could not write the last due notes; the audit will");
     }
+    super::end_turn(&state, "sweeper").await;
+}
+
+/// How long the sweeper's lease lives unrenewed: a few ticks, so one slow pass does not hand
+/// it over, and at most a few seconds of sweeps are lost when its holder dies.
+fn lease_life(interval: Duration) -> Duration {
+    (interval * 5).clamp(Duration::from_secs(1), Duration::from_secs(30))
 }

@@ -119,6 +119,11 @@ impl Keys {
         format!("{}:{{user:{user_id}}}:checkout", self.prefix)
     }
 
+    /// The lease of a piece of shared work (lua/lease.lua): the instance doing it now.
+    pub fn lease(&self, work: &str) -> String {
+        format!("{}:{{lease}}:{work}", self.prefix)
+    }
+
     /// Every sku loaded into Redis: what the sweeper's audit walks (rarely, with cheap reads).
     pub fn skus(&self) -> String {
         format!("{}:skus", self.prefix)

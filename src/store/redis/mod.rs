@@ -17,6 +17,7 @@ pub mod eviction;
 pub mod idempotency;
 pub mod keys;
 mod lanes;
+mod leases;
 pub mod live;
 pub mod order_ids;
 pub mod orders;

@@ -57,6 +57,7 @@ pub struct Scripts {
     pub return_to_cart: Script,
     pub fence_order: Script,
     pub note_account: Script,
+    pub lease: Script,
 }
 
 impl Scripts {
@@ -89,10 +90,11 @@ impl Scripts {
             return_to_cart: with_lib(include_str!("../../../lua/return_to_cart.lua")),
             fence_order: with_lib(include_str!("../../../lua/fence_order.lua")),
             note_account: with_lib(include_str!("../../../lua/note_account.lua")),
+            lease: with_lib(include_str!("../../../lua/lease.lua")),
         }
     }
 
-    pub fn all(&self) -> [(&'static str, &Script); 27] {
+    pub fn all(&self) -> [(&'static str, &Script); 28] {
         [
             ("reserve", &self.reserve),
             ("convert_hold", &self.convert_hold),
@@ -121,6 +123,7 @@ impl Scripts {
             ("return_to_cart", &self.return_to_cart),
             ("fence_order", &self.fence_order),
             ("note_account", &self.note_account),
+            ("lease", &self.lease),
         ]
     }
 }
@@ -154,9 +157,10 @@ fn script_span(name: &'static str, calls: usize) -> tracing::Span {
 /// Scripts whose effect nobody needs to know when their reply is lost: a rate-limit token, an
 /// `Idempotency-Key` claim or settlement (its lease ends it), an order id (ids may skip), the
 /// sweeper's due index and a load's staging (redone by their next pass), a note of an account
-/// (a cache of MySQL, written again until it is heard). A lost reply of these is "unavailable,
+/// (a cache of MySQL, written again until it is heard), a lease of shared work (taken
+/// again on the next tick; not heard is not held). A lost reply of these is "unavailable,
 /// nothing was changed" as far as the caller is concerned.
-const QUIET: [&str; 9] = [
+const QUIET: [&str; 10] = [
     "rate_limit",
     "note_placing",
     "claim_idempotency",
@@ -166,6 +170,7 @@ const QUIET: [&str; 9] = [
     "settle_due",
     "stage_hash",
     "note_account",
+    "lease",
 ];
 
 /// The error of a script call that failed. One that may have been sent and run, its reply not
@@ -202,7 +207,7 @@ impl Redis {
     /// Nor while Redis is behind MySQL (it came back from older persistence), until
     /// `flashsale rebuild-cache` ran (whose own handle, [`Redis::for_repair`], is exempt).
     async fn refuse_if_evicting(&self, script: &'static str) -> AppResult<()> {
-        if script == "rate_limit" || script == "note_account" {
+        if matches!(script, "rate_limit" | "note_account" | "lease") {
             return Ok(());
         }
         if let Some(e) = self.eviction.refusal() {
