@@ -163,12 +163,22 @@ impl From<redis::RedisError> for AppError {
     fn from(e: redis::RedisError) -> Self {
         // A full Redis (OOM under noeviction), one loading its data, a read-only replica or a
         // cluster between masters cannot take the write now: a 503, retried later.
+        // ... and a cluster in the middle of a failover or a reshard: a slot that moved (MOVED,
+        // ASK still answered after the client's own attempts) or a node not reachable.
         let busy = matches!(
             e.code(),
             Some(
-                "OOM" | "LOADING" | "READONLY" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN"
+                "OOM"
+                    | "LOADING"
+                    | "READONLY"
+                    | "BUSY"
+                    | "TRYAGAIN"
+                    | "CLUSTERDOWN"
+                    | "MASTERDOWN"
+                    | "MOVED"
+                    | "ASK"
             )
-        );
+        ) || e.kind() == redis::ErrorKind::ClusterConnectionNotFound;
         if busy
             || e.is_io_error()
             || e.is_timeout()

@@ -72,6 +72,23 @@ pub struct StoresConfig {
     #[arg(long, env = "FLASHSALE_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration, global = true)]
     pub redis_timeout: Duration,
 
+    /// Order writes (an order placed, paid, cancelled, expired, handed back; admin stock
+    /// changes) wait before they are answered for this many replicas of their Redis master to
+    /// have them (WAIT), so that a failover right after does not lose them: at most the
+    /// replicas online of that master (none: no wait). 0: answer without waiting.
+    #[arg(
+        long,
+        env = "FLASHSALE_REDIS_WAIT_REPLICAS",
+        default_value_t = 1,
+        global = true
+    )]
+    pub redis_wait_replicas: u32,
+
+    /// The longest such a wait; past it the write is answered as done all the same (the
+    /// master has it) and `flashsale_redis_unreplicated_total` counts it.
+    #[arg(long, env = "FLASHSALE_REDIS_WAIT_TIMEOUT", default_value = "100ms", value_parser = parse_duration, global = true)]
+    pub redis_wait_timeout: Duration,
+
     /// How many service instances share these stores (behind one load balancer). Above 1, each
     /// must be given the same FLASHSALE_JWT_SECRET: a per-process dev secret would make every
     /// token good on one instance only, so the service refuses to start without one.

@@ -21,7 +21,7 @@ use futures::future::try_join_all;
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::Slot;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, Slot};
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 
 /// A connection to either deployment (cheap to clone: clones share the sockets).
@@ -79,14 +79,42 @@ pub(super) fn not_run(e: &RedisError) -> bool {
         || e.is_connection_refusal()
 }
 
-/// The first error of a pipeline's replies that the cluster refused without running.
-fn refused_in(values: &[Value]) -> bool {
-    values.iter().any(|v| match v {
-        Value::ServerError(e) => matches!(
-            e.code(),
-            "MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN"
-        ),
-        _ => false,
+/// Where a refusal said to send the command instead.
+enum Redirect {
+    /// MOVED: the slot is at that node now (the client's slot map is being read again).
+    Moved(SingleNodeRoutingInfo),
+    /// ASK: the slot is being moved there; the command goes after ASKING.
+    Ask(SingleNodeRoutingInfo),
+}
+
+impl Redirect {
+    fn of(e: &RedisError) -> Option<Redirect> {
+        let (addr, _slot) = e.redirect_node()?;
+        let (host, port) = addr.rsplit_once(':')?;
+        let to = SingleNodeRoutingInfo::ByAddress {
+            host: host.to_string(),
+            port: port.parse().ok()?,
+        };
+        Some(if e.code() == Some("ASK") {
+            Redirect::Ask(to)
+        } else {
+            Redirect::Moved(to)
+        })
+    }
+}
+
+/// The first of a pipeline's replies that the cluster refused without running, if any.
+fn refused_in(values: &[Value]) -> Option<RedisError> {
+    values.iter().find_map(|v| match v {
+        Value::ServerError(e)
+            if matches!(
+                e.code(),
+                "MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN"
+            ) =>
+        {
+            Some(RedisError::from(e.clone()))
+        }
+        _ => None,
     })
 }
 
@@ -97,11 +125,31 @@ impl ConnectionLike for Conn {
             Conn::Cluster(lazy) => Box::pin(async move {
                 let mut c = lazy.get().await?;
                 let mut attempt = 1;
+                // Where the cluster said the slot is (MOVED) or is moving to (ASK).
+                let mut redirected: Option<Redirect> = None;
                 loop {
-                    match c.req_packed_command(cmd).await {
+                    let r = match &redirected {
+                        None => c.req_packed_command(cmd).await,
+                        Some(Redirect::Moved(to)) => {
+                            c.route_command(cmd.clone(), RoutingInfo::SingleNode(to.clone()))
+                                .await
+                        }
+                        Some(Redirect::Ask(to)) => {
+                            // ASKING then the command, on the target's connection.
+                            let mut p = redis::pipe();
+                            p.cmd("ASKING").add_command(cmd.clone());
+                            c.route_pipeline(p, 0, 2, to.clone())
+                                .await
+                                .map(|mut v| v.pop().unwrap_or(Value::Nil))
+                        }
+                    };
+                    match r {
                         Err(e) if attempt < CLUSTER_ATTEMPTS && not_run(&e) => {
                             metrics::counter!("flashsale_redis_cluster_resent_total").increment(1);
-                            tokio::time::sleep(CLUSTER_WAIT * attempt).await;
+                            redirected = Redirect::of(&e);
+                            if redirected.is_none() {
+                                tokio::time::sleep(CLUSTER_WAIT * attempt).await;
+                            }
                             attempt += 1;
                         }
                         r => return r,
@@ -126,14 +174,32 @@ impl ConnectionLike for Conn {
                 // pipeline is sent again, as a single command is. A MULTI pipeline's replies
                 // are checked the same way: EXEC was refused when its slot was.
                 let mut attempt = 1;
+                // A slot that moved is followed; one being moved (ASK) is waited for.
+                let mut moved_to: Option<SingleNodeRoutingInfo> = None;
                 loop {
-                    match c.req_packed_commands(pipeline, offset, count).await {
-                        Err(e) if attempt < CLUSTER_ATTEMPTS && not_run(&e) => {}
-                        Ok(v) if attempt < CLUSTER_ATTEMPTS && refused_in(&v) => {}
+                    let r = match &moved_to {
+                        None => c.req_packed_commands(pipeline, offset, count).await,
+                        Some(to) => {
+                            c.route_pipeline(pipeline.clone(), offset, count, to.clone())
+                                .await
+                        }
+                    };
+                    let refusal = match r {
+                        Err(e) if attempt < CLUSTER_ATTEMPTS && not_run(&e) => e,
+                        Ok(v) if attempt < CLUSTER_ATTEMPTS => match refused_in(&v) {
+                            Some(e) => e,
+                            None => return Ok(v),
+                        },
                         r => return r,
-                    }
+                    };
                     metrics::counter!("flashsale_redis_cluster_resent_total").increment(1);
-                    tokio::time::sleep(CLUSTER_WAIT * attempt).await;
+                    moved_to = match Redirect::of(&refusal) {
+                        Some(Redirect::Moved(to)) => Some(to),
+                        _ => None,
+                    };
+                    if moved_to.is_none() {
+                        tokio::time::sleep(CLUSTER_WAIT * attempt).await;
+                    }
                     attempt += 1;
                 }
             }),
@@ -151,6 +217,51 @@ impl ConnectionLike for Conn {
 /// The hash slot of a key (its `{tag}` when it has one), as Redis Cluster computes it.
 pub fn slot_of(key: &str) -> Slot {
     Slot::for_key(key.as_bytes())
+}
+
+/// The number of a key's hash slot (CRC16/XMODEM of its `{tag}`, or of the whole key, modulo
+/// 16384), to find it in the ranges CLUSTER SHARDS names.
+pub fn slot_number(key: &str) -> u16 {
+    let b = key.as_bytes();
+    let tagged = b.iter().position(|c| *c == b'{').and_then(|open| {
+        let close = b[open + 1..].iter().position(|c| *c == b'}')?;
+        (close > 0).then(|| &b[open + 1..open + 1 + close])
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(b)) % 16384
+}
+
+impl Conn {
+    /// WAIT for `replicas` replicas of the master of `key`'s slot to have every write sent
+    /// before it on this connection, for at most `timeout`; how many had them.
+    pub async fn wait_replicas(
+        &self,
+        key: &str,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<i64, RedisError> {
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(replicas).arg(timeout.as_millis().max(1) as u64);
+        match self {
+            Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Cluster(lazy) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                // The same node's connection as the script before it: WAIT counts the writes of
+                // the connection it is sent on.
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::with_key(key.as_bytes(), SlotAddr::Master),
+                ));
+                let v = lazy.get().await?.route_command(cmd, route).await?;
+                match v {
+                    Value::Int(n) => Ok(n),
+                    other => Err(RedisError::from((
+                        redis::ErrorKind::UnexpectedReturnType,
+                        "WAIT answered",
+                        format!("{other:?}"),
+                    ))),
+                }
+            }
+        }
+    }
 }
 
 /// A pipeline whose commands may reach several slots. Each command names the key that places
@@ -286,6 +397,17 @@ mod tests {
     fn slots_follow_the_hash_tag() {
         // Redis Cluster's own examples (CLUSTER KEYSLOT).
         assert_eq!(Some(slot_of("foo")), Slot::new(12182));
+        for key in [
+            "foo",
+            "fs:{sku:7}:stock",
+            "a{}b",
+            "{}",
+            "x{y",
+            "{a}{b}",
+            "fs:{ord:15}:outbox",
+        ] {
+            assert_eq!(Slot::new(slot_number(key)), Some(slot_of(key)), "{key}");
+        }
         assert_eq!(
             slot_of("{user1000}.following"),
             slot_of("{user1000}.followers")

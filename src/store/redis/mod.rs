@@ -12,6 +12,7 @@ pub mod accounts;
 pub mod cart;
 pub mod conn;
 pub mod due;
+mod durability;
 pub mod events;
 pub mod eviction;
 pub mod idempotency;
@@ -64,6 +65,9 @@ use crate::error::AppResult;
 #[derive(Clone)]
 pub struct Redis {
     conn: Conn,
+    /// The order writes' own connection (durability.rs): their WAIT for replicas holds up
+    /// nothing but them.
+    orders_conn: Conn,
     /// Connections that one task holds alone: blocking stream reads (the outbox writer, the
     /// webhook sender), which must not stall the shared multiplexed connection.
     blocking: Blocking,
@@ -82,19 +86,24 @@ pub struct Redis {
     due_notes: Arc<Mutex<HashMap<Sku, i64>>>,
     /// Reservations waiting for their sku's call in flight (lanes.rs).
     lanes: Arc<lanes::Lanes>,
+    /// Replicas an order write waits for, and for how long (durability.rs).
+    wait_replicas: u32,
+    wait_timeout: Duration,
+    replicas: Arc<durability::Replicas>,
 }
 
 impl Redis {
     /// Connects lazily: the service starts while Redis is down and answers 503 until it is up.
     /// One server (`FLASHSALE_REDIS_URL`) or a cluster (`FLASHSALE_REDIS_CLUSTER_NODES`).
     pub fn connect(cfg: &StoresConfig) -> anyhow::Result<Self> {
-        let (conn, blocking, deployment) = if cfg.redis_cluster_nodes.is_empty() {
+        let (conn, orders_conn, blocking, deployment) = if cfg.redis_cluster_nodes.is_empty() {
             Self::single(cfg)?
         } else {
             Self::cluster(cfg)?
         };
         Ok(Redis {
             conn,
+            orders_conn,
             blocking,
             deployment: Arc::new(deployment),
             timeout: cfg.redis_timeout,
@@ -108,10 +117,13 @@ impl Redis {
             repair: false,
             due_notes: Arc::default(),
             lanes: Arc::new(lanes::Lanes::new(cfg.redis_reserve_batch)),
+            wait_replicas: cfg.redis_wait_replicas,
+            wait_timeout: cfg.redis_wait_timeout,
+            replicas: Arc::default(),
         })
     }
 
-    fn single(cfg: &StoresConfig) -> anyhow::Result<(Conn, Blocking, Deployment)> {
+    fn single(cfg: &StoresConfig) -> anyhow::Result<(Conn, Conn, Blocking, Deployment)> {
         let url = cfg.redis_url_or_default();
         let client = redis::Client::open(url)?;
         let mgr = ConnectionManagerConfig::new()
@@ -123,7 +135,8 @@ impl Redis {
             // the service answers at once.
             .set_number_of_retries(0)
             .set_max_delay(std::time::Duration::from_millis(200));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), mgr)?;
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), mgr.clone())?;
+        let orders = ConnectionManager::new_lazy_with_config(client.clone(), mgr)?;
         let blocking = deadpool_redis::Config::from_url(url)
             .builder()
             .map_err(|e| anyhow::anyhow!("redis pool: {e}"))?
@@ -133,12 +146,13 @@ impl Redis {
             .map_err(|e| anyhow::anyhow!("redis pool: {e}"))?;
         Ok((
             Conn::Single(conn),
+            Conn::Single(orders),
             Blocking::Single(blocking),
             Deployment::Single(client),
         ))
     }
 
-    fn cluster(cfg: &StoresConfig) -> anyhow::Result<(Conn, Blocking, Deployment)> {
+    fn cluster(cfg: &StoresConfig) -> anyhow::Result<(Conn, Conn, Blocking, Deployment)> {
         let nodes = cfg.redis_cluster_nodes.clone();
         // No retries of the client's own (conn.rs says why); one attempt per node per call,
         // each within the Redis timeout.
@@ -157,6 +171,7 @@ impl Redis {
             .build()
             .map_err(|e| anyhow::anyhow!("redis cluster pool: {e}"))?;
         Ok((
+            Conn::Cluster(conn::LazyCluster::new(client.clone())),
             Conn::Cluster(conn::LazyCluster::new(client)),
             Blocking::Cluster(blocking),
             Deployment::Cluster(nodes),

@@ -239,6 +239,9 @@ impl Redis {
             .invoke(name, script, keys, args, 1)
             .await
             .map_err(|e| call_error(name, e))?;
+        if let Some(key) = keys.first() {
+            self.after_durable(name, key).await;
+        }
         Reply::parse(name, reply)
     }
 
@@ -254,11 +257,14 @@ impl Redis {
         entries: usize,
     ) -> Result<Vec<AppResult<Reply>>, BatchError> {
         self.refuse_if_evicting(name).await.map_err(BatchError)?;
-        match self
+        let reply = self
             .invoke(name, script, keys, args, entries)
             .await
-            .map_err(|e| BatchError(call_error(name, e)))?
-        {
+            .map_err(|e| BatchError(call_error(name, e)))?;
+        if let Some(key) = keys.first() {
+            self.after_durable(name, key).await;
+        }
+        match reply {
             Value::Array(items) => Ok(items.into_iter().map(|v| Reply::parse(name, v)).collect()),
             other => Err(BatchError(AppError::internal(format!(
                 "script {name}: expected one reply per entry, got {other:?}"
@@ -285,7 +291,7 @@ impl Redis {
         let span = script_span(name, entries);
         let started = Instant::now();
         let r: Result<Value, redis::RedisError> = inv
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn_for(name))
             .instrument(span.clone())
             .await;
         metrics::histogram!("flashsale_lua_duration_seconds", "script" => name)
@@ -329,12 +335,12 @@ impl Redis {
         let span = script_span(name, calls.len());
         let started = Instant::now();
         let r: AppResult<Vec<Value>> = async {
-            let r = pipe.query(&self.conn()).await;
+            let r = pipe.query(&self.conn_for(name)).await;
             if matches!(&r, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
             {
                 // Loaded on every master (a cluster's new master after a failover has none).
                 self.load_scripts().await?;
-                return Ok(pipe.query(&self.conn()).await?);
+                return Ok(pipe.query(&self.conn_for(name)).await?);
             }
             Ok(r?)
         }
@@ -345,7 +351,10 @@ impl Redis {
         if r.is_err() {
             span.record("otel.status_code", "error");
         }
-        r?.into_iter().map(|v| Reply::parse(name, v)).collect()
+        let r = r?;
+        self.after_durable_many(name, calls.iter().filter_map(|(keys, _)| keys.first()))
+            .await;
+        r.into_iter().map(|v| Reply::parse(name, v)).collect()
     }
 }
 
