@@ -155,7 +155,8 @@ mod tests {
     fn defaults_work_locally() {
         let c = Config::defaults();
         assert_eq!(c.stores.mysql_url, "mysql://root@127.0.0.1:3306/flashsale");
-        assert_eq!(c.stores.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(c.stores.redis_url_or_default(), "redis://127.0.0.1:6379");
+        assert!(c.stores.redis_cluster_nodes.is_empty());
         assert_eq!(c.sale.payment_ttl, Duration::from_secs(600));
         assert_eq!(c.sale.cart_hold_ttl, Duration::from_secs(600));
         assert!(c.validate().is_ok());

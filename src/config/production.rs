@@ -149,10 +149,18 @@ pub(super) fn check_production(cfg: &Config) -> Result<(), String> {
             &mut problems,
         );
     }
-    for (name, url) in [
+    let urls = [
         ("FLASHSALE_MYSQL_URL", &cfg.stores.mysql_url),
         ("FLASHSALE_REDIS_URL", &cfg.stores.redis_url),
-    ] {
+    ]
+    .into_iter()
+    .chain(
+        cfg.stores
+            .redis_cluster_nodes
+            .iter()
+            .map(|node| ("FLASHSALE_REDIS_CLUSTER_NODES", node)),
+    );
+    for (name, url) in urls {
         // Only the first problem: a URL may carry its password twice (user part and query).
         let mut found = Vec::new();
         for password in url_passwords(url) {

@@ -3,7 +3,7 @@
 
 use redis::AsyncCommands;
 
-use super::Redis;
+use super::{Redis, SlotPipe};
 use crate::domain::Sku;
 use crate::error::AppResult;
 
@@ -80,14 +80,21 @@ impl Redis {
         if skus.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
+        let mut pipe = SlotPipe::new();
         for sku in skus {
             let k = self.keys.sku(*sku);
             for key in [k.exp(), k.adjustments_pending()] {
-                pipe.cmd("ZRANGE").arg(key).arg(0).arg(0).arg("WITHSCORES");
+                pipe.add(
+                    &key,
+                    redis::cmd("ZRANGE")
+                        .arg(&key)
+                        .arg(0)
+                        .arg(0)
+                        .arg("WITHSCORES"),
+                );
             }
         }
-        let r: Vec<Vec<(String, f64)>> = pipe.query_async(&mut self.conn()).await?;
+        let r: Vec<Vec<(String, f64)>> = pipe.query(&self.conn()).await?;
         Ok(r.chunks(2)
             .map(|pair| {
                 pair.iter()

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use redis::Value;
 
-use super::Redis;
+use super::{Redis, SlotPipe};
 use crate::error::AppResult;
 
 /// Entries `<p>:webhook-dead` keeps (about): its memory bound, ~60 MB of events that no
@@ -51,61 +51,73 @@ impl Redis {
         max_len: u64,
     ) -> AppResult<()> {
         let readers = self.order_events_needed_from().await?;
-        let mut pipe = redis::pipe();
+        let mut pipe = SlotPipe::new();
+        let stream = self.keys.order_events();
         for ev in events {
             if ev.finished {
-                pipe.expire(self.keys.order(ev.order_id), record_ttl_secs)
-                    .ignore();
+                let record = self.keys.order(ev.order_id);
+                pipe.add(&record, &redis::Cmd::expire(&record, record_ttl_secs));
                 // MySQL has its final status now: the customer's index lets go of it.
-                pipe.zrem(self.keys.user_orders(ev.user_id), ev.order_id)
-                    .ignore();
+                let index = self.keys.user_orders(ev.user_id);
+                pipe.add(&index, &redis::Cmd::zrem(&index, ev.order_id));
             }
-            let xadd = pipe.cmd("XADD").arg(self.keys.order_events());
+            let mut xadd = redis::cmd("XADD");
+            xadd.arg(&stream);
             if readers.is_none() {
                 xadd.arg("MAXLEN").arg("~").arg(max_len);
             }
-            xadd.arg("*").arg("event").arg(&ev.payload).ignore();
+            xadd.arg("*").arg("event").arg(&ev.payload);
+            pipe.add(&stream, &xadd);
         }
         if let Some(Some(from)) = &readers {
             // Delivered entries leave; what a group still needs stays, however many.
-            pipe.cmd("XTRIM")
-                .arg(self.keys.order_events())
-                .arg("MINID")
-                .arg("~")
-                .arg(from)
-                .ignore();
+            pipe.add(
+                &stream,
+                redis::cmd("XTRIM")
+                    .arg(&stream)
+                    .arg("MINID")
+                    .arg("~")
+                    .arg(from),
+            );
         }
-        let _: () = pipe.query_async(&mut self.conn()).await?;
+        pipe.exec(&self.conn()).await?;
         Ok(())
     }
 
     /// Sets an order event aside in `<p>:webhook-dead` and acknowledges it for `group`, in one
     /// round trip (a crash in between repeats the dead letter, never loses the event).
     pub async fn set_aside_delivery(&self, group: &str, dead: &DeadDelivery<'_>) -> AppResult<()> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("XADD")
-            .arg(self.keys.webhook_dead())
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(WEBHOOK_DEAD_MAX_LEN)
-            .arg("*")
-            .arg("event_id")
-            .arg(dead.event_id)
-            .arg("stream_id")
-            .arg(dead.stream_id)
-            .arg("event")
-            .arg(dead.body)
-            .arg("error")
-            .arg(dead.error)
-            .arg("attempts")
-            .arg(dead.attempts)
-            .ignore();
-        pipe.cmd("XACK")
-            .arg(self.keys.order_events())
-            .arg(group)
-            .arg(dead.stream_id)
-            .ignore();
-        let _: () = pipe.query_async(&mut self.conn()).await?;
+        let mut pipe = SlotPipe::new();
+        let dead_letters = self.keys.webhook_dead();
+        let stream = self.keys.order_events();
+        pipe.in_order();
+        pipe.add(
+            &dead_letters,
+            redis::cmd("XADD")
+                .arg(&dead_letters)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(WEBHOOK_DEAD_MAX_LEN)
+                .arg("*")
+                .arg("event_id")
+                .arg(dead.event_id)
+                .arg("stream_id")
+                .arg(dead.stream_id)
+                .arg("event")
+                .arg(dead.body)
+                .arg("error")
+                .arg(dead.error)
+                .arg("attempts")
+                .arg(dead.attempts),
+        );
+        pipe.add(
+            &stream,
+            redis::cmd("XACK")
+                .arg(&stream)
+                .arg(group)
+                .arg(dead.stream_id),
+        );
+        pipe.exec(&self.conn()).await?;
         Ok(())
     }
 

@@ -57,13 +57,25 @@ impl Redis {
     /// stock or orders answers 503 without running. Err(Unavailable) names an unsafe policy.
     pub async fn check_eviction_policy(&self) -> AppResult<()> {
         let mut conn = self.conn();
-        let info: String = redis::cmd("INFO")
+        // One server's text, or on a cluster every node's (a map of node to text): one master
+        // that may evict is enough to refuse.
+        let info: redis::Value = redis::cmd("INFO")
             .arg("memory")
             .query_async(&mut conn)
             .await?;
-        let policy = info
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("maxmemory_policy:"))
+        let mut texts = Vec::new();
+        collect_texts(info, &mut texts);
+        let policies: Vec<&str> = texts
+            .iter()
+            .filter_map(|t| {
+                t.lines()
+                    .find_map(|l| l.trim().strip_prefix("maxmemory_policy:"))
+            })
+            .collect();
+        let policy = policies
+            .iter()
+            .find(|p| **p != REQUIRED_POLICY)
+            .or(policies.first())
             .ok_or_else(|| AppError::internal("redis INFO memory has no maxmemory_policy"))?;
         self.eviction.record(policy);
         match self.eviction.refusal() {
@@ -75,5 +87,24 @@ impl Redis {
     /// The 503 to answer while Redis may evict keys (the last check saw another policy).
     pub fn eviction_refusal(&self) -> Option<AppError> {
         self.eviction.refusal()
+    }
+}
+
+/// Every text in a reply (a node's INFO; on a cluster, the values of its map of nodes).
+fn collect_texts(v: redis::Value, out: &mut Vec<String>) {
+    match v {
+        redis::Value::BulkString(b) => out.push(String::from_utf8_lossy(&b).into_owned()),
+        redis::Value::SimpleString(s) | redis::Value::VerbatimString { text: s, .. } => out.push(s),
+        redis::Value::Array(items) | redis::Value::Set(items) => {
+            for i in items {
+                collect_texts(i, out);
+            }
+        }
+        redis::Value::Map(pairs) => {
+            for (_, v) in pairs {
+                collect_texts(v, out);
+            }
+        }
+        _ => {}
     }
 }

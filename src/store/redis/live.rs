@@ -5,8 +5,8 @@
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
-use super::Redis;
 use super::reservations::SoldOutFor;
+use super::{Deployment, Redis, SlotPipe};
 use crate::domain::Sku;
 use crate::error::AppResult;
 
@@ -36,12 +36,42 @@ impl Redis {
     /// announce them (unreadable messages skipped). The stream ends when the subscription is
     /// lost.
     pub async fn subscribe_stock(&self) -> AppResult<BoxStream<'static, Announcement>> {
-        let mut ps = self.client.get_async_pubsub().await?;
-        ps.subscribe(self.keys.stock_live()).await?;
-        Ok(ps
-            .into_on_message()
-            .filter_map(|m| std::future::ready(parse_announcement(m.get_payload_bytes())))
-            .boxed())
+        match &*self.deployment {
+            Deployment::Single(client) => {
+                let mut ps = client.get_async_pubsub().await?;
+                ps.subscribe(self.keys.stock_live()).await?;
+                Ok(ps
+                    .into_on_message()
+                    .filter_map(|m| std::future::ready(parse_announcement(m.get_payload_bytes())))
+                    .boxed())
+            }
+            Deployment::Cluster(nodes) => {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                    .use_protocol(redis::ProtocolVersion::RESP3)
+                    .push_sender(tx)
+                    .connection_timeout(self.timeout)
+                    .response_timeout(self.timeout)
+                    .build()?;
+                let mut conn = client.get_async_connection().await?;
+                conn.subscribe(self.keys.stock_live()).await?;
+                // The connection lives as long as the stream: its pushes end with it.
+                let pushes = futures::stream::unfold((rx, conn), |(mut rx, conn)| async move {
+                    rx.recv().await.map(|push| (push, (rx, conn)))
+                });
+                Ok(pushes
+                    .filter_map(|push: redis::PushInfo| {
+                        std::future::ready(match push.kind {
+                            redis::PushKind::Message => push.data.get(1).and_then(|v| match v {
+                                redis::Value::BulkString(b) => parse_announcement(b),
+                                _ => None,
+                            }),
+                            _ => None,
+                        })
+                    })
+                    .boxed())
+            }
+        }
     }
 
     /// The available count of each sku (`None`: not loaded), in one pipeline of plain reads.
@@ -49,13 +79,12 @@ impl Redis {
         if skus.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
+        let mut pipe = SlotPipe::new();
         for sku in skus {
-            pipe.cmd("HGET")
-                .arg(self.keys.sku(*sku).stock())
-                .arg("avail");
+            let stock = self.keys.sku(*sku).stock();
+            pipe.add(&stock, &redis::Cmd::hget(&stock, "avail"));
         }
-        Ok(pipe.query_async(&mut self.conn()).await?)
+        Ok(pipe.query(&self.conn()).await?)
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod accounts;
 pub mod cart;
+pub mod conn;
 pub mod due;
 pub mod events;
 pub mod eviction;
@@ -33,6 +34,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+pub use conn::{Conn, SlotPipe};
 
 use eviction::EvictionGuard;
 pub use eviction::REQUIRED_POLICY;
@@ -59,13 +62,13 @@ use crate::error::AppResult;
 /// handle (cheap to clone: clones share the connections, the scripts and the guards).
 #[derive(Clone)]
 pub struct Redis {
-    conn: ConnectionManager,
+    conn: Conn,
     /// Connections that one task holds alone: blocking stream reads (the outbox writer, the
     /// webhook sender), which must not stall the shared multiplexed connection.
-    blocking: deadpool_redis::Pool,
-    /// For connections of their own: the live stock subscription (shared: a client's clone
-    /// copies its connection settings, and the state is cloned for every request).
-    client: Arc<redis::Client>,
+    blocking: Blocking,
+    /// Which deployment, and what connections of their own are made from: the live stock
+    /// subscription (shared: the state is cloned for every request).
+    deployment: Arc<Deployment>,
     /// The response timeout of the shared connection.
     timeout: Duration,
     pub keys: Keys,
@@ -82,29 +85,17 @@ pub struct Redis {
 
 impl Redis {
     /// Connects lazily: the service starts while Redis is down and answers 503 until it is up.
+    /// One server (`FLASHSALE_REDIS_URL`) or a cluster (`FLASHSALE_REDIS_CLUSTER_NODES`).
     pub fn connect(cfg: &StoresConfig) -> anyhow::Result<Self> {
-        let client = redis::Client::open(cfg.redis_url.as_str())?;
-        let mgr = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(cfg.redis_timeout))
-            .set_connection_timeout(Some(cfg.redis_timeout))
-            // One connection attempt per call that finds the connection broken: retries (with
-            // their backoff) made every request wait ~540 ms for its 503 while Redis was down,
-            // and a failed order twice that (its line, then its hand-back). A client retries;
-            // the service answers at once.
-            .set_number_of_retries(0)
-            .set_max_delay(std::time::Duration::from_millis(200));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), mgr)?;
-        let blocking = deadpool_redis::Config::from_url(cfg.redis_url.clone())
-            .builder()
-            .map_err(|e| anyhow::anyhow!("redis pool: {e}"))?
-            .max_size(4)
-            .runtime(deadpool_redis::Runtime::Tokio1)
-            .build()
-            .map_err(|e| anyhow::anyhow!("redis pool: {e}"))?;
+        let (conn, blocking, deployment) = if cfg.redis_cluster_nodes.is_empty() {
+            Self::single(cfg)?
+        } else {
+            Self::cluster(cfg)?
+        };
         Ok(Redis {
             conn,
             blocking,
-            client: Arc::new(client),
+            deployment: Arc::new(deployment),
             timeout: cfg.redis_timeout,
             keys: Keys::new(&cfg.redis_prefix),
             scripts: Arc::new(Scripts::new()),
@@ -119,15 +110,111 @@ impl Redis {
         })
     }
 
-    /// A handle on the shared connection (cheap: clones share one socket). For the store's own
-    /// methods, and for tests that set up or inspect keys directly.
-    pub fn conn(&self) -> ConnectionManager {
+    fn single(cfg: &StoresConfig) -> anyhow::Result<(Conn, Blocking, Deployment)> {
+        let url = cfg.redis_url_or_default();
+        let client = redis::Client::open(url)?;
+        let mgr = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(cfg.redis_timeout))
+            .set_connection_timeout(Some(cfg.redis_timeout))
+            // One connection attempt per call that finds the connection broken: retries (with
+            // their backoff) made every request wait ~540 ms for its 503 while Redis was down,
+            // and a failed order twice that (its line, then its hand-back). A client retries;
+            // the service answers at once.
+            .set_number_of_retries(0)
+            .set_max_delay(std::time::Duration::from_millis(200));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), mgr)?;
+        let blocking = deadpool_redis::Config::from_url(url)
+            .builder()
+            .map_err(|e| anyhow::anyhow!("redis pool: {e}"))?
+            .max_size(BLOCKING_POOL)
+            .runtime(deadpool_redis::Runtime::Tokio1)
+            .build()
+            .map_err(|e| anyhow::anyhow!("redis pool: {e}"))?;
+        Ok((
+            Conn::Single(conn),
+            Blocking::Single(blocking),
+            Deployment::Single(client),
+        ))
+    }
+
+    fn cluster(cfg: &StoresConfig) -> anyhow::Result<(Conn, Blocking, Deployment)> {
+        let nodes = cfg.redis_cluster_nodes.clone();
+        // No retries of the client's own (conn.rs says why); one attempt per node per call,
+        // each within the Redis timeout.
+        let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+            .retries(0)
+            .connection_timeout(cfg.redis_timeout)
+            .response_timeout(cfg.redis_timeout)
+            .build()?;
+        // The blocking readers' connections: no response timeout (a read blocks for its BLOCK
+        // time); a reader that finds its connection broken takes another.
+        let blocking = deadpool_redis::cluster::Config::from_urls(nodes.clone())
+            .builder()
+            .map_err(|e| anyhow::anyhow!("redis cluster pool: {e}"))?
+            .max_size(BLOCKING_POOL)
+            .runtime(deadpool_redis::Runtime::Tokio1)
+            .build()
+            .map_err(|e| anyhow::anyhow!("redis cluster pool: {e}"))?;
+        Ok((
+            Conn::Cluster(conn::LazyCluster::new(client)),
+            Blocking::Cluster(blocking),
+            Deployment::Cluster(nodes),
+        ))
+    }
+
+    /// A handle on the shared connection (cheap: clones share the sockets). For the store's
+    /// own methods, and for tests that set up or inspect keys directly.
+    pub fn conn(&self) -> Conn {
         self.conn.clone()
+    }
+
+    /// Runs `cmd`, which blocks up to `block` (XREADGROUP ... BLOCK), on a pooled connection
+    /// of its own, never on the shared one.
+    pub(super) async fn blocking_query<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+        block: Duration,
+    ) -> AppResult<T> {
+        let unavailable =
+            |e: String| crate::error::AppError::Unavailable(format!("redis pool: {e}"));
+        match &self.blocking {
+            Blocking::Single(pool) => {
+                let pooled = pool.get().await.map_err(|e| unavailable(e.to_string()))?;
+                // A handle on the same socket whose response timeout outlasts the BLOCK (the
+                // pool's connections give up after half a second by default).
+                let mut conn = (*pooled).clone();
+                conn.set_response_timeout(block + self.timeout);
+                Ok(cmd.query_async(&mut conn).await?)
+            }
+            Blocking::Cluster(pool) => {
+                let mut pooled = pool.get().await.map_err(|e| unavailable(e.to_string()))?;
+                let r =
+                    tokio::time::timeout(block + self.timeout, cmd.query_async(&mut *pooled)).await;
+                match r {
+                    Ok(r) => Ok(r?),
+                    Err(_) => {
+                        // A read that outlived its BLOCK: its connection is not trusted again.
+                        let _ = deadpool_redis::cluster::Connection::take(pooled);
+                        Err(crate::error::AppError::Unavailable(
+                            "redis: a blocking read timed out".into(),
+                        ))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether this is a Redis Cluster deployment.
+    pub fn is_cluster(&self) -> bool {
+        matches!(*self.deployment, Deployment::Cluster(_))
     }
 
     /// The dedicated pool's connections as they stand (the `flashsale_redis_pool_*` gauges).
     pub fn pool_status(&self) -> PoolStatus {
-        let s = self.blocking.status();
+        let s = match &self.blocking {
+            Blocking::Single(p) => p.status(),
+            Blocking::Cluster(p) => p.status(),
+        };
         PoolStatus {
             in_use: s.size.saturating_sub(s.available),
             idle: s.available,
@@ -140,6 +227,23 @@ impl Redis {
         let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut self.conn()).await?;
         Ok(secs * 1000 + micros / 1000)
     }
+}
+
+/// Most connections of the dedicated pool (blocking stream reads).
+const BLOCKING_POOL: usize = 4;
+
+/// The dedicated pools of either deployment.
+#[derive(Clone)]
+enum Blocking {
+    Single(deadpool_redis::Pool),
+    Cluster(deadpool_redis::cluster::Pool),
+}
+
+/// The deployment, with what connections of their own are made from.
+pub(crate) enum Deployment {
+    Single(redis::Client),
+    /// The seed nodes.
+    Cluster(Vec<String>),
 }
 
 /// The dedicated pool of connections (blocking stream reads).

@@ -3,8 +3,8 @@
 
 use redis::AsyncCommands;
 
-use super::Redis;
 use super::keys::{ORDER_PARTITIONS, Rid};
+use super::{Redis, SlotPipe};
 use crate::domain::{OrderItem, OrderStatus, Sku};
 use crate::error::{AppError, AppResult};
 
@@ -103,11 +103,12 @@ impl Redis {
             return Ok(String::new());
         }
         let rid = Rid::OrderLine { order_id }.to_string();
-        let mut pipe = redis::pipe();
+        let mut pipe = SlotPipe::new();
         for sku in &skus {
-            pipe.hget(self.keys.sku(*sku).res(), &rid);
+            let res = self.keys.sku(*sku).res();
+            pipe.add(&res, &redis::Cmd::hget(&res, &rid));
         }
-        let entries: Vec<Option<String>> = pipe.query_async(&mut self.conn()).await?;
+        let entries: Vec<Option<String>> = pipe.query(&self.conn()).await?;
         let alloc: std::collections::BTreeMap<String, String> = skus
             .iter()
             .zip(entries)
@@ -244,11 +245,12 @@ impl Redis {
         if order_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
+        let mut pipe = SlotPipe::new();
         for id in order_ids {
-            pipe.hgetall(self.keys.order(*id));
+            let record = self.keys.order(*id);
+            pipe.add(&record, &redis::Cmd::hgetall(&record));
         }
-        let raw: Vec<Vec<(String, String)>> = pipe.query_async(&mut self.conn()).await?;
+        let raw: Vec<Vec<(String, String)>> = pipe.query(&self.conn()).await?;
         order_ids
             .iter()
             .zip(raw)

@@ -8,9 +8,9 @@ use redis::Value;
 use redis::streams::StreamRangeReply;
 use serde::Serialize;
 
-use super::Redis;
 use super::keys::ORDER_PARTITIONS;
 use super::streams::{StreamEntry, text};
+use super::{Redis, SlotPipe};
 use crate::domain::{OrderEventKind, OrderItem, OrderStatus, OutboxEvent};
 use crate::error::AppResult;
 
@@ -254,12 +254,14 @@ impl Redis {
     /// Set-aside entries, oldest first per partition, at most `limit` per stream; the legacy
     /// references last.
     pub async fn list_set_aside(&self, limit: usize) -> AppResult<Vec<SetAside>> {
-        let mut pipe = redis::pipe();
-        for p in 0..ORDER_PARTITIONS {
-            pipe.xrange_count(self.keys.set_aside(p), "-", "+", limit);
+        let mut pipe = SlotPipe::new();
+        for key in (0..ORDER_PARTITIONS)
+            .map(|p| self.keys.set_aside(p))
+            .chain([self.keys.legacy_dead_letters()])
+        {
+            pipe.add(&key, &redis::Cmd::xrange_count(&key, "-", "+", limit));
         }
-        pipe.xrange_count(self.keys.legacy_dead_letters(), "-", "+", limit);
-        let replies: Vec<StreamRangeReply> = pipe.query_async(&mut self.conn()).await?;
+        let replies: Vec<StreamRangeReply> = pipe.query(&self.conn()).await?;
         let mut out = Vec::new();
         for (i, r) in replies.into_iter().enumerate() {
             let partition = (i < ORDER_PARTITIONS as usize).then_some(i as u64);
@@ -317,22 +319,25 @@ impl Redis {
     /// Entries in the set-aside streams (legacy references included): what the
     /// `flashsale_outbox_set_aside` gauge shows, and an alert's condition.
     pub async fn set_aside_count(&self) -> AppResult<u64> {
-        let mut pipe = redis::pipe();
-        for p in 0..ORDER_PARTITIONS {
-            pipe.xlen(self.keys.set_aside(p));
+        let mut pipe = SlotPipe::new();
+        for key in (0..ORDER_PARTITIONS)
+            .map(|p| self.keys.set_aside(p))
+            .chain([self.keys.legacy_dead_letters()])
+        {
+            pipe.add(&key, &redis::Cmd::xlen(&key));
         }
-        pipe.xlen(self.keys.legacy_dead_letters());
-        let lens: Vec<u64> = pipe.query_async(&mut self.conn()).await?;
+        let lens: Vec<u64> = pipe.query(&self.conn()).await?;
         Ok(lens.iter().sum())
     }
 
     /// Age of the oldest event in the outbox (0 when empty), from the stream ids' times.
     pub async fn outbox_oldest_age(&self) -> AppResult<Duration> {
-        let mut pipe = redis::pipe();
+        let mut pipe = SlotPipe::new();
         for p in 0..ORDER_PARTITIONS {
-            pipe.xrange_count(self.keys.outbox(p), "-", "+", 1);
+            let key = self.keys.outbox(p);
+            pipe.add(&key, &redis::Cmd::xrange_count(&key, "-", "+", 1));
         }
-        let firsts: Vec<StreamRangeReply> = pipe.query_async(&mut self.conn()).await?;
+        let firsts: Vec<StreamRangeReply> = pipe.query(&self.conn()).await?;
         let now = chrono::Utc::now().timestamp_millis();
         let oldest = firsts
             .iter()
@@ -347,11 +352,12 @@ impl Redis {
     /// The last entry id of every partition's outbox now (`None`: empty): what
     /// [`Redis::outbox_left`] waits for.
     pub async fn outbox_tails(&self) -> AppResult<Vec<Option<String>>> {
-        let mut pipe = redis::pipe();
+        let mut pipe = SlotPipe::new();
         for p in 0..ORDER_PARTITIONS {
-            pipe.xrevrange_count(self.keys.outbox(p), "+", "-", 1);
+            let key = self.keys.outbox(p);
+            pipe.add(&key, &redis::Cmd::xrevrange_count(&key, "+", "-", 1));
         }
-        let lasts: Vec<StreamRangeReply> = pipe.query_async(&mut self.conn()).await?;
+        let lasts: Vec<StreamRangeReply> = pipe.query(&self.conn()).await?;
         Ok(lasts
             .into_iter()
             .map(|r| r.ids.into_iter().next().map(|e| e.id))
@@ -367,25 +373,28 @@ impl Redis {
         group: &str,
         tails: &[Option<String>],
     ) -> AppResult<OutboxLeft> {
-        let mut pipe = redis::pipe();
+        let mut pipe = SlotPipe::new();
         let mut asked = Vec::new();
         for (p, tail) in tails.iter().enumerate() {
             let Some(tail) = tail else { continue };
             let key = self.keys.outbox(p as u64);
-            pipe.xrange_count(&key, "-", tail, 1_000);
-            pipe.cmd("XPENDING")
-                .arg(&key)
-                .arg(group)
-                .arg("-")
-                .arg(tail)
-                .arg(1_000);
+            pipe.add(&key, &redis::Cmd::xrange_count(&key, "-", tail, 1_000));
+            pipe.add(
+                &key,
+                redis::cmd("XPENDING")
+                    .arg(&key)
+                    .arg(group)
+                    .arg("-")
+                    .arg(tail)
+                    .arg(1_000),
+            );
             asked.push(p);
         }
         let mut left = OutboxLeft::default();
         if asked.is_empty() {
             return Ok(left);
         }
-        let raw: Vec<Value> = pipe.query_async(&mut self.conn()).await?;
+        let raw: Vec<Value> = pipe.query(&self.conn()).await?;
         for pair in raw.chunks(2) {
             if let Value::Array(entries) = &pair[0] {
                 left.entries += entries.len() as u64;
@@ -410,13 +419,13 @@ impl Redis {
 
     /// Outbox entries (every partition) and those delivered to `group` but not acknowledged.
     pub async fn outbox_backlog(&self, group: &str) -> AppResult<(u64, u64)> {
-        let mut pipe = redis::pipe();
+        let mut pipe = SlotPipe::new();
         for p in 0..ORDER_PARTITIONS {
             let key = self.keys.outbox(p);
-            pipe.xlen(&key);
-            pipe.cmd("XPENDING").arg(&key).arg(group);
+            pipe.add(&key, &redis::Cmd::xlen(&key));
+            pipe.add(&key, redis::cmd("XPENDING").arg(&key).arg(group));
         }
-        let raw: Vec<Value> = pipe.query_async(&mut self.conn()).await?;
+        let raw: Vec<Value> = pipe.query(&self.conn()).await?;
         let (mut len, mut pending) = (0u64, 0u64);
         for pair in raw.chunks(2) {
             if let Value::Int(n) = pair[0] {

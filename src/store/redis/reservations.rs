@@ -4,7 +4,7 @@
 
 use super::lanes::BatchError;
 use super::scripts::Reply;
-use super::{Redis, Rid};
+use super::{Redis, Rid, SlotPipe};
 use crate::domain::Sku;
 use crate::error::{AppError, AppResult};
 
@@ -566,11 +566,12 @@ impl Redis {
             return Ok(Vec::new());
         }
         let rid = Rid::OrderLine { order_id }.to_string();
-        let mut pipe = redis::pipe();
+        let mut pipe = SlotPipe::new();
         for sku in skus {
-            pipe.hget(self.keys.sku(*sku).res(), &rid);
+            let res = self.keys.sku(*sku).res();
+            pipe.add(&res, &redis::Cmd::hget(&res, &rid));
         }
-        let raw: Vec<Option<String>> = pipe.query_async(&mut self.conn()).await?;
+        let raw: Vec<Option<String>> = pipe.query(&self.conn()).await?;
         Ok(raw
             .into_iter()
             .map(|v| v.and_then(|v| v.split('|').nth(1).and_then(|c| c.parse().ok())))
@@ -583,12 +584,13 @@ impl Redis {
             return Ok(Vec::new());
         }
         let rid = Rid::Hold { user_id };
-        let mut pipe = redis::pipe();
+        let mut pipe = SlotPipe::new();
         for sku in skus {
             let ttl = self.keys.sku(*sku).ttl(&rid);
-            pipe.get(&ttl).cmd("PEXPIRETIME").arg(&ttl);
+            pipe.add(&ttl, &redis::Cmd::get(&ttl));
+            pipe.add(&ttl, redis::cmd("PEXPIRETIME").arg(&ttl));
         }
-        let raw: Vec<(Option<u32>, i64)> = pipe.query_async(&mut self.conn()).await?;
+        let raw: Vec<(Option<u32>, i64)> = pipe.query(&self.conn()).await?;
         Ok(raw
             .into_iter()
             .map(|(count, at)| count.filter(|_| at > 0).map(|c| (c, at)))

@@ -8,8 +8,8 @@ use std::time::Instant;
 use redis::{Script, Value};
 use tracing::Instrument as _;
 
-use super::Redis;
 use super::lanes::BatchError;
+use super::{Redis, SlotPipe};
 use crate::error::{AppError, AppResult};
 
 const LIB: &str = include_str!("../../../lua/lib.lua");
@@ -18,10 +18,13 @@ fn with_lib(body: &str) -> Script {
     Script::new(&wrap(body))
 }
 
-/// lib + the body as a function + the live stock announcement after it.
+/// lib + the body as a function + the live stock announcement after it, under the Redis 7
+/// `#!lua` shebang: a script that declares its flags (none here) may touch only keys of the
+/// slot of the keys it was given, and a Redis Cluster refuses one that strays to another slot
+/// even on the same node (without the shebang that passes until a reshard moves the slot).
 fn wrap(body: &str) -> String {
     format!(
-        "{LIB}\nlocal function script_body()\n{body}\nend\n\
+        "#!lua\n{LIB}\nlocal function script_body()\n{body}\nend\n\
          local reply = script_body()\nlive_publish()\nreturn reply\n"
     )
 }
@@ -301,22 +304,32 @@ impl Redis {
             return Ok(Vec::new());
         }
         self.refuse_if_evicting(name).await?;
-        let mut pipe = redis::pipe();
+        // One pipeline per slot on a cluster (each call's keys share one slot).
+        let mut pipe = SlotPipe::new();
         for (keys, args) in calls {
-            pipe.cmd("EVALSHA")
-                .arg(script.get_hash())
-                .arg(keys.len())
-                .arg(keys)
-                .arg(args);
+            let Some(first) = keys.first() else {
+                return Err(AppError::internal(format!(
+                    "script {name}: a call without keys"
+                )));
+            };
+            pipe.add(
+                first,
+                redis::cmd("EVALSHA")
+                    .arg(script.get_hash())
+                    .arg(keys.len())
+                    .arg(keys)
+                    .arg(args),
+            );
         }
         let span = script_span(name, calls.len());
         let started = Instant::now();
         let r: AppResult<Vec<Value>> = async {
-            let r = pipe.query_async(&mut self.conn()).await;
+            let r = pipe.query(&self.conn()).await;
             if matches!(&r, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
             {
+                // Loaded on every master (a cluster's new master after a failover has none).
                 self.load_scripts().await?;
-                return Ok(pipe.query_async(&mut self.conn()).await?);
+                return Ok(pipe.query(&self.conn()).await?);
             }
             Ok(r?)
         }

@@ -4,7 +4,7 @@
 
 use redis::AsyncCommands;
 
-use super::Redis;
+use super::{Redis, SlotPipe};
 use crate::domain::{SaleMeta, Sku, SkuMeta};
 use crate::error::{AppError, AppResult};
 
@@ -384,11 +384,12 @@ impl Redis {
         if skus.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
+        let mut pipe = SlotPipe::new();
         for sku in skus {
-            pipe.hgetall(self.keys.sku(*sku).meta());
+            let meta = self.keys.sku(*sku).meta();
+            pipe.add(&meta, &redis::Cmd::hgetall(&meta));
         }
-        let raw: Vec<Vec<(String, String)>> = pipe.query_async(&mut self.conn()).await?;
+        let raw: Vec<Vec<(String, String)>> = pipe.query(&self.conn()).await?;
         Ok(raw.into_iter().map(meta_from_fields).collect())
     }
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 use redis::Value;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 
-use super::Redis;
-use crate::error::{AppError, AppResult};
+use super::{Redis, SlotPipe};
+use crate::error::AppResult;
 
 /// A field value as text (bulk strings read lossily, integers written out).
 pub(super) fn text(v: &Value) -> Option<String> {
@@ -139,19 +139,7 @@ impl StreamConsumer {
             cmd.arg(id);
         }
         let reply: Option<StreamReadReply> = match block {
-            Some(b) => {
-                let pooled = self
-                    .redis
-                    .blocking
-                    .get()
-                    .await
-                    .map_err(|e| AppError::Unavailable(format!("redis pool: {e}")))?;
-                // A handle on the same socket whose response timeout outlasts the BLOCK (the
-                // pool's connections give up after half a second by default).
-                let mut conn = (*pooled).clone();
-                conn.set_response_timeout(b + self.redis.timeout);
-                cmd.query_async(&mut conn).await?
-            }
+            Some(b) => self.redis.blocking_query(&cmd, b).await?,
             None => cmd.query_async(&mut self.redis.conn()).await?,
         };
         let index: HashMap<&str, usize> = self
@@ -228,15 +216,16 @@ impl StreamConsumer {
         for (s, id) in entries {
             by_stream.entry(*s).or_default().push(id);
         }
-        let mut pipe = redis::pipe();
+        // One pipeline per stream's slot on a cluster (acknowledgements per slot).
+        let mut pipe = SlotPipe::new();
         for (s, ids) in by_stream {
             let key = &self.streams[s];
-            pipe.xack(key, self.group, &ids).ignore();
+            pipe.add(key, &redis::Cmd::xack(key, self.group, &ids));
             if delete {
-                pipe.xdel(key, &ids).ignore();
+                pipe.add(key, &redis::Cmd::xdel(key, &ids));
             }
         }
-        let _: () = pipe.query_async(&mut self.redis.conn()).await?;
+        pipe.exec(&self.redis.conn()).await?;
         Ok(())
     }
 }
