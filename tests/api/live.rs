@@ -38,6 +38,8 @@ impl SseClient {
         last_event_id: Option<&str>,
     ) -> Result<SseClient, (StatusCode, Value)> {
         let client = reqwest::Client::new();
+        // The first instance's (the one `app.state` is): on a Redis Cluster the purchases that
+        // the stream follows go to both instances in turn.
         let mut req = client.get(format!("{}{path}", app.addr));
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
