@@ -94,6 +94,19 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// `FLASHSALE_TEST_LOG=<filter>` (e.g. `warn` or `flashsale=debug`): the in-process apps'
+/// logs on stderr, past the test harness's capture (run one test at a time with it: the lines
+/// of concurrent tests are not told apart). What a failed answer of an in-process app was
+/// (a 500's cause is logged, never answered) is found there.
+fn log_if_asked() {
+    if let Ok(filter) = std::env::var("FLASHSALE_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
 /// A fresh test identity: its database name and Redis prefix.
 pub fn test_names() -> (String, String) {
     let id: u64 = rand::rng().random();
@@ -133,6 +146,7 @@ pub fn test_config(db_name: &str, prefix: &str) -> Config {
 /// instances on the same database and prefix (as a deployment behind a load balancer runs),
 /// the requests taking them in turn; `state` and `ops_addr` are the first one's.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    log_if_asked();
     let (db_name, prefix) = test_names();
     let mut cfg = test_config(&db_name, &prefix);
     tweak(&mut cfg);
