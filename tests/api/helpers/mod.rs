@@ -21,8 +21,8 @@ mod views;
 
 pub use accounts::LOAD_PASSWORD;
 pub use cluster::{
-    config_set_everywhere, delete_keys, kill_master, master_of, on_cluster, restart_node,
-    skip_off_cluster, skip_on_cluster,
+    cluster_nodes, config_set_everywhere, delete_keys, kill_master, master_of, on_cluster,
+    restart_node, skip_off_cluster, skip_on_cluster,
 };
 pub use hold_proxy::{Held, HoldProxy, app_behind_proxy, held_in_redis, script_sha};
 pub use process::{OwnRedis, Service, eventually, free_port, start_service, start_service_env};
