@@ -18,10 +18,8 @@ async fn post_status(
     token: &str,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
-    let mut req = app
-        .client
-        .post(format!("{}{path}", app.addr))
-        .bearer_auth(token);
+    // Spread over the instances on a Redis Cluster (two, taken in turn).
+    let mut req = app.client.post(app.url(path)).bearer_auth(token);
     if let Some(b) = body {
         req = req.json(&b);
     }

@@ -1,5 +1,6 @@
 //! The service as a process, and its stores failing under it: SIGKILL in the middle of a sale,
-//! SIGTERM with a request in flight, Redis killed and restarted in the middle of a sale.
+//! SIGTERM with a request in flight, Redis killed and restarted in the middle of a sale, and on
+//! a Redis Cluster a master killed in the middle of a sale (its replica taking over).
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
@@ -12,8 +13,8 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{
-    OwnRedis, Service, TestApp, eventually, free_port, partial_request, spawn_app_with,
-    start_service,
+    OwnRedis, Service, TestApp, eventually, free_port, kill_master, master_of, partial_request,
+    restart_node, skip_off_cluster, skip_on_cluster, spawn_app_with, start_service,
 };
 
 async fn outbox_backlog(app: &TestApp) -> u64 {
@@ -31,7 +32,8 @@ async fn outbox_backlog(app: &TestApp) -> u64 {
 }
 
 /// Buyers: each buys one unit at a time and pays, until it has been told "sold out" `enough`
-/// times. Records every order the service said was paid, and every status seen.
+/// times. Records every order the service said was paid, and every status seen. Each buyer
+/// sends its requests to the instances in turn (two on a Redis Cluster).
 struct Buyers {
     paid: Arc<Mutex<BTreeSet<u64>>>,
     statuses: Arc<Mutex<Vec<u16>>>,
@@ -40,7 +42,7 @@ struct Buyers {
 }
 
 impl Buyers {
-    fn start(base: &str, sku: u64, tokens: Vec<String>) -> Buyers {
+    fn start(bases: &[String], sku: u64, tokens: Vec<String>) -> Buyers {
         let paid = Arc::new(Mutex::new(BTreeSet::new()));
         let statuses = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -53,12 +55,13 @@ impl Buyers {
             .enumerate()
             .map(|(i, token)| {
                 let (paid, statuses, stop) = (paid.clone(), statuses.clone(), stop.clone());
-                let (client, base) = (client.clone(), base.to_string());
+                let (client, bases) = (client.clone(), bases.to_vec());
                 tokio::spawn(async move {
                     let mut sold_out = 0;
                     let mut n = 0;
                     while !stop.load(Ordering::Relaxed) && sold_out < 3 {
                         n += 1;
+                        let base = &bases[(i + n) % bases.len()];
                         let r = client
                             .post(format!("{base}/v1/orders/buy-now"))
                             .bearer_auth(&token)
@@ -137,7 +140,7 @@ async fn start_sale(app: &TestApp, units: i64, buyers: usize, first_paid: usize)
     for i in 0..buyers {
         tokens.push(app.register(&format!("buyer{i}")).await.1);
     }
-    let buyers = Buyers::start(&app.addr, sku, tokens);
+    let buyers = Buyers::start(&app.addrs, sku, tokens);
     eventually("the first paid orders", Duration::from_secs(20), || async {
         buyers.paid.lock().unwrap().len() >= first_paid
     })
@@ -333,6 +336,9 @@ async fn sigterm_finishes_the_request_in_flight_and_exits_zero_without_logging_s
 
 #[tokio::test]
 async fn redis_restarted_in_the_middle_of_a_sale_gives_503s_then_no_oversell() {
+    if skip_on_cluster("restarts a redis-server of its own (the cluster's failover: below)") {
+        return;
+    }
     const UNITS: i64 = 80;
     let port = free_port();
     let dir = std::env::temp_dir().join(format!("flashsale-redis-{port}"));
@@ -406,4 +412,94 @@ async fn redis_restarted_in_the_middle_of_a_sale_gives_503s_then_no_oversell() {
     assert_eq!(mysql_on_hand(&app, sku).await, UNITS - units_paid);
     drop(app);
     drop(redis_server);
+}
+
+/// Issue 24's failover: on a Redis Cluster, under a buy-and-pay load spread over two instances
+/// (whose workers write back), the master of the sku's slot is SIGKILLed; its replica takes
+/// over, the killed node comes back as a replica. Answers meanwhile are 503 at worst, never
+/// 500; no paid order is lost, nothing is oversold, and the stock identity holds exactly.
+#[tokio::test]
+async fn a_master_killed_in_the_middle_of_a_sale_loses_no_paid_order() {
+    if skip_off_cluster("kills a master of the Redis Cluster (FLASHSALE_TEST_REDIS_CLUSTER)") {
+        return;
+    }
+    const UNITS: i64 = 300;
+    let app = spawn_app_with(|c| {
+        c.outbox.worker = true;
+        c.sale.payment_ttl = Duration::from_secs(2);
+        c.outbox.claim_idle = Duration::from_millis(500);
+    })
+    .await;
+    let (sku, buyers) = start_sale(&app, UNITS, 16, 10).await;
+    let key = app
+        .state
+        .redis
+        .keys
+        .sku(flashsale::domain::Sku::parse(sku).unwrap())
+        .stock();
+    let master = master_of(&key).await;
+    let paid_before = buyers.paid.lock().unwrap().len();
+    let before = buyers.statuses.lock().unwrap().len();
+    let killed = kill_master(master.port()).await;
+    let during: Vec<u16> = buyers.statuses.lock().unwrap()[before..].to_vec();
+    let back = restart_node(master.port()).await;
+    let (paid, statuses) = buyers.finish(Duration::from_secs(90)).await;
+    eprintln!(
+        "master kill: {killed}; {back}; {} answers during the failover ({} of them 503),          {paid_before} orders paid before, {} after",
+        during.len(),
+        during.iter().filter(|s| **s == 503).count(),
+        paid.len() - paid_before,
+    );
+    assert!(
+        paid.len() > paid_before,
+        "the sale went on after the failover"
+    );
+
+    // Unpaid orders expire (the instances' sweepers), the workers drain the outbox.
+    eventually(
+        "no units held or reserved",
+        Duration::from_secs(30),
+        || async {
+            let b = app.assert_identity(sku).await;
+            b.held == 0 && b.reserved == 0
+        },
+    )
+    .await;
+    eventually("the outbox drained", Duration::from_secs(30), || async {
+        outbox_backlog(&app).await == 0
+    })
+    .await;
+    eventually(
+        "every paid unit written to on_hand",
+        Duration::from_secs(30),
+        || async { app.assert_identity(sku).await.sold == 0 },
+    )
+    .await;
+    let (units_paid, paid_in_mysql) = mysql_paid(&app, sku).await;
+    let missing: Vec<_> = paid.difference(&paid_in_mysql).collect();
+    assert!(
+        missing.is_empty(),
+        "paid orders missing in MySQL: {missing:?}"
+    );
+    assert!(units_paid <= UNITS, "oversold: {units_paid} of {UNITS}");
+    assert_eq!(
+        mysql_on_hand(&app, sku).await,
+        UNITS - units_paid,
+        "on_hand lowered exactly by the paid units"
+    );
+    let b = app.assert_identity(sku).await;
+    assert_eq!(
+        b.sold_total, units_paid,
+        "Redis and MySQL agree on units sold"
+    );
+    app.assert_reconciles().await;
+    // Last, so that a wrong answer does not hide what became of the data.
+    assert!(
+        statuses.iter().all(|s| [200, 201, 409, 503].contains(s)),
+        "only answers of the contract: {:?}",
+        statuses
+            .iter()
+            .filter(|s| ![200, 201, 409, 503].contains(*s))
+            .collect::<Vec<_>>()
+    );
 }

@@ -319,14 +319,13 @@ async fn redis_flushed_rebuild_restores_without_overselling() {
     app.write_back().await;
     assert_eq!(app.available(sku).await, 2);
 
-    // Redis loses everything of this deployment.
-    let mut conn = app.state.redis.conn();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(app.state.redis.keys.pattern())
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let _: () = conn.del(keys).await.unwrap();
+    // Redis loses everything of this deployment (on a cluster, every master's share).
+    let gone = delete_keys(
+        &app.state.cfg.stores.redis_url,
+        &app.state.redis.keys.pattern(),
+    )
+    .await;
+    assert!(gone > 0);
 
     let report = flashsale::service::reconcile::rebuild_cache(&app.state)
         .await
@@ -409,12 +408,8 @@ async fn a_paid_lines_warehouses_come_from_the_event_when_its_ledger_is_gone() {
     );
     app.pay(&t, order).await;
     // Redis loses the sku's keys (the sold ledger with them) before the write-back.
-    let mut conn = app.state.redis.conn();
-    let keys: Vec<String> = conn
-        .keys(format!("{}:{{sku:{sku}}}:*", app.prefix))
-        .await
-        .unwrap();
-    let _: () = conn.del(keys).await.unwrap();
+    let pattern = format!("{}:{{sku:{sku}}}:*", app.prefix);
+    assert!(delete_keys(&app.state.cfg.stores.redis_url, &pattern).await > 0);
     app.write_back().await;
     let rows: Vec<(u32, u32)> = sqlx::query_as(
         "SELECT warehouse_id, units FROM stock_movements WHERE order_id = ? ORDER BY warehouse_id",

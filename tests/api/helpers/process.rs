@@ -30,9 +30,18 @@ pub struct Service {
 impl Service {
     pub fn env_of(cfg: &Config, port: u16) -> Vec<(String, String)> {
         let d = |d: Duration| format!("{}ms", d.as_millis());
+        // One Redis, or the cluster's seed nodes (the two are exclusive).
+        let redis = if cfg.stores.redis_cluster_nodes.is_empty() {
+            ("FLASHSALE_REDIS_URL", cfg.stores.redis_url.clone())
+        } else {
+            (
+                "FLASHSALE_REDIS_CLUSTER_NODES",
+                cfg.stores.redis_cluster_nodes.join(","),
+            )
+        };
         [
             ("FLASHSALE_MYSQL_URL", cfg.stores.mysql_url.clone()),
-            ("FLASHSALE_REDIS_URL", cfg.stores.redis_url.clone()),
+            redis,
             ("FLASHSALE_REDIS_PREFIX", cfg.stores.redis_prefix.clone()),
             ("FLASHSALE_LISTEN", format!("127.0.0.1:{port}")),
             // A free port of its own: several services run at once.

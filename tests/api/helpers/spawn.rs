@@ -9,8 +9,8 @@ use flashsale::config::Config;
 use flashsale::startup::Application;
 
 use super::accounts::Accounts;
+use super::cluster::{cluster_nodes, delete_keys};
 use rand::Rng;
-use redis::AsyncCommands;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
@@ -23,12 +23,18 @@ pub fn mysql_base() -> String {
         .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
 }
 
-fn redis_url() -> String {
+/// The tests' one Redis (single-Redis mode).
+pub(super) fn redis_url() -> String {
     std::env::var("FLASHSALE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
 pub struct TestApp {
+    /// The (first) instance's address; the typed calls spread over [`TestApp::addrs`].
     pub addr: String,
+    /// Every instance's address: one, or two on a Redis Cluster (the same stores), which the
+    /// requests of [`TestApp::send`] take in turn.
+    pub addrs: Vec<String>,
+    next: std::sync::atomic::AtomicUsize,
     /// The operators' listener (`/metrics`), when the test runs the app in-process.
     pub ops_addr: Option<String>,
     pub client: reqwest::Client,
@@ -40,6 +46,8 @@ pub struct TestApp {
     accounts: std::sync::OnceLock<Accounts>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// The other in-process instances' stop signals (cluster mode).
+    others: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 pub struct Resp {
@@ -86,17 +94,37 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// `FLASHSALE_TEST_LOG=<filter>` (e.g. `warn` or `flashsale=debug`): the in-process apps'
+/// logs on stderr, past the test harness's capture (run one test at a time with it: the lines
+/// of concurrent tests are not told apart). What a failed answer of an in-process app was
+/// (a 500's cause is logged, never answered) is found there.
+fn log_if_asked() {
+    if let Ok(filter) = std::env::var("FLASHSALE_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
 /// A fresh test identity: its database name and Redis prefix.
 pub fn test_names() -> (String, String) {
     let id: u64 = rand::rng().random();
     (format!("fs_test_{id:016x}"), format!("fst{id:016x}"))
 }
 
-/// The test defaults for a database and a prefix.
+/// The test defaults for a database and a prefix (on the Redis Cluster in cluster mode:
+/// helpers/cluster.rs).
 pub fn test_config(db_name: &str, prefix: &str) -> Config {
     let mut cfg = Config::defaults();
     cfg.stores.mysql_url = format!("{}/{db_name}", mysql_base());
-    cfg.stores.redis_url = redis_url();
+    match cluster_nodes() {
+        Some(nodes) => {
+            cfg.stores.redis_cluster_nodes = nodes;
+            cfg.stores.redis_url = String::new();
+        }
+        None => cfg.stores.redis_url = redis_url(),
+    }
     cfg.stores.redis_prefix = prefix.to_string();
     cfg.http.listen = "127.0.0.1:0".parse().unwrap();
     cfg.telemetry.metrics_listen = "127.0.0.1:0".parse().unwrap();
@@ -114,11 +142,20 @@ pub fn test_config(db_name: &str, prefix: &str) -> Config {
     cfg
 }
 
-/// Starts the app with the test defaults, changed by `tweak`.
+/// Starts the app with the test defaults, changed by `tweak`. On a Redis Cluster, two
+/// instances on the same database and prefix (as a deployment behind a load balancer runs),
+/// the requests taking them in turn; `state` and `ops_addr` are the first one's.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    log_if_asked();
     let (db_name, prefix) = test_names();
     let mut cfg = test_config(&db_name, &prefix);
     tweak(&mut cfg);
+    let second = cluster_nodes().is_some().then(|| {
+        let mut c = cfg.clone();
+        c.http.listen = "127.0.0.1:0".parse().unwrap();
+        c.telemetry.metrics_listen = "127.0.0.1:0".parse().unwrap();
+        c
+    });
     let app = Application::build(cfg).await.expect("the app builds");
     let addr = format!("http://127.0.0.1:{}", app.port());
     let ops_addr = format!("http://127.0.0.1:{}", app.metrics_port());
@@ -127,8 +164,24 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let server = tokio::spawn(app.run_until(async {
         let _ = rx.await;
     }));
+    let mut addrs = vec![addr.clone()];
+    let mut others = Vec::new();
+    if let Some(cfg) = second {
+        let app = Application::build(cfg)
+            .await
+            .expect("the second instance builds");
+        addrs.push(format!("http://127.0.0.1:{}", app.port()));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        // Its end is its own business: the test judges the first instance's.
+        tokio::spawn(app.run_until(async {
+            let _ = rx.await;
+        }));
+        others.push(tx);
+    }
     let mut app = TestApp::signed_in(addr, state, db_name, prefix, Some((tx, server))).await;
     app.ops_addr = Some(ops_addr);
+    app.addrs = addrs;
+    app.others = others;
     app
 }
 
@@ -158,6 +211,9 @@ impl TestApp {
             .unwrap();
         let (shutdown, server) = server.unzip();
         let mut t = TestApp {
+            addrs: vec![addr.clone()],
+            next: Default::default(),
+            others: Vec::new(),
             addr,
             ops_addr: None,
             client,
@@ -178,6 +234,12 @@ impl TestApp {
     pub(super) fn accounts(&self) -> &Accounts {
         self.accounts
             .get_or_init(|| Accounts::start(format!("{}/{}", mysql_base(), self.db_name)))
+    }
+
+    /// `path` on the next instance in turn (the only one, but on a Redis Cluster).
+    pub fn url(&self, path: &str) -> String {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}{path}", self.addrs[n % self.addrs.len()])
     }
 
     /// Sends the shutdown signal (as SIGTERM would) and returns the server task, which ends when
@@ -208,7 +270,7 @@ impl TestApp {
         body: Option<Value>,
         headers: &[(&str, &str)],
     ) -> Resp {
-        let mut req = self.client.request(method, format!("{}{path}", self.addr));
+        let mut req = self.client.request(method, self.url(path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -290,7 +352,7 @@ impl TestApp {
     ) -> Resp {
         let mut req = self
             .client
-            .post(format!("{}{path}", self.addr))
+            .post(self.url(path))
             .header("content-type", content_type)
             .body(body);
         if let Some(t) = token {
@@ -338,6 +400,9 @@ impl Drop for TestApp {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        for tx in self.others.drain(..) {
+            let _ = tx.send(());
+        }
         let db_name = self.db_name.clone();
         let pattern = format!("{}:*", self.prefix);
         let _ = std::thread::spawn(move || {
@@ -347,29 +412,8 @@ impl Drop for TestApp {
                 .unwrap();
             rt.block_on(async move {
                 drop_database(&db_name).await;
-                if let Ok(client) = redis::Client::open(redis_url())
-                    && let Ok(mut conn) = client.get_multiplexed_async_connection().await
-                {
-                    let mut cursor: u64 = 0;
-                    loop {
-                        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                            .arg(cursor)
-                            .arg("MATCH")
-                            .arg(&pattern)
-                            .arg("COUNT")
-                            .arg(1000)
-                            .query_async(&mut conn)
-                            .await
-                            .unwrap_or((0, Vec::new()));
-                        if !keys.is_empty() {
-                            let _: Result<(), _> = conn.del(keys).await;
-                        }
-                        if next == 0 {
-                            break;
-                        }
-                        cursor = next;
-                    }
-                }
+                // Every master's share of the keys on a cluster.
+                delete_keys(&redis_url(), &pattern).await;
             });
         })
         .join();

@@ -3,7 +3,9 @@
 //! between the service and MariaDB (cut = "MySQL stopped"; a COMMIT's answer lost, the COMMIT
 //! lost or held) and between the service and that redis-server (replies late or lost), KILLs and
 //! locks on the run's own database only, a writer that dies between its MySQL commit and its
-//! acknowledgement, the service SIGKILLed (also while an admin change holds its COMMIT).
+//! acknowledgement, the service SIGKILLed (also while an admin change holds its COMMIT). On a
+//! Redis Cluster (the tests' cluster mode) the run has no redis-server of its own: the faults of
+//! that server and of its proxy are left out, and a master of the cluster is SIGKILLed instead.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -59,10 +61,14 @@ pub enum FaultKind {
     /// The service SIGKILLed while an admin stock change holds its COMMIT (MariaDB rolls it
     /// back when the connection goes); started again (child-process runs only).
     AdminKill,
+    /// The master that serves the busiest sku's slot SIGKILLed (no data on disk: what it had
+    /// not yet sent to its replica is gone), its replica taking over; then the killed node
+    /// started again, rejoining as a replica (Redis Cluster runs only).
+    MasterKill,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 15] = [
+    pub const ALL: [FaultKind; 16] = [
         FaultKind::MysqlKill,
         FaultKind::MysqlLock,
         FaultKind::MysqlLockKill,
@@ -78,6 +84,7 @@ impl FaultKind {
         FaultKind::SkuKeysLost,
         FaultKind::AdminCommitLost,
         FaultKind::AdminKill,
+        FaultKind::MasterKill,
     ];
 
     /// The faults of issue 22 (answers lost in flight, one sku's keys lost, admin changes
@@ -94,6 +101,27 @@ impl FaultKind {
     /// Whether the fault needs the service as a child process (it SIGKILLs it).
     pub fn needs_child(self) -> bool {
         matches!(self, FaultKind::ServiceKill | FaultKind::AdminKill)
+    }
+
+    /// Whether the fault is done to the run's own redis-server or through the proxy in front
+    /// of it (runs on one Redis only: a cluster client finds the nodes' own addresses).
+    pub fn needs_own_redis(self) -> bool {
+        matches!(
+            self,
+            FaultKind::RedisRestart
+                | FaultKind::RedisWipe
+                | FaultKind::RedisReplyLate
+                | FaultKind::RedisReplyLost
+                | FaultKind::ClientGone
+        )
+    }
+
+    /// Whether the fault can be injected in a run with the service as a child process
+    /// (`child`) or in-process, on a Redis Cluster (`cluster`) or on one Redis.
+    pub fn fits(self, child: bool, cluster: bool) -> bool {
+        (child || !self.needs_child())
+            && (!cluster || !self.needs_own_redis())
+            && (cluster || self != FaultKind::MasterKill)
     }
 
     /// A comma-separated list of kinds (their Debug names), `all`, `issue22` (the faults of
@@ -711,39 +739,17 @@ pub async fn crashing_writer(app: &TestApp, round: usize, times: usize, dur: Dur
 }
 
 /// Deletes every key of one sku (`<prefix>:{sku:N}:*`: its counters, ledgers, reservations'
-/// TTL keys, catalog entry), through `redis` (the harness's own connection, not the service's
-/// proxy); the order id counter, the order records and the carts' indexes stay. Returns how
-/// many keys went.
-pub async fn drop_sku_keys(redis: &flashsale::store::redis::Redis, sku: u64) -> usize {
-    use redis::AsyncCommands;
-    let mut c = redis.conn();
+/// TTL keys, catalog entry), straight on the server that holds them (`redis_url`, the run's
+/// redis-server, or the cluster's master of the sku's slot: not through the service's proxy);
+/// the order id counter, the order records and the carts' indexes stay. Returns how many keys
+/// went.
+pub async fn drop_sku_keys(
+    redis_url: &str,
+    redis: &flashsale::store::redis::Redis,
+    sku: u64,
+) -> usize {
     let pattern = format!("{}:{{sku:{sku}}}:*", redis.keys.prefix());
-    let mut keys: Vec<String> = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let Ok((next, found)) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async::<(u64, Vec<String>)>(&mut c)
-            .await
-        else {
-            return 0;
-        };
-        keys.extend(found);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    if keys.is_empty() {
-        return 0;
-    }
-    let n = keys.len();
-    let _: Result<(), _> = c.del(keys).await;
-    n
+    crate::helpers::delete_keys(redis_url, &pattern).await
 }
 
 /// The service binary as a child process (for `ServiceKill`): SIGKILLed and started again.

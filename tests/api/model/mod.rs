@@ -615,7 +615,8 @@ struct FaultDetail {
     /// client timeout of a request (each takes a random one from 5 ms to it).
     slow: Duration,
     cut_ms: u64,
-    /// `SkuKeysLost`: which sku (index) when none has open orders.
+    /// `SkuKeysLost`, `MasterKill`: which sku (index) when none has open orders (none is open
+    /// for sale).
     sku: usize,
     /// `AdminCommitLost`: the COMMIT passed to MariaDB with its answer swallowed (true), or
     /// lost with the link (false: MariaDB rolls back once the connection closes, `hold` later);
@@ -928,6 +929,24 @@ fn window_check(r: &Round, sku: u64, sent: chrono::DateTime<Utc>, what: &str) {
     }
 }
 
+/// `MasterKill`: the master of the busiest sku's slot SIGKILLed while the round's requests
+/// run, its replica taking over; then the node started again, rejoining as a replica, so that
+/// the cluster is whole for the next fault.
+async fn master_kill(w: &World, r: &Round, skus: &[u64], d: &FaultDetail) {
+    let sku = skus[busy_sku(w, r, skus, d.sku).await];
+    let key = w
+        .app
+        .state
+        .redis
+        .keys
+        .sku(flashsale::domain::Sku::parse(sku).unwrap())
+        .stock();
+    let master = crate::helpers::master_of(&key).await;
+    r.log(format!("sku {sku}'s master {} SIGKILLed", master.addr));
+    r.log(crate::helpers::kill_master(master.port()).await);
+    r.log(crate::helpers::restart_node(master.port()).await);
+}
+
 /// Waits until the outbox is empty and nothing is pending (the service's writer drained it).
 async fn drain(app: &TestApp, within: Duration) -> bool {
     let deadline = Instant::now() + within;
@@ -958,11 +977,11 @@ struct World {
     app: TestApp,
     /// The service as a child process, in runs that SIGKILL it.
     service: Option<faults::ServiceProc>,
-    redis: RedisProc,
+    /// The run's own redis-server, and the proxy in front of it (the service's connections
+    /// only); none on a Redis Cluster, whose nodes the run shares.
+    own: Option<(RedisProc, Proxy)>,
     /// In front of MariaDB (the service's and the harness's store handles).
     proxy: Proxy,
-    /// In front of the run's redis-server (the service's connections only).
-    rproxy: Proxy,
     direct: MySqlPool,
     db: String,
     dead_seen: u64,
@@ -975,6 +994,22 @@ struct World {
 }
 
 impl World {
+    /// The run's own redis-server (a fault that needs it runs on one Redis only).
+    fn redis(&self) -> &RedisProc {
+        &self.own.as_ref().expect("a single-Redis run").0
+    }
+
+    /// The proxy in front of the run's redis-server.
+    fn rproxy(&self) -> &Proxy {
+        &self.own.as_ref().expect("a single-Redis run").1
+    }
+
+    /// The run's redis-server's URL without the proxy ("" on a cluster: the masters are found
+    /// from the seeds).
+    fn redis_url(&self) -> String {
+        self.own.as_ref().map_or(String::new(), |(r, _)| r.url())
+    }
+
     async fn stored_orders(&self) -> BTreeMap<u64, StoredOrder> {
         let db = &self.db;
         let rows: Vec<(u64, u64, String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(
@@ -1429,16 +1464,27 @@ impl World {
 }
 
 async fn setup(seed: u64, child: bool) -> (World, Model) {
-    let redis = RedisProc::start(crate::helpers::free_port()).await;
+    // On one Redis, a redis-server of the run's own, which the service reaches through a proxy
+    // of the run's own (replies late or lost); the harness's checks go straight to it. On a
+    // Redis Cluster, the cluster's nodes (test_config's), straight.
+    let own = if crate::helpers::on_cluster() {
+        None
+    } else {
+        let redis = RedisProc::start(crate::helpers::free_port()).await;
+        let rproxy = Proxy::start(format!("127.0.0.1:{}", redis.port)).await;
+        Some((redis, rproxy))
+    };
     let proxy = Proxy::start("127.0.0.1:3306".into()).await;
-    // The service reaches its Redis through a proxy of the run's own (replies late or lost);
-    // the harness's checks go straight to it.
-    let rproxy = Proxy::start(format!("127.0.0.1:{}", redis.port)).await;
     let base = mysql_base();
     let host = base.trim_start_matches("mysql://root@").to_string();
-    let (url, pport) = (format!("redis://127.0.0.1:{}", rproxy.port), proxy.port);
+    let url = own
+        .as_ref()
+        .map(|(_, rproxy)| format!("redis://127.0.0.1:{}", rproxy.port));
+    let pport = proxy.port;
     let tweak = |c: &mut flashsale::config::Config| {
-        c.stores.redis_url = url.clone();
+        if let Some(url) = &url {
+            c.stores.redis_url = url.clone();
+        }
         c.stores.mysql_url = c
             .stores
             .mysql_url
@@ -1455,7 +1501,9 @@ async fn setup(seed: u64, child: bool) -> (World, Model) {
     let direct_state = |db_name: &str, prefix: &str| {
         let mut cfg = crate::helpers::test_config(db_name, prefix);
         tweak(&mut cfg);
-        cfg.stores.redis_url = redis.url();
+        if let Some((redis, _)) = &own {
+            cfg.stores.redis_url = redis.url();
+        }
         flashsale::app::AppState::connect(cfg)
     };
     let (app, service) = if child {
@@ -1517,9 +1565,8 @@ async fn setup(seed: u64, child: bool) -> (World, Model) {
     let world = World {
         app,
         service,
-        redis,
+        own,
         proxy,
-        rproxy,
         direct,
         db,
         dead_seen: 0,
@@ -1534,12 +1581,14 @@ async fn setup(seed: u64, child: bool) -> (World, Model) {
 pub async fn run(cfg: &RunConfig) -> RunReport {
     let started = Instant::now();
     let (mut world, mut model) = setup(cfg.seed, cfg.child_process).await;
-    // ServiceKill and AdminKill need the service as a child process.
+    // ServiceKill and AdminKill need the service as a child process; the faults of the run's
+    // own redis-server a single-Redis run, MasterKill a Redis Cluster.
+    let cluster = world.own.is_none();
     let mut kinds: Vec<FaultKind> = cfg
         .faults
         .iter()
         .copied()
-        .filter(|k| !k.needs_child() || cfg.child_process)
+        .filter(|k| k.fits(cfg.child_process, cluster))
         .collect();
     let skus: Vec<u64> = model.skus.iter().map(|s| s.sku).collect();
     let mut rng = StdRng::seed_from_u64(cfg.seed);
@@ -1547,8 +1596,8 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
         use rand::seq::SliceRandom;
         kinds.shuffle(&mut StdRng::seed_from_u64(cfg.seed ^ 0x7u64));
         // The kinds only a child-process run can inject first: they come up in this run or not
-        // at all.
-        kinds.sort_by_key(|k| !k.needs_child());
+        // at all; then a cluster's own (the point of a run on a cluster).
+        kinds.sort_by_key(|k| (!k.needs_child(), *k != FaultKind::MasterKill));
     }
     let mut turn = 0usize;
     let mut report = RunReport {
@@ -1639,7 +1688,10 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
         if fault == Some(FaultKind::RedisWipe) {
             let within = if world.stuck { 3 } else { 30 };
             drain(&world.app, Duration::from_secs(within)).await;
-            world.redis.restart(false, Duration::from_millis(200)).await;
+            world
+                .redis()
+                .restart(false, Duration::from_millis(200))
+                .await;
             world.dead_seen = 0;
         }
         let fault_task = {
@@ -1668,18 +1720,31 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
                         tokio::time::sleep(d).await;
                         w.proxy.restore();
                     }
-                    Some(FaultKind::RedisEvict) => {
-                        w.redis.config_set("maxmemory-policy", "allkeys-lru").await;
-                        tokio::time::sleep(d).await;
-                        w.redis.config_set("maxmemory-policy", "noeviction").await;
-                    }
+                    Some(FaultKind::RedisEvict) => match &w.own {
+                        Some((redis, _)) => {
+                            redis.config_set("maxmemory-policy", "allkeys-lru").await;
+                            tokio::time::sleep(d).await;
+                            redis.config_set("maxmemory-policy", "noeviction").await;
+                        }
+                        // Every node of the cluster (a replica promoted meanwhile keeps it).
+                        None => {
+                            crate::helpers::config_set_everywhere(
+                                "maxmemory-policy",
+                                "allkeys-lru",
+                            )
+                            .await;
+                            tokio::time::sleep(d).await;
+                            crate::helpers::config_set_everywhere("maxmemory-policy", "noeviction")
+                                .await;
+                        }
+                    },
                     Some(FaultKind::WriterCrash) => {
                         faults::crashing_writer(&w.app, n, 3, d).await;
                     }
                     Some(FaultKind::RedisRestart) => {
                         // Killed while the round runs; back with its append-only file.
                         tokio::time::sleep(Duration::from_millis(100)).await;
-                        w.redis.restart(true, d.min(Duration::from_secs(1))).await;
+                        w.redis().restart(true, d.min(Duration::from_secs(1))).await;
                     }
                     Some(FaultKind::ServiceKill) => {
                         tokio::time::sleep(d / 3).await;
@@ -1692,27 +1757,27 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
                         let d = d.min(Duration::from_millis(1_200));
                         tokio::time::sleep(late_start).await;
                         r.replies_held.store(true, Ordering::SeqCst);
-                        w.rproxy
+                        w.rproxy()
                             .replies(Replies::LateAfter(hold_scripts(), detail.late));
                         tokio::time::sleep(d).await;
-                        w.rproxy.replies(Replies::Pass);
+                        w.rproxy().replies(Replies::Pass);
                         r.replies_held.store(false, Ordering::SeqCst);
                     }
                     Some(FaultKind::RedisReplyLost) => {
                         tokio::time::sleep(late_start).await;
                         r.replies_held.store(true, Ordering::SeqCst);
-                        w.rproxy.replies(Replies::LostAfter(hold_scripts()));
+                        w.rproxy().replies(Replies::LostAfter(hold_scripts()));
                         tokio::time::sleep(d).await;
-                        w.rproxy.replies(Replies::Pass);
+                        w.rproxy().replies(Replies::Pass);
                         r.replies_held.store(false, Ordering::SeqCst);
                     }
                     Some(FaultKind::ClientGone) => {
                         tokio::time::sleep(late_start).await;
-                        w.rproxy.replies(Replies::Late(detail.slow));
+                        w.rproxy().replies(Replies::Late(detail.slow));
                         r.cut_ms.store(detail.cut_ms, Ordering::SeqCst);
                         tokio::time::sleep(d).await;
                         r.cut_ms.store(0, Ordering::SeqCst);
-                        w.rproxy.replies(Replies::Pass);
+                        w.rproxy().replies(Replies::Pass);
                     }
                     Some(FaultKind::SkuKeysLost) => {
                         // The sku with the most units in open orders (the keys' loss matters
@@ -1733,7 +1798,8 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
                             .filter(|(units, _)| *units > 0)
                             .max()
                             .map_or(skus[detail.sku], |(_, s)| s);
-                        let gone = faults::drop_sku_keys(&w.app.state.redis, sku).await;
+                        let gone =
+                            faults::drop_sku_keys(&w.redis_url(), &w.app.state.redis, sku).await;
                         r.log(format!("sku {sku}: {gone} keys deleted"));
                         // A customer looks at the product; the owners of the open orders that
                         // held its units pay them (those the model knows).
@@ -1766,6 +1832,10 @@ pub async fn run(cfg: &RunConfig) -> RunReport {
                     Some(FaultKind::AdminKill) => {
                         tokio::time::sleep(d / 4).await;
                         admin_kill(w, r, skus, detail).await;
+                    }
+                    Some(FaultKind::MasterKill) => {
+                        tokio::time::sleep(d / 4).await;
+                        master_kill(w, r, skus, detail).await;
                     }
                     Some(FaultKind::RedisWipe) | None => {}
                 }
@@ -1920,7 +1990,8 @@ fn ci_faults() -> Vec<FaultKind> {
 }
 
 /// CI: fixed seeds, the faults that fit in a few minutes (each kind in turn, so that every
-/// kind comes up), every discrepancy a failure.
+/// kind comes up), every discrepancy a failure. On a Redis Cluster (`scripts/test`'s cluster
+/// run), the kinds that fit a cluster, MasterKill among them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ci_seeds() {
     let faults = ci_faults();
@@ -1942,6 +2013,14 @@ async fn ci_seeds() {
         .await;
         println!("{}", report.summary());
         all.push(report);
+    }
+    // The cluster's own fault came up (a run that never killed a master proves nothing of it).
+    if crate::helpers::on_cluster() && faults.contains(&FaultKind::MasterKill) {
+        assert!(
+            all.iter().any(|r| r.faults.contains_key("MasterKill")),
+            "no round killed a master: {:?}",
+            all.iter().map(|r| &r.faults).collect::<Vec<_>>()
+        );
     }
     let found: Vec<String> = all
         .iter()
