@@ -1,0 +1,464 @@
+//! The outbox partitions shared between instances (src/worker/partitions.rs): each read by one
+//! instance at a time under a lease, split by fair share, taken over when an instance dies; and
+//! the stream consumers of instances long gone deleted, never one with pending entries.
+
+use std::time::{Duration, Instant};
+
+use flashsale::app::AppState;
+use flashsale::config::Config;
+use flashsale::startup::Application;
+use flashsale::worker::partitions::drop_stale_consumers;
+use flashsale::worker::writer::{self, GROUP, Writer};
+use redis::AsyncCommands;
+
+use crate::helpers::*;
+
+async fn mysql_count(app: &TestApp, sql: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap()
+}
+
+async fn holders(state: &AppState) -> Vec<Option<String>> {
+    state.redis.partition_readers().await.unwrap()
+}
+
+fn held_by(holders: &[Option<String>], who: &str) -> Vec<u64> {
+    (0..holders.len() as u64)
+        .filter(|p| holders[*p as usize].as_deref() == Some(who))
+        .collect()
+}
+
+/// The consumers of `group` on stream `key`: name, pending entries; by name.
+async fn consumers(state: &AppState, key: &str, group: &str) -> Vec<(String, u64)> {
+    let raw: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(key)
+        .arg(group)
+        .query_async(&mut state.redis.conn())
+        .await
+        .unwrap();
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        redis::Value::Int(n) => n.to_string(),
+        other => format!("{other:?}"),
+    };
+    let mut out: Vec<(String, u64)> = raw
+        .iter()
+        .map(|c| (text(&c["name"]), text(&c["pending"]).parse().unwrap()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every order of `ids` in MySQL exactly once: one row, its two history rows (created, paid),
+/// one stock movement; and the outbox empty, nothing pending.
+async fn assert_written_once(app: &TestApp, ids: &[u64], sku: u64, units: i64) {
+    let n = ids.len() as i64;
+    assert_eq!(
+        mysql_count(app, "SELECT COUNT(*) FROM orders WHERE status = 'paid'").await,
+        n
+    );
+    assert_eq!(
+        mysql_count(app, "SELECT COUNT(*) FROM order_status_history").await,
+        2 * n
+    );
+    assert_eq!(
+        mysql_count(app, "SELECT COUNT(*) FROM stock_movements").await,
+        n
+    );
+    let b = app.assert_identity(sku).await;
+    assert_eq!(
+        (b.on_hand, b.sold),
+        (units - n, 0),
+        "on_hand lowered once per paid unit"
+    );
+    let backlog = Writer::new(app.state.clone()).backlog().await.unwrap();
+    assert_eq!(backlog, (0, 0), "outbox written and acknowledged");
+}
+
+/// How many of the orders `ids` MySQL holds.
+async fn written(app: &TestApp, ids: &[u64]) -> usize {
+    let mut n = 0;
+    for id in ids {
+        n += mysql_count(app, &format!("SELECT COUNT(*) FROM orders WHERE id = {id}")).await
+            as usize;
+    }
+    n
+}
+
+/// Another instance of the service on `app`'s database and key prefix, with the writer on.
+async fn second_instance(
+    app: &TestApp,
+    tweak: impl FnOnce(&mut Config),
+) -> (
+    AppState,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let mut cfg = test_config(&app.db_name, &app.prefix);
+    cfg.outbox.worker = true;
+    tweak(&mut cfg);
+    let b = Application::build(cfg).await.unwrap();
+    let state = b.state();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(b.run_until(async {
+        let _ = rx.await;
+    }));
+    (state, tx, server)
+}
+
+#[tokio::test]
+async fn two_instances_split_the_partitions_and_write_every_order_once() {
+    let lease = Duration::from_millis(600);
+    let app = spawn_app_with(|c| {
+        c.outbox.worker = true;
+        c.outbox.reader_lease = lease;
+    })
+    .await;
+    let a = app.state.instance.to_string();
+    let (b_state, stop_b, server_b) =
+        second_instance(&app, |c| c.outbox.reader_lease = lease).await;
+    let b = b_state.instance.to_string();
+    eventually(
+        "the partitions split 8/8",
+        Duration::from_secs(10),
+        || async {
+            let h = holders(&app.state).await;
+            held_by(&h, &a).len() == 8 && held_by(&h, &b).len() == 8
+        },
+    )
+    .await;
+    let split = holders(&app.state).await;
+    let (of_a, of_b) = (held_by(&split, &a), held_by(&split, &b));
+    println!("instance a reads partitions {of_a:?}, instance b {of_b:?}");
+    // From now on a partition's consumers show who read it: the consumers of the first
+    // instance's start (it read all 16 alone until the second came) are deleted.
+    for p in 0..16 {
+        let key = app.state.redis.keys.outbox(p);
+        for (name, pending) in consumers(&app.state, &key, GROUP).await {
+            assert_eq!(pending, 0);
+            let holder = split[p as usize].as_deref().unwrap();
+            if name != holder {
+                let _: i64 = redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(&key)
+                    .arg(GROUP)
+                    .arg(&name)
+                    .query_async(&mut app.state.redis.conn())
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    // 48 orders, 3 in each partition, bought and paid.
+    let units = 100;
+    let sku = app.sale_product(units, None).await;
+    let mut ids = Vec::new();
+    for i in 0..48 {
+        ids.push(app.buy_and_pay(60_000 + i, sku, 1).await);
+    }
+    let parts: std::collections::BTreeSet<u64> = ids.iter().map(|id| id % 16).collect();
+    assert_eq!(parts.len(), 16, "the orders are in every partition");
+    eventually("every order written", Duration::from_secs(20), || async {
+        Writer::new(app.state.clone()).backlog().await.unwrap() == (0, 0)
+            && written(&app, &ids).await == ids.len()
+    })
+    .await;
+    assert_written_once(&app, &ids, sku, units).await;
+    // Each partition was read by its holder alone, and the split held throughout.
+    assert_eq!(holders(&app.state).await, split);
+    for p in 0..16 {
+        let key = app.state.redis.keys.outbox(p);
+        let names: Vec<String> = consumers(&app.state, &key, GROUP)
+            .await
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(
+            names,
+            vec![split[p as usize].clone().unwrap()],
+            "partition {p} read by its holder only"
+        );
+    }
+
+    // The second instance stops: it lets go of its partitions at once (not after the lease),
+    // and the first takes them at its next tick.
+    let _ = stop_b.send(());
+    server_b.await.unwrap().unwrap();
+    let stopped = Instant::now();
+    eventually(
+        "the first instance reads all 16",
+        Duration::from_secs(5),
+        || async { held_by(&holders(&app.state).await, &a).len() == 16 },
+    )
+    .await;
+    println!(
+        "after a clean stop, the partitions were taken over in {:?}",
+        stopped.elapsed()
+    );
+    let mut more = Vec::new();
+    for i in 0..16 {
+        more.push(app.buy_and_pay(61_000 + i, sku, 1).await);
+    }
+    ids.extend(more);
+    eventually(
+        "the later orders written",
+        Duration::from_secs(20),
+        || async {
+            Writer::new(app.state.clone()).backlog().await.unwrap() == (0, 0)
+                && written(&app, &ids).await == ids.len()
+        },
+    )
+    .await;
+    assert_written_once(&app, &ids, sku, units).await;
+    app.assert_reconciles().await;
+}
+
+#[tokio::test]
+async fn a_killed_instances_partitions_and_pending_entries_are_taken_over() {
+    let lease = Duration::from_secs(1);
+    let claim_idle = Duration::from_millis(1500);
+    let app = spawn_app_with(|c| {
+        c.outbox.reader_lease = lease;
+        c.outbox.claim_idle = claim_idle;
+    })
+    .await;
+    // Two writers on the app's stores, as two instances would run them. The first cannot reach
+    // MySQL: what it reads stays pending at it.
+    let down = sqlx::mysql::MySqlPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(200))
+        .connect_lazy("mysql://root@127.0.0.1:1/nothing")
+        .unwrap();
+    let x = AppState {
+        instance: "instance-x".into(),
+        db: down,
+        ..app.state.clone()
+    };
+    let y = AppState {
+        instance: "instance-y".into(),
+        ..app.state.clone()
+    };
+    let (stop_x_tx, stop_x) = tokio::sync::watch::channel(false);
+    let (stop_y_tx, stop_y) = tokio::sync::watch::channel(false);
+    let writer_x = tokio::spawn(writer::run(x, stop_x));
+    let writer_y = tokio::spawn(writer::run(y, stop_y));
+    eventually(
+        "the partitions split 8/8",
+        Duration::from_secs(10),
+        || async {
+            let h = holders(&app.state).await;
+            held_by(&h, "instance-x").len() == 8 && held_by(&h, "instance-y").len() == 8
+        },
+    )
+    .await;
+    let of_x = held_by(&holders(&app.state).await, "instance-x");
+
+    let units = 100;
+    let sku = app.sale_product(units, None).await;
+    let mut ids = Vec::new();
+    for i in 0..32 {
+        ids.push(app.buy_and_pay(62_000 + i, sku, 1).await);
+    }
+    let (at_x, at_y): (Vec<u64>, Vec<u64>) = ids.iter().partition(|id| of_x.contains(&(*id % 16)));
+    assert!(!at_x.is_empty() && !at_y.is_empty(), "{at_x:?} {at_y:?}");
+    eventually(
+        "y wrote its partitions' orders",
+        Duration::from_secs(20),
+        || async { written(&app, &at_y).await == at_y.len() },
+    )
+    .await;
+    // Past claim_idle, x's partitions are still x's alone: its entries pending at it (it keeps
+    // trying), none written by y.
+    tokio::time::sleep(claim_idle * 2).await;
+    assert_eq!(
+        written(&app, &at_x).await,
+        0,
+        "y leaves x's partitions alone"
+    );
+    let mut pending_at_x = 0;
+    for p in &of_x {
+        let key = app.state.redis.keys.outbox(*p);
+        for (name, pending) in consumers(&app.state, &key, GROUP).await {
+            assert_ne!(name, "instance-y", "y never read partition {p}");
+            if name == "instance-x" {
+                pending_at_x += pending;
+            }
+        }
+    }
+    assert!(pending_at_x > 0, "x holds entries pending");
+
+    // x is killed: no clean-up, its leases stay until they run out.
+    writer_x.abort();
+    assert!(writer_x.await.unwrap_err().is_cancelled());
+    let killed = Instant::now();
+    assert_eq!(held_by(&holders(&app.state).await, "instance-x"), of_x);
+    eventually("y reads all 16", Duration::from_secs(10), || async {
+        held_by(&holders(&app.state).await, "instance-y").len() == 16
+    })
+    .await;
+    let taken = killed.elapsed();
+    eventually("x's orders written", Duration::from_secs(20), || async {
+        written(&app, &at_x).await == at_x.len()
+    })
+    .await;
+    println!(
+        "x killed: its partitions taken over after {taken:?}, its pending entries written after {:?}",
+        killed.elapsed()
+    );
+    assert!(
+        taken >= lease / 2,
+        "taken over only once its leases ran out: {taken:?}"
+    );
+    eventually("the outbox drained", Duration::from_secs(10), || async {
+        Writer::new(app.state.clone()).backlog().await.unwrap() == (0, 0)
+    })
+    .await;
+    assert_written_once(&app, &ids, sku, units).await;
+    for p in &of_x {
+        let key = app.state.redis.keys.outbox(*p);
+        let x_pending: u64 = consumers(&app.state, &key, GROUP)
+            .await
+            .into_iter()
+            .filter(|(n, _)| n == "instance-x")
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(x_pending, 0, "x's entries of partition {p} claimed");
+    }
+
+    // y stops cleanly: its leases and heartbeat are gone at once.
+    stop_y_tx.send(true).unwrap();
+    writer_y.await.unwrap();
+    drop(stop_x_tx);
+    assert!(holders(&app.state).await.iter().all(Option::is_none));
+    let readers: Vec<String> = app
+        .state
+        .redis
+        .conn()
+        .zrange(app.state.redis.keys.outbox_readers(), 0, -1)
+        .await
+        .unwrap();
+    assert!(
+        readers.is_empty(),
+        "x's note forgotten once it ran out, y's taken off at its stop: {readers:?}"
+    );
+    app.assert_reconciles().await;
+}
+
+#[tokio::test]
+async fn stale_consumers_are_deleted_and_those_with_pending_entries_kept() {
+    let app = spawn_app().await;
+    let state = &app.state;
+    let writer = Writer::named(state.clone(), "holder");
+    writer.ensure_groups().await.unwrap();
+    let mut conn = state.redis.conn();
+    let outbox = state.redis.keys.outbox(0);
+    let events = state.redis.keys.order_events();
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&events)
+        .arg("webhooks")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let create = |key: &str, group: &str, name: &str| {
+        redis::cmd("XGROUP")
+            .arg("CREATECONSUMER")
+            .arg(key)
+            .arg(group)
+            .arg(name)
+            .clone()
+    };
+    // Consumers of instances gone: one with nothing pending, one with an entry it never
+    // acknowledged; the holder's own consumer; on both streams.
+    for (key, group) in [(&outbox, GROUP), (&events, "webhooks")] {
+        for name in ["gone-idle", "gone-pending", "holder"] {
+            let _: i64 = create(key, group, name)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        let _: String = conn.xadd(key, "*", &[("test", "1")]).await.unwrap();
+        let read: redis::streams::StreamReadReply = conn
+            .xread_options(
+                &[key.as_str()],
+                &[">"],
+                &redis::streams::StreamReadOptions::default().group(group, "gone-pending"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(read.keys[0].ids.len(), 1);
+    }
+    // A stream of a partition this instance does not hold is not its to tidy.
+    let other = state.redis.keys.outbox(1);
+    let _: i64 = create(&other, GROUP, "gone-elsewhere")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // One that read just now.
+    let _: i64 = create(&outbox, GROUP, "recent")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let mut dropped = drop_stale_consumers(&writer, &[0], Duration::from_millis(200))
+        .await
+        .unwrap();
+    dropped.sort();
+    let mut expected = vec![
+        (outbox.clone(), "gone-idle".to_string()),
+        (events.clone(), "gone-idle".to_string()),
+    ];
+    expected.sort();
+    assert_eq!(dropped, expected);
+    assert_eq!(
+        consumers(state, &outbox, GROUP).await,
+        [
+            ("gone-pending".to_string(), 1),
+            ("holder".to_string(), 0),
+            ("recent".to_string(), 0),
+        ]
+    );
+    assert_eq!(
+        consumers(state, &events, "webhooks").await,
+        [("gone-pending".to_string(), 1), ("holder".to_string(), 0)]
+    );
+    assert_eq!(
+        consumers(state, &other, GROUP).await,
+        [("gone-elsewhere".to_string(), 0)]
+    );
+
+    // However long idle: a consumer with pending entries stays (deleting it would drop them:
+    // never delivered again).
+    let dropped = drop_stale_consumers(&writer, &[0, 1], Duration::ZERO)
+        .await
+        .unwrap();
+    let names: Vec<&str> = dropped.iter().map(|(_, n)| n.as_str()).collect();
+    assert!(
+        !names.contains(&"gone-pending") && !names.contains(&"holder"),
+        "{dropped:?}"
+    );
+    assert!(
+        names.contains(&"recent") && names.contains(&"gone-elsewhere"),
+        "{dropped:?}"
+    );
+    assert_eq!(
+        consumers(state, &outbox, GROUP).await,
+        [("gone-pending".to_string(), 1), ("holder".to_string(), 0)]
+    );
+    // Streams or groups that do not exist: nothing to do.
+    let _: () = conn.del(&events).await.unwrap();
+    assert!(
+        drop_stale_consumers(&writer, &[0], Duration::ZERO)
+            .await
+            .unwrap()
+            .iter()
+            .all(|(k, _)| *k != events)
+    );
+}
