@@ -53,6 +53,28 @@ async fn consumers(state: &AppState, key: &str, group: &str) -> Vec<(String, u64
     out
 }
 
+/// Deletes the consumers of every partition's stream but its holder's (in `split`): from now on
+/// a partition's consumers show who read it. (The first writer to start read all 16 alone until
+/// the second came.)
+async fn keep_only_holders(state: &AppState, split: &[Option<String>]) {
+    for p in 0..16 {
+        let key = state.redis.keys.outbox(p);
+        for (name, pending) in consumers(state, &key, GROUP).await {
+            assert_eq!(pending, 0);
+            if Some(&name) != split[p as usize].as_ref() {
+                let _: i64 = redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(&key)
+                    .arg(GROUP)
+                    .arg(&name)
+                    .query_async(&mut state.redis.conn())
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
 /// Every order of `ids` in MySQL exactly once: one row, its two history rows (created, paid),
 /// one stock movement; and the outbox empty, nothing pending.
 async fn assert_written_once(app: &TestApp, ids: &[u64], sku: u64, units: i64) {
@@ -134,25 +156,7 @@ async fn two_instances_split_the_partitions_and_write_every_order_once() {
     let split = holders(&app.state).await;
     let (of_a, of_b) = (held_by(&split, &a), held_by(&split, &b));
     println!("instance a reads partitions {of_a:?}, instance b {of_b:?}");
-    // From now on a partition's consumers show who read it: the consumers of the first
-    // instance's start (it read all 16 alone until the second came) are deleted.
-    for p in 0..16 {
-        let key = app.state.redis.keys.outbox(p);
-        for (name, pending) in consumers(&app.state, &key, GROUP).await {
-            assert_eq!(pending, 0);
-            let holder = split[p as usize].as_deref().unwrap();
-            if name != holder {
-                let _: i64 = redis::cmd("XGROUP")
-                    .arg("DELCONSUMER")
-                    .arg(&key)
-                    .arg(GROUP)
-                    .arg(&name)
-                    .query_async(&mut app.state.redis.conn())
-                    .await
-                    .unwrap();
-            }
-        }
-    }
+    keep_only_holders(&app.state, &split).await;
 
     // 48 orders, 3 in each partition, bought and paid.
     let units = 100;
@@ -218,15 +222,27 @@ async fn two_instances_split_the_partitions_and_write_every_order_once() {
     app.assert_reconciles().await;
 }
 
+/// The lease and claim time of the takeover tests.
+const LEASE: Duration = Duration::from_secs(1);
+const CLAIM_IDLE: Duration = Duration::from_millis(1500);
+
+fn takeover_config(c: &mut Config) {
+    c.outbox.reader_lease = LEASE;
+    c.outbox.claim_idle = CLAIM_IDLE;
+}
+
 #[tokio::test]
 async fn a_killed_instances_partitions_and_pending_entries_are_taken_over() {
-    let lease = Duration::from_secs(1);
-    let claim_idle = Duration::from_millis(1500);
-    let app = spawn_app_with(|c| {
-        c.outbox.reader_lease = lease;
-        c.outbox.claim_idle = claim_idle;
-    })
-    .await;
+    let app = spawn_app_with(takeover_config).await;
+    killed_writer_taken_over(&app).await;
+}
+
+/// Two writers, x and y, split the partitions; x cannot reach MySQL, so what it reads stays
+/// pending at it; y leaves x's partitions alone, also past `claim_idle`; x is killed (no
+/// clean-up): once its leases ran out y takes its partitions, claims its pending entries and
+/// writes them, every order once. (`app` runs with [`takeover_config`], its own writer off.)
+async fn killed_writer_taken_over(app: &TestApp) {
+    let (lease, claim_idle) = (LEASE, CLAIM_IDLE);
     // Two writers on the app's stores, as two instances would run them. The first cannot reach
     // MySQL: what it reads stays pending at it.
     let down = sqlx::mysql::MySqlPoolOptions::new()
@@ -351,7 +367,13 @@ async fn a_killed_instances_partitions_and_pending_entries_are_taken_over() {
 #[tokio::test]
 async fn stale_consumers_are_deleted_and_those_with_pending_entries_kept() {
     let app = spawn_app().await;
-    let state = &app.state;
+    stale_consumers_deleted(&app.state).await;
+}
+
+/// Consumers of instances gone, idle with nothing pending, are deleted by the holder of their
+/// partition (and of partition 0, on the order-events stream); one with a pending entry never,
+/// however long idle; the holder's own never; another partition's not by this holder.
+async fn stale_consumers_deleted(state: &AppState) {
     let writer = Writer::named(state.clone(), "holder");
     writer.ensure_groups().await.unwrap();
     let mut conn = state.redis.conn();
@@ -461,4 +483,250 @@ async fn stale_consumers_are_deleted_and_those_with_pending_entries_kept() {
             .iter()
             .all(|(k, _)| *k != events)
     );
+}
+
+/// The seed nodes of a Redis Cluster to run against (`FLASHSALE_TEST_REDIS_CLUSTER`, comma
+/// separated; the local test cluster's first node by default), when it answers and is whole.
+async fn test_cluster() -> Result<Vec<String>, String> {
+    let seeds: Vec<String> = std::env::var("FLASHSALE_TEST_REDIS_CLUSTER")
+        .unwrap_or_else(|_| "redis://127.0.0.1:7201".into())
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let client = redis::Client::open(seeds[0].as_str()).map_err(|e| e.to_string())?;
+    let mut conn = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .map_err(|_| format!("{} does not answer", seeds[0]))?
+    .map_err(|e| format!("{}: {e}", seeds[0]))?;
+    let info: String = redis::cmd("CLUSTER")
+        .arg("INFO")
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| format!("{} is not a cluster node: {e}", seeds[0]))?;
+    if !info.contains("cluster_state:ok") {
+        return Err(format!("the cluster of {} is not ok", seeds[0]));
+    }
+    Ok(seeds)
+}
+
+/// Deletes every key of `prefix` on the cluster's masters when dropped, also when the test
+/// failed (the test harness cleans one Redis).
+struct ClusterKeys {
+    seed: String,
+    prefix: String,
+}
+
+impl Drop for ClusterKeys {
+    fn drop(&mut self) {
+        let (seed, prefix) = (self.seed.clone(), self.prefix.clone());
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(drop_cluster_keys(&seed, &prefix))
+        })
+        .join();
+    }
+}
+
+async fn drop_cluster_keys(seed: &str, prefix: &str) {
+    let Ok(client) = redis::Client::open(seed) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let Ok(nodes) = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async::<String>(&mut conn)
+        .await
+    else {
+        return;
+    };
+    for line in nodes.lines().filter(|l| l.contains("master")) {
+        let Some(addr) = line.split(' ').nth(1).and_then(|a| a.split('@').next()) else {
+            continue;
+        };
+        let Ok(node) = redis::Client::open(format!("redis://{addr}")) else {
+            continue;
+        };
+        let Ok(mut c) = node.get_multiplexed_async_connection().await else {
+            continue;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:*"))
+            .query_async(&mut c)
+            .await
+            .unwrap_or_default();
+        for key in keys {
+            let _: Result<(), _> = c.del(&key).await;
+        }
+    }
+}
+
+/// On a Redis Cluster, where the 16 partitions are in 16 slots (no command reads them all): two
+/// writers split them, every order is written once, a stale consumer is deleted, and a clean
+/// stop hands the partitions over. Skipped (saying why) when no cluster runs.
+#[tokio::test]
+async fn on_a_redis_cluster_two_writers_split_the_partitions() {
+    let Some(cluster) =
+        ClusterApp::start(|c| c.outbox.reader_lease = Duration::from_millis(600)).await
+    else {
+        return;
+    };
+    let app = &cluster.app;
+    let state = app.state.clone();
+
+    let x = AppState {
+        instance: "cluster-x".into(),
+        ..state.clone()
+    };
+    let y = AppState {
+        instance: "cluster-y".into(),
+        ..state.clone()
+    };
+    let (stop_x_tx, stop_x) = tokio::sync::watch::channel(false);
+    let (stop_y_tx, stop_y) = tokio::sync::watch::channel(false);
+    let writer_x = tokio::spawn(writer::run(x, stop_x));
+    let writer_y = tokio::spawn(writer::run(y, stop_y));
+    eventually(
+        "the partitions split 8/8",
+        Duration::from_secs(10),
+        || async {
+            let h = holders(&state).await;
+            held_by(&h, "cluster-x").len() == 8 && held_by(&h, "cluster-y").len() == 8
+        },
+    )
+    .await;
+    let split = holders(&state).await;
+    keep_only_holders(&state, &split).await;
+
+    let units = 60;
+    let sku = app.sale_product(units, None).await;
+    let mut ids = Vec::new();
+    for i in 0..32 {
+        ids.push(app.buy_and_pay(63_000 + i, sku, 1).await);
+    }
+    eventually("every order written", Duration::from_secs(20), || async {
+        Writer::new(state.clone()).backlog().await.unwrap() == (0, 0)
+            && written(&app, &ids).await == ids.len()
+    })
+    .await;
+    assert_written_once(&app, &ids, sku, units).await;
+    assert_eq!(holders(&state).await, split, "the split held throughout");
+    for p in 0..16 {
+        let key = state.redis.keys.outbox(p);
+        for (name, _) in consumers(&state, &key, GROUP).await {
+            assert_eq!(
+                Some(name),
+                split[p as usize],
+                "partition {p} read by its holder only"
+            );
+        }
+    }
+
+    // A consumer of an instance gone, deleted by the partition's holder.
+    let holder = split[5].clone().unwrap();
+    let key = state.redis.keys.outbox(5);
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(&key)
+        .arg(GROUP)
+        .arg("gone")
+        .query_async(&mut state.redis.conn())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let writer = Writer::named(state.clone(), &holder);
+    let dropped = drop_stale_consumers(&writer, &[5], Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(dropped, [(key.clone(), "gone".to_string())]);
+
+    // x stops cleanly: y reads all 16 at its next tick.
+    stop_x_tx.send(true).unwrap();
+    writer_x.await.unwrap();
+    eventually("y reads all 16", Duration::from_secs(5), || async {
+        held_by(&holders(&state).await, "cluster-y").len() == 16
+    })
+    .await;
+    stop_y_tx.send(true).unwrap();
+    writer_y.await.unwrap();
+    assert!(holders(&state).await.iter().all(Option::is_none));
+
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn on_a_redis_cluster_a_killed_writers_partitions_are_taken_over() {
+    let Some(cluster) = ClusterApp::start(takeover_config).await else {
+        return;
+    };
+    killed_writer_taken_over(&cluster.app).await;
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn on_a_redis_cluster_stale_consumers_are_deleted() {
+    let Some(cluster) = ClusterApp::start(|_| {}).await else {
+        return;
+    };
+    stale_consumers_deleted(&cluster.app.state).await;
+    cluster.stop().await;
+}
+
+/// The app on the test cluster (its own writer off), with the handle the tests use; its keys
+/// on the cluster are deleted after it.
+struct ClusterApp {
+    app: TestApp,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _keys: ClusterKeys,
+}
+
+impl ClusterApp {
+    /// `None`, saying why, when no cluster runs.
+    async fn start(tweak: impl FnOnce(&mut Config)) -> Option<ClusterApp> {
+        let seeds = match test_cluster().await {
+            Ok(s) => s,
+            Err(why) => {
+                println!("skipped: no Redis Cluster to run against ({why})");
+                return None;
+            }
+        };
+        let (db_name, prefix) = test_names();
+        let keys = ClusterKeys {
+            seed: seeds[0].clone(),
+            prefix: prefix.clone(),
+        };
+        let mut cfg = test_config(&db_name, &prefix);
+        cfg.stores.redis_cluster_nodes = seeds;
+        cfg.stores.redis_url = String::new();
+        tweak(&mut cfg);
+        let built = Application::build(cfg).await.unwrap();
+        assert!(built.state().redis.is_cluster());
+        let addr = format!("http://127.0.0.1:{}", built.port());
+        let state = built.state();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(built.run_until(async {
+            let _ = stopped.await;
+        }));
+        let app = TestApp::attach(addr, state, db_name, prefix).await;
+        Some(ClusterApp {
+            app,
+            stop,
+            server,
+            _keys: keys,
+        })
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.server.await.unwrap().unwrap();
+    }
 }
