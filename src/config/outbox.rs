@@ -27,7 +27,7 @@ pub struct OutboxConfig {
     pub claim_idle: Duration,
 
     /// How long an instance's hold on reading an outbox partition lasts unrenewed (renewed
-    /// every third of it): the partitions of an instance that died without stopping are read by
+    /// every second, or every third of it if shorter): the partitions of an instance that died without stopping are read by
     /// the others after about this (a stopping instance lets go of them at once).
     #[arg(long, env = "FLASHSALE_READER_LEASE", default_value = "10s", value_parser = parse_duration, global = true)]
     pub reader_lease: Duration,

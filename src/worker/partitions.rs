@@ -1,8 +1,8 @@
 //! Which outbox partitions this instance reads, and their readers. The 16 partitions' streams
 //! (`<p>:{ord:K}:outbox`) are shared out between the instances that run the writer: each is read
 //! by one instance at a time, the holder of its lease (`<p>:{ord:K}:reader`, in the partition's
-//! own slot: lua/hold_lease.lua). Every `reader_lease / 3` an instance notes itself in the
-//! writers' heartbeat (`<p>:outbox-readers`, lua/note_reader.lua), which also tells it how many
+//! own slot: lua/hold_lease.lua). Every second (every `reader_lease / 3` if that is shorter) an
+//! instance notes itself in the writers' heartbeat (`<p>:outbox-readers`, lua/note_reader.lua), which also tells it how many
 //! writers are alive, and so its fair share ([`fair_share`]: 16 over 2 instances is 8 each);
 //! renews the leases it holds; lets go of partitions beyond its share (its reader finishes the
 //! batch under way first, then the lease is deleted) and takes free ones up to it. An instance
@@ -45,6 +45,9 @@ const BLOCK: Duration = Duration::from_millis(250);
 pub const STALE_CONSUMER: Duration = Duration::from_secs(3600);
 /// How often a holder looks for stale consumers.
 const TIDY_EVERY: Duration = Duration::from_secs(600);
+/// How often an instance looks at its leases at most (a shorter lease, a third of it): a
+/// partition let go of is taken by another within it.
+const TICK: Duration = Duration::from_secs(1);
 /// The first pause after a failed read or write, doubling up to `PAUSE_MAX`.
 const PAUSE_FIRST: Duration = Duration::from_millis(100);
 const PAUSE_MAX: Duration = Duration::from_secs(5);
@@ -220,7 +223,7 @@ pub async fn run(writer: Arc<Writer>, mut stop: watch::Receiver<bool>) {
             parts.failed(e);
         }
         tokio::select! {
-            _ = tokio::time::sleep(lease / 3) => {}
+            _ = tokio::time::sleep((lease / 3).min(TICK)) => {}
             r = stop.changed() => if r.is_err() { break },
         }
     }

@@ -284,14 +284,14 @@ async fn killed_writer_taken_over(app: &TestApp) {
     eventually(
         "y wrote its partitions' orders",
         Duration::from_secs(20),
-        || async { written(&app, &at_y).await == at_y.len() },
+        || async { written(app, &at_y).await == at_y.len() },
     )
     .await;
     // Past claim_idle, x's partitions are still x's alone: its entries pending at it (it keeps
     // trying), none written by y.
     tokio::time::sleep(claim_idle * 2).await;
     assert_eq!(
-        written(&app, &at_x).await,
+        written(app, &at_x).await,
         0,
         "y leaves x's partitions alone"
     );
@@ -318,7 +318,7 @@ async fn killed_writer_taken_over(app: &TestApp) {
     .await;
     let taken = killed.elapsed();
     eventually("x's orders written", Duration::from_secs(20), || async {
-        written(&app, &at_x).await == at_x.len()
+        written(app, &at_x).await == at_x.len()
     })
     .await;
     println!(
@@ -333,7 +333,7 @@ async fn killed_writer_taken_over(app: &TestApp) {
         Writer::new(app.state.clone()).backlog().await.unwrap() == (0, 0)
     })
     .await;
-    assert_written_once(&app, &ids, sku, units).await;
+    assert_written_once(app, &ids, sku, units).await;
     for p in &of_x {
         let key = app.state.redis.keys.outbox(*p);
         let x_pending: u64 = consumers(&app.state, &key, GROUP)
@@ -614,10 +614,10 @@ async fn on_a_redis_cluster_two_writers_split_the_partitions() {
     }
     eventually("every order written", Duration::from_secs(20), || async {
         Writer::new(state.clone()).backlog().await.unwrap() == (0, 0)
-            && written(&app, &ids).await == ids.len()
+            && written(app, &ids).await == ids.len()
     })
     .await;
-    assert_written_once(&app, &ids, sku, units).await;
+    assert_written_once(app, &ids, sku, units).await;
     assert_eq!(holders(&state).await, split, "the split held throughout");
     for p in 0..16 {
         let key = state.redis.keys.outbox(p);
