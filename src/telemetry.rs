@@ -378,6 +378,7 @@ fn register_series() {
         metrics::counter!("flashsale_outbox_set_aside_total", "reason" => reason).increment(0);
     }
     metrics::gauge!("flashsale_outbox_failing_events").set(0.0);
+    metrics::gauge!("flashsale_outbox_partitions_held").set(0.0);
     for name in [
         "flashsale_rate_limit_errors_total",
         "flashsale_http_overloaded_total",
@@ -502,6 +503,10 @@ fn describe() {
     describe_gauge!(
         "flashsale_outbox_failing_events",
         "Events of this instance that failed on their own and wait for their next attempt"
+    );
+    describe_gauge!(
+        "flashsale_outbox_partitions_held",
+        "Outbox partitions this instance reads (holds the lease of); summed over the instances: 16"
     );
     describe_counter!(
         "flashsale_outbox_set_aside_total",

@@ -26,6 +26,12 @@ pub struct OutboxConfig {
     #[arg(long, env = "FLASHSALE_CLAIM_IDLE", default_value = "30s", value_parser = parse_duration, global = true)]
     pub claim_idle: Duration,
 
+    /// How long an instance's hold on reading an outbox partition lasts unrenewed (renewed
+    /// every second, or every third of it if shorter): the partitions of an instance that died without stopping are read by
+    /// the others after about this (a stopping instance lets go of them at once).
+    #[arg(long, env = "FLASHSALE_READER_LEASE", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub reader_lease: Duration,
+
     /// How long Redis keeps a finished order's record after it reached MySQL (reads then come
     /// from MySQL).
     #[arg(long, env = "FLASHSALE_ORDER_CACHE_TTL", default_value = "1h", value_parser = parse_duration, global = true)]
@@ -46,6 +52,9 @@ impl OutboxConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.events_max_len == 0 {
             return Err("FLASHSALE_EVENTS_MAX_LEN must be at least 1".into());
+        }
+        if self.reader_lease < Duration::from_millis(300) {
+            return Err("FLASHSALE_READER_LEASE must be at least 300ms".into());
         }
         if self.worker_batch == 0 {
             return Err("the worker batch must be at least 1".into());

@@ -2,6 +2,7 @@
 
 pub mod gauges;
 pub mod live;
+pub mod partitions;
 pub mod sweeper;
 pub mod webhooks;
 pub mod writer;

@@ -3,7 +3,8 @@
 //! batch, then does the Redis follow-up (units sold or given back, written-back marks), publishes
 //! the public order events, and only then acknowledges. Every step is idempotent, so a crash
 //! anywhere means a redelivery, never a loss or a double count. Entries a crashed consumer left
-//! pending are claimed by a live one after `claim_idle`.
+//! pending are claimed by a live one after `claim_idle`. In the service, each partition is read
+//! by one instance at a time, the holder of its lease (src/worker/partitions.rs).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -186,8 +187,18 @@ impl Writer {
         self.retries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    pub(super) fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// This writer's consumer name (the instance's): also the name its partition leases and
+    /// its heartbeat go by.
+    pub fn consumer(&self) -> &str {
+        self.stream.consumer()
+    }
+
     /// Whether an entry may be tried now: not an event waiting for its next attempt.
-    fn due(&self, e: &StreamEntry) -> bool {
+    pub(super) fn due(&self, e: &StreamEntry) -> bool {
         let key = format!("{}-{}", e.stream, e.id);
         let retries = self.retries();
         // A replayed event is known by its first id, but it is a new entry: due at once.
@@ -238,8 +249,15 @@ impl Writer {
         self.stream.ensure_group().await
     }
 
-    /// Drains what is there now, without blocking: this consumer's pending entries, entries
-    /// idle at other consumers past `claim_idle`, then new ones. What tests call.
+    /// Creates the consumer group on partition `partition`'s stream.
+    pub(super) async fn ensure_group(&self, partition: u64) -> AppResult<()> {
+        self.stream.ensure_group_in(partition as usize).await
+    }
+
+    /// Drains what is there now in every partition, without blocking: this consumer's pending
+    /// entries, entries idle at other consumers past `claim_idle`, then new ones. It takes no
+    /// lease: what tests, `rebuild-cache` (which must drain every partition) and `simulate`
+    /// call; the service's writer ([`run`]) reads only the partitions it holds.
     pub async fn run_once(&self, db: &MySqlPool, fault: Fault) -> AppResult<WriteStats> {
         self.ensure_groups().await?;
         let mut total = WriteStats::default();
@@ -251,7 +269,7 @@ impl Writer {
                 entries.retain(|e| self.due(e));
             }
             if entries.is_empty() {
-                entries = self.read_new(None).await?;
+                entries = self.read_new().await?;
             }
             if entries.is_empty() {
                 return Ok(total);
@@ -270,27 +288,74 @@ impl Writer {
             .await
     }
 
-    /// New entries, up to a batch from every partition; `block` waits for some on a connection
-    /// of its own.
-    async fn read_new(&self, block: Option<Duration>) -> AppResult<Vec<StreamEntry>> {
+    /// This consumer's pending entries in partition `partition`, up to a batch.
+    pub(super) async fn read_pending_in(&self, partition: u64) -> AppResult<Vec<StreamEntry>> {
         self.stream
-            .read_new(self.state.cfg.outbox.worker_batch, block)
+            .read_pending_in(partition as usize, "0", self.state.cfg.outbox.worker_batch)
             .await
     }
 
-    /// Takes over entries that sat unacknowledged at any consumer for `min_idle`.
+    /// New entries, up to a batch from every partition, without waiting.
+    async fn read_new(&self) -> AppResult<Vec<StreamEntry>> {
+        self.stream
+            .read_new(self.state.cfg.outbox.worker_batch, None)
+            .await
+    }
+
+    /// New entries of partition `partition`, up to a batch, waiting up to `block` for some on
+    /// a connection of its own.
+    pub(super) async fn read_new_in(
+        &self,
+        partition: u64,
+        block: Duration,
+    ) -> AppResult<Vec<StreamEntry>> {
+        self.stream
+            .read_new_in(
+                partition as usize,
+                self.state.cfg.outbox.worker_batch,
+                Some(block),
+            )
+            .await
+    }
+
+    /// Takes over entries that sat unacknowledged at any consumer for `min_idle`, in every
+    /// partition.
     async fn claim(&self, min_idle: Duration) -> AppResult<Vec<StreamEntry>> {
         let claimed = self
             .stream
             .claim_idle(min_idle, self.state.cfg.outbox.worker_batch)
             .await?;
-        if !claimed.is_empty() {
-            metrics::counter!("flashsale_outbox_claimed_total").increment(claimed.len() as u64);
-        }
-        Ok(claimed)
+        Ok(counted_claims(claimed))
     }
 
-    async fn process(
+    /// Takes over entries of partition `partition` that sat unacknowledged at any consumer for
+    /// `claim_idle` (a stopped instance's).
+    pub(super) async fn claim_in(&self, partition: u64) -> AppResult<Vec<StreamEntry>> {
+        let claimed = self
+            .stream
+            .claim_idle_in(
+                partition as usize,
+                self.state.cfg.outbox.claim_idle,
+                self.state.cfg.outbox.worker_batch,
+            )
+            .await?;
+        Ok(counted_claims(claimed))
+    }
+
+    /// Deletes the consumers of the `writers` group on partition `partition`'s stream that
+    /// hold no pending entry and have been idle for `min_idle` (instances gone; never this
+    /// one, never one with pending entries). Their names.
+    pub async fn drop_stale_consumers(
+        &self,
+        partition: u64,
+        min_idle: Duration,
+    ) -> AppResult<Vec<String>> {
+        self.stream
+            .drop_idle_consumers(partition as usize, min_idle)
+            .await
+    }
+
+    pub(super) async fn process(
         &self,
         db: &MySqlPool,
         entries: Vec<StreamEntry>,
@@ -595,52 +660,16 @@ impl<'a> PublicEvent<'a> {
     }
 }
 
-/// Writes back until `stop` turns true, blocking on the streams between batches.
-pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
-    let writer = Writer::new(state.clone());
-    let mut backoff = Duration::from_millis(100);
-    let mut last_claim = Instant::now();
-    let mut groups_ready = false;
-    loop {
-        if *stop.borrow() {
-            break;
-        }
-        let step = async {
-            if !groups_ready {
-                writer.ensure_groups().await?;
-                groups_ready = true;
-            }
-            // This consumer's pending entries (a batch cut short, events waiting for their next
-            // attempt), then entries of stopped instances, then new ones.
-            let mut entries = writer.read_pending().await?;
-            entries.retain(|e| writer.due(e));
-            if entries.is_empty() && last_claim.elapsed() >= state.cfg.outbox.claim_idle / 2 {
-                last_claim = Instant::now();
-                entries = writer.claim(state.cfg.outbox.claim_idle).await?;
-                entries.retain(|e| writer.due(e));
-            }
-            if entries.is_empty() {
-                // A quarter second at most, so a stop is seen soon (see below).
-                entries = writer.read_new(Some(Duration::from_millis(250))).await?;
-            }
-            if !entries.is_empty() {
-                writer.process(&state.db, entries, Fault::None).await?;
-            }
-            AppResult::Ok(())
-        };
-        // A batch under way is finished before stopping (reads block a quarter second at most).
-        match step.await {
-            Ok(()) => backoff = Duration::from_millis(100),
-            Err(e) => {
-                // A Redis that lost its data lost the consumer groups too.
-                groups_ready = false;
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "outbox write-back failed; the events stay pending");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
+/// Writes back until `stop` turns true: the partitions this instance holds, each read by a
+/// reader of its own (src/worker/partitions.rs), their entries written here.
+pub async fn run(state: AppState, stop: watch::Receiver<bool>) {
+    super::partitions::run(std::sync::Arc::new(Writer::new(state)), stop).await
+}
+
+/// Counts entries taken over from other consumers.
+fn counted_claims(claimed: Vec<StreamEntry>) -> Vec<StreamEntry> {
+    if !claimed.is_empty() {
+        metrics::counter!("flashsale_outbox_claimed_total").increment(claimed.len() as u64);
     }
+    claimed
 }

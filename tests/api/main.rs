@@ -34,6 +34,7 @@ mod openapi;
 mod ops;
 mod orders;
 mod outcomes;
+mod partitions;
 mod process;
 mod production;
 mod prometheus;

@@ -61,6 +61,19 @@ impl Keys {
         format!("{}:{{ord:{partition}}}:outbox", self.prefix)
     }
 
+    /// The lease on reading partition `p`'s outbox: the instance that holds it (a string, PX
+    /// `reader_lease`; lua/hold_lease.lua), in the partition's slot.
+    pub fn outbox_reader(&self, partition: u64) -> String {
+        format!("{}:{{ord:{partition}}}:reader", self.prefix)
+    }
+
+    /// The instances running an outbox writer (a sorted set, instance -> last seen, unix ms by
+    /// Redis's clock; lua/note_reader.lua): what each one's fair share of the partitions is
+    /// counted from.
+    pub fn outbox_readers(&self) -> String {
+        format!("{}:outbox-readers", self.prefix)
+    }
+
     /// Events of partition `p` set aside because they can never be written (unparseable, or
     /// their order id belongs to another order in MySQL), kept whole for an operator
     /// (`flashsale outbox-dead`); same slot as the partition's outbox, so moving an event
@@ -119,7 +132,7 @@ impl Keys {
         format!("{}:{{user:{user_id}}}:checkout", self.prefix)
     }
 
-    /// The lease of a piece of shared work (lua/lease.lua): the instance doing it now.
+    /// The lease of a piece of shared work (lua/hold_lease.lua): the instance doing it now.
     pub fn lease(&self, work: &str) -> String {
         format!("{}:{{lease}}:{work}", self.prefix)
     }
@@ -288,6 +301,7 @@ mod tests {
             "fs:{ord:1}:outbox",
             "an order and its outbox share a slot"
         );
+        assert_eq!(k.outbox_reader(1), "fs:{ord:1}:reader");
         assert_eq!(k.cart(5), "fs:{user:5}:cart");
         assert_eq!(k.account(5), "fs:{user:5}:account");
     }

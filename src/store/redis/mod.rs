@@ -4,7 +4,8 @@
 //! script is called), and one file per script family with the typed outcomes of its calls:
 //! stock.rs, reservations.rs (with lanes.rs, which gathers concurrent reservations of a sku into
 //! one call), due.rs, orders.rs, order_ids.rs, rate_limit.rs, idempotency.rs,
-//! outbox.rs, repair.rs, accounts.rs (the notes token checks read); plus the plain commands of cart.rs, events.rs, streams.rs (the
+//! outbox.rs, repair.rs, accounts.rs (the notes token checks read), leases.rs (which instance
+//! reads which outbox partition); plus the plain commands of cart.rs, events.rs, streams.rs (the
 //! consumer-group reader of the outbox writer and the webhook sender), live.rs (pub/sub) and
 //! eviction.rs. The outcomes are re-exported here.
 
@@ -18,7 +19,7 @@ pub mod eviction;
 pub mod idempotency;
 pub mod keys;
 mod lanes;
-mod leases;
+pub mod leases;
 pub mod live;
 pub mod order_ids;
 pub mod orders;
@@ -245,8 +246,11 @@ impl Redis {
     }
 }
 
-/// Most connections of the dedicated pool (blocking stream reads).
-const BLOCKING_POOL: usize = 4;
+/// Most connections of the dedicated pool (blocking stream reads): one per outbox partition
+/// (an instance reads each partition it holds on a connection of its own, and may hold them
+/// all), one for the webhook sender, and one for a partition's new reader whose predecessor's
+/// read has not ended yet. Made only when used: an instance holding 8 partitions opens about 9.
+const BLOCKING_POOL: usize = keys::ORDER_PARTITIONS as usize + 2;
 
 /// The dedicated pools of either deployment.
 #[derive(Clone)]

@@ -57,7 +57,9 @@ pub struct Scripts {
     pub return_to_cart: Script,
     pub fence_order: Script,
     pub note_account: Script,
-    pub lease: Script,
+    pub hold_lease: Script,
+    pub note_reader: Script,
+    pub drop_idle_consumers: Script,
 }
 
 impl Scripts {
@@ -90,11 +92,13 @@ impl Scripts {
             return_to_cart: with_lib(include_str!("../../../lua/return_to_cart.lua")),
             fence_order: with_lib(include_str!("../../../lua/fence_order.lua")),
             note_account: with_lib(include_str!("../../../lua/note_account.lua")),
-            lease: with_lib(include_str!("../../../lua/lease.lua")),
+            hold_lease: with_lib(include_str!("../../../lua/hold_lease.lua")),
+            note_reader: with_lib(include_str!("../../../lua/note_reader.lua")),
+            drop_idle_consumers: with_lib(include_str!("../../../lua/drop_idle_consumers.lua")),
         }
     }
 
-    pub fn all(&self) -> [(&'static str, &Script); 28] {
+    pub fn all(&self) -> [(&'static str, &Script); 30] {
         [
             ("reserve", &self.reserve),
             ("convert_hold", &self.convert_hold),
@@ -123,7 +127,9 @@ impl Scripts {
             ("return_to_cart", &self.return_to_cart),
             ("fence_order", &self.fence_order),
             ("note_account", &self.note_account),
-            ("lease", &self.lease),
+            ("hold_lease", &self.hold_lease),
+            ("note_reader", &self.note_reader),
+            ("drop_idle_consumers", &self.drop_idle_consumers),
         ]
     }
 }
@@ -157,10 +163,11 @@ fn script_span(name: &'static str, calls: usize) -> tracing::Span {
 /// Scripts whose effect nobody needs to know when their reply is lost: a rate-limit token, an
 /// `Idempotency-Key` claim or settlement (its lease ends it), an order id (ids may skip), the
 /// sweeper's due index and a load's staging (redone by their next pass), a note of an account
-/// (a cache of MySQL, written again until it is heard), a lease of shared work (taken
-/// again on the next tick; not heard is not held). A lost reply of these is "unavailable,
-/// nothing was changed" as far as the caller is concerned.
-const QUIET: [&str; 10] = [
+/// (a cache of MySQL, written again until it is heard), the leases of shared work and of the
+/// outbox partitions, the writers' heartbeats and consumer tidying (taken again, renewed or
+/// redone at their next tick; a lease taken unheard runs out). A lost reply of these is
+/// "unavailable, nothing was changed" as far as the caller is concerned.
+const QUIET: [&str; 12] = [
     "rate_limit",
     "note_placing",
     "claim_idempotency",
@@ -170,7 +177,9 @@ const QUIET: [&str; 10] = [
     "settle_due",
     "stage_hash",
     "note_account",
-    "lease",
+    "hold_lease",
+    "note_reader",
+    "drop_idle_consumers",
 ];
 
 /// The error of a script call that failed. One that may have been sent and run, its reply not
@@ -203,11 +212,16 @@ impl Redis {
 
     /// Scripts keep the sale's state; none runs while Redis may evict it. Rate-limit buckets
     /// are exempt: losing one only forgets a count; so are the notes of accounts: losing one
-    /// only sends the next token check of that user to MySQL.
+    /// only sends the next token check of that user to MySQL; so are the leases (of shared
+    /// work, of the outbox partitions), the writers' heartbeats and consumer tidying: they hold
+    /// none of the sale's state (a lease lost to eviction is only a takeover).
     /// Nor while Redis is behind MySQL (it came back from older persistence), until
     /// `flashsale rebuild-cache` ran (whose own handle, [`Redis::for_repair`], is exempt).
     async fn refuse_if_evicting(&self, script: &'static str) -> AppResult<()> {
-        if matches!(script, "rate_limit" | "note_account" | "lease") {
+        if matches!(
+            script,
+            "rate_limit" | "note_account" | "hold_lease" | "note_reader" | "drop_idle_consumers"
+        ) {
             return Ok(());
         }
         if let Some(e) = self.eviction.refusal() {
