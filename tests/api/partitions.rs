@@ -489,7 +489,7 @@ async fn stale_consumers_deleted(state: &AppState) {
 /// separated; the local test cluster's first node by default), when it answers and is whole.
 async fn test_cluster() -> Result<Vec<String>, String> {
     let seeds: Vec<String> = std::env::var("FLASHSALE_TEST_REDIS_CLUSTER")
-        .unwrap_or_else(|_| "redis://127.0.0.1:7201".into())
+        .unwrap_or_else(|_| "redis://127.0.0.1:7101".into())
         .split(',')
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
