@@ -13,7 +13,10 @@
 //!
 //! A WAIT that fell short still answers the request as done (the master has the write; only its
 //! survival of a failover in the next moments is not assured): counted in
-//! `flashsale_redis_unreplicated_total`.
+//! `flashsale_redis_unreplicated_total`. A WAIT not answered at all (the master died or was cut
+//! off right after the script) leaves the write's fate unknown: the call fails as a lost reply
+//! does (`outcome_unknown`), and the write-back, whose follow-up calls these are too, does it
+//! again rather than acknowledge an event whose Redis side a failover may have lost.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +26,7 @@ use redis::Value;
 
 use super::Redis;
 use super::conn::{Conn, slot_number};
+use crate::error::{AppError, AppResult};
 
 /// The scripts whose effect must survive a failover before the request is answered: orders
 /// placed (their id, their lines), decided (paid, cancelled, expired), units given back or
@@ -81,10 +85,13 @@ impl Replicas {
 
 impl Redis {
     /// After `script` ran on the slot of `key`: waits for its replication when the script is
-    /// one of `DURABLE` (see the module's description).
-    pub(super) async fn after_durable(&self, script: &'static str, key: &str) {
+    /// one of `DURABLE` (see the module's description). A WAIT that was not answered (its
+    /// master died or was cut off meanwhile) leaves the script's fate unknown: it ran, and may
+    /// be lost with its master; that is the error (`outcome_unknown`, or for an order id,
+    /// which nobody needs back, `unavailable`). A WAIT that fell short is not an error.
+    pub(super) async fn after_durable(&self, script: &'static str, key: &str) -> AppResult<()> {
         if self.wait_replicas == 0 || !DURABLE.contains(&script) {
-            return;
+            return Ok(());
         }
         let slot = slot_number(key);
         if self.replicas.is_stale() {
@@ -98,22 +105,30 @@ impl Redis {
             .unwrap_or(0)
             .min(self.wait_replicas);
         if want == 0 {
-            return;
+            return Ok(());
         }
-        match self
+        let r = self
             .orders_conn
             .wait_replicas(key, want, self.wait_timeout)
-            .await
-        {
-            Ok(n) if n >= i64::from(want) => {}
-            r => {
-                metrics::counter!("flashsale_redis_unreplicated_total", "script" => script)
-                    .increment(1);
-                if let Err(e) = r {
-                    tracing::debug!(script, error = %e, "WAIT for replicas not answered");
-                }
-                self.replicas.forget();
-                self.read_replicas_soon();
+            .await;
+        if matches!(r, Ok(n) if n >= i64::from(want)) {
+            return Ok(());
+        }
+        metrics::counter!("flashsale_redis_unreplicated_total", "script" => script).increment(1);
+        self.replicas.forget();
+        self.read_replicas_soon();
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let why = format!(
+                    "redis: the {script} script ran, but its master did not answer whether a \
+                     replica has it ({e}); a failover may lose it"
+                );
+                Err(if script == "next_order_id" {
+                    AppError::Unavailable(why)
+                } else {
+                    AppError::OutcomeUnknown(why)
+                })
             }
         }
     }
@@ -134,15 +149,15 @@ impl Redis {
         &self,
         script: &'static str,
         keys: impl Iterator<Item = &'a String>,
-    ) {
+    ) -> AppResult<()> {
         if self.wait_replicas == 0 || !DURABLE.contains(&script) {
-            return;
+            return Ok(());
         }
         let mut seen = std::collections::HashSet::new();
         let waits = keys
             .filter(|k| seen.insert(slot_number(k)))
             .map(|k| self.after_durable(script, k));
-        futures::future::join_all(waits).await;
+        futures::future::try_join_all(waits).await.map(|_| ())
     }
 
     /// Reads the replicas online per slot range in the background (one read at a time).

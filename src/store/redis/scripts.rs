@@ -254,7 +254,7 @@ impl Redis {
             .await
             .map_err(|e| call_error(name, e))?;
         if let Some(key) = keys.first() {
-            self.after_durable(name, key).await;
+            self.after_durable(name, key).await?;
         }
         Reply::parse(name, reply)
     }
@@ -276,7 +276,7 @@ impl Redis {
             .await
             .map_err(|e| BatchError(call_error(name, e)))?;
         if let Some(key) = keys.first() {
-            self.after_durable(name, key).await;
+            self.after_durable(name, key).await.map_err(BatchError)?;
         }
         match reply {
             Value::Array(items) => Ok(items.into_iter().map(|v| Reply::parse(name, v)).collect()),
@@ -367,7 +367,7 @@ impl Redis {
         }
         let r = r?;
         self.after_durable_many(name, calls.iter().filter_map(|(keys, _)| keys.first()))
-            .await;
+            .await?;
         r.into_iter().map(|v| Reply::parse(name, v)).collect()
     }
 }
