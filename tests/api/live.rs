@@ -174,20 +174,78 @@ async fn a_sku_stream_starts_with_the_count_and_follows_purchases_and_restocks()
     s.until_available(sku, 12, Duration::from_secs(2)).await;
 }
 
-#[tokio::test]
-async fn each_script_call_that_changes_stock_announces_once() {
-    let app = spawn_app().await;
-    let sku = app.sale_product(10, None).await;
-    let client = redis::Client::open(app.state.cfg.stores.redis_url.as_str()).unwrap();
-    let mut ps = client.get_async_pubsub().await.unwrap();
-    ps.subscribe(format!("{}:stock-live", app.prefix))
+/// A RESP3 connection of the test's own to `url` and the pushes it receives (sharded pub/sub
+/// has no RESP2 subscriber type in the redis crate).
+async fn subscriber(
+    url: &str,
+) -> (
+    redis::aio::MultiplexedConnection,
+    tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>,
+) {
+    let info = redis::Client::open(url)
+        .unwrap()
+        .get_connection_info()
+        .clone();
+    let resp3 = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    let client = redis::Client::open(info.set_redis_settings(resp3)).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let cfg = redis::AsyncConnectionConfig::new().set_push_sender(tx);
+    let conn = client
+        .get_multiplexed_async_connection_with_config(&cfg)
         .await
         .unwrap();
-    let mut msgs = ps.into_on_message();
+    (conn, rx)
+}
+
+/// The messages that arrive within `quiet` of each other: (channel, payload).
+async fn messages(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>,
+    quiet: Duration,
+) -> Vec<(String, String)> {
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => String::from_utf8(b.clone()).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let mut got = Vec::new();
+    while let Ok(Some(p)) = tokio::time::timeout(quiet, rx.recv()).await {
+        if matches!(p.kind, redis::PushKind::Message | redis::PushKind::SMessage) {
+            got.push((text(&p.data[0]), text(&p.data[1])));
+        }
+    }
+    got
+}
+
+/// The sku's live channel (keys.rs).
+fn channel(app: &TestApp, sku: u64) -> String {
+    format!("{}:{{sku:{sku}}}:live", app.prefix)
+}
+
+#[tokio::test]
+async fn each_script_call_that_changes_stock_announces_once_on_its_skus_channel() {
+    let app = spawn_app().await;
+    let sku = app.sale_product(10, None).await;
+    let other = app.sale_product(10, None).await;
+    let (mut conn, mut pushes) = subscriber(&app.state.cfg.stores.redis_url).await;
+    redis::cmd("SSUBSCRIBE")
+        .arg(channel(&app, sku))
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    // The deployment-wide channel of earlier versions carries nothing any more.
+    redis::cmd("SUBSCRIBE")
+        .arg(format!("{}:stock-live", app.prefix))
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
     let token = app.customer_token(5);
-    let cart = |count: u64| app.try_cart_add(&token, sku, count);
-    assert_eq!(cart(2).await.status, StatusCode::OK);
-    assert_eq!(cart(1).await.status, StatusCode::OK);
+    let cart = |sku: u64, count: u64| app.try_cart_add(&token, sku, count);
+    assert_eq!(cart(sku, 2).await.status, StatusCode::OK);
+    assert_eq!(cart(sku, 1).await.status, StatusCode::OK);
+    // Another sku's changes are on its own channel, not subscribed here.
+    assert_eq!(cart(other, 4).await.status, StatusCode::OK);
     assert_eq!(
         app.delete(&format!("/v1/cart/items/{sku}?count=1"), Some(&token))
             .await
@@ -195,19 +253,17 @@ async fn each_script_call_that_changes_stock_announces_once() {
         StatusCode::OK
     );
     // A refused add changes nothing and announces nothing.
-    assert_eq!(cart(100).await.code(), "out_of_stock");
-    assert_eq!(cart(1).await.status, StatusCode::OK);
-    let mut got = Vec::new();
-    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), msgs.next()).await {
-        got.push(String::from_utf8(m.get_payload_bytes().to_vec()).unwrap());
-    }
+    assert_eq!(cart(sku, 100).await.code(), "out_of_stock");
+    assert_eq!(cart(sku, 1).await.status, StatusCode::OK);
+    let got = messages(&mut pushes, Duration::from_millis(500)).await;
+    let ch = channel(&app, sku);
     assert_eq!(
         got,
         vec![
-            format!("{sku} 8"),
-            format!("{sku} 7"),
-            format!("{sku} 8"),
-            format!("{sku} 7")
+            (ch.clone(), format!("{sku} 8")),
+            (ch.clone(), format!("{sku} 7")),
+            (ch.clone(), format!("{sku} 8")),
+            (ch, format!("{sku} 7")),
         ]
     );
 }
@@ -579,4 +635,323 @@ async fn an_open_stream_outlives_the_request_deadline() {
     let (_, token) = app.register("late-buyer").await;
     buy_now(&app, &token, sku, 1).await;
     s.until_available(sku, 4, Duration::from_secs(5)).await;
+}
+
+/// The Redis servers a deployment's subscribers may be on: the one server, or every node of
+/// the cluster.
+fn servers(app: &TestApp) -> Vec<String> {
+    let stores = &app.state.cfg.stores;
+    if stores.redis_cluster_nodes.is_empty() {
+        vec![stores.redis_url.clone()]
+    } else {
+        CLUSTER_NODES
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+}
+
+/// The test cluster (scripts/: 3 masters, 3 replicas).
+const CLUSTER_NODES: [u16; 6] = [7201, 7202, 7203, 7204, 7205, 7206];
+
+async fn server(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Subscribers of the sku's channel, on every server of the deployment.
+async fn subscribers(app: &TestApp, sku: u64) -> u64 {
+    let mut n = 0;
+    for url in servers(app) {
+        let (_, count): (String, u64) = redis::cmd("PUBSUB")
+            .arg("SHARDNUMSUB")
+            .arg(channel(app, sku))
+            .query_async(&mut server(&url).await)
+            .await
+            .unwrap();
+        n += count;
+    }
+    n
+}
+
+/// The live feed's connections (`CLIENT LIST` name `flashsale-live:<prefix>`): (server, id).
+async fn feed_connections(app: &TestApp) -> Vec<(String, u64)> {
+    let name = format!("name=flashsale-live:{} ", app.prefix);
+    let mut found = Vec::new();
+    for url in servers(app) {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut server(&url).await)
+            .await
+            .unwrap();
+        for line in list.lines().filter(|l| l.contains(&name)) {
+            let id = line
+                .split(' ')
+                .find_map(|f| f.strip_prefix("id="))
+                .unwrap()
+                .parse()
+                .unwrap();
+            found.push((url.clone(), id));
+        }
+    }
+    found
+}
+
+/// An instance subscribes the channels of the skus it follows, and only those: a sku's stream
+/// opened subscribes it, closed lets it go; a sku nobody here watches costs this instance
+/// nothing of its changes until it is seen sold out.
+async fn subscribes_only_what_it_follows(app: &TestApp) {
+    let watched = app.sale_product(10, None).await;
+    let unwatched = app.sale_product(10, None).await;
+    let mut s = SseClient::open(app, &format!("/v1/products/{watched}/stock/stream"), None).await;
+    assert_eq!(
+        s.next_stock(Duration::from_secs(5)).await.unwrap().data["available"],
+        10
+    );
+    eventually(
+        "the watched sku subscribed",
+        Duration::from_secs(5),
+        || async { subscribers(app, watched).await == 1 },
+    )
+    .await;
+    buy_now(app, &app.customer_token(1), unwatched, 2).await;
+    buy_now(app, &app.customer_token(2), watched, 3).await;
+    s.until_available(watched, 7, Duration::from_secs(5)).await;
+    assert_eq!(
+        subscribers(app, unwatched).await,
+        0,
+        "a sku nobody watches here is not subscribed"
+    );
+    drop(s);
+    eventually(
+        "the closed stream's sku let go",
+        Duration::from_secs(5),
+        || async { subscribers(app, watched).await == 0 },
+    )
+    .await;
+    // Seen sold out (the last units taken here): subscribed for the sold-out knowledge, which
+    // trusts it once the subscription is confirmed and the count read.
+    let s = flashsale::domain::Sku::parse(unwatched).unwrap();
+    app.cart_add(&app.customer_token(3), unwatched, 8).await;
+    eventually("the sold-out sku known", Duration::from_secs(5), || async {
+        app.state.sold_out.is_known(s)
+    })
+    .await;
+    assert_eq!(subscribers(app, unwatched).await, 1);
+}
+
+#[tokio::test]
+async fn an_instance_subscribes_only_the_skus_it_follows() {
+    let app = spawn_app_with(fast).await;
+    subscribes_only_what_it_follows(&app).await;
+}
+
+/// A sku learnt sold out from a reservation's reply before its channel was subscribed: a unit
+/// given back between that reply and the subscription was announced to nobody here, so the
+/// reply is not trusted; the count read after the subscription's confirmation is what teaches.
+/// (Here the stale reply is handed to the knowledge directly, as a request that asked before
+/// the subscription would have.)
+#[tokio::test]
+async fn sold_out_knowledge_is_not_trusted_before_its_subscription() {
+    let app = spawn_app_with(|c| c.sale.sold_out_trust = Duration::from_secs(60)).await;
+    let sku = app.sale_product(1, None).await;
+    let s = flashsale::domain::Sku::parse(sku).unwrap();
+    let sold_out = &app.state.sold_out;
+    assert_eq!(subscribers(&app, sku).await, 0);
+    let flashsale::service::sold_out::Check::Ask(asked) = sold_out.check(s) else {
+        panic!("refused before anything was known");
+    };
+    // Redis answered "none left" a moment ago; the unit has come back since.
+    sold_out.reply(
+        s,
+        asked,
+        0,
+        Some(flashsale::store::redis::SoldOutFor::Unbounded),
+    );
+    assert!(!sold_out.is_known(s), "trusted before its subscription");
+    // The reply made the sku wanted: subscribed, confirmed and read (one unit).
+    eventually("the sku subscribed", Duration::from_secs(5), || async {
+        subscribers(&app, sku).await == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !sold_out.is_known(s),
+        "the read after the confirmation saw the unit"
+    );
+    let token = app.customer_token(11);
+    let r = app.try_cart_add(&token, sku, 1).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    // Sold out under the subscription: trusted from the reply (or its announcement) on.
+    eventually("sold out known", Duration::from_secs(5), || async {
+        sold_out.is_known(s)
+    })
+    .await;
+    let before = sold_out.refused();
+    app.try_cart_add(&app.customer_token(12), sku, 1)
+        .await
+        .assert_error(StatusCode::CONFLICT, "out_of_stock", "sold out");
+    assert_eq!(sold_out.refused() - before, 1, "answered in process");
+}
+
+/// A unit put straight into Redis, announced to nobody (as an announcement lost would leave
+/// it): the instance cannot know, and keeps refusing within its trust window.
+async fn unit_unannounced(app: &TestApp, sku: u64) {
+    let stock = format!("{}:{{sku:{sku}}}:stock", app.prefix);
+    let mut conn = app.state.redis.conn();
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(&stock)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let w = fields.iter().find(|f| f.starts_with('w')).unwrap();
+    redis::pipe()
+        .hincr(&stock, w, 1)
+        .hincr(&stock, "avail", 1)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// The live feed's connection is cut: what the instance knew of its skus is forgotten (the
+/// announcements made meanwhile are lost), and the new subscription reads each sku afresh.
+/// With a trust window and a resync interval of a minute, only that can end a zero the
+/// instance never heard ended.
+async fn a_lost_subscription_forgets_and_resyncs(app: &TestApp) {
+    let sku = app.sale_product(1, None).await;
+    let s = flashsale::domain::Sku::parse(sku).unwrap();
+    let mut stream = SseClient::open(app, &format!("/v1/products/{sku}/stock/stream"), None).await;
+    assert_eq!(
+        stream
+            .next_stock(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .data["available"],
+        1
+    );
+    app.cart_add(&app.customer_token(21), sku, 1).await;
+    stream.until_available(sku, 0, Duration::from_secs(5)).await;
+    eventually("sold out known", Duration::from_secs(5), || async {
+        app.state.sold_out.is_known(s)
+    })
+    .await;
+    unit_unannounced(app, sku).await;
+    let buyer = app.customer_token(22);
+    app.try_cart_add(&buyer, sku, 1).await.assert_error(
+        StatusCode::CONFLICT,
+        "out_of_stock",
+        "not heard: still known",
+    );
+    // Cut the feed's connection (on a cluster, the one to the sku's node), as a dropped
+    // connection or a Redis restart would.
+    let cut = feed_connections(app).await;
+    assert!(!cut.is_empty(), "the feed's connection is named");
+    for (url, id) in &cut {
+        let _: Result<(), _> = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query_async(&mut server(url).await)
+            .await;
+    }
+    // The new subscription's read finds the unit: the stream shows it, and the knowledge
+    // (read by the same read, trusted for a minute before) sells it at once.
+    let started = Instant::now();
+    stream
+        .until_available(sku, 1, Duration::from_secs(10))
+        .await;
+    println!("read afresh {:?} after the cut", started.elapsed());
+    let r = app.try_cart_add(&buyer, sku, 1).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    stream.until_available(sku, 0, Duration::from_secs(5)).await;
+    let now = feed_connections(app).await;
+    assert!(
+        now.iter().all(|c| !cut.contains(c)),
+        "a new connection: {cut:?} -> {now:?}"
+    );
+    assert_eq!(subscribers(app, sku).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_subscription_forgets_what_it_knew_and_reads_afresh() {
+    let app = spawn_app_with(|c| {
+        fast(c);
+        c.live.live_resync = Duration::from_secs(60);
+        c.sale.sold_out_trust = Duration::from_secs(60);
+    })
+    .await;
+    a_lost_subscription_forgets_and_resyncs(&app).await;
+}
+
+/// Whether the test cluster answers (scripts/ start it on 127.0.0.1:7201-7206).
+async fn cluster_up() -> bool {
+    let Ok(client) = redis::Client::open("redis://127.0.0.1:7201") else {
+        return false;
+    };
+    let info = async {
+        let mut c = client.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async::<String>(&mut c)
+            .await
+            .ok()
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), info).await,
+        Ok(Some(i)) if i.contains("cluster_state:ok")
+    )
+}
+
+/// Deletes the test's keys from every master of the test cluster (the test app's drop cleans
+/// the one-server Redis only).
+async fn drop_cluster_keys(prefix: &str) {
+    for port in &CLUSTER_NODES[..3] {
+        let mut c = server(&format!("redis://127.0.0.1:{port}")).await;
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{prefix}:*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut c)
+                .await
+                .unwrap_or((0, Vec::new()));
+            for k in keys {
+                let _: Result<(), _> = redis::cmd("DEL").arg(k).query_async(&mut c).await;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// The same on a Redis Cluster: per-sku channels on the sku's shard, subscribed only for what
+/// the instance follows, announcements into the streams and the sold-out knowledge, and a cut
+/// connection forgotten and made afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_stock_follows_per_sku_channels_on_a_redis_cluster() {
+    if !cluster_up().await {
+        println!("skipped: no Redis Cluster at redis://127.0.0.1:7201 (scripts/ start one)");
+        return;
+    }
+    let app = spawn_app_with(|c| {
+        fast(c);
+        c.live.live_resync = Duration::from_secs(60);
+        c.sale.sold_out_trust = Duration::from_secs(60);
+        c.stores.redis_cluster_nodes = vec!["redis://127.0.0.1:7201".into()];
+        c.stores.redis_url = String::new();
+    })
+    .await;
+    subscribes_only_what_it_follows(&app).await;
+    a_lost_subscription_forgets_and_resyncs(&app).await;
+    let prefix = app.prefix.clone();
+    drop(app);
+    drop_cluster_keys(&prefix).await;
 }
