@@ -9,8 +9,9 @@
 //! and those the sold-out knowledge wants (seen sold out lately), adding and dropping channels
 //! as those sets change. A sku's announcements are trusted from Redis's confirmation of its
 //! subscription on, and the sku's count is read afresh right after that confirmation (what
-//! changed before it was announced to nobody here). A lost connection forgets everything known,
-//! and the feed makes it and every subscription afresh.
+//! changed before it was announced to nobody here). A lost connection (on a cluster, any of
+//! its connections to the masters) forgets everything known, and the feed makes its
+//! connections and every subscription afresh.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -51,7 +52,7 @@ type Confirmed = Vec<(u32, Option<u64>, Asked)>;
 
 /// Reads the confirmed skus' counts (one pipeline per slot) and applies them to the hub and
 /// the sold-out knowledge, unless an announcement of the sku came in meanwhile.
-async fn read_confirmed(state: &AppState, confirmed: Confirmed) -> AppResult<()> {
+async fn read_confirmed(state: &AppState, confirmed: &Confirmed) -> AppResult<()> {
     if confirmed.is_empty() {
         return Ok(());
     }
@@ -63,9 +64,9 @@ async fn read_confirmed(state: &AppState, confirmed: Confirmed) -> AppResult<()>
     for ((sku, (_, version, asked)), count) in skus.into_iter().zip(confirmed).zip(counts) {
         if let Some((available, holds)) = count {
             if let Some(version) = version {
-                state.live.apply_read(sku.get(), available, version);
+                state.live.apply_read(sku.get(), available, *version);
             }
-            state.sold_out.reply(sku, asked, available, holds);
+            state.sold_out.reply(sku, *asked, available, holds);
         }
     }
     Ok(())
@@ -81,10 +82,19 @@ struct Channels {
     /// When to send again the subscriptions asked for and not confirmed (after a failure).
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// Since when subscription commands fail (None: the last ones were made).
+    failing_since: Option<Instant>,
+    /// Confirmed skus whose read failed (Redis busy, a failover under way): read again with
+    /// the retries (the hub's version and the [`Asked`] of their confirmation stay right:
+    /// what was announced since makes the read stale, and it is then not applied).
+    unread: Confirmed,
 }
 
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MOST: Duration = Duration::from_secs(5);
+/// Subscriptions failing this long make the connection afresh (on a cluster, from the seed
+/// nodes: the connection's own view of the cluster may be what is wrong).
+const REMAKE_AFTER: Duration = Duration::from_secs(30);
 
 impl Channels {
     fn new() -> Self {
@@ -93,6 +103,8 @@ impl Channels {
             confirmed: HashSet::new(),
             retry_at: None,
             backoff: RETRY_FIRST,
+            failing_since: None,
+            unread: Confirmed::new(),
         }
     }
 
@@ -114,6 +126,8 @@ impl Channels {
         let mut send: Vec<u32> = wanted.difference(&self.asked).copied().collect();
         self.asked.extend(send.iter().copied());
         if retry {
+            // The retry is this one (a failure below schedules the next).
+            self.retry_at = None;
             send.extend(self.asked.difference(&self.confirmed).copied());
             send.sort_unstable();
             send.dedup();
@@ -124,14 +138,22 @@ impl Channels {
         let failed = feed.subscribe(&send).await;
         if failed.is_empty() {
             if retry {
-                self.retry_at = None;
                 self.backoff = RETRY_FIRST;
+                self.failing_since = None;
             }
         } else {
             tracing::warn!(
                 skus = failed.len(),
                 "live stock: subscriptions not made; retrying"
             );
+            self.failing_since.get_or_insert_with(Instant::now);
+            self.retry_later();
+        }
+    }
+
+    /// Has the retries run after the current backoff (unless they are due already).
+    fn retry_later(&mut self) {
+        if self.retry_at.is_none() {
             self.retry_at = Some(Instant::now() + self.backoff);
             self.backoff = (self.backoff * 2).min(RETRY_MOST);
         }
@@ -141,7 +163,7 @@ impl Channels {
 /// What the event loop does after an event.
 enum Next {
     Continue,
-    /// The connection is lost: make it afresh.
+    /// A connection is lost: make the connections afresh.
     Reconnect,
 }
 
@@ -221,11 +243,17 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         loop {
             let mut confirmed = Confirmed::new();
             let mut resubscribe = false;
+            let mut retried = false;
             let retry_at = channels.retry_at;
             let next = tokio::select! {
                 e = feed.next() => {
-                    let mut next =
-                        on_event(&state, &mut channels, &mut confirmed, &mut resubscribe, e);
+                    let mut next = on_event(
+                        &state,
+                        &mut channels,
+                        &mut confirmed,
+                        &mut resubscribe,
+                        e,
+                    );
                     // What arrived with it, handled together (one read for the confirmations).
                     while matches!(next, Next::Continue)
                         && let Some(e) = feed.try_next()
@@ -255,6 +283,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
                     }
                 } => {
                     channels.sync(&state, &feed, true).await;
+                    retried = true;
                     Next::Continue
                 }
                 _ = tick.tick() => {
@@ -287,8 +316,22 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             if resubscribe {
                 channels.sync(&state, &feed, true).await;
             }
-            if let Err(e) = read_confirmed(&state, confirmed).await {
-                tracing::debug!(error = %e, "live stock: a confirmed sku not read");
+            if channels
+                .failing_since
+                .is_some_and(|t| t.elapsed() >= REMAKE_AFTER)
+            {
+                state.sold_out.forget_all();
+                tracing::warn!("live stock: subscriptions keep failing; connecting afresh");
+                continue 'connect;
+            }
+            if retried {
+                confirmed.append(&mut channels.unread);
+                confirmed.retain(|(sku, _, _)| channels.confirmed.contains(sku));
+            }
+            if let Err(e) = read_confirmed(&state, &confirmed).await {
+                tracing::debug!(error = %e, "live stock: confirmed skus not read; retrying");
+                channels.unread.append(&mut confirmed);
+                channels.retry_later();
             }
             metrics::gauge!("flashsale_live_channels").set(channels.confirmed.len() as f64);
         }
