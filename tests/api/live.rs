@@ -955,3 +955,289 @@ async fn live_stock_follows_per_sku_channels_on_a_redis_cluster() {
     drop(app);
     drop_cluster_keys(&prefix).await;
 }
+
+/// A Redis Cluster of the test's own (3 masters, 3 replicas, on free loopback ports, nothing
+/// kept on disk), for the failovers a test may not inflict on a shared cluster. Its processes
+/// are killed on drop.
+struct OwnCluster {
+    nodes: Vec<(u16, std::process::Child)>,
+    dir: std::path::PathBuf,
+}
+
+impl OwnCluster {
+    async fn start() -> OwnCluster {
+        let dir = std::env::temp_dir().join(format!("fs-cluster-{}", test_names().1));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut nodes = Vec::new();
+        for _ in 0..6 {
+            let (port, bus) = (free_port(), free_port());
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus.to_string(),
+                ])
+                .args(["--cluster-node-timeout", "1500"])
+                .arg("--cluster-config-file")
+                .arg(dir.join(format!("nodes-{port}.conf")))
+                .args([
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--repl-diskless-sync-delay",
+                    "0",
+                ])
+                .arg("--dir")
+                .arg(&dir)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server is installed");
+            nodes.push((port, child));
+        }
+        let cluster = OwnCluster { nodes, dir };
+        for port in cluster.ports() {
+            eventually("a node up", Duration::from_secs(10), || async {
+                let Ok(c) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
+                    return false;
+                };
+                c.get_multiplexed_async_connection().await.is_ok()
+            })
+            .await;
+        }
+        let created = std::process::Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(cluster.ports().iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("redis-cli is installed");
+        assert!(created.success(), "redis-cli --cluster create");
+        for port in cluster.ports() {
+            eventually("the cluster formed", Duration::from_secs(20), || async {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut server(&format!("redis://127.0.0.1:{port}")).await)
+                    .await
+                    .unwrap_or_default();
+                info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:6")
+            })
+            .await;
+            // A replica takes over only with its master's data (its first sync done).
+            eventually("replicas in sync", Duration::from_secs(20), || async {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut server(&format!("redis://127.0.0.1:{port}")).await)
+                    .await
+                    .unwrap_or_default();
+                info.contains("role:master") || info.contains("master_link_status:up")
+            })
+            .await;
+        }
+        cluster
+    }
+
+    fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|(p, _)| *p).collect()
+    }
+
+    fn seeds(&self) -> Vec<String> {
+        self.ports()
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// SIGKILLs the node on `port`.
+    fn kill(&mut self, port: u16) {
+        if let Some((_, child)) = self.nodes.iter_mut().find(|(p, _)| *p == port) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Subscribers of `channel` on each node that answers: (port, count).
+    async fn subscribers(&self, channel: &str) -> Vec<(u16, u64)> {
+        let mut out = Vec::new();
+        for port in self.ports() {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+            let conn = tokio::time::timeout(
+                Duration::from_millis(500),
+                client.get_multiplexed_async_connection(),
+            )
+            .await;
+            if let Ok(Ok(mut c)) = conn
+                && let Ok((_, n)) = redis::cmd("PUBSUB")
+                    .arg("SHARDNUMSUB")
+                    .arg(channel)
+                    .query_async::<(String, u64)>(&mut c)
+                    .await
+            {
+                out.push((port, n));
+            }
+        }
+        out
+    }
+
+    /// The node whose subscriber count of `channel` is 1 (the feed subscribes one node).
+    async fn subscribed_on(&self, channel: &str) -> Option<u16> {
+        let on: Vec<u16> = self
+            .subscribers(channel)
+            .await
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(p, _)| p)
+            .collect();
+        assert!(on.len() <= 1, "subscribed on several nodes: {on:?}");
+        on.first().copied()
+    }
+
+    /// The port of a replica of the master on `port` (as that master sees it, within a few
+    /// seconds: a demoted master shows up as its new master's replica once it has switched).
+    async fn replica_of(&self, port: u16) -> u16 {
+        let started = Instant::now();
+        loop {
+            let nodes: String = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query_async(&mut server(&format!("redis://127.0.0.1:{port}")).await)
+                .await
+                .unwrap();
+            let id = nodes
+                .lines()
+                .find(|l| l.contains("myself"))
+                .and_then(|l| l.split(' ').next())
+                .unwrap()
+                .to_string();
+            let replica = nodes
+                .lines()
+                .find(|l| l.contains(&format!(" slave {id} ")) && !l.contains("fail"))
+                .and_then(|l| l.split(' ').nth(1))
+                .and_then(|a| a.split('@').next()?.rsplit(':').next()?.parse().ok());
+            if let Some(r) = replica {
+                return r;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no replica of {port}: {nodes}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.nodes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Failovers on a cluster of the test's own: a graceful failover of a sold-out sku's shard
+/// (Redis drops the channel on the demoted master: the sku is forgotten and subscribed on the
+/// new master), then the new master SIGKILLed (its connection drops: everything known is
+/// forgotten at once; the sku is subscribed again on the promoted replica once the failover
+/// is done). After each, a unit given back reaches the stream and sells at once. The feed's
+/// subscription is on one node throughout: the node that serves the slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_stock_follows_a_sku_across_failovers() {
+    let mut cluster = OwnCluster::start().await;
+    let app = spawn_app_with(|c| {
+        fast(c);
+        c.live.live_resync = Duration::from_secs(60);
+        c.sale.sold_out_trust = Duration::from_secs(60);
+        c.stores.redis_cluster_nodes = cluster.seeds();
+        c.stores.redis_url = String::new();
+    })
+    .await;
+    let sku = app.sale_product(2, None).await;
+    let s = flashsale::domain::Sku::parse(sku).unwrap();
+    let ch = channel(&app, sku);
+    let mut stream = SseClient::open(&app, &format!("/v1/products/{sku}/stock/stream"), None).await;
+    stream.next_stock(Duration::from_secs(5)).await.unwrap();
+    let (holder, buyer) = (app.customer_token(41), app.customer_token(42));
+    app.cart_add(&holder, sku, 2).await;
+    eventually("sold out known", Duration::from_secs(5), || async {
+        app.state.sold_out.is_known(s)
+    })
+    .await;
+    let first = cluster.subscribed_on(&ch).await.expect("subscribed");
+
+    // A graceful failover of the shard: its replica takes over.
+    let second = cluster.replica_of(first).await;
+    let started = Instant::now();
+    let _: () = redis::cmd("CLUSTER")
+        .arg("FAILOVER")
+        .query_async(&mut server(&format!("redis://127.0.0.1:{second}")).await)
+        .await
+        .unwrap();
+    eventually("forgotten", Duration::from_secs(15), || async {
+        !app.state.sold_out.is_known(s)
+    })
+    .await;
+    eventually(
+        "subscribed on the new master",
+        Duration::from_secs(15),
+        || async { cluster.subscribed_on(&ch).await == Some(second) },
+    )
+    .await;
+    println!(
+        "subscribed on {second} {:?} after the failover began",
+        started.elapsed()
+    );
+    app.cart_remove(&holder, sku, None).await;
+    stream.until_available(sku, 2, Duration::from_secs(5)).await;
+    let r = app.try_cart_add(&buyer, sku, 2).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    stream.until_available(sku, 0, Duration::from_secs(5)).await;
+    eventually("sold out known again", Duration::from_secs(5), || async {
+        app.state.sold_out.is_known(s)
+    })
+    .await;
+
+    // The new master is SIGKILLed; the demoted one, its replica now, takes over.
+    assert_eq!(cluster.replica_of(second).await, first);
+    eventually("the replica in sync", Duration::from_secs(15), || async {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut server(&format!("redis://127.0.0.1:{first}")).await)
+            .await
+            .unwrap_or_default();
+        info.contains("master_link_status:up")
+    })
+    .await;
+    let started = Instant::now();
+    cluster.kill(second);
+    eventually("forgotten at once", Duration::from_secs(2), || async {
+        !app.state.sold_out.is_known(s)
+    })
+    .await;
+    println!("forgotten {:?} after the kill", started.elapsed());
+    eventually(
+        "subscribed on the promoted replica",
+        Duration::from_secs(30),
+        || async { cluster.subscribed_on(&ch).await == Some(first) },
+    )
+    .await;
+    println!(
+        "subscribed on {first} {:?} after the kill",
+        started.elapsed()
+    );
+    // The buyer gives the units back (Redis answers again once the failover is done).
+    eventually("the line removed", Duration::from_secs(20), || async {
+        app.delete(&format!("/v1/cart/items/{sku}"), Some(&buyer))
+            .await
+            .status
+            == StatusCode::OK
+    })
+    .await;
+    stream.until_available(sku, 2, Duration::from_secs(5)).await;
+    let r = app.try_cart_add(&app.customer_token(43), sku, 1).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+}
