@@ -29,8 +29,12 @@ end
 
 -- Live stock: a script that changes a sku's `avail` notes it with live_changed(stock, new avail);
 -- after the script's body has run, the wrapper (src/store/redis/scripts.rs) calls live_publish(),
--- which PUBLISHes "<sku> <avail>" once on "<prefix>:stock-live" (the channel of the deployment
--- whose stock key it is). One message per script call, whatever the number of changes in it.
+-- which SPUBLISHes "<sku> <avail>" once on the sku's own sharded channel "<base>live" (Redis 7
+-- sharded pub/sub: the channel shares the stock key's hash tag, so it lives in the script's
+-- slot, which a script run under the shebang must keep to; on a cluster the message stays on
+-- the sku's shard instead of being broadcast to every node). One message per script call,
+-- whatever the number of changes in it. Only a key of the sku layout publishes: a script whose
+-- noted key is anything else (none is) announces nothing.
 -- With nothing available, "<sku> <avail> <sold out for>": how long that holds at most (for the
 -- in-process sold-out answer, src/service/sold_out.rs), ms from now until the sku's earliest
 -- reservation deadline (a cart hold past it, not given back yet, is its owner's to take again),
@@ -43,12 +47,11 @@ end
 
 local function live_publish()
   if not live_stock_key then return end
-  local prefix, sku = string.match(live_stock_key, '^(.*):{sku:(%d+)}:stock$')
-  if prefix then
+  local base, sku = string.match(live_stock_key, '^(.*:{sku:(%d+)}:)stock$')
+  if base then
     local msg = sku .. ' ' .. string.format('%d', live_avail)
     if live_avail <= 0 then
-      local exp = string.sub(live_stock_key, 1, -6) .. 'exp'
-      local first = redis.call('ZRANGE', exp, 0, 0, 'WITHSCORES')
+      local first = redis.call('ZRANGE', base .. 'exp', 0, 0, 'WITHSCORES')
       if #first == 0 then
         msg = msg .. ' none'
       else
@@ -57,7 +60,7 @@ local function live_publish()
         msg = msg .. ' ' .. string.format('%d', tonumber(first[2]) - now)
       end
     end
-    redis.call('PUBLISH', prefix .. ':stock-live', msg)
+    redis.call('SPUBLISH', base .. 'live', msg)
   end
 end
 

@@ -5,9 +5,10 @@
 //! changed since the last tick, the streams open (per client), the live sales list. The feed
 //! (src/worker/live.rs) follows the scripts' announcements into it and, every `live_tick`,
 //! has it broadcast what changed as one [`Batch`]. Watchers (the SSE streams) only ever read
-//! the hub: 10,000 watchers cost Redis one subscription and, every `live_resync`, one read per
-//! watched sku (in case an announcement was lost, e.g. while the subscription was down), never
-//! anything per watcher.
+//! the hub: 10,000 watchers cost Redis one subscribed channel per watched sku (the feed
+//! subscribes the skus the hub follows, told by [`Hub::skus_changed`]) and, every
+//! `live_resync`, one read per watched sku (in case an announcement was lost, e.g. while a
+//! subscription was down), never anything per watcher.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -17,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::MySqlPool;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Notify, broadcast, watch};
 
 use crate::domain::{ClientKey, Sku};
 use crate::error::{AppError, AppResult};
@@ -75,7 +76,8 @@ struct Inner {
 }
 
 impl Inner {
-    fn forget_if_unwatched(&mut self, sku: u32) {
+    /// Forgets `sku` if nothing follows it any more; whether it did.
+    fn forget_if_unwatched(&mut self, sku: u32) -> bool {
         if self
             .skus
             .get(&sku)
@@ -83,24 +85,28 @@ impl Inner {
         {
             self.skus.remove(&sku);
             self.dirty.remove(&sku);
+            return true;
         }
+        false
     }
 
     /// Unpins the pinned skus that `keep` rejects (the sales list no longer names them) and
-    /// forgets those nobody watches.
-    fn unpin_where(&mut self, keep: impl Fn(u32) -> bool) {
+    /// forgets those nobody watches; whether it forgot any.
+    fn unpin_where(&mut self, keep: impl Fn(u32) -> bool) -> bool {
         let unpinned: Vec<u32> = self
             .skus
             .iter()
             .filter(|(sku, s)| s.pinned && !keep(**sku))
             .map(|(sku, _)| *sku)
             .collect();
+        let mut forgot = false;
         for sku in unpinned {
             if let Some(s) = self.skus.get_mut(&sku) {
                 s.pinned = false;
             }
-            self.forget_if_unwatched(sku);
+            forgot |= self.forget_if_unwatched(sku);
         }
+        forgot
     }
 }
 
@@ -117,6 +123,9 @@ pub struct Hub {
     max_watchers: usize,
     max_per_client: usize,
     resync: Duration,
+    /// Woken when the set of skus followed changes (the feed subscribes and unsubscribes
+    /// their channels).
+    skus_changed: Notify,
 }
 
 impl Hub {
@@ -124,6 +133,7 @@ impl Hub {
         metrics::gauge!("flashsale_live_watchers").set(0.0);
         metrics::counter!("flashsale_live_events_total").increment(0);
         metrics::counter!("flashsale_live_announcements_total").increment(0);
+        metrics::gauge!("flashsale_live_channels").set(0.0);
         Hub {
             inner: Mutex::new(Inner::default()),
             batches: broadcast::channel(BATCH_BUFFER).0,
@@ -135,6 +145,7 @@ impl Hub {
             max_watchers,
             max_per_client,
             resync,
+            skus_changed: Notify::new(),
         }
     }
 
@@ -183,7 +194,12 @@ impl Hub {
     pub fn watch_sku(self: &Arc<Self>, sku: u32, client: Option<IpAddr>) -> AppResult<WatchGuard> {
         let mut g = self.lock();
         let client = self.admit(&mut g, client)?;
+        let new = !g.skus.contains_key(&sku);
         g.skus.entry(sku).or_default().refs += 1;
+        drop(g);
+        if new {
+            self.skus_changed.notify_one();
+        }
         Ok(WatchGuard {
             hub: self.clone(),
             sku: Some(sku),
@@ -252,6 +268,17 @@ impl Hub {
         }
     }
 
+    /// Resolves when the skus followed changed since the last time it resolved.
+    pub async fn skus_changed(&self) {
+        self.skus_changed.notified().await
+    }
+
+    /// The skus followed (watched by a stream, or on the live sales list while that is
+    /// watched): the feed keeps their channels subscribed.
+    pub fn skus(&self) -> Vec<u32> {
+        self.lock().skus.keys().copied().collect()
+    }
+
     /// The watched skus with their announcement version, before reading them afresh.
     pub fn watched(&self) -> Vec<(u32, u64)> {
         self.lock()
@@ -261,7 +288,8 @@ impl Hub {
             .collect()
     }
 
-    fn version(&self, sku: u32) -> Option<u64> {
+    /// A followed sku's announcement version (None: not followed), before reading it afresh.
+    pub fn version(&self, sku: u32) -> Option<u64> {
         self.lock().skus.get(&sku).map(|s| s.version)
     }
 
@@ -365,12 +393,17 @@ impl Hub {
         let rows = db::unfinished_sales(db, chrono::Utc::now(), MAX_LIVE_SALES).await?;
         let list = SalesList { rows };
         let skus = list.skus();
-        {
+        let changed = {
             let mut g = self.lock();
-            g.unpin_where(|sku| skus.contains(&sku));
+            let mut changed = g.unpin_where(|sku| skus.contains(&sku));
             for sku in &skus {
+                changed |= !g.skus.contains_key(sku);
                 g.skus.entry(*sku).or_default().pinned = true;
             }
+            changed
+        };
+        if changed {
+            self.skus_changed.notify_one();
         }
         for sku in &skus {
             if self.current(*sku).is_none() {
@@ -397,8 +430,11 @@ impl Hub {
         if g.sales_watchers > 0 {
             return;
         }
-        g.unpin_where(|_| false);
+        let forgot = g.unpin_where(|_| false);
         drop(g);
+        if forgot {
+            self.skus_changed.notify_one();
+        }
         *self.sales_read.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
@@ -418,12 +454,13 @@ pub struct WatchGuard {
 impl Drop for WatchGuard {
     fn drop(&mut self) {
         let mut g = self.hub.lock();
+        let mut forgot = false;
         match self.sku {
             Some(sku) => {
                 if let Some(s) = g.skus.get_mut(&sku) {
                     s.refs = s.refs.saturating_sub(1);
                 }
-                g.forget_if_unwatched(sku);
+                forgot = g.forget_if_unwatched(sku);
             }
             None => g.sales_watchers = g.sales_watchers.saturating_sub(1),
         }
@@ -436,6 +473,9 @@ impl Drop for WatchGuard {
             }
         }
         drop(g);
+        if forgot {
+            self.hub.skus_changed.notify_one();
+        }
         self.hub.watchers.fetch_sub(1, Ordering::AcqRel);
         metrics::gauge!("flashsale_live_watchers").decrement(1.0);
     }
@@ -469,6 +509,24 @@ mod tests {
         drop(guard);
         assert!(hub.watched().is_empty(), "forgotten once unwatched");
         assert_eq!(hub.watchers(), 0);
+    }
+
+    #[test]
+    fn the_feed_is_told_when_the_skus_followed_change() {
+        let hub = Arc::new(Hub::new(10, 10, Duration::from_secs(5)));
+        let woken = |hub: &Hub| futures::FutureExt::now_or_never(hub.skus_changed()).is_some();
+        assert!(!woken(&hub));
+        let a = hub.watch_sku(7, None).unwrap();
+        assert!(woken(&hub), "a sku followed");
+        let b = hub.watch_sku(7, None).unwrap();
+        let _sales = hub.watch_sales(None).unwrap();
+        assert!(!woken(&hub), "another stream of it changes nothing");
+        assert_eq!(hub.skus(), vec![7]);
+        drop(a);
+        assert!(!woken(&hub), "still watched");
+        drop(b);
+        assert!(woken(&hub), "a sku let go");
+        assert!(hub.skus().is_empty());
     }
 
     #[test]

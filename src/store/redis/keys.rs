@@ -161,12 +161,6 @@ impl Keys {
         format!("{}:{{due}}:ver", self.prefix)
     }
 
-    /// The pub/sub channel on which the scripts announce a sku's new available count
-    /// (`"<sku> <avail>"`, lua/lib.lua's `live_publish`): what the live stock streams follow.
-    pub fn stock_live(&self) -> String {
-        format!("{}:stock-live", self.prefix)
-    }
-
     /// The order id sequence.
     pub fn order_seq(&self) -> String {
         format!("{}:seq:order", self.prefix)
@@ -219,6 +213,13 @@ impl SkuKeys {
     /// Paid lines not yet written back to MySQL.
     pub fn sold(&self) -> String {
         format!("{}sold", self.base)
+    }
+    /// The sharded pub/sub channel (Redis 7 `SPUBLISH`, in the sku's slot) on which the scripts
+    /// announce the sku's new available count (`"<sku> <avail>"`, lua/lib.lua's
+    /// `live_publish`): what the live stock feed and the sold-out knowledge follow, subscribed
+    /// only while this instance has a use for the sku (src/worker/live.rs).
+    pub fn live(&self) -> String {
+        format!("{}live", self.base)
     }
     /// A staging hash of one load from MySQL (`what`: `stock` or `users`), moved into place by
     /// lua/load_sku.lua once complete.
@@ -283,6 +284,7 @@ mod tests {
             s.sold(),
             s.adjustments_pending(),
             s.adjustment(1),
+            s.live(),
         ] {
             assert!(key.starts_with("fs:{sku:42}:"), "{key}");
         }
@@ -290,6 +292,8 @@ mod tests {
         assert_eq!(s.ttl(&Rid::OrderLine { order_id: 9 }), "fs:{sku:42}:o:9");
         // lua/lib.lua's key_base() strips "stock" from the stock key to name TTL keys.
         assert_eq!(s.stock().strip_suffix("stock").unwrap(), "fs:{sku:42}:");
+        // lua/lib.lua's live_publish() names the channel the same way.
+        assert_eq!(s.live(), "fs:{sku:42}:live");
     }
 
     #[test]
