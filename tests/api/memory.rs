@@ -62,6 +62,8 @@ fn family(key: &str, app_events_cap: u64) -> Option<(&'static str, Bound)> {
             Some("outbox") => ("outbox", Bound::Drained),
             Some("outbox-dead") => ("outbox set aside", Bound::PerDeployment),
             Some("placing" | "placing-lines") => ("placement notes", Bound::Settled),
+            // The partition's reader: a lease of seconds (FLASHSALE_READER_LEASE).
+            Some("reader") => ("partition lease", Bound::Ttl(Duration::from_secs(60))),
             _ => return None,
         }
     } else if tag.starts_with("{user") {
@@ -78,12 +80,16 @@ fn family(key: &str, app_events_cap: u64) -> Option<(&'static str, Bound)> {
         ("rate-limit bucket", Bound::Ttl(Duration::from_secs(3600)))
     } else if tag == "{due}" {
         ("due index", Bound::PerSku)
+    } else if tag == "{lease}" {
+        // A lease of shared work: a few ticks of the sweeper or the gauges, 30 s at most.
+        ("shared work lease", Bound::Ttl(Duration::from_secs(30)))
     } else {
         match key {
             "order-events" => ("order events", Bound::Capped(app_events_cap)),
             "webhook-dead" => ("webhook set aside", Bound::Capped(100_000)),
             "skus" => ("sku index", Bound::PerSku),
             "seq:order" => ("order id counter", Bound::PerDeployment),
+            "outbox-readers" => ("outbox writers' heartbeat", Bound::PerDeployment),
             _ => return None,
         }
     })

@@ -72,6 +72,13 @@ impl Replicas {
             .map(|(_, _, n)| *n)
     }
 
+    /// Whether any master had a replica online at the last read (none read yet: no).
+    fn any_online(&self) -> bool {
+        let g = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        g.as_ref()
+            .is_some_and(|(_, table)| table.iter().any(|(_, _, n)| *n > 0))
+    }
+
     fn is_stale(&self) -> bool {
         let g = self.table.lock().unwrap_or_else(|e| e.into_inner());
         g.as_ref()
@@ -133,10 +140,12 @@ impl Redis {
         }
     }
 
-    /// The connection `script` is sent on: the order writes' own when they wait for replicas
-    /// (their WAIT must follow them on one connection), else the shared one.
+    /// The connection `script` is sent on: the order writes' own when they may wait for
+    /// replicas (their WAIT must follow them on one connection: some master had a replica at
+    /// the last read), else the shared one. One server without replicas never uses it, so it
+    /// never finds it broken after a restart the shared one has already come back from.
     pub(super) fn conn_for(&self, script: &'static str) -> Conn {
-        if self.wait_replicas > 0 && DURABLE.contains(&script) {
+        if self.wait_replicas > 0 && DURABLE.contains(&script) && self.replicas.any_online() {
             self.orders_conn.clone()
         } else {
             self.conn()
