@@ -764,7 +764,7 @@ impl ServiceProc {
     pub async fn start(cfg: &flashsale::config::Config) -> ServiceProc {
         let port = crate::helpers::free_port();
         // The tests' environment for the binary, quieter.
-        let env: Vec<(String, String)> = crate::helpers::Service::env_of(cfg, port)
+        let mut env: Vec<(String, String)> = crate::helpers::Service::env_of(cfg, port)
             .into_iter()
             .map(|(k, v)| {
                 if k == "RUST_LOG" {
@@ -774,6 +774,12 @@ impl ServiceProc {
                 }
             })
             .collect();
+        if !env.iter().any(|(k, _)| k == "FLASHSALE_READER_LEASE") {
+            env.push((
+                "FLASHSALE_READER_LEASE".into(),
+                format!("{}ms", cfg.outbox.reader_lease.as_millis()),
+            ));
+        }
         let log = std::env::temp_dir().join(format!("{}-model.log", cfg.stores.redis_prefix));
         let s = ServiceProc {
             child: Mutex::new(None),

@@ -1494,6 +1494,9 @@ async fn setup(seed: u64, child: bool) -> (World, Model) {
         c.sale.payment_ttl = PAYMENT_TTL;
         c.sweeper.sweep_interval = Duration::from_millis(100);
         c.outbox.claim_idle = Duration::from_secs(1);
+        // A killed service's partitions are taken by its restart after the lease: as short as
+        // the claim, so a kill costs a round no more than it did.
+        c.outbox.reader_lease = Duration::from_secs(1);
         c.telemetry.metrics_interval = Duration::from_millis(200);
         c.stores.redis_timeout = Duration::from_millis(1000);
     };
